@@ -1,0 +1,17 @@
+//! ordo: a replicated order store. Orders live in a Raft log (openraft) and a state machine
+//! (sled) on every node; every node serves the HTTP JSON API (axum).
+//!
+//! Layers, each depending only on the ones above it in this list:
+//! - [`order`]: the domain — types, validation, status transitions, commands. No I/O.
+//! - [`codec`]: bincode bytes for disk and wire, behind a format version byte.
+//! - [`store`]: sled log store, order state machine, snapshots (openraft storage traits).
+//! - [`raft`]: openraft type configuration and the peer network client.
+//! - [`api`]: axum routes, forwarding to the leader, the one error→HTTP mapping.
+//! - [`node`]: wiring a node together and serving it.
+//! - [`client`]: a Rust client for the HTTP API; [`cli`]: the `ordo` command line on it;
+//!   [`bench`]: load and storage benchmarks.
+
+pub mod codec;
+pub mod order;
+pub mod raft;
+pub mod store;

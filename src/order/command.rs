@@ -1,0 +1,109 @@
+//! The commands the Raft log carries and what applying one yields.
+//!
+//! A command is everything a replica needs to apply it deterministically: the operation, the
+//! optional idempotency key and the time the leader stamped when it proposed it. Applying is a
+//! pure function of (state, command), so the decision logic lives here, free of I/O; the store
+//! only reads and writes what these functions decide.
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{LineItem, Order, OrderStatus};
+use super::validate::{validate_new_order, ValidationError};
+
+/// What a client asks for when it creates an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewOrder {
+    pub customer_id: String,
+    pub items: Vec<LineItem>,
+    pub note: Option<String>,
+}
+
+/// The operation of a command, without the leader's stamp. Its encoding is the request
+/// fingerprint an idempotency key is bound to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderOp {
+    Create(NewOrder),
+    SetStatus {
+        id: u64,
+        status: OrderStatus,
+        expected_version: Option<u64>,
+    },
+}
+
+/// One entry of the Raft log: an operation stamped by the proposing leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCommand {
+    pub op: OrderOp,
+    pub idempotency_key: Option<String>,
+    /// Leader wall-clock time in ms since the epoch when the command was proposed.
+    pub stamped_at_ms: i64,
+}
+
+/// Why an applied command changed nothing. Deterministic: every replica rejects alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("order {0} not found")]
+    NotFound(u64),
+    #[error("cannot move an order from {from} to {to}")]
+    InvalidTransition { from: OrderStatus, to: OrderStatus },
+    #[error("expected version {expected}, but the order is at version {actual}")]
+    VersionConflict { expected: u64, actual: u64 },
+    #[error("idempotency key was already used with a different request")]
+    IdempotencyKeyReused,
+    #[error("invalid input: {0}")]
+    Invalid(ValidationError),
+}
+
+/// The result of one applied command as the state machine reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandOutcome {
+    pub result: Result<Order, Rejection>,
+    /// True when an idempotency key matched an earlier identical request and its first result
+    /// was returned without applying again.
+    pub replayed: bool,
+}
+
+/// Builds the order a create produces, or says why it cannot.
+pub fn create_order(id: u64, new: &NewOrder, now_ms: i64) -> Result<Order, Rejection> {
+    let total_cents = validate_new_order(new).map_err(Rejection::Invalid)?;
+    Ok(Order {
+        id,
+        customer_id: new.customer_id.clone(),
+        items: new.items.clone(),
+        total_cents,
+        note: new.note.clone(),
+        status: OrderStatus::Pending,
+        version: 1,
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+    })
+}
+
+/// Moves an order to `next`, checking the optional expected version first, then the transition.
+pub fn transition(
+    order: &Order,
+    next: OrderStatus,
+    expected_version: Option<u64>,
+    now_ms: i64,
+) -> Result<Order, Rejection> {
+    if let Some(expected) = expected_version {
+        if expected != order.version {
+            return Err(Rejection::VersionConflict {
+                expected,
+                actual: order.version,
+            });
+        }
+    }
+    if !order.status.can_move_to(next) {
+        return Err(Rejection::InvalidTransition {
+            from: order.status,
+            to: next,
+        });
+    }
+    Ok(Order {
+        status: next,
+        version: order.version + 1,
+        updated_at_ms: now_ms,
+        ..order.clone()
+    })
+}

@@ -1,0 +1,20 @@
+//! The order domain: what an order is, which inputs are valid, which status moves are legal,
+//! and the commands the Raft log carries. Pure data and decisions, no I/O, so every replica
+//! that applies the same commands reaches the same state, and the rules can be tested alone.
+
+mod command;
+mod model;
+mod validate;
+
+pub use command::{
+    create_order, transition, CommandOutcome, NewOrder, OrderCommand, OrderOp, Rejection,
+};
+pub use model::{LineItem, Order, OrderStatus};
+pub use validate::{validate_idempotency_key, validate_new_order, ValidationError};
+pub use validate::{
+    MAX_CUSTOMER_ID_CHARS, MAX_ITEMS, MAX_NOTE_CHARS, MAX_QUANTITY, MAX_SKU_CHARS,
+    MAX_UNIT_PRICE_CENTS,
+};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,95 @@
+//! The order itself: what is stored for every order and the status machine it moves through.
+//!
+//! These types are the on-disk and in-log form (encoded by `codec`), so they carry no
+//! serde attributes that a non-self-describing format like bincode cannot honour; the
+//! JSON shape the HTTP API shows lives in `api::json`.
+
+use serde::{Deserialize, Serialize};
+
+/// One line of an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineItem {
+    pub sku: String,
+    pub quantity: u32,
+    pub unit_price_cents: u64,
+}
+
+/// Where an order is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum OrderStatus {
+    Pending,
+    Paid,
+    Shipped,
+    Delivered,
+    Cancelled,
+}
+
+impl OrderStatus {
+    pub const ALL: [OrderStatus; 5] = [
+        OrderStatus::Pending,
+        OrderStatus::Paid,
+        OrderStatus::Shipped,
+        OrderStatus::Delivered,
+        OrderStatus::Cancelled,
+    ];
+
+    /// The lowercase name used by the API and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "pending",
+            OrderStatus::Paid => "paid",
+            OrderStatus::Shipped => "shipped",
+            OrderStatus::Delivered => "delivered",
+            OrderStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OrderStatus> {
+        OrderStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// A stable one-byte tag, used as a key prefix by the status index.
+    pub fn tag(self) -> u8 {
+        match self {
+            OrderStatus::Pending => 1,
+            OrderStatus::Paid => 2,
+            OrderStatus::Shipped => 3,
+            OrderStatus::Delivered => 4,
+            OrderStatus::Cancelled => 5,
+        }
+    }
+
+    /// The only moves an order may make; everything else is an invalid transition.
+    pub fn can_move_to(self, next: OrderStatus) -> bool {
+        use OrderStatus::*;
+        matches!(
+            (self, next),
+            (Pending, Paid)
+                | (Pending, Cancelled)
+                | (Paid, Shipped)
+                | (Paid, Cancelled)
+                | (Shipped, Delivered)
+        )
+    }
+}
+
+impl std::fmt::Display for OrderStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stored order. Times are milliseconds since the Unix epoch, stamped by the leader that
+/// proposed the command, so every replica stores the same value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub id: u64,
+    pub customer_id: String,
+    pub items: Vec<LineItem>,
+    pub total_cents: u64,
+    pub note: Option<String>,
+    pub status: OrderStatus,
+    pub version: u64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}

@@ -1,0 +1,33 @@
+//! Raft plumbing: the openraft type configuration ordo runs with, the config knobs, and the
+//! network client that carries Raft RPCs to peers (`network`). The receiving side of those
+//! RPCs is an ordinary set of HTTP routes in `api::raft_rpc`.
+
+pub mod network;
+
+use crate::order::{CommandOutcome, OrderCommand};
+
+/// A node's id in the cluster.
+pub type NodeId = u64;
+
+/// What applying one log entry returns: `None` for blank and membership entries.
+pub type ApplyResult = Option<CommandOutcome>;
+
+openraft::declare_raft_types!(
+    /// ordo's openraft type configuration.
+    pub TypeConfig:
+        D = OrderCommand,
+        R = ApplyResult,
+        NodeId = NodeId,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, openraft::BasicNode>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
+pub type Snapshot = openraft::storage::Snapshot<TypeConfig>;

@@ -1,0 +1,271 @@
+//! The Raft log over sled: entries keyed by big-endian index in the `log` tree; vote, committed
+//! and last-purged log ids in the `raft` tree.
+//!
+//! Durability: `append` writes the entries to sled (readable at once) and hands openraft's
+//! callback to a flusher thread. The flusher takes every callback waiting, runs one sled flush
+//! (fsync) for all of them and only then reports them done, in order: group commit, so many
+//! appends share one fsync and none is acknowledged before it is on disk. Votes are flushed
+//! before `save_vote` returns.
+
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader};
+
+use super::{Durability, StoreError};
+use crate::codec;
+use crate::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+/// Reads log entries; cheap to clone, shared with openraft's replication tasks.
+#[derive(Clone)]
+pub struct LogReader {
+    log: sled::Tree,
+}
+
+impl LogReader {
+    fn entries<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<Entry>, StoreError> {
+        use std::ops::Bound::*;
+        let start = match range.start_bound() {
+            Included(&i) => i,
+            Excluded(&i) => i.saturating_add(1),
+            Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Included(&i) => Some(i),
+            Excluded(&0) => return Ok(Vec::new()),
+            Excluded(&i) => Some(i - 1),
+            Unbounded => None,
+        };
+        let iter = match end {
+            Some(end) if end < start => return Ok(Vec::new()),
+            Some(end) => self.log.range(index_key(start)..=index_key(end)),
+            None => self.log.range(index_key(start)..),
+        };
+        iter.map(|kv| {
+            let (_, v) = kv?;
+            Ok(codec::decode::<Entry>(&v)?)
+        })
+        .collect()
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.entries(range).map_err(StoreError::into_read)
+    }
+}
+
+/// The Raft log store of one node.
+pub struct LogStore {
+    db: sled::Db,
+    reader: LogReader,
+    raft: sled::Tree,
+    durability: Durability,
+    flusher: Option<(mpsc::Sender<LogFlushed<TypeConfig>>, JoinHandle<()>)>,
+}
+
+impl LogStore {
+    pub(super) fn open(db: sled::Db, durability: Durability) -> Result<LogStore, StoreError> {
+        let log = db.open_tree("log")?;
+        let raft = db.open_tree("raft")?;
+        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let flush_db = db.clone();
+        let handle = std::thread::Builder::new()
+            .name("ordo-log-flusher".into())
+            .spawn(move || run_flusher(flush_db, rx))?;
+        Ok(LogStore {
+            db,
+            reader: LogReader { log },
+            raft,
+            durability,
+            flusher: Some((tx, handle)),
+        })
+    }
+
+    fn read_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        match self.raft.get(key)? {
+            Some(v) => Ok(Some(codec::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn write_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
+        self.raft.insert(key, codec::encode(value)?)?;
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        if self.durability == Durability::Fsync {
+            self.db.flush_async().await?;
+        }
+        Ok(())
+    }
+
+    fn log_state(&self) -> Result<LogState<TypeConfig>, StoreError> {
+        let last_purged: Option<LogId> = self.read_meta(KEY_LAST_PURGED)?;
+        let last = match self.reader.log.last()? {
+            Some((_, v)) => Some(codec::decode::<Entry>(&v)?.log_id),
+            None => last_purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    fn remove_range(&self, from: u64, to_inclusive: Option<u64>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let iter = match to_inclusive {
+            Some(to) => self.reader.log.range(index_key(from)..=index_key(to)),
+            None => self.reader.log.range(index_key(from)..),
+        };
+        for kv in iter.keys() {
+            batch.remove(kv?);
+        }
+        self.reader.log.apply_batch(batch)?;
+        Ok(())
+    }
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        // Closing the channel stops the flusher; join it so the sled files are released when the
+        // store is gone (a reopen in the same process must not find them locked).
+        if let Some((tx, handle)) = self.flusher.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The group-commit loop: one fsync for every callback queued while the previous one ran.
+fn run_flusher(db: sled::Db, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(rx.try_iter());
+        match db.flush() {
+            Ok(_) => waiting
+                .into_iter()
+                .for_each(|cb| cb.log_io_completed(Ok(()))),
+            Err(e) => {
+                tracing::error!(error = %e, "log flush failed");
+                for cb in waiting {
+                    cb.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.reader.try_get_log_entries(range).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        self.log_state().map_err(StoreError::into_read)
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.reader.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.write_meta(KEY_VOTE, vote)
+            .map_err(|e| openraft::StorageIOError::write_vote(&e))?;
+        self.flush()
+            .await
+            .map_err(|e| openraft::StorageIOError::write_vote(&e))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_meta(KEY_VOTE)
+            .map_err(|e| openraft::StorageIOError::read_vote(&e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not flushed on its own: it rides along with the next log flush. Losing it only means
+        // a restart re-applies a little later, when the leader commits again.
+        self.write_meta(KEY_COMMITTED, &committed)
+            .map_err(StoreError::into_write)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self
+            .read_meta::<Option<LogId>>(KEY_COMMITTED)
+            .map_err(StoreError::into_read)?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes =
+                codec::encode(&entry).map_err(|e| openraft::StorageIOError::write_logs(&e))?;
+            batch.insert(&index_key(entry.log_id.index), bytes);
+        }
+        self.reader
+            .log
+            .apply_batch(batch)
+            .map_err(|e| openraft::StorageIOError::write_logs(&e))?;
+        match (self.durability, &self.flusher) {
+            (Durability::Fsync, Some((tx, _))) => {
+                if let Err(mpsc::SendError(cb)) = tx.send(callback) {
+                    cb.log_io_completed(Err(std::io::Error::other("log flusher stopped")));
+                }
+            }
+            _ => callback.log_io_completed(Ok(())),
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.remove_range(log_id.index, None)
+            .map_err(StoreError::into_write)?;
+        self.flush().await.map_err(StoreError::into_write)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // The state machine shares this database and is not flushed per apply. Flushing here
+        // makes its state (at or past this log id, since a snapshot covers it) durable before
+        // the entries that could rebuild it are gone.
+        self.flush().await.map_err(StoreError::into_write)?;
+        self.write_meta(KEY_LAST_PURGED, &log_id)
+            .map_err(StoreError::into_write)?;
+        self.remove_range(0, Some(log_id.index))
+            .map_err(StoreError::into_write)
+    }
+}

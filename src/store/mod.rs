@@ -1,0 +1,80 @@
+//! Everything a node keeps on disk, behind openraft's storage traits.
+//!
+//! One sled database per node holds three trees: `log` (Raft entries by big-endian index),
+//! `raft` (vote, committed and purged log ids, the snapshot-install marker) and `sm` (the order
+//! state machine). Snapshots are single files under `snapshots/`. The log store acknowledges
+//! appends only after sled has flushed them (group commit on a flusher thread); the state
+//! machine writes each applied batch as one atomic sled batch.
+
+mod error;
+mod log_store;
+mod overlay;
+mod snapshot_file;
+mod state_machine;
+
+use std::path::{Path, PathBuf};
+
+pub use error::StoreError;
+pub use log_store::{LogReader, LogStore};
+pub use state_machine::{OrderFilter, OrderPage, OrderReader, StateMachineStore};
+
+/// How hard a log append is pushed to disk before openraft hears it is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// The default: an append is acknowledged after sled's flush (fsync) covers it.
+    Fsync,
+    /// UNSAFE: acknowledge appends before they reach disk. A crash of a majority can lose
+    /// acknowledged orders. Only for benchmarks that say they use it.
+    UnsafeNoFsync,
+}
+
+/// Where and how to open a node's store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub dir: PathBuf,
+    /// sled's page cache in bytes (sled's own default is 1 GiB; ordo's is 64 MiB).
+    pub cache_capacity_bytes: u64,
+    pub durability: Durability,
+}
+
+pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+
+impl StoreConfig {
+    pub fn new(dir: impl AsRef<Path>) -> Self {
+        StoreConfig {
+            dir: dir.as_ref().to_path_buf(),
+            cache_capacity_bytes: DEFAULT_CACHE_CAPACITY_BYTES,
+            durability: Durability::Fsync,
+        }
+    }
+}
+
+/// Opens (or creates) a node's store: the Raft log and the order state machine over one sled
+/// database. A state machine left half-way through a snapshot install is finished here.
+pub fn open(config: &StoreConfig) -> Result<(LogStore, StateMachineStore), StoreError> {
+    std::fs::create_dir_all(&config.dir)?;
+    let db = sled::Config::new()
+        .path(config.dir.join("sled"))
+        .cache_capacity(config.cache_capacity_bytes)
+        .open()?;
+    let log = LogStore::open(db.clone(), config.durability)?;
+    let sm = StateMachineStore::open(db, config.dir.join("snapshots"))?;
+    Ok((log, sm))
+}
+
+/// Bytes the store occupies on disk (sled files and snapshots).
+pub fn disk_usage_bytes(dir: &Path) -> u64 {
+    fn walk(p: &Path) -> u64 {
+        let Ok(meta) = std::fs::symlink_metadata(p) else {
+            return 0;
+        };
+        if meta.is_dir() {
+            std::fs::read_dir(p)
+                .map(|rd| rd.flatten().map(|e| walk(&e.path())).sum())
+                .unwrap_or(0)
+        } else {
+            meta.len()
+        }
+    }
+    walk(dir)
+}

@@ -1,0 +1,571 @@
+//! The order state machine over sled, its snapshots, and the read side the API uses.
+//!
+//! Layout of the `sm` tree (all values encoded by `codec`):
+//! - `m:applied`, `m:membership`, `m:next_id`, `m:clock`: last applied log id, last membership,
+//!   the next order id, and the state machine's clock (the largest leader stamp seen, so time
+//!   never runs backwards across a leader change);
+//! - `o` + id: the order; `c` + customer + id and `s` + status + id: the listing indexes;
+//! - `i` + key: an idempotency record; `x` + expiry + key: the same key ordered by expiry.
+//!
+//! Each `apply` call runs its entries against an `Overlay` and commits it as one sled batch,
+//! so a crash never leaves half a batch. Applying is deterministic: the only time used is the
+//! one the leader stamped into the command.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::overlay::Overlay;
+use super::snapshot_file::{self, SnapshotDir};
+use super::StoreError;
+use crate::codec;
+use crate::order::{
+    create_order, transition, CommandOutcome, Order, OrderCommand, OrderOp, OrderStatus, Rejection,
+};
+use crate::raft::{
+    ApplyResult, Entry, LogId, Snapshot, StorageError, StoredMembership, TypeConfig,
+};
+
+const K_APPLIED: &[u8] = b"m:applied";
+const K_MEMBERSHIP: &[u8] = b"m:membership";
+const K_NEXT_ID: &[u8] = b"m:next_id";
+const K_CLOCK: &[u8] = b"m:clock";
+/// In the `raft` tree: set while a snapshot is being loaded into the state machine.
+const K_INSTALLING: &[u8] = b"installing_snapshot";
+
+/// How long an idempotency key is remembered, in leader-stamped time.
+pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
+/// At most this many expired idempotency records are dropped per command (bounded work).
+const EXPIRE_PER_COMMAND: usize = 64;
+const INSTALL_BATCH_RECORDS: usize = 4096;
+
+fn order_key(id: u64) -> Vec<u8> {
+    let mut k = vec![b'o'];
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn customer_prefix(customer_id: &str) -> Vec<u8> {
+    let mut k = vec![b'c'];
+    k.extend_from_slice(&(customer_id.len() as u16).to_be_bytes());
+    k.extend_from_slice(customer_id.as_bytes());
+    k
+}
+
+fn status_prefix(status: OrderStatus) -> Vec<u8> {
+    vec![b's', status.tag()]
+}
+
+fn with_id(mut prefix: Vec<u8>, id: u64) -> Vec<u8> {
+    prefix.extend_from_slice(&id.to_be_bytes());
+    prefix
+}
+
+fn idem_key(key: &str) -> Vec<u8> {
+    let mut k = vec![b'i'];
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+fn expiry_key(expires_at_ms: i64, key: &str) -> Vec<u8> {
+    let mut k = vec![b'x'];
+    k.extend_from_slice(&(expires_at_ms.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// What the state machine remembers of a request made with an idempotency key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IdempotencyRecord {
+    fingerprint: [u8; 32],
+    result: Result<Order, Rejection>,
+    expires_at_ms: i64,
+}
+
+fn fingerprint(op: &OrderOp) -> Result<[u8; 32], StoreError> {
+    Ok(Sha256::digest(codec::encode(op)?).into())
+}
+
+fn get_decoded<T: serde::de::DeserializeOwned>(
+    ov: &Overlay,
+    key: &[u8],
+) -> Result<Option<T>, StoreError> {
+    match ov.get(key)? {
+        Some(v) => Ok(Some(codec::decode(&v)?)),
+        None => Ok(None),
+    }
+}
+
+fn put_encoded<T: Serialize>(ov: &mut Overlay, key: &[u8], value: &T) -> Result<(), StoreError> {
+    ov.insert(key.to_vec(), codec::encode(value)?);
+    Ok(())
+}
+
+/// Applies one order command against the overlay and returns its outcome.
+fn apply_command(ov: &mut Overlay, cmd: &OrderCommand) -> Result<CommandOutcome, StoreError> {
+    let clock: i64 = get_decoded(ov, K_CLOCK)?.unwrap_or(i64::MIN);
+    let now = cmd.stamped_at_ms.max(clock);
+    put_encoded(ov, K_CLOCK, &now)?;
+    expire_idempotency_records(ov, now)?;
+
+    let fp = fingerprint(&cmd.op)?;
+    if let Some(key) = &cmd.idempotency_key {
+        if let Some(rec) = get_decoded::<IdempotencyRecord>(ov, &idem_key(key))? {
+            if rec.expires_at_ms > now {
+                return Ok(if rec.fingerprint == fp {
+                    CommandOutcome {
+                        result: rec.result,
+                        replayed: true,
+                    }
+                } else {
+                    CommandOutcome {
+                        result: Err(Rejection::IdempotencyKeyReused),
+                        replayed: false,
+                    }
+                });
+            }
+            ov.remove(expiry_key(rec.expires_at_ms, key));
+        }
+    }
+
+    let result = match &cmd.op {
+        OrderOp::Create(new) => {
+            let id: u64 = get_decoded(ov, K_NEXT_ID)?.unwrap_or(1);
+            let created = create_order(id, new, now);
+            if let Ok(order) = &created {
+                put_encoded(ov, &order_key(id), order)?;
+                ov.insert(with_id(customer_prefix(&order.customer_id), id), Vec::new());
+                ov.insert(with_id(status_prefix(order.status), id), Vec::new());
+                put_encoded(ov, K_NEXT_ID, &(id + 1))?;
+            }
+            created
+        }
+        OrderOp::SetStatus {
+            id,
+            status,
+            expected_version,
+        } => match get_decoded::<Order>(ov, &order_key(*id))? {
+            None => Err(Rejection::NotFound(*id)),
+            Some(order) => {
+                let moved = transition(&order, *status, *expected_version, now);
+                if let Ok(updated) = &moved {
+                    put_encoded(ov, &order_key(*id), updated)?;
+                    ov.remove(with_id(status_prefix(order.status), *id));
+                    ov.insert(with_id(status_prefix(updated.status), *id), Vec::new());
+                }
+                moved
+            }
+        },
+    };
+
+    if let Some(key) = &cmd.idempotency_key {
+        let expires_at_ms = now.saturating_add(IDEMPOTENCY_TTL_MS);
+        let rec = IdempotencyRecord {
+            fingerprint: fp,
+            result: result.clone(),
+            expires_at_ms,
+        };
+        put_encoded(ov, &idem_key(key), &rec)?;
+        ov.insert(expiry_key(expires_at_ms, key), Vec::new());
+    }
+    Ok(CommandOutcome {
+        result,
+        replayed: false,
+    })
+}
+
+/// Drops a bounded number of idempotency records whose time has passed. Expiry is judged by
+/// the record's own time at lookup as well, so this is storage cleanup, never semantics.
+fn expire_idempotency_records(ov: &mut Overlay, now: i64) -> Result<(), StoreError> {
+    let upper = expiry_key(now.saturating_add(1), "");
+    for k in ov.keys_below(b"x", &upper, EXPIRE_PER_COMMAND)? {
+        let key = String::from_utf8_lossy(&k[9..]).into_owned();
+        ov.remove(idem_key(&key));
+        ov.remove(k);
+    }
+    Ok(())
+}
+
+/// Which orders a listing wants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderFilter {
+    pub status: Option<OrderStatus>,
+    pub customer_id: Option<String>,
+}
+
+/// One page of a listing, and how many orders match in all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderPage {
+    pub orders: Vec<Order>,
+    pub total: u64,
+}
+
+/// The read side of the state machine, shared with the HTTP API. Reads wait while a snapshot
+/// is being installed, so they never see a half-loaded state.
+#[derive(Clone)]
+pub struct OrderReader {
+    sm: sled::Tree,
+    install_lock: Arc<RwLock<()>>,
+}
+
+impl OrderReader {
+    pub fn get(&self, id: u64) -> Result<Option<Order>, StoreError> {
+        let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
+        self.get_unlocked(id)
+    }
+
+    fn get_unlocked(&self, id: u64) -> Result<Option<Order>, StoreError> {
+        match self.sm.get(order_key(id))? {
+            Some(v) => Ok(Some(codec::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Orders matching `filter`, ordered by id; `page` counts from 1.
+    pub fn list(
+        &self,
+        filter: &OrderFilter,
+        page: u64,
+        per_page: u64,
+    ) -> Result<OrderPage, StoreError> {
+        let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
+        let skip = page.saturating_sub(1).saturating_mul(per_page);
+        let id_of =
+            |k: &[u8]| u64::from_be_bytes(k[k.len() - 8..].try_into().expect("8-byte id suffix"));
+
+        if filter.status.is_none() && filter.customer_id.is_none() {
+            // Ids are dense (1, 2, 3, ... with no deletes), so a page starts at a known id.
+            let total = self.next_id()? - 1;
+            let first = skip.saturating_add(1);
+            let mut orders = Vec::new();
+            for kv in self
+                .sm
+                .range(order_key(first)..order_key(u64::MAX))
+                .take(per_page as usize)
+            {
+                orders.push(codec::decode(&kv?.1)?);
+            }
+            return Ok(OrderPage { orders, total });
+        }
+
+        // Walk the narrower index; with both filters, check status on the loaded order.
+        let prefix = match &filter.customer_id {
+            Some(c) => customer_prefix(c),
+            None => status_prefix(filter.status.expect("one filter is set")),
+        };
+        let mut total = 0u64;
+        let mut orders = Vec::new();
+        for k in self.sm.scan_prefix(&prefix).keys() {
+            let id = id_of(&k?);
+            if filter.customer_id.is_some() && filter.status.is_some() {
+                let Some(order) = self.get_unlocked(id)? else {
+                    continue;
+                };
+                if Some(order.status) != filter.status {
+                    continue;
+                }
+                if total >= skip && (orders.len() as u64) < per_page {
+                    orders.push(order);
+                }
+            } else if total >= skip && (orders.len() as u64) < per_page {
+                if let Some(order) = self.get_unlocked(id)? {
+                    orders.push(order);
+                }
+            }
+            total += 1;
+        }
+        Ok(OrderPage { orders, total })
+    }
+
+    fn next_id(&self) -> Result<u64, StoreError> {
+        Ok(match self.sm.get(K_NEXT_ID)? {
+            Some(v) => codec::decode(&v)?,
+            None => 1,
+        })
+    }
+
+    /// A digest of the whole state machine except Raft bookkeeping: equal on replicas that
+    /// applied the same commands.
+    pub fn state_digest(&self) -> Result<String, StoreError> {
+        let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
+        let mut h = Sha256::new();
+        for kv in self.sm.iter() {
+            let (k, v) = kv?;
+            if k.as_ref() == K_APPLIED || k.as_ref() == K_MEMBERSHIP {
+                continue;
+            }
+            h.update((k.len() as u32).to_be_bytes());
+            h.update(&k);
+            h.update((v.len() as u32).to_be_bytes());
+            h.update(&v);
+        }
+        Ok(format!("{:x}", h.finalize()))
+    }
+}
+
+/// The order state machine of one node, implementing openraft's `RaftStateMachine`.
+pub struct StateMachineStore {
+    db: sled::Db,
+    raft: sled::Tree,
+    reader: OrderReader,
+    snapshots: Arc<SnapshotDir>,
+}
+
+impl StateMachineStore {
+    pub(super) fn open(
+        db: sled::Db,
+        snapshot_dir: PathBuf,
+    ) -> Result<StateMachineStore, StoreError> {
+        let sm = db.open_tree("sm")?;
+        let raft = db.open_tree("raft")?;
+        let snapshots = Arc::new(SnapshotDir::open(snapshot_dir)?);
+        let store = StateMachineStore {
+            db,
+            raft,
+            reader: OrderReader {
+                sm,
+                install_lock: Arc::new(RwLock::new(())),
+            },
+            snapshots,
+        };
+        if store.raft.get(K_INSTALLING)?.is_some() {
+            tracing::warn!(
+                "a snapshot install was interrupted; loading the current snapshot again"
+            );
+            store.load_current_snapshot()?;
+        }
+        Ok(store)
+    }
+
+    /// The read handle for the API.
+    pub fn reader(&self) -> OrderReader {
+        self.reader.clone()
+    }
+
+    fn sm(&self) -> &sled::Tree {
+        &self.reader.sm
+    }
+
+    fn applied_state_sync(&self) -> Result<(Option<LogId>, StoredMembership), StoreError> {
+        let applied = match self.sm().get(K_APPLIED)? {
+            Some(v) => codec::decode::<Option<LogId>>(&v)?,
+            None => None,
+        };
+        let membership = match self.sm().get(K_MEMBERSHIP)? {
+            Some(v) => codec::decode(&v)?,
+            None => StoredMembership::default(),
+        };
+        Ok((applied, membership))
+    }
+
+    /// Replaces the state machine with the current snapshot file. Marked in the `raft` tree
+    /// while it runs, so a crash half-way is finished on the next open.
+    fn load_current_snapshot(&self) -> Result<SnapshotMeta<u64, openraft::BasicNode>, StoreError> {
+        let _g = self
+            .reader
+            .install_lock
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        self.raft.insert(K_INSTALLING, &[1u8][..])?;
+        self.db.flush()?;
+        self.sm().clear()?;
+        let mut batch = sled::Batch::default();
+        let mut n = 0usize;
+        let meta = snapshot_file::read(&self.snapshots.current_path(), |k, v| {
+            batch.insert(k, v);
+            n += 1;
+            if n % INSTALL_BATCH_RECORDS == 0 {
+                self.sm().apply_batch(std::mem::take(&mut batch))?;
+            }
+            Ok(())
+        })?;
+        self.sm().apply_batch(batch)?;
+        // The meta is the authority on what the snapshot covers.
+        self.sm()
+            .insert(K_APPLIED, codec::encode(&meta.last_log_id)?)?;
+        self.sm()
+            .insert(K_MEMBERSHIP, codec::encode(&meta.last_membership)?)?;
+        self.db.flush()?;
+        self.raft.remove(K_INSTALLING)?;
+        self.db.flush()?;
+        Ok(meta)
+    }
+
+    fn open_current_snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
+        let Some(meta) = self.snapshots.current_meta()? else {
+            return Ok(None);
+        };
+        let file = std::fs::File::open(self.snapshots.current_path())?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        }))
+    }
+
+    /// Writes the whole state machine to a temp snapshot file. Runs with exclusive access to
+    /// the state machine (no apply in between), so the dump is one consistent state.
+    fn dump(&self) -> Result<(SnapshotMeta<u64, openraft::BasicNode>, PathBuf), StoreError> {
+        let (last_log_id, last_membership) = self.applied_state_sync()?;
+        let snapshot_id = match &last_log_id {
+            Some(l) => format!(
+                "{}-{}-{}",
+                l.leader_id.term,
+                l.index,
+                chrono::Utc::now().timestamp_millis()
+            ),
+            None => format!("empty-{}", chrono::Utc::now().timestamp_millis()),
+        };
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id,
+        };
+        let path = self.snapshots.temp_path("building");
+        let records = self.sm().iter().map(|kv| {
+            let (k, v) = kv?;
+            Ok((k.to_vec(), v.to_vec()))
+        });
+        snapshot_file::write(&path, &meta, records)?;
+        Ok((meta, path))
+    }
+}
+
+/// Finishes a snapshot that `get_snapshot_builder` already dumped to a temp file.
+pub struct SnapshotBuilder {
+    dumped: Result<(SnapshotMeta<u64, openraft::BasicNode>, PathBuf), String>,
+    snapshots: Arc<SnapshotDir>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let err =
+            |e: StoreError| StorageError::from(openraft::StorageIOError::write_snapshot(None, &e));
+        let (meta, path) = self
+            .dumped
+            .clone()
+            .map_err(|e| err(StoreError::Corrupt(e)))?;
+        self.snapshots.publish(&path).map_err(err)?;
+        let file = tokio::fs::File::open(self.snapshots.current_path())
+            .await
+            .map_err(|e| err(e.into()))?;
+        tracing::info!(snapshot_id = %meta.snapshot_id, "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        self.applied_state_sync().map_err(StoreError::into_read)
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut ov = Overlay::new(&self.reader.sm);
+        let mut results = Vec::new();
+        let mut last = None;
+        for entry in entries {
+            let apply_err = |e: StoreError| openraft::StorageIOError::apply(entry.log_id, &e);
+            let result = match &entry.payload {
+                EntryPayload::Blank => None,
+                EntryPayload::Normal(cmd) => Some(apply_command(&mut ov, cmd).map_err(apply_err)?),
+                EntryPayload::Membership(m) => {
+                    let stored = StoredMembership::new(Some(entry.log_id), m.clone());
+                    put_encoded(&mut ov, K_MEMBERSHIP, &stored).map_err(apply_err)?;
+                    None
+                }
+            };
+            results.push(result);
+            last = Some(entry.log_id);
+        }
+        if let Some(last) = last {
+            put_encoded(&mut ov, K_APPLIED, &Some(last)).map_err(StoreError::into_write)?;
+            ov.commit().map_err(|e| StoreError::from(e).into_write())?;
+        }
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            dumped: self.dump().map_err(|e| e.to_string()),
+            snapshots: self.snapshots.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.snapshots.temp_path("incoming");
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| StoreError::from(e).into_write())?;
+        // The name is only needed while the file is open; a crash leaves a .tmp that open() drops.
+        let _ = std::fs::remove_file(&path);
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, openraft::BasicNode>,
+        mut snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+        let err = |e: StoreError| {
+            StorageError::from(openraft::StorageIOError::write_snapshot(
+                Some(meta.signature()),
+                &e,
+            ))
+        };
+        let temp = self.snapshots.temp_path("installing");
+        let copy = async {
+            snapshot.seek(std::io::SeekFrom::Start(0)).await?;
+            let mut out = tokio::fs::File::create(&temp).await?;
+            tokio::io::copy(&mut *snapshot, &mut out).await?;
+            out.flush().await?;
+            out.sync_all().await?;
+            Ok::<_, std::io::Error>(())
+        };
+        copy.await.map_err(|e| err(e.into()))?;
+
+        // Check it is whole and is the snapshot we were told about before it replaces anything.
+        let header = snapshot_file::read(&temp, |_, _| Ok(())).map_err(err)?;
+        if header.last_log_id != meta.last_log_id {
+            return Err(err(StoreError::Corrupt(format!(
+                "snapshot file covers {:?}, expected {:?}",
+                header.last_log_id, meta.last_log_id
+            ))));
+        }
+        self.snapshots.publish(&temp).map_err(err)?;
+        let db = self.db.clone();
+        let this = StateMachineStore {
+            db,
+            raft: self.raft.clone(),
+            reader: self.reader.clone(),
+            snapshots: self.snapshots.clone(),
+        };
+        tokio::task::spawn_blocking(move || this.load_current_snapshot())
+            .await
+            .map_err(|e| err(StoreError::Corrupt(e.to_string())))?
+            .map_err(err)?;
+        tracing::info!(snapshot_id = %meta.snapshot_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        self.open_current_snapshot().map_err(StoreError::into_read)
+    }
+}
