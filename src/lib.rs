@@ -11,7 +11,11 @@
 //! - [`client`]: a Rust client for the HTTP API; [`cli`]: the `ordo` command line on it;
 //!   [`bench`]: load and storage benchmarks.
 
+pub mod api;
+pub mod bench;
+pub mod cli;
 pub mod codec;
+pub mod node;
 pub mod order;
 pub mod raft;
 pub mod store;

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# A local three-node ordo cluster on 127.0.0.1.
+#
+#   scripts/cluster.sh up | down | status | kill N | stop N | start N | pause N | resume N | logs N
+#
+# up     builds the release binary, starts nodes 1-3 on ports $ORDO_BASE_PORT+N (default 21000,
+#        so 21001-21003), waits (bounded) for a leader and prints a status table.
+# down   stops every node (SIGTERM, then SIGKILL after 10 s) — the data stays.
+# kill   SIGKILL, stop SIGTERM, pause SIGSTOP, resume SIGCONT; start restarts a node.
+# Each node keeps its data, log and pid under $ORDO_RUN_DIR/nN/ (default .ordo-cluster/).
+# Only processes this script started (by the pid it recorded) are ever signalled.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+BASE_PORT="${ORDO_BASE_PORT:-21000}"
+RUN_DIR="${ORDO_RUN_DIR:-.ordo-cluster}"
+BIN="${ORDO_BIN:-target/release/ordo}"
+NODES=(1 2 3)
+
+port() { echo $((BASE_PORT + $1)); }
+addr() { echo "127.0.0.1:$(port "$1")"; }
+peers() { local p="" n; for n in "${NODES[@]}"; do p+="${p:+,}$n=$(addr "$n")"; done; echo "$p"; }
+pidfile() { echo "$RUN_DIR/n$1/pid"; }
+
+running_pid() {
+  # Prints the node's pid if the process recorded in its pid file is still an ordo process.
+  local f; f=$(pidfile "$1")
+  [[ -f $f ]] || return 1
+  local pid; pid=$(cat "$f")
+  [[ -n $pid && -d /proc/$pid ]] || return 1
+  [[ "$(cat /proc/"$pid"/comm 2>/dev/null)" == ordo ]] || return 1
+  # A killed node that nobody has reaped yet is a zombie: it is not running.
+  [[ "$(awk '{print $3}' /proc/"$pid"/stat 2>/dev/null)" != Z ]] || return 1
+  echo "$pid"
+}
+
+check_node() {
+  [[ "${1:-}" =~ ^[123]$ ]] || { echo "usage: $0 $2 N   (N in 1..3)" >&2; exit 2; }
+}
+
+start_node() {
+  local n=$1
+  if pid=$(running_pid "$n"); then echo "node $n already running (pid $pid)"; return 0; fi
+  mkdir -p "$RUN_DIR/n$n"
+  nohup "$BIN" serve --id "$n" --listen "$(addr "$n")" --data-dir "$RUN_DIR/n$n/data" \
+    --peers "$(peers)" >>"$RUN_DIR/n$n/node.log" 2>&1 </dev/null &
+  echo $! >"$(pidfile "$n")"
+  echo "node $n started (pid $!, http://$(addr "$n"), log $RUN_DIR/n$n/node.log)"
+}
+
+signal_node() {
+  local n=$1 sig=$2 what=$3
+  if pid=$(running_pid "$n"); then
+    kill -s "$sig" "$pid"
+    echo "node $n ($pid): $what"
+  else
+    echo "node $n is not running"
+  fi
+}
+
+wait_stopped() {
+  local n=$1 i
+  for ((i = 0; i < 100; i++)); do running_pid "$n" >/dev/null || return 0; sleep 0.1; done
+  return 1
+}
+
+status_table() {
+  printf '%-5s %-16s %-10s %-7s %-6s %-9s %-8s\n' NODE ADDRESS ROLE LEADER TERM LAST_LOG APPLIED
+  local n
+  for n in "${NODES[@]}"; do
+    local s
+    if s=$(curl -fsS --max-time 2 "http://$(addr "$n")/cluster/status" 2>/dev/null); then
+      python3 - "$n" "$(addr "$n")" "$s" <<'PY'
+import json, sys
+n, a, s = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+f = lambda v: "-" if v is None else str(v)
+print(f"{n:<5} {a:<16} {s['state']:<10} {f(s['leader_id']):<7} {s['term']:<6} {f(s['last_log_index']):<9} {f(s['last_applied']):<8}")
+PY
+    else
+      local state=down
+      running_pid "$n" >/dev/null && state=unreachable
+      printf '%-5s %-16s %-10s\n' "$n" "$(addr "$n")" "$state"
+    fi
+  done
+}
+
+wait_for_leader() {
+  local i n
+  for ((i = 0; i < 300; i++)); do
+    for n in "${NODES[@]}"; do
+      if curl -fsS --max-time 1 "http://$(addr "$n")/cluster/status" 2>/dev/null | grep -q '"leader_id":[0-9]'; then
+        return 0
+      fi
+    done
+    sleep 0.1
+  done
+  return 1
+}
+
+cmd="${1:-}"
+case "$cmd" in
+  up)
+    command -v cargo >/dev/null || { echo "cargo is needed to build ordo" >&2; exit 1; }
+    command -v curl >/dev/null || { echo "curl is needed (apt-get install -y curl)" >&2; exit 1; }
+    if [[ -z "${ORDO_BIN:-}" ]]; then cargo build --release --quiet; fi
+    for n in "${NODES[@]}"; do start_node "$n"; done
+    if wait_for_leader; then
+      echo "cluster is up:"
+      status_table
+      echo
+      echo "try: curl -s -XPOST http://$(addr 1)/api/orders -H 'Content-Type: application/json' \\"
+      echo "       -d '{\"customer_id\":\"alice\",\"items\":[{\"sku\":\"book\",\"quantity\":1,\"unit_price_cents\":1250}]}'"
+    else
+      echo "no leader within 30 s; see the logs under $RUN_DIR/" >&2
+      status_table
+      exit 1
+    fi
+    ;;
+  down)
+    for n in "${NODES[@]}"; do
+      if pid=$(running_pid "$n"); then
+        kill -TERM "$pid" 2>/dev/null || true
+        kill -CONT "$pid" 2>/dev/null || true # a paused node must run to hear SIGTERM
+      fi
+    done
+    for n in "${NODES[@]}"; do
+      if ! wait_stopped "$n"; then signal_node "$n" KILL "killed after 10 s"; fi
+      rm -f "$(pidfile "$n")"
+    done
+    echo "cluster stopped (data kept in $RUN_DIR; rm -rf it for a fresh start)"
+    ;;
+  status) status_table ;;
+  kill) check_node "${2:-}" kill; signal_node "$2" KILL "SIGKILL" ;;
+  stop) check_node "${2:-}" stop; signal_node "$2" TERM "SIGTERM"; wait_stopped "$2" || true ;;
+  pause) check_node "${2:-}" pause; signal_node "$2" STOP "paused (SIGSTOP)" ;;
+  resume) check_node "${2:-}" resume; signal_node "$2" CONT "resumed (SIGCONT)" ;;
+  start) check_node "${2:-}" start; start_node "$2" ;;
+  logs) check_node "${2:-}" logs; tail -n 50 "$RUN_DIR/n$2/node.log" ;;
+  *)
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+    ;;
+esac

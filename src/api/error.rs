@@ -1,0 +1,146 @@
+//! The one mapping from what can go wrong to an HTTP answer: `ApiError` → status, a snake_case
+//! code and a human message, as `{"error": {"code", "message"}}`. Handlers return `ApiError`
+//! and never build error responses themselves.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use crate::order::{Rejection, ValidationError};
+use crate::store::StoreError;
+
+/// Everything a request can fail with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ApiError {
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("invalid order id {0:?}: ids are positive integers")]
+    InvalidId(String),
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
+    #[error("invalid Idempotency-Key: {0}")]
+    InvalidIdempotencyKey(String),
+    #[error("request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("request body is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("{0}")]
+    Validation(ValidationError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Rejected(Rejection),
+    #[error("no leader is known; retry later")]
+    NoLeader,
+    #[error("the cluster has no quorum; retry later")]
+    NoQuorum,
+    #[error("timed out: {0}; the write may or may not have been applied, retry with the same Idempotency-Key")]
+    Timeout(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            MalformedJson(_)
+            | BadRequest(_)
+            | InvalidId(_)
+            | InvalidQuery(_)
+            | InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            NotFound(_) => StatusCode::NOT_FOUND,
+            MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Rejected(Rejection::NotFound(_)) => StatusCode::NOT_FOUND,
+            Rejected(Rejection::Invalid(_)) => StatusCode::UNPROCESSABLE_ENTITY,
+            Rejected(_) => StatusCode::CONFLICT,
+            NoLeader | NoQuorum | Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            MalformedJson(_) => "malformed_json",
+            BadRequest(_) => "bad_request",
+            InvalidId(_) => "invalid_id",
+            InvalidQuery(_) => "invalid_query",
+            InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            UnsupportedMediaType => "unsupported_media_type",
+            BodyTooLarge(_) => "body_too_large",
+            Validation(_) | Rejected(Rejection::Invalid(_)) => "validation_failed",
+            NotFound(_) | Rejected(Rejection::NotFound(_)) => "not_found",
+            MethodNotAllowed(_) => "method_not_allowed",
+            Rejected(Rejection::InvalidTransition { .. }) => "invalid_transition",
+            Rejected(Rejection::VersionConflict { .. }) => "version_conflict",
+            Rejected(Rejection::IdempotencyKeyReused) => "idempotency_key_reused",
+            NoLeader => "no_leader",
+            NoQuorum => "no_quorum",
+            Unavailable(_) => "unavailable",
+            Timeout(_) => "timeout",
+            Internal(_) => "internal",
+        }
+    }
+
+    /// The field a validation error names, if any.
+    fn field(&self) -> Option<&str> {
+        match self {
+            ApiError::Validation(v) | ApiError::Rejected(Rejection::Invalid(v)) => Some(&v.field),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+/// The error body every failed request gets.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(code = self.code(), error = %self, "request failed");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_string(),
+                message: self.to_string(),
+                field: self.field().map(String::from),
+            },
+        };
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

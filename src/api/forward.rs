@@ -1,0 +1,245 @@
+//! Getting a write committed, or a read made linearizable, from whichever node a request hit.
+//!
+//! On the leader a write is stamped with the leader's clock and proposed to openraft; on a
+//! follower it is forwarded (`forward_to_leader`) as a `codec` body to the leader's internal
+//! `/raft/write` route, which does the same there. A linearizable read on the leader runs
+//! openraft's read-index check; on a follower it asks the leader for the read index
+//! (`/raft/read-index`) and waits until its own state machine has applied that far.
+//!
+//! Every loop here is bounded by the request's deadline and a count; past it the caller gets
+//! 503 (`no_leader` / `no_quorum`) or, when a proposal was made and its fate is unknown, 504.
+
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::codec;
+use crate::order::{CommandOutcome, OrderCommand, OrderOp};
+use crate::raft::{LogId, NodeId};
+
+pub const WRITE_PATH: &str = "/raft/write";
+pub const READ_INDEX_PATH: &str = "/raft/read-index";
+
+/// Upper bound on leader look-ups / forwards for one request, whatever the deadline.
+const MAX_ATTEMPTS: u32 = 100;
+/// Pause before asking again when the leader moved or is not yet known.
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+/// A write as a follower forwards it: not yet stamped, the leader stamps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteRequest {
+    pub op: OrderOp,
+    pub idempotency_key: Option<String>,
+}
+
+/// What the leader's internal routes answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LeaderAnswer<T> {
+    Done(T),
+    /// This node is not the leader (any more); here is who it thinks is.
+    NotLeader(Option<NodeId>),
+    Failed(ApiError),
+}
+
+/// The current leader and its address, waiting (bounded) until one is known.
+async fn wait_for_leader(
+    state: &AppState,
+    deadline: Instant,
+) -> Result<(NodeId, String), ApiError> {
+    let mut rx = state.raft.metrics();
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            if let Some(leader) = m.current_leader {
+                if let Some(node) = m.membership_config.membership().get_node(&leader) {
+                    return Ok((leader, node.addr.clone()));
+                }
+            }
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) => return Err(ApiError::Unavailable("node is shutting down".into())),
+            Err(_) => return Err(ApiError::NoLeader),
+        }
+    }
+}
+
+/// Commits one order operation through Raft from any node and returns its outcome.
+pub async fn submit_write(state: &AppState, req: WriteRequest) -> Result<CommandOutcome, ApiError> {
+    let deadline = Instant::now() + state.request_timeout;
+    for _ in 0..MAX_ATTEMPTS {
+        let (leader, addr) = wait_for_leader(state, deadline).await?;
+        let answer = if leader == state.id {
+            write_as_leader(state, req.clone(), deadline).await
+        } else {
+            forward_to_leader(state, &addr, WRITE_PATH, &req, deadline).await
+        };
+        match answer {
+            LeaderAnswer::Done(outcome) => return Ok(outcome),
+            LeaderAnswer::Failed(e) => return Err(e),
+            LeaderAnswer::NotLeader(_) => {
+                if Instant::now() + RETRY_PAUSE >= deadline {
+                    break;
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+    Err(ApiError::NoLeader)
+}
+
+/// True when the leader has heard from a quorum recently; a leader cut off from its
+/// followers refuses writes up front (503) instead of proposing ones that cannot commit.
+fn leader_has_quorum(state: &AppState) -> bool {
+    let m = state.raft.metrics().borrow().clone();
+    match m.millis_since_quorum_ack {
+        Some(ms) => ms <= state.quorum_stale_after.as_millis() as u64,
+        None => false,
+    }
+}
+
+/// The leader's half of a write: stamp the time, propose, wait for the applied outcome.
+pub async fn write_as_leader(
+    state: &AppState,
+    req: WriteRequest,
+    deadline: Instant,
+) -> LeaderAnswer<CommandOutcome> {
+    if !leader_has_quorum(state) {
+        return LeaderAnswer::Failed(ApiError::NoQuorum);
+    }
+    let cmd = OrderCommand {
+        op: req.op,
+        idempotency_key: req.idempotency_key,
+        stamped_at_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    match tokio::time::timeout_at(deadline, state.raft.client_write(cmd)).await {
+        Ok(Ok(resp)) => match resp.data {
+            Some(outcome) => LeaderAnswer::Done(outcome),
+            None => LeaderAnswer::Failed(ApiError::Internal(
+                "applied command returned no outcome".into(),
+            )),
+        },
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            LeaderAnswer::NotLeader(f.leader_id)
+        }
+        Ok(Err(e)) => {
+            LeaderAnswer::Failed(ApiError::Timeout(format!("write did not complete: {e}")))
+        }
+        Err(_) => LeaderAnswer::Failed(ApiError::Timeout("write was not committed in time".into())),
+    }
+}
+
+/// Sends an internal request to the leader. A refused connection means the leader is gone
+/// (nothing was sent): the caller looks for the new one. Any later failure leaves the outcome
+/// unknown, so it is a timeout, never a silent retry.
+async fn forward_to_leader<Req: Serialize, T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    addr: &str,
+    path: &str,
+    req: &Req,
+    deadline: Instant,
+) -> LeaderAnswer<T> {
+    let body = match codec::encode(req) {
+        Ok(b) => b,
+        Err(e) => return LeaderAnswer::Failed(ApiError::Internal(e.to_string())),
+    };
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let sent = state
+        .http
+        .post(format!("http://{addr}{path}"))
+        .timeout(remaining + Duration::from_millis(500))
+        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+        .body(body)
+        .send()
+        .await;
+    let resp = match sent {
+        Ok(resp) if resp.status().is_success() => resp,
+        Ok(resp) => {
+            return LeaderAnswer::Failed(ApiError::Unavailable(format!(
+                "leader answered HTTP {}",
+                resp.status()
+            )))
+        }
+        Err(e) if e.is_connect() => return LeaderAnswer::NotLeader(None),
+        Err(e) => {
+            return LeaderAnswer::Failed(ApiError::Timeout(format!(
+                "forwarding to the leader failed: {e}"
+            )))
+        }
+    };
+    match resp
+        .bytes()
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|b| codec::decode(&b).map_err(|e| e.to_string()))
+    {
+        Ok(answer) => answer,
+        Err(e) => {
+            LeaderAnswer::Failed(ApiError::Timeout(format!("no answer from the leader: {e}")))
+        }
+    }
+}
+
+/// The leader's half of a read index: confirm leadership with a quorum, return the index a
+/// read must see.
+pub async fn read_index_as_leader(
+    state: &AppState,
+    deadline: Instant,
+) -> LeaderAnswer<Option<LogId>> {
+    match tokio::time::timeout_at(deadline, state.raft.get_read_log_id()).await {
+        Ok(Ok((read_log_id, _applied))) => LeaderAnswer::Done(read_log_id),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+            LeaderAnswer::NotLeader(f.leader_id)
+        }
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+            LeaderAnswer::Failed(ApiError::NoQuorum)
+        }
+        Ok(Err(e)) => LeaderAnswer::Failed(ApiError::Unavailable(e.to_string())),
+        Err(_) => LeaderAnswer::Failed(ApiError::NoQuorum),
+    }
+}
+
+/// Returns once this node's state machine holds everything committed before the call: a read
+/// of the local store after it is linearizable.
+pub async fn linearizable_barrier(state: &AppState) -> Result<(), ApiError> {
+    let deadline = Instant::now() + state.request_timeout;
+    let mut last_err = ApiError::NoLeader;
+    for _ in 0..MAX_ATTEMPTS {
+        let (leader, addr) = wait_for_leader(state, deadline).await?;
+        let answer = if leader == state.id {
+            read_index_as_leader(state, deadline).await
+        } else {
+            forward_to_leader(state, &addr, READ_INDEX_PATH, &(), deadline).await
+        };
+        match answer {
+            LeaderAnswer::Done(read_log_id) => {
+                let Some(read_log_id) = read_log_id else {
+                    return Ok(());
+                };
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                return state
+                    .raft
+                    .wait(Some(remaining))
+                    .applied_index_at_least(Some(read_log_id.index), "linearizable read")
+                    .await
+                    .map(|_| ())
+                    .map_err(|_| {
+                        ApiError::Unavailable("this node could not catch up in time".into())
+                    });
+            }
+            // A quorum check can fail on a slow round; retry until the deadline.
+            LeaderAnswer::Failed(ApiError::NoQuorum) => last_err = ApiError::NoQuorum,
+            LeaderAnswer::Failed(e) => return Err(e),
+            LeaderAnswer::NotLeader(_) => last_err = ApiError::NoLeader,
+        }
+        if Instant::now() + RETRY_PAUSE >= deadline {
+            break;
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    Err(last_err)
+}

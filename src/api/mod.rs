@@ -1,0 +1,68 @@
+//! The HTTP face of a node (axum): the JSON API for orders (`orders`) and the cluster
+//! (`cluster`), the node-to-node routes under `/raft` (`raft_rpc`), forwarding to the leader
+//! and linearizable reads (`forward`), and the one error→HTTP mapping (`error`).
+
+pub mod cluster;
+pub mod error;
+pub mod forward;
+pub mod json;
+pub mod orders;
+pub mod raft_rpc;
+
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::raft::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
+use crate::raft::{NodeId, Raft};
+use crate::store::OrderReader;
+pub use error::ApiError;
+
+/// Largest node-to-node body (append batches, snapshot chunks).
+const MAX_RAFT_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub reader: OrderReader,
+    /// Client for forwarding to the leader (pooled keep-alive connections).
+    pub http: reqwest::Client,
+    /// How long a request may wait for a leader, a commit or a read index before 503/504.
+    pub request_timeout: Duration,
+    /// A leader that has not heard from a quorum for this long refuses writes with 503.
+    pub quorum_stale_after: Duration,
+}
+
+/// All routes of a node.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/api/orders", post(orders::create).get(orders::list))
+        .route("/api/order/create", post(orders::create))
+        .route(
+            "/api/orders/{id}",
+            get(orders::get).patch(orders::set_status),
+        )
+        .route("/cluster/status", get(cluster::status))
+        .route("/cluster/digest", get(cluster::digest))
+        .route("/cluster/learners", post(cluster::add_learner))
+        .route("/cluster/members", post(cluster::change_members))
+        .route("/health", get(cluster::health))
+        .layer(DefaultBodyLimit::max(json::MAX_BODY_BYTES));
+    let raft = Router::new()
+        .route(APPEND_PATH, post(raft_rpc::append))
+        .route(VOTE_PATH, post(raft_rpc::vote))
+        .route(SNAPSHOT_PATH, post(raft_rpc::snapshot))
+        .route(forward::WRITE_PATH, post(raft_rpc::write))
+        .route(forward::READ_INDEX_PATH, post(raft_rpc::read_index))
+        .layer(DefaultBodyLimit::max(MAX_RAFT_BODY_BYTES));
+    api.merge(raft)
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::MethodNotAllowed("method not allowed on this route".into())
+        })
+        .with_state(state)
+}

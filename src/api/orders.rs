@@ -1,0 +1,206 @@
+//! The order routes: create, get, list, change status. Writes go through `forward`; reads are
+//! linearizable unless `?consistency=stale` asks for the local state as it is.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::error::ApiError;
+use super::forward::{linearizable_barrier, submit_write, WriteRequest};
+use super::json::{CreateOrderBody, JsonBody, OrderJson, OrderListJson, SetStatusBody};
+use super::AppState;
+use crate::order::{
+    validate_idempotency_key, validate_new_order, NewOrder, OrderOp, OrderStatus, ValidationError,
+};
+use crate::store::OrderFilter;
+
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+const DEFAULT_PER_PAGE: u64 = 20;
+const MAX_PER_PAGE: u64 = 100;
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::InvalidIdempotencyKey("not printable ASCII".into()))?;
+    validate_idempotency_key(key).map_err(|e| ApiError::InvalidIdempotencyKey(e.message))?;
+    Ok(Some(key.to_string()))
+}
+
+fn parse_id(raw: &str) -> Result<u64, ApiError> {
+    match raw.parse::<u64>() {
+        Ok(id) if id > 0 && raw.bytes().all(|b| b.is_ascii_digit()) => Ok(id),
+        _ => Err(ApiError::InvalidId(raw.to_string())),
+    }
+}
+
+/// Query parameters, parsed strictly: unknown names and repeated names are refused.
+fn parse_query(raw: Option<String>, allowed: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::InvalidQuery(e.to_string()))?;
+    for (i, (name, _)) in pairs.iter().enumerate() {
+        if !allowed.contains(&name.as_str()) {
+            return Err(ApiError::InvalidQuery(format!(
+                "unknown parameter {name:?}; allowed: {}",
+                allowed.join(", ")
+            )));
+        }
+        if pairs[..i].iter().any(|(n, _)| n == name) {
+            return Err(ApiError::InvalidQuery(format!(
+                "parameter {name:?} given twice"
+            )));
+        }
+    }
+    Ok(pairs)
+}
+
+fn query_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Makes the local state machine safe to read, as the `consistency` parameter asks.
+async fn read_barrier(state: &AppState, pairs: &[(String, String)]) -> Result<(), ApiError> {
+    match query_value(pairs, "consistency") {
+        None | Some("linearizable") => linearizable_barrier(state).await,
+        Some("stale") => Ok(()),
+        Some(other) => Err(ApiError::InvalidQuery(format!(
+            "consistency must be linearizable or stale, got {other:?}"
+        ))),
+    }
+}
+
+fn order_created(order: OrderJson, replayed: bool) -> Response {
+    let status = if replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let location = format!("/api/orders/{}", order.id);
+    (status, [(header::LOCATION, location)], Json(order)).into_response()
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<CreateOrderBody>,
+) -> Result<Response, ApiError> {
+    let idempotency_key = idempotency_key(&headers)?;
+    let new: NewOrder = body.into();
+    validate_new_order(&new).map_err(ApiError::Validation)?;
+    let outcome = submit_write(
+        &state,
+        WriteRequest {
+            op: OrderOp::Create(new),
+            idempotency_key,
+        },
+    )
+    .await?;
+    let order = outcome.result.map_err(ApiError::Rejected)?;
+    Ok(order_created(OrderJson::from(&order), outcome.replayed))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<OrderJson>, ApiError> {
+    let id = parse_id(&raw_id)?;
+    let pairs = parse_query(query, &["consistency"])?;
+    read_barrier(&state, &pairs).await?;
+    match state.reader.get(id)? {
+        Some(order) => Ok(Json(OrderJson::from(&order))),
+        None => Err(ApiError::NotFound(format!("order {id} not found"))),
+    }
+}
+
+fn parse_positive(
+    pairs: &[(String, String)],
+    name: &str,
+    default: u64,
+    max: u64,
+) -> Result<u64, ApiError> {
+    match query_value(pairs, name) {
+        None => Ok(default),
+        Some(raw) => match raw.parse::<u64>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::InvalidQuery(format!(
+                "{name} must be an integer from 1 to {max}, got {raw:?}"
+            ))),
+        },
+    }
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<OrderListJson>, ApiError> {
+    let pairs = parse_query(
+        query,
+        &["page", "per_page", "status", "customer_id", "consistency"],
+    )?;
+    let page = parse_positive(&pairs, "page", 1, u32::MAX as u64)?;
+    let per_page = parse_positive(&pairs, "per_page", DEFAULT_PER_PAGE, MAX_PER_PAGE)?;
+    let status = match query_value(&pairs, "status") {
+        None | Some("") => None,
+        Some(s) => Some(
+            OrderStatus::parse(s)
+                .ok_or_else(|| ApiError::InvalidQuery(format!("unknown status {s:?}")))?,
+        ),
+    };
+    let customer_id = query_value(&pairs, "customer_id")
+        .filter(|c| !c.is_empty())
+        .map(String::from);
+    read_barrier(&state, &pairs).await?;
+    let found = state.reader.list(
+        &OrderFilter {
+            status,
+            customer_id,
+        },
+        page,
+        per_page,
+    )?;
+    Ok(Json(OrderListJson {
+        orders: found.orders.iter().map(OrderJson::from).collect(),
+        page,
+        per_page,
+        total: found.total,
+    }))
+}
+
+pub async fn set_status(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<SetStatusBody>,
+) -> Result<Json<OrderJson>, ApiError> {
+    let id = parse_id(&raw_id)?;
+    let idempotency_key = idempotency_key(&headers)?;
+    let status = body.parsed_status()?;
+    if body.expected_version == Some(0) {
+        return Err(ApiError::Validation(ValidationError::new(
+            "expected_version",
+            "versions start at 1",
+        )));
+    }
+    let op = OrderOp::SetStatus {
+        id,
+        status,
+        expected_version: body.expected_version,
+    };
+    let outcome = submit_write(
+        &state,
+        WriteRequest {
+            op,
+            idempotency_key,
+        },
+    )
+    .await?;
+    let order = outcome.result.map_err(ApiError::Rejected)?;
+    Ok(Json(OrderJson::from(&order)))
+}

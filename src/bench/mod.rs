@@ -1,0 +1,3 @@
+//! Benchmarks that print figures: `storage` measures the sled store alone.
+
+pub mod storage;

@@ -1,0 +1,91 @@
+//! `ordo serve`: the flags of a node, turned into a `node::NodeConfig`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+
+use crate::node::{self, NodeConfig};
+use crate::store::{Durability, DEFAULT_CACHE_CAPACITY_BYTES};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// This node's id (a positive integer, unique in the cluster).
+    #[arg(long)]
+    pub id: u64,
+    /// HOST:PORT to serve the API and Raft RPCs on.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Directory for the node's log, state and snapshots.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The initial cluster, `1=HOST:PORT,2=HOST:PORT,...`; read only on a first start.
+    #[arg(long, default_value = "")]
+    pub peers: String,
+    #[arg(long, default_value_t = 50)]
+    pub heartbeat_ms: u64,
+    #[arg(long, default_value_t = 150)]
+    pub election_timeout_min_ms: u64,
+    #[arg(long, default_value_t = 300)]
+    pub election_timeout_max_ms: u64,
+    /// How long a request waits for a leader, commit or read index before 503/504.
+    #[arg(long, default_value_t = 3000)]
+    pub request_timeout_ms: u64,
+    /// Build a snapshot (and purge the log) after this many applied entries.
+    #[arg(long, default_value_t = 20_000)]
+    pub snapshot_every_logs: u64,
+    /// sled page cache in MiB.
+    #[arg(long, default_value_t = DEFAULT_CACHE_CAPACITY_BYTES / (1024 * 1024))]
+    pub cache_mib: u64,
+    /// UNSAFE: acknowledge log appends before fsync. A crash can lose acknowledged orders.
+    #[arg(long)]
+    pub unsafe_no_fsync: bool,
+}
+
+fn parse_peers(raw: &str) -> anyhow::Result<BTreeMap<u64, String>> {
+    let mut peers = BTreeMap::new();
+    for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .with_context(|| format!("peer {part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .parse()
+            .with_context(|| format!("peer id {id:?} is not a number"))?;
+        addr.parse::<SocketAddr>()
+            .with_context(|| format!("peer address {addr:?} is not HOST:PORT"))?;
+        if peers.insert(id, addr.to_string()).is_some() {
+            bail!("peer id {id} given twice");
+        }
+    }
+    Ok(peers)
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
+    let peers = parse_peers(&args.peers)?;
+    if !peers.is_empty() && !peers.contains_key(&args.id) {
+        bail!("--peers must include this node's own id {}", args.id);
+    }
+    let config = NodeConfig {
+        id: args.id,
+        listen: args.listen,
+        data_dir: args.data_dir,
+        peers,
+        heartbeat_ms: args.heartbeat_ms,
+        election_timeout_min_ms: args.election_timeout_min_ms,
+        election_timeout_max_ms: args.election_timeout_max_ms,
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
+        snapshot_every_logs: args.snapshot_every_logs,
+        cache_capacity_bytes: args.cache_mib * 1024 * 1024,
+        durability: if args.unsafe_no_fsync {
+            Durability::UnsafeNoFsync
+        } else {
+            Durability::Fsync
+        },
+    };
+    let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    rt.block_on(node::serve(config))?;
+    Ok(0)
+}

@@ -1,0 +1,145 @@
+//! Wiring one node together: open the store, start openraft with the peer network, form the
+//! cluster on first start, serve the HTTP API, and shut down cleanly on SIGTERM/SIGINT.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState};
+use crate::raft::network::PeerNetwork;
+use crate::raft::{NodeId, Raft};
+use crate::store::{self, Durability, StoreConfig};
+
+/// Everything `ordo serve` needs to run a node.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// The initial cluster (id → HOST:PORT); used only on the first start with an empty store.
+    pub peers: BTreeMap<NodeId, String>,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub request_timeout: Duration,
+    pub snapshot_every_logs: u64,
+    pub cache_capacity_bytes: u64,
+    pub durability: Durability,
+}
+
+impl NodeConfig {
+    fn raft_config(&self) -> anyhow::Result<Config> {
+        let config = Config {
+            cluster_name: "ordo".into(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_logs),
+            max_in_snapshot_log_to_keep: 1000,
+            max_payload_entries: 512,
+            ..Default::default()
+        };
+        config.validate().context("invalid raft timing options")
+    }
+}
+
+/// Runs a node until SIGTERM or SIGINT.
+pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
+    let raft_config = Arc::new(config.raft_config()?);
+    let store_config = StoreConfig {
+        dir: config.data_dir.clone(),
+        cache_capacity_bytes: config.cache_capacity_bytes,
+        durability: config.durability,
+    };
+    if config.durability == Durability::UnsafeNoFsync {
+        tracing::warn!("UNSAFE: log appends are acknowledged before fsync; a crash can lose acknowledged orders");
+    }
+    let (log_store, state_machine) = store::open(&store_config)
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let reader = state_machine.reader();
+    let raft = Raft::new(
+        config.id,
+        raft_config,
+        PeerNetwork::new(),
+        log_store,
+        state_machine,
+    )
+    .await
+    .context("starting raft")?;
+
+    // Listen before forming the cluster, so peers can reach this node as soon as it votes.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    tracing::info!(id = config.id, listen = %config.listen, "node serving");
+
+    if !raft.is_initialized().await? {
+        initialize_if_first(&raft, &config).await?;
+    } else {
+        tracing::info!("existing data found: rejoining the cluster it records (--peers ignored)");
+    }
+
+    let state = AppState {
+        id: config.id,
+        raft: raft.clone(),
+        reader,
+        http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .build()
+            .context("building the HTTP client")?,
+        request_timeout: config.request_timeout,
+        quorum_stale_after: Duration::from_millis((config.election_timeout_max_ms * 2).max(1000)),
+    };
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+
+    tracing::info!("shutting down raft");
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
+    }
+    Ok(())
+}
+
+/// On a first start, the node with the lowest id in `--peers` forms the cluster with every
+/// peer as a voter; the others wait to be contacted.
+async fn initialize_if_first(raft: &Raft, config: &NodeConfig) -> anyhow::Result<()> {
+    let Some((&first, _)) = config.peers.iter().next() else {
+        tracing::info!("empty store and no --peers: waiting to be added to a cluster");
+        return Ok(());
+    };
+    if first != config.id {
+        tracing::info!(
+            initializer = first,
+            "empty store: waiting for node {first} to form the cluster"
+        );
+        return Ok(());
+    }
+    let members: BTreeMap<NodeId, BasicNode> = config
+        .peers
+        .iter()
+        .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+        .collect();
+    tracing::info!(?members, "forming the cluster");
+    raft.initialize(members)
+        .await
+        .context("initializing the cluster")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
