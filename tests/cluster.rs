@@ -1,0 +1,224 @@
+//! Cluster tests with real `ordo` processes: election, forwarding, failover under writes,
+//! loss of quorum, a paused leader, full restart, and membership changes.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+fn notes(orders: &[Value]) -> Vec<String> {
+    orders.iter().map(|o| o["note"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_every_node_are_readable_through_every_node() {
+    let cluster = TestCluster::start(3).await;
+    let mut written = Vec::new();
+    for node in cluster.ids() {
+        for i in 0..4 {
+            let key = format!("n{node}-{i}");
+            let order = create_until_acked(&cluster, &[node], &format!("cust-{node}"), &key).await;
+            written.push(order);
+        }
+    }
+    for node in cluster.ids() {
+        for order in &written {
+            let (status, body) = cluster.get(node, &format!("/api/orders/{}", order["id"])).await.unwrap();
+            assert_eq!(status, 200);
+            assert_eq!(&body, order, "node {node} reads order {} differently", order["id"]);
+        }
+        let all = cluster.all_orders(node, false).await;
+        assert_eq!(all.len(), written.len());
+        let (status, body) = cluster.get(node, "/api/orders?customer_id=cust-2").await.unwrap();
+        assert_eq!((status, body["total"].as_u64()), (200, Some(4)));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_sigkill_under_writes_loses_and_duplicates_nothing() {
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let total = 120;
+    let mut acked = Vec::new();
+    let mut killed = false;
+    for i in 0..total {
+        let key = format!("w-{i}");
+        let alive: Vec<u64> = cluster.ids().into_iter().filter(|id| !killed || *id != leader).collect();
+        acked.push(create_until_acked(&cluster, &alive, "stream", &key).await);
+        if i == 40 {
+            cluster.kill(leader);
+            killed = true;
+        }
+    }
+    let survivors: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != leader).collect();
+    let new_leader = cluster.wait_for_leader(&survivors).await;
+    assert_ne!(new_leader, leader);
+
+    let orders = cluster.all_orders(new_leader, false).await;
+    let expected: BTreeSet<String> = (0..total).map(|i| format!("w-{i}")).collect();
+    let found = notes(&orders);
+    assert_eq!(found.len(), total, "duplicated or lost orders: {found:?}");
+    assert_eq!(found.into_iter().collect::<BTreeSet<_>>(), expected);
+    for order in &acked {
+        let (status, body) = cluster.get(new_leader, &format!("/api/orders/{}", order["id"])).await.unwrap();
+        assert_eq!((status, &body["note"]), (200, &order["note"]));
+    }
+
+    // The killed node comes back, catches up and serves the same data.
+    cluster.spawn(leader);
+    let applied = cluster.status(new_leader).await.unwrap()["last_applied"].as_u64().unwrap();
+    cluster.wait_applied(leader, applied).await;
+    assert_eq!(cluster.digest(leader).await["digest"], cluster.digest(new_leader).await["digest"]);
+    assert_eq!(cluster.all_orders(leader, true).await, orders);
+    assert_eq!(cluster.all_orders(leader, false).await, orders);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn majority_down_fails_with_503_stale_reads_answer_and_recovery() {
+    let mut cluster = TestCluster::start(3).await;
+    let first = create_until_acked(&cluster, &[1, 2, 3], "q", "before").await;
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let followers: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != leader).collect();
+    // Kill one follower and the leader; the other follower is alone.
+    let (alone, other) = (followers[0], followers[1]);
+    cluster.kill(other);
+    cluster.kill(leader);
+    let before = cluster.all_orders(alone, true).await;
+
+    // Writes and linearizable reads fail with 503 (a write proposed just before the quorum
+    // went away may end 504: its fate is unknown). Each answer comes back bounded.
+    let deadline = Instant::now() + DEADLINE;
+    let (mut write_503, mut read_503) = (false, false);
+    while !(write_503 && read_503) {
+        assert!(Instant::now() < deadline, "no 503 while the majority is down");
+        let (ws, wb) = cluster.create(alone, "q", Some("during"), "during").await.expect("an HTTP answer");
+        assert!(ws == 503 || ws == 504, "write without quorum: {ws} {wb}");
+        write_503 |= ws == 503;
+        let (rs, rb) = cluster.get(alone, &format!("/api/orders/{}", first["id"])).await.expect("an HTTP answer");
+        assert_eq!(rs, 503, "linearizable read without quorum: {rb}");
+        read_503 = true;
+        assert!(["no_leader", "no_quorum"].contains(&rb["error"]["code"].as_str().unwrap()), "{rb}");
+    }
+    // Stale reads still answer from local state; nothing was half-written.
+    let (status, body) = cluster.get(alone, &format!("/api/orders/{}?consistency=stale", first["id"])).await.unwrap();
+    assert_eq!((status, &body), (200, &first));
+    assert_eq!(cluster.all_orders(alone, true).await, before);
+
+    // One node back: a majority again, and the cluster serves.
+    cluster.spawn(other);
+    cluster.wait_for_leader(&[alone, other]).await;
+    create_until_acked(&cluster, &[alone, other], "q", "during").await;
+    let orders = cluster.all_orders(other, false).await;
+    let during: Vec<_> = notes(&orders).into_iter().filter(|n| n == "during").collect();
+    assert_eq!(during.len(), 1, "the retried write exists exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_paused_leader_serves_no_stale_read_and_loses_no_write() {
+    let mut cluster = TestCluster::start(3).await;
+    let order = create_until_acked(&cluster, &[1, 2, 3], "p", "paused-1").await;
+    let id = order["id"].as_u64().unwrap();
+    let old = cluster.wait_for_leader(&cluster.ids()).await;
+    cluster.pause(old);
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|n| *n != old).collect();
+    let new = cluster.wait_for_leader(&others).await;
+
+    // Move the order on while the old leader sleeps.
+    let (status, body) = send(
+        cluster.http.patch(cluster.url(new, &format!("/api/orders/{id}"))).json(&json!({"status": "paid"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    cluster.resume(old);
+    // Its first linearizable read must not be the stale "pending".
+    let (status, body) = cluster.get(old, &format!("/api/orders/{id}")).await.unwrap();
+    assert!(status == 503 || (status == 200 && body["status"] == "paid"), "stale read from old leader: {status} {body}");
+
+    // A write through the old leader either fails or is really committed.
+    let (status, body) = cluster.create(old, "p", Some("after-resume"), "after-resume").await.unwrap();
+    if status == 201 {
+        let (s, b) = cluster.get(new, &format!("/api/orders/{}", body["id"])).await.unwrap();
+        assert_eq!((s, &b["note"]), (200, &json!("after-resume")));
+    } else {
+        assert!(status == 503 || status == 504, "{status} {body}");
+    }
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let (status, body) = cluster.get(leader, &format!("/api/orders/{id}")).await.unwrap();
+    assert_eq!((status, &body["status"]), (200, &json!("paid")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_all_keeps_every_order() {
+    let mut cluster = TestCluster::start(3).await;
+    for i in 0..15 {
+        create_until_acked(&cluster, &[1, 2, 3], "r", &format!("r-{i}")).await;
+    }
+    let before = cluster.all_orders(1, false).await;
+    for id in cluster.ids() {
+        cluster.stop(id).await;
+    }
+    for id in cluster.ids() {
+        cluster.spawn(id);
+    }
+    cluster.wait_for_leader(&cluster.ids()).await;
+    for id in cluster.ids() {
+        assert_eq!(cluster.all_orders(id, false).await, before, "node {id} after full restart");
+    }
+    // And after SIGKILL of all three.
+    for id in cluster.ids() {
+        cluster.kill(id);
+    }
+    for id in cluster.ids() {
+        cluster.spawn(id);
+    }
+    cluster.wait_for_leader(&cluster.ids()).await;
+    assert_eq!(cluster.all_orders(2, false).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_learner_promote_and_remove_a_node() {
+    let mut cluster = TestCluster::start(3).await;
+    for i in 0..10 {
+        create_until_acked(&cluster, &[1, 2, 3], "m", &format!("m-{i}")).await;
+    }
+    cluster.add_node(4);
+    let addr4 = cluster.nodes[&4].addr.clone();
+    // Sent to a follower on purpose: it forwards membership changes to the leader.
+    let leader = cluster.wait_for_leader(&[1, 2, 3]).await;
+    let follower = [1, 2, 3].into_iter().find(|n| *n != leader).unwrap();
+    let (status, body) =
+        send(cluster.http.post(cluster.url(follower, "/cluster/learners")).json(&json!({"id": 4, "addr": addr4})))
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["learners"]["4"], json!(addr4));
+
+    let keep: Vec<u64> = vec![2, 3, 4];
+    let (status, body) =
+        send(cluster.http.post(cluster.url(leader, "/cluster/members")).json(&json!({"members": keep}))).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let members: BTreeSet<String> = body["members"].as_object().unwrap().keys().cloned().collect();
+    assert_eq!(members, ["2", "3", "4"].into_iter().map(String::from).collect());
+
+    cluster.kill(1);
+    let leader = cluster.wait_for_leader(&keep).await;
+    create_until_acked(&cluster, &keep, "m", "m-after").await;
+    let orders = cluster.all_orders(4, false).await;
+    assert_eq!(orders.len(), 11);
+    assert_eq!(cluster.all_orders(leader, false).await, orders);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_node_cleanly() {
+    let mut cluster = TestCluster::start(3).await;
+    create_until_acked(&cluster, &[1, 2, 3], "s", "s-1").await;
+    cluster.stop(2).await; // asserts a clean exit status within the deadline
+    let survivors = [1, 3];
+    cluster.wait_for_leader(&survivors).await;
+    create_until_acked(&cluster, &survivors, "s", "s-2").await;
+}
