@@ -14,6 +14,7 @@
 pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod codec;
 pub mod node;
 pub mod order;

@@ -54,61 +54,167 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
     let item = good_item();
 
     let mut cases = vec![
-        case("POST", "/api/orders", "{\"customer_id\": \"a\",", 400, "malformed_json"),
+        case(
+            "POST",
+            "/api/orders",
+            "{\"customer_id\": \"a\",",
+            400,
+            "malformed_json",
+        ),
         case("POST", "/api/orders", "not json", 400, "malformed_json"),
         case("POST", "/api/orders", "", 400, "malformed_json"),
-        field(case("POST", "/api/orders", "[]", 422, "validation_failed"), "body"),
-        field(case("POST", "/api/orders", &create_with(json!({"items": [item]})), 422, "validation_failed"), "body"),
         field(
-            case("POST", "/api/orders", &create_with(json!({"customer_id": 5, "items": [item]})), 422, "validation_failed"),
+            case("POST", "/api/orders", "[]", 422, "validation_failed"),
+            "body",
+        ),
+        field(
+            case(
+                "POST",
+                "/api/orders",
+                &create_with(json!({"items": [item]})),
+                422,
+                "validation_failed",
+            ),
+            "body",
+        ),
+        field(
+            case(
+                "POST",
+                "/api/orders",
+                &create_with(json!({"customer_id": 5, "items": [item]})),
+                422,
+                "validation_failed",
+            ),
             "customer_id",
         ),
         field(
-            case("POST", "/api/orders", &create_with(json!({"customer_id": "c", "items": [item], "extra": 1})), 422, "validation_failed"),
+            case(
+                "POST",
+                "/api/orders",
+                &create_with(json!({"customer_id": "c", "items": [item], "extra": 1})),
+                422,
+                "validation_failed",
+            ),
             "extra",
         ),
         field(
-            case("POST", "/api/orders", &create_with(json!({"customer_id": "c", "items": []})), 422, "validation_failed"),
+            case(
+                "POST",
+                "/api/orders",
+                &create_with(json!({"customer_id": "c", "items": []})),
+                422,
+                "validation_failed",
+            ),
             "items",
         ),
         field(
-            case("POST", "/api/orders", &create_with(json!({"customer_id": "", "items": [item]})), 422, "validation_failed"),
+            case(
+                "POST",
+                "/api/orders",
+                &create_with(json!({"customer_id": "", "items": [item]})),
+                422,
+                "validation_failed",
+            ),
             "customer_id",
         ),
         field(
-            case("POST", "/api/orders", &create_with(json!({"customer_id": "c", "items": [{"sku": "a", "quantity": "2", "unit_price_cents": 1}]})), 422, "validation_failed"),
+            case(
+                "POST",
+                "/api/orders",
+                &create_with(
+                    json!({"customer_id": "c", "items": [{"sku": "a", "quantity": "2", "unit_price_cents": 1}]}),
+                ),
+                422,
+                "validation_failed",
+            ),
             "items[0].quantity",
         ),
         field(
-            case("POST", "/api/orders", r#"{"customer_id":"c","items":[{"sku":"a","quantity":99999999999999999999,"unit_price_cents":1}]}"#, 422, "validation_failed"),
+            case(
+                "POST",
+                "/api/orders",
+                r#"{"customer_id":"c","items":[{"sku":"a","quantity":99999999999999999999,"unit_price_cents":1}]}"#,
+                422,
+                "validation_failed",
+            ),
             "items[0].quantity",
         ),
         field(
-            case("POST", "/api/orders", &create_with(json!({"customer_id": "c", "items": [{"sku": "a", "quantity": 1, "unit_price_cents": -5}]})), 422, "validation_failed"),
+            case(
+                "POST",
+                "/api/orders",
+                &create_with(
+                    json!({"customer_id": "c", "items": [{"sku": "a", "quantity": 1, "unit_price_cents": -5}]}),
+                ),
+                422,
+                "validation_failed",
+            ),
             "items[0].unit_price_cents",
         ),
         field(
-            case("POST", "/api/orders", &create_with(json!({"customer_id": "c", "items": [{"sku": "a", "quantity": 1, "unit_price_cents": 1_000_000_001u64}]})), 422, "validation_failed"),
+            case(
+                "POST",
+                "/api/orders",
+                &create_with(
+                    json!({"customer_id": "c", "items": [{"sku": "a", "quantity": 1, "unit_price_cents": 1_000_000_001u64}]}),
+                ),
+                422,
+                "validation_failed",
+            ),
             "items[0].unit_price_cents",
         ),
         field(
-            case("POST", "/api/orders", &create_with(json!({"customer_id": "c", "items": [{"sku": "a", "quantity": 10001, "unit_price_cents": 1}]})), 422, "validation_failed"),
+            case(
+                "POST",
+                "/api/orders",
+                &create_with(
+                    json!({"customer_id": "c", "items": [{"sku": "a", "quantity": 10001, "unit_price_cents": 1}]}),
+                ),
+                422,
+                "validation_failed",
+            ),
             "items[0].quantity",
         ),
         field(
-            case("POST", "/api/orders", &create_with(json!({"customer_id": "c", "items": [item], "note": "n".repeat(1001)})), 422, "validation_failed"),
+            case(
+                "POST",
+                "/api/orders",
+                &create_with(
+                    json!({"customer_id": "c", "items": [item], "note": "n".repeat(1001)}),
+                ),
+                422,
+                "validation_failed",
+            ),
             "note",
         ),
         field(
-            case("POST", "/api/order/create", &create_with(json!({"customer_id": "c", "items": vec![item.clone(); 101]})), 422, "validation_failed"),
+            case(
+                "POST",
+                "/api/order/create",
+                &create_with(json!({"customer_id": "c", "items": vec![item.clone(); 101]})),
+                422,
+                "validation_failed",
+            ),
             "items",
         ),
         case("GET", "/api/orders/abc", "", 400, "invalid_id"),
         case("GET", "/api/orders/0", "", 400, "invalid_id"),
         case("GET", "/api/orders/-1", "", 400, "invalid_id"),
-        case("GET", "/api/orders/99999999999999999999999", "", 400, "invalid_id"),
+        case(
+            "GET",
+            "/api/orders/99999999999999999999999",
+            "",
+            400,
+            "invalid_id",
+        ),
         case("GET", "/api/orders/424242", "", 404, "not_found"),
-        case("GET", &format!("{o}?consistency=maybe"), "", 400, "invalid_query"),
+        case(
+            "GET",
+            &format!("{o}?consistency=maybe"),
+            "",
+            400,
+            "invalid_query",
+        ),
         case("GET", &format!("{o}?x=1"), "", 400, "invalid_query"),
         case("GET", "/api/orders?page=0", "", 400, "invalid_query"),
         case("GET", "/api/orders?page=abc", "", 400, "invalid_query"),
@@ -116,32 +222,146 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
         case("GET", "/api/orders?per_page=-3", "", 400, "invalid_query"),
         case("GET", "/api/orders?status=lost", "", 400, "invalid_query"),
         case("GET", "/api/orders?page=1&page=2", "", 400, "invalid_query"),
-        field(case("PATCH", &o, r#"{"status":"teleported"}"#, 422, "validation_failed"), "status"),
-        field(case("PATCH", &o, r#"{"status":"paid","expected_version":"one"}"#, 422, "validation_failed"), "expected_version"),
-        field(case("PATCH", &o, r#"{"status":"paid","expected_version":0}"#, 422, "validation_failed"), "expected_version"),
-        field(case("PATCH", &o, r#"{"status":"paid","color":"red"}"#, 422, "validation_failed"), "color"),
+        field(
+            case(
+                "PATCH",
+                &o,
+                r#"{"status":"teleported"}"#,
+                422,
+                "validation_failed",
+            ),
+            "status",
+        ),
+        field(
+            case(
+                "PATCH",
+                &o,
+                r#"{"status":"paid","expected_version":"one"}"#,
+                422,
+                "validation_failed",
+            ),
+            "expected_version",
+        ),
+        field(
+            case(
+                "PATCH",
+                &o,
+                r#"{"status":"paid","expected_version":0}"#,
+                422,
+                "validation_failed",
+            ),
+            "expected_version",
+        ),
+        field(
+            case(
+                "PATCH",
+                &o,
+                r#"{"status":"paid","color":"red"}"#,
+                422,
+                "validation_failed",
+            ),
+            "color",
+        ),
         case("PATCH", &o, r#"{"status":"paid""#, 400, "malformed_json"),
-        case("PATCH", &o, r#"{"status":"delivered"}"#, 409, "invalid_transition"),
-        case("PATCH", &o, r#"{"status":"paid","expected_version":7}"#, 409, "version_conflict"),
-        case("PATCH", "/api/orders/424242", r#"{"status":"paid"}"#, 404, "not_found"),
-        case("PATCH", "/api/orders/x", r#"{"status":"paid"}"#, 400, "invalid_id"),
+        case(
+            "PATCH",
+            &o,
+            r#"{"status":"delivered"}"#,
+            409,
+            "invalid_transition",
+        ),
+        case(
+            "PATCH",
+            &o,
+            r#"{"status":"paid","expected_version":7}"#,
+            409,
+            "version_conflict",
+        ),
+        case(
+            "PATCH",
+            "/api/orders/424242",
+            r#"{"status":"paid"}"#,
+            404,
+            "not_found",
+        ),
+        case(
+            "PATCH",
+            "/api/orders/x",
+            r#"{"status":"paid"}"#,
+            400,
+            "invalid_id",
+        ),
         case("DELETE", &o, "", 405, "method_not_allowed"),
         case("GET", "/api/nothing-here", "", 404, "not_found"),
-        field(case("POST", "/cluster/learners", r#"{"id":9,"addr":"not an address"}"#, 422, "validation_failed"), "addr"),
-        field(case("POST", "/cluster/learners", r#"{"id":"nine","addr":"127.0.0.1:1"}"#, 422, "validation_failed"), "id"),
-        field(case("POST", "/cluster/members", r#"{"members":[]}"#, 422, "validation_failed"), "members"),
-        case("POST", "/cluster/members", r#"{"members":"#, 400, "malformed_json"),
+        field(
+            case(
+                "POST",
+                "/cluster/learners",
+                r#"{"id":9,"addr":"not an address"}"#,
+                422,
+                "validation_failed",
+            ),
+            "addr",
+        ),
+        field(
+            case(
+                "POST",
+                "/cluster/learners",
+                r#"{"id":"nine","addr":"127.0.0.1:1"}"#,
+                422,
+                "validation_failed",
+            ),
+            "id",
+        ),
+        field(
+            case(
+                "POST",
+                "/cluster/members",
+                r#"{"members":[]}"#,
+                422,
+                "validation_failed",
+            ),
+            "members",
+        ),
+        case(
+            "POST",
+            "/cluster/members",
+            r#"{"members":"#,
+            400,
+            "malformed_json",
+        ),
     ];
-    let mut no_json = case("POST", "/api/orders", &create_with(json!({"customer_id": "c", "items": [good_item()]})), 415, "unsupported_media_type");
+    let mut no_json = case(
+        "POST",
+        "/api/orders",
+        &create_with(json!({"customer_id": "c", "items": [good_item()]})),
+        415,
+        "unsupported_media_type",
+    );
     no_json.content_type = Some("text/plain");
     cases.push(no_json);
-    let mut no_type = case("PATCH", &o, r#"{"status":"paid"}"#, 415, "unsupported_media_type");
+    let mut no_type = case(
+        "PATCH",
+        &o,
+        r#"{"status":"paid"}"#,
+        415,
+        "unsupported_media_type",
+    );
     no_type.content_type = None;
     cases.push(no_type);
-    let huge = format!(r#"{{"customer_id":"c","items":[],"note":"{}"}}"#, "n".repeat(2 * 1024 * 1024));
+    let huge = format!(
+        r#"{{"customer_id":"c","items":[],"note":"{}"}}"#,
+        "n".repeat(2 * 1024 * 1024)
+    );
     cases.push(case("POST", "/api/orders", &huge, 413, "body_too_large"));
     for bad_key in ["", "has space", &"k".repeat(129)] {
-        let mut c = case("POST", "/api/orders", &create_with(json!({"customer_id": "c", "items": [good_item()]})), 400, "invalid_idempotency_key");
+        let mut c = case(
+            "POST",
+            "/api/orders",
+            &create_with(json!({"customer_id": "c", "items": [good_item()]})),
+            400,
+            "invalid_idempotency_key",
+        );
         c.headers.push(("Idempotency-Key", bad_key.to_string()));
         cases.push(c);
     }
@@ -149,20 +369,36 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
     for node in [leader, follower] {
         for c in &cases {
             let method = reqwest::Method::from_bytes(c.method.as_bytes()).unwrap();
-            let mut req = cluster.http.request(method, cluster.url(node, &c.path)).body(c.body.clone());
+            let mut req = cluster
+                .http
+                .request(method, cluster.url(node, &c.path))
+                .body(c.body.clone());
             if let Some(ct) = c.content_type {
                 req = req.header("Content-Type", ct);
             }
             for (k, v) in &c.headers {
                 req = req.header(*k, v);
             }
-            let resp = req.send().await.unwrap_or_else(|e| panic!("{} {}: {e}", c.method, c.path));
+            let resp = req
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{} {}: {e}", c.method, c.path));
             let status = resp.status().as_u16();
-            let ctype = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+            let ctype = resp
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_string());
             let text = resp.text().await.unwrap();
-            let body: Value = serde_json::from_str(&text)
-                .unwrap_or_else(|_| panic!("{} {} on node {node}: not JSON: {text}", c.method, c.path));
-            assert_eq!(ctype.as_deref(), Some("application/json"), "{} {}", c.method, c.path);
+            let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| {
+                panic!("{} {} on node {node}: not JSON: {text}", c.method, c.path)
+            });
+            assert_eq!(
+                ctype.as_deref(),
+                Some("application/json"),
+                "{} {}",
+                c.method,
+                c.path
+            );
             assert_eq!(
                 (status, body["error"]["code"].as_str()),
                 (c.status, Some(c.code)),
@@ -172,7 +408,13 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
             );
             assert!(!body["error"]["message"].as_str().unwrap().is_empty());
             if let Some(f) = c.field {
-                assert_eq!(body["error"]["field"].as_str(), Some(f), "{} {}: {text}", c.method, c.path);
+                assert_eq!(
+                    body["error"]["field"].as_str(),
+                    Some(f),
+                    "{} {}: {text}",
+                    c.method,
+                    c.path
+                );
             }
         }
     }
@@ -187,18 +429,34 @@ async fn idempotent_create_and_status_change_over_http() {
     let cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader(&cluster.ids()).await;
     let follower = cluster.ids().into_iter().find(|n| *n != leader).unwrap();
-    let (s1, first) = cluster.create(follower, "idem", Some("key-1"), "x").await.unwrap();
+    let (s1, first) = cluster
+        .create(follower, "idem", Some("key-1"), "x")
+        .await
+        .unwrap();
     assert_eq!(s1, 201);
-    let (s2, again) = cluster.create(leader, "idem", Some("key-1"), "x").await.unwrap();
+    let (s2, again) = cluster
+        .create(leader, "idem", Some("key-1"), "x")
+        .await
+        .unwrap();
     assert!(s2 == 200 || s2 == 201);
     assert_eq!(again["id"], first["id"]);
-    let (s3, reused) = cluster.create(leader, "other", Some("key-1"), "x").await.unwrap();
-    assert_eq!((s3, reused["error"]["code"].as_str()), (409, Some("idempotency_key_reused")));
+    let (s3, reused) = cluster
+        .create(leader, "other", Some("key-1"), "x")
+        .await
+        .unwrap();
+    assert_eq!(
+        (s3, reused["error"]["code"].as_str()),
+        (409, Some("idempotency_key_reused"))
+    );
 
     let path = format!("/api/orders/{}", first["id"]);
     for _ in 0..2 {
         let (s, body) = send(
-            cluster.http.patch(cluster.url(follower, &path)).header("Idempotency-Key", "pay-1").json(&json!({"status": "paid"})),
+            cluster
+                .http
+                .patch(cluster.url(follower, &path))
+                .header("Idempotency-Key", "pay-1")
+                .json(&json!({"status": "paid"})),
         )
         .await
         .unwrap();

@@ -10,7 +10,10 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 fn notes(orders: &[Value]) -> Vec<String> {
-    orders.iter().map(|o| o["note"].as_str().unwrap_or_default().to_string()).collect()
+    orders
+        .iter()
+        .map(|o| o["note"].as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,13 +29,23 @@ async fn writes_through_every_node_are_readable_through_every_node() {
     }
     for node in cluster.ids() {
         for order in &written {
-            let (status, body) = cluster.get(node, &format!("/api/orders/{}", order["id"])).await.unwrap();
+            let (status, body) = cluster
+                .get(node, &format!("/api/orders/{}", order["id"]))
+                .await
+                .unwrap();
             assert_eq!(status, 200);
-            assert_eq!(&body, order, "node {node} reads order {} differently", order["id"]);
+            assert_eq!(
+                &body, order,
+                "node {node} reads order {} differently",
+                order["id"]
+            );
         }
         let all = cluster.all_orders(node, false).await;
         assert_eq!(all.len(), written.len());
-        let (status, body) = cluster.get(node, "/api/orders?customer_id=cust-2").await.unwrap();
+        let (status, body) = cluster
+            .get(node, "/api/orders?customer_id=cust-2")
+            .await
+            .unwrap();
         assert_eq!((status, body["total"].as_u64()), (200, Some(4)));
     }
 }
@@ -46,14 +59,22 @@ async fn leader_sigkill_under_writes_loses_and_duplicates_nothing() {
     let mut killed = false;
     for i in 0..total {
         let key = format!("w-{i}");
-        let alive: Vec<u64> = cluster.ids().into_iter().filter(|id| !killed || *id != leader).collect();
+        let alive: Vec<u64> = cluster
+            .ids()
+            .into_iter()
+            .filter(|id| !killed || *id != leader)
+            .collect();
         acked.push(create_until_acked(&cluster, &alive, "stream", &key).await);
         if i == 40 {
             cluster.kill(leader);
             killed = true;
         }
     }
-    let survivors: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != leader).collect();
+    let survivors: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
     let new_leader = cluster.wait_for_leader(&survivors).await;
     assert_ne!(new_leader, leader);
 
@@ -63,15 +84,23 @@ async fn leader_sigkill_under_writes_loses_and_duplicates_nothing() {
     assert_eq!(found.len(), total, "duplicated or lost orders: {found:?}");
     assert_eq!(found.into_iter().collect::<BTreeSet<_>>(), expected);
     for order in &acked {
-        let (status, body) = cluster.get(new_leader, &format!("/api/orders/{}", order["id"])).await.unwrap();
+        let (status, body) = cluster
+            .get(new_leader, &format!("/api/orders/{}", order["id"]))
+            .await
+            .unwrap();
         assert_eq!((status, &body["note"]), (200, &order["note"]));
     }
 
     // The killed node comes back, catches up and serves the same data.
     cluster.spawn(leader);
-    let applied = cluster.status(new_leader).await.unwrap()["last_applied"].as_u64().unwrap();
+    let applied = cluster.status(new_leader).await.unwrap()["last_applied"]
+        .as_u64()
+        .unwrap();
     cluster.wait_applied(leader, applied).await;
-    assert_eq!(cluster.digest(leader).await["digest"], cluster.digest(new_leader).await["digest"]);
+    assert_eq!(
+        cluster.digest(leader).await["digest"],
+        cluster.digest(new_leader).await["digest"]
+    );
     assert_eq!(cluster.all_orders(leader, true).await, orders);
     assert_eq!(cluster.all_orders(leader, false).await, orders);
 }
@@ -81,7 +110,11 @@ async fn majority_down_fails_with_503_stale_reads_answer_and_recovery() {
     let mut cluster = TestCluster::start(3).await;
     let first = create_until_acked(&cluster, &[1, 2, 3], "q", "before").await;
     let leader = cluster.wait_for_leader(&cluster.ids()).await;
-    let followers: Vec<u64> = cluster.ids().into_iter().filter(|id| *id != leader).collect();
+    let followers: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
     // Kill one follower and the leader; the other follower is alone.
     let (alone, other) = (followers[0], followers[1]);
     cluster.kill(other);
@@ -93,17 +126,35 @@ async fn majority_down_fails_with_503_stale_reads_answer_and_recovery() {
     let deadline = Instant::now() + DEADLINE;
     let (mut write_503, mut read_503) = (false, false);
     while !(write_503 && read_503) {
-        assert!(Instant::now() < deadline, "no 503 while the majority is down");
-        let (ws, wb) = cluster.create(alone, "q", Some("during"), "during").await.expect("an HTTP answer");
+        assert!(
+            Instant::now() < deadline,
+            "no 503 while the majority is down"
+        );
+        let (ws, wb) = cluster
+            .create(alone, "q", Some("during"), "during")
+            .await
+            .expect("an HTTP answer");
         assert!(ws == 503 || ws == 504, "write without quorum: {ws} {wb}");
         write_503 |= ws == 503;
-        let (rs, rb) = cluster.get(alone, &format!("/api/orders/{}", first["id"])).await.expect("an HTTP answer");
+        let (rs, rb) = cluster
+            .get(alone, &format!("/api/orders/{}", first["id"]))
+            .await
+            .expect("an HTTP answer");
         assert_eq!(rs, 503, "linearizable read without quorum: {rb}");
         read_503 = true;
-        assert!(["no_leader", "no_quorum"].contains(&rb["error"]["code"].as_str().unwrap()), "{rb}");
+        assert!(
+            ["no_leader", "no_quorum"].contains(&rb["error"]["code"].as_str().unwrap()),
+            "{rb}"
+        );
     }
     // Stale reads still answer from local state; nothing was half-written.
-    let (status, body) = cluster.get(alone, &format!("/api/orders/{}?consistency=stale", first["id"])).await.unwrap();
+    let (status, body) = cluster
+        .get(
+            alone,
+            &format!("/api/orders/{}?consistency=stale", first["id"]),
+        )
+        .await
+        .unwrap();
     assert_eq!((status, &body), (200, &first));
     assert_eq!(cluster.all_orders(alone, true).await, before);
 
@@ -112,7 +163,10 @@ async fn majority_down_fails_with_503_stale_reads_answer_and_recovery() {
     cluster.wait_for_leader(&[alone, other]).await;
     create_until_acked(&cluster, &[alone, other], "q", "during").await;
     let orders = cluster.all_orders(other, false).await;
-    let during: Vec<_> = notes(&orders).into_iter().filter(|n| n == "during").collect();
+    let during: Vec<_> = notes(&orders)
+        .into_iter()
+        .filter(|n| n == "during")
+        .collect();
     assert_eq!(during.len(), 1, "the retried write exists exactly once");
 }
 
@@ -128,7 +182,10 @@ async fn resumed_paused_leader_serves_no_stale_read_and_loses_no_write() {
 
     // Move the order on while the old leader sleeps.
     let (status, body) = send(
-        cluster.http.patch(cluster.url(new, &format!("/api/orders/{id}"))).json(&json!({"status": "paid"})),
+        cluster
+            .http
+            .patch(cluster.url(new, &format!("/api/orders/{id}")))
+            .json(&json!({"status": "paid"})),
     )
     .await
     .unwrap();
@@ -136,19 +193,34 @@ async fn resumed_paused_leader_serves_no_stale_read_and_loses_no_write() {
 
     cluster.resume(old);
     // Its first linearizable read must not be the stale "pending".
-    let (status, body) = cluster.get(old, &format!("/api/orders/{id}")).await.unwrap();
-    assert!(status == 503 || (status == 200 && body["status"] == "paid"), "stale read from old leader: {status} {body}");
+    let (status, body) = cluster
+        .get(old, &format!("/api/orders/{id}"))
+        .await
+        .unwrap();
+    assert!(
+        status == 503 || (status == 200 && body["status"] == "paid"),
+        "stale read from old leader: {status} {body}"
+    );
 
     // A write through the old leader either fails or is really committed.
-    let (status, body) = cluster.create(old, "p", Some("after-resume"), "after-resume").await.unwrap();
+    let (status, body) = cluster
+        .create(old, "p", Some("after-resume"), "after-resume")
+        .await
+        .unwrap();
     if status == 201 {
-        let (s, b) = cluster.get(new, &format!("/api/orders/{}", body["id"])).await.unwrap();
+        let (s, b) = cluster
+            .get(new, &format!("/api/orders/{}", body["id"]))
+            .await
+            .unwrap();
         assert_eq!((s, &b["note"]), (200, &json!("after-resume")));
     } else {
         assert!(status == 503 || status == 504, "{status} {body}");
     }
     let leader = cluster.wait_for_leader(&cluster.ids()).await;
-    let (status, body) = cluster.get(leader, &format!("/api/orders/{id}")).await.unwrap();
+    let (status, body) = cluster
+        .get(leader, &format!("/api/orders/{id}"))
+        .await
+        .unwrap();
     assert_eq!((status, &body["status"]), (200, &json!("paid")));
 }
 
@@ -167,7 +239,11 @@ async fn restart_all_keeps_every_order() {
     }
     cluster.wait_for_leader(&cluster.ids()).await;
     for id in cluster.ids() {
-        assert_eq!(cluster.all_orders(id, false).await, before, "node {id} after full restart");
+        assert_eq!(
+            cluster.all_orders(id, false).await,
+            before,
+            "node {id} after full restart"
+        );
     }
     // And after SIGKILL of all three.
     for id in cluster.ids() {
@@ -191,19 +267,37 @@ async fn add_learner_promote_and_remove_a_node() {
     // Sent to a follower on purpose: it forwards membership changes to the leader.
     let leader = cluster.wait_for_leader(&[1, 2, 3]).await;
     let follower = [1, 2, 3].into_iter().find(|n| *n != leader).unwrap();
-    let (status, body) =
-        send(cluster.http.post(cluster.url(follower, "/cluster/learners")).json(&json!({"id": 4, "addr": addr4})))
-            .await
-            .unwrap();
+    let (status, body) = send(
+        cluster
+            .http
+            .post(cluster.url(follower, "/cluster/learners"))
+            .json(&json!({"id": 4, "addr": addr4})),
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["learners"]["4"], json!(addr4));
 
     let keep: Vec<u64> = vec![2, 3, 4];
-    let (status, body) =
-        send(cluster.http.post(cluster.url(leader, "/cluster/members")).json(&json!({"members": keep}))).await.unwrap();
+    let (status, body) = send(
+        cluster
+            .http
+            .post(cluster.url(leader, "/cluster/members"))
+            .json(&json!({"members": keep})),
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 200, "{body}");
-    let members: BTreeSet<String> = body["members"].as_object().unwrap().keys().cloned().collect();
-    assert_eq!(members, ["2", "3", "4"].into_iter().map(String::from).collect());
+    let members: BTreeSet<String> = body["members"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(
+        members,
+        ["2", "3", "4"].into_iter().map(String::from).collect()
+    );
 
     cluster.kill(1);
     let leader = cluster.wait_for_leader(&keep).await;

@@ -11,7 +11,9 @@ pub mod raft_rpc;
 
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::HeaderValue;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -19,6 +21,9 @@ use crate::raft::network::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use crate::raft::{NodeId, Raft};
 use crate::store::OrderReader;
 pub use error::ApiError;
+
+/// Response header naming the current leader's HOST:PORT.
+pub const LEADER_HEADER: &str = "x-ordo-leader";
 
 /// Largest node-to-node body (append batches, snapshot chunks).
 const MAX_RAFT_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -64,5 +69,28 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this route".into())
         })
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            tell_leader,
+        ))
         .with_state(state)
+}
+
+/// Every answer names the current leader's address (`x-ordo-leader`), so clients can send
+/// their next write straight there.
+async fn tell_leader(State(state): State<AppState>, mut resp: Response) -> Response {
+    let leader_addr = {
+        let m = state.raft.metrics();
+        let m = m.borrow();
+        m.current_leader.and_then(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| n.addr.clone())
+        })
+    };
+    if let Some(value) = leader_addr.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        resp.headers_mut().insert(LEADER_HEADER, value);
+    }
+    resp
 }

@@ -1,10 +1,23 @@
-//! The `ordo` command line: `serve` runs a node, `order` / `cluster` talk to a running
-//! cluster through `client`, `bench-storage` measures the store. Parsing only; the work is
-//! done by the modules it calls.
+//! The `ordo` command line: `serve` runs a node; `order` and `cluster` talk to a running
+//! cluster through `client`; `bench-storage` measures the store. This module only parses and
+//! dispatches; each subcommand's file does its work.
+//!
+//! Exit codes: 0 success, 1 other error, 2 usage, 3 not found, 4 conflict, 5 invalid input,
+//! 6 unavailable (no node answered within the deadline), 7 server error.
 
+mod cluster;
+mod order;
 mod serve;
 
-use clap::{Parser, Subcommand};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{Client, ClientConfig};
+
+/// The cluster `scripts/cluster.sh up` starts.
+pub const DEFAULT_NODES: &str =
+    "http://127.0.0.1:21001,http://127.0.0.1:21002,http://127.0.0.1:21003";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,14 +34,78 @@ pub struct Cli {
 pub enum Command {
     /// Run a node.
     Serve(serve::ServeArgs),
+    /// Create, read, list and move orders.
+    Order {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(subcommand)]
+        command: order::OrderCommand,
+    },
+    /// Inspect and change the cluster.
+    Cluster {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
     /// Measure log appends/s (fsync on) and on-disk bytes per order of the sled store.
     BenchStorage(crate::bench::storage::BenchStorageArgs),
 }
 
+/// How client commands reach the cluster and print.
+#[derive(Debug, Args)]
+pub struct ConnArgs {
+    /// Node URLs, comma-separated.
+    #[arg(long, env = "ORDO_NODES", default_value = DEFAULT_NODES, global = true)]
+    pub nodes: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Give up (exit 6) after this long, retries included.
+    #[arg(long, default_value_t = 10_000, global = true)]
+    pub timeout_ms: u64,
+}
+
+impl ConnArgs {
+    fn client(&self) -> Client {
+        let mut config = ClientConfig::new(
+            self.nodes
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty()),
+        );
+        config.deadline = Duration::from_millis(self.timeout_ms);
+        config.attempt_timeout = config.attempt_timeout.min(config.deadline);
+        Client::new(config)
+    }
+}
+
 /// Runs the parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    let client_runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Order { conn, command } => {
+            Ok(client_runtime()?.block_on(order::run(&conn, command)))
+        }
+        Command::Cluster { conn, command } => {
+            Ok(client_runtime()?.block_on(cluster::run(&conn, command)))
+        }
         Command::BenchStorage(args) => crate::bench::storage::run(args).map(|_| 0),
     }
+}
+
+/// Prints a client error for a person (or as JSON) and returns its exit code.
+fn report_error(conn: &ConnArgs, e: &crate::client::ClientError) -> i32 {
+    if conn.json {
+        let v = serde_json::json!({"error": {"kind": e.kind(), "message": e.to_string()}});
+        println!("{v}");
+    } else {
+        eprintln!("error: {e}");
+    }
+    e.exit_code()
 }

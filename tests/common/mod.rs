@@ -38,20 +38,39 @@ pub struct TestCluster {
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl TestCluster {
     /// Starts nodes 1..=n forming one cluster and waits until it has a leader.
     pub async fn start(n: u64) -> TestCluster {
-        let dir = tempfile::Builder::new().prefix("ordo-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("ordo-test-")
+            .tempdir()
+            .unwrap();
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
             nodes.insert(id, TestNode::new(&dir, id));
         }
-        let peers = nodes.values().map(|n| format!("{}={}", n.id, n.addr)).collect::<Vec<_>>().join(",");
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
-        let mut cluster = TestCluster { dir, nodes, http, peers };
+        let peers = nodes
+            .values()
+            .map(|n| format!("{}={}", n.id, n.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let mut cluster = TestCluster {
+            dir,
+            nodes,
+            http,
+            peers,
+        };
         let ids: Vec<u64> = cluster.nodes.keys().copied().collect();
         for id in ids {
             cluster.spawn(id);
@@ -84,9 +103,21 @@ impl TestCluster {
     fn spawn_with_peers(&mut self, id: u64, peers: &str) {
         let node = self.nodes.get_mut(&id).unwrap();
         assert!(node.child.is_none(), "node {id} is already running");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log_path).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)
+            .unwrap();
         let child = Command::new(BIN)
-            .args(["serve", "--id", &id.to_string(), "--listen", &node.addr, "--peers", peers])
+            .args([
+                "serve",
+                "--id",
+                &id.to_string(),
+                "--listen",
+                &node.addr,
+                "--peers",
+                peers,
+            ])
             .arg("--data-dir")
             .arg(&node.data_dir)
             .env("RUST_LOG", "info,openraft=info")
@@ -100,7 +131,10 @@ impl TestCluster {
     }
 
     fn signal(&mut self, id: u64, sig: i32) {
-        let child = self.nodes[&id].child.as_ref().unwrap_or_else(|| panic!("node {id} is not running"));
+        let child = self.nodes[&id]
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {id} is not running"));
         let rc = unsafe { libc::kill(child.id() as i32, sig) };
         assert_eq!(rc, 0, "signal {sig} to node {id}");
     }
@@ -108,7 +142,10 @@ impl TestCluster {
     /// SIGKILL, and reap.
     pub fn kill(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).unwrap();
-        let mut child = node.child.take().unwrap_or_else(|| panic!("node {id} is not running"));
+        let mut child = node
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("node {id} is not running"));
         child.kill().unwrap();
         child.wait().unwrap();
     }
@@ -121,10 +158,16 @@ impl TestCluster {
         let child = node.child.as_mut().unwrap();
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "node {id} exited with {status} after SIGTERM");
+                assert!(
+                    status.success(),
+                    "node {id} exited with {status} after SIGTERM"
+                );
                 break;
             }
-            assert!(Instant::now() < deadline, "node {id} did not stop after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not stop after SIGTERM"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         node.child = None;
@@ -141,7 +184,13 @@ impl TestCluster {
     }
 
     pub async fn status(&self, id: u64) -> Option<Value> {
-        let resp = self.http.get(self.url(id, "/cluster/status")).timeout(Duration::from_secs(2)).send().await.ok()?;
+        let resp = self
+            .http
+            .get(self.url(id, "/cluster/status"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
         resp.json().await.ok()
     }
 
@@ -165,7 +214,10 @@ impl TestCluster {
                     }
                 }
             }
-            assert!(Instant::now() < deadline, "no agreed leader among {among:?}: {seen:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader among {among:?}: {seen:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -179,18 +231,37 @@ impl TestCluster {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "node {id} did not apply up to {index}");
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not apply up to {index}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     pub async fn digest(&self, id: u64) -> Value {
-        self.http.get(self.url(id, "/cluster/digest")).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(self.url(id, "/cluster/digest"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// POSTs an order; returns (status, body).
-    pub async fn create(&self, id: u64, customer: &str, key: Option<&str>, note: &str) -> Result<(u16, Value), String> {
-        let mut req = self.http.post(self.url(id, "/api/orders")).json(&order_body(customer, note));
+    pub async fn create(
+        &self,
+        id: u64,
+        customer: &str,
+        key: Option<&str>,
+        note: &str,
+    ) -> Result<(u16, Value), String> {
+        let mut req = self
+            .http
+            .post(self.url(id, "/api/orders"))
+            .json(&order_body(customer, note));
         if let Some(k) = key {
             req = req.header("Idempotency-Key", k);
         }
@@ -206,7 +277,10 @@ impl TestCluster {
         let mut out = Vec::new();
         for page in 1..=10_000 {
             let q = if stale { "&consistency=stale" } else { "" };
-            let (status, body) = self.get(id, &format!("/api/orders?per_page=100&page={page}{q}")).await.unwrap();
+            let (status, body) = self
+                .get(id, &format!("/api/orders?per_page=100&page={page}{q}"))
+                .await
+                .unwrap();
             assert_eq!(status, 200, "{body}");
             let orders = body["orders"].as_array().unwrap().clone();
             if orders.is_empty() {
@@ -221,7 +295,11 @@ impl TestCluster {
         for node in self.nodes.values() {
             let log = std::fs::read_to_string(&node.log_path).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("----- node {} log tail ({}) -----", node.id, node.log_path.display());
+            eprintln!(
+                "----- node {} log tail ({}) -----",
+                node.id,
+                node.log_path.display()
+            );
             for line in tail.into_iter().rev() {
                 eprintln!("{line}");
             }
@@ -274,7 +352,12 @@ pub async fn send(req: reqwest::RequestBuilder) -> Result<(u16, Value), String> 
 
 /// Creates an order with an idempotency key, retrying through the given nodes until it is
 /// acknowledged (bounded by `DEADLINE` and a count). Returns the order.
-pub async fn create_until_acked(cluster: &TestCluster, nodes: &[u64], customer: &str, key: &str) -> Value {
+pub async fn create_until_acked(
+    cluster: &TestCluster,
+    nodes: &[u64],
+    customer: &str,
+    key: &str,
+) -> Value {
     let deadline = Instant::now() + DEADLINE;
     let mut last = String::new();
     for attempt in 0..2000usize {
@@ -285,7 +368,10 @@ pub async fn create_until_acked(cluster: &TestCluster, nodes: &[u64], customer: 
             Ok((status, body)) => panic!("create {key} on node {node}: unexpected {status} {body}"),
             Err(e) => last = e,
         }
-        assert!(Instant::now() < deadline, "create {key} never acknowledged; last: {last}");
+        assert!(
+            Instant::now() < deadline,
+            "create {key} never acknowledged; last: {last}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("create {key} never acknowledged; last: {last}");

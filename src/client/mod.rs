@@ -1,0 +1,546 @@
+//! A Rust client for ordo's HTTP API that survives a dying node.
+//!
+//! Built from a list of node URLs, it spreads requests round-robin over the nodes that have
+//! not failed recently (a failed node sits out a cool-down), sends writes first to the leader
+//! it learnt from the `x-ordo-leader` header, and retries connection errors, 503 and 504 with
+//! exponential backoff and full jitter until a per-call deadline. Every write carries an
+//! idempotency key (the caller's, or a fresh random one reused across the call's retries), so
+//! a retry after a lost answer never creates a second order or applies a change twice.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), ordo::client::ClientError> {
+//! use ordo::client::{Client, ClientConfig, NewOrderRequest, ReadMode};
+//! let client = Client::new(ClientConfig::new(["http://127.0.0.1:21001", "http://127.0.0.1:21002"]));
+//! let created = client.create_order(&NewOrderRequest::new("alice").item("book", 1, 1250), None).await?;
+//! let read = client.get_order(created.order.id, ReadMode::AllowStale).await?;
+//! println!("order {} is {} (stale: {})", read.value.id, read.value.status, read.stale);
+//! # Ok(()) }
+//! ```
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::time::Instant;
+
+pub use crate::api::cluster::ClusterStatus;
+use crate::api::error::ErrorBody;
+pub use crate::api::json::{CreateOrderBody as NewOrderRequest, LineItemJson as LineItem};
+pub use crate::api::json::{OrderJson as Order, OrderListJson as OrderList};
+use crate::api::LEADER_HEADER;
+
+/// Where the client connects and how patient it is.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Base URLs of the nodes, e.g. `http://127.0.0.1:21001`.
+    pub nodes: Vec<String>,
+    /// Total time one call may take, retries included.
+    pub deadline: Duration,
+    /// Time one HTTP attempt may take.
+    pub attempt_timeout: Duration,
+    /// How long a node that failed is skipped (unless every node is cooling down).
+    pub cool_down: Duration,
+    /// First retry pause; doubles per retry up to `max_backoff`, with full jitter.
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl ClientConfig {
+    pub fn new<S: Into<String>>(nodes: impl IntoIterator<Item = S>) -> ClientConfig {
+        ClientConfig {
+            nodes: nodes
+                .into_iter()
+                .map(|n| n.into().trim_end_matches('/').to_string())
+                .collect(),
+            deadline: Duration::from_secs(10),
+            attempt_timeout: Duration::from_secs(5),
+            cool_down: Duration::from_secs(2),
+            base_backoff: Duration::from_millis(25),
+            max_backoff: Duration::from_millis(800),
+        }
+    }
+}
+
+/// What went wrong, typed so a caller can react.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// 409: `invalid_transition`, `version_conflict` or `idempotency_key_reused`.
+    #[error("conflict ({code}): {message}")]
+    Conflict { code: String, message: String },
+    /// 422: the field that is wrong and why.
+    #[error("invalid {field}: {message}")]
+    Validation { field: String, message: String },
+    /// Another 4xx: the request itself is wrong.
+    #[error("bad request ({code}): {message}")]
+    BadRequest { code: String, message: String },
+    /// No node could answer within the deadline (the last reason is kept).
+    #[error("unavailable after {attempts} attempts: {last}")]
+    Unavailable { attempts: u32, last: String },
+    #[error("server error {status}: {message}")]
+    Server { status: u16, message: String },
+}
+
+impl ClientError {
+    /// A short name of the error kind, for machine-readable output.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientError::NotFound(_) => "not_found",
+            ClientError::Conflict { .. } => "conflict",
+            ClientError::Validation { .. } => "validation",
+            ClientError::BadRequest { .. } => "bad_request",
+            ClientError::Unavailable { .. } => "unavailable",
+            ClientError::Server { .. } => "server",
+        }
+    }
+
+    /// A process exit code for the CLI: 3 not found, 4 conflict, 5 invalid input,
+    /// 6 unavailable, 7 server error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ClientError::NotFound(_) => 3,
+            ClientError::Conflict { .. } => 4,
+            ClientError::Validation { .. } | ClientError::BadRequest { .. } => 5,
+            ClientError::Unavailable { .. } => 6,
+            ClientError::Server { .. } => 7,
+        }
+    }
+}
+
+/// How a read may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// Linearizable (the default of the server).
+    Linearizable,
+    /// The answering node's local state, possibly behind.
+    Stale,
+    /// Linearizable if one can be had before the deadline, else a stale read, marked so.
+    AllowStale,
+}
+
+/// A read result and whether it may be stale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read<T> {
+    pub value: T,
+    pub stale: bool,
+}
+
+/// A create's result: `replayed` when the idempotency key matched an earlier create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    pub order: Order,
+    pub replayed: bool,
+    /// The idempotency key the write carried (to retry it later by hand).
+    pub idempotency_key: String,
+}
+
+impl NewOrderRequest {
+    pub fn new(customer_id: impl Into<String>) -> NewOrderRequest {
+        NewOrderRequest {
+            customer_id: customer_id.into(),
+            items: Vec::new(),
+            note: None,
+        }
+    }
+    pub fn item(
+        mut self,
+        sku: impl Into<String>,
+        quantity: u32,
+        unit_price_cents: u64,
+    ) -> NewOrderRequest {
+        self.items.push(LineItem {
+            sku: sku.into(),
+            quantity,
+            unit_price_cents,
+        });
+        self
+    }
+    pub fn note(mut self, note: impl Into<String>) -> NewOrderRequest {
+        self.note = Some(note.into());
+        self
+    }
+}
+
+/// Filters and paging of a listing.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub status: Option<String>,
+    pub customer_id: Option<String>,
+    pub page: Option<u64>,
+    pub per_page: Option<u64>,
+}
+
+/// A fresh idempotency key: 128 random bits in hex.
+pub fn new_idempotency_key() -> String {
+    format!("{:032x}", rand::thread_rng().gen::<u128>())
+}
+
+struct Answer {
+    status: StatusCode,
+    body: Value,
+}
+
+/// The client; cheap to share (`Arc`) between tasks.
+pub struct Client {
+    config: ClientConfig,
+    http: reqwest::Client,
+    next: AtomicUsize,
+    /// Per node: when it may be tried again after a failure.
+    cooling_until: Mutex<Vec<Option<Instant>>>,
+    leader: Mutex<Option<usize>>,
+}
+
+impl Client {
+    pub fn new(config: ClientConfig) -> Client {
+        assert!(
+            !config.nodes.is_empty(),
+            "a client needs at least one node URL"
+        );
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .build()
+            .expect("an HTTP client with plain settings builds");
+        let n = config.nodes.len();
+        Client {
+            config,
+            http,
+            next: AtomicUsize::new(0),
+            cooling_until: Mutex::new(vec![None; n]),
+            leader: Mutex::new(None),
+        }
+    }
+
+    pub fn nodes(&self) -> &[String] {
+        &self.config.nodes
+    }
+
+    /// The node to try next: the known leader for writes, else the next healthy node in turn.
+    fn pick(&self, prefer_leader: bool) -> usize {
+        let now = Instant::now();
+        let cooling = self.cooling_until.lock().unwrap();
+        let healthy = |i: usize| cooling[i].is_none_or(|t| t <= now);
+        if prefer_leader {
+            if let Some(l) = *self.leader.lock().unwrap() {
+                if healthy(l) {
+                    return l;
+                }
+            }
+        }
+        let n = self.config.nodes.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| healthy(i))
+            .unwrap_or(start % n)
+    }
+
+    fn mark_failed(&self, node: usize) {
+        self.cooling_until.lock().unwrap()[node] = Some(Instant::now() + self.config.cool_down);
+        let mut leader = self.leader.lock().unwrap();
+        if *leader == Some(node) {
+            *leader = None;
+        }
+    }
+
+    fn learn_leader(&self, resp: &reqwest::Response) {
+        let Some(addr) = resp
+            .headers()
+            .get(LEADER_HEADER)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return;
+        };
+        let found = self
+            .config
+            .nodes
+            .iter()
+            .position(|u| u.trim_start_matches("http://") == addr);
+        if found.is_some() {
+            *self.leader.lock().unwrap() = found;
+        }
+    }
+
+    fn backoff(&self, retry: u32) -> Duration {
+        let cap = self
+            .config
+            .base_backoff
+            .saturating_mul(1 << retry.min(16))
+            .min(self.config.max_backoff);
+        cap.mul_f64(rand::thread_rng().gen::<f64>())
+    }
+
+    /// Sends one logical request, retrying as the module comment says, until `deadline`.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+        deadline: Instant,
+        fixed_node: Option<usize>,
+    ) -> Result<Answer, ClientError> {
+        let is_write = method != Method::GET;
+        let mut last = String::from("no attempt was made");
+        let mut attempts = 0u32;
+        while attempts < 1000 {
+            let node = fixed_node.unwrap_or_else(|| self.pick(is_write));
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            attempts += 1;
+            let mut req = self
+                .http
+                .request(
+                    method.clone(),
+                    format!("{}{}", self.config.nodes[node], path),
+                )
+                .timeout(remaining.min(self.config.attempt_timeout));
+            if let Some(body) = body {
+                req = req.json(body);
+            }
+            if let Some(key) = idempotency_key {
+                req = req.header("Idempotency-Key", key);
+            }
+            match req.send().await {
+                Err(e) => {
+                    last = format!("{}: {e}", self.config.nodes[node]);
+                    self.mark_failed(node);
+                }
+                Ok(resp) => {
+                    self.learn_leader(&resp);
+                    let status = resp.status();
+                    let body: Value = resp.json().await.unwrap_or(Value::Null);
+                    if status == StatusCode::SERVICE_UNAVAILABLE
+                        || status == StatusCode::GATEWAY_TIMEOUT
+                    {
+                        last = format!(
+                            "{}: {} {}",
+                            self.config.nodes[node],
+                            status.as_u16(),
+                            error_message(&body)
+                        );
+                    } else {
+                        return Ok(Answer { status, body });
+                    }
+                }
+            }
+            let pause = self.backoff(attempts - 1);
+            if Instant::now() + pause >= deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+        }
+        Err(ClientError::Unavailable { attempts, last })
+    }
+
+    async fn call_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> Result<(StatusCode, T), ClientError> {
+        let deadline = Instant::now() + self.config.deadline;
+        let answer = self.call(method, path, body, key, deadline, None).await?;
+        decode(answer)
+    }
+
+    /// Creates an order. With `idempotency_key` None a fresh key is made and reused on retries.
+    pub async fn create_order(
+        &self,
+        order: &NewOrderRequest,
+        idempotency_key: Option<String>,
+    ) -> Result<Created, ClientError> {
+        let key = idempotency_key.unwrap_or_else(new_idempotency_key);
+        let body = to_value(order);
+        let (status, order) = self
+            .call_json::<Order>(Method::POST, "/api/orders", Some(&body), Some(&key))
+            .await?;
+        Ok(Created {
+            order,
+            replayed: status == StatusCode::OK,
+            idempotency_key: key,
+        })
+    }
+
+    /// Moves an order to `status`, optionally only from `expected_version`.
+    pub async fn set_status(
+        &self,
+        id: u64,
+        status: &str,
+        expected_version: Option<u64>,
+        idempotency_key: Option<String>,
+    ) -> Result<Order, ClientError> {
+        let key = idempotency_key.unwrap_or_else(new_idempotency_key);
+        let body = serde_json::json!({"status": status, "expected_version": expected_version});
+        let path = format!("/api/orders/{id}");
+        Ok(self
+            .call_json::<Order>(Method::PATCH, &path, Some(&body), Some(&key))
+            .await?
+            .1)
+    }
+
+    pub async fn get_order(&self, id: u64, mode: ReadMode) -> Result<Read<Order>, ClientError> {
+        self.read(&format!("/api/orders/{id}"), &[], mode).await
+    }
+
+    pub async fn list_orders(
+        &self,
+        query: &ListQuery,
+        mode: ReadMode,
+    ) -> Result<Read<OrderList>, ClientError> {
+        let mut params: Vec<(&str, String)> = Vec::new();
+        if let Some(s) = &query.status {
+            params.push(("status", s.clone()));
+        }
+        if let Some(c) = &query.customer_id {
+            params.push(("customer_id", c.clone()));
+        }
+        if let Some(p) = query.page {
+            params.push(("page", p.to_string()));
+        }
+        if let Some(p) = query.per_page {
+            params.push(("per_page", p.to_string()));
+        }
+        self.read("/api/orders", &params, mode).await
+    }
+
+    async fn read<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        params: &[(&str, String)],
+        mode: ReadMode,
+    ) -> Result<Read<T>, ClientError> {
+        let url = |stale: bool| {
+            let mut p: Vec<(&str, String)> = params.to_vec();
+            if stale {
+                p.push(("consistency", "stale".into()));
+            }
+            let q = serde_urlencoded::to_string(&p).unwrap_or_default();
+            if q.is_empty() {
+                path.to_string()
+            } else {
+                format!("{path}?{q}")
+            }
+        };
+        let start = Instant::now();
+        let deadline = start + self.config.deadline;
+        match mode {
+            ReadMode::Linearizable | ReadMode::Stale => {
+                let stale = mode == ReadMode::Stale;
+                let answer = self
+                    .call(Method::GET, &url(stale), None, None, deadline, None)
+                    .await?;
+                Ok(Read {
+                    value: decode(answer)?.1,
+                    stale,
+                })
+            }
+            ReadMode::AllowStale => {
+                // Keep a share of the deadline for the stale fallback.
+                let reserve = (self.config.deadline / 3).min(Duration::from_secs(3));
+                match self
+                    .call(
+                        Method::GET,
+                        &url(false),
+                        None,
+                        None,
+                        deadline - reserve,
+                        None,
+                    )
+                    .await
+                {
+                    Ok(answer) => Ok(Read {
+                        value: decode(answer)?.1,
+                        stale: false,
+                    }),
+                    Err(ClientError::Unavailable { .. }) => {
+                        let answer = self
+                            .call(Method::GET, &url(true), None, None, deadline, None)
+                            .await?;
+                        Ok(Read {
+                            value: decode(answer)?.1,
+                            stale: true,
+                        })
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }
+    }
+
+    /// The status of one node, by its index in the node list (no retries beyond the deadline).
+    pub async fn node_status(&self, node: usize) -> Result<ClusterStatus, ClientError> {
+        let deadline = Instant::now() + self.config.attempt_timeout.min(Duration::from_secs(2));
+        let answer = self
+            .call(
+                Method::GET,
+                "/cluster/status",
+                None,
+                None,
+                deadline,
+                Some(node),
+            )
+            .await?;
+        Ok(decode(answer)?.1)
+    }
+
+    pub async fn add_learner(&self, id: u64, addr: &str) -> Result<ClusterStatus, ClientError> {
+        let body = serde_json::json!({"id": id, "addr": addr});
+        Ok(self
+            .call_json(Method::POST, "/cluster/learners", Some(&body), None)
+            .await?
+            .1)
+    }
+
+    pub async fn change_members(&self, members: &[u64]) -> Result<ClusterStatus, ClientError> {
+        let body = serde_json::json!({"members": members});
+        Ok(self
+            .call_json(Method::POST, "/cluster/members", Some(&body), None)
+            .await?
+            .1)
+    }
+}
+
+fn to_value<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).expect("request types serialize to JSON")
+}
+
+fn error_message(body: &Value) -> String {
+    body["error"]["message"].as_str().unwrap_or("").to_string()
+}
+
+/// Turns an HTTP answer into the typed value or the typed error.
+fn decode<T: DeserializeOwned>(answer: Answer) -> Result<(StatusCode, T), ClientError> {
+    let status = answer.status;
+    if status.is_success() {
+        let value = serde_json::from_value(answer.body).map_err(|e| ClientError::Server {
+            status: status.as_u16(),
+            message: format!("unexpected answer: {e}"),
+        })?;
+        return Ok((status, value));
+    }
+    let err: Option<ErrorBody> = serde_json::from_value(answer.body).ok();
+    let (code, message, field) = match err {
+        Some(e) => (e.error.code, e.error.message, e.error.field),
+        None => (String::from("unknown"), format!("HTTP {status}"), None),
+    };
+    Err(match status.as_u16() {
+        404 => ClientError::NotFound(message),
+        409 => ClientError::Conflict { code, message },
+        422 => ClientError::Validation {
+            field: field.unwrap_or_default(),
+            message,
+        },
+        400..=499 => ClientError::BadRequest { code, message },
+        s => ClientError::Server { status: s, message },
+    })
+}

@@ -1,0 +1,349 @@
+//! The client library and the CLI against real clusters: a dead node (leader or not) is
+//! skipped, retries never duplicate, degraded reads fall back to stale, and the CLI's output
+//! and exit codes.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use ordo::client::{Client, ClientConfig, ClientError, ListQuery, NewOrderRequest, ReadMode};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+
+fn client_for(cluster: &TestCluster, ids: &[u64]) -> Client {
+    let mut config = ClientConfig::new(
+        ids.iter()
+            .map(|id| format!("http://{}", cluster.nodes[id].addr)),
+    );
+    config.deadline = Duration::from_secs(30);
+    Client::new(config)
+}
+
+async fn all_via_client(client: &Client) -> Vec<ordo::client::Order> {
+    let mut out = Vec::new();
+    for page in 1..=1000 {
+        let q = ListQuery {
+            page: Some(page),
+            per_page: Some(100),
+            ..Default::default()
+        };
+        let read = client
+            .list_orders(&q, ReadMode::Linearizable)
+            .await
+            .unwrap();
+        if read.value.orders.is_empty() {
+            break;
+        }
+        out.extend(read.value.orders);
+    }
+    out
+}
+
+/// 200 creates through a client whose node list includes a dead node; exactly 200 orders.
+async fn two_hundred_creates_with(client: &Client, tag: &str) {
+    let before = all_via_client(client).await.len();
+    let mut ids = BTreeSet::new();
+    for i in 0..200 {
+        let req = NewOrderRequest::new(tag)
+            .item("sku", 1, 100)
+            .note(format!("{tag}-{i}"));
+        let created = client
+            .create_order(&req, None)
+            .await
+            .unwrap_or_else(|e| panic!("create {i}: {e}"));
+        assert!(!created.replayed);
+        ids.insert(created.order.id);
+    }
+    assert_eq!(ids.len(), 200);
+    let all = all_via_client(client).await;
+    assert_eq!(all.len(), before + 200, "exactly 200 new orders");
+    let mine: BTreeSet<u64> = all
+        .iter()
+        .filter(|o| o.customer_id == tag)
+        .map(|o| o.id)
+        .collect();
+    assert_eq!(mine, ids);
+    for id in ids.iter().step_by(20) {
+        let read = client.get_order(*id, ReadMode::Linearizable).await.unwrap();
+        assert!(!read.stale);
+        assert_eq!(read.value.customer_id, tag);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_succeed_with_the_leader_or_a_follower_dead() {
+    let mut cluster = TestCluster::start(3).await;
+    let client = client_for(&cluster, &[1, 2, 3]);
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    cluster.kill(leader);
+    two_hundred_creates_with(&client, "leader-dead").await;
+
+    cluster.spawn(leader);
+    let new_leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|n| *n != new_leader)
+        .unwrap();
+    cluster.kill(follower);
+    two_hundred_creates_with(&client, "follower-dead").await;
+}
+
+/// A TCP proxy to `upstream` that swallows the answer to the first request: the server
+/// applies the write, the client sees the connection drop and must retry.
+async fn answer_dropping_proxy(upstream: String) -> (String, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = dropped.clone();
+    tokio::spawn(async move {
+        for _ in 0..100 {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
+                return;
+            };
+            let drop_this = !flag.swap(true, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if drop_this {
+                    let (mut ri, _wi) = inbound.split();
+                    let (mut ro, mut wo) = outbound.split();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let up = async {
+                        loop {
+                            let n = ri.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                break;
+                            }
+                            tokio::io::AsyncWriteExt::write_all(&mut wo, &buf[..n])
+                                .await
+                                .ok();
+                        }
+                    };
+                    let mut answer = [0u8; 1];
+                    // Forward the request; once the server starts answering, cut the client off.
+                    tokio::select! {
+                        _ = up => {}
+                        _ = ro.read(&mut answer) => {}
+                    }
+                } else {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (addr, dropped)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_a_lost_answer_creates_exactly_one_order() {
+    let cluster = TestCluster::start(3).await;
+    let follower = {
+        let leader = cluster.wait_for_leader(&cluster.ids()).await;
+        cluster.ids().into_iter().find(|n| *n != leader).unwrap()
+    };
+    let (proxy, dropped) = answer_dropping_proxy(cluster.nodes[&follower].addr.clone()).await;
+    let mut config = ClientConfig::new([format!("http://{proxy}")]);
+    config.deadline = Duration::from_secs(30);
+    let client = Client::new(config);
+
+    let req = NewOrderRequest::new("lost-answer").item("sku", 3, 700);
+    let created = client.create_order(&req, None).await.unwrap();
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the first answer was dropped"
+    );
+    assert!(
+        created.replayed,
+        "the retry was answered from the idempotency record"
+    );
+
+    // Same for a status change: applied once, version 2, not 3.
+    let moved = client
+        .set_status(created.order.id, "paid", None, None)
+        .await
+        .unwrap();
+    assert_eq!(moved.version, 2);
+
+    let direct = client_for(&cluster, &[1, 2, 3]);
+    let all = all_via_client(&direct).await;
+    assert_eq!(all.len(), 1, "one order, not two: {all:?}");
+    assert_eq!(all[0].id, created.order.id);
+    assert_eq!((all[0].status.as_str(), all[0].version), ("paid", 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_quorum_reads_degrade_to_stale_and_writes_are_unavailable() {
+    let mut cluster = TestCluster::start(3).await;
+    let client = client_for(&cluster, &[1, 2, 3]);
+    let mut known = Vec::new();
+    for i in 0..5 {
+        let req = NewOrderRequest::new("degraded")
+            .item("sku", 1, 1)
+            .note(format!("d-{i}"));
+        known.push(client.create_order(&req, None).await.unwrap().order);
+    }
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let survivor = cluster.ids().into_iter().find(|n| *n != leader).unwrap();
+    // Let the survivor apply everything before the others die (a stale read shows what it has).
+    let applied = cluster.status(leader).await.unwrap()["last_applied"]
+        .as_u64()
+        .unwrap();
+    cluster.wait_applied(survivor, applied).await;
+    for id in cluster.ids().into_iter().filter(|n| *n != survivor) {
+        cluster.kill(id);
+    }
+
+    let mut config = ClientConfig::new(
+        cluster
+            .ids()
+            .iter()
+            .map(|id| format!("http://{}", cluster.nodes[id].addr)),
+    );
+    config.deadline = Duration::from_secs(6);
+    let client = Client::new(config);
+
+    let read = client
+        .get_order(known[2].id, ReadMode::AllowStale)
+        .await
+        .unwrap();
+    assert!(read.stale, "without a quorum the answer is marked stale");
+    assert_eq!(read.value, known[2]);
+    let list = client
+        .list_orders(
+            &ListQuery {
+                customer_id: Some("degraded".into()),
+                ..Default::default()
+            },
+            ReadMode::AllowStale,
+        )
+        .await
+        .unwrap();
+    assert!(list.stale);
+    assert_eq!(list.value.orders, known);
+
+    let started = std::time::Instant::now();
+    let err = client
+        .create_order(&NewOrderRequest::new("x").item("s", 1, 1), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Unavailable { .. }), "{err:?}");
+    // Bounded by its deadline (6 s), with a wide margin for a slow machine.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+fn ordo_cli(nodes: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("ORDO_NODES", nodes)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_commands_print_and_exit_as_documented() {
+    let cluster = TestCluster::start(3).await;
+    let nodes = cluster
+        .ids()
+        .iter()
+        .map(|id| format!("http://{}", cluster.nodes[id].addr))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes = nodes.as_str();
+    let cli = |args: Vec<&str>| {
+        let nodes = nodes.to_string();
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        tokio::task::spawn_blocking(move || {
+            ordo_cli(&nodes, &args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+    };
+
+    let (code, out, err) = cli(vec![
+        "order",
+        "create",
+        "--customer",
+        "carol",
+        "--item",
+        "book:2:1250",
+        "--item",
+        "pen:1:99",
+        "--json",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["order"]["total_cents"], 2599);
+    let id = v["order"]["id"].as_u64().unwrap().to_string();
+
+    let (code, out, _) = cli(vec!["order", "get", &id]).await.unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("carol") && out.contains("25.99"), "{out}");
+
+    let (code, _, err) = cli(vec!["order", "set-status", &id, "shipped"])
+        .await
+        .unwrap();
+    assert_eq!(code, 4, "illegal transition is a conflict: {err}");
+    let (code, out, _) = cli(vec![
+        "order",
+        "set-status",
+        &id,
+        "paid",
+        "--expected-version",
+        "1",
+        "--json",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("\"paid\""));
+    let (code, _, _) = cli(vec!["order", "get", "987654"]).await.unwrap();
+    assert_eq!(code, 3, "not found");
+    let (code, _, _) = cli(vec!["order", "create", "--customer", "", "--item", "a:1:1"])
+        .await
+        .unwrap();
+    assert_eq!(code, 5, "validation");
+    let (code, _, _) = cli(vec![
+        "order",
+        "create",
+        "--customer",
+        "c",
+        "--item",
+        "nonsense",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 2, "usage");
+
+    let (code, out, _) = cli(vec!["order", "list", "--status", "paid", "--json"])
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["total"], 1);
+
+    let (code, out, _) = cli(vec!["cluster", "status"]).await.unwrap();
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("leader") || l.contains("follower"))
+            .count(),
+        3,
+        "{out}"
+    );
+}
