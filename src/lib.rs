@@ -20,3 +20,4 @@ pub mod node;
 pub mod order;
 pub mod raft;
 pub mod store;
+pub mod torture;

@@ -45,7 +45,7 @@ fn create_with(v: Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_rejects_bad_input_with_a_json_4xx() {
-    let cluster = TestCluster::start(3).await;
+    let cluster = start_cluster(3).await;
     let leader = cluster.wait_for_leader(&cluster.ids()).await;
     let follower = cluster.ids().into_iter().find(|n| *n != leader).unwrap();
     let order = create_until_acked(&cluster, &[leader], "ok", "seed").await;
@@ -420,28 +420,25 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
     }
 
     // Nothing above was written: still exactly the seed order, unchanged.
-    let all = cluster.all_orders(leader, false).await;
+    let all = all_orders(&cluster, leader, false).await;
     assert_eq!(all, vec![order]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_create_and_status_change_over_http() {
-    let cluster = TestCluster::start(3).await;
+    let cluster = start_cluster(3).await;
     let leader = cluster.wait_for_leader(&cluster.ids()).await;
     let follower = cluster.ids().into_iter().find(|n| *n != leader).unwrap();
-    let (s1, first) = cluster
-        .create(follower, "idem", Some("key-1"), "x")
+    let (s1, first) = create(&cluster, follower, "idem", Some("key-1"), "x")
         .await
         .unwrap();
     assert_eq!(s1, 201);
-    let (s2, again) = cluster
-        .create(leader, "idem", Some("key-1"), "x")
+    let (s2, again) = create(&cluster, leader, "idem", Some("key-1"), "x")
         .await
         .unwrap();
     assert!(s2 == 200 || s2 == 201);
     assert_eq!(again["id"], first["id"]);
-    let (s3, reused) = cluster
-        .create(leader, "other", Some("key-1"), "x")
+    let (s3, reused) = create(&cluster, leader, "other", Some("key-1"), "x")
         .await
         .unwrap();
     assert_eq!(
@@ -462,7 +459,7 @@ async fn idempotent_create_and_status_change_over_http() {
         .unwrap();
         assert_eq!((s, &body["version"]), (200, &json!(2)), "{body}");
     }
-    let all = cluster.all_orders(follower, false).await;
+    let all = all_orders(&cluster, follower, false).await;
     assert_eq!(all.len(), 1);
     assert_eq!(all[0]["status"], "paid");
     assert_eq!(all[0]["version"], 2);

@@ -77,7 +77,7 @@ async fn two_hundred_creates_with(client: &Client, tag: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn creates_succeed_with_the_leader_or_a_follower_dead() {
-    let mut cluster = TestCluster::start(3).await;
+    let mut cluster = start_cluster(3).await;
     let client = client_for(&cluster, &[1, 2, 3]);
     let leader = cluster.wait_for_leader(&cluster.ids()).await;
     cluster.kill(leader);
@@ -143,7 +143,7 @@ async fn answer_dropping_proxy(upstream: String) -> (String, Arc<AtomicBool>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_a_lost_answer_creates_exactly_one_order() {
-    let cluster = TestCluster::start(3).await;
+    let cluster = start_cluster(3).await;
     let follower = {
         let leader = cluster.wait_for_leader(&cluster.ids()).await;
         cluster.ids().into_iter().find(|n| *n != leader).unwrap()
@@ -180,7 +180,7 @@ async fn retry_after_a_lost_answer_creates_exactly_one_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_quorum_reads_degrade_to_stale_and_writes_are_unavailable() {
-    let mut cluster = TestCluster::start(3).await;
+    let mut cluster = start_cluster(3).await;
     let client = client_for(&cluster, &[1, 2, 3]);
     let mut known = Vec::new();
     for i in 0..5 {
@@ -257,7 +257,7 @@ fn ordo_cli(nodes: &str, args: &[&str]) -> (i32, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_commands_print_and_exit_as_documented() {
-    let cluster = TestCluster::start(3).await;
+    let cluster = start_cluster(3).await;
     let nodes = cluster
         .ids()
         .iter()

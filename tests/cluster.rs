@@ -18,7 +18,7 @@ fn notes(orders: &[Value]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_every_node_are_readable_through_every_node() {
-    let cluster = TestCluster::start(3).await;
+    let cluster = start_cluster(3).await;
     let mut written = Vec::new();
     for node in cluster.ids() {
         for i in 0..4 {
@@ -29,8 +29,7 @@ async fn writes_through_every_node_are_readable_through_every_node() {
     }
     for node in cluster.ids() {
         for order in &written {
-            let (status, body) = cluster
-                .get(node, &format!("/api/orders/{}", order["id"]))
+            let (status, body) = get(&cluster, node, &format!("/api/orders/{}", order["id"]))
                 .await
                 .unwrap();
             assert_eq!(status, 200);
@@ -40,10 +39,9 @@ async fn writes_through_every_node_are_readable_through_every_node() {
                 order["id"]
             );
         }
-        let all = cluster.all_orders(node, false).await;
+        let all = all_orders(&cluster, node, false).await;
         assert_eq!(all.len(), written.len());
-        let (status, body) = cluster
-            .get(node, "/api/orders?customer_id=cust-2")
+        let (status, body) = get(&cluster, node, "/api/orders?customer_id=cust-2")
             .await
             .unwrap();
         assert_eq!((status, body["total"].as_u64()), (200, Some(4)));
@@ -52,7 +50,7 @@ async fn writes_through_every_node_are_readable_through_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_sigkill_under_writes_loses_and_duplicates_nothing() {
-    let mut cluster = TestCluster::start(3).await;
+    let mut cluster = start_cluster(3).await;
     let leader = cluster.wait_for_leader(&cluster.ids()).await;
     let total = 120;
     let mut acked = Vec::new();
@@ -78,16 +76,19 @@ async fn leader_sigkill_under_writes_loses_and_duplicates_nothing() {
     let new_leader = cluster.wait_for_leader(&survivors).await;
     assert_ne!(new_leader, leader);
 
-    let orders = cluster.all_orders(new_leader, false).await;
+    let orders = all_orders(&cluster, new_leader, false).await;
     let expected: BTreeSet<String> = (0..total).map(|i| format!("w-{i}")).collect();
     let found = notes(&orders);
     assert_eq!(found.len(), total, "duplicated or lost orders: {found:?}");
     assert_eq!(found.into_iter().collect::<BTreeSet<_>>(), expected);
     for order in &acked {
-        let (status, body) = cluster
-            .get(new_leader, &format!("/api/orders/{}", order["id"]))
-            .await
-            .unwrap();
+        let (status, body) = get(
+            &cluster,
+            new_leader,
+            &format!("/api/orders/{}", order["id"]),
+        )
+        .await
+        .unwrap();
         assert_eq!((status, &body["note"]), (200, &order["note"]));
     }
 
@@ -101,13 +102,13 @@ async fn leader_sigkill_under_writes_loses_and_duplicates_nothing() {
         cluster.digest(leader).await["digest"],
         cluster.digest(new_leader).await["digest"]
     );
-    assert_eq!(cluster.all_orders(leader, true).await, orders);
-    assert_eq!(cluster.all_orders(leader, false).await, orders);
+    assert_eq!(all_orders(&cluster, leader, true).await, orders);
+    assert_eq!(all_orders(&cluster, leader, false).await, orders);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn majority_down_fails_with_503_stale_reads_answer_and_recovery() {
-    let mut cluster = TestCluster::start(3).await;
+    let mut cluster = start_cluster(3).await;
     let first = create_until_acked(&cluster, &[1, 2, 3], "q", "before").await;
     let leader = cluster.wait_for_leader(&cluster.ids()).await;
     let followers: Vec<u64> = cluster
@@ -119,7 +120,7 @@ async fn majority_down_fails_with_503_stale_reads_answer_and_recovery() {
     let (alone, other) = (followers[0], followers[1]);
     cluster.kill(other);
     cluster.kill(leader);
-    let before = cluster.all_orders(alone, true).await;
+    let before = all_orders(&cluster, alone, true).await;
 
     // Writes and linearizable reads fail with 503 (a write proposed just before the quorum
     // went away may end 504: its fate is unknown). Each answer comes back bounded.
@@ -130,14 +131,12 @@ async fn majority_down_fails_with_503_stale_reads_answer_and_recovery() {
             Instant::now() < deadline,
             "no 503 while the majority is down"
         );
-        let (ws, wb) = cluster
-            .create(alone, "q", Some("during"), "during")
+        let (ws, wb) = create(&cluster, alone, "q", Some("during"), "during")
             .await
             .expect("an HTTP answer");
         assert!(ws == 503 || ws == 504, "write without quorum: {ws} {wb}");
         write_503 |= ws == 503;
-        let (rs, rb) = cluster
-            .get(alone, &format!("/api/orders/{}", first["id"]))
+        let (rs, rb) = get(&cluster, alone, &format!("/api/orders/{}", first["id"]))
             .await
             .expect("an HTTP answer");
         assert_eq!(rs, 503, "linearizable read without quorum: {rb}");
@@ -148,21 +147,21 @@ async fn majority_down_fails_with_503_stale_reads_answer_and_recovery() {
         );
     }
     // Stale reads still answer from local state; nothing was half-written.
-    let (status, body) = cluster
-        .get(
-            alone,
-            &format!("/api/orders/{}?consistency=stale", first["id"]),
-        )
-        .await
-        .unwrap();
+    let (status, body) = get(
+        &cluster,
+        alone,
+        &format!("/api/orders/{}?consistency=stale", first["id"]),
+    )
+    .await
+    .unwrap();
     assert_eq!((status, &body), (200, &first));
-    assert_eq!(cluster.all_orders(alone, true).await, before);
+    assert_eq!(all_orders(&cluster, alone, true).await, before);
 
     // One node back: a majority again, and the cluster serves.
     cluster.spawn(other);
     cluster.wait_for_leader(&[alone, other]).await;
     create_until_acked(&cluster, &[alone, other], "q", "during").await;
-    let orders = cluster.all_orders(other, false).await;
+    let orders = all_orders(&cluster, other, false).await;
     let during: Vec<_> = notes(&orders)
         .into_iter()
         .filter(|n| n == "during")
@@ -172,7 +171,7 @@ async fn majority_down_fails_with_503_stale_reads_answer_and_recovery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumed_paused_leader_serves_no_stale_read_and_loses_no_write() {
-    let mut cluster = TestCluster::start(3).await;
+    let mut cluster = start_cluster(3).await;
     let order = create_until_acked(&cluster, &[1, 2, 3], "p", "paused-1").await;
     let id = order["id"].as_u64().unwrap();
     let old = cluster.wait_for_leader(&cluster.ids()).await;
@@ -193,8 +192,7 @@ async fn resumed_paused_leader_serves_no_stale_read_and_loses_no_write() {
 
     cluster.resume(old);
     // Its first linearizable read must not be the stale "pending".
-    let (status, body) = cluster
-        .get(old, &format!("/api/orders/{id}"))
+    let (status, body) = get(&cluster, old, &format!("/api/orders/{id}"))
         .await
         .unwrap();
     assert!(
@@ -203,13 +201,11 @@ async fn resumed_paused_leader_serves_no_stale_read_and_loses_no_write() {
     );
 
     // A write through the old leader either fails or is really committed.
-    let (status, body) = cluster
-        .create(old, "p", Some("after-resume"), "after-resume")
+    let (status, body) = create(&cluster, old, "p", Some("after-resume"), "after-resume")
         .await
         .unwrap();
     if status == 201 {
-        let (s, b) = cluster
-            .get(new, &format!("/api/orders/{}", body["id"]))
+        let (s, b) = get(&cluster, new, &format!("/api/orders/{}", body["id"]))
             .await
             .unwrap();
         assert_eq!((s, &b["note"]), (200, &json!("after-resume")));
@@ -217,8 +213,7 @@ async fn resumed_paused_leader_serves_no_stale_read_and_loses_no_write() {
         assert!(status == 503 || status == 504, "{status} {body}");
     }
     let leader = cluster.wait_for_leader(&cluster.ids()).await;
-    let (status, body) = cluster
-        .get(leader, &format!("/api/orders/{id}"))
+    let (status, body) = get(&cluster, leader, &format!("/api/orders/{id}"))
         .await
         .unwrap();
     assert_eq!((status, &body["status"]), (200, &json!("paid")));
@@ -226,11 +221,11 @@ async fn resumed_paused_leader_serves_no_stale_read_and_loses_no_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_all_keeps_every_order() {
-    let mut cluster = TestCluster::start(3).await;
+    let mut cluster = start_cluster(3).await;
     for i in 0..15 {
         create_until_acked(&cluster, &[1, 2, 3], "r", &format!("r-{i}")).await;
     }
-    let before = cluster.all_orders(1, false).await;
+    let before = all_orders(&cluster, 1, false).await;
     for id in cluster.ids() {
         cluster.stop(id).await;
     }
@@ -240,7 +235,7 @@ async fn restart_all_keeps_every_order() {
     cluster.wait_for_leader(&cluster.ids()).await;
     for id in cluster.ids() {
         assert_eq!(
-            cluster.all_orders(id, false).await,
+            all_orders(&cluster, id, false).await,
             before,
             "node {id} after full restart"
         );
@@ -253,12 +248,12 @@ async fn restart_all_keeps_every_order() {
         cluster.spawn(id);
     }
     cluster.wait_for_leader(&cluster.ids()).await;
-    assert_eq!(cluster.all_orders(2, false).await, before);
+    assert_eq!(all_orders(&cluster, 2, false).await, before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_learner_promote_and_remove_a_node() {
-    let mut cluster = TestCluster::start(3).await;
+    let mut cluster = start_cluster(3).await;
     for i in 0..10 {
         create_until_acked(&cluster, &[1, 2, 3], "m", &format!("m-{i}")).await;
     }
@@ -302,14 +297,14 @@ async fn add_learner_promote_and_remove_a_node() {
     cluster.kill(1);
     let leader = cluster.wait_for_leader(&keep).await;
     create_until_acked(&cluster, &keep, "m", "m-after").await;
-    let orders = cluster.all_orders(4, false).await;
+    let orders = all_orders(&cluster, 4, false).await;
     assert_eq!(orders.len(), 11);
-    assert_eq!(cluster.all_orders(leader, false).await, orders);
+    assert_eq!(all_orders(&cluster, leader, false).await, orders);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_a_node_cleanly() {
-    let mut cluster = TestCluster::start(3).await;
+    let mut cluster = start_cluster(3).await;
     create_until_acked(&cluster, &[1, 2, 3], "s", "s-1").await;
     cluster.stop(2).await; // asserts a clean exit status within the deadline
     let survivors = [1, 3];

@@ -8,6 +8,7 @@
 mod cluster;
 mod order;
 mod serve;
+mod torture;
 
 use std::time::Duration;
 
@@ -48,6 +49,8 @@ pub enum Command {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
+    /// Fault injection against a fresh local cluster, checked for linearizability.
+    Torture(torture::TortureArgs),
     /// Measure log appends/s (fsync on) and on-disk bytes per order of the sled store.
     BenchStorage(crate::bench::storage::BenchStorageArgs),
 }
@@ -95,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Cluster { conn, command } => {
             Ok(client_runtime()?.block_on(cluster::run(&conn, command)))
         }
+        Command::Torture(args) => torture::run(args),
         Command::BenchStorage(args) => crate::bench::storage::run(args).map(|_| 0),
     }
 }

@@ -1,0 +1,332 @@
+//! A cluster of real `ordo serve` processes for tests and the torture run: on free loopback
+//! ports, or each node in its own network namespace (`netns::Topology`) when partitions are
+//! wanted. It signals only the processes it started, by PID, polls for state with deadlines,
+//! and kills and reaps every child when dropped (printing each node's log tail if the thread
+//! is panicking, so a failed test shows what the nodes saw).
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::netns::Topology;
+
+/// Generous: test machines may have two noisy cores.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct ClusterNode {
+    pub id: u64,
+    /// HOST:PORT the node serves on.
+    pub addr: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    pub child: Option<Child>,
+}
+
+pub struct ProcessCluster {
+    pub nodes: BTreeMap<u64, ClusterNode>,
+    pub http: reqwest::Client,
+    pub topology: Option<Topology>,
+    bin: PathBuf,
+    peers: String,
+    extra_args: Vec<String>,
+    // Last, so the directory outlives the processes using it.
+    dir: tempfile::TempDir,
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl ProcessCluster {
+    /// Lays out nodes 1..=n (not started). With `topology`, node N serves on its namespace
+    /// address, else on a free loopback port.
+    pub fn new(
+        bin: &Path,
+        n: u64,
+        topology: Option<Topology>,
+        extra_args: Vec<String>,
+    ) -> ProcessCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("ordo-cluster-")
+            .tempdir()
+            .expect("temp dir");
+        let mut nodes = BTreeMap::new();
+        for id in 1..=n {
+            let addr = match &topology {
+                Some(t) => format!("{}:7000", t.addr(id)),
+                None => format!("127.0.0.1:{}", free_port()),
+            };
+            nodes.insert(id, ClusterNode::new(dir.path(), id, addr));
+        }
+        let peers = nodes
+            .values()
+            .map(|n| format!("{}={}", n.id, n.addr))
+            .collect::<Vec<_>>()
+            .join(",");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("http client");
+        ProcessCluster {
+            nodes,
+            http,
+            topology,
+            bin: bin.to_path_buf(),
+            peers,
+            extra_args,
+            dir,
+        }
+    }
+
+    /// Starts every node and waits until they agree on a leader.
+    pub async fn start_all(&mut self) {
+        for id in self.ids() {
+            self.spawn(id);
+        }
+        self.wait_for_leader(&self.ids()).await;
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    pub fn url(&self, id: u64, path: &str) -> String {
+        format!("http://{}{}", self.nodes[&id].addr, path)
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        self.nodes[&id].child.is_some()
+    }
+
+    /// Adds node `id` on a free loopback port, started with no peers (to join as a learner).
+    pub fn add_node(&mut self, id: u64) {
+        let node = ClusterNode::new(self.dir.path(), id, format!("127.0.0.1:{}", free_port()));
+        self.nodes.insert(id, node);
+        self.spawn_with_peers(id, "");
+    }
+
+    /// (Re)starts node `id` with the cluster's peers.
+    pub fn spawn(&mut self, id: u64) {
+        let peers = self.peers.clone();
+        self.spawn_with_peers(id, &peers);
+    }
+
+    fn spawn_with_peers(&mut self, id: u64, peers: &str) {
+        let prefix = self
+            .topology
+            .as_ref()
+            .map(|t| t.exec_prefix(id))
+            .unwrap_or_default();
+        let node = self.nodes.get_mut(&id).expect("known node");
+        assert!(node.child.is_none(), "node {id} is already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)
+            .expect("node log");
+        // `ip netns exec` execs the program in place, so the PID is the node's own.
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        cmd.args([
+            "serve",
+            "--id",
+            &id.to_string(),
+            "--listen",
+            &node.addr,
+            "--peers",
+            peers,
+        ])
+        .arg("--data-dir")
+        .arg(&node.data_dir)
+        .args(&self.extra_args)
+        .env(
+            "RUST_LOG",
+            std::env::var("ORDO_TEST_LOG").unwrap_or_else(|_| "info,openraft=info".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
+        node.child = Some(cmd.spawn().expect("spawn ordo"));
+    }
+
+    fn signal(&self, id: u64, sig: i32) {
+        let child = self.nodes[&id]
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {id} is not running"));
+        // SAFETY: kill(2) on the PID of a child this cluster spawned and has not reaped.
+        let rc = unsafe { libc::kill(child.id() as i32, sig) };
+        assert_eq!(rc, 0, "signal {sig} to node {id}");
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let mut child = node
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("node {id} is not running"));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// SIGTERM, and wait (bounded) for a clean exit; panics if it does not exit cleanly.
+    pub async fn stop(&mut self, id: u64) {
+        self.signal(id, libc::SIGTERM);
+        let deadline = Instant::now() + DEADLINE;
+        let child = self.nodes.get_mut(&id).unwrap().child.as_mut().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                assert!(
+                    status.success(),
+                    "node {id} exited with {status} after SIGTERM"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not stop after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.nodes.get_mut(&id).unwrap().child = None;
+    }
+
+    /// SIGSTOP.
+    pub fn pause(&mut self, id: u64) {
+        self.signal(id, libc::SIGSTOP);
+    }
+
+    /// SIGCONT.
+    pub fn resume(&mut self, id: u64) {
+        self.signal(id, libc::SIGCONT);
+    }
+
+    pub async fn status(&self, id: u64) -> Option<Value> {
+        let req = self
+            .http
+            .get(self.url(id, "/cluster/status"))
+            .timeout(Duration::from_secs(2));
+        req.send().await.ok()?.json().await.ok()
+    }
+
+    /// The leader as node `among[0..]` see it right now, if they all agree and it says so.
+    pub async fn agreed_leader(&self, among: &[u64]) -> Option<u64> {
+        let mut leader = None;
+        for &id in among {
+            let seen = self.status(id).await?["leader_id"].as_u64()?;
+            if leader.is_some_and(|l| l != seen) {
+                return None;
+            }
+            leader = Some(seen);
+        }
+        let leader = leader.filter(|l| among.contains(l))?;
+        (self.status(leader).await?["state"] == "leader").then_some(leader)
+    }
+
+    /// Waits until every node in `among` agrees on one leader among them.
+    pub async fn wait_for_leader(&self, among: &[u64]) -> u64 {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(leader) = self.agreed_leader(among).await {
+                return leader;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader among {among:?} within {DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until node `id` has applied at least `index`.
+    pub async fn wait_applied(&self, id: u64, index: u64) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(s) = self.status(id).await {
+                if s["last_applied"].as_u64().is_some_and(|a| a >= index) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not apply up to {index}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `GET /cluster/digest` of node `id`.
+    pub async fn digest(&self, id: u64) -> Value {
+        self.http
+            .get(self.url(id, "/cluster/digest"))
+            .send()
+            .await
+            .expect("digest")
+            .json()
+            .await
+            .expect("digest json")
+    }
+
+    pub fn dump_logs(&self, lines: usize) {
+        for node in self.nodes.values() {
+            let log = std::fs::read_to_string(&node.log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+            eprintln!(
+                "----- node {} log tail ({}) -----",
+                node.id,
+                node.log_path.display()
+            );
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+impl ClusterNode {
+    fn new(dir: &Path, id: u64, addr: String) -> ClusterNode {
+        ClusterNode {
+            id,
+            addr,
+            data_dir: dir.join(format!("n{id}")),
+            log_path: dir.join(format!("n{id}.log")),
+            child: None,
+        }
+    }
+}
+
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump_logs(40);
+        }
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill(); // SIGKILL ends a stopped (SIGSTOP) process too
+                let _ = child.wait();
+            }
+        }
+        // The topology (namespaces, bridge) is dropped after the processes are gone.
+    }
+}

@@ -1,0 +1,739 @@
+//! Fault injection with a linearizability check (`ordo torture`, and `tests/torture.rs`).
+//!
+//! A run starts a three-node cluster of real processes (each in its own network namespace
+//! when it can, see `netns`), drives it with concurrent clients doing creates (with
+//! idempotency keys), status changes (with and without expected versions) and linearizable
+//! reads, while a nemesis kills, pauses and partitions nodes on a seeded schedule. Every
+//! operation goes into a `history`; afterwards the cluster is healed and read in full, and
+//! the run passes only if the history is linearizable per order (`checker`), every
+//! acknowledged create exists, no idempotency key made two orders, and all nodes hold
+//! identical state.
+
+pub mod checker;
+pub mod cluster;
+pub mod history;
+pub mod netns;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use self::checker::Verdict;
+use self::cluster::ProcessCluster;
+use self::history::{History, Op, OpKind, Outcome};
+use crate::order::OrderStatus;
+
+/// One kind of fault the nemesis can inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    KillLeader,
+    KillRandom,
+    PauseLeader,
+    PauseRandom,
+    /// Cut the leader off from the other nodes.
+    PartitionLeader,
+    /// Cut a random node off (a 1|2 split).
+    PartitionSplit,
+    /// Cut one link only: two nodes cannot talk, the third talks to both (a bridge).
+    PartitionBridge,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 7] = [
+        Fault::KillLeader,
+        Fault::KillRandom,
+        Fault::PauseLeader,
+        Fault::PauseRandom,
+        Fault::PartitionLeader,
+        Fault::PartitionSplit,
+        Fault::PartitionBridge,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::KillLeader => "kill-leader",
+            Fault::KillRandom => "kill",
+            Fault::PauseLeader => "pause-leader",
+            Fault::PauseRandom => "pause",
+            Fault::PartitionLeader => "partition-leader",
+            Fault::PartitionSplit => "split",
+            Fault::PartitionBridge => "bridge",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Fault> {
+        Fault::ALL.into_iter().find(|f| f.name() == s)
+    }
+
+    fn needs_network(self) -> bool {
+        matches!(
+            self,
+            Fault::PartitionLeader | Fault::PartitionSplit | Fault::PartitionBridge
+        )
+    }
+}
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct TortureConfig {
+    pub bin: PathBuf,
+    pub seed: u64,
+    pub duration: Duration,
+    pub clients: usize,
+    pub faults: Vec<Fault>,
+    /// Take the faults in turn (so each kind happens equally often) instead of at random.
+    pub cycle_faults: bool,
+    /// Try to put nodes in network namespaces (needed for partitions).
+    pub use_netns: bool,
+    /// Quiet time between faults, and how long a fault lasts.
+    pub quiet: Duration,
+    pub hold: Duration,
+}
+
+impl TortureConfig {
+    pub fn new(bin: PathBuf, seed: u64, duration: Duration) -> TortureConfig {
+        TortureConfig {
+            bin,
+            seed,
+            duration,
+            clients: 4,
+            faults: Fault::ALL.to_vec(),
+            cycle_faults: false,
+            use_netns: true,
+            quiet: Duration::from_millis(1500),
+            hold: Duration::from_millis(2000),
+        }
+    }
+}
+
+/// What a run did and found.
+#[derive(Debug)]
+pub struct Report {
+    pub seed: u64,
+    pub ops_by_outcome: BTreeMap<String, u64>,
+    pub total_ops: u64,
+    pub faults: BTreeMap<&'static str, u64>,
+    pub skipped_network: Option<String>,
+    pub failovers: u64,
+    pub longest_unavailable: Duration,
+    pub acked_creates: u64,
+    pub orders_at_end: u64,
+    pub lost_acked: Vec<String>,
+    pub duplicated: Vec<String>,
+    pub unexpected_answers: Vec<String>,
+    pub digests_equal: bool,
+    pub verdict: Verdict,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.verdict == Verdict::Linearizable
+            && self.lost_acked.is_empty()
+            && self.duplicated.is_empty()
+            && self.unexpected_answers.is_empty()
+            && self.digests_equal
+    }
+
+    pub fn fault_count(&self, f: Fault) -> u64 {
+        self.faults.get(f.name()).copied().unwrap_or(0)
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "torture run, seed {}", self.seed)?;
+        writeln!(
+            f,
+            "  operations: {} ({:?})",
+            self.total_ops, self.ops_by_outcome
+        )?;
+        writeln!(f, "  faults injected: {:?}", self.faults)?;
+        if let Some(why) = &self.skipped_network {
+            writeln!(f, "  partitions SKIPPED: {why}")?;
+        }
+        writeln!(f, "  failovers seen: {}", self.failovers)?;
+        writeln!(
+            f,
+            "  longest window without an acknowledged write: {:.2}s",
+            self.longest_unavailable.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "  acknowledged creates: {}, orders at the end: {}",
+            self.acked_creates, self.orders_at_end
+        )?;
+        writeln!(
+            f,
+            "  lost acknowledged creates: {}, duplicated keys: {}",
+            self.lost_acked.len(),
+            self.duplicated.len()
+        )?;
+        writeln!(
+            f,
+            "  nodes converged to identical state: {}",
+            self.digests_equal
+        )?;
+        if !self.unexpected_answers.is_empty() {
+            writeln!(
+                f,
+                "  unexpected answers: {:?}",
+                &self.unexpected_answers[..self.unexpected_answers.len().min(10)]
+            )?;
+        }
+        match &self.verdict {
+            Verdict::Linearizable => writeln!(f, "  checker: linearizable")?,
+            Verdict::Unverified { object } => writeln!(
+                f,
+                "  checker: NOT VERIFIED (search budget) on order {object}"
+            )?,
+            Verdict::Violation { object, ops } => {
+                writeln!(
+                    f,
+                    "  checker: NOT LINEARIZABLE — order {object}; its history (µs since start):"
+                )?;
+                for op in ops {
+                    writeln!(
+                        f,
+                        "    client {} {:>10}..{:<10} {:?} -> {:?}",
+                        op.client, op.invoked_us, op.completed_us, op.kind, op.outcome
+                    )?;
+                }
+            }
+        }
+        write!(
+            f,
+            "  verdict: {}",
+            if self.passed() {
+                "PASS"
+            } else {
+                "FAIL (rerun with this seed)"
+            }
+        )
+    }
+}
+
+/// What the clients share.
+struct Shared {
+    urls: Vec<String>,
+    http: reqwest::Client,
+    history: History,
+    start: Instant,
+    stop: AtomicBool,
+    /// (tag, id) of every acknowledged create.
+    known: Mutex<Vec<(String, u64)>>,
+    /// Every tag a create was attempted with.
+    attempted: Mutex<BTreeSet<String>>,
+    last_ack_us: AtomicU64,
+    longest_gap_us: AtomicU64,
+    unexpected: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    fn acked_write(&self) {
+        let now = self.now_us();
+        let last = self.last_ack_us.swap(now, Ordering::Relaxed);
+        self.longest_gap_us
+            .fetch_max(now.saturating_sub(last), Ordering::Relaxed);
+    }
+
+    fn unexpected(&self, what: String) {
+        self.unexpected.lock().unwrap().push(what);
+    }
+}
+
+/// Sends one request; classifies the answer into an outcome.
+async fn send(req: reqwest::RequestBuilder, is_write: bool) -> Result<(u16, Value), Outcome> {
+    match req.timeout(Duration::from_secs(5)).send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+            match status {
+                503 => Err(Outcome::Failed),
+                504 if is_write => Err(Outcome::Unknown),
+                504 => Err(Outcome::Failed),
+                _ => Ok((status, body)),
+            }
+        }
+        // Nothing was sent: no effect.
+        Err(e) if e.is_connect() => Err(Outcome::Failed),
+        Err(_) if is_write => Err(Outcome::Unknown),
+        Err(_) => Err(Outcome::Failed),
+    }
+}
+
+fn order_state(body: &Value) -> Option<Outcome> {
+    let status = OrderStatus::parse(body["status"].as_str()?)?;
+    Some(Outcome::State {
+        status,
+        version: body["version"].as_u64()?,
+    })
+}
+
+async fn client_loop(shared: Arc<Shared>, client: usize, seed: u64) -> u64 {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut ops = 0u64;
+    let mut next_tag = 0u64;
+    while !shared.stop.load(Ordering::Relaxed) && ops < 1_000_000 {
+        ops += 1;
+        let url = &shared.urls[rng.gen_range(0..shared.urls.len())];
+        let target = {
+            let known = shared.known.lock().unwrap();
+            let recent = &known[known.len().saturating_sub(12)..];
+            (!recent.is_empty()).then(|| recent[rng.gen_range(0..recent.len())].clone())
+        };
+        let roll: f64 = rng.gen();
+        let invoked_us = shared.now_us();
+        let (object, kind, outcome) = match target {
+            Some((tag, id)) if roll >= 0.25 => {
+                if roll < 0.6 {
+                    let to = OrderStatus::ALL[rng.gen_range(0..5)];
+                    let expected_version = rng.gen_bool(0.5).then(|| rng.gen_range(1..=4));
+                    let req = shared.http.patch(format!("{url}/api/orders/{id}")).json(
+                        &json!({"status": to.as_str(), "expected_version": expected_version}),
+                    );
+                    let outcome = match send(req, true).await {
+                        Ok((200, body)) => {
+                            shared.acked_write();
+                            order_state(&body).unwrap_or(Outcome::Unknown)
+                        }
+                        Ok((404, _)) => Outcome::NotFound,
+                        Ok((409, body)) if body["error"]["code"] == "invalid_transition" => {
+                            Outcome::InvalidTransition
+                        }
+                        Ok((409, body)) if body["error"]["code"] == "version_conflict" => {
+                            Outcome::VersionConflict
+                        }
+                        Ok((status, body)) => {
+                            shared.unexpected(format!("PATCH {status} {body}"));
+                            Outcome::Unknown
+                        }
+                        Err(o) => o,
+                    };
+                    (
+                        tag,
+                        OpKind::SetStatus {
+                            to,
+                            expected_version,
+                        },
+                        outcome,
+                    )
+                } else {
+                    let outcome = match send(
+                        shared.http.get(format!("{url}/api/orders/{id}")),
+                        false,
+                    )
+                    .await
+                    {
+                        Ok((200, body)) => order_state(&body).unwrap_or(Outcome::Failed),
+                        Ok((404, _)) => Outcome::NotFound,
+                        Ok((status, body)) => {
+                            shared.unexpected(format!("GET {status} {body}"));
+                            Outcome::Failed
+                        }
+                        Err(o) => o,
+                    };
+                    (tag, OpKind::Read, outcome)
+                }
+            }
+            _ => {
+                let tag = format!("c{client}-{next_tag}");
+                next_tag += 1;
+                shared.attempted.lock().unwrap().insert(tag.clone());
+                // A create that did not answer is retried with the same key, a few times.
+                for attempt in 0..4 {
+                    let url = if attempt == 0 {
+                        url
+                    } else {
+                        &shared.urls[rng.gen_range(0..shared.urls.len())]
+                    };
+                    let invoked = if attempt == 0 {
+                        invoked_us
+                    } else {
+                        shared.now_us()
+                    };
+                    let body = json!({"customer_id": format!("client-{client}"),
+                        "items": [{"sku": "t", "quantity": 1, "unit_price_cents": 100}], "note": tag});
+                    let req = shared
+                        .http
+                        .post(format!("{url}/api/orders"))
+                        .header("Idempotency-Key", &tag)
+                        .json(&body);
+                    let outcome = match send(req, true).await {
+                        Ok((200 | 201, body)) => {
+                            shared.acked_write();
+                            if let Some(id) = body["id"].as_u64() {
+                                shared.known.lock().unwrap().push((tag.clone(), id));
+                            }
+                            Outcome::Created
+                        }
+                        Ok((status, body)) => {
+                            shared.unexpected(format!("POST {status} {body}"));
+                            Outcome::Unknown
+                        }
+                        Err(o) => o,
+                    };
+                    let done = outcome == Outcome::Created;
+                    let completed_us = shared.now_us();
+                    let op = Op {
+                        client,
+                        object: tag.clone(),
+                        kind: OpKind::Create,
+                        invoked_us: invoked,
+                        completed_us,
+                        outcome,
+                    };
+                    shared.history.record(op);
+                    if done || shared.stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    ops += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                continue;
+            }
+        };
+        shared.history.record(Op {
+            client,
+            object,
+            kind,
+            invoked_us,
+            completed_us: shared.now_us(),
+            outcome,
+        });
+    }
+    ops
+}
+
+/// Which node leads now, by asking the running nodes.
+async fn current_leader(cluster: &ProcessCluster, running: &[u64]) -> Option<u64> {
+    let mut best: Option<(u64, u64)> = None;
+    for &id in running {
+        if let Some(s) = cluster.status(id).await {
+            if s["state"] == "leader" {
+                let term = s["term"].as_u64().unwrap_or(0);
+                if best.is_none_or(|(_, t)| term > t) {
+                    best = Some((id, term));
+                }
+            }
+        }
+    }
+    best.map(|(id, _)| id)
+}
+
+/// Injects one fault, holds it, heals it. Returns false when the fault could not be applied.
+async fn inject(
+    cluster: &mut ProcessCluster,
+    fault: Fault,
+    rng: &mut StdRng,
+    hold: Duration,
+) -> Result<bool, String> {
+    let all = cluster.ids();
+    let Some(leader) = current_leader(cluster, &all).await else {
+        return Ok(false);
+    };
+    let random = all[rng.gen_range(0..all.len())];
+    match fault {
+        Fault::KillLeader | Fault::KillRandom => {
+            let victim = if fault == Fault::KillLeader {
+                leader
+            } else {
+                random
+            };
+            cluster.kill(victim);
+            tokio::time::sleep(hold).await;
+            cluster.spawn(victim);
+        }
+        Fault::PauseLeader | Fault::PauseRandom => {
+            let victim = if fault == Fault::PauseLeader {
+                leader
+            } else {
+                random
+            };
+            cluster.pause(victim);
+            tokio::time::sleep(hold).await;
+            cluster.resume(victim);
+        }
+        Fault::PartitionLeader | Fault::PartitionSplit | Fault::PartitionBridge => {
+            let topo = cluster.topology.as_mut().ok_or("no network namespaces")?;
+            let victim = if fault == Fault::PartitionLeader {
+                leader
+            } else {
+                random
+            };
+            let others: Vec<u64> = all.iter().copied().filter(|n| *n != victim).collect();
+            if fault == Fault::PartitionBridge {
+                // `victim` bridges: the other two lose their direct link.
+                topo.cut_link(others[0], others[1])?;
+            } else {
+                topo.partition(&[vec![victim], others])?;
+            }
+            tokio::time::sleep(hold).await;
+            topo.heal()?;
+        }
+    }
+    Ok(true)
+}
+
+/// Runs one torture run and reports.
+pub async fn run(config: TortureConfig) -> Result<Report, String> {
+    let ids = [1u64, 2, 3];
+    let mut skipped_network = None;
+    let wants_network = config.faults.iter().any(|f| f.needs_network());
+    let topology = if config.use_netns && wants_network {
+        match netns::Topology::create(&ids) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                skipped_network = Some(format!("network namespaces unavailable ({e})"));
+                None
+            }
+        }
+    } else {
+        if wants_network {
+            skipped_network = Some("network namespaces disabled".into());
+        }
+        None
+    };
+    let faults: Vec<Fault> = config
+        .faults
+        .iter()
+        .copied()
+        .filter(|f| topology.is_some() || !f.needs_network())
+        .collect();
+    let mut cluster = ProcessCluster::new(&config.bin, 3, topology, Vec::new());
+    cluster.start_all().await;
+
+    let shared = Arc::new(Shared {
+        urls: cluster
+            .ids()
+            .iter()
+            .map(|id| cluster.url(*id, ""))
+            .collect(),
+        http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .build()
+            .map_err(|e| e.to_string())?,
+        history: History::default(),
+        start: Instant::now(),
+        stop: AtomicBool::new(false),
+        known: Mutex::new(Vec::new()),
+        attempted: Mutex::new(BTreeSet::new()),
+        last_ack_us: AtomicU64::new(0),
+        longest_gap_us: AtomicU64::new(0),
+        unexpected: Mutex::new(Vec::new()),
+    });
+    let clients: Vec<_> = (0..config.clients)
+        .map(|c| {
+            tokio::spawn(client_loop(
+                shared.clone(),
+                c,
+                config.seed.wrapping_add(c as u64 + 1),
+            ))
+        })
+        .collect();
+
+    // The leader watcher counts failovers.
+    let failovers = Arc::new(AtomicU64::new(0));
+    let watcher = {
+        let urls = shared.urls.clone();
+        let http = shared.http.clone();
+        let failovers = failovers.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut last: Option<u64> = None;
+            while !shared.stop.load(Ordering::Relaxed) {
+                for url in &urls {
+                    let req = http
+                        .get(format!("{url}/cluster/status"))
+                        .timeout(Duration::from_millis(500));
+                    if let Ok(resp) = req.send().await {
+                        if let Ok(s) = resp.json::<Value>().await {
+                            if s["state"] == "leader" {
+                                let id = s["node_id"].as_u64();
+                                if last.is_some() && id != last {
+                                    failovers.fetch_add(1, Ordering::Relaxed);
+                                }
+                                last = id;
+                                break;
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let mut injected: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut nemesis_error = None;
+    let end = Instant::now() + config.duration;
+    let mut turn = 0usize;
+    while Instant::now() + config.quiet < end && !faults.is_empty() && turn < 10_000 {
+        tokio::time::sleep(config.quiet).await;
+        let fault = if config.cycle_faults {
+            faults[turn % faults.len()]
+        } else {
+            faults[rng.gen_range(0..faults.len())]
+        };
+        turn += 1;
+        match inject(&mut cluster, fault, &mut rng, config.hold).await {
+            Ok(true) => *injected.entry(fault.name()).or_default() += 1,
+            Ok(false) => {}
+            Err(e) => {
+                nemesis_error = Some(e);
+                break;
+            }
+        }
+    }
+    if Instant::now() < end {
+        tokio::time::sleep_until(end).await;
+    }
+    shared.stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = c.await;
+    }
+    let _ = watcher.await;
+    if let Some(e) = nemesis_error {
+        return Err(format!("nemesis failed: {e}"));
+    }
+
+    // Heal (all faults were already healed as they ended) and read the final state.
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let applied = cluster
+        .status(leader)
+        .await
+        .and_then(|s| s["last_applied"].as_u64())
+        .unwrap_or(0);
+    for id in cluster.ids() {
+        cluster.wait_applied(id, applied).await;
+    }
+    let final_invoked = shared.now_us();
+    let mut final_orders: Vec<Value> = Vec::new();
+    for page in 1..=100_000u64 {
+        let url = cluster.url(leader, &format!("/api/orders?per_page=100&page={page}"));
+        let body: Value = read_with_retry(&shared.http, &url).await?;
+        let orders = body["orders"].as_array().cloned().unwrap_or_default();
+        if orders.is_empty() {
+            break;
+        }
+        final_orders.extend(orders);
+    }
+    let final_completed = shared.now_us();
+
+    let mut by_tag: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    for o in &final_orders {
+        by_tag
+            .entry(o["note"].as_str().unwrap_or_default().to_string())
+            .or_default()
+            .push(o);
+    }
+    let duplicated: Vec<String> = by_tag
+        .iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(k, _)| k.clone())
+        .collect();
+    let known = shared.known.lock().unwrap().clone();
+    let lost_acked: Vec<String> = known
+        .iter()
+        .filter(|(tag, _)| !by_tag.contains_key(tag))
+        .map(|(tag, _)| tag.clone())
+        .collect();
+
+    // Final reads join the history: the state each order ended in.
+    let attempted = shared.attempted.lock().unwrap().clone();
+    for tag in &attempted {
+        let outcome = match by_tag.get(tag).and_then(|v| v.first()) {
+            Some(o) => order_state(o).unwrap_or(Outcome::Failed),
+            None => Outcome::NotFound,
+        };
+        shared.history.record(Op {
+            client: usize::MAX,
+            object: tag.clone(),
+            kind: OpKind::Read,
+            invoked_us: final_invoked,
+            completed_us: final_completed,
+            outcome,
+        });
+    }
+
+    // Convergence: every node at the same applied index holds the same state.
+    let mut digests_equal = false;
+    for _ in 0..50 {
+        let mut seen = BTreeSet::new();
+        for id in cluster.ids() {
+            let d = cluster.digest(id).await;
+            seen.insert((
+                d["last_applied"].as_u64(),
+                d["digest"].as_str().unwrap_or_default().to_string(),
+            ));
+        }
+        if seen.len() == 1 {
+            digests_equal = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let shared =
+        Arc::try_unwrap(shared).map_err(|_| "clients still hold the history".to_string())?;
+    let unexpected_answers = shared.unexpected.into_inner().unwrap();
+    let longest_unavailable = Duration::from_micros(shared.longest_gap_us.load(Ordering::Relaxed));
+    let ops = shared.history.into_ops();
+    let mut ops_by_outcome = BTreeMap::new();
+    for op in ops.iter().filter(|o| o.client != usize::MAX) {
+        let name = match &op.outcome {
+            Outcome::Created | Outcome::State { .. } => "ok",
+            Outcome::NotFound | Outcome::InvalidTransition | Outcome::VersionConflict => "refused",
+            Outcome::Failed => "failed",
+            Outcome::Unknown => "unknown",
+        };
+        *ops_by_outcome.entry(name.to_string()).or_insert(0) += 1;
+    }
+    let total_ops = ops_by_outcome.values().sum();
+    let verdict = tokio::task::spawn_blocking(move || checker::check(&ops))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Report {
+        seed: config.seed,
+        ops_by_outcome,
+        total_ops,
+        faults: injected,
+        skipped_network,
+        failovers: failovers.load(Ordering::Relaxed),
+        longest_unavailable,
+        acked_creates: known.len() as u64,
+        orders_at_end: final_orders.len() as u64,
+        lost_acked,
+        duplicated,
+        unexpected_answers,
+        digests_equal,
+        verdict,
+    })
+}
+
+async fn read_with_retry(http: &reqwest::Client, url: &str) -> Result<Value, String> {
+    let deadline = Instant::now() + cluster::DEADLINE;
+    loop {
+        if let Ok(resp) = http.get(url).timeout(Duration::from_secs(5)).send().await {
+            if resp.status().is_success() {
+                return resp.json().await.map_err(|e| e.to_string());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("final read of {url} kept failing"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
