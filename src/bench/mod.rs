@@ -1,3 +1,5 @@
-//! Benchmarks that print figures: `storage` measures the sled store alone.
+//! Benchmarks that print figures: `load` drives a running cluster (ordo or etcd) over HTTP,
+//! `storage` measures the sled store alone.
 
+pub mod load;
 pub mod storage;

@@ -14,11 +14,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::{Client, ClientConfig};
-
-/// The cluster `scripts/cluster.sh up` starts.
-pub const DEFAULT_NODES: &str =
-    "http://127.0.0.1:21001,http://127.0.0.1:21002,http://127.0.0.1:21003";
+use crate::client::{Client, ClientConfig, DEFAULT_NODES};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,6 +47,8 @@ pub enum Command {
     },
     /// Fault injection against a fresh local cluster, checked for linearizability.
     Torture(torture::TortureArgs),
+    /// Load-test a running cluster (ordo, or etcd with the same load shape).
+    Bench(crate::bench::load::BenchArgs),
     /// Measure log appends/s (fsync on) and on-disk bytes per order of the sled store.
     BenchStorage(crate::bench::storage::BenchStorageArgs),
 }
@@ -99,6 +97,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(client_runtime()?.block_on(cluster::run(&conn, command)))
         }
         Command::Torture(args) => torture::run(args),
+        Command::Bench(args) => crate::bench::load::run(args).map(|_| 0),
         Command::BenchStorage(args) => crate::bench::storage::run(args).map(|_| 0),
     }
 }

@@ -34,6 +34,10 @@ pub use crate::api::json::{CreateOrderBody as NewOrderRequest, LineItemJson as L
 pub use crate::api::json::{OrderJson as Order, OrderListJson as OrderList};
 use crate::api::LEADER_HEADER;
 
+/// The cluster `scripts/cluster.sh up` starts.
+pub const DEFAULT_NODES: &str =
+    "http://127.0.0.1:21001,http://127.0.0.1:21002,http://127.0.0.1:21003";
+
 /// Where the client connects and how patient it is.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {

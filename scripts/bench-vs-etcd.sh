@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# ordo against etcd on this machine, side by side, both at full durability (fsync on).
+#
+#   scripts/bench-vs-etcd.sh            # matrix + failover + recovery, ordo and etcd
+#   ORDO_ONLY=1 scripts/bench-vs-etcd.sh   # ordo alone (what scripts/bench.sh runs)
+#
+# Starts a fresh three-node ordo cluster and a fresh three-member etcd cluster on 127.0.0.1
+# (temp dirs, ports 24001-24003 for ordo, 24101-24103 / 24201-24203 for etcd), then:
+#  - the matrix: creates at concurrency 1, 16, 64, 256; linearizable and stale reads at 64,
+#    each point run for ordo then etcd (alternating, so machine noise hits both), one line per
+#    point ending in the throughput ratio; all load comes from `ordo bench` (etcd through its
+#    JSON gateway: /v3/kv/put with ~200-byte values, /v3/kv/range linearizable/serializable);
+#  - failover: SIGKILL of the leader → first acknowledged write through a survivor, 10 times;
+#  - recovery (ordo): a node down while RECOVERY_ORDERS orders are written, then restarted:
+#    seconds to catch up, on-disk bytes and each node's peak RSS.
+# Every process it starts is stopped on exit, by PID. Knobs: POINT_SECS (10), KILLS (10),
+# RECOVERY_ORDERS (100000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+POINT_SECS="${POINT_SECS:-10}"
+KILLS="${KILLS:-10}"
+RECOVERY_ORDERS="${RECOVERY_ORDERS:-100000}"
+ORDO_ONLY="${ORDO_ONLY:-}"
+OBASE=24000; ECBASE=24100; EPBASE=24200
+
+if [[ -z $ORDO_ONLY ]] && ! command -v etcd >/dev/null; then
+  echo "etcd is not installed. On Debian/Ubuntu: sudo apt-get install -y etcd-server" >&2
+  echo "(or run ORDO_ONLY=1 $0 for ordo alone)" >&2
+  exit 1
+fi
+command -v curl >/dev/null || { echo "curl is needed (apt-get install -y curl)" >&2; exit 1; }
+
+cargo build --release --quiet
+ORDO=target/release/ordo
+WORK=$(mktemp -d /tmp/ordo-bench.XXXXXX)
+declare -A OPID EPID
+
+cleanup() {
+  for p in "${OPID[@]:-}" "${EPID[@]:-}"; do [[ -n $p ]] && kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+ordo_url() { echo "http://127.0.0.1:$((OBASE + $1))"; }
+etcd_url() { echo "http://127.0.0.1:$((ECBASE + $1))"; }
+ORDO_NODES="$(ordo_url 1),$(ordo_url 2),$(ordo_url 3)"
+ETCD_NODES="$(etcd_url 1),$(etcd_url 2),$(etcd_url 3)"
+
+start_ordo() {
+  local n=$1 peers="1=127.0.0.1:$((OBASE + 1)),2=127.0.0.1:$((OBASE + 2)),3=127.0.0.1:$((OBASE + 3))"
+  "$ORDO" serve --id "$n" --listen "127.0.0.1:$((OBASE + n))" --data-dir "$WORK/ordo$n" --peers "$peers" \
+    >>"$WORK/ordo$n.log" 2>&1 &
+  OPID[$n]=$!
+}
+
+start_etcd() {
+  local n=$1 cluster="e1=http://127.0.0.1:$((EPBASE + 1)),e2=http://127.0.0.1:$((EPBASE + 2)),e3=http://127.0.0.1:$((EPBASE + 3))"
+  etcd --name "e$n" --data-dir "$WORK/etcd$n" \
+    --listen-client-urls "$(etcd_url "$n")" --advertise-client-urls "$(etcd_url "$n")" \
+    --listen-peer-urls "http://127.0.0.1:$((EPBASE + n))" --initial-advertise-peer-urls "http://127.0.0.1:$((EPBASE + n))" \
+    --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token ordo-bench \
+    >>"$WORK/etcd$n.log" 2>&1 &
+  EPID[$n]=$!
+}
+
+ordo_leader() {
+  local n
+  for n in 1 2 3; do
+    curl -fsS --max-time 1 "$(ordo_url "$n")/cluster/status" 2>/dev/null \
+      | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["node_id"] if s["state"]=="leader" else "")' 2>/dev/null \
+      | grep -E '^[0-9]+$' && return 0
+  done
+  return 1
+}
+
+etcd_leader() {
+  local n
+  for n in 1 2 3; do
+    curl -fsS --max-time 1 -XPOST "$(etcd_url "$n")/v3/maintenance/status" -d '{}' 2>/dev/null \
+      | python3 -c 'import json,sys; s=json.load(sys.stdin); print(sys.argv[1] if s["header"]["member_id"]==s["leader"] else "")' "$n" 2>/dev/null \
+      | grep -E '^[0-9]+$' && return 0
+  done
+  return 1
+}
+
+wait_leader() { # $1 = ordo|etcd
+  local i
+  for ((i = 0; i < 300; i++)); do "${1}_leader" >/dev/null && return 0; sleep 0.1; done
+  echo "$1 elected no leader in 30 s" >&2; return 1
+}
+
+wait_member() { # ordo|etcd N: until member N is back and follows a leader
+  local i
+  for ((i = 0; i < 300; i++)); do
+    if [[ $1 == ordo ]]; then
+      curl -fsS --max-time 1 "$(ordo_url "$2")/cluster/status" 2>/dev/null | grep -q '"leader_id":[0-9]' && return 0
+    else
+      curl -fsS --max-time 1 "$(etcd_url "$2")/health" 2>/dev/null | grep -q '"health":"true"' && return 0
+    fi
+    sleep 0.1
+  done
+  echo "$1 member $2 did not rejoin in 30 s" >&2; return 1
+}
+
+ordo_write() { # $1 node; succeeds if the write was acknowledged
+  curl -fsS --max-time 5 -o /dev/null -XPOST "$(ordo_url "$1")/api/orders" -H 'Content-Type: application/json' \
+    -d '{"customer_id":"failover","items":[{"sku":"f","quantity":1,"unit_price_cents":1}]}'
+}
+etcd_write() {
+  curl -fsS --max-time 5 -o /dev/null -XPOST "$(etcd_url "$1")/v3/kv/put" -d '{"key":"ZmFpbG92ZXI=","value":"eA=="}'
+}
+
+for n in 1 2 3; do start_ordo "$n"; done
+[[ -z $ORDO_ONLY ]] && for n in 1 2 3; do start_etcd "$n"; done
+wait_leader ordo
+[[ -z $ORDO_ONLY ]] && wait_leader etcd
+
+echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}')"
+echo "# each point ${POINT_SECS}s; load from ordo bench (HTTP/1.1 keep-alive, closed loop)"
+
+point() { # label workload concurrency
+  local label=$1 workload=$2 c=$3 o e
+  o=$("$ORDO" bench --target ordo --nodes "$ORDO_NODES" --workload "$workload" --concurrency "$c" \
+        --duration-secs "$POINT_SECS" --label "$label" --json-out "$WORK/o.json" >/dev/null && cat "$WORK/o.json")
+  if [[ -n $ORDO_ONLY ]]; then
+    python3 - "$o" <<'PY'
+import json, sys
+o = json.loads(sys.argv[1]); l = o["latency_ms"]
+print(f'{o["label"]:<16} ordo {o["throughput_per_sec"]:>8.0f}/s  p50 {l["p50"]:.1f}ms p99 {l["p99"]:.1f}ms p99.9 {l["p99.9"]:.1f}ms  errors {sum(o["errors"].values())}')
+PY
+    return
+  fi
+  e=$("$ORDO" bench --target etcd --nodes "$ETCD_NODES" --workload "$workload" --concurrency "$c" \
+        --duration-secs "$POINT_SECS" --label "$label" --json-out "$WORK/e.json" >/dev/null && cat "$WORK/e.json")
+  python3 - "$o" "$e" <<'PY'
+import json, sys
+o, e = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+ratio = o["throughput_per_sec"] / max(e["throughput_per_sec"], 1e-9)
+print(f'{o["label"]:<16} ordo {o["throughput_per_sec"]:>7.0f}/s p99 {o["latency_ms"]["p99"]:.1f}ms  '
+      f'etcd {e["throughput_per_sec"]:>7.0f}/s p99 {e["latency_ms"]["p99"]:.1f}ms  ratio {ratio:.2f}x'
+      f'  (errors ordo {sum(o["errors"].values())}, etcd {sum(e["errors"].values())})')
+PY
+}
+
+echo "== matrix"
+for c in 1 16 64 256; do point "create c=$c" create "$c"; done
+point "read-lin c=64" read 64
+point "read-stale c=64" read-stale 64
+
+failover() { # ordo|etcd
+  local sys=$1 i times=()
+  for ((i = 0; i < KILLS; i++)); do
+    wait_leader "$sys"
+    local leader; leader=$("${sys}_leader")
+    local survivor=$((leader % 3 + 1))
+    local pid; if [[ $sys == ordo ]]; then pid=${OPID[$leader]}; else pid=${EPID[$leader]}; fi
+    local t0; t0=$(now_ms)
+    kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+    local tries=0
+    until "${sys}_write" "$survivor" 2>/dev/null; do
+      tries=$((tries + 1)); [[ $tries -lt 600 ]] || { echo "$sys: no write acknowledged after the kill" >&2; return 1; }
+      sleep 0.01
+    done
+    times+=($(($(now_ms) - t0)))
+    if [[ $sys == ordo ]]; then start_ordo "$leader"; else start_etcd "$leader"; fi
+    wait_member "$sys" "$leader" # the next kill must leave a majority
+  done
+  printf '%s\n' "${times[@]}" | sort -n | python3 -c '
+import sys; v=[int(x) for x in sys.stdin]; n=len(v)
+print(f"{sys.argv[1]:<5} leader SIGKILL -> first acked write: min {v[0]} ms, median {v[n//2] if n%2 else (v[n//2-1]+v[n//2])//2} ms, max {v[-1]} ms over {n} kills")' "$sys"
+}
+
+echo "== failover ($KILLS leader kills each)"
+failover ordo
+[[ -z $ORDO_ONLY ]] && failover etcd
+
+echo "== recovery (ordo): node down while $RECOVERY_ORDERS orders are written"
+wait_leader ordo
+leader=$(ordo_leader); down=$((leader % 3 + 1))
+kill -9 "${OPID[$down]}"; wait "${OPID[$down]}" 2>/dev/null || true
+up_nodes=""; for n in 1 2 3; do [[ $n == "$down" ]] || up_nodes+="${up_nodes:+,}$(ordo_url "$n")"; done
+"$ORDO" bench --target ordo --nodes "$up_nodes" --workload create --concurrency 64 --count "$RECOVERY_ORDERS" --label "load while down"
+target=$(curl -fsS "$(ordo_url "$leader")/cluster/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["last_applied"])')
+t0=$(now_ms); start_ordo "$down"
+for ((i = 0; i < 6000; i++)); do
+  a=$(curl -fsS --max-time 1 "$(ordo_url "$down")/cluster/status" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["last_applied"] or 0)' 2>/dev/null || echo 0)
+  [[ $a -ge $target ]] && break
+  sleep 0.1
+done
+echo "node $down caught up to index $target in $(( $(now_ms) - t0 )) ms"
+for n in 1 2 3; do
+  echo "node $n: on disk $(du -sb "$WORK/ordo$n" | cut -f1) bytes, peak RSS $(awk '/VmHWM/{print $2, $3}' /proc/"${OPID[$n]}"/status)"
+done
