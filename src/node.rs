@@ -42,7 +42,8 @@ impl NodeConfig {
             election_timeout_max: self.election_timeout_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_logs),
             max_in_snapshot_log_to_keep: 1000,
-            max_payload_entries: 512,
+            // sled's memory grows steeply with batch size; 256 entries per append stays modest.
+            max_payload_entries: 256,
             ..Default::default()
         };
         config.validate().context("invalid raft timing options")

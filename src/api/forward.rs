@@ -92,14 +92,13 @@ pub async fn submit_write(state: &AppState, req: WriteRequest) -> Result<Command
     Err(ApiError::NoLeader)
 }
 
-/// True when the leader has heard from a quorum recently; a leader cut off from its
-/// followers refuses writes up front (503) instead of proposing ones that cannot commit.
+/// True unless the leader has not heard from a quorum for a while: a leader cut off from its
+/// followers refuses writes up front (503) instead of proposing ones that cannot commit. A
+/// leader with no acknowledgement yet has just won a quorum's votes, so it may propose.
 fn leader_has_quorum(state: &AppState) -> bool {
-    let m = state.raft.metrics().borrow().clone();
-    match m.millis_since_quorum_ack {
-        Some(ms) => ms <= state.quorum_stale_after.as_millis() as u64,
-        None => false,
-    }
+    let m = state.raft.metrics();
+    let ms = m.borrow().millis_since_quorum_ack;
+    ms.is_none_or(|ms| ms <= state.quorum_stale_after.as_millis() as u64)
 }
 
 /// The leader's half of a write: stamp the time, propose, wait for the applied outcome.

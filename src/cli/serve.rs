@@ -35,7 +35,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 3000)]
     pub request_timeout_ms: u64,
     /// Build a snapshot (and purge the log) after this many applied entries.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 100_000)]
     pub snapshot_every_logs: u64,
     /// sled page cache in MiB.
     #[arg(long, default_value_t = DEFAULT_CACHE_CAPACITY_BYTES / (1024 * 1024))]
