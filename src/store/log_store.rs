@@ -11,7 +11,6 @@ use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
@@ -156,32 +155,17 @@ impl Drop for LogStore {
     }
 }
 
-/// How long the flusher lingers for more appends before an fsync, when the previous fsync
-/// covered several (a sign of concurrent writers): like PostgreSQL's `commit_delay` with
-/// `commit_siblings`. A lone writer never waits.
-const GROUP_COMMIT_LINGER: Duration = Duration::from_micros(500);
-
-/// The group-commit loop: one fsync for every callback queued while the previous one ran
-/// (plus, under concurrent load, those arriving within `GROUP_COMMIT_LINGER`).
+/// The group-commit loop: one fsync for every callback queued while the previous one ran.
+///
+/// It does not linger for more: measured, a 500 µs wait before each fsync under back-to-back
+/// appends cut throughput from ~4000 to ~1200 creates/s — the appends that follow wait on
+/// this fsync, so the fastest fsync wins.
 fn run_flusher(db: sled::Db, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
-    let mut last_batch = 0;
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());
-        if last_batch > 1 {
-            let until = Instant::now() + GROUP_COMMIT_LINGER;
-            while let Some(left) = until.checked_duration_since(Instant::now()) {
-                match rx.recv_timeout(left) {
-                    Ok(cb) => waiting.push(cb),
-                    Err(_) => break,
-                }
-            }
-        }
-        last_batch = waiting.len();
         match db.flush() {
-            Ok(_) => waiting
-                .into_iter()
-                .for_each(|cb| cb.log_io_completed(Ok(()))),
+            Ok(_) => waiting.into_iter().for_each(|cb| cb.log_io_completed(Ok(()))),
             Err(e) => {
                 tracing::error!(error = %e, "log flush failed");
                 for cb in waiting {
