@@ -23,6 +23,9 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
 
+/// Keys per sled batch when removing many entries.
+const REMOVE_BATCH_KEYS: usize = 256;
+
 fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
@@ -130,16 +133,26 @@ impl LogStore {
         })
     }
 
+    /// Removes entries `from..=to_inclusive` (to the end with `None`) in small batches: one
+    /// big sled batch costs memory out of all proportion (see `state_machine`). The order
+    /// keeps the log without holes if a crash stops it half-way: a truncation removes from the
+    /// end backwards, a purge from the start forwards.
     fn remove_range(&self, from: u64, to_inclusive: Option<u64>) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
         let iter = match to_inclusive {
             Some(to) => self.reader.log.range(index_key(from)..=index_key(to)),
             None => self.reader.log.range(index_key(from)..),
         };
-        for kv in iter.keys() {
-            batch.remove(kv?);
+        let mut keys = iter.keys().collect::<Result<Vec<_>, _>>()?;
+        if to_inclusive.is_none() {
+            keys.reverse();
         }
-        self.reader.log.apply_batch(batch)?;
+        for chunk in keys.chunks(REMOVE_BATCH_KEYS) {
+            let mut batch = sled::Batch::default();
+            for k in chunk {
+                batch.remove(k.clone());
+            }
+            self.reader.log.apply_batch(batch)?;
+        }
         Ok(())
     }
 }
@@ -165,7 +178,9 @@ fn run_flusher(db: sled::Db, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());
         match db.flush() {
-            Ok(_) => waiting.into_iter().for_each(|cb| cb.log_io_completed(Ok(()))),
+            Ok(_) => waiting
+                .into_iter()
+                .for_each(|cb| cb.log_io_completed(Ok(()))),
             Err(e) => {
                 tracing::error!(error = %e, "log flush failed");
                 for cb in waiting {

@@ -356,6 +356,17 @@ impl StateMachineStore {
         &self.reader.sm
     }
 
+    /// A second handle on the same trees and directory, for blocking work on another thread
+    /// while this one keeps exclusive use (openraft holds `&mut self` meanwhile).
+    fn blocking_handle(&self) -> StateMachineStore {
+        StateMachineStore {
+            db: self.db.clone(),
+            raft: self.raft.clone(),
+            reader: self.reader.clone(),
+            snapshots: self.snapshots.clone(),
+        }
+    }
+
     fn applied_state_sync(&self) -> Result<(Option<LogId>, StoredMembership), StoreError> {
         let applied = match self.sm().get(K_APPLIED)? {
             Some(v) => codec::decode::<Option<LogId>>(&v)?,
@@ -508,8 +519,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        // The dump of a big store takes seconds of disk I/O: on the blocking pool, so the
+        // runtime keeps sending heartbeats meanwhile (applies still wait: `&mut self`).
+        let this = self.blocking_handle();
+        let dumped = match tokio::task::spawn_blocking(move || this.dump()).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
         SnapshotBuilder {
-            dumped: self.dump().map_err(|e| e.to_string()),
+            dumped,
             snapshots: self.snapshots.clone(),
         }
     }
@@ -561,13 +579,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             ))));
         }
         self.snapshots.publish(&temp).map_err(err)?;
-        let db = self.db.clone();
-        let this = StateMachineStore {
-            db,
-            raft: self.raft.clone(),
-            reader: self.reader.clone(),
-            snapshots: self.snapshots.clone(),
-        };
+        let this = self.blocking_handle();
         tokio::task::spawn_blocking(move || this.load_current_snapshot())
             .await
             .map_err(|e| err(StoreError::Corrupt(e.to_string())))?
