@@ -11,6 +11,7 @@ use anyhow::Context;
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use tokio::net::TcpListener;
 
+use crate::api::proposer::Proposer;
 use crate::api::{self, AppState};
 use crate::raft::network::PeerNetwork;
 use crate::raft::{NodeId, Raft};
@@ -90,6 +91,7 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         id: config.id,
         raft: raft.clone(),
         reader,
+        proposer: Proposer::start(raft.clone(), config.request_timeout),
         http: reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)

@@ -7,7 +7,9 @@ use std::process::{Command, Stdio};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder};
-use ordo::order::{LineItem, NewOrder, OrderCommand, OrderOp, OrderStatus, Rejection};
+use ordo::order::{
+    CommandBatch, LineItem, NewOrder, OrderCommand, OrderOp, OrderStatus, Rejection,
+};
 use ordo::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
 use ordo::store::{self, LogStore, OrderFilter, StateMachineStore, StoreConfig};
 use proptest::prelude::*;
@@ -69,7 +71,7 @@ fn set_status(
 fn entry(index: u64, cmd: OrderCommand) -> Entry {
     Entry {
         log_id: log_id(1, index),
-        payload: EntryPayload::Normal(cmd),
+        payload: EntryPayload::Normal(CommandBatch::one(cmd)),
     }
 }
 
@@ -234,7 +236,7 @@ fn snapshot_carries_orders_to_another_node() {
             .apply([entry(2502, create("snap", Some("k5"), 4000))])
             .await
             .unwrap();
-        let outcome = out[0].clone().unwrap();
+        let outcome = out[0][0].clone();
         assert!(outcome.replayed);
         assert_eq!(outcome.result.unwrap().id, 5);
         assert_eq!(
@@ -270,7 +272,10 @@ fn idempotency_replays_rejects_reuse_and_expires() {
             ])
             .await
             .unwrap();
-        let out: Vec<_> = out.into_iter().map(Option::unwrap).collect();
+        let out: Vec<_> = out
+            .into_iter()
+            .map(|mut outcomes| outcomes.remove(0))
+            .collect();
         assert_eq!(out[0].result.as_ref().unwrap().id, 1);
         assert!(!out[0].replayed);
         assert!(
@@ -298,7 +303,7 @@ fn idempotency_replays_rejects_reuse_and_expires() {
             .apply([entry(7, create("a", Some("key-1"), 1_000 + day + 1))])
             .await
             .unwrap();
-        let o = out[0].clone().unwrap();
+        let o = out[0][0].clone();
         assert!(!o.replayed);
         assert_eq!(o.result.unwrap().id, 2);
     });
@@ -307,30 +312,35 @@ fn idempotency_replays_rejects_reuse_and_expires() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
-    /// Two fresh state machines fed the same log, cut into different apply batches, end in
-    /// identical state and return identical results.
+    /// Two fresh state machines fed the same commands — one entry per command cut into
+    /// apply calls one way, and commands grouped into batch entries another way — return
+    /// identical results and end in identical state.
     #[test]
     fn same_log_same_state(ops in proptest::collection::vec((0u8..4, 0u64..8, 0usize..5, 0u8..6), 1..60),
-                           cut_a in 1usize..7, cut_b in 1usize..7) {
+                           cut_a in 1usize..7, group_b in 1usize..9) {
         let mut at = 0i64;
-        let entries: Vec<Entry> = ops.iter().enumerate().map(|(i, &(kind, id, st, key))| {
+        let commands: Vec<OrderCommand> = ops.iter().map(|&(kind, id, st, key)| {
             at += 3_600_000; // an hour per command: keys expire along the way
             let key = (key < 4).then(|| format!("k{key}"));
-            let cmd = match kind {
+            match kind {
                 0 | 1 => create(&format!("c{id}"), key.as_deref(), at),
                 2 => set_status(id, OrderStatus::ALL[st], None, key.as_deref(), at),
                 _ => set_status(id, OrderStatus::ALL[st], Some(id % 3 + 1), key.as_deref(), at),
-            };
-            entry(i as u64 + 1, cmd)
+            }
+        }).collect();
+        let single: Vec<Entry> = commands.iter().enumerate().map(|(i, c)| entry(i as u64 + 1, c.clone())).collect();
+        let grouped: Vec<Entry> = commands.chunks(group_b).enumerate().map(|(i, chunk)| Entry {
+            log_id: log_id(1, i as u64 + 1),
+            payload: EntryPayload::Normal(CommandBatch { commands: chunk.to_vec() }),
         }).collect();
         rt().block_on(async {
             let (_da, _la, mut a) = SledBuilder.build().await.unwrap();
             let (_db, _lb, mut b) = SledBuilder.build().await.unwrap();
             let mut ra = Vec::new();
-            for chunk in entries.chunks(cut_a) { ra.extend(a.apply(chunk.to_vec()).await.unwrap()); }
-            let mut rb = Vec::new();
-            for chunk in entries.chunks(cut_b) { rb.extend(b.apply(chunk.to_vec()).await.unwrap()); }
-            prop_assert_eq!(ra, rb);
+            for chunk in single.chunks(cut_a) { ra.extend(a.apply(chunk.to_vec()).await.unwrap()); }
+            let rb = b.apply(grouped.clone()).await.unwrap();
+            prop_assert_eq!(rb.len(), grouped.len());
+            prop_assert_eq!(ra.concat(), rb.concat());
             prop_assert_eq!(a.reader().state_digest().unwrap(), b.reader().state_digest().unwrap());
             Ok(())
         })?;

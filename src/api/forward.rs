@@ -11,14 +11,14 @@
 
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::error::ApiError;
 use super::AppState;
 use crate::codec;
-use crate::order::{CommandOutcome, OrderCommand, OrderOp};
+use crate::order::{CommandOutcome, OrderOp};
 use crate::raft::{LogId, NodeId};
 
 pub const WRITE_PATH: &str = "/raft/write";
@@ -101,7 +101,8 @@ fn leader_has_quorum(state: &AppState) -> bool {
     ms.is_none_or(|ms| ms <= state.quorum_stale_after.as_millis() as u64)
 }
 
-/// The leader's half of a write: stamp the time, propose, wait for the applied outcome.
+/// The leader's half of a write: hand it to the proposer (which stamps the time and batches
+/// it with other writes), wait for the applied outcome.
 pub async fn write_as_leader(
     state: &AppState,
     req: WriteRequest,
@@ -110,26 +111,7 @@ pub async fn write_as_leader(
     if !leader_has_quorum(state) {
         return LeaderAnswer::Failed(ApiError::NoQuorum);
     }
-    let cmd = OrderCommand {
-        op: req.op,
-        idempotency_key: req.idempotency_key,
-        stamped_at_ms: chrono::Utc::now().timestamp_millis(),
-    };
-    match tokio::time::timeout_at(deadline, state.raft.client_write(cmd)).await {
-        Ok(Ok(resp)) => match resp.data {
-            Some(outcome) => LeaderAnswer::Done(outcome),
-            None => LeaderAnswer::Failed(ApiError::Internal(
-                "applied command returned no outcome".into(),
-            )),
-        },
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-            LeaderAnswer::NotLeader(f.leader_id)
-        }
-        Ok(Err(e)) => {
-            LeaderAnswer::Failed(ApiError::Timeout(format!("write did not complete: {e}")))
-        }
-        Err(_) => LeaderAnswer::Failed(ApiError::Timeout("write was not committed in time".into())),
-    }
+    state.proposer.propose(req, deadline).await
 }
 
 /// Sends an internal request to the leader. A refused connection means the leader is gone

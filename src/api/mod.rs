@@ -7,6 +7,7 @@ pub mod error;
 pub mod forward;
 pub mod json;
 pub mod orders;
+pub mod proposer;
 pub mod raft_rpc;
 
 use std::time::Duration;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub id: NodeId,
     pub raft: Raft,
     pub reader: OrderReader,
+    /// Batches this node's writes into log entries while it leads.
+    pub proposer: proposer::Proposer,
     /// Client for forwarding to the leader (pooled keep-alive connections).
     pub http: reqwest::Client,
     /// How long a request may wait for a leader, a commit or a read index before 503/504.

@@ -9,7 +9,7 @@ use clap::Args;
 use openraft::storage::{RaftLogStorageExt, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload};
 
-use crate::order::{LineItem, NewOrder, OrderCommand, OrderOp};
+use crate::order::{CommandBatch, LineItem, NewOrder, OrderCommand, OrderOp};
 use crate::raft::{Entry, LogId};
 use crate::store::{self, Durability, StoreConfig};
 
@@ -55,7 +55,7 @@ fn sample_entry(index: u64) -> Entry {
     };
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(cmd),
+        payload: EntryPayload::Normal(CommandBatch::one(cmd)),
     }
 }
 

@@ -39,6 +39,22 @@ pub struct OrderCommand {
     pub stamped_at_ms: i64,
 }
 
+/// The payload of one Raft log entry: order commands the leader proposed together, so that
+/// they share one fsync and one replication round. Applied in order, exactly as if each were
+/// an entry of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandBatch {
+    pub commands: Vec<OrderCommand>,
+}
+
+impl CommandBatch {
+    pub fn one(command: OrderCommand) -> CommandBatch {
+        CommandBatch {
+            commands: vec![command],
+        }
+    }
+}
+
 /// Why an applied command changed nothing. Deterministic: every replica rejects alike.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum Rejection {

@@ -7,7 +7,8 @@ mod model;
 mod validate;
 
 pub use command::{
-    create_order, transition, CommandOutcome, NewOrder, OrderCommand, OrderOp, Rejection,
+    create_order, transition, CommandBatch, CommandOutcome, NewOrder, OrderCommand, OrderOp,
+    Rejection,
 };
 pub use model::{LineItem, Order, OrderStatus};
 pub use validate::{validate_idempotency_key, validate_new_order, ValidationError};

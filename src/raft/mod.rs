@@ -4,18 +4,19 @@
 
 pub mod network;
 
-use crate::order::{CommandOutcome, OrderCommand};
+use crate::order::{CommandBatch, CommandOutcome};
 
 /// A node's id in the cluster.
 pub type NodeId = u64;
 
-/// What applying one log entry returns: `None` for blank and membership entries.
-pub type ApplyResult = Option<CommandOutcome>;
+/// What applying one log entry returns: one outcome per command of its batch (none for
+/// blank and membership entries).
+pub type ApplyResult = Vec<CommandOutcome>;
 
 openraft::declare_raft_types!(
     /// ordo's openraft type configuration.
     pub TypeConfig:
-        D = OrderCommand,
+        D = CommandBatch,
         R = ApplyResult,
         NodeId = NodeId,
         Node = openraft::BasicNode,

@@ -60,6 +60,11 @@ impl<'a> Overlay<'a> {
         Ok(keys)
     }
 
+    /// Keys written (or removed) so far.
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
     pub fn commit(self) -> Result<(), sled::Error> {
         let mut batch = sled::Batch::default();
         for (k, v) in self.writes {

@@ -7,8 +7,9 @@
 //! - `o` + id: the order; `c` + customer + id and `s` + status + id: the listing indexes;
 //! - `i` + key: an idempotency record; `x` + expiry + key: the same key ordered by expiry.
 //!
-//! `apply` runs entries against an `Overlay` and commits every chunk of them as one sled
-//! batch together with the chunk's last log id, so a crash never leaves half a chunk.
+//! A log entry carries a batch of commands. `apply` runs entries against an `Overlay` and
+//! commits every chunk of them as one sled batch together with the chunk's last log id, so a
+//! crash never leaves half a chunk.
 //! Applying is deterministic: the only time used is the one the leader stamped into the
 //! command.
 
@@ -46,8 +47,8 @@ const EXPIRE_PER_COMMAND: usize = 64;
 /// batches of 4096 took +520 MB, in batches of ≤512 about +95 MB, the page cache), so big
 /// writes are cut into batches no larger than these.
 const INSTALL_BATCH_RECORDS: usize = 256;
-/// Entries per atomic apply batch (each entry writes up to ~6 keys).
-const APPLY_CHUNK_ENTRIES: usize = 64;
+/// Keys written per atomic apply batch, about (a command writes up to ~6).
+const APPLY_CHUNK_KEYS: usize = 384;
 
 fn order_key(id: u64) -> Vec<u8> {
     let mut k = vec![b'o'];
@@ -489,27 +490,32 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        // Each chunk of entries is one atomic sled batch that also records its last log id,
-        // so a crash leaves the state machine at a chunk boundary, never inside one.
+        // Entries are committed in chunks, each one atomic sled batch that also records its
+        // last log id, so a crash leaves the state machine at a chunk boundary, never inside.
+        // A chunk closes after the entry that brings it to `APPLY_CHUNK_KEYS` written keys.
         let mut results = Vec::new();
         let mut entries = entries.into_iter().peekable();
         while entries.peek().is_some() {
             let mut ov = Overlay::new(&self.reader.sm);
             let mut last = None;
-            for entry in entries.by_ref().take(APPLY_CHUNK_ENTRIES) {
+            while ov.len() < APPLY_CHUNK_KEYS {
+                let Some(entry) = entries.next() else { break };
                 let apply_err = |e: StoreError| openraft::StorageIOError::apply(entry.log_id, &e);
-                let result = match &entry.payload {
-                    EntryPayload::Blank => None,
-                    EntryPayload::Normal(cmd) => {
-                        Some(apply_command(&mut ov, cmd).map_err(apply_err)?)
-                    }
+                let outcomes = match &entry.payload {
+                    EntryPayload::Blank => Vec::new(),
+                    EntryPayload::Normal(batch) => batch
+                        .commands
+                        .iter()
+                        .map(|cmd| apply_command(&mut ov, cmd))
+                        .collect::<Result<_, _>>()
+                        .map_err(apply_err)?,
                     EntryPayload::Membership(m) => {
                         let stored = StoredMembership::new(Some(entry.log_id), m.clone());
                         put_encoded(&mut ov, K_MEMBERSHIP, &stored).map_err(apply_err)?;
-                        None
+                        Vec::new()
                     }
                 };
-                results.push(result);
+                results.push(outcomes);
                 last = Some(entry.log_id);
             }
             put_encoded(&mut ov, K_APPLIED, &last).map_err(StoreError::into_write)?;

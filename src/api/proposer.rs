@@ -1,0 +1,128 @@
+//! Batching of writes on the leader. Requests that arrive while earlier proposals are in
+//! flight are proposed together as one log entry (`CommandBatch`), so one fsync and one
+//! replication round carry many orders. At most `MAX_IN_FLIGHT` proposals run at once; while
+//! they do, new requests queue and form the next batch. A lone request is proposed at once,
+//! so batching adds no wait of its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+
+use super::error::ApiError;
+use super::forward::{LeaderAnswer, WriteRequest};
+use crate::order::{CommandBatch, CommandOutcome, OrderCommand};
+use crate::raft::Raft;
+
+/// Proposals in flight at once.
+const MAX_IN_FLIGHT: usize = 4;
+/// Commands per log entry, at most.
+const MAX_BATCH: usize = 256;
+/// Requests waiting to be batched before senders wait too.
+const QUEUE: usize = 4096;
+
+struct Pending {
+    req: WriteRequest,
+    reply: oneshot::Sender<LeaderAnswer<CommandOutcome>>,
+}
+
+/// The handle the API proposes writes through.
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Proposer {
+    /// Starts the batching task on the current runtime.
+    pub fn start(raft: Raft, commit_timeout: Duration) -> Proposer {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(raft, rx, commit_timeout));
+        Proposer { tx }
+    }
+
+    /// Proposes one write (stamped by this leader) and waits for its outcome until
+    /// `deadline`; past it the outcome is unknown (504).
+    pub async fn propose(
+        &self,
+        req: WriteRequest,
+        deadline: Instant,
+    ) -> LeaderAnswer<CommandOutcome> {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Pending { req, reply }).await.is_err() {
+            return LeaderAnswer::Failed(ApiError::Unavailable("node is shutting down".into()));
+        }
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => {
+                LeaderAnswer::Failed(ApiError::Timeout("the write's outcome was lost".into()))
+            }
+            Err(_) => {
+                LeaderAnswer::Failed(ApiError::Timeout("write was not committed in time".into()))
+            }
+        }
+    }
+}
+
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, commit_timeout: Duration) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        // Waiting for a free slot is what lets the next batch grow.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let stamped_at_ms = chrono::Utc::now().timestamp_millis();
+            let (commands, replies): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .map(|p| {
+                    let cmd = OrderCommand {
+                        op: p.req.op,
+                        idempotency_key: p.req.idempotency_key,
+                        stamped_at_ms,
+                    };
+                    (cmd, p.reply)
+                })
+                .unzip();
+            let n = replies.len();
+            let all = |answer: LeaderAnswer<CommandOutcome>| vec![answer; n];
+            let answers = match tokio::time::timeout(
+                commit_timeout,
+                raft.client_write(CommandBatch { commands }),
+            )
+            .await
+            {
+                Ok(Ok(resp)) if resp.data.len() == n => {
+                    resp.data.into_iter().map(LeaderAnswer::Done).collect()
+                }
+                Ok(Ok(resp)) => all(LeaderAnswer::Failed(ApiError::Internal(format!(
+                    "a batch of {n} commands applied with {} outcomes",
+                    resp.data.len()
+                )))),
+                // Not proposed: the callers may look for the leader and try again.
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                    all(LeaderAnswer::NotLeader(f.leader_id))
+                }
+                Ok(Err(e)) => all(LeaderAnswer::Failed(ApiError::Timeout(format!(
+                    "write did not complete: {e}"
+                )))),
+                Err(_) => all(LeaderAnswer::Failed(ApiError::Timeout(
+                    "write was not committed in time".into(),
+                ))),
+            };
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(answer);
+            }
+        });
+    }
+}
