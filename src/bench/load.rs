@@ -110,7 +110,7 @@ impl Shared {
         let write = match self.workload {
             Workload::Create => true,
             Workload::Read | Workload::ReadStale => false,
-            Workload::Mixed => n % 2 == 0,
+            Workload::Mixed => n.is_multiple_of(2),
         };
         let read_id = 1 + (n.wrapping_mul(2654435761) % self.read_range.max(1));
         let req = match (self.target, write) {

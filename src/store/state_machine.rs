@@ -396,7 +396,7 @@ impl StateMachineStore {
         let meta = snapshot_file::read(&self.snapshots.current_path(), |k, v| {
             batch.insert(k, v);
             n += 1;
-            if n % INSTALL_BATCH_RECORDS == 0 {
+            if n.is_multiple_of(INSTALL_BATCH_RECORDS) {
                 self.sm().apply_batch(std::mem::take(&mut batch))?;
             }
             Ok(())
