@@ -59,7 +59,12 @@ pub fn router(state: AppState) -> Router {
         .route("/cluster/learners", post(cluster::add_learner))
         .route("/cluster/members", post(cluster::change_members))
         .route("/health", get(cluster::health))
-        .layer(DefaultBodyLimit::max(json::MAX_BODY_BYTES));
+        .layer(DefaultBodyLimit::max(json::MAX_BODY_BYTES))
+        // Only the public routes: node-to-node RPCs (heartbeats included) do not need it.
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            tell_leader,
+        ));
     let raft = Router::new()
         .route(APPEND_PATH, post(raft_rpc::append))
         .route(VOTE_PATH, post(raft_rpc::vote))
@@ -72,14 +77,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this route".into())
         })
-        .layer(axum::middleware::map_response_with_state(
-            state.clone(),
-            tell_leader,
-        ))
         .with_state(state)
 }
 
-/// Every answer names the current leader's address (`x-ordo-leader`), so clients can send
+/// Every API answer names the current leader's address (`x-ordo-leader`), so clients can send
 /// their next write straight there.
 async fn tell_leader(State(state): State<AppState>, mut resp: Response) -> Response {
     let leader_addr = {

@@ -86,25 +86,19 @@ fn finish(
                 println!("{}", serde_json::json!(s));
             } else {
                 println!("leader {:?}, term {}", s.leader_id, s.term);
-                println!(
-                    "voters:   {}",
-                    s.members
-                        .iter()
-                        .map(|(id, a)| format!("{id}={a}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                println!(
-                    "learners: {}",
-                    s.learners
-                        .iter()
-                        .map(|(id, a)| format!("{id}={a}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
+                println!("voters:   {}", node_list(&s.members));
+                println!("learners: {}", node_list(&s.learners));
             }
             0
         }
         Err(e) => report_error(conn, &e),
     }
+}
+
+fn node_list(nodes: &std::collections::BTreeMap<String, String>) -> String {
+    nodes
+        .iter()
+        .map(|(id, addr)| format!("{id}={addr}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

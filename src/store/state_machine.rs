@@ -264,22 +264,20 @@ impl OrderReader {
             Some(c) => customer_prefix(c),
             None => status_prefix(filter.status.expect("one filter is set")),
         };
+        let check_status = filter.customer_id.is_some() && filter.status.is_some();
         let mut total = 0u64;
         let mut orders = Vec::new();
         for k in self.sm.scan_prefix(&prefix).keys() {
-            let id = id_of(&k?);
-            if filter.customer_id.is_some() && filter.status.is_some() {
-                let Some(order) = self.get_unlocked(id)? else {
+            let k = k?;
+            let on_page = total >= skip && (orders.len() as u64) < per_page;
+            if check_status || on_page {
+                let Some(order) = self.get_unlocked(id_of(&k))? else {
                     continue;
                 };
-                if Some(order.status) != filter.status {
+                if check_status && Some(order.status) != filter.status {
                     continue;
                 }
-                if total >= skip && (orders.len() as u64) < per_page {
-                    orders.push(order);
-                }
-            } else if total >= skip && (orders.len() as u64) < per_page {
-                if let Some(order) = self.get_unlocked(id)? {
+                if on_page {
                     orders.push(order);
                 }
             }

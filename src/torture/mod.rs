@@ -73,6 +73,13 @@ impl Fault {
         Fault::ALL.into_iter().find(|f| f.name() == s)
     }
 
+    fn targets_leader(self) -> bool {
+        matches!(
+            self,
+            Fault::KillLeader | Fault::PauseLeader | Fault::PartitionLeader
+        )
+    }
+
     fn needs_network(self) -> bool {
         matches!(
             self,
@@ -443,35 +450,24 @@ async fn inject(
     let Some(leader) = current_leader(cluster, &all).await else {
         return Ok(false);
     };
-    let random = all[rng.gen_range(0..all.len())];
+    let victim = if fault.targets_leader() {
+        leader
+    } else {
+        all[rng.gen_range(0..all.len())]
+    };
     match fault {
         Fault::KillLeader | Fault::KillRandom => {
-            let victim = if fault == Fault::KillLeader {
-                leader
-            } else {
-                random
-            };
             cluster.kill(victim);
             tokio::time::sleep(hold).await;
             cluster.spawn(victim);
         }
         Fault::PauseLeader | Fault::PauseRandom => {
-            let victim = if fault == Fault::PauseLeader {
-                leader
-            } else {
-                random
-            };
             cluster.pause(victim);
             tokio::time::sleep(hold).await;
             cluster.resume(victim);
         }
         Fault::PartitionLeader | Fault::PartitionSplit | Fault::PartitionBridge => {
             let topo = cluster.topology.as_mut().ok_or("no network namespaces")?;
-            let victim = if fault == Fault::PartitionLeader {
-                leader
-            } else {
-                random
-            };
             let others: Vec<u64> = all.iter().copied().filter(|n| *n != victim).collect();
             if fault == Fault::PartitionBridge {
                 // `victim` bridges: the other two lose their direct link.
