@@ -85,13 +85,18 @@ PY
 }
 
 wait_for_leader() {
-  local i n
+  # Until every running node knows the leader (so the table shows the formed cluster).
+  local i n known
   for ((i = 0; i < 300; i++)); do
+    known=0
     for n in "${NODES[@]}"; do
       if curl -fsS --max-time 1 "http://$(addr "$n")/cluster/status" 2>/dev/null | grep -q '"leader_id":[0-9]'; then
-        return 0
+        known=$((known + 1))
+      elif ! running_pid "$n" >/dev/null; then
+        known=$((known + 1)) # a node that is down cannot tell
       fi
     done
+    [[ $known -eq ${#NODES[@]} ]] && return 0
     sleep 0.1
   done
   return 1
