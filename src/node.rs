@@ -8,10 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
+use crate::api::forward::{read_index_as_leader, read_index_from_leader};
 use crate::api::proposer::Proposer;
+use crate::api::read_index::ReadIndexBatcher;
 use crate::api::{self, AppState};
 use crate::raft::network::PeerNetwork;
 use crate::raft::{NodeId, Raft};
@@ -76,9 +80,15 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     .context("starting raft")?;
 
     // Listen before forming the cluster, so peers can reach this node as soon as it votes.
+    // Small request/response pairs (Raft RPCs, forwarded writes): never let Nagle hold one back.
     let listener = TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("binding {}", config.listen))?;
+        .with_context(|| format!("binding {}", config.listen))?
+        .tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection");
+            }
+        });
     tracing::info!(id = config.id, listen = %config.listen, "node serving");
 
     if !raft.is_initialized().await? {
@@ -87,16 +97,34 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         tracing::info!("existing data found: rejoining the cluster it records (--peers ignored)");
     }
 
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .build()
+        .context("building the HTTP client")?;
+    let timeout = config.request_timeout;
+    let leader_reads = ReadIndexBatcher::start(timeout, {
+        let raft = raft.clone();
+        move || {
+            let raft = raft.clone();
+            async move { read_index_as_leader(&raft, Instant::now() + timeout).await }
+        }
+    });
+    let forwarded_reads = ReadIndexBatcher::start(timeout, {
+        let (raft, http, id) = (raft.clone(), http.clone(), config.id);
+        move || {
+            let (raft, http) = (raft.clone(), http.clone());
+            async move { read_index_from_leader(&raft, &http, id, Instant::now() + timeout).await }
+        }
+    });
     let state = AppState {
         id: config.id,
         raft: raft.clone(),
         reader,
         proposer: Proposer::start(raft.clone(), config.request_timeout),
-        http: reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .build()
-            .context("building the HTTP client")?,
+        leader_reads,
+        forwarded_reads,
+        http,
         request_timeout: config.request_timeout,
         quorum_stale_after: Duration::from_millis((config.election_timeout_max_ms * 2).max(1000)),
     };

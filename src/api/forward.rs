@@ -2,9 +2,10 @@
 //!
 //! On the leader a write is stamped with the leader's clock and proposed to openraft; on a
 //! follower it is forwarded (`forward_to_leader`) as a `codec` body to the leader's internal
-//! `/raft/write` route, which does the same there. A linearizable read on the leader runs
-//! openraft's read-index check; on a follower it asks the leader for the read index
-//! (`/raft/read-index`) and waits until its own state machine has applied that far.
+//! `/raft/write` route, which does the same there. A linearizable read gets a read index,
+//! on the leader from openraft's read-index check, on a follower from the leader
+//! (`/raft/read-index`), both batched across concurrent reads (`read_index`), and waits until
+//! this node's state machine has applied that far.
 //!
 //! Every loop here is bounded by the request's deadline and a count; past it the caller gets
 //! 503 (`no_leader` / `no_quorum`) or, when a proposal was made and its fate is unknown, 504.
@@ -16,10 +17,11 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::error::ApiError;
+use super::read_index::ReadIndexAnswer;
 use super::AppState;
 use crate::codec;
 use crate::order::{CommandOutcome, OrderOp};
-use crate::raft::{LogId, NodeId};
+use crate::raft::{NodeId, Raft};
 
 pub const WRITE_PATH: &str = "/raft/write";
 pub const READ_INDEX_PATH: &str = "/raft/read-index";
@@ -46,11 +48,8 @@ pub enum LeaderAnswer<T> {
 }
 
 /// The current leader and its address, waiting (bounded) until one is known.
-async fn wait_for_leader(
-    state: &AppState,
-    deadline: Instant,
-) -> Result<(NodeId, String), ApiError> {
-    let mut rx = state.raft.metrics();
+async fn wait_for_leader(raft: &Raft, deadline: Instant) -> Result<(NodeId, String), ApiError> {
+    let mut rx = raft.metrics();
     loop {
         {
             let m = rx.borrow_and_update();
@@ -72,11 +71,11 @@ async fn wait_for_leader(
 pub async fn submit_write(state: &AppState, req: WriteRequest) -> Result<CommandOutcome, ApiError> {
     let deadline = Instant::now() + state.request_timeout;
     for _ in 0..MAX_ATTEMPTS {
-        let (leader, addr) = wait_for_leader(state, deadline).await?;
+        let (leader, addr) = wait_for_leader(&state.raft, deadline).await?;
         let answer = if leader == state.id {
             write_as_leader(state, req.clone(), deadline).await
         } else {
-            forward_to_leader(state, &addr, WRITE_PATH, &req, deadline).await
+            forward_to_leader(&state.http, &addr, WRITE_PATH, &req, deadline).await
         };
         match answer {
             LeaderAnswer::Done(outcome) => return Ok(outcome),
@@ -118,7 +117,7 @@ pub async fn write_as_leader(
 /// (nothing was sent): the caller looks for the new one. Any later failure leaves the outcome
 /// unknown, so it is a timeout, never a silent retry.
 async fn forward_to_leader<Req: Serialize, T: serde::de::DeserializeOwned>(
-    state: &AppState,
+    http: &reqwest::Client,
     addr: &str,
     path: &str,
     req: &Req,
@@ -129,8 +128,7 @@ async fn forward_to_leader<Req: Serialize, T: serde::de::DeserializeOwned>(
         Err(e) => return LeaderAnswer::Failed(ApiError::Internal(e.to_string())),
     };
     let remaining = deadline.saturating_duration_since(Instant::now());
-    let sent = state
-        .http
+    let sent = http
         .post(format!("http://{addr}{path}"))
         .timeout(remaining + Duration::from_millis(500))
         .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
@@ -165,13 +163,10 @@ async fn forward_to_leader<Req: Serialize, T: serde::de::DeserializeOwned>(
     }
 }
 
-/// The leader's half of a read index: confirm leadership with a quorum, return the index a
-/// read must see.
-pub async fn read_index_as_leader(
-    state: &AppState,
-    deadline: Instant,
-) -> LeaderAnswer<Option<LogId>> {
-    match tokio::time::timeout_at(deadline, state.raft.get_read_log_id()).await {
+/// One read-index round on the leader: confirm leadership with a quorum, return the index a
+/// read must see. Runs in `AppState::leader_reads`, shared by every read waiting for it.
+pub async fn read_index_as_leader(raft: &Raft, deadline: Instant) -> ReadIndexAnswer {
+    match tokio::time::timeout_at(deadline, raft.get_read_log_id()).await {
         Ok(Ok((read_log_id, _applied))) => LeaderAnswer::Done(read_log_id),
         Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
             LeaderAnswer::NotLeader(f.leader_id)
@@ -184,17 +179,33 @@ pub async fn read_index_as_leader(
     }
 }
 
+/// One read-index round on a follower: ask the leader (one request for every read waiting
+/// for this round). Runs in `AppState::forwarded_reads`.
+pub async fn read_index_from_leader(
+    raft: &Raft,
+    http: &reqwest::Client,
+    id: NodeId,
+    deadline: Instant,
+) -> ReadIndexAnswer {
+    match wait_for_leader(raft, deadline).await {
+        // This node leads now: its reads go through `leader_reads` on the next attempt.
+        Ok((leader, _)) if leader == id => LeaderAnswer::NotLeader(Some(id)),
+        Ok((_, addr)) => forward_to_leader(http, &addr, READ_INDEX_PATH, &(), deadline).await,
+        Err(e) => LeaderAnswer::Failed(e),
+    }
+}
+
 /// Returns once this node's state machine holds everything committed before the call: a read
 /// of the local store after it is linearizable.
 pub async fn linearizable_barrier(state: &AppState) -> Result<(), ApiError> {
     let deadline = Instant::now() + state.request_timeout;
     let mut last_err = ApiError::NoLeader;
     for _ in 0..MAX_ATTEMPTS {
-        let (leader, addr) = wait_for_leader(state, deadline).await?;
+        let (leader, _) = wait_for_leader(&state.raft, deadline).await?;
         let answer = if leader == state.id {
-            read_index_as_leader(state, deadline).await
+            state.leader_reads.read_index(deadline).await
         } else {
-            forward_to_leader(state, &addr, READ_INDEX_PATH, &(), deadline).await
+            state.forwarded_reads.read_index(deadline).await
         };
         match answer {
             LeaderAnswer::Done(read_log_id) => {

@@ -1,6 +1,7 @@
 //! The HTTP face of a node (axum): the JSON API for orders (`orders`) and the cluster
 //! (`cluster`), the node-to-node routes under `/raft` (`raft_rpc`), forwarding to the leader
-//! and linearizable reads (`forward`), and the one error→HTTP mapping (`error`).
+//! and linearizable reads (`forward`), batching of writes (`proposer`) and of read-index rounds
+//! (`read_index`), and the one error→HTTP mapping (`error`).
 
 pub mod cluster;
 pub mod error;
@@ -9,6 +10,7 @@ pub mod json;
 pub mod orders;
 pub mod proposer;
 pub mod raft_rpc;
+pub mod read_index;
 
 use std::time::Duration;
 
@@ -37,6 +39,10 @@ pub struct AppState {
     pub reader: OrderReader,
     /// Batches this node's writes into log entries while it leads.
     pub proposer: proposer::Proposer,
+    /// Read-index rounds while this node leads: its own reads and the followers' requests.
+    pub leader_reads: read_index::ReadIndexBatcher,
+    /// Read-index rounds while this node follows: one request to the leader per round.
+    pub forwarded_reads: read_index::ReadIndexBatcher,
     /// Client for forwarding to the leader (pooled keep-alive connections).
     pub http: reqwest::Client,
     /// How long a request may wait for a leader, a commit or a read index before 503/504.

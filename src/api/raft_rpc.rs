@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::forward::{read_index_as_leader, write_as_leader, WriteRequest};
+use super::forward::{write_as_leader, WriteRequest};
 use super::AppState;
 use crate::codec;
 
@@ -61,5 +61,6 @@ pub async fn write(State(state): State<AppState>, body: Bytes) -> Response {
 }
 
 pub async fn read_index(State(state): State<AppState>) -> Response {
-    encoded(&read_index_as_leader(&state, Instant::now() + state.request_timeout).await)
+    let deadline = Instant::now() + state.request_timeout;
+    encoded(&state.leader_reads.read_index(deadline).await)
 }
