@@ -53,6 +53,12 @@ impl NodeConfig {
         };
         config.validate().context("invalid raft timing options")
     }
+
+    /// How long to wait before trying an unreachable peer again: half the shortest election
+    /// timeout, so a restarted peer is contacted before it would campaign.
+    fn unreachable_retry(&self) -> Duration {
+        Duration::from_millis((self.election_timeout_min_ms / 2).max(10))
+    }
 }
 
 /// Runs a node until SIGTERM or SIGINT.
@@ -72,7 +78,7 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     let raft = Raft::new(
         config.id,
         raft_config,
-        PeerNetwork::new(),
+        PeerNetwork::new(config.unreachable_retry()),
         log_store,
         state_machine,
     )

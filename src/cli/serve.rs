@@ -25,11 +25,19 @@ pub struct ServeArgs {
     /// The initial cluster, `1=HOST:PORT,2=HOST:PORT,...`; read only on a first start.
     #[arg(long, default_value = "")]
     pub peers: String,
-    #[arg(long, default_value_t = 50)]
+    // How fast a dead leader is replaced. openraft 0.9 lets a follower start an election only
+    // after `election_timeout_max` (its leader lease) plus its own timeout, drawn once from
+    // [min, max), checked every 1.5 heartbeats: 200 + 100..200 ms here, so a survivor votes
+    // 300-400 ms after the last heartbeat (it was 450-675 ms with 50/150/300). Raise them on
+    // machines whose pauses exceed ~300 ms, or elections will start spuriously.
+    /// Leader heartbeat interval, ms.
+    #[arg(long, default_value_t = 30)]
     pub heartbeat_ms: u64,
-    #[arg(long, default_value_t = 150)]
+    /// Lower bound of a follower's election timeout, ms.
+    #[arg(long, default_value_t = 100)]
     pub election_timeout_min_ms: u64,
-    #[arg(long, default_value_t = 300)]
+    /// Upper bound of the election timeout, ms; also the leader lease a follower honours.
+    #[arg(long, default_value_t = 200)]
     pub election_timeout_max_ms: u64,
     /// How long a request waits for a leader, commit or read index before 503/504.
     #[arg(long, default_value_t = 3000)]

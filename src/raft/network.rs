@@ -2,14 +2,16 @@
 //!
 //! One pooled HTTP/1.1 client serves all peers (keep-alive connections are reused across
 //! heartbeats). A refused or failed connection is reported as `Unreachable`, which makes
-//! openraft back off from a dead peer instead of hammering it.
+//! openraft back off from a dead peer instead of hammering it, for `unreachable_retry` between
+//! attempts: openraft's default of 500 ms is longer than a restarted peer waits before it
+//! campaigns itself, so the peer would depose a healthy leader with a stale log.
 
 use std::time::Duration;
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -30,23 +32,24 @@ pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
 #[derive(Clone)]
 pub struct PeerNetwork {
     http: reqwest::Client,
+    unreachable_retry: Duration,
 }
 
 impl PeerNetwork {
-    pub fn new() -> Self {
+    /// `unreachable_retry`: the pause before trying an unreachable peer again; keep it well
+    /// under the election timeout, so a peer that comes back hears from the leader before it
+    /// would start an election of its own.
+    pub fn new(unreachable_retry: Duration) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
             .build()
             .expect("an HTTP client with plain settings builds");
-        PeerNetwork { http }
-    }
-}
-
-impl Default for PeerNetwork {
-    fn default() -> Self {
-        Self::new()
+        PeerNetwork {
+            http,
+            unreachable_retry,
+        }
     }
 }
 
@@ -58,6 +61,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             http: self.http.clone(),
             target,
             base: format!("http://{}", node.addr),
+            unreachable_retry: self.unreachable_retry,
         }
     }
 }
@@ -67,6 +71,7 @@ pub struct PeerClient {
     http: reqwest::Client,
     target: NodeId,
     base: String,
+    unreachable_retry: Duration,
 }
 
 /// Why a call to a peer failed before an answer of the peer's own came back.
@@ -166,5 +171,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.rpc(VOTE_PATH, &rpc, &option).await
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(self.unreachable_retry))
     }
 }
