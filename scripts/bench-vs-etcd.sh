@@ -14,7 +14,8 @@
 #  - recovery (ordo): a node down while RECOVERY_ORDERS orders are written, then restarted:
 #    seconds to catch up, on-disk bytes and each node's peak RSS.
 # Every process it starts is stopped on exit, by PID. Knobs: POINT_SECS (10), KILLS (10),
-# RECOVERY_ORDERS (100000), ORDO_SERVE_ARGS (extra `ordo serve` flags, e.g. timings).
+# RECOVERY_ORDERS (100000), ORDO_SERVE_ARGS (extra `ordo serve` flags, e.g. timings),
+# PARTS (which sections to run: "matrix failover recovery").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +23,8 @@ POINT_SECS="${POINT_SECS:-10}"
 KILLS="${KILLS:-10}"
 RECOVERY_ORDERS="${RECOVERY_ORDERS:-100000}"
 ORDO_ONLY="${ORDO_ONLY:-}"
+ORDO_SERVE_ARGS="${ORDO_SERVE_ARGS:-}"
+PARTS="${PARTS:-matrix failover recovery}"
 OBASE=24000; ECBASE=24100; EPBASE=24200
 
 if [[ -z $ORDO_ONLY ]] && ! command -v etcd >/dev/null; then
@@ -51,8 +54,9 @@ ETCD_NODES="$(etcd_url 1),$(etcd_url 2),$(etcd_url 3)"
 
 start_ordo() {
   local n=$1 peers="1=127.0.0.1:$((OBASE + 1)),2=127.0.0.1:$((OBASE + 2)),3=127.0.0.1:$((OBASE + 3))"
+  # shellcheck disable=SC2086 # ORDO_SERVE_ARGS is a list of flags
   "$ORDO" serve --id "$n" --listen "127.0.0.1:$((OBASE + n))" --data-dir "$WORK/ordo$n" --peers "$peers" \
-    >>"$WORK/ordo$n.log" 2>&1 &
+    $ORDO_SERVE_ARGS >>"$WORK/ordo$n.log" 2>&1 &
   OPID[$n]=$!
 }
 
@@ -92,17 +96,39 @@ wait_leader() { # $1 = ordo|etcd
   echo "$1 elected no leader in 30 s" >&2; return 1
 }
 
-wait_member() { # ordo|etcd N: until member N is back and follows a leader
-  local i
+applied_index() { # ordo|etcd N: the member's applied Raft index (empty if it does not answer)
+  if [[ $1 == ordo ]]; then
+    curl -fsS --max-time 1 "$(ordo_url "$2")/cluster/status" 2>/dev/null \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["last_applied"] or 0)' 2>/dev/null
+  else
+    curl -fsS --max-time 1 -XPOST "$(etcd_url "$2")/v3/maintenance/status" -d '{}' 2>/dev/null \
+      | python3 -c 'import json,sys; print(int(json.load(sys.stdin).get("raftAppliedIndex", 0)))' 2>/dev/null
+  fi
+}
+
+# ordo|etcd N: until member N is back, follows a leader and has applied what the others had
+# when it came back. Each failover is then measured from a steady cluster: a survivor still
+# catching up would lose its first vote for a shorter log and add an election round.
+wait_member() {
+  local i n target=0 a
   for ((i = 0; i < 300; i++)); do
     if [[ $1 == ordo ]]; then
-      curl -fsS --max-time 1 "$(ordo_url "$2")/cluster/status" 2>/dev/null | grep -q '"leader_id":[0-9]' && return 0
+      curl -fsS --max-time 1 "$(ordo_url "$2")/cluster/status" 2>/dev/null | grep -q '"leader_id":[0-9]' && break
     else
-      curl -fsS --max-time 1 "$(etcd_url "$2")/health" 2>/dev/null | grep -q '"health":"true"' && return 0
+      curl -fsS --max-time 1 "$(etcd_url "$2")/health" 2>/dev/null | grep -q '"health":"true"' && break
     fi
     sleep 0.1
   done
-  echo "$1 member $2 did not rejoin in 30 s" >&2; return 1
+  ((i < 300)) || { echo "$1 member $2 did not rejoin in 30 s" >&2; return 1; }
+  for n in 1 2 3; do
+    [[ $n == "$2" ]] && continue
+    a=$(applied_index "$1" "$n"); [[ ${a:-0} -gt $target ]] && target=$a
+  done
+  for ((i = 0; i < 300; i++)); do
+    a=$(applied_index "$1" "$2"); [[ ${a:-0} -ge $target ]] && return 0
+    sleep 0.1
+  done
+  echo "$1 member $2 did not catch up to index $target in 30 s" >&2; return 1
 }
 
 ordo_write() { # $1 node; succeeds if the write was acknowledged
@@ -161,10 +187,12 @@ print(f'{o["label"]:<16} ordo {o["throughput_per_sec"]:>7.0f}/s p99 {o["latency_
 PY
 }
 
-echo "== matrix"
-for c in 1 16 64 256; do point "create c=$c" create "$c"; done
-point "read-lin c=64" read 64
-point "read-stale c=64" read-stale 64
+if [[ $PARTS == *matrix* ]]; then
+  echo "== matrix"
+  for c in 1 16 64 256; do point "create c=$c" create "$c"; done
+  point "read-lin c=64" read 64
+  point "read-stale c=64" read-stale 64
+fi
 
 failover() { # ordo|etcd
   local sys=$1 i times=()
@@ -181,12 +209,15 @@ failover() { # ordo|etcd
   done
   printf '%s\n' "${times[@]}" | sort -n | python3 -c '
 import sys; v=[int(x) for x in sys.stdin]; n=len(v)
-print(f"{sys.argv[1]:<5} leader SIGKILL -> first acked write: min {v[0]} ms, median {v[n//2] if n%2 else (v[n//2-1]+v[n//2])//2} ms, max {v[-1]} ms over {n} kills")' "$sys"
+print(f"{sys.argv[1]:<5} leader SIGKILL -> first acked write: min {v[0]} ms, median {v[n//2] if n%2 else (v[n//2-1]+v[n//2])//2} ms, max {v[-1]} ms over {n} kills ({chr(32).join(map(str, v))})")' "$sys"
 }
 
-echo "== failover ($KILLS leader kills each)"
-failover ordo
-[[ -z $ORDO_ONLY ]] && failover etcd
+if [[ $PARTS == *failover* ]]; then
+  echo "== failover ($KILLS leader kills each)"
+  failover ordo
+  [[ -z $ORDO_ONLY ]] && failover etcd
+fi
+[[ $PARTS == *recovery* ]] || exit 0
 
 echo "== recovery (ordo): node down while $RECOVERY_ORDERS orders are written"
 wait_leader ordo
