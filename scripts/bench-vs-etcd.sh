@@ -15,7 +15,8 @@
 #    seconds to catch up, on-disk bytes and each node's peak RSS.
 # Every process it starts is stopped on exit, by PID. Knobs: POINT_SECS (10), KILLS (10),
 # RECOVERY_ORDERS (100000), ORDO_SERVE_ARGS (extra `ordo serve` flags, e.g. timings),
-# PARTS (which sections to run: "matrix failover recovery").
+# PARTS (which sections to run: "matrix failover recovery", and "memory": RSS while
+# MEMORY_ORDERS (1000000) orders are written, best alone: PARTS=memory ORDO_ONLY=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,7 @@ RECOVERY_ORDERS="${RECOVERY_ORDERS:-100000}"
 ORDO_ONLY="${ORDO_ONLY:-}"
 ORDO_SERVE_ARGS="${ORDO_SERVE_ARGS:-}"
 PARTS="${PARTS:-matrix failover recovery}"
+MEMORY_ORDERS="${MEMORY_ORDERS:-1000000}"
 OBASE=24000; ECBASE=24100; EPBASE=24200
 
 if [[ -z $ORDO_ONLY ]] && ! command -v etcd >/dev/null; then
@@ -217,22 +219,49 @@ if [[ $PARTS == *failover* ]]; then
   failover ordo
   [[ -z $ORDO_ONLY ]] && failover etcd
 fi
-[[ $PARTS == *recovery* ]] || exit 0
+if [[ $PARTS == *recovery* ]]; then
+  echo "== recovery (ordo): node down while $RECOVERY_ORDERS orders are written"
+  wait_leader ordo
+  leader=$(ordo_leader); down=$((leader % 3 + 1))
+  kill -9 "${OPID[$down]}"; wait "${OPID[$down]}" 2>/dev/null || true
+  up_nodes=""; for n in 1 2 3; do [[ $n == "$down" ]] || up_nodes+="${up_nodes:+,}$(ordo_url "$n")"; done
+  "$ORDO" bench --target ordo --nodes "$up_nodes" --workload create --concurrency 64 --count "$RECOVERY_ORDERS" --label "load while down"
+  target=$(curl -fsS "$(ordo_url "$leader")/cluster/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["last_applied"])')
+  t0=$(now_ms); start_ordo "$down"
+  for ((i = 0; i < 6000; i++)); do
+    a=$(curl -fsS --max-time 1 "$(ordo_url "$down")/cluster/status" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["last_applied"] or 0)' 2>/dev/null || echo 0)
+    [[ $a -ge $target ]] && break
+    sleep 0.1
+  done
+  echo "node $down caught up to index $target in $(( $(now_ms) - t0 )) ms"
+  for n in 1 2 3; do
+    echo "node $n: on disk $(du -sb "$WORK/ordo$n" | cut -f1) bytes, peak RSS $(awk '/VmHWM/{print $2, $3}' /proc/"${OPID[$n]}"/status)"
+  done
+fi
 
-echo "== recovery (ordo): node down while $RECOVERY_ORDERS orders are written"
-wait_leader ordo
-leader=$(ordo_leader); down=$((leader % 3 + 1))
-kill -9 "${OPID[$down]}"; wait "${OPID[$down]}" 2>/dev/null || true
-up_nodes=""; for n in 1 2 3; do [[ $n == "$down" ]] || up_nodes+="${up_nodes:+,}$(ordo_url "$n")"; done
-"$ORDO" bench --target ordo --nodes "$up_nodes" --workload create --concurrency 64 --count "$RECOVERY_ORDERS" --label "load while down"
-target=$(curl -fsS "$(ordo_url "$leader")/cluster/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["last_applied"])')
-t0=$(now_ms); start_ordo "$down"
-for ((i = 0; i < 6000; i++)); do
-  a=$(curl -fsS --max-time 1 "$(ordo_url "$down")/cluster/status" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["last_applied"] or 0)' 2>/dev/null || echo 0)
-  [[ $a -ge $target ]] && break
-  sleep 0.1
-done
-echo "node $down caught up to index $target in $(( $(now_ms) - t0 )) ms"
-for n in 1 2 3; do
-  echo "node $n: on disk $(du -sb "$WORK/ordo$n" | cut -f1) bytes, peak RSS $(awk '/VmHWM/{print $2, $3}' /proc/"${OPID[$n]}"/status)"
-done
+if [[ $PARTS == *memory* ]]; then
+  # MEMORY_ORDERS creates at c=64 into the cluster, each node's RSS sampled every 10 s: does
+  # a node's memory stay bounded as the store grows? Run it on a fresh cluster:
+  #   PARTS=memory ORDO_ONLY=1 scripts/bench-vs-etcd.sh
+  echo "== memory (ordo): RSS while $MEMORY_ORDERS orders are written"
+  wait_leader ordo
+  "$ORDO" bench --target ordo --nodes "$ORDO_NODES" --workload create --concurrency 64 \
+    --count "$MEMORY_ORDERS" --label "memory load" >"$WORK/memory-bench.txt" 2>&1 &
+  bench_pid=$!
+  t0=$(now_ms)
+  for ((i = 0; i < 360; i++)); do # an hour at most
+    kill -0 "$bench_pid" 2>/dev/null || break
+    sleep 10
+    stored=$(curl -fsS --max-time 2 "$(ordo_url 1)/api/orders?per_page=1&consistency=stale" 2>/dev/null \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["total"])' 2>/dev/null || echo "?")
+    line="$(( ($(now_ms) - t0) / 1000 )) s, $stored orders:"
+    for n in 1 2 3; do line+=" node $n $(awk '/VmRSS/{print int($2/1024)}' /proc/"${OPID[$n]}"/status) MB"; done
+    echo "$line"
+  done
+  kill "$bench_pid" 2>/dev/null || true # still running only if the hour ran out
+  wait "$bench_pid" || true
+  tail -1 "$WORK/memory-bench.txt"
+  for n in 1 2 3; do
+    echo "node $n: on disk $(du -sb "$WORK/ordo$n" | cut -f1) bytes, peak RSS $(awk '/VmHWM/{print $2, $3}' /proc/"${OPID[$n]}"/status)"
+  done
+fi
