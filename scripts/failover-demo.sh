@@ -18,6 +18,27 @@ for n in json.load(sys.stdin)["nodes"]:
         print(s["node_id"]); break'
 }
 
+# Prints the new order's id; on a refused write, says why and stops the demo.
+create_order() { # sku-number price-cents
+  local out
+  if ! out=$("$ORDO" order create --customer demo --item "sku-$1:1:$2" --json 2>&1); then
+    echo "write refused: $out" >&2
+    exit 1
+  fi
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["order"]["id"])' <<<"$out"
+}
+
+# The demo kills the leader and needs the two others: bring back any node that is down (say,
+# after `scripts/cluster.sh kill N`) and wait until all three follow one leader.
+for n in 1 2 3; do scripts/cluster.sh start "$n" | grep -v "already running" || true; done
+for _ in $(seq 1 100); do
+  following=$("$ORDO" cluster status --json 2>/dev/null | python3 -c '
+import json, sys
+print(sum(1 for n in json.load(sys.stdin)["nodes"] if (n.get("status") or {}).get("leader_id") is not None))' 2>/dev/null || echo 0)
+  [[ $following == 3 ]] && break
+  sleep 0.1
+done
+
 echo "== cluster before"
 "$ORDO" cluster status
 leader=$(leader_id)
@@ -25,7 +46,7 @@ leader=$(leader_id)
 
 ids=()
 for i in 1 2 3 4 5; do
-  id=$("$ORDO" order create --customer demo --item "sku-$i:1:$((i * 100))" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["order"]["id"])')
+  id=$(create_order "$i" $((i * 100)))
   ids+=("$id")
 done
 echo "== wrote orders ${ids[*]}; killing leader node $leader (SIGKILL)"
@@ -33,7 +54,7 @@ scripts/cluster.sh kill "$leader"
 
 start=$(date +%s%N)
 for i in 6 7 8 9 10; do
-  id=$("$ORDO" order create --customer demo --item "sku-$i:1:$((i * 100))" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["order"]["id"])')
+  id=$(create_order "$i" $((i * 100)))
   ids+=("$id")
   [[ $i == 6 ]] && echo "first write after the kill acknowledged in $((($(date +%s%N) - start) / 1000000)) ms (order $id)"
 done
