@@ -144,7 +144,11 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        assert_eq!(batcher.tx.capacity(), QUEUE - 10, "the ten reads never queued");
+        assert_eq!(
+            batcher.tx.capacity(),
+            QUEUE - 10,
+            "the ten reads never queued"
+        );
         release.notify_one(); // round 1 ends
         match first.await.unwrap() {
             LeaderAnswer::Done(id) => assert_eq!(id, log_id(1)),
@@ -163,7 +167,11 @@ mod tests {
                 other => panic!("later read: {other:?}"),
             }
         }
-        assert_eq!(rounds.load(Ordering::SeqCst), 2, "ten queued reads shared one round");
+        assert_eq!(
+            rounds.load(Ordering::SeqCst),
+            2,
+            "ten queued reads shared one round"
+        );
     }
 
     #[tokio::test]
