@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::error::ApiError;
 use super::forward::{write_as_leader, WriteRequest};
 use super::AppState;
 use crate::codec;
@@ -20,34 +21,28 @@ fn encoded<T: Serialize>(value: &T) -> Response {
     }
 }
 
-fn decoded<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    codec::decode(body).map_err(|e| {
-        (
-            StatusCode::BAD_REQUEST,
-            format!("undecodable RPC body: {e}"),
-        )
-            .into_response()
-    })
+fn decoded<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    codec::decode(body).map_err(|e| ApiError::BadRequest(format!("undecodable RPC body: {e}")))
 }
 
 pub async fn append(State(state): State<AppState>, body: Bytes) -> Response {
     match decoded(&body) {
         Ok(req) => encoded(&state.raft.append_entries(req).await),
-        Err(resp) => resp,
+        Err(e) => e.into_response(),
     }
 }
 
 pub async fn vote(State(state): State<AppState>, body: Bytes) -> Response {
     match decoded(&body) {
         Ok(req) => encoded(&state.raft.vote(req).await),
-        Err(resp) => resp,
+        Err(e) => e.into_response(),
     }
 }
 
 pub async fn snapshot(State(state): State<AppState>, body: Bytes) -> Response {
     match decoded(&body) {
         Ok(req) => encoded(&state.raft.install_snapshot(req).await),
-        Err(resp) => resp,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -56,7 +51,7 @@ pub async fn write(State(state): State<AppState>, body: Bytes) -> Response {
         Ok(req) => {
             encoded(&write_as_leader(&state, req, Instant::now() + state.request_timeout).await)
         }
-        Err(resp) => resp,
+        Err(e) => e.into_response(),
     }
 }
 
