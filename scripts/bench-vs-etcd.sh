@@ -13,7 +13,8 @@
 #  - failover: SIGKILL of the leader → first acknowledged write through a survivor, 10 times;
 #  - recovery (ordo): a node down while RECOVERY_ORDERS orders are written, then restarted:
 #    seconds to catch up, on-disk bytes and each node's peak RSS.
-# Every process it starts is stopped on exit, by PID. Knobs: POINT_SECS (10), KILLS (10),
+# Every process it starts is stopped on exit, by PID. Knobs: POINT_SECS (10), ROUNDS (1: with
+# more, each point runs that many ordo/etcd pairs and ends in a line of medians), KILLS (10),
 # RECOVERY_ORDERS (100000), ORDO_SERVE_ARGS (extra `ordo serve` flags, e.g. timings),
 # PARTS (which sections to run: "matrix failover recovery", and "memory": RSS while
 # MEMORY_ORDERS (1000000) orders are written, best alone: PARTS=memory ORDO_ONLY=1).
@@ -21,6 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 POINT_SECS="${POINT_SECS:-10}"
+ROUNDS="${ROUNDS:-1}"
 KILLS="${KILLS:-10}"
 RECOVERY_ORDERS="${RECOVERY_ORDERS:-100000}"
 ORDO_ONLY="${ORDO_ONLY:-}"
@@ -165,27 +167,49 @@ wait_leader ordo
 echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}')"
 echo "# each point ${POINT_SECS}s; load from ordo bench (HTTP/1.1 keep-alive, closed loop)"
 
-point() { # label workload concurrency
-  local label=$1 workload=$2 c=$3 o e
-  o=$("$ORDO" bench --target ordo --nodes "$ORDO_NODES" --workload "$workload" --concurrency "$c" \
-        --duration-secs "$POINT_SECS" --label "$label" --json-out "$WORK/o.json" >/dev/null && cat "$WORK/o.json")
-  if [[ -n $ORDO_ONLY ]]; then
-    python3 - "$o" <<'PY'
+point() { # label workload concurrency: ROUNDS rounds of ordo then etcd, then their medians
+  local label=$1 workload=$2 c=$3 r epath
+  for ((r = 1; r <= ROUNDS; r++)); do
+    "$ORDO" bench --target ordo --nodes "$ORDO_NODES" --workload "$workload" --concurrency "$c" \
+      --duration-secs "$POINT_SECS" --label "$label" --json-out "$WORK/o$r.json" >/dev/null
+    epath=""
+    if [[ -z $ORDO_ONLY ]]; then
+      epath="$WORK/e$r.json"
+      "$ORDO" bench --target etcd --nodes "$ETCD_NODES" --workload "$workload" --concurrency "$c" \
+        --duration-secs "$POINT_SECS" --label "$label" --json-out "$epath" >/dev/null
+    fi
+    python3 - "$r" "$ROUNDS" "$WORK/o$r.json" "$epath" <<'PY'
 import json, sys
-o = json.loads(sys.argv[1]); l = o["latency_ms"]
-print(f'{o["label"]:<16} ordo {o["throughput_per_sec"]:>8.0f}/s  p50 {l["p50"]:.1f}ms p99 {l["p99"]:.1f}ms p99.9 {l["p99.9"]:.1f}ms  errors {sum(o["errors"].values())}')
+r, rounds, opath = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+epath = sys.argv[4] or None
+o = json.load(open(opath)); l = o["latency_ms"]
+label = o["label"] + (f" #{r}" if rounds > 1 else "")
+if epath is None:
+    print(f'{label:<16} ordo {o["throughput_per_sec"]:>8.0f}/s  p50 {l["p50"]:.1f}ms p99 {l["p99"]:.1f}ms p99.9 {l["p99.9"]:.1f}ms  errors {sum(o["errors"].values())}')
+else:
+    e = json.load(open(epath))
+    ratio = o["throughput_per_sec"] / max(e["throughput_per_sec"], 1e-9)
+    print(f'{label:<16} ordo {o["throughput_per_sec"]:>7.0f}/s p99 {l["p99"]:.1f}ms  '
+          f'etcd {e["throughput_per_sec"]:>7.0f}/s p99 {e["latency_ms"]["p99"]:.1f}ms  ratio {ratio:.2f}x'
+          f'  (errors ordo {sum(o["errors"].values())}, etcd {sum(e["errors"].values())})')
 PY
-    return
-  fi
-  e=$("$ORDO" bench --target etcd --nodes "$ETCD_NODES" --workload "$workload" --concurrency "$c" \
-        --duration-secs "$POINT_SECS" --label "$label" --json-out "$WORK/e.json" >/dev/null && cat "$WORK/e.json")
-  python3 - "$o" "$e" <<'PY'
-import json, sys
-o, e = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-ratio = o["throughput_per_sec"] / max(e["throughput_per_sec"], 1e-9)
-print(f'{o["label"]:<16} ordo {o["throughput_per_sec"]:>7.0f}/s p99 {o["latency_ms"]["p99"]:.1f}ms  '
-      f'etcd {e["throughput_per_sec"]:>7.0f}/s p99 {e["latency_ms"]["p99"]:.1f}ms  ratio {ratio:.2f}x'
-      f'  (errors ordo {sum(o["errors"].values())}, etcd {sum(e["errors"].values())})')
+  done
+  ((ROUNDS > 1)) || return 0
+  python3 - "$label" "$ROUNDS" "$WORK" "${ORDO_ONLY:-}" <<'PY'
+import json, statistics, sys
+label, rounds, work, ordo_only = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+load = lambda k: [json.load(open(f"{work}/{k}{r}.json")) for r in range(1, rounds + 1)]
+med = statistics.median
+o = load("o")
+ot, op = med(x["throughput_per_sec"] for x in o), med(x["latency_ms"]["p99"] for x in o)
+if ordo_only:
+    print(f'{label:<16} median of {rounds}: ordo {ot:>8.0f}/s p99 {op:.1f}ms')
+    sys.exit()
+e = load("e")
+et, ep = med(x["throughput_per_sec"] for x in e), med(x["latency_ms"]["p99"] for x in e)
+ratios = [a["throughput_per_sec"] / max(b["throughput_per_sec"], 1e-9) for a, b in zip(o, e)]
+print(f'{label:<16} median of {rounds}: ordo {ot:>7.0f}/s p99 {op:.1f}ms  etcd {et:>7.0f}/s p99 {ep:.1f}ms  '
+      f'ratio {med(ratios):.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f}x)')
 PY
 }
 
