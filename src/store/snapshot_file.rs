@@ -54,9 +54,36 @@ impl SnapshotDir {
             .join(format!("{kind}-{}-{n}.tmp", std::process::id()))
     }
 
-    /// Makes a complete, fsynced temp file the current snapshot.
+    /// Makes a complete, fsynced temp file the current snapshot (one received from the leader).
     pub fn publish(&self, temp: &Path) -> Result<(), StoreError> {
         let _guard = self.publish_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.replace_current(temp)
+    }
+
+    /// Makes a snapshot this node built (`temp`, covering `meta`) the current one — unless the
+    /// current one already covers as much: a snapshot installed from the leader while this
+    /// one was being written. Then the installed one stays (putting an older one over it
+    /// would hand followers a snapshot behind the purged log) and `temp` is dropped. Returns
+    /// the current snapshot's meta and file, opened under the lock so the two match.
+    pub fn publish_built(
+        &self,
+        temp: &Path,
+        meta: &SnapshotMeta,
+    ) -> Result<(SnapshotMeta, File), StoreError> {
+        let _guard = self.publish_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(current) = self.read_current_meta()? {
+            if current.last_log_id >= meta.last_log_id {
+                let _ = std::fs::remove_file(temp);
+                return Ok((current, File::open(self.current_path())?));
+            }
+        }
+        // Opened before the rename: the handle stays on this file if a later one replaces it.
+        let file = File::open(temp)?;
+        self.replace_current(temp)?;
+        Ok((meta.clone(), file))
+    }
+
+    fn replace_current(&self, temp: &Path) -> Result<(), StoreError> {
         std::fs::rename(temp, self.current_path())?;
         File::open(&self.path)?.sync_all()?;
         Ok(())
@@ -65,6 +92,10 @@ impl SnapshotDir {
     /// The current snapshot's meta, if there is one.
     pub fn current_meta(&self) -> Result<Option<SnapshotMeta>, StoreError> {
         let _guard = self.publish_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.read_current_meta()
+    }
+
+    fn read_current_meta(&self) -> Result<Option<SnapshotMeta>, StoreError> {
         match File::open(self.current_path()) {
             Ok(f) => Ok(Some(read_header(&mut BufReader::new(f))?)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -140,5 +171,53 @@ pub(super) fn read(
         let vlen = read_len(&mut r)?;
         let value = read_chunk(&mut r, vlen)?;
         on_record(key, value)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{LogId, StoredMembership};
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(LogId::new(openraft::CommittedLeaderId::new(1, 1), index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: format!("at-{index}"),
+        }
+    }
+
+    fn written(dir: &SnapshotDir, index: u64) -> PathBuf {
+        let path = dir.temp_path("test");
+        let records = [Ok((b"k".to_vec(), index.to_be_bytes().to_vec()))];
+        write(&path, &meta(index), records).unwrap();
+        path
+    }
+
+    fn header_of(mut file: File) -> SnapshotMeta {
+        read_header(&mut BufReader::new(&mut file)).unwrap()
+    }
+
+    #[test]
+    fn a_built_snapshot_never_replaces_a_newer_installed_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::open(tmp.path().to_path_buf()).unwrap();
+
+        // Installed from the leader at 10 while this node was dumping its state at 5.
+        dir.publish(&written(&dir, 10)).unwrap();
+        let built = written(&dir, 5);
+        let (kept, file) = dir.publish_built(&built, &meta(5)).unwrap();
+        assert_eq!(kept, meta(10));
+        assert_eq!(header_of(file), meta(10));
+        assert_eq!(dir.current_meta().unwrap(), Some(meta(10)));
+        assert!(!built.exists(), "the older built file is dropped");
+
+        // A newer built snapshot does replace it, and its file stays readable as returned
+        // even when another one replaces it afterwards.
+        let (current, file) = dir.publish_built(&written(&dir, 20), &meta(20)).unwrap();
+        assert_eq!(current, meta(20));
+        dir.publish(&written(&dir, 30)).unwrap();
+        assert_eq!(header_of(file), meta(20));
+        assert_eq!(dir.current_meta().unwrap(), Some(meta(30)));
     }
 }

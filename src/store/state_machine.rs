@@ -464,14 +464,19 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .dumped
             .clone()
             .map_err(|e| err(StoreError::Corrupt(e)))?;
-        self.snapshots.publish(&path).map_err(err)?;
-        let file = tokio::fs::File::open(self.snapshots.current_path())
-            .await
-            .map_err(|e| err(e.into()))?;
-        tracing::info!(snapshot_id = %meta.snapshot_id, "built snapshot");
+        let (current, file) = self.snapshots.publish_built(&path, &meta).map_err(err)?;
+        if current.snapshot_id == meta.snapshot_id {
+            tracing::info!(snapshot_id = %meta.snapshot_id, "built snapshot");
+        } else {
+            tracing::info!(
+                built = %meta.snapshot_id,
+                kept = %current.snapshot_id,
+                "a snapshot installed meanwhile covers as much; kept it"
+            );
+        }
         Ok(Snapshot {
-            meta,
-            snapshot: Box::new(file),
+            meta: current,
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         })
     }
 }
