@@ -188,6 +188,77 @@ fn sigkill_between_appends_loses_nothing_acknowledged() {
     });
 }
 
+/// Applies go on while a snapshot is dumped (it takes seconds on a big store); the snapshot
+/// must still be the state at the point it began: installed elsewhere and followed by the
+/// same later entries, it must give the same state.
+#[test]
+fn a_snapshot_dumped_while_applies_go_on_is_the_state_where_it_began() {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let (_d1, _l1, mut leader) = SledBuilder.build().await.unwrap();
+            let (_d2, _l2, mut follower) = SledBuilder.build().await.unwrap();
+            let base = 20_000u64;
+            for chunk in (1..=base).collect::<Vec<_>>().chunks(500) {
+                let entries: Vec<Entry> = chunk
+                    .iter()
+                    .map(|&i| entry(i, create("c", Some(&format!("k{i}")), i as i64)))
+                    .collect();
+                leader.apply(entries).await.unwrap();
+            }
+
+            let mut builder = leader.get_snapshot_builder().await;
+            let build = tokio::spawn(async move { builder.build_snapshot().await });
+            // While it runs: pay orders all over the id range, create more, retry a key.
+            let mut later = Vec::new();
+            let mut during = 0;
+            for n in 1..=4_000u64 {
+                let at = (base + n) as i64;
+                let cmd = match n % 3 {
+                    0 => set_status((n * 7919) % base + 1, OrderStatus::Paid, None, None, at),
+                    1 => create("d", Some(&format!("late{n}")), at),
+                    _ => create("c", Some(&format!("k{}", n % 100 + 1)), at),
+                };
+                let e = entry(base + n, cmd);
+                later.push(e.clone());
+                leader.apply([e]).await.unwrap();
+                if !build.is_finished() {
+                    during += 1;
+                } else if during > 0 && n > 1_000 {
+                    break;
+                }
+            }
+            let snap = build.await.unwrap().unwrap();
+            assert!(during > 0, "no apply ran while the snapshot was dumped");
+            assert_eq!(snap.meta.last_log_id, Some(log_id(1, base)));
+
+            let mut incoming = follower.begin_receiving_snapshot().await.unwrap();
+            let mut src = snap.snapshot;
+            tokio::io::copy(&mut *src, &mut *incoming).await.unwrap();
+            follower
+                .install_snapshot(&snap.meta, incoming)
+                .await
+                .unwrap();
+            assert_eq!(
+                follower
+                    .reader()
+                    .list(&OrderFilter::default(), 1, 1)
+                    .unwrap()
+                    .total,
+                base,
+                "the snapshot holds the orders of its point, no later ones"
+            );
+            follower.apply(later).await.unwrap();
+            assert_eq!(
+                follower.reader().state_digest().unwrap(),
+                leader.reader().state_digest().unwrap()
+            );
+        });
+}
+
 #[test]
 fn snapshot_carries_orders_to_another_node() {
     rt().block_on(async {

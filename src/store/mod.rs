@@ -10,6 +10,7 @@ mod error;
 mod log_store;
 mod overlay;
 mod snapshot_file;
+mod snapshot_view;
 mod state_machine;
 
 use std::path::{Path, PathBuf};

@@ -60,7 +60,12 @@ impl<'a> Overlay<'a> {
         Ok(keys)
     }
 
-    /// Keys written (or removed) so far.
+    /// The keys written (or removed) so far.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        self.writes.keys().map(Vec::as_slice)
+    }
+
+    /// How many keys were written (or removed) so far.
     pub fn len(&self) -> usize {
         self.writes.len()
     }

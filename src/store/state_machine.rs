@@ -1,4 +1,5 @@
-//! The order state machine over sled, its snapshots, and the read side the API uses.
+//! The order state machine over sled, its snapshots (dumped while applies go on, see
+//! `snapshot_view`), and the read side the API uses.
 //!
 //! Layout of the `sm` tree (all values encoded by `codec`):
 //! - `m:applied`, `m:membership`, `m:next_id`, `m:clock`: last applied log id, last membership,
@@ -23,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 use super::overlay::Overlay;
 use super::snapshot_file::{self, SnapshotDir};
+use super::snapshot_view::{DumpGuard, SnapshotView};
 use super::StoreError;
 use crate::codec;
 use crate::order::{
@@ -318,6 +320,7 @@ pub struct StateMachineStore {
     raft: sled::Tree,
     reader: OrderReader,
     snapshots: Arc<SnapshotDir>,
+    view: Arc<SnapshotView>,
 }
 
 impl StateMachineStore {
@@ -336,6 +339,7 @@ impl StateMachineStore {
                 install_lock: Arc::new(RwLock::new(())),
             },
             snapshots,
+            view: Arc::new(SnapshotView::default()),
         };
         if store.raft.get(K_INSTALLING)?.is_some() {
             tracing::warn!(
@@ -363,6 +367,7 @@ impl StateMachineStore {
             raft: self.raft.clone(),
             reader: self.reader.clone(),
             snapshots: self.snapshots.clone(),
+            view: self.view.clone(),
         }
     }
 
@@ -422,9 +427,8 @@ impl StateMachineStore {
         }))
     }
 
-    /// Writes the whole state machine to a temp snapshot file. Runs with exclusive access to
-    /// the state machine (no apply in between), so the dump is one consistent state.
-    fn dump(&self) -> Result<(SnapshotMeta<u64, openraft::BasicNode>, PathBuf), StoreError> {
+    /// The meta of a snapshot of the state machine as it is now.
+    fn snapshot_meta(&self) -> Result<SnapshotMeta<u64, openraft::BasicNode>, StoreError> {
         let (last_log_id, last_membership) = self.applied_state_sync()?;
         let snapshot_id = match &last_log_id {
             Some(l) => format!(
@@ -435,36 +439,53 @@ impl StateMachineStore {
             ),
             None => format!("empty-{}", chrono::Utc::now().timestamp_millis()),
         };
-        let meta = SnapshotMeta {
+        Ok(SnapshotMeta {
             last_log_id,
             last_membership,
             snapshot_id,
-        };
-        let path = self.snapshots.temp_path("building");
-        let records = self.sm().iter().map(|kv| {
-            let (k, v) = kv?;
-            Ok((k.to_vec(), v.to_vec()))
-        });
-        snapshot_file::write(&path, &meta, records)?;
-        Ok((meta, path))
+        })
     }
 }
 
-/// Finishes a snapshot that `get_snapshot_builder` already dumped to a temp file.
+/// Writes the snapshot that `get_snapshot_builder` began: the state machine as it was then,
+/// dumped while applies go on (see `snapshot_view`).
 pub struct SnapshotBuilder {
-    dumped: Result<(SnapshotMeta<u64, openraft::BasicNode>, PathBuf), String>,
-    snapshots: Arc<SnapshotDir>,
+    /// Taken by `build_snapshot`; an error if the dump could not begin.
+    begun: Option<Result<BegunDump, String>>,
+    store: StateMachineStore,
+}
+
+/// A snapshot's starting point: what it will cover, and the dump's hold on that state.
+struct BegunDump {
+    meta: SnapshotMeta<u64, openraft::BasicNode>,
+    dump: DumpGuard,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let err =
             |e: StoreError| StorageError::from(openraft::StorageIOError::write_snapshot(None, &e));
-        let (meta, path) = self
-            .dumped
-            .clone()
+        let BegunDump { meta, dump } = self
+            .begun
+            .take()
+            .unwrap_or_else(|| Err("build_snapshot called twice".into()))
             .map_err(|e| err(StoreError::Corrupt(e)))?;
-        let (current, file) = self.snapshots.publish_built(&path, &meta).map_err(err)?;
+        // Seconds of disk I/O for a big store: on the blocking pool.
+        let store = self.store.blocking_handle();
+        let written = meta.clone();
+        let path = tokio::task::spawn_blocking(move || {
+            let path = store.snapshots.temp_path("building");
+            snapshot_file::write(&path, &written, dump.records(store.sm()))?;
+            Ok::<_, StoreError>(path)
+        })
+        .await
+        .map_err(|e| err(StoreError::Corrupt(e.to_string())))?
+        .map_err(err)?;
+        let (current, file) = self
+            .store
+            .snapshots
+            .publish_built(&path, &meta)
+            .map_err(err)?;
         if current.snapshot_id == meta.snapshot_id {
             tracing::info!(snapshot_id = %meta.snapshot_id, "built snapshot");
         } else {
@@ -522,22 +543,27 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 last = Some(entry.log_id);
             }
             put_encoded(&mut ov, K_APPLIED, &last).map_err(StoreError::into_write)?;
+            self.view
+                .before_write(self.sm(), ov.keys())
+                .map_err(|e| StoreError::from(e).into_write())?;
             ov.commit().map_err(|e| StoreError::from(e).into_write())?;
         }
         Ok(results)
     }
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
-        // The dump of a big store takes seconds of disk I/O: on the blocking pool, so the
-        // runtime keeps sending heartbeats meanwhile (applies still wait: `&mut self`).
-        let this = self.blocking_handle();
-        let dumped = match tokio::task::spawn_blocking(move || this.dump()).await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+        // Only the starting point is fixed here, between two applies; the dump itself runs in
+        // build_snapshot while applies go on.
+        let begun = self
+            .snapshot_meta()
+            .and_then(|meta| {
+                let dump = self.view.begin()?;
+                Ok(BegunDump { meta, dump })
+            })
+            .map_err(|e| e.to_string());
         SnapshotBuilder {
-            dumped,
-            snapshots: self.snapshots.clone(),
+            begun: Some(begun),
+            store: self.blocking_handle(),
         }
     }
 
@@ -587,6 +613,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 header.last_log_id, meta.last_log_id
             ))));
         }
+        // A dump of this node's own snapshot may still be walking the tree this replaces.
+        self.view.wait_idle().await;
         self.snapshots.publish(&temp).map_err(err)?;
         let this = self.blocking_handle();
         tokio::task::spawn_blocking(move || this.load_current_snapshot())
