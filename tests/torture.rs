@@ -26,6 +26,9 @@ async fn short_torture_run_is_linearizable_and_loses_nothing() {
         Fault::PartitionLeader,
     ];
     config.cycle_faults = true;
+    // Snapshots every few hundred entries: builds run while writes go on, and a node that was
+    // cut off catches up from a snapshot, both under the faults.
+    config.snapshot_every_logs = Some(300);
     let report = torture::run(config).await.expect("torture run");
     println!("{report}");
     if let Some(why) = &report.skipped_network {

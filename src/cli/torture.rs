@@ -32,6 +32,10 @@ pub struct TortureArgs {
     /// The ordo binary the nodes run (default: this one).
     #[arg(long)]
     pub bin: Option<std::path::PathBuf>,
+    /// Nodes snapshot after this many applied entries (default: `ordo serve`'s); small values
+    /// put snapshot builds and installs under the faults too.
+    #[arg(long)]
+    pub snapshot_every_logs: Option<u64>,
 }
 
 pub fn run(args: TortureArgs) -> anyhow::Result<i32> {
@@ -57,6 +61,7 @@ pub fn run(args: TortureArgs) -> anyhow::Result<i32> {
     config.faults = faults;
     config.cycle_faults = args.cycle;
     config.use_netns = !args.no_netns;
+    config.snapshot_every_logs = args.snapshot_every_logs;
     println!(
         "torture: seed {seed}, {}s, {} clients, faults {}",
         args.duration_secs, config.clients, args.faults

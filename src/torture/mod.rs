@@ -103,6 +103,9 @@ pub struct TortureConfig {
     /// Quiet time between faults, and how long a fault lasts.
     pub quiet: Duration,
     pub hold: Duration,
+    /// Nodes build a snapshot after this many applied entries (`None`: ordo's default). Small
+    /// values make snapshot builds, and installs on nodes that fell behind, part of the run.
+    pub snapshot_every_logs: Option<u64>,
 }
 
 impl TortureConfig {
@@ -117,6 +120,7 @@ impl TortureConfig {
             use_netns: true,
             quiet: Duration::from_millis(1500),
             hold: Duration::from_millis(2000),
+            snapshot_every_logs: None,
         }
     }
 }
@@ -507,7 +511,11 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
         .copied()
         .filter(|f| topology.is_some() || !f.needs_network())
         .collect();
-    let mut cluster = ProcessCluster::new(&config.bin, 3, topology, Vec::new());
+    let node_args = match config.snapshot_every_logs {
+        Some(n) => vec!["--snapshot-every-logs".to_string(), n.to_string()],
+        None => Vec::new(),
+    };
+    let mut cluster = ProcessCluster::new(&config.bin, 3, topology, node_args);
     cluster.start_all().await;
 
     let shared = Arc::new(Shared {
