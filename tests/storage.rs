@@ -188,6 +188,17 @@ fn sigkill_between_appends_loses_nothing_acknowledged() {
     });
 }
 
+/// Sends a snapshot to another node's store the way openraft does: receive, copy, install.
+async fn install(follower: &mut StateMachineStore, snap: ordo::raft::Snapshot) {
+    let mut incoming = follower.begin_receiving_snapshot().await.unwrap();
+    let mut src = snap.snapshot;
+    tokio::io::copy(&mut *src, &mut *incoming).await.unwrap();
+    follower
+        .install_snapshot(&snap.meta, incoming)
+        .await
+        .unwrap();
+}
+
 /// Applies go on while a snapshot is dumped (it takes seconds on a big store); the snapshot
 /// must still be the state at the point it began: installed elsewhere and followed by the
 /// same later entries, it must give the same state.
@@ -235,13 +246,7 @@ fn a_snapshot_dumped_while_applies_go_on_is_the_state_where_it_began() {
             assert!(during > 0, "no apply ran while the snapshot was dumped");
             assert_eq!(snap.meta.last_log_id, Some(log_id(1, base)));
 
-            let mut incoming = follower.begin_receiving_snapshot().await.unwrap();
-            let mut src = snap.snapshot;
-            tokio::io::copy(&mut *src, &mut *incoming).await.unwrap();
-            follower
-                .install_snapshot(&snap.meta, incoming)
-                .await
-                .unwrap();
+            install(&mut follower, snap).await;
             assert_eq!(
                 follower
                     .reader()
@@ -282,13 +287,7 @@ fn snapshot_carries_orders_to_another_node() {
             .build_snapshot()
             .await
             .unwrap();
-        let mut incoming = follower.begin_receiving_snapshot().await.unwrap();
-        let mut src = snap.snapshot;
-        tokio::io::copy(&mut *src, &mut *incoming).await.unwrap();
-        follower
-            .install_snapshot(&snap.meta, incoming)
-            .await
-            .unwrap();
+        install(&mut follower, snap).await;
 
         assert_eq!(
             follower.applied_state().await.unwrap().0,
