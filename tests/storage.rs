@@ -188,6 +188,15 @@ fn sigkill_between_appends_loses_nothing_acknowledged() {
     });
 }
 
+/// How many orders the store holds.
+fn order_count(store: &StateMachineStore) -> u64 {
+    store
+        .reader()
+        .list(&OrderFilter::default(), 1, 1)
+        .unwrap()
+        .total
+}
+
 /// Sends a snapshot to another node's store the way openraft does: receive, copy, install.
 async fn install(follower: &mut StateMachineStore, snap: ordo::raft::Snapshot) {
     let mut incoming = follower.begin_receiving_snapshot().await.unwrap();
@@ -248,11 +257,7 @@ fn a_snapshot_dumped_while_applies_go_on_is_the_state_where_it_began() {
 
             install(&mut follower, snap).await;
             assert_eq!(
-                follower
-                    .reader()
-                    .list(&OrderFilter::default(), 1, 1)
-                    .unwrap()
-                    .total,
+                order_count(&follower),
                 base,
                 "the snapshot holds the orders of its point, no later ones"
             );
@@ -309,14 +314,7 @@ fn snapshot_carries_orders_to_another_node() {
         let outcome = out[0][0].clone();
         assert!(outcome.replayed);
         assert_eq!(outcome.result.unwrap().id, 5);
-        assert_eq!(
-            follower
-                .reader()
-                .list(&OrderFilter::default(), 1, 1)
-                .unwrap()
-                .total,
-            2500
-        );
+        assert_eq!(order_count(&follower), 2500);
     });
 }
 

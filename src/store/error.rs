@@ -13,6 +13,9 @@ pub enum StoreError {
     Codec(#[from] CodecError),
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// openraft builds one snapshot at a time; a second dump beginning means a bug.
+    #[error("a snapshot dump is already running")]
+    DumpRunning,
 }
 
 impl StoreError {

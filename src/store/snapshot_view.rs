@@ -48,9 +48,7 @@ impl SnapshotView {
     pub fn begin(self: &Arc<Self>) -> Result<DumpGuard, StoreError> {
         let mut dump = self.lock();
         if dump.is_some() {
-            return Err(StoreError::Corrupt(
-                "a snapshot dump is already running".into(),
-            ));
+            return Err(StoreError::DumpRunning);
         }
         *dump = Some(Dump {
             passed: None,
@@ -237,7 +235,7 @@ mod tests {
     fn only_one_dump_runs_at_a_time() {
         let view = Arc::new(SnapshotView::default());
         let first = view.begin().unwrap();
-        assert!(view.begin().is_err());
+        assert!(matches!(view.begin(), Err(StoreError::DumpRunning)));
         drop(first);
         assert!(view.begin().is_ok());
     }
