@@ -116,8 +116,13 @@ async fn majority_down_fails_with_503_stale_reads_answer_and_recovery() {
         .into_iter()
         .filter(|id| *id != leader)
         .collect();
-    // Kill one follower and the leader; the other follower is alone.
+    // Kill one follower and the leader; the other follower is alone. It must hold `first`
+    // before: an acknowledgement needs only the leader and one follower to have it.
     let (alone, other) = (followers[0], followers[1]);
+    let applied = cluster.status(leader).await.unwrap()["last_applied"]
+        .as_u64()
+        .unwrap();
+    cluster.wait_applied(alone, applied).await;
     cluster.kill(other);
     cluster.kill(leader);
     let before = all_orders(&cluster, alone, true).await;
