@@ -3,6 +3,11 @@
 //! Everything ordo writes to sled, to snapshot files and to Raft RPC bodies goes through
 //! `encode` / `decode`, so the on-disk and on-wire format can only change here. The leading
 //! byte names the format; a reader refuses a version it does not know instead of misreading it.
+//!
+//! Every decode is bounded: bincode trusts the length prefixes it reads, so without a limit
+//! eleven hostile bytes can claim an allocation of 2^62 bytes and abort the process. Bytes
+//! from a peer go through `decode_bounded` with a limit fitting their route; bytes from our
+//! own disk through `decode`, under `STORED_LIMIT`.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -24,6 +29,10 @@ pub enum CodecError {
     TrailingBytes(usize),
 }
 
+/// The most memory one decode of stored bytes (a log entry, a state-machine value, a snapshot
+/// record) may claim. Far above any legal value; a corrupt length prefix fails instead.
+pub const STORED_LIMIT: usize = 256 * 1024 * 1024;
+
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
@@ -35,13 +44,22 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(out)
 }
 
-/// Decodes what `encode` wrote; the whole input must be one value.
+/// Decodes what `encode` wrote to our own store; the whole input must be one value.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_bounded::<T, STORED_LIMIT>(bytes)
+}
+
+/// Decodes bytes that came over the network: the value may claim at most `LIMIT` bytes of
+/// memory (bincode counts the claimed size of strings and containers before allocating them),
+/// so a lying length prefix is a `Decode` error, never an allocation.
+pub fn decode_bounded<T: DeserializeOwned, const LIMIT: usize>(
+    bytes: &[u8],
+) -> Result<T, CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     if version != FORMAT_VERSION {
         return Err(CodecError::UnknownVersion(version));
     }
-    let (value, used) = bincode::serde::decode_from_slice(body, config())?;
+    let (value, used) = bincode::serde::decode_from_slice(body, config().with_limit::<LIMIT>())?;
     if used != body.len() {
         return Err(CodecError::TrailingBytes(body.len() - used));
     }
@@ -72,5 +90,27 @@ mod tests {
             decode::<u64>(&long),
             Err(CodecError::TrailingBytes(1))
         ));
+    }
+
+    /// The 11 bytes that used to abort a node: a string whose length prefix claims 2^62 bytes.
+    #[test]
+    fn a_lying_length_prefix_is_an_error_not_an_allocation() {
+        let hostile = [1u8, 0x00, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x40];
+        assert!(matches!(
+            decode::<(u8, String)>(&hostile),
+            Err(CodecError::Decode(_))
+        ));
+        assert!(matches!(
+            decode_bounded::<(u8, Vec<u64>), 1024>(&hostile),
+            Err(CodecError::Decode(_))
+        ));
+        // Within the limit the same shape decodes.
+        let ok = encode(&(7u8, vec![1u64; 100])).unwrap();
+        assert_eq!(
+            decode_bounded::<(u8, Vec<u64>), 1024>(&ok).unwrap(),
+            (7u8, vec![1u64; 100])
+        );
+        // Past it, it does not, however honest the bytes.
+        assert!(decode_bounded::<(u8, Vec<u64>), 256>(&ok).is_err());
     }
 }

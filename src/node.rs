@@ -35,6 +35,9 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     pub snapshot_every_logs: u64,
     pub cache_capacity_bytes: u64,
+    /// Byte budget of one AppendEntries body (see `raft::network`).
+    pub max_append_bytes: usize,
+    pub install_snapshot_timeout_ms: u64,
     pub durability: Durability,
 }
 
@@ -49,6 +52,7 @@ impl NodeConfig {
             max_in_snapshot_log_to_keep: 1000,
             // sled's memory grows steeply with batch size; 256 entries per append stays modest.
             max_payload_entries: 256,
+            install_snapshot_timeout: self.install_snapshot_timeout_ms,
             ..Default::default()
         };
         config.validate().context("invalid raft timing options")
@@ -78,7 +82,7 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     let raft = Raft::new(
         config.id,
         raft_config,
-        PeerNetwork::new(config.unreachable_retry()),
+        PeerNetwork::new(config.unreachable_retry(), config.max_append_bytes),
         log_store,
         state_machine,
     )

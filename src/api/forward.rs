@@ -38,6 +38,12 @@ pub struct WriteRequest {
     pub idempotency_key: Option<String>,
 }
 
+impl WriteRequest {
+    pub fn approx_encoded_len(&self) -> usize {
+        self.op.approx_encoded_len() + self.idempotency_key.as_ref().map_or(0, String::len)
+    }
+}
+
 /// What the leader's internal routes answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderAnswer<T> {

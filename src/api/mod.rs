@@ -28,9 +28,6 @@ pub use error::ApiError;
 /// Response header naming the current leader's HOST:PORT.
 pub const LEADER_HEADER: &str = "x-ordo-leader";
 
-/// Largest node-to-node body (append batches, snapshot chunks).
-const MAX_RAFT_BODY_BYTES: usize = 64 * 1024 * 1024;
-
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -71,13 +68,31 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             tell_leader,
         ));
+    // Each node-to-node route with the body limit of its own largest legal request.
+    let limited = |limit: usize, route: axum::routing::MethodRouter<AppState>| {
+        route.layer(DefaultBodyLimit::max(limit))
+    };
     let raft = Router::new()
-        .route(APPEND_PATH, post(raft_rpc::append))
-        .route(VOTE_PATH, post(raft_rpc::vote))
-        .route(SNAPSHOT_PATH, post(raft_rpc::snapshot))
-        .route(forward::WRITE_PATH, post(raft_rpc::write))
-        .route(forward::READ_INDEX_PATH, post(raft_rpc::read_index))
-        .layer(DefaultBodyLimit::max(MAX_RAFT_BODY_BYTES));
+        .route(
+            APPEND_PATH,
+            limited(raft_rpc::BODY_LIMIT_APPEND, post(raft_rpc::append)),
+        )
+        .route(
+            VOTE_PATH,
+            limited(raft_rpc::BODY_LIMIT_VOTE, post(raft_rpc::vote)),
+        )
+        .route(
+            SNAPSHOT_PATH,
+            limited(raft_rpc::BODY_LIMIT_SNAPSHOT, post(raft_rpc::snapshot)),
+        )
+        .route(
+            forward::WRITE_PATH,
+            limited(raft_rpc::BODY_LIMIT_WRITE, post(raft_rpc::write)),
+        )
+        .route(
+            forward::READ_INDEX_PATH,
+            limited(raft_rpc::BODY_LIMIT_VOTE, post(raft_rpc::read_index)),
+        );
     api.merge(raft)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {

@@ -20,6 +20,10 @@ use crate::raft::Raft;
 const MAX_IN_FLIGHT: usize = 4;
 /// Commands per log entry, at most.
 const MAX_BATCH: usize = 256;
+/// Estimated encoded bytes per log entry, at most (a lone larger command still goes alone):
+/// an entry is never split across appends, and a follower must write and fsync a whole append
+/// within one heartbeat interval.
+const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Requests waiting to be batched before senders wait too.
 const QUEUE: usize = 4096;
 
@@ -72,10 +76,14 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, commit_timeout: Durati
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
+        let mut bytes = first.req.approx_encoded_len();
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    bytes += p.req.approx_encoded_len();
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }

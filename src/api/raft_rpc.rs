@@ -1,8 +1,13 @@
 //! The receiving side of node-to-node traffic, `codec` bodies in and out: Raft's own RPCs
 //! (append, vote, snapshot chunks) and ordo's internal leader routes (forwarded writes and
 //! read-index requests, see `forward`).
+//!
+//! Each route bounds its body twice: by size (`BODY_LIMIT_*`, 413 past it) and by what the
+//! decoded value may claim in memory (`decode_bounded`), so no byte sequence can make a node
+//! allocate more than a few times its largest legal request.
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -21,33 +26,60 @@ fn encoded<T: Serialize>(value: &T) -> Response {
     }
 }
 
-fn decoded<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    codec::decode(body).map_err(|e| ApiError::BadRequest(format!("undecodable RPC body: {e}")))
+/// Largest append body: a batch of entries (the sender keeps batches near `MAX_APPEND_BYTES`,
+/// but one entry is never split, and an entry may hold up to 256 of the largest orders).
+pub const BODY_LIMIT_APPEND: usize = 64 * 1024 * 1024;
+/// Largest snapshot chunk (openraft's chunk size plus the meta).
+pub const BODY_LIMIT_SNAPSHOT: usize = 16 * 1024 * 1024;
+/// Largest forwarded write: one order operation (~40 KB at the legal maximum).
+pub const BODY_LIMIT_WRITE: usize = 1024 * 1024;
+/// Largest vote request (a few log ids).
+pub const BODY_LIMIT_VOTE: usize = 64 * 1024;
+
+/// Decoded values may claim a few times their wire size (fixed-width integers are encoded
+/// as varints; containers claim their element size).
+const CLAIM_PER_BODY_BYTE: usize = 4;
+
+/// The body as a value of `T`, or the JSON error to answer: 413 past the route's body limit,
+/// 400 for anything undecodable.
+fn decoded<T: serde::de::DeserializeOwned, const CLAIM_LIMIT: usize>(
+    body: Result<Bytes, BytesRejection>,
+    body_limit: usize,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::BodyTooLarge(body_limit)
+        } else {
+            ApiError::BadRequest(rejection.body_text())
+        }
+    })?;
+    codec::decode_bounded::<T, CLAIM_LIMIT>(&body)
+        .map_err(|e| ApiError::BadRequest(format!("undecodable RPC body: {e}")))
 }
 
-pub async fn append(State(state): State<AppState>, body: Bytes) -> Response {
-    match decoded(&body) {
+pub async fn append(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    match decoded::<_, { BODY_LIMIT_APPEND * CLAIM_PER_BODY_BYTE }>(body, BODY_LIMIT_APPEND) {
         Ok(req) => encoded(&state.raft.append_entries(req).await),
         Err(e) => e.into_response(),
     }
 }
 
-pub async fn vote(State(state): State<AppState>, body: Bytes) -> Response {
-    match decoded(&body) {
+pub async fn vote(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    match decoded::<_, { BODY_LIMIT_VOTE * CLAIM_PER_BODY_BYTE }>(body, BODY_LIMIT_VOTE) {
         Ok(req) => encoded(&state.raft.vote(req).await),
         Err(e) => e.into_response(),
     }
 }
 
-pub async fn snapshot(State(state): State<AppState>, body: Bytes) -> Response {
-    match decoded(&body) {
+pub async fn snapshot(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    match decoded::<_, { BODY_LIMIT_SNAPSHOT * CLAIM_PER_BODY_BYTE }>(body, BODY_LIMIT_SNAPSHOT) {
         Ok(req) => encoded(&state.raft.install_snapshot(req).await),
         Err(e) => e.into_response(),
     }
 }
 
-pub async fn write(State(state): State<AppState>, body: Bytes) -> Response {
-    match decoded::<WriteRequest>(&body) {
+pub async fn write(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    match decoded::<WriteRequest, { BODY_LIMIT_WRITE * CLAIM_PER_BODY_BYTE }>(body, BODY_LIMIT_WRITE) {
         Ok(req) => {
             encoded(&write_as_leader(&state, req, Instant::now() + state.request_timeout).await)
         }

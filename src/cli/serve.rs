@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use crate::node::{self, NodeConfig};
+use crate::raft::network::DEFAULT_MAX_APPEND_BYTES;
 use crate::store::{Durability, DEFAULT_CACHE_CAPACITY_BYTES};
 
 #[derive(Debug, Args)]
@@ -48,6 +49,15 @@ pub struct ServeArgs {
     /// sled page cache in MiB.
     #[arg(long, default_value_t = DEFAULT_CACHE_CAPACITY_BYTES / (1024 * 1024))]
     pub cache_mib: u64,
+    /// Byte budget of one append to a follower, KiB: larger batches are cut (one entry is
+    /// always sent whole). Each append must be written and fsynced by the follower within
+    /// one heartbeat interval, openraft's timeout for it.
+    #[arg(long, default_value_t = (DEFAULT_MAX_APPEND_BYTES / 1024) as u64)]
+    pub max_append_kib: u64,
+    /// How long the leader waits for one snapshot chunk, ms; the last chunk's wait includes
+    /// the follower's install, which takes seconds for millions of orders.
+    #[arg(long, default_value_t = 60_000)]
+    pub install_snapshot_timeout_ms: u64,
     /// UNSAFE: acknowledge log appends before fsync. A crash can lose acknowledged orders.
     #[arg(long)]
     pub unsafe_no_fsync: bool,
@@ -87,6 +97,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         snapshot_every_logs: args.snapshot_every_logs,
         cache_capacity_bytes: args.cache_mib * 1024 * 1024,
+        max_append_bytes: (args.max_append_kib.max(1) * 1024) as usize,
+        install_snapshot_timeout_ms: args.install_snapshot_timeout_ms,
         durability: if args.unsafe_no_fsync {
             Durability::UnsafeNoFsync
         } else {

@@ -30,6 +30,21 @@ pub enum OrderOp {
     },
 }
 
+impl OrderOp {
+    /// An upper estimate of the operation's encoded size in bytes, without encoding it: what
+    /// the proposer weighs batches by.
+    pub fn approx_encoded_len(&self) -> usize {
+        match self {
+            OrderOp::Create(new) => {
+                // Per item: the sku with its length, a varint quantity and price.
+                let items: usize = new.items.iter().map(|i| i.sku.len() + 16).sum();
+                16 + new.customer_id.len() + new.note.as_ref().map_or(0, String::len) + items
+            }
+            OrderOp::SetStatus { .. } => 32,
+        }
+    }
+}
+
 /// One entry of the Raft log: an operation stamped by the proposing leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderCommand {

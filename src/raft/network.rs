@@ -5,11 +5,19 @@
 //! openraft back off from a dead peer instead of hammering it, for `unreachable_retry` between
 //! attempts: openraft's default of 500 ms is longer than a restarted peer waits before it
 //! campaigns itself, so the peer would depose a healthy leader with a stale log.
+//!
+//! Appends are bounded in bytes, not only in entries: openraft 0.9 gives every AppendEntries
+//! (heartbeats included) a timeout of one heartbeat interval, so a lagging follower sent
+//! hundreds of large entries at once times out on every try and never catches up. A batch
+//! whose encoding passes `max_append_bytes` is refused here with `PayloadTooLarge` and a hint
+//! of how many entries fit, which makes openraft send smaller batches; so is a batch the peer
+//! answers 413 to. One entry is always sent, however large.
 
 use std::time::Duration;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -33,13 +41,23 @@ pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
 pub struct PeerNetwork {
     http: reqwest::Client,
     unreachable_retry: Duration,
+    max_append_bytes: usize,
 }
+
+/// The default byte budget of one AppendEntries body: small enough that a follower decodes,
+/// writes and fsyncs it well inside one heartbeat interval on a slow disk.
+pub const DEFAULT_MAX_APPEND_BYTES: usize = 1024 * 1024;
+
+/// The most memory a peer's answer may claim when decoded (answers are a few log ids, or one
+/// order outcome).
+const ANSWER_CLAIM_LIMIT: usize = 4 * 1024 * 1024;
 
 impl PeerNetwork {
     /// `unreachable_retry`: the pause before trying an unreachable peer again; keep it well
     /// under the election timeout, so a peer that comes back hears from the leader before it
     /// would start an election of its own.
-    pub fn new(unreachable_retry: Duration) -> Self {
+    /// `max_append_bytes`: the encoded size past which an append batch is cut (see above).
+    pub fn new(unreachable_retry: Duration, max_append_bytes: usize) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30))
@@ -49,6 +67,7 @@ impl PeerNetwork {
         PeerNetwork {
             http,
             unreachable_retry,
+            max_append_bytes,
         }
     }
 }
@@ -62,6 +81,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             base: format!("http://{}", node.addr),
             unreachable_retry: self.unreachable_retry,
+            max_append_bytes: self.max_append_bytes,
         }
     }
 }
@@ -72,27 +92,35 @@ pub struct PeerClient {
     target: NodeId,
     base: String,
     unreachable_retry: Duration,
+    max_append_bytes: usize,
 }
 
 /// Why a call to a peer failed before an answer of the peer's own came back.
 enum CallError {
     Unreachable(Unreachable),
     Network(NetworkError),
+    /// The peer answered 413: the body passed its limit for this route.
+    TooLarge,
+}
+
+/// How many of `entries` entries to send instead of a batch of `bytes` encoded bytes, to stay
+/// under `budget`: proportional, with a margin, and never less than one.
+fn entries_that_fit(entries: usize, bytes: usize, budget: usize) -> u64 {
+    let fit = (entries as u128 * budget as u128 * 9 / 10) / (bytes.max(1) as u128);
+    (fit as u64).clamp(1, entries.saturating_sub(1).max(1) as u64)
 }
 
 impl PeerClient {
-    async fn call<Req, Resp, E>(
+    async fn call<Resp, E>(
         &self,
         path: &str,
-        req: &Req,
+        body: Vec<u8>,
         ttl: Duration,
     ) -> Result<Result<Resp, E>, CallError>
     where
-        Req: Serialize,
         Resp: DeserializeOwned,
         E: DeserializeOwned,
     {
-        let body = codec::encode(req).map_err(|e| CallError::Network(NetworkError::new(&e)))?;
         let resp = self
             .http
             .post(format!("{}{}", self.base, path))
@@ -108,6 +136,9 @@ impl PeerClient {
                     CallError::Network(NetworkError::new(&e))
                 }
             })?;
+        if resp.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
+            return Err(CallError::TooLarge);
+        }
         if !resp.status().is_success() {
             let msg = format!("peer {} answered HTTP {}", self.target, resp.status());
             return Err(CallError::Network(NetworkError::new(
@@ -118,31 +149,45 @@ impl PeerClient {
             .bytes()
             .await
             .map_err(|e| CallError::Network(NetworkError::new(&e)))?;
-        codec::decode::<Result<Resp, E>>(&bytes)
+        codec::decode_bounded::<Result<Resp, E>, ANSWER_CLAIM_LIMIT>(&bytes)
             .map_err(|e| CallError::Network(NetworkError::new(&e)))
     }
 
-    async fn rpc<Req, Resp, E>(
+    /// Sends an encoded request; `too_large` is the error to report when the peer answers 413.
+    async fn rpc<Resp, E>(
         &self,
         path: &str,
-        req: &Req,
+        body: Vec<u8>,
         option: &RPCOption,
+        too_large: impl FnOnce() -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>>,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
-        Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
         match self
-            .call::<Req, Resp, RaftError<NodeId, E>>(path, req, option.hard_ttl())
+            .call::<Resp, RaftError<NodeId, E>>(path, body, option.hard_ttl())
             .await
         {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
             Err(CallError::Unreachable(e)) => Err(RPCError::Unreachable(e)),
             Err(CallError::Network(e)) => Err(RPCError::Network(e)),
+            Err(CallError::TooLarge) => Err(too_large()),
         }
     }
+}
+
+fn encoded<T: Serialize, E: std::error::Error>(
+    req: &T,
+) -> Result<Vec<u8>, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
+    codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))
+}
+
+fn network_error<E: std::error::Error>(
+    msg: String,
+) -> RPCError<NodeId, BasicNode, RaftError<NodeId, E>> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(msg)))
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
@@ -151,7 +196,32 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.rpc(APPEND_PATH, &rpc, &option).await
+        let entries = rpc.entries.len();
+        let body = encoded(&rpc)?;
+        if entries > 1 && body.len() > self.max_append_bytes {
+            let hint = entries_that_fit(entries, body.len(), self.max_append_bytes);
+            tracing::debug!(
+                target = self.target,
+                entries,
+                bytes = body.len(),
+                hint,
+                "append batch over the byte budget; asking for a smaller one"
+            );
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(hint),
+            ));
+        }
+        let target = self.target;
+        self.rpc(APPEND_PATH, body, &option, || {
+            if entries > 1 {
+                RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(
+                    (entries / 2) as u64,
+                ))
+            } else {
+                network_error(format!("peer {target} refused one log entry as too large"))
+            }
+        })
+        .await
     }
 
     async fn install_snapshot(
@@ -162,7 +232,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.rpc(SNAPSHOT_PATH, &rpc, &option).await
+        let target = self.target;
+        self.rpc(SNAPSHOT_PATH, encoded(&rpc)?, &option, || {
+            network_error(format!("peer {target} refused a snapshot chunk as too large"))
+        })
+        .await
     }
 
     async fn vote(
@@ -170,10 +244,82 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.rpc(VOTE_PATH, &rpc, &option).await
+        let target = self.target;
+        self.rpc(VOTE_PATH, encoded(&rpc)?, &option, || {
+            network_error(format!("peer {target} refused a vote request as too large"))
+        })
+        .await
     }
 
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(self.unreachable_retry))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_over_budget_is_cut_in_proportion_but_never_to_nothing() {
+        // 256 entries of 40 KB against a 1 MiB budget: about 23 fit.
+        assert_eq!(entries_that_fit(256, 256 * 40_000, 1 << 20), 23);
+        // One huge entry among two: send it alone.
+        assert_eq!(entries_that_fit(2, 100 << 20, 1 << 20), 1);
+        // Barely over: still strictly fewer than before, so openraft makes progress.
+        assert_eq!(entries_that_fit(10, (1 << 20) + 1, 1 << 20), 8);
+        assert!(entries_that_fit(2, 3 << 20, 4 << 20) < 2);
+    }
+
+    #[tokio::test]
+    async fn an_append_over_the_byte_budget_asks_for_fewer_entries_before_sending() {
+        use openraft::{CommittedLeaderId, EntryPayload, LogId};
+        let mut factory = PeerNetwork::new(Duration::from_millis(10), 64 * 1024);
+        // Port 9 (discard) on loopback: nothing is sent if the budget check works; if it
+        // did not, the call would fail with a connection error instead.
+        let mut client = factory
+            .new_client(2, &BasicNode::new("127.0.0.1:9"))
+            .await;
+        let leader = CommittedLeaderId::new(1, 1);
+        use crate::order::{CommandBatch, LineItem, NewOrder, OrderCommand, OrderOp};
+        let item = LineItem {
+            sku: "s".repeat(64),
+            quantity: 1,
+            unit_price_cents: 1,
+        };
+        let order = NewOrder {
+            customer_id: "c".into(),
+            items: vec![item; 100],
+            note: None,
+        };
+        let command = OrderCommand {
+            op: OrderOp::Create(order),
+            idempotency_key: None,
+            stamped_at_ms: 0,
+        };
+        // About 8 x 7 KB per entry, 20 entries: ~1.1 MB against a 64 KiB budget.
+        let big = CommandBatch {
+            commands: vec![command; 8],
+        };
+        let entries = (1..=20)
+            .map(|i| crate::raft::Entry {
+                log_id: LogId::new(leader, i),
+                payload: EntryPayload::Normal(big.clone()),
+            })
+            .collect::<Vec<_>>();
+        let req = AppendEntriesRequest {
+            vote: openraft::Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries,
+        };
+        let option = RPCOption::new(Duration::from_millis(500));
+        match client.append_entries(req, option).await {
+            Err(RPCError::PayloadTooLarge(p)) => {
+                let hint = p.entries_hint();
+                assert!((1..20).contains(&hint), "hint {hint}");
+            }
+            other => panic!("expected PayloadTooLarge, got {other:?}"),
+        }
     }
 }
