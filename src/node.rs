@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -16,6 +15,7 @@ use tokio::time::Instant;
 use crate::api::forward::{read_index_as_leader, read_index_from_leader};
 use crate::api::proposer::Proposer;
 use crate::api::read_index::ReadIndexBatcher;
+use crate::api::server::ServerLimits;
 use crate::api::{self, AppState};
 use crate::raft::network::PeerNetwork;
 use crate::raft::{NodeId, Raft};
@@ -39,6 +39,8 @@ pub struct NodeConfig {
     pub max_append_bytes: usize,
     pub install_snapshot_timeout_ms: u64,
     pub durability: Durability,
+    /// Read timeouts, connection cap and shutdown grace of the HTTP listener.
+    pub server_limits: ServerLimits,
 }
 
 impl NodeConfig {
@@ -90,15 +92,9 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     .context("starting raft")?;
 
     // Listen before forming the cluster, so peers can reach this node as soon as it votes.
-    // Small request/response pairs (Raft RPCs, forwarded writes): never let Nagle hold one back.
     let listener = TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("binding {}", config.listen))?
-        .tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection");
-            }
-        });
+        .with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(id = config.id, listen = %config.listen, "node serving");
 
     if !raft.is_initialized().await? {
@@ -138,15 +134,24 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         request_timeout: config.request_timeout,
         quorum_stale_after: Duration::from_millis((config.election_timeout_max_ms * 2).max(1000)),
     };
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
-
-    tracing::info!("shutting down raft");
-    if let Err(e) = raft.shutdown().await {
-        tracing::warn!(error = %e, "raft shutdown");
-    }
+    // On SIGTERM Raft stops first: a leader that keeps heartbeating while its HTTP server
+    // drains holds the whole cluster's writes hostage to its slowest client. Once Raft is
+    // down the followers elect a new leader, and requests still here fail fast.
+    let stop_raft_first = async {
+        shutdown_signal().await;
+        tracing::info!("stopping raft, then the HTTP server");
+        if let Err(e) = raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    };
+    api::server::serve(
+        listener,
+        api::router(state),
+        config.server_limits,
+        stop_raft_first,
+    )
+    .await;
+    tracing::info!("node stopped");
     Ok(())
 }
 

@@ -478,7 +478,12 @@ const HOSTILE_LENGTH_PREFIX: [u8; 11] = [1, 0x00, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0x4
 async fn random_bytes_to_node_routes_never_take_a_node_down(cluster: &TestCluster) {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x04d0);
-    let routes = ["/raft/append", "/raft/vote", "/raft/snapshot", "/raft/write"];
+    let routes = [
+        "/raft/append",
+        "/raft/vote",
+        "/raft/snapshot",
+        "/raft/write",
+    ];
     for node in cluster.ids() {
         for path in routes {
             for _ in 0..60 {

@@ -316,3 +316,88 @@ async fn sigterm_stops_a_node_cleanly() {
     cluster.wait_for_leader(&survivors).await;
     create_until_acked(&cluster, &survivors, "s", "s-2").await;
 }
+
+/// A leader told to stop while a client's upload is stalled must not hold the cluster's
+/// writes hostage: Raft stops first, the followers elect, and writes go on while the old
+/// leader is still draining its HTTP server. Then the stalled client cannot keep it alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_leader_with_a_stalled_upload_hands_over_at_once() {
+    use std::io::Write;
+    // A long grace and read timeout, so the old leader is provably still up (draining)
+    // when the survivors acknowledge a write.
+    let args = [
+        "--shutdown-grace-ms",
+        "600000",
+        "--read-timeout-ms",
+        "600000",
+    ];
+    let mut cluster = TestCluster::new(
+        std::path::Path::new(BIN),
+        3,
+        None,
+        args.iter().map(|s| s.to_string()).collect(),
+    );
+    cluster.start_all().await;
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    create_until_acked(&cluster, &[leader], "t", "t-1").await;
+
+    // Half an upload, then silence.
+    let addr = cluster.nodes[&leader].addr.clone();
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    stalled
+        .write_all(
+            b"POST /api/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 1000\r\n\r\n{\"customer_id\": \"slo",
+        )
+        .unwrap();
+
+    cluster.terminate(leader);
+    let survivors: Vec<u64> = cluster.ids().into_iter().filter(|n| *n != leader).collect();
+    cluster.wait_for_leader(&survivors).await;
+    create_until_acked(&cluster, &survivors, "t", "t-2").await;
+    assert!(
+        !cluster.has_exited(leader),
+        "the old leader should still be draining the stalled request"
+    );
+
+    // The stalled client goes away: nothing else holds the old leader.
+    drop(stalled);
+    cluster.wait_stopped(leader).await;
+    let orders = all_orders(&cluster, survivors[0], false).await;
+    assert_eq!(notes(&orders), vec!["t-1", "t-2"]);
+}
+
+/// A client that stops halfway through a request head or body is cut off after the read
+/// timeout instead of holding its connection (and a shutdown) forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_heads_and_bodies_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let args = ["--read-timeout-ms", "500"];
+    let mut cluster = TestCluster::new(
+        std::path::Path::new(BIN),
+        1,
+        None,
+        args.iter().map(|s| s.to_string()).collect(),
+    );
+    cluster.start_all().await;
+    let addr = cluster.nodes[&1].addr.clone();
+    let head = "POST /api/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n";
+    let with_body = format!("{head}Content-Length: 1000\r\n\r\n{{\"customer_id\": \"slo");
+    for partial in [head.to_string(), with_body] {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        conn.write_all(partial.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        // Ends when the server closes the connection; a 4xx may come first.
+        tokio::time::timeout(DEADLINE, conn.read_to_end(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("connection still open after {DEADLINE:?}: {partial:?}"))
+            .ok();
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.is_empty() || text.starts_with("HTTP/1.1 4"),
+            "{partial:?} got {text}"
+        );
+    }
+    // And the node still serves.
+    create_until_acked(&cluster, &[1], "t", "after-stalls").await;
+}

@@ -11,6 +11,7 @@ pub mod orders;
 pub mod proposer;
 pub mod raft_rpc;
 pub mod read_index;
+pub mod server;
 
 use std::time::Duration;
 

@@ -57,7 +57,10 @@ fn decoded<T: serde::de::DeserializeOwned, const CLAIM_LIMIT: usize>(
         .map_err(|e| ApiError::BadRequest(format!("undecodable RPC body: {e}")))
 }
 
-pub async fn append(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn append(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     match decoded::<_, { BODY_LIMIT_APPEND * CLAIM_PER_BODY_BYTE }>(body, BODY_LIMIT_APPEND) {
         Ok(req) => encoded(&state.raft.append_entries(req).await),
         Err(e) => e.into_response(),
@@ -71,7 +74,10 @@ pub async fn vote(State(state): State<AppState>, body: Result<Bytes, BytesReject
     }
 }
 
-pub async fn snapshot(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn snapshot(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     match decoded::<_, { BODY_LIMIT_SNAPSHOT * CLAIM_PER_BODY_BYTE }>(body, BODY_LIMIT_SNAPSHOT) {
         Ok(req) => encoded(&state.raft.install_snapshot(req).await),
         Err(e) => e.into_response(),
@@ -79,7 +85,10 @@ pub async fn snapshot(State(state): State<AppState>, body: Result<Bytes, BytesRe
 }
 
 pub async fn write(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    match decoded::<WriteRequest, { BODY_LIMIT_WRITE * CLAIM_PER_BODY_BYTE }>(body, BODY_LIMIT_WRITE) {
+    match decoded::<WriteRequest, { BODY_LIMIT_WRITE * CLAIM_PER_BODY_BYTE }>(
+        body,
+        BODY_LIMIT_WRITE,
+    ) {
         Ok(req) => {
             encoded(&write_as_leader(&state, req, Instant::now() + state.request_timeout).await)
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 
+use crate::api::server::ServerLimits;
 use crate::node::{self, NodeConfig};
 use crate::raft::network::DEFAULT_MAX_APPEND_BYTES;
 use crate::store::{Durability, DEFAULT_CACHE_CAPACITY_BYTES};
@@ -58,6 +59,15 @@ pub struct ServeArgs {
     /// the follower's install, which takes seconds for millions of orders.
     #[arg(long, default_value_t = 60_000)]
     pub install_snapshot_timeout_ms: u64,
+    /// How long a client may take to send a request's head, and again its body, ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub read_timeout_ms: u64,
+    /// Connections served at once; more are closed at accept.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// On SIGTERM, how long requests in flight may still finish, ms.
+    #[arg(long, default_value_t = 5_000)]
+    pub shutdown_grace_ms: u64,
     /// UNSAFE: acknowledge log appends before fsync. A crash can lose acknowledged orders.
     #[arg(long)]
     pub unsafe_no_fsync: bool,
@@ -99,6 +109,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         cache_capacity_bytes: args.cache_mib * 1024 * 1024,
         max_append_bytes: (args.max_append_kib.max(1) * 1024) as usize,
         install_snapshot_timeout_ms: args.install_snapshot_timeout_ms,
+        server_limits: ServerLimits {
+            header_read_timeout: Duration::from_millis(args.read_timeout_ms),
+            body_read_timeout: Duration::from_millis(args.read_timeout_ms),
+            max_connections: args.max_connections.max(1),
+            shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+        },
         durability: if args.unsafe_no_fsync {
             Durability::UnsafeNoFsync
         } else {

@@ -214,9 +214,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let target = self.target;
         self.rpc(APPEND_PATH, body, &option, || {
             if entries > 1 {
-                RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(
-                    (entries / 2) as u64,
-                ))
+                RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint((entries / 2) as u64))
             } else {
                 network_error(format!("peer {target} refused one log entry as too large"))
             }
@@ -234,7 +232,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     > {
         let target = self.target;
         self.rpc(SNAPSHOT_PATH, encoded(&rpc)?, &option, || {
-            network_error(format!("peer {target} refused a snapshot chunk as too large"))
+            network_error(format!(
+                "peer {target} refused a snapshot chunk as too large"
+            ))
         })
         .await
     }
@@ -277,9 +277,7 @@ mod tests {
         let mut factory = PeerNetwork::new(Duration::from_millis(10), 64 * 1024);
         // Port 9 (discard) on loopback: nothing is sent if the budget check works; if it
         // did not, the call would fail with a connection error instead.
-        let mut client = factory
-            .new_client(2, &BasicNode::new("127.0.0.1:9"))
-            .await;
+        let mut client = factory.new_client(2, &BasicNode::new("127.0.0.1:9")).await;
         let leader = CommittedLeaderId::new(1, 1);
         use crate::order::{CommandBatch, LineItem, NewOrder, OrderCommand, OrderOp};
         let item = LineItem {

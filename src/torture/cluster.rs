@@ -112,6 +112,14 @@ impl ProcessCluster {
         self.nodes[&id].child.is_some()
     }
 
+    /// True once node `id`'s process has exited (it is reaped by `wait_stopped` or on drop).
+    pub fn has_exited(&mut self, id: u64) -> bool {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        node.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+
     /// Adds node `id` on a free loopback port, started with no peers (to join as a learner).
     pub fn add_node(&mut self, id: u64) {
         let node = ClusterNode::new(self.dir.path(), id, format!("127.0.0.1:{}", free_port()));
@@ -192,7 +200,18 @@ impl ProcessCluster {
 
     /// SIGTERM, and wait (bounded) for a clean exit; panics if it does not exit cleanly.
     pub async fn stop(&mut self, id: u64) {
+        self.terminate(id);
+        self.wait_stopped(id).await;
+    }
+
+    /// SIGTERM only.
+    pub fn terminate(&self, id: u64) {
         self.signal(id, libc::SIGTERM);
+    }
+
+    /// Waits (bounded) until node `id` has exited, and reaps it; panics unless it exited
+    /// cleanly within the deadline.
+    pub async fn wait_stopped(&mut self, id: u64) {
         let deadline = Instant::now() + DEADLINE;
         let child = self.nodes.get_mut(&id).unwrap().child.as_mut().unwrap();
         loop {
