@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::api::forward::{read_index_as_leader, read_index_from_leader};
 use crate::api::proposer::Proposer;
+use crate::api::raft_rpc::ElectionHold;
 use crate::api::read_index::ReadIndexBatcher;
 use crate::api::server::ServerLimits;
 use crate::api::{self, AppState};
@@ -133,6 +134,10 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         http,
         request_timeout: config.request_timeout,
         quorum_stale_after: Duration::from_millis((config.election_timeout_max_ms * 2).max(1000)),
+        election_hold: ElectionHold::new(
+            raft.clone(),
+            Duration::from_millis(config.election_timeout_max_ms),
+        ),
     };
     // On SIGTERM Raft stops first: a leader that keeps heartbeating while its HTTP server
     // drains holds the whole cluster's writes hostage to its slowest client. Once Raft is

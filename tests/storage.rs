@@ -414,3 +414,46 @@ proptest! {
         })?;
     }
 }
+
+/// openraft 0.9 purges the log up to a received snapshot before the state machine has
+/// installed it. A crash in between must not leave a log that starts after the state machine
+/// ends: while a snapshot comes in, the purge stops at what the state machine has applied.
+#[test]
+fn a_purge_during_a_snapshot_install_never_passes_the_state_machine() {
+    let dir = TempDir::new().unwrap();
+    rt().block_on(async {
+        let (mut log, mut sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
+        let entries: Vec<Entry> = (1..=150)
+            .map(|i| entry(i, create("c", None, i as i64)))
+            .collect();
+        log.blocking_append(entries.clone()).await.unwrap();
+        sm.apply(entries[..100].to_vec()).await.unwrap();
+
+        // A snapshot at 140 starts coming in; openraft purges up to it at once.
+        let _incoming = sm.begin_receiving_snapshot().await.unwrap();
+        log.purge(log_id(1, 140)).await.unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 100)));
+        assert_eq!(log.try_get_log_entries(101..151).await.unwrap().len(), 50);
+
+        // Crash before the install: what the state machine lacks is still in the log.
+        drop((log, sm, _incoming));
+        let (mut log, mut sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
+        let (applied, _) = sm.applied_state().await.unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(applied, Some(log_id(1, 100)));
+        assert!(state.last_purged_log_id <= applied);
+        let next = log.try_get_log_entries(101..102).await.unwrap();
+        assert_eq!(
+            next.len(),
+            1,
+            "the entry after the state machine is still there"
+        );
+
+        // Outside an install, a purge goes as far as asked.
+        sm.apply(entries[100..].to_vec()).await.unwrap();
+        log.purge(log_id(1, 140)).await.unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 140)));
+    });
+}

@@ -47,6 +47,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// A leader that has not heard from a quorum for this long refuses writes with 503.
     pub quorum_stale_after: Duration,
+    /// No campaigning while a snapshot from the leader is coming in (see `raft_rpc`).
+    pub election_hold: std::sync::Arc<raft_rpc::ElectionHold>,
 }
 
 /// All routes of a node.

@@ -11,6 +11,9 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use serde::Serialize;
 use tokio::time::Instant;
 
@@ -79,8 +82,67 @@ pub async fn snapshot(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match decoded::<_, { BODY_LIMIT_SNAPSHOT * CLAIM_PER_BODY_BYTE }>(body, BODY_LIMIT_SNAPSHOT) {
-        Ok(req) => encoded(&state.raft.install_snapshot(req).await),
+        Ok(req) => {
+            let _hold = state.election_hold.enter();
+            encoded(&state.raft.install_snapshot(req).await)
+        }
         Err(e) => e.into_response(),
+    }
+}
+
+/// Keeps this node from campaigning while it receives or installs a snapshot from a leader.
+///
+/// openraft 0.9's follower hears nothing from the leader while it installs the last chunk
+/// (seconds for a big store), so its election timer fires and its campaign deposes a healthy
+/// leader, whose transfer then starts over. A node being sent a snapshot knows a leader is
+/// alive; it may campaign again `grace` after the last chunk is done, by which time the
+/// leader's next append has reset its timer.
+pub struct ElectionHold {
+    raft: crate::raft::Raft,
+    grace: std::time::Duration,
+    active: AtomicUsize,
+    /// Bumped on every `enter`, so a re-enable timer of an older hold does nothing.
+    generation: AtomicU64,
+}
+
+impl ElectionHold {
+    pub fn new(raft: crate::raft::Raft, grace: std::time::Duration) -> Arc<ElectionHold> {
+        Arc::new(ElectionHold {
+            raft,
+            grace,
+            active: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    fn enter(self: &Arc<Self>) -> HoldGuard {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if self.active.fetch_add(1, Ordering::SeqCst) == 0 {
+            tracing::debug!("receiving a snapshot: elections held");
+        }
+        self.raft.runtime_config().elect(false);
+        HoldGuard(self.clone())
+    }
+}
+
+struct HoldGuard(Arc<ElectionHold>);
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        let hold = self.0.clone();
+        if hold.active.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return;
+        }
+        let generation = hold.generation.load(Ordering::SeqCst);
+        tokio::spawn(async move {
+            tokio::time::sleep(hold.grace).await;
+            if hold.active.load(Ordering::SeqCst) == 0
+                && hold.generation.load(Ordering::SeqCst) == generation
+            {
+                hold.raft.runtime_config().elect(true);
+                tracing::debug!("snapshot done: elections allowed again");
+            }
+        });
     }
 }
 

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 
-use super::{Durability, StoreError};
+use super::{AppliedFloor, Durability, StoreError};
 use crate::codec;
 use crate::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
 
@@ -79,10 +79,16 @@ pub struct LogStore {
     raft: sled::Tree,
     durability: Durability,
     flusher: Option<(mpsc::Sender<LogFlushed<TypeConfig>>, JoinHandle<()>)>,
+    /// While a snapshot comes in, purges stop at what the state machine covers.
+    floor: std::sync::Arc<AppliedFloor>,
 }
 
 impl LogStore {
-    pub(super) fn open(db: sled::Db, durability: Durability) -> Result<LogStore, StoreError> {
+    pub(super) fn open(
+        db: sled::Db,
+        durability: Durability,
+        floor: std::sync::Arc<AppliedFloor>,
+    ) -> Result<LogStore, StoreError> {
         let log = db.open_tree("log")?;
         let raft = db.open_tree("raft")?;
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
@@ -96,6 +102,7 @@ impl LogStore {
             raft,
             durability,
             flusher: Some((tx, handle)),
+            floor,
         })
     }
 
@@ -131,6 +138,14 @@ impl LogStore {
             last_purged_log_id: last_purged,
             last_log_id: last,
         })
+    }
+
+    /// The log id of the entry at `index`, if the log still holds it.
+    fn entry_log_id(&self, index: u64) -> Result<Option<LogId>, StoreError> {
+        match self.reader.log.get(index_key(index))? {
+            Some(v) => Ok(Some(codec::decode::<Entry>(&v)?.log_id)),
+            None => Ok(None),
+        }
     }
 
     /// Removes entries `from..=to_inclusive` (to the end with `None`) in small batches: one
@@ -277,12 +292,39 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // The state machine shares this database and is not flushed per apply. Flushing here
-        // makes its state (at or past this log id, since a snapshot covers it) durable before
-        // the entries that could rebuild it are gone.
+        // makes its state durable before the entries that could rebuild it are gone; read
+        // the limit first, so what it allows is covered by this flush. See `AppliedFloor`.
+        let limit = self.floor.purge_limit();
         self.flush().await.map_err(StoreError::into_write)?;
-        self.write_meta(KEY_LAST_PURGED, &log_id)
+        let upto = match limit {
+            None => log_id,
+            Some(Some(applied)) if applied >= log_id.index => log_id,
+            Some(applied) => {
+                let held = match applied {
+                    Some(a) => self.entry_log_id(a).map_err(StoreError::into_write)?,
+                    None => None,
+                };
+                tracing::info!(
+                    asked = log_id.index,
+                    applied = ?applied,
+                    purged = ?held.map(|l| l.index),
+                    "snapshot install under way: log purge held at what the state machine covers"
+                );
+                match held {
+                    Some(l) => l,
+                    None => return Ok(()),
+                }
+            }
+        };
+        let last_purged: Option<LogId> = self
+            .read_meta(KEY_LAST_PURGED)
             .map_err(StoreError::into_write)?;
-        self.remove_range(0, Some(log_id.index))
+        if last_purged.is_some_and(|p| p.index >= upto.index) {
+            return Ok(());
+        }
+        self.write_meta(KEY_LAST_PURGED, &upto)
+            .map_err(StoreError::into_write)?;
+        self.remove_range(0, Some(upto.index))
             .map_err(StoreError::into_write)
     }
 }

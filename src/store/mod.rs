@@ -14,6 +14,8 @@ mod snapshot_view;
 mod state_machine;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 pub use error::StoreError;
 pub use log_store::{LogReader, LogStore};
@@ -50,6 +52,40 @@ impl StoreConfig {
     }
 }
 
+/// How far the state machine covers the log while a snapshot comes in: the log store never
+/// purges past what the state machine has applied and committed to sled then.
+///
+/// openraft 0.9 purges the log as soon as it hands a received snapshot to the state machine,
+/// before the install is done; a crash then would leave a log that starts after the state
+/// machine ends. From the first chunk received until the install is done, purges stop at the
+/// state machine's applied index, and the rest goes with the next purge. (Outside installs
+/// openraft purges only what a snapshot covers, which is never past the applied index.)
+#[derive(Debug, Default)]
+pub(crate) struct AppliedFloor {
+    /// The last applied index + 1 (0: nothing applied).
+    applied: AtomicU64,
+    receiving: AtomicBool,
+}
+
+impl AppliedFloor {
+    /// The highest index a purge may remove now: `None` for no limit, `Some(None)` when
+    /// nothing may go.
+    fn purge_limit(&self) -> Option<Option<u64>> {
+        self.receiving
+            .load(Ordering::SeqCst)
+            .then(|| self.applied.load(Ordering::SeqCst).checked_sub(1))
+    }
+
+    fn set_applied(&self, index: Option<u64>) {
+        self.applied
+            .store(index.map_or(0, |i| i + 1), Ordering::SeqCst);
+    }
+
+    fn set_receiving(&self, receiving: bool) {
+        self.receiving.store(receiving, Ordering::SeqCst);
+    }
+}
+
 /// Opens (or creates) a node's store: the Raft log and the order state machine over one sled
 /// database. A state machine left half-way through a snapshot install is finished here.
 pub fn open(config: &StoreConfig) -> Result<(LogStore, StateMachineStore), StoreError> {
@@ -58,8 +94,9 @@ pub fn open(config: &StoreConfig) -> Result<(LogStore, StateMachineStore), Store
         .path(config.dir.join("sled"))
         .cache_capacity(config.cache_capacity_bytes)
         .open()?;
-    let log = LogStore::open(db.clone(), config.durability)?;
-    let sm = StateMachineStore::open(db, config.dir.join("snapshots"))?;
+    let floor = Arc::new(AppliedFloor::default());
+    let sm = StateMachineStore::open(db.clone(), config.dir.join("snapshots"), floor.clone())?;
+    let log = LogStore::open(db, config.durability, floor)?;
     Ok((log, sm))
 }
 

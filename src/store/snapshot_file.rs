@@ -19,6 +19,9 @@ use crate::raft::SnapshotMeta;
 const MAGIC: &[u8; 8] = b"ORDOSNAP";
 const END_MARKER: u32 = u32::MAX;
 const CURRENT: &str = "current.snap";
+/// No key or value of the state machine comes near this; a larger length in a file is
+/// corruption (or a hostile sender), not a reason to allocate it.
+const MAX_RECORD_BYTES: u32 = 64 * 1024 * 1024;
 
 /// The snapshot directory of one node.
 pub(super) struct SnapshotDir {
@@ -89,7 +92,22 @@ impl SnapshotDir {
         Ok(())
     }
 
+    /// The current snapshot's meta and file, read from one open file so the two always match
+    /// (a snapshot published between reading the meta and opening the file would not).
+    pub fn open_current(&self) -> Result<Option<(SnapshotMeta, File)>, StoreError> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = match File::open(self.current_path()) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let meta = read_header(&mut BufReader::new(&mut file))?;
+        file.seek(SeekFrom::Start(0))?;
+        Ok(Some((meta, file)))
+    }
+
     /// The current snapshot's meta, if there is one.
+    #[cfg(test)]
     pub fn current_meta(&self) -> Result<Option<SnapshotMeta>, StoreError> {
         let _guard = self.publish_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.read_current_meta()
@@ -139,6 +157,11 @@ fn read_len(r: &mut impl Read) -> Result<u32, StoreError> {
 }
 
 fn read_chunk(r: &mut impl Read, len: u32) -> Result<Vec<u8>, StoreError> {
+    if len > MAX_RECORD_BYTES {
+        return Err(StoreError::Corrupt(format!(
+            "snapshot record of {len} bytes (at most {MAX_RECORD_BYTES})"
+        )));
+    }
     let mut buf = vec![0u8; len as usize];
     r.read_exact(&mut buf)?;
     Ok(buf)

@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use super::overlay::Overlay;
 use super::snapshot_file::{self, SnapshotDir};
 use super::snapshot_view::{DumpGuard, SnapshotView};
-use super::StoreError;
+use super::{AppliedFloor, StoreError};
 use crate::codec;
 use crate::order::{
     create_order, transition, CommandOutcome, Order, OrderCommand, OrderOp, OrderStatus, Rejection,
@@ -321,12 +321,18 @@ pub struct StateMachineStore {
     reader: OrderReader,
     snapshots: Arc<SnapshotDir>,
     view: Arc<SnapshotView>,
+    /// Shared with the log store: how far this state machine covers the log.
+    floor: Arc<AppliedFloor>,
+    /// Files being received from the leader (`begin_receiving_snapshot`), found again by
+    /// inode when openraft hands one back to `install_snapshot`.
+    receiving: Arc<std::sync::Mutex<Vec<PathBuf>>>,
 }
 
 impl StateMachineStore {
     pub(super) fn open(
         db: sled::Db,
         snapshot_dir: PathBuf,
+        floor: Arc<AppliedFloor>,
     ) -> Result<StateMachineStore, StoreError> {
         let sm = db.open_tree("sm")?;
         let raft = db.open_tree("raft")?;
@@ -340,6 +346,8 @@ impl StateMachineStore {
             },
             snapshots,
             view: Arc::new(SnapshotView::default()),
+            floor,
+            receiving: Default::default(),
         };
         if store.raft.get(K_INSTALLING)?.is_some() {
             tracing::warn!(
@@ -347,6 +355,8 @@ impl StateMachineStore {
             );
             store.load_current_snapshot()?;
         }
+        let (applied, _) = store.applied_state_sync()?;
+        store.floor.set_applied(applied.map(|l| l.index));
         Ok(store)
     }
 
@@ -368,6 +378,8 @@ impl StateMachineStore {
             reader: self.reader.clone(),
             snapshots: self.snapshots.clone(),
             view: self.view.clone(),
+            floor: self.floor.clone(),
+            receiving: self.receiving.clone(),
         }
     }
 
@@ -413,18 +425,42 @@ impl StateMachineStore {
         self.db.flush()?;
         self.raft.remove(K_INSTALLING)?;
         self.db.flush()?;
+        self.floor.set_applied(meta.last_log_id.map(|l| l.index));
         Ok(meta)
     }
 
     fn open_current_snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
-        let Some(meta) = self.snapshots.current_meta()? else {
+        let Some((meta, file)) = self.snapshots.open_current()? else {
             return Ok(None);
         };
-        let file = std::fs::File::open(self.snapshots.current_path())?;
         Ok(Some(Snapshot {
             meta,
             snapshot: Box::new(tokio::fs::File::from_std(file)),
         }))
+    }
+
+    /// Where the received snapshot file `file` lives: the `begin_receiving_snapshot` file with
+    /// the same inode, if it is one.
+    async fn received_path(&self, file: &tokio::fs::File) -> Result<Option<PathBuf>, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let ino = file.metadata().await?.ino();
+        let receiving = self.receiving.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(receiving
+            .iter()
+            .find(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == ino))
+            .cloned())
+    }
+
+    /// Copies a snapshot file into a new, fsynced temp file of the snapshot directory.
+    async fn copy_to_temp(&self, mut file: Box<tokio::fs::File>) -> Result<PathBuf, StoreError> {
+        use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+        let temp = self.snapshots.temp_path("installing");
+        file.seek(std::io::SeekFrom::Start(0)).await?;
+        let mut out = tokio::fs::File::create(&temp).await?;
+        tokio::io::copy(&mut *file, &mut out).await?;
+        out.flush().await?;
+        out.sync_all().await?;
+        Ok(temp)
     }
 
     /// The meta of a snapshot of the state machine as it is now.
@@ -547,6 +583,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .before_write(self.sm(), ov.keys())
                 .map_err(|e| StoreError::from(e).into_write())?;
             ov.commit().map_err(|e| StoreError::from(e).into_write())?;
+            self.floor.set_applied(last.map(|l| l.index));
         }
         Ok(results)
     }
@@ -568,6 +605,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        // From here until the install is done, the log store keeps what the state machine
+        // does not cover yet (see `AppliedFloor`).
+        self.floor.set_receiving(true);
         let path = self.snapshots.temp_path("incoming");
         let file = tokio::fs::OpenOptions::new()
             .read(true)
@@ -577,36 +617,45 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .open(&path)
             .await
             .map_err(|e| StoreError::from(e).into_write())?;
-        // The name is only needed while the file is open; a crash leaves a .tmp that open() drops.
-        let _ = std::fs::remove_file(&path);
+        // openraft receives one snapshot at a time: an earlier file still here was abandoned.
+        let mut receiving = self.receiving.lock().unwrap_or_else(|p| p.into_inner());
+        for old in receiving.drain(..) {
+            let _ = std::fs::remove_file(old);
+        }
+        receiving.push(path);
         Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, openraft::BasicNode>,
-        mut snapshot: Box<tokio::fs::File>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        use tokio::io::{AsyncSeekExt, AsyncWriteExt};
         let err = |e: StoreError| {
             StorageError::from(openraft::StorageIOError::write_snapshot(
                 Some(meta.signature()),
                 &e,
             ))
         };
-        let temp = self.snapshots.temp_path("installing");
-        let copy = async {
-            snapshot.seek(std::io::SeekFrom::Start(0)).await?;
-            let mut out = tokio::fs::File::create(&temp).await?;
-            tokio::io::copy(&mut *snapshot, &mut out).await?;
-            out.flush().await?;
-            out.sync_all().await?;
-            Ok::<_, std::io::Error>(())
+        // The received file itself becomes the snapshot (no copy): make it durable, check it
+        // is whole and is the one we were told about, rename it over the current one, load it.
+        let path = match self.received_path(&snapshot).await.map_err(err)? {
+            Some(path) => {
+                snapshot
+                    .sync_all()
+                    .await
+                    .map_err(|e| err(StoreError::from(e)))?;
+                path
+            }
+            // Handed some other file (openraft's storage suite does): copy it first.
+            None => self.copy_to_temp(snapshot).await.map_err(err)?,
         };
-        copy.await.map_err(|e| err(e.into()))?;
-
-        // Check it is whole and is the snapshot we were told about before it replaces anything.
-        let header = snapshot_file::read(&temp, |_, _| Ok(())).map_err(err)?;
+        let checked = path.clone();
+        let header =
+            tokio::task::spawn_blocking(move || snapshot_file::read(&checked, |_, _| Ok(())))
+                .await
+                .map_err(|e| err(StoreError::Corrupt(e.to_string())))?
+                .map_err(err)?;
         if header.last_log_id != meta.last_log_id {
             return Err(err(StoreError::Corrupt(format!(
                 "snapshot file covers {:?}, expected {:?}",
@@ -615,12 +664,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         // A dump of this node's own snapshot may still be walking the tree this replaces.
         self.view.wait_idle().await;
-        self.snapshots.publish(&temp).map_err(err)?;
+        self.snapshots.publish(&path).map_err(err)?;
         let this = self.blocking_handle();
         tokio::task::spawn_blocking(move || this.load_current_snapshot())
             .await
             .map_err(|e| err(StoreError::Corrupt(e.to_string())))?
             .map_err(err)?;
+        self.floor.set_receiving(false);
         tracing::info!(snapshot_id = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }
