@@ -457,3 +457,47 @@ fn a_purge_during_a_snapshot_install_never_passes_the_state_machine() {
         assert_eq!(state.last_purged_log_id, Some(log_id(1, 140)));
     });
 }
+
+/// A status-filtered listing taken while orders change status lists only orders in that
+/// status: the index walk is not a point-in-time view, so each order is checked as loaded.
+#[test]
+fn a_status_filtered_list_during_status_changes_lists_only_that_status() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
+    const ORDERS: u64 = 3000;
+    rt().block_on(async {
+        let creates: Vec<Entry> = (1..=ORDERS)
+            .map(|i| entry(i, create("c", None, i as i64)))
+            .collect();
+        sm.apply(creates).await.unwrap();
+    });
+    let reader = sm.reader();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lister = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let pending = OrderFilter {
+                status: Some(OrderStatus::Pending),
+                customer_id: None,
+            };
+            let mut lists = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) || lists == 0 {
+                let page = reader.list(&pending, 1, 1000).unwrap();
+                for o in &page.orders {
+                    assert_eq!(o.status, OrderStatus::Pending, "order {} listed", o.id);
+                }
+                lists += 1;
+            }
+            lists
+        })
+    };
+    rt().block_on(async {
+        for id in 1..=ORDERS {
+            let cmd = set_status(id, OrderStatus::Paid, None, None, 0);
+            sm.apply([entry(ORDERS + id, cmd)]).await.unwrap();
+        }
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let lists = lister.join().expect("no listed order in another status");
+    assert!(lists > 0);
+}

@@ -129,12 +129,25 @@ async fn on_leader<B: Serialize>(
         .json(body)
         .send()
         .await
-        .map_err(|e| ApiError::Unavailable(format!("forwarding to leader {leader} failed: {e}")))?;
+        .map_err(|e| {
+            // Nothing reached the leader only when the connection was refused; past that the
+            // change may have been made, so the answer is "unknown", not "unavailable".
+            if e.is_connect() {
+                ApiError::Unavailable(format!("forwarding to leader {leader} failed: {e}"))
+            } else {
+                ApiError::Timeout(format!(
+                    "no answer from leader {leader} ({e}); the change may have been made: \
+                     check /cluster/status"
+                ))
+            }
+        })?;
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let bytes = resp.bytes().await.map_err(|e| {
+        ApiError::Timeout(format!(
+            "the answer from leader {leader} was cut off ({e}); the change may have been \
+                 made: check /cluster/status"
+        ))
+    })?;
     Ok((
         status,
         [(axum::http::header::CONTENT_TYPE, "application/json")],

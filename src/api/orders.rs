@@ -113,7 +113,17 @@ pub async fn get(
     let id = parse_id(&raw_id)?;
     let pairs = parse_query(query, &["consistency"])?;
     read_barrier(&state, &pairs).await?;
-    match state.reader.get(id)? {
+    // The read lock is held only while a snapshot loads; then wait for it off the runtime.
+    let found = match state.reader.try_get(id) {
+        Some(found) => found?,
+        None => {
+            let reader = state.reader.clone();
+            tokio::task::spawn_blocking(move || reader.get(id))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??
+        }
+    };
+    match found {
         Some(order) => Ok(Json(OrderJson::from(&order))),
         None => Err(ApiError::NotFound(format!("order {id} not found"))),
     }
@@ -157,14 +167,16 @@ pub async fn list(
         .filter(|c| !c.is_empty())
         .map(String::from);
     read_barrier(&state, &pairs).await?;
-    let found = state.reader.list(
-        &OrderFilter {
-            status,
-            customer_id,
-        },
-        page,
-        per_page,
-    )?;
+    // A filtered listing walks an index: seconds on a big store, so off the runtime threads
+    // that carry Raft traffic.
+    let reader = state.reader.clone();
+    let filter = OrderFilter {
+        status,
+        customer_id,
+    };
+    let found = tokio::task::spawn_blocking(move || reader.list(&filter, page, per_page))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
     Ok(Json(OrderListJson {
         orders: found.orders.iter().map(OrderJson::from).collect(),
         page,

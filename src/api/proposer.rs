@@ -87,6 +87,12 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, commit_timeout: Durati
                 Err(_) => break,
             }
         }
+        // A caller that gave up (its deadline passed while queued) has been told the outcome
+        // is unknown; proposing its write now would only make that answer come true late.
+        batch.retain(|p| !p.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
         let raft = raft.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -104,6 +110,23 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, commit_timeout: Durati
                 .unzip();
             let n = replies.len();
             let all = |answer: LeaderAnswer<CommandOutcome>| vec![answer; n];
+            // Known not to be appended anywhere: this node does not lead (any more).
+            let leading = {
+                let m = raft.metrics();
+                let m = m.borrow();
+                m.current_leader == Some(m.id)
+            };
+            if !leading {
+                let leader = raft.current_leader().await;
+                for reply in replies {
+                    let _ = reply.send(LeaderAnswer::NotLeader(leader));
+                }
+                return;
+            }
+            let keyed: Vec<bool> = commands
+                .iter()
+                .map(|c| c.idempotency_key.is_some())
+                .collect();
             let answers = match tokio::time::timeout(
                 commit_timeout,
                 raft.client_write(CommandBatch { commands }),
@@ -117,10 +140,25 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, commit_timeout: Durati
                     "a batch of {n} commands applied with {} outcomes",
                     resp.data.len()
                 )))),
-                // Not proposed: the callers may look for the leader and try again.
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                    all(LeaderAnswer::NotLeader(f.leader_id))
-                }
+                // Either refused before it was appended (this node had just lost the lead) or
+                // appended and then truncated here when a new leader took over, in which case
+                // that leader, or a later one, may still commit it (five voters or more).
+                // Retrying is safe only with an idempotency key; without one the outcome is
+                // unknown.
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => keyed
+                    .iter()
+                    .map(|&keyed| {
+                        if keyed {
+                            LeaderAnswer::NotLeader(f.leader_id)
+                        } else {
+                            LeaderAnswer::Failed(ApiError::Timeout(
+                                "leadership changed while the write was in flight; its \
+                                 outcome is unknown (send an Idempotency-Key to retry safely)"
+                                    .into(),
+                            ))
+                        }
+                    })
+                    .collect(),
                 Ok(Err(e)) => all(LeaderAnswer::Failed(ApiError::Timeout(format!(
                     "write did not complete: {e}"
                 )))),

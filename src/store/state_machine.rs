@@ -227,6 +227,18 @@ impl OrderReader {
         self.get_unlocked(id)
     }
 
+    /// `get` without waiting: `None` while a snapshot is being loaded.
+    pub fn try_get(&self, id: u64) -> Option<Result<Option<Order>, StoreError>> {
+        match self.install_lock.try_read() {
+            Ok(_g) => Some(self.get_unlocked(id)),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                let _g = p.into_inner();
+                Some(self.get_unlocked(id))
+            }
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     fn get_unlocked(&self, id: u64) -> Result<Option<Order>, StoreError> {
         match self.sm.get(order_key(id))? {
             Some(v) => Ok(Some(codec::decode(&v)?)),
@@ -261,12 +273,14 @@ impl OrderReader {
             return Ok(OrderPage { orders, total });
         }
 
-        // Walk the narrower index; with both filters, check status on the loaded order.
+        // Walk the narrower index. A status is always checked on the loaded order too: the
+        // walk is not a point-in-time view, so an order may have moved on since its index key
+        // was read.
         let prefix = match &filter.customer_id {
             Some(c) => customer_prefix(c),
             None => status_prefix(filter.status.expect("one filter is set")),
         };
-        let check_status = filter.customer_id.is_some() && filter.status.is_some();
+        let check_status = filter.status.is_some();
         let mut total = 0u64;
         let mut orders = Vec::new();
         for k in self.sm.scan_prefix(&prefix).keys() {
