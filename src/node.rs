@@ -82,15 +82,11 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     let (log_store, state_machine) = store::open(&store_config)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let reader = state_machine.reader();
-    let raft = Raft::new(
-        config.id,
-        raft_config,
-        PeerNetwork::new(config.unreachable_retry(), config.max_append_bytes),
-        log_store,
-        state_machine,
-    )
-    .await
-    .context("starting raft")?;
+    let network = PeerNetwork::new(config.unreachable_retry(), config.max_append_bytes);
+    let clocks = network.clocks();
+    let raft = Raft::new(config.id, raft_config, network, log_store, state_machine)
+        .await
+        .context("starting raft")?;
 
     // Listen before forming the cluster, so peers can reach this node as soon as it votes.
     let listener = TcpListener::bind(config.listen)
@@ -128,7 +124,7 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         id: config.id,
         raft: raft.clone(),
         reader,
-        proposer: Proposer::start(raft.clone(), config.request_timeout),
+        proposer: Proposer::start(raft.clone(), clocks, config.request_timeout),
         leader_reads,
         forwarded_reads,
         http,

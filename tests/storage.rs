@@ -366,14 +366,72 @@ fn idempotency_replays_rejects_reuse_and_expires() {
         );
         assert_eq!(sm.reader().get(1).unwrap().unwrap().version, 2);
 
-        // After 24 h of leader time the key is free again: the same request creates anew.
+        // One stamp a day ahead (a leader with a wrong clock) moves the clock one step only:
+        // the key is still remembered, and the retry is replayed, not applied again.
         let out = sm
             .apply([entry(7, create("a", Some("key-1"), 1_000 + day + 1))])
             .await
             .unwrap();
+        assert!(
+            out[0][0].replayed,
+            "a far-ahead stamp must not expire the key"
+        );
+
+        // After 24 h of the clock moving in steps the key is free again: the same request
+        // creates anew.
+        let step = 10 * 60 * 1000;
+        let ticks: Vec<Entry> = (1..=(day / step + 1))
+            .map(|i| {
+                entry(
+                    7 + i as u64,
+                    set_status(999, OrderStatus::Paid, None, None, 1_000 + i * step),
+                )
+            })
+            .collect();
+        let next = 8 + ticks.len() as u64;
+        sm.apply(ticks).await.unwrap();
+        let out = sm
+            .apply([entry(
+                next,
+                create("a", Some("key-1"), 1_000 + day + 2 * step),
+            )])
+            .await
+            .unwrap();
         let o = out[0][0].clone();
         assert!(!o.replayed);
-        assert_eq!(o.result.unwrap().id, 2);
+        let order = o.result.unwrap();
+        assert_eq!(order.id, 2);
+        assert_eq!(order.created_at_ms, 1_000 + day + 2 * step);
+    });
+}
+
+/// A leader stamping a day ahead does not freeze later orders' times at that future: each
+/// order carries its own stamp, and a status change is never dated before the order's last one.
+#[test]
+fn order_times_follow_their_own_stamps_after_a_far_ahead_one() {
+    let dir = TempDir::new().unwrap();
+    rt().block_on(async {
+        let (_log, mut sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
+        let day = 24 * 60 * 60 * 1000;
+        let t = 1_700_000_000_000i64;
+        let out = sm
+            .apply([
+                entry(1, create("a", None, t)),
+                entry(2, create("a", None, t + day)),
+                entry(3, create("a", None, t + 1_000)),
+                entry(4, set_status(2, OrderStatus::Paid, None, None, t + 2_000)),
+            ])
+            .await
+            .unwrap();
+        let times: Vec<(i64, i64)> = out
+            .iter()
+            .map(|o| {
+                let order = o[0].result.as_ref().unwrap();
+                (order.created_at_ms, order.updated_at_ms)
+            })
+            .collect();
+        assert_eq!(times[2], (t + 1_000, t + 1_000), "not frozen at the future");
+        assert_eq!(times[3], (t + day, t + day), "never before its last change");
     });
 }
 

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::error::ApiError;
 use super::forward::{LeaderAnswer, WriteRequest};
 use crate::order::{CommandBatch, CommandOutcome, OrderCommand};
+use crate::raft::clock::{wall_clock_ms, PeerClocks};
 use crate::raft::Raft;
 
 /// Proposals in flight at once.
@@ -24,6 +25,9 @@ const MAX_BATCH: usize = 256;
 /// an entry is never split across appends, and a follower must write and fsync a whole append
 /// within one heartbeat interval.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// A clock further than this off the cluster's median is worth a warning.
+const CLOCK_WARN_OFFSET_MS: i64 = 1000;
+const CLOCK_WARN_EVERY: Duration = Duration::from_secs(10);
 /// Requests waiting to be batched before senders wait too.
 const QUEUE: usize = 4096;
 
@@ -40,9 +44,10 @@ pub struct Proposer {
 
 impl Proposer {
     /// Starts the batching task on the current runtime.
-    pub fn start(raft: Raft, commit_timeout: Duration) -> Proposer {
+    /// `clocks`: the peers' clocks, for stamping with the cluster's time (see `raft::clock`).
+    pub fn start(raft: Raft, clocks: Arc<PeerClocks>, commit_timeout: Duration) -> Proposer {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(raft, rx, commit_timeout));
+        tokio::spawn(run(raft, clocks, rx, commit_timeout));
         Proposer { tx }
     }
 
@@ -69,8 +74,39 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, commit_timeout: Duration) {
+/// The time to stamp into commands now: the median clock of a quorum of voters when known,
+/// else this node's own. Says so (at most every 10 s) when this node's clock is far off.
+fn cluster_time_ms(raft: &Raft, clocks: &PeerClocks, last_warned: &mut Option<Instant>) -> i64 {
+    let own = wall_clock_ms();
+    let (me, voters) = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        let voters: Vec<_> = m.membership_config.membership().voter_ids().collect();
+        (m.id, voters)
+    };
+    let Some(offset) = clocks.median_offset_ms(me, &voters) else {
+        return own;
+    };
+    if offset.abs() > CLOCK_WARN_OFFSET_MS
+        && last_warned.is_none_or(|t| t.elapsed() > CLOCK_WARN_EVERY)
+    {
+        tracing::warn!(
+            offset_ms = offset,
+            "this node's clock is off the cluster's median clock; stamping with the median"
+        );
+        *last_warned = Some(Instant::now());
+    }
+    own + offset
+}
+
+async fn run(
+    raft: Raft,
+    clocks: Arc<PeerClocks>,
+    mut rx: mpsc::Receiver<Pending>,
+    commit_timeout: Duration,
+) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut last_warned = None;
     while let Some(first) = rx.recv().await {
         // Waiting for a free slot is what lets the next batch grow.
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
@@ -93,10 +129,10 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, commit_timeout: Durati
         if batch.is_empty() {
             continue;
         }
+        let stamped_at_ms = cluster_time_ms(&raft, &clocks, &mut last_warned);
         let raft = raft.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let stamped_at_ms = chrono::Utc::now().timestamp_millis();
             let (commands, replies): (Vec<_>, Vec<_>) = batch
                 .into_iter()
                 .map(|p| {

@@ -65,7 +65,16 @@ pub async fn append(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match decoded::<_, { BODY_LIMIT_APPEND * CLAIM_PER_BODY_BYTE }>(body, BODY_LIMIT_APPEND) {
-        Ok(req) => encoded(&state.raft.append_entries(req).await),
+        Ok(req) => {
+            let mut resp = encoded(&state.raft.append_entries(req).await);
+            // The leader measures this node's clock on every append (see `raft::clock`).
+            let now = crate::raft::clock::wall_clock_ms().to_string();
+            if let Ok(v) = axum::http::HeaderValue::from_str(&now) {
+                resp.headers_mut()
+                    .insert(crate::raft::clock::CLOCK_HEADER, v);
+            }
+            resp
+        }
         Err(e) => e.into_response(),
     }
 }

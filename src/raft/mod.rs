@@ -1,7 +1,9 @@
 //! Raft plumbing: the openraft type configuration ordo runs with, the config knobs, and the
-//! network client that carries Raft RPCs to peers (`network`). The receiving side of those
+//! network client that carries Raft RPCs to peers (`network`), and the cluster's time that
+//! leaders stamp into commands (`clock`). The receiving side of those
 //! RPCs is an ordinary set of HTTP routes in `api::raft_rpc`.
 
+pub mod clock;
 pub mod network;
 
 use crate::order::{CommandBatch, CommandOutcome};

@@ -13,6 +13,7 @@
 //! of how many entries fit, which makes openraft send smaller batches; so is a batch the peer
 //! answers 413 to. One entry is always sent, however large.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -28,6 +29,7 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::clock::{wall_clock_ms, PeerClocks, CLOCK_HEADER};
 use super::{NodeId, TypeConfig};
 use crate::codec;
 
@@ -42,6 +44,7 @@ pub struct PeerNetwork {
     http: reqwest::Client,
     unreachable_retry: Duration,
     max_append_bytes: usize,
+    clocks: Arc<PeerClocks>,
 }
 
 /// The default byte budget of one AppendEntries body: small enough that a follower decodes,
@@ -68,7 +71,15 @@ impl PeerNetwork {
             http,
             unreachable_retry,
             max_append_bytes,
+            clocks: Arc::default(),
         }
+    }
+}
+
+impl PeerNetwork {
+    /// The peers' clock offsets, as measured on every answered append.
+    pub fn clocks(&self) -> Arc<PeerClocks> {
+        self.clocks.clone()
     }
 }
 
@@ -82,6 +93,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             base: format!("http://{}", node.addr),
             unreachable_retry: self.unreachable_retry,
             max_append_bytes: self.max_append_bytes,
+            clocks: self.clocks.clone(),
         }
     }
 }
@@ -93,6 +105,7 @@ pub struct PeerClient {
     base: String,
     unreachable_retry: Duration,
     max_append_bytes: usize,
+    clocks: Arc<PeerClocks>,
 }
 
 /// Why a call to a peer failed before an answer of the peer's own came back.
@@ -121,6 +134,7 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: DeserializeOwned,
     {
+        let sent_ms = wall_clock_ms();
         let resp = self
             .http
             .post(format!("{}{}", self.base, path))
@@ -136,6 +150,14 @@ impl PeerClient {
                     CallError::Network(NetworkError::new(&e))
                 }
             })?;
+        let peer_ms = resp
+            .headers()
+            .get(CLOCK_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse::<i64>().ok());
+        if let Some(peer_ms) = peer_ms {
+            self.clocks
+                .observe(self.target, sent_ms, wall_clock_ms(), peer_ms);
+        }
         if resp.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
             return Err(CallError::TooLarge);
         }
@@ -178,6 +200,8 @@ impl PeerClient {
     }
 }
 
+// The error type is openraft's, as large as it is.
+#[allow(clippy::result_large_err)]
 fn encoded<T: Serialize, E: std::error::Error>(
     req: &T,
 ) -> Result<Vec<u8>, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {

@@ -90,14 +90,34 @@ impl AppliedFloor {
 /// database. A state machine left half-way through a snapshot install is finished here.
 pub fn open(config: &StoreConfig) -> Result<(LogStore, StateMachineStore), StoreError> {
     std::fs::create_dir_all(&config.dir)?;
-    let db = sled::Config::new()
-        .path(config.dir.join("sled"))
-        .cache_capacity(config.cache_capacity_bytes)
-        .open()?;
+    let db = open_sled(config)?;
     let floor = Arc::new(AppliedFloor::default());
     let sm = StateMachineStore::open(db.clone(), config.dir.join("snapshots"), floor.clone())?;
     let log = LogStore::open(db, config.durability, floor)?;
     Ok((log, sm))
+}
+
+/// How long to wait for sled's file lock: a store just dropped in this process (or a node
+/// process just exiting) releases it only when sled's background threads have stopped.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn open_sled(config: &StoreConfig) -> Result<sled::Db, StoreError> {
+    let started = std::time::Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(config.dir.join("sled"))
+            .cache_capacity(config.cache_capacity_bytes)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
 }
 
 /// Bytes the store occupies on disk (sled files and snapshots).

@@ -3,8 +3,8 @@
 //!
 //! Layout of the `sm` tree (all values encoded by `codec`):
 //! - `m:applied`, `m:membership`, `m:next_id`, `m:clock`: last applied log id, last membership,
-//!   the next order id, and the state machine's clock (the largest leader stamp seen, so time
-//!   never runs backwards across a leader change);
+//!   the next order id, and the state machine's clock (follows leader stamps, never backwards
+//!   and at most `MAX_CLOCK_STEP_MS` per command; idempotency records expire by it);
 //! - `o` + id: the order; `c` + customer + id and `s` + status + id: the listing indexes;
 //! - `i` + key: an idempotency record; `x` + expiry + key: the same key ordered by expiry.
 //!
@@ -41,8 +41,13 @@ const K_CLOCK: &[u8] = b"m:clock";
 /// In the `raft` tree: set while a snapshot is being loaded into the state machine.
 const K_INSTALLING: &[u8] = b"installing_snapshot";
 
-/// How long an idempotency key is remembered, in leader-stamped time.
+/// How long an idempotency key is remembered, in the state machine's clock.
 pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
+/// The most one command's stamp may move the state machine's clock (which decides when
+/// idempotency records expire) forwards: a leader whose clock is a day ahead cannot expire
+/// every record with one write. After a long idle time the clock catches up step by step,
+/// which only keeps records longer.
+pub const MAX_CLOCK_STEP_MS: i64 = 10 * 60 * 1000;
 /// At most this many expired idempotency records are dropped per command (bounded work).
 const EXPIRE_PER_COMMAND: usize = 64;
 /// sled's memory use grows steeply with the size of one atomic batch (measured: 300k keys in
@@ -115,11 +120,31 @@ fn put_encoded<T: Serialize>(ov: &mut Overlay, key: &[u8], value: &T) -> Result<
 }
 
 /// Applies one order command against the overlay and returns its outcome.
-fn apply_command(ov: &mut Overlay, cmd: &OrderCommand) -> Result<CommandOutcome, StoreError> {
-    let clock: i64 = get_decoded(ov, K_CLOCK)?.unwrap_or(i64::MIN);
-    let now = cmd.stamped_at_ms.max(clock);
+/// The state machine's clock after a command stamped `stamp`: never backwards, and never more
+/// than `MAX_CLOCK_STEP_MS` forwards at once. Returns whether the stamp was cut short.
+fn advance_clock(clock: Option<i64>, stamp: i64) -> (i64, bool) {
+    match clock {
+        None => (stamp, false),
+        Some(c) if stamp <= c => (c, false),
+        Some(c) if stamp - c <= MAX_CLOCK_STEP_MS => (stamp, false),
+        Some(c) => (c + MAX_CLOCK_STEP_MS, true),
+    }
+}
+
+/// Applies one order command against the overlay and returns its outcome; `clamped` counts
+/// commands whose stamp moved the clock by more than a step.
+fn apply_command(
+    ov: &mut Overlay,
+    cmd: &OrderCommand,
+    clamped: &mut u64,
+) -> Result<CommandOutcome, StoreError> {
+    let (now, cut) = advance_clock(get_decoded(ov, K_CLOCK)?, cmd.stamped_at_ms);
+    *clamped += cut as u64;
     put_encoded(ov, K_CLOCK, &now)?;
     expire_idempotency_records(ov, now)?;
+    // An order's own times are the leader's stamp (the cluster's median clock, see
+    // `raft::clock`), not the bounded clock: after an idle night that lags real time.
+    let stamp = cmd.stamped_at_ms;
 
     let fp = fingerprint(&cmd.op)?;
     if let Some(key) = &cmd.idempotency_key {
@@ -144,7 +169,7 @@ fn apply_command(ov: &mut Overlay, cmd: &OrderCommand) -> Result<CommandOutcome,
     let result = match &cmd.op {
         OrderOp::Create(new) => {
             let id: u64 = get_decoded(ov, K_NEXT_ID)?.unwrap_or(1);
-            let created = create_order(id, new, now);
+            let created = create_order(id, new, stamp);
             if let Ok(order) = &created {
                 put_encoded(ov, &order_key(id), order)?;
                 ov.insert(with_id(customer_prefix(&order.customer_id), id), Vec::new());
@@ -160,7 +185,9 @@ fn apply_command(ov: &mut Overlay, cmd: &OrderCommand) -> Result<CommandOutcome,
         } => match get_decoded::<Order>(ov, &order_key(*id))? {
             None => Err(Rejection::NotFound(*id)),
             Some(order) => {
-                let moved = transition(&order, *status, *expected_version, now);
+                // Never before its last change, whichever leader's stamp this is.
+                let at = stamp.max(order.updated_at_ms);
+                let moved = transition(&order, *status, *expected_version, at);
                 if let Ok(updated) = &moved {
                     put_encoded(ov, &order_key(*id), updated)?;
                     ov.remove(with_id(status_prefix(order.status), *id));
@@ -568,6 +595,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // last log id, so a crash leaves the state machine at a chunk boundary, never inside.
         // A chunk closes after the entry that brings it to `APPLY_CHUNK_KEYS` written keys.
         let mut results = Vec::new();
+        let mut clamped = 0u64;
         let mut entries = entries.into_iter().peekable();
         while entries.peek().is_some() {
             let mut ov = Overlay::new(&self.reader.sm);
@@ -580,7 +608,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Normal(batch) => batch
                         .commands
                         .iter()
-                        .map(|cmd| apply_command(&mut ov, cmd))
+                        .map(|cmd| apply_command(&mut ov, cmd, &mut clamped))
                         .collect::<Result<_, _>>()
                         .map_err(apply_err)?,
                     EntryPayload::Membership(m) => {
@@ -598,6 +626,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .map_err(|e| StoreError::from(e).into_write())?;
             ov.commit().map_err(|e| StoreError::from(e).into_write())?;
             self.floor.set_applied(last.map(|l| l.index));
+        }
+        if clamped > 0 {
+            tracing::warn!(
+                commands = clamped,
+                max_step_ms = MAX_CLOCK_STEP_MS,
+                "stamps far ahead of the state machine's clock: it moved one step each"
+            );
         }
         Ok(results)
     }
