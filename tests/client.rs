@@ -240,6 +240,33 @@ async fn without_quorum_reads_degrade_to_stale_and_writes_are_unavailable() {
         "took {:?}",
         started.elapsed()
     );
+    // The write's outcome is unknown: the error hands back the key it carried, and says so.
+    let key = err
+        .idempotency_key()
+        .expect("an unavailable write names its idempotency key")
+        .to_string();
+    assert!(err.to_string().contains(&key), "{err}");
+
+    // Once the cluster is back, the retry with that key makes exactly one order.
+    for id in cluster.ids().into_iter().filter(|n| *n != survivor) {
+        cluster.spawn(id);
+    }
+    cluster.wait_for_leader(&cluster.ids()).await;
+    let client = client_for(&cluster, &[1, 2, 3]);
+    let req = NewOrderRequest::new("x").item("s", 1, 1);
+    client.create_order(&req, Some(key.clone())).await.unwrap();
+    client.create_order(&req, Some(key)).await.unwrap();
+    let xs = client
+        .list_orders(
+            &ListQuery {
+                customer_id: Some("x".into()),
+                ..Default::default()
+            },
+            ReadMode::Linearizable,
+        )
+        .await
+        .unwrap();
+    assert_eq!(xs.value.orders.len(), 1, "{:?}", xs.value.orders);
 }
 
 fn ordo_cli(nodes: &str, args: &[&str]) -> (i32, String, String) {

@@ -105,7 +105,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 /// Prints a client error for a person (or as JSON) and returns its exit code.
 fn report_error(conn: &ConnArgs, e: &crate::client::ClientError) -> i32 {
     if conn.json {
-        let v = serde_json::json!({"error": {"kind": e.kind(), "message": e.to_string()}});
+        let mut v = serde_json::json!({"error": {"kind": e.kind(), "message": e.to_string()}});
+        if let Some(key) = e.idempotency_key() {
+            v["error"]["idempotency_key"] = key.into();
+        }
         println!("{v}");
     } else {
         eprintln!("error: {e}");

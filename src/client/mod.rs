@@ -84,14 +84,55 @@ pub enum ClientError {
     /// Another 4xx: the request itself is wrong.
     #[error("bad request ({code}): {message}")]
     BadRequest { code: String, message: String },
-    /// No node could answer within the deadline (the last reason is kept).
-    #[error("unavailable after {attempts} attempts: {last}")]
-    Unavailable { attempts: u32, last: String },
+    /// No node could answer within the deadline (the last reason is kept). For a write, its
+    /// outcome is unknown: `idempotency_key` is the key it carried, to retry it safely (a
+    /// retry with the same key and body is applied at most once).
+    #[error(
+        "unavailable after {attempts} attempts: {last}{}",
+        retry_hint(idempotency_key)
+    )]
+    Unavailable {
+        attempts: u32,
+        last: String,
+        idempotency_key: Option<String>,
+    },
     #[error("server error {status}: {message}")]
     Server { status: u16, message: String },
 }
 
+fn retry_hint(key: &Option<String>) -> String {
+    match key {
+        Some(k) => format!(
+            " (the write may or may not have been applied: retry it with idempotency key {k})"
+        ),
+        None => String::new(),
+    }
+}
+
+/// An error with its causes ("error sending request: ... Connection refused"): reqwest's own
+/// text stops at the first.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 impl ClientError {
+    /// The idempotency key of a write whose outcome is unknown, to retry it with.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        match self {
+            ClientError::Unavailable {
+                idempotency_key, ..
+            } => idempotency_key.as_deref(),
+            _ => None,
+        }
+    }
+
     /// A short name of the error kind, for machine-readable output.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -315,7 +356,7 @@ impl Client {
             }
             match req.send().await {
                 Err(e) => {
-                    last = format!("{}: {e}", self.config.nodes[node]);
+                    last = format!("{}: {}", self.config.nodes[node], with_causes(&e));
                     self.mark_failed(node);
                 }
                 Ok(resp) => {
@@ -342,7 +383,11 @@ impl Client {
             }
             tokio::time::sleep(pause).await;
         }
-        Err(ClientError::Unavailable { attempts, last })
+        Err(ClientError::Unavailable {
+            attempts,
+            last,
+            idempotency_key: idempotency_key.map(String::from),
+        })
     }
 
     async fn call_json<T: DeserializeOwned>(
