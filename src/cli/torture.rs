@@ -17,10 +17,11 @@ pub struct TortureArgs {
     pub duration_secs: u64,
     #[arg(long, default_value_t = 4)]
     pub clients: usize,
-    /// Comma-separated: kill-leader, kill, pause-leader, pause, partition-leader, split, bridge.
+    /// Comma-separated: kill-leader, kill, pause-leader, pause, partition-leader, split,
+    /// bridge, pause-follower, sigterm-leader-stalled, hostile-bytes.
     #[arg(
         long,
-        default_value = "kill-leader,kill,pause-leader,pause,partition-leader,split,bridge"
+        default_value = "kill-leader,kill,pause-leader,pause,partition-leader,split,bridge,pause-follower,sigterm-leader-stalled,hostile-bytes"
     )]
     pub faults: String,
     /// Take the faults in turn instead of at random.
@@ -36,6 +37,18 @@ pub struct TortureArgs {
     /// put snapshot builds and installs under the faults too.
     #[arg(long)]
     pub snapshot_every_logs: Option<u64>,
+    /// Voters in the cluster.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// Creates carry the largest legal orders (100 items, long SKUs, a full note).
+    #[arg(long)]
+    pub large_orders: bool,
+    /// Run the highest-numbered node with its wall clock moved (libfaketime syntax: `+1d`).
+    #[arg(long, value_name = "OFFSET")]
+    pub skewed_clock: Option<String>,
+    /// How long a fault lasts, ms.
+    #[arg(long, default_value_t = 2000)]
+    pub hold_ms: u64,
 }
 
 pub fn run(args: TortureArgs) -> anyhow::Result<i32> {
@@ -62,6 +75,10 @@ pub fn run(args: TortureArgs) -> anyhow::Result<i32> {
     config.cycle_faults = args.cycle;
     config.use_netns = !args.no_netns;
     config.snapshot_every_logs = args.snapshot_every_logs;
+    config.nodes = args.nodes.clamp(1, 9);
+    config.large_orders = args.large_orders;
+    config.skewed_clock = args.skewed_clock;
+    config.hold = Duration::from_millis(args.hold_ms);
     println!(
         "torture: seed {seed}, {}s, {} clients, faults {}",
         args.duration_secs, config.clients, args.faults

@@ -34,6 +34,9 @@ pub struct ProcessCluster {
     bin: PathBuf,
     peers: String,
     extra_args: Vec<String>,
+    /// Extra environment of node N (libfaketime's, say: no wrapper process, so signals
+    /// still reach the node itself).
+    envs: BTreeMap<u64, Vec<(String, String)>>,
     // Last, so the directory outlives the processes using it.
     dir: tempfile::TempDir,
 }
@@ -84,8 +87,14 @@ impl ProcessCluster {
             bin: bin.to_path_buf(),
             peers,
             extra_args,
+            envs: BTreeMap::new(),
             dir,
         }
+    }
+
+    /// Gives node `id` these environment variables from its next start on.
+    pub fn set_env(&mut self, id: u64, vars: Vec<(String, String)>) {
+        self.envs.insert(id, vars);
     }
 
     /// Starts every node and waits until they agree on a leader.
@@ -171,6 +180,7 @@ impl ProcessCluster {
             "RUST_LOG",
             std::env::var("ORDO_TEST_LOG").unwrap_or_else(|_| "info,openraft=info".into()),
         )
+        .envs(self.envs.get(&id).cloned().unwrap_or_default())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log));

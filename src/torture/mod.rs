@@ -44,10 +44,17 @@ pub enum Fault {
     PartitionSplit,
     /// Cut one link only: two nodes cannot talk, the third talks to both (a bridge).
     PartitionBridge,
+    /// SIGSTOP a node that is not the leader: it falls behind and must catch up.
+    PauseFollower,
+    /// SIGTERM the leader while one client holds an upload half-sent; restart it after.
+    SigtermLeaderStalled,
+    /// Undecodable bytes (lying length prefixes, random tails) at every node-to-node route
+    /// of every node; no node may go down.
+    HostileBytes,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 7] = [
+    pub const ALL: [Fault; 10] = [
         Fault::KillLeader,
         Fault::KillRandom,
         Fault::PauseLeader,
@@ -55,6 +62,9 @@ impl Fault {
         Fault::PartitionLeader,
         Fault::PartitionSplit,
         Fault::PartitionBridge,
+        Fault::PauseFollower,
+        Fault::SigtermLeaderStalled,
+        Fault::HostileBytes,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +76,9 @@ impl Fault {
             Fault::PartitionLeader => "partition-leader",
             Fault::PartitionSplit => "split",
             Fault::PartitionBridge => "bridge",
+            Fault::PauseFollower => "pause-follower",
+            Fault::SigtermLeaderStalled => "sigterm-leader-stalled",
+            Fault::HostileBytes => "hostile-bytes",
         }
     }
 
@@ -76,7 +89,10 @@ impl Fault {
     fn targets_leader(self) -> bool {
         matches!(
             self,
-            Fault::KillLeader | Fault::PauseLeader | Fault::PartitionLeader
+            Fault::KillLeader
+                | Fault::PauseLeader
+                | Fault::PartitionLeader
+                | Fault::SigtermLeaderStalled
         )
     }
 
@@ -106,7 +122,18 @@ pub struct TortureConfig {
     /// Nodes build a snapshot after this many applied entries (`None`: ordo's default). Small
     /// values make snapshot builds, and installs on nodes that fell behind, part of the run.
     pub snapshot_every_logs: Option<u64>,
+    /// Voters in the cluster (3 or 5, say).
+    pub nodes: u64,
+    /// Creates carry the largest legal orders (100 items, 64-character SKUs, a 1000-character
+    /// note) instead of one small line.
+    pub large_orders: bool,
+    /// Run the highest-numbered node with its clock moved by this libfaketime offset
+    /// (`+1d`: a day ahead).
+    pub skewed_clock: Option<String>,
 }
+
+/// Where Debian's libfaketime puts the preload library.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 impl TortureConfig {
     pub fn new(bin: PathBuf, seed: u64, duration: Duration) -> TortureConfig {
@@ -121,6 +148,9 @@ impl TortureConfig {
             quiet: Duration::from_millis(1500),
             hold: Duration::from_millis(2000),
             snapshot_every_logs: None,
+            nodes: 3,
+            large_orders: false,
+            skewed_clock: None,
         }
     }
 }
@@ -142,6 +172,12 @@ pub struct Report {
     pub unexpected_answers: Vec<String>,
     pub digests_equal: bool,
     pub verdict: Verdict,
+    /// How long nodes took, after a pause or a kill ended, to apply what the leader had
+    /// applied at that moment (the longest, and how many were measured).
+    pub longest_catch_up: Duration,
+    pub catch_ups: u64,
+    /// Nodes that did not catch up within the deadline, or went down by themselves.
+    pub stuck: Vec<String>,
 }
 
 impl Report {
@@ -151,6 +187,7 @@ impl Report {
             && self.duplicated.is_empty()
             && self.unexpected_answers.is_empty()
             && self.digests_equal
+            && self.stuck.is_empty()
     }
 
     pub fn fault_count(&self, f: Fault) -> u64 {
@@ -170,12 +207,21 @@ impl fmt::Display for Report {
         if let Some(why) = &self.skipped_network {
             writeln!(f, "  partitions SKIPPED: {why}")?;
         }
-        writeln!(f, "  failovers seen: {}", self.failovers)?;
+        writeln!(f, "  leader changes seen: {}", self.failovers)?;
         writeln!(
             f,
             "  longest window without an acknowledged write: {:.2}s",
             self.longest_unavailable.as_secs_f64()
         )?;
+        writeln!(
+            f,
+            "  catch-up after a pause or kill: longest {:.2}s of {} measured",
+            self.longest_catch_up.as_secs_f64(),
+            self.catch_ups
+        )?;
+        if !self.stuck.is_empty() {
+            writeln!(f, "  STUCK or DOWN: {:?}", self.stuck)?;
+        }
         writeln!(
             f,
             "  acknowledged creates: {}, orders at the end: {}",
@@ -245,6 +291,37 @@ struct Shared {
     last_ack_us: AtomicU64,
     longest_gap_us: AtomicU64,
     unexpected: Mutex<Vec<String>>,
+    large_orders: bool,
+}
+
+/// The body of a create tagged `tag`: one small line, or the largest legal order.
+fn create_body(client: usize, tag: &str, large: bool) -> Value {
+    if !large {
+        return json!({"customer_id": format!("client-{client}"),
+            "items": [{"sku": "t", "quantity": 1, "unit_price_cents": 100}], "note": tag});
+    }
+    let items: Vec<Value> = (0..crate::order::MAX_ITEMS)
+        .map(|i| {
+            json!({"sku": format!("{i:03}-{}", "s".repeat(crate::order::MAX_SKU_CHARS - 4)),
+                   "quantity": crate::order::MAX_QUANTITY,
+                   "unit_price_cents": crate::order::MAX_UNIT_PRICE_CENTS})
+        })
+        .collect();
+    // The tag leads the note (the checker reads orders back by it), padded to the limit.
+    let note = format!(
+        "{tag}{}",
+        " ".repeat(crate::order::MAX_NOTE_CHARS - tag.len())
+    );
+    json!({"customer_id": format!("client-{client}"), "items": items, "note": note})
+}
+
+/// The tag a create's note carries (see `create_body`).
+fn note_tag(order: &Value) -> String {
+    order["note"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_end()
+        .to_string()
 }
 
 impl Shared {
@@ -306,115 +383,113 @@ async fn client_loop(shared: Arc<Shared>, client: usize, seed: u64) -> u64 {
         };
         let roll: f64 = rng.gen();
         let invoked_us = shared.now_us();
-        let (object, kind, outcome) = match target {
-            Some((tag, id)) if roll >= 0.25 => {
-                if roll < 0.6 {
-                    let to = OrderStatus::ALL[rng.gen_range(0..5)];
-                    let expected_version = rng.gen_bool(0.5).then(|| rng.gen_range(1..=4));
-                    let req = shared.http.patch(format!("{url}/api/orders/{id}")).json(
-                        &json!({"status": to.as_str(), "expected_version": expected_version}),
-                    );
-                    let outcome = match send(req, true).await {
-                        Ok((200, body)) => {
-                            shared.acked_write();
-                            order_state(&body).unwrap_or(Outcome::Unknown)
-                        }
-                        Ok((404, _)) => Outcome::NotFound,
-                        Ok((409, body)) if body["error"]["code"] == "invalid_transition" => {
-                            Outcome::InvalidTransition
-                        }
-                        Ok((409, body)) if body["error"]["code"] == "version_conflict" => {
-                            Outcome::VersionConflict
-                        }
-                        Ok((status, body)) => {
-                            shared.unexpected(format!("PATCH {status} {body}"));
-                            Outcome::Unknown
-                        }
-                        Err(o) => o,
-                    };
-                    (
-                        tag,
-                        OpKind::SetStatus {
-                            to,
-                            expected_version,
-                        },
-                        outcome,
-                    )
-                } else {
-                    let outcome = match send(
-                        shared.http.get(format!("{url}/api/orders/{id}")),
-                        false,
-                    )
-                    .await
-                    {
-                        Ok((200, body)) => order_state(&body).unwrap_or(Outcome::Failed),
-                        Ok((404, _)) => Outcome::NotFound,
-                        Ok((status, body)) => {
-                            shared.unexpected(format!("GET {status} {body}"));
-                            Outcome::Failed
-                        }
-                        Err(o) => o,
-                    };
-                    (tag, OpKind::Read, outcome)
-                }
-            }
-            _ => {
-                let tag = format!("c{client}-{next_tag}");
-                next_tag += 1;
-                shared.attempted.lock().unwrap().insert(tag.clone());
-                // A create that did not answer is retried with the same key, a few times.
-                for attempt in 0..4 {
-                    let url = if attempt == 0 {
-                        url
-                    } else {
-                        &shared.urls[rng.gen_range(0..shared.urls.len())]
-                    };
-                    let invoked = if attempt == 0 {
-                        invoked_us
-                    } else {
-                        shared.now_us()
-                    };
-                    let body = json!({"customer_id": format!("client-{client}"),
-                        "items": [{"sku": "t", "quantity": 1, "unit_price_cents": 100}], "note": tag});
-                    let req = shared
-                        .http
-                        .post(format!("{url}/api/orders"))
-                        .header("Idempotency-Key", &tag)
-                        .json(&body);
-                    let outcome = match send(req, true).await {
-                        Ok((200 | 201, body)) => {
-                            shared.acked_write();
-                            if let Some(id) = body["id"].as_u64() {
-                                shared.known.lock().unwrap().push((tag.clone(), id));
+        let (object, kind, outcome) =
+            match target {
+                Some((tag, id)) if roll >= 0.25 => {
+                    if roll < 0.6 {
+                        let to = OrderStatus::ALL[rng.gen_range(0..5)];
+                        let expected_version = rng.gen_bool(0.5).then(|| rng.gen_range(1..=4));
+                        let req = shared.http.patch(format!("{url}/api/orders/{id}")).json(
+                            &json!({"status": to.as_str(), "expected_version": expected_version}),
+                        );
+                        let outcome = match send(req, true).await {
+                            Ok((200, body)) => {
+                                shared.acked_write();
+                                order_state(&body).unwrap_or(Outcome::Unknown)
                             }
-                            Outcome::Created
-                        }
-                        Ok((status, body)) => {
-                            shared.unexpected(format!("POST {status} {body}"));
-                            Outcome::Unknown
-                        }
-                        Err(o) => o,
-                    };
-                    let done = outcome == Outcome::Created;
-                    let completed_us = shared.now_us();
-                    let op = Op {
-                        client,
-                        object: tag.clone(),
-                        kind: OpKind::Create,
-                        invoked_us: invoked,
-                        completed_us,
-                        outcome,
-                    };
-                    shared.history.record(op);
-                    if done || shared.stop.load(Ordering::Relaxed) {
-                        break;
+                            Ok((404, _)) => Outcome::NotFound,
+                            Ok((409, body)) if body["error"]["code"] == "invalid_transition" => {
+                                Outcome::InvalidTransition
+                            }
+                            Ok((409, body)) if body["error"]["code"] == "version_conflict" => {
+                                Outcome::VersionConflict
+                            }
+                            Ok((status, body)) => {
+                                shared.unexpected(format!("PATCH {status} {body}"));
+                                Outcome::Unknown
+                            }
+                            Err(o) => o,
+                        };
+                        (
+                            tag,
+                            OpKind::SetStatus {
+                                to,
+                                expected_version,
+                            },
+                            outcome,
+                        )
+                    } else {
+                        let outcome =
+                            match send(shared.http.get(format!("{url}/api/orders/{id}")), false)
+                                .await
+                            {
+                                Ok((200, body)) => order_state(&body).unwrap_or(Outcome::Failed),
+                                Ok((404, _)) => Outcome::NotFound,
+                                Ok((status, body)) => {
+                                    shared.unexpected(format!("GET {status} {body}"));
+                                    Outcome::Failed
+                                }
+                                Err(o) => o,
+                            };
+                        (tag, OpKind::Read, outcome)
                     }
-                    ops += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                continue;
-            }
-        };
+                _ => {
+                    let tag = format!("c{client}-{next_tag}");
+                    next_tag += 1;
+                    shared.attempted.lock().unwrap().insert(tag.clone());
+                    // A create that did not answer is retried with the same key, a few times.
+                    for attempt in 0..4 {
+                        let url = if attempt == 0 {
+                            url
+                        } else {
+                            &shared.urls[rng.gen_range(0..shared.urls.len())]
+                        };
+                        let invoked = if attempt == 0 {
+                            invoked_us
+                        } else {
+                            shared.now_us()
+                        };
+                        let body = create_body(client, &tag, shared.large_orders);
+                        let req = shared
+                            .http
+                            .post(format!("{url}/api/orders"))
+                            .header("Idempotency-Key", &tag)
+                            .json(&body);
+                        let outcome = match send(req, true).await {
+                            Ok((200 | 201, body)) => {
+                                shared.acked_write();
+                                if let Some(id) = body["id"].as_u64() {
+                                    shared.known.lock().unwrap().push((tag.clone(), id));
+                                }
+                                Outcome::Created
+                            }
+                            Ok((status, body)) => {
+                                shared.unexpected(format!("POST {status} {body}"));
+                                Outcome::Unknown
+                            }
+                            Err(o) => o,
+                        };
+                        let done = outcome == Outcome::Created;
+                        let completed_us = shared.now_us();
+                        let op = Op {
+                            client,
+                            object: tag.clone(),
+                            kind: OpKind::Create,
+                            invoked_us: invoked,
+                            completed_us,
+                            outcome,
+                        };
+                        shared.history.record(op);
+                        if done || shared.stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        ops += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    continue;
+                }
+            };
         shared.history.record(Op {
             client,
             object,
@@ -443,19 +518,107 @@ async fn current_leader(cluster: &ProcessCluster, running: &[u64]) -> Option<u64
     best.map(|(id, _)| id)
 }
 
+/// What the nemesis measured of nodes coming back.
+#[derive(Debug, Default)]
+struct CatchUps {
+    longest: Duration,
+    count: u64,
+    stuck: Vec<String>,
+}
+
+/// A node's `last_applied`, if it answers.
+async fn applied_index(cluster: &ProcessCluster, id: u64) -> Option<u64> {
+    cluster.status(id).await?["last_applied"].as_u64()
+}
+
+/// Times how long node `id` takes to apply what `leader` has applied now.
+async fn measure_catch_up(
+    cluster: &ProcessCluster,
+    id: u64,
+    leader: u64,
+    what: &str,
+    stats: &mut CatchUps,
+) {
+    let started = Instant::now();
+    let Some(target) = applied_index(cluster, leader).await else {
+        return;
+    };
+    let deadline = started + cluster::DEADLINE * 2;
+    loop {
+        if applied_index(cluster, id)
+            .await
+            .is_some_and(|a| a >= target)
+        {
+            stats.longest = stats.longest.max(started.elapsed());
+            stats.count += 1;
+            return;
+        }
+        if Instant::now() > deadline {
+            stats.stuck.push(format!(
+                "node {id} after {what}: not at index {target} within {:?}",
+                cluster::DEADLINE * 2
+            ));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Undecodable bodies for the node-to-node routes: lying length prefixes and random tails.
+/// Bodies that happen to decode are left out: a forged but well-formed Raft message is a
+/// question of peer authentication, not of robustness.
+fn hostile_bodies(rng: &mut StdRng, route: &str, n: usize) -> Vec<Vec<u8>> {
+    use crate::raft::TypeConfig;
+    use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+    const LIMIT: usize = 1 << 20;
+    let decodes = |b: &[u8]| match route {
+        "/raft/append" => {
+            crate::codec::decode_bounded::<AppendEntriesRequest<TypeConfig>, LIMIT>(b).is_ok()
+        }
+        "/raft/vote" => crate::codec::decode_bounded::<VoteRequest<u64>, LIMIT>(b).is_ok(),
+        "/raft/snapshot" => {
+            crate::codec::decode_bounded::<InstallSnapshotRequest<TypeConfig>, LIMIT>(b).is_ok()
+        }
+        _ => crate::codec::decode_bounded::<crate::api::forward::WriteRequest, LIMIT>(b).is_ok(),
+    };
+    let mut out = Vec::new();
+    for _ in 0..n * 20 {
+        if out.len() >= n {
+            break;
+        }
+        let len = rng.gen_range(2..64);
+        let mut body: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        body[0] = crate::codec::FORMAT_VERSION;
+        // Varint markers of 4- and 8-byte lengths, then a huge length.
+        let at = rng.gen_range(1..len);
+        body[at] = if rng.gen_bool(0.5) { 0xfd } else { 0xfc };
+        for b in body.iter_mut().skip(at + 1).take(8) {
+            *b = rng.gen_range(0x40..=0xff);
+        }
+        if !decodes(&body) {
+            out.push(body);
+        }
+    }
+    out
+}
+
 /// Injects one fault, holds it, heals it. Returns false when the fault could not be applied.
 async fn inject(
     cluster: &mut ProcessCluster,
     fault: Fault,
     rng: &mut StdRng,
     hold: Duration,
+    stats: &mut CatchUps,
 ) -> Result<bool, String> {
     let all = cluster.ids();
     let Some(leader) = current_leader(cluster, &all).await else {
         return Ok(false);
     };
+    let followers: Vec<u64> = all.iter().copied().filter(|n| *n != leader).collect();
     let victim = if fault.targets_leader() {
         leader
+    } else if fault == Fault::PauseFollower {
+        followers[rng.gen_range(0..followers.len())]
     } else {
         all[rng.gen_range(0..all.len())]
     };
@@ -464,11 +627,19 @@ async fn inject(
             cluster.kill(victim);
             tokio::time::sleep(hold).await;
             cluster.spawn(victim);
+            let others: Vec<u64> = all.iter().copied().filter(|n| *n != victim).collect();
+            if let Some(now) = current_leader(cluster, &others).await {
+                measure_catch_up(cluster, victim, now, fault.name(), stats).await;
+            }
         }
-        Fault::PauseLeader | Fault::PauseRandom => {
+        Fault::PauseLeader | Fault::PauseRandom | Fault::PauseFollower => {
             cluster.pause(victim);
             tokio::time::sleep(hold).await;
             cluster.resume(victim);
+            let others: Vec<u64> = all.iter().copied().filter(|n| *n != victim).collect();
+            if let Some(now) = current_leader(cluster, &others).await {
+                measure_catch_up(cluster, victim, now, fault.name(), stats).await;
+            }
         }
         Fault::PartitionLeader | Fault::PartitionSplit | Fault::PartitionBridge => {
             let topo = cluster.topology.as_mut().ok_or("no network namespaces")?;
@@ -482,13 +653,81 @@ async fn inject(
             tokio::time::sleep(hold).await;
             topo.heal()?;
         }
+        Fault::SigtermLeaderStalled => {
+            // Half an upload, then silence, held open across the SIGTERM.
+            let addr = cluster.nodes[&victim].addr.clone();
+            let stalled = tokio::net::TcpStream::connect(&addr).await.ok();
+            if let Some(mut conn) = stalled {
+                use tokio::io::AsyncWriteExt;
+                let head = "POST /api/orders HTTP/1.1\r\nHost: x\r\n\
+                            Content-Type: application/json\r\nContent-Length: 4000\r\n\r\n{";
+                let _ = conn.write_all(head.as_bytes()).await;
+                cluster.terminate(victim);
+                tokio::time::sleep(hold).await;
+                drop(conn);
+            } else {
+                cluster.terminate(victim);
+                tokio::time::sleep(hold).await;
+            }
+            cluster.wait_stopped(victim).await;
+            cluster.spawn(victim);
+        }
+        Fault::HostileBytes => {
+            let http = reqwest::Client::new();
+            for id in all.iter().copied() {
+                for route in [
+                    "/raft/append",
+                    "/raft/vote",
+                    "/raft/snapshot",
+                    "/raft/write",
+                ] {
+                    for body in hostile_bodies(rng, route, 8) {
+                        let sent = http
+                            .post(cluster.url(id, route))
+                            .timeout(Duration::from_secs(5))
+                            .body(body.clone())
+                            .send()
+                            .await;
+                        match sent {
+                            Ok(resp) if resp.status() == 400 || resp.status() == 413 => {}
+                            Ok(resp) => stuck_push(
+                                stats,
+                                format!(
+                                    "node {id} {route} answered {} to hostile bytes {body:?}",
+                                    resp.status()
+                                ),
+                            ),
+                            Err(e) if e.is_connect() => stuck_push(
+                                stats,
+                                format!(
+                                    "node {id} unreachable after hostile bytes at {route}: {e}"
+                                ),
+                            ),
+                            Err(_) => {}
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(hold).await;
+            for id in all {
+                if cluster.has_exited(id) {
+                    stuck_push(stats, format!("node {id} exited after hostile bytes"));
+                }
+            }
+        }
     }
     Ok(true)
 }
 
+fn stuck_push(stats: &mut CatchUps, what: String) {
+    if stats.stuck.len() < 20 {
+        stats.stuck.push(what);
+    }
+}
+
 /// Runs one torture run and reports.
 pub async fn run(config: TortureConfig) -> Result<Report, String> {
-    let ids = [1u64, 2, 3];
+    let ids: Vec<u64> = (1..=config.nodes.max(1)).collect();
     let mut skipped_network = None;
     let wants_network = config.faults.iter().any(|f| f.needs_network());
     let topology = if config.use_netns && wants_network {
@@ -515,7 +754,21 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
         Some(n) => vec!["--snapshot-every-logs".to_string(), n.to_string()],
         None => Vec::new(),
     };
-    let mut cluster = ProcessCluster::new(&config.bin, 3, topology, node_args);
+    let mut cluster = ProcessCluster::new(&config.bin, config.nodes.max(1), topology, node_args);
+    if let Some(offset) = &config.skewed_clock {
+        if !std::path::Path::new(LIBFAKETIME).exists() {
+            return Err(format!(
+                "{LIBFAKETIME} is missing (Debian package libfaketime)"
+            ));
+        }
+        let vars = vec![
+            ("LD_PRELOAD".to_string(), LIBFAKETIME.to_string()),
+            ("FAKETIME".to_string(), offset.clone()),
+            // Only the wall clock: timers and timeouts run on the monotonic one.
+            ("FAKETIME_DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
+        ];
+        cluster.set_env(config.nodes.max(1), vars);
+    }
     cluster.start_all().await;
 
     let shared = Arc::new(Shared {
@@ -536,6 +789,7 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
         last_ack_us: AtomicU64::new(0),
         longest_gap_us: AtomicU64::new(0),
         unexpected: Mutex::new(Vec::new()),
+        large_orders: config.large_orders,
     });
     let clients: Vec<_> = (0..config.clients)
         .map(|c| {
@@ -584,6 +838,7 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
     let mut nemesis_error = None;
     let end = Instant::now() + config.duration;
     let mut turn = 0usize;
+    let mut catch_ups = CatchUps::default();
     while Instant::now() + config.quiet < end && !faults.is_empty() && turn < 10_000 {
         tokio::time::sleep(config.quiet).await;
         let fault = if config.cycle_faults {
@@ -592,7 +847,7 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
             faults[rng.gen_range(0..faults.len())]
         };
         turn += 1;
-        match inject(&mut cluster, fault, &mut rng, config.hold).await {
+        match inject(&mut cluster, fault, &mut rng, config.hold, &mut catch_ups).await {
             Ok(true) => *injected.entry(fault.name()).or_default() += 1,
             Ok(false) => {}
             Err(e) => {
@@ -638,10 +893,7 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
 
     let mut by_tag: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
     for o in &final_orders {
-        by_tag
-            .entry(o["note"].as_str().unwrap_or_default().to_string())
-            .or_default()
-            .push(o);
+        by_tag.entry(note_tag(o)).or_default().push(o);
     }
     let duplicated: Vec<String> = by_tag
         .iter()
@@ -724,6 +976,9 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
         unexpected_answers,
         digests_equal,
         verdict,
+        longest_catch_up: catch_ups.longest,
+        catch_ups: catch_ups.count,
+        stuck: catch_ups.stuck,
     })
 }
 
