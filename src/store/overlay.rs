@@ -7,6 +7,10 @@ use std::collections::BTreeMap;
 pub(super) struct Overlay<'a> {
     tree: &'a sled::Tree,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Per prefix, the last key `remove_lowest` removed: every key under the prefix up to it
+    /// is removed in this overlay, so the next scan starts after it instead of walking past
+    /// every key removed so far (which made a batch of expiries quadratic).
+    cursors: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 impl<'a> Overlay<'a> {
@@ -14,6 +18,7 @@ impl<'a> Overlay<'a> {
         Overlay {
             tree,
             writes: BTreeMap::new(),
+            cursors: BTreeMap::new(),
         }
     }
 
@@ -25,6 +30,9 @@ impl<'a> Overlay<'a> {
     }
 
     pub fn insert(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        // A key at or below a cursor would be skipped by the next scan: drop that cursor.
+        self.cursors
+            .retain(|prefix, last| !(key.starts_with(prefix) && key <= *last));
         self.writes.insert(key, Some(value));
     }
 
@@ -32,31 +40,48 @@ impl<'a> Overlay<'a> {
         self.writes.insert(key, None);
     }
 
-    /// Keys under `prefix` that sort below `upper`, as the batch now sees them (committed keys
-    /// not removed by the overlay, plus keys the overlay added), in order, at most `limit`.
-    pub fn keys_below(
-        &self,
+    /// Removes and returns the lowest `limit` keys under `prefix` that sort below `upper`, as
+    /// the batch now sees them (committed keys not removed by the overlay, plus keys the
+    /// overlay added), in order.
+    pub fn remove_lowest(
+        &mut self,
         prefix: &[u8],
         upper: &[u8],
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, sled::Error> {
-        let mut keys: Vec<Vec<u8>> = Vec::new();
-        for kv in self.tree.range(prefix.to_vec()..upper.to_vec()).keys() {
+        let start = match self.cursors.get(prefix) {
+            Some(last) => {
+                let mut after = last.clone();
+                after.push(0);
+                after
+            }
+            None => prefix.to_vec(),
+        };
+        if start.as_slice() >= upper {
+            return Ok(Vec::new());
+        }
+        let mut keys = std::collections::BTreeSet::new();
+        for kv in self.tree.range(start.clone()..upper.to_vec()).keys() {
             let k = kv?;
             if keys.len() >= limit {
                 break;
             }
             if !matches!(self.writes.get(k.as_ref()), Some(None)) {
-                keys.push(k.to_vec());
+                keys.insert(k.to_vec());
             }
         }
-        for (k, v) in self.writes.range(prefix.to_vec()..upper.to_vec()) {
-            if v.is_some() && !keys.contains(k) {
-                keys.push(k.clone());
+        for (k, v) in self.writes.range(start..upper.to_vec()) {
+            if v.is_some() {
+                keys.insert(k.clone());
             }
         }
-        keys.sort();
-        keys.truncate(limit);
+        let keys: Vec<Vec<u8>> = keys.into_iter().take(limit).collect();
+        for k in &keys {
+            self.writes.insert(k.clone(), None);
+        }
+        if let Some(last) = keys.last() {
+            self.cursors.insert(prefix.to_vec(), last.clone());
+        }
         Ok(keys)
     }
 
@@ -79,5 +104,35 @@ impl<'a> Overlay<'a> {
             }
         }
         self.tree.apply_batch(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remove_lowest_takes_keys_in_order_across_calls_and_sees_overlay_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("t").unwrap();
+        for i in 0..100u8 {
+            tree.insert([b'x', i], vec![]).unwrap();
+        }
+        tree.insert(b"y", vec![]).unwrap();
+        let mut ov = Overlay::new(&tree);
+        let mut seen = Vec::new();
+        for _ in 0..30 {
+            seen.extend(ov.remove_lowest(b"x", &[b'x', 50], 7).unwrap());
+        }
+        assert_eq!(seen, (0..50u8).map(|i| vec![b'x', i]).collect::<Vec<_>>());
+        // A key added below the cursor is found by the next scan.
+        ov.insert(vec![b'x', 3, 1], vec![]);
+        assert_eq!(
+            ov.remove_lowest(b"x", &[b'x', 60], 2).unwrap(),
+            vec![vec![b'x', 3, 1], vec![b'x', 50]]
+        );
+        assert_eq!(ov.get(&[b'x', 10]).unwrap(), None);
+        assert!(ov.get(b"y").unwrap().is_some());
     }
 }

@@ -48,8 +48,10 @@ pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 /// every record with one write. After a long idle time the clock catches up step by step,
 /// which only keeps records longer.
 pub const MAX_CLOCK_STEP_MS: i64 = 10 * 60 * 1000;
-/// At most this many expired idempotency records are dropped per command (bounded work).
-const EXPIRE_PER_COMMAND: usize = 64;
+/// At most this many expired idempotency records are dropped per command (bounded work, and
+/// a bounded sled batch: a 256-command entry removes at most 4k keys). A command makes at
+/// most one record, so expiry still outpaces creation.
+const EXPIRE_PER_COMMAND: usize = 8;
 /// sled's memory use grows steeply with the size of one atomic batch (measured: 300k keys in
 /// batches of 4096 took +520 MB, in batches of ≤512 about +95 MB, the page cache), so big
 /// writes are cut into batches no larger than these.
@@ -218,10 +220,9 @@ fn apply_command(
 /// the record's own time at lookup as well, so this is storage cleanup, never semantics.
 fn expire_idempotency_records(ov: &mut Overlay, now: i64) -> Result<(), StoreError> {
     let upper = expiry_key(now.saturating_add(1), "");
-    for k in ov.keys_below(b"x", &upper, EXPIRE_PER_COMMAND)? {
+    for k in ov.remove_lowest(b"x", &upper, EXPIRE_PER_COMMAND)? {
         let key = String::from_utf8_lossy(&k[9..]).into_owned();
         ov.remove(idem_key(&key));
-        ov.remove(k);
     }
     Ok(())
 }
