@@ -148,27 +148,61 @@ impl LogStore {
         }
     }
 
-    /// Removes entries `from..=to_inclusive` (to the end with `None`) in small batches: one
-    /// big sled batch costs memory out of all proportion (see `state_machine`). The order
-    /// keeps the log without holes if a crash stops it half-way: a truncation removes from the
-    /// end backwards, a purge from the start forwards.
     fn remove_range(&self, from: u64, to_inclusive: Option<u64>) -> Result<(), StoreError> {
-        let iter = match to_inclusive {
-            Some(to) => self.reader.log.range(index_key(from)..=index_key(to)),
-            None => self.reader.log.range(index_key(from)..),
+        remove_range(&self.reader.log, from, to_inclusive)
+    }
+}
+
+/// Removes entries `from..=to_inclusive` (to the end with `None`) in small batches: one
+/// big sled batch costs memory out of all proportion (see `state_machine`). The order
+/// keeps the log without holes if a crash stops it half-way: a truncation removes from the
+/// end backwards, a purge from the start forwards.
+fn remove_range(log: &sled::Tree, from: u64, to_inclusive: Option<u64>) -> Result<(), StoreError> {
+    let iter = match to_inclusive {
+        Some(to) => log.range(index_key(from)..=index_key(to)),
+        None => log.range(index_key(from)..),
+    };
+    let mut keys = iter.keys().collect::<Result<Vec<_>, _>>()?;
+    if to_inclusive.is_none() {
+        keys.reverse();
+    }
+    for chunk in keys.chunks(REMOVE_BATCH_KEYS) {
+        let mut batch = sled::Batch::default();
+        for k in chunk {
+            batch.remove(k.clone());
+        }
+        log.apply_batch(batch)?;
+    }
+    Ok(())
+}
+
+/// Removes log entries up to and including `upto` and records it as the last purged id; a
+/// no-op if the log was purged that far already. Shared by `LogStore::purge` and the end of a
+/// snapshot install (a purge held back meanwhile, see `AppliedFloor`).
+#[derive(Clone)]
+pub(super) struct LogPurger {
+    log: sled::Tree,
+    raft: sled::Tree,
+}
+
+impl LogPurger {
+    pub(super) fn new(db: &sled::Db) -> Result<LogPurger, StoreError> {
+        Ok(LogPurger {
+            log: db.open_tree("log")?,
+            raft: db.open_tree("raft")?,
+        })
+    }
+
+    pub(super) fn purge_upto(&self, upto: LogId) -> Result<(), StoreError> {
+        let last_purged: Option<LogId> = match self.raft.get(KEY_LAST_PURGED)? {
+            Some(v) => Some(codec::decode(&v)?),
+            None => None,
         };
-        let mut keys = iter.keys().collect::<Result<Vec<_>, _>>()?;
-        if to_inclusive.is_none() {
-            keys.reverse();
+        if last_purged.is_some_and(|p| p.index >= upto.index) {
+            return Ok(());
         }
-        for chunk in keys.chunks(REMOVE_BATCH_KEYS) {
-            let mut batch = sled::Batch::default();
-            for k in chunk {
-                batch.remove(k.clone());
-            }
-            self.reader.log.apply_batch(batch)?;
-        }
-        Ok(())
+        self.raft.insert(KEY_LAST_PURGED, codec::encode(&upto)?)?;
+        remove_range(&self.log, 0, Some(upto.index))
     }
 }
 
@@ -310,21 +344,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     purged = ?held.map(|l| l.index),
                     "snapshot install under way: log purge held at what the state machine covers"
                 );
+                // The rest goes when the install is done (`AppliedFloor::install_done`), so
+                // the log has no hole between what it kept and the entries after the snapshot.
+                self.floor.defer_purge(log_id);
                 match held {
                     Some(l) => l,
                     None => return Ok(()),
                 }
             }
         };
-        let last_purged: Option<LogId> = self
-            .read_meta(KEY_LAST_PURGED)
-            .map_err(StoreError::into_write)?;
-        if last_purged.is_some_and(|p| p.index >= upto.index) {
-            return Ok(());
-        }
-        self.write_meta(KEY_LAST_PURGED, &upto)
-            .map_err(StoreError::into_write)?;
-        self.remove_range(0, Some(upto.index))
+        self.floor
+            .purger()
+            .purge_upto(upto)
             .map_err(StoreError::into_write)
     }
 }

@@ -58,16 +58,55 @@ impl StoreConfig {
 /// openraft 0.9 purges the log as soon as it hands a received snapshot to the state machine,
 /// before the install is done; a crash then would leave a log that starts after the state
 /// machine ends. From the first chunk received until the install is done, purges stop at the
-/// state machine's applied index, and the rest goes with the next purge. (Outside installs
-/// openraft purges only what a snapshot covers, which is never past the applied index.)
-#[derive(Debug, Default)]
+/// state machine's applied index, and the rest is purged as soon as the install is done
+/// (before any entry after the snapshot arrives, so the log never has a hole). Outside
+/// installs openraft purges only what a snapshot covers, never past the applied index.
 pub(crate) struct AppliedFloor {
     /// The last applied index + 1 (0: nothing applied).
     applied: AtomicU64,
     receiving: AtomicBool,
+    /// A purge held back while a snapshot came in.
+    deferred: std::sync::Mutex<Option<crate::raft::LogId>>,
+    purger: log_store::LogPurger,
 }
 
 impl AppliedFloor {
+    fn new(purger: log_store::LogPurger) -> AppliedFloor {
+        AppliedFloor {
+            applied: AtomicU64::new(0),
+            receiving: AtomicBool::new(false),
+            deferred: std::sync::Mutex::new(None),
+            purger,
+        }
+    }
+
+    fn purger(&self) -> &log_store::LogPurger {
+        &self.purger
+    }
+
+    fn defer_purge(&self, upto: crate::raft::LogId) {
+        let mut deferred = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
+        if deferred.is_none_or(|d| d < upto) {
+            *deferred = Some(upto);
+        }
+    }
+
+    /// The state machine now holds (durably) the snapshot ending at `snapshot_last`: purges
+    /// are free again, and one held back meanwhile is done now, up to the snapshot at most.
+    fn install_done(&self, snapshot_last: Option<crate::raft::LogId>) -> Result<(), StoreError> {
+        self.set_applied(snapshot_last.map(|l| l.index));
+        self.receiving.store(false, Ordering::SeqCst);
+        let deferred = self
+            .deferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match (deferred, snapshot_last) {
+            (Some(d), Some(s)) => self.purger.purge_upto(d.min(s)),
+            _ => Ok(()),
+        }
+    }
+
     /// The highest index a purge may remove now: `None` for no limit, `Some(None)` when
     /// nothing may go.
     fn purge_limit(&self) -> Option<Option<u64>> {
@@ -81,8 +120,8 @@ impl AppliedFloor {
             .store(index.map_or(0, |i| i + 1), Ordering::SeqCst);
     }
 
-    fn set_receiving(&self, receiving: bool) {
-        self.receiving.store(receiving, Ordering::SeqCst);
+    fn begin_receiving(&self) {
+        self.receiving.store(true, Ordering::SeqCst);
     }
 }
 
@@ -91,7 +130,7 @@ impl AppliedFloor {
 pub fn open(config: &StoreConfig) -> Result<(LogStore, StateMachineStore), StoreError> {
     std::fs::create_dir_all(&config.dir)?;
     let db = open_sled(config)?;
-    let floor = Arc::new(AppliedFloor::default());
+    let floor = Arc::new(AppliedFloor::new(log_store::LogPurger::new(&db)?));
     let sm = StateMachineStore::open(db.clone(), config.dir.join("snapshots"), floor.clone())?;
     let log = LogStore::open(db, config.durability, floor)?;
     Ok((log, sm))

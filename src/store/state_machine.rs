@@ -657,7 +657,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
         // From here until the install is done, the log store keeps what the state machine
         // does not cover yet (see `AppliedFloor`).
-        self.floor.set_receiving(true);
+        self.floor.begin_receiving();
         let path = self.snapshots.temp_path("incoming");
         let file = tokio::fs::OpenOptions::new()
             .read(true)
@@ -720,7 +720,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .await
             .map_err(|e| err(StoreError::Corrupt(e.to_string())))?
             .map_err(err)?;
-        self.floor.set_receiving(false);
+        self.floor.install_done(meta.last_log_id).map_err(err)?;
         tracing::info!(snapshot_id = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }
