@@ -376,6 +376,24 @@ fn idempotency_replays_rejects_reuse_and_expires() {
             out[0][0].replayed,
             "a far-ahead stamp must not expire the key"
         );
+        // Nor does a whole entry of commands sharing such a stamp: one step per entry.
+        let far = (0..200)
+            .map(|_| create("far", None, 1_000 + day + 2))
+            .collect();
+        sm.apply([Entry {
+            log_id: log_id(1, 8),
+            payload: EntryPayload::Normal(CommandBatch { commands: far }),
+        }])
+        .await
+        .unwrap();
+        let out = sm
+            .apply([entry(9, create("a", Some("key-1"), 1_000 + day + 1))])
+            .await
+            .unwrap();
+        assert!(
+            out[0][0].replayed,
+            "a far-ahead batch must not expire the key"
+        );
 
         // After 24 h of the clock moving in steps the key is free again: the same request
         // creates anew.
@@ -383,12 +401,12 @@ fn idempotency_replays_rejects_reuse_and_expires() {
         let ticks: Vec<Entry> = (1..=(day / step + 1))
             .map(|i| {
                 entry(
-                    7 + i as u64,
+                    9 + i as u64,
                     set_status(999, OrderStatus::Paid, None, None, 1_000 + i * step),
                 )
             })
             .collect();
-        let next = 8 + ticks.len() as u64;
+        let next = 10 + ticks.len() as u64;
         sm.apply(ticks).await.unwrap();
         let out = sm
             .apply([entry(
@@ -400,7 +418,7 @@ fn idempotency_replays_rejects_reuse_and_expires() {
         let o = out[0][0].clone();
         assert!(!o.replayed);
         let order = o.result.unwrap();
-        assert_eq!(order.id, 2);
+        assert_eq!(order.id, 202);
         assert_eq!(order.created_at_ms, 1_000 + day + 2 * step);
     });
 }

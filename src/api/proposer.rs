@@ -28,6 +28,8 @@ const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// A clock further than this off the cluster's median is worth a warning.
 const CLOCK_WARN_OFFSET_MS: i64 = 1000;
 const CLOCK_WARN_EVERY: Duration = Duration::from_secs(10);
+/// How long a new leader waits for its peers' clocks before refusing writes (503).
+const CLOCK_WAIT: Duration = Duration::from_millis(500);
 /// Requests waiting to be batched before senders wait too.
 const QUEUE: usize = 4096;
 
@@ -74,9 +76,14 @@ impl Proposer {
     }
 }
 
-/// The time to stamp into commands now: the median clock of a quorum of voters when known,
-/// else this node's own. Says so (at most every 10 s) when this node's clock is far off.
-fn cluster_time_ms(raft: &Raft, clocks: &PeerClocks, last_warned: &mut Option<Instant>) -> i64 {
+/// The time to stamp into commands now: the median clock of a quorum of voters, `None` until
+/// fresh readings of a quorum are known (a leader gets them from its first heartbeats). Says
+/// so (at most every 10 s) when this node's clock is far off.
+fn cluster_time_ms(
+    raft: &Raft,
+    clocks: &PeerClocks,
+    last_warned: &mut Option<Instant>,
+) -> Option<i64> {
     let own = wall_clock_ms();
     let (me, voters) = {
         let m = raft.metrics();
@@ -84,9 +91,7 @@ fn cluster_time_ms(raft: &Raft, clocks: &PeerClocks, last_warned: &mut Option<In
         let voters: Vec<_> = m.membership_config.membership().voter_ids().collect();
         (m.id, voters)
     };
-    let Some(offset) = clocks.median_offset_ms(me, &voters) else {
-        return own;
-    };
+    let offset = clocks.median_offset_ms(me, &voters)?;
     if offset.abs() > CLOCK_WARN_OFFSET_MS
         && last_warned.is_none_or(|t| t.elapsed() > CLOCK_WARN_EVERY)
     {
@@ -96,7 +101,26 @@ fn cluster_time_ms(raft: &Raft, clocks: &PeerClocks, last_warned: &mut Option<In
         );
         *last_warned = Some(Instant::now());
     }
-    own + offset
+    Some(own + offset)
+}
+
+/// `cluster_time_ms`, waiting up to `CLOCK_WAIT` for readings: a leader does not stamp its own
+/// clock, which may be the one that is wrong.
+async fn wait_cluster_time_ms(
+    raft: &Raft,
+    clocks: &PeerClocks,
+    last_warned: &mut Option<Instant>,
+) -> Option<i64> {
+    let deadline = Instant::now() + CLOCK_WAIT;
+    loop {
+        if let Some(t) = cluster_time_ms(raft, clocks, last_warned) {
+            return Some(t);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn run(
@@ -129,7 +153,14 @@ async fn run(
         if batch.is_empty() {
             continue;
         }
-        let stamped_at_ms = cluster_time_ms(&raft, &clocks, &mut last_warned);
+        let Some(stamped_at_ms) = wait_cluster_time_ms(&raft, &clocks, &mut last_warned).await
+        else {
+            // Not proposed: no quorum's clocks, and very likely no quorum either.
+            for p in batch {
+                let _ = p.reply.send(LeaderAnswer::Failed(ApiError::NoQuorum));
+            }
+            continue;
+        };
         let raft = raft.clone();
         tokio::spawn(async move {
             let _permit = permit;

@@ -2,9 +2,10 @@
 //! `snapshot_view`), and the read side the API uses.
 //!
 //! Layout of the `sm` tree (all values encoded by `codec`):
-//! - `m:applied`, `m:membership`, `m:next_id`, `m:clock`: last applied log id, last membership,
-//!   the next order id, and the state machine's clock (follows leader stamps, never backwards
-//!   and at most `MAX_CLOCK_STEP_MS` per command; idempotency records expire by it);
+//! - `m:applied`, `m:membership`, `m:next_id`, `m:clock`, `m:last_stamp`: last applied log id,
+//!   last membership, the next order id, and the state machine's clock (follows leader stamps,
+//!   never backwards and at most `MAX_CLOCK_STEP_MS` per distinct stamp; idempotency records
+//!   expire by it) with the last stamp seen;
 //! - `o` + id: the order; `c` + customer + id and `s` + status + id: the listing indexes;
 //! - `i` + key: an idempotency record; `x` + expiry + key: the same key ordered by expiry.
 //!
@@ -38,12 +39,14 @@ const K_APPLIED: &[u8] = b"m:applied";
 const K_MEMBERSHIP: &[u8] = b"m:membership";
 const K_NEXT_ID: &[u8] = b"m:next_id";
 const K_CLOCK: &[u8] = b"m:clock";
+/// The stamp of the last command applied (the clock moves once per stamp value).
+const K_LAST_STAMP: &[u8] = b"m:last_stamp";
 /// In the `raft` tree: set while a snapshot is being loaded into the state machine.
 const K_INSTALLING: &[u8] = b"installing_snapshot";
 
 /// How long an idempotency key is remembered, in the state machine's clock.
 pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
-/// The most one command's stamp may move the state machine's clock (which decides when
+/// The most one stamp may move the state machine's clock (which decides when
 /// idempotency records expire) forwards: a leader whose clock is a day ahead cannot expire
 /// every record with one write. After a long idle time the clock catches up step by step,
 /// which only keeps records longer.
@@ -134,15 +137,27 @@ fn advance_clock(clock: Option<i64>, stamp: i64) -> (i64, bool) {
 }
 
 /// Applies one order command against the overlay and returns its outcome; `clamped` counts
-/// commands whose stamp moved the clock by more than a step.
+/// stamps that would have moved the clock by more than a step.
+///
+/// The clock moves once per stamp value: the commands a leader batches share one stamp, and
+/// a batch of 256 of them must not move it 256 steps. (Per command, not per entry, so that
+/// how commands are grouped into entries never changes the state.)
 fn apply_command(
     ov: &mut Overlay,
     cmd: &OrderCommand,
     clamped: &mut u64,
 ) -> Result<CommandOutcome, StoreError> {
-    let (now, cut) = advance_clock(get_decoded(ov, K_CLOCK)?, cmd.stamped_at_ms);
-    *clamped += cut as u64;
-    put_encoded(ov, K_CLOCK, &now)?;
+    let clock: Option<i64> = get_decoded(ov, K_CLOCK)?;
+    let last_stamp: Option<i64> = get_decoded(ov, K_LAST_STAMP)?;
+    let now = if last_stamp == Some(cmd.stamped_at_ms) {
+        clock.unwrap_or(cmd.stamped_at_ms)
+    } else {
+        let (now, cut) = advance_clock(clock, cmd.stamped_at_ms);
+        *clamped += cut as u64;
+        put_encoded(ov, K_CLOCK, &now)?;
+        put_encoded(ov, K_LAST_STAMP, &cmd.stamped_at_ms)?;
+        now
+    };
     expire_idempotency_records(ov, now)?;
     // An order's own times are the leader's stamp (the cluster's median clock, see
     // `raft::clock`), not the bounded clock: after an idle night that lags real time.
@@ -630,7 +645,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         if clamped > 0 {
             tracing::warn!(
-                commands = clamped,
+                stamps = clamped,
                 max_step_ms = MAX_CLOCK_STEP_MS,
                 "stamps far ahead of the state machine's clock: it moved one step each"
             );
