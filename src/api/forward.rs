@@ -50,6 +50,9 @@ pub enum LeaderAnswer<T> {
     Done(T),
     /// This node is not the leader (any more); here is who it thinks is.
     NotLeader(Option<NodeId>),
+    /// This node lost the lead after proposing the write, which carries an idempotency key:
+    /// it may still be committed, and a retry with the key is safe.
+    Deposed(Option<NodeId>),
     Failed(ApiError),
 }
 
@@ -76,8 +79,23 @@ async fn wait_for_leader(raft: &Raft, deadline: Instant) -> Result<(NodeId, Stri
 /// Commits one order operation through Raft from any node and returns its outcome.
 pub async fn submit_write(state: &AppState, req: WriteRequest) -> Result<CommandOutcome, ApiError> {
     let deadline = Instant::now() + state.request_timeout;
+    // Once a proposal may have been appended, running out of time means "unknown", not
+    // "unavailable".
+    let mut maybe_appended = false;
+    let give_up = |maybe_appended: bool, e: ApiError| match e {
+        ApiError::NoLeader | ApiError::NoQuorum | ApiError::Unavailable(_) if maybe_appended => {
+            ApiError::Timeout(
+                "leadership changed after the write was proposed; its outcome is unknown \
+                 (retry with the same Idempotency-Key)"
+                    .into(),
+            )
+        }
+        e => e,
+    };
     for _ in 0..MAX_ATTEMPTS {
-        let (leader, addr) = wait_for_leader(&state.raft, deadline).await?;
+        let (leader, addr) = wait_for_leader(&state.raft, deadline)
+            .await
+            .map_err(|e| give_up(maybe_appended, e))?;
         let answer = if leader == state.id {
             write_as_leader(state, req.clone(), deadline).await
         } else {
@@ -85,8 +103,9 @@ pub async fn submit_write(state: &AppState, req: WriteRequest) -> Result<Command
         };
         match answer {
             LeaderAnswer::Done(outcome) => return Ok(outcome),
-            LeaderAnswer::Failed(e) => return Err(e),
-            LeaderAnswer::NotLeader(_) => {
+            LeaderAnswer::Failed(e) => return Err(give_up(maybe_appended, e)),
+            LeaderAnswer::NotLeader(_) | LeaderAnswer::Deposed(_) => {
+                maybe_appended |= matches!(answer, LeaderAnswer::Deposed(_));
                 if Instant::now() + RETRY_PAUSE >= deadline {
                     break;
                 }
@@ -94,7 +113,7 @@ pub async fn submit_write(state: &AppState, req: WriteRequest) -> Result<Command
             }
         }
     }
-    Err(ApiError::NoLeader)
+    Err(give_up(maybe_appended, ApiError::NoLeader))
 }
 
 /// True unless the leader has not heard from a quorum for a while: a leader cut off from its
@@ -232,7 +251,7 @@ pub async fn linearizable_barrier(state: &AppState) -> Result<(), ApiError> {
             // A quorum check can fail on a slow round; retry until the deadline.
             LeaderAnswer::Failed(ApiError::NoQuorum) => last_err = ApiError::NoQuorum,
             LeaderAnswer::Failed(e) => return Err(e),
-            LeaderAnswer::NotLeader(_) => last_err = ApiError::NoLeader,
+            LeaderAnswer::NotLeader(_) | LeaderAnswer::Deposed(_) => last_err = ApiError::NoLeader,
         }
         if Instant::now() + RETRY_PAUSE >= deadline {
             break;

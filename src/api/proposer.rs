@@ -216,7 +216,7 @@ async fn run(
                     .iter()
                     .map(|&keyed| {
                         if keyed {
-                            LeaderAnswer::NotLeader(f.leader_id)
+                            LeaderAnswer::Deposed(f.leader_id)
                         } else {
                             LeaderAnswer::Failed(ApiError::Timeout(
                                 "leadership changed while the write was in flight; its \

@@ -11,7 +11,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -29,9 +28,9 @@ fn encoded<T: Serialize>(value: &T) -> Response {
     }
 }
 
-/// Largest append body: a batch of entries (the sender keeps batches near `MAX_APPEND_BYTES`,
-/// but one entry is never split, and an entry may hold up to 256 of the largest orders).
-pub const BODY_LIMIT_APPEND: usize = 64 * 1024 * 1024;
+/// Largest append body: a batch of entries. Senders cut batches at `--max-append-kib` (at most
+/// 8 MiB) and proposers keep an entry near 256 KB, so twice the largest budget is room enough.
+pub const BODY_LIMIT_APPEND: usize = 16 * 1024 * 1024;
 /// Largest snapshot chunk (openraft's chunk size plus the meta).
 pub const BODY_LIMIT_SNAPSHOT: usize = 16 * 1024 * 1024;
 /// Largest forwarded write: one order operation (~40 KB at the legal maximum).
@@ -90,28 +89,31 @@ pub async fn snapshot(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match decoded::<_, { BODY_LIMIT_SNAPSHOT * CLAIM_PER_BODY_BYTE }>(body, BODY_LIMIT_SNAPSHOT) {
+    type Req = openraft::raft::InstallSnapshotRequest<crate::raft::TypeConfig>;
+    match decoded::<Req, { BODY_LIMIT_SNAPSHOT * CLAIM_PER_BODY_BYTE }>(body, BODY_LIMIT_SNAPSHOT) {
         Ok(req) => {
-            let _hold = state.election_hold.enter();
+            let _hold = state.election_hold.enter(&req.vote);
             encoded(&state.raft.install_snapshot(req).await)
         }
         Err(e) => e.into_response(),
     }
 }
 
-/// Keeps this node from campaigning while it receives or installs a snapshot from a leader.
+/// Keeps this node from campaigning while it receives or installs a snapshot from its leader.
 ///
 /// openraft 0.9's follower hears nothing from the leader while it installs the last chunk
 /// (seconds for a big store), so its election timer fires and its campaign deposes a healthy
-/// leader, whose transfer then starts over. A node being sent a snapshot knows a leader is
-/// alive; it may campaign again `grace` after the last chunk is done, by which time the
-/// leader's next append has reset its timer.
+/// leader, whose transfer then starts over. A node being sent a snapshot by the leader it
+/// follows knows that leader is alive; it may campaign again `grace` after the last chunk is
+/// done, by which time the leader's next append has reset its timer. Only chunks carrying the
+/// committed vote of the leader this node follows hold elections: a stale or stray request
+/// does not.
 pub struct ElectionHold {
     raft: crate::raft::Raft,
     grace: std::time::Duration,
-    active: AtomicUsize,
-    /// Bumped on every `enter`, so a re-enable timer of an older hold does nothing.
-    generation: AtomicU64,
+    /// (chunks being handled, generation): under one lock with the `elect` switch, so a
+    /// re-enable timer can never switch elections back on during a newer hold.
+    state: std::sync::Mutex<(usize, u64)>,
 }
 
 impl ElectionHold {
@@ -119,18 +121,30 @@ impl ElectionHold {
         Arc::new(ElectionHold {
             raft,
             grace,
-            active: AtomicUsize::new(0),
-            generation: AtomicU64::new(0),
+            state: std::sync::Mutex::new((0, 0)),
         })
     }
 
-    fn enter(self: &Arc<Self>) -> HoldGuard {
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        if self.active.fetch_add(1, Ordering::SeqCst) == 0 {
+    /// A hold for as long as the guard lives, if `vote` is the leader's this node follows.
+    fn enter(self: &Arc<Self>, vote: &crate::raft::Vote) -> Option<HoldGuard> {
+        let from_our_leader = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            vote.is_committed()
+                && *vote >= m.vote
+                && m.current_leader == Some(vote.leader_id().node_id)
+        };
+        if !from_our_leader {
+            return None;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.0 == 0 {
             tracing::debug!("receiving a snapshot: elections held");
         }
+        state.0 += 1;
+        state.1 += 1;
         self.raft.runtime_config().elect(false);
-        HoldGuard(self.clone())
+        Some(HoldGuard(self.clone()))
     }
 }
 
@@ -139,15 +153,18 @@ struct HoldGuard(Arc<ElectionHold>);
 impl Drop for HoldGuard {
     fn drop(&mut self) {
         let hold = self.0.clone();
-        if hold.active.fetch_sub(1, Ordering::SeqCst) != 1 {
-            return;
-        }
-        let generation = hold.generation.load(Ordering::SeqCst);
+        let generation = {
+            let mut state = hold.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.0 -= 1;
+            if state.0 > 0 {
+                return;
+            }
+            state.1
+        };
         tokio::spawn(async move {
             tokio::time::sleep(hold.grace).await;
-            if hold.active.load(Ordering::SeqCst) == 0
-                && hold.generation.load(Ordering::SeqCst) == generation
-            {
+            let state = hold.state.lock().unwrap_or_else(|p| p.into_inner());
+            if *state == (0, generation) {
                 hold.raft.runtime_config().elect(true);
                 tracing::debug!("snapshot done: elections allowed again");
             }

@@ -4,22 +4,26 @@
 //! `axum::serve` has no read timeouts and no connection cap, so one client that stalls halfway
 //! through an upload kept a connection (and, on shutdown, the whole process) waiting for as
 //! long as it liked. Here every connection must send its request head within
-//! `header_read_timeout` and its body within `body_read_timeout`; at most `max_connections`
-//! are served at once (more are closed at accept, so clients fail fast and try another node);
-//! and shutdown waits at most `shutdown_grace` for requests in flight, then drops the rest.
+//! `header_read_timeout` and its whole body within `body_read_timeout` of the head (a total
+//! deadline: a trickle of bytes does not extend it); at most `max_connections` are served at
+//! once (more are closed at accept, so clients fail fast and try another node); and shutdown
+//! waits at most `shutdown_grace` for requests in flight, then drops the rest.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes, HttpBody};
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 
 /// Limits of the HTTP listener.
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +53,12 @@ pub async fn serve(
     limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let router = router.layer(RequestBodyTimeoutLayer::new(limits.body_read_timeout));
+    let body_timeout = limits.body_read_timeout;
+    let router = router.layer(axum::middleware::map_request(
+        move |req: axum::extract::Request| async move {
+            req.map(|body| Body::new(DeadlineBody::new(body, body_timeout)))
+        },
+    ));
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -102,5 +111,47 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("HTTP: requests still in flight after the grace period; dropping them");
+    }
+}
+
+/// A request body that fails once its deadline passes, however the bytes trickle in (tower-
+/// http's body timeout restarts with every frame).
+struct DeadlineBody {
+    inner: Body,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl DeadlineBody {
+    fn new(inner: Body, within: Duration) -> DeadlineBody {
+        DeadlineBody {
+            inner,
+            deadline: Box::pin(tokio::time::sleep_until(Instant::now() + within)),
+        }
+    }
+}
+
+impl HttpBody for DeadlineBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(axum::Error::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the request body was not received in time",
+            )))));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

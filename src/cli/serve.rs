@@ -52,7 +52,7 @@ pub struct ServeArgs {
     pub cache_mib: u64,
     /// Byte budget of one append to a follower, KiB: larger batches are cut (one entry is
     /// always sent whole). Each append must be written and fsynced by the follower within
-    /// one heartbeat interval, openraft's timeout for it.
+    /// one heartbeat interval, openraft's timeout for it. At most 8192.
     #[arg(long, default_value_t = (DEFAULT_MAX_APPEND_BYTES / 1024) as u64)]
     pub max_append_kib: u64,
     /// How long the leader waits for one snapshot chunk, ms; the last chunk's wait includes
@@ -107,7 +107,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         snapshot_every_logs: args.snapshot_every_logs,
         cache_capacity_bytes: args.cache_mib * 1024 * 1024,
-        max_append_bytes: (args.max_append_kib.max(1) * 1024) as usize,
+        // Peers refuse append bodies over 16 MiB: keep batches well under that.
+        max_append_bytes: (args.max_append_kib.clamp(1, 8192) * 1024) as usize,
         install_snapshot_timeout_ms: args.install_snapshot_timeout_ms,
         server_limits: ServerLimits {
             header_read_timeout: Duration::from_millis(args.read_timeout_ms),

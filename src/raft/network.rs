@@ -63,7 +63,9 @@ impl PeerNetwork {
     pub fn new(unreachable_retry: Duration, max_append_bytes: usize) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below the peers' read timeout (10 s), which closes idle keep-alive connections:
+            // never reuse one the peer is about to close.
+            .pool_idle_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .build()
             .expect("an HTTP client with plain settings builds");
