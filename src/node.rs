@@ -75,6 +75,9 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         dir: config.data_dir.clone(),
         cache_capacity_bytes: config.cache_capacity_bytes,
         durability: config.durability,
+        // Read about as much as one append may carry; the peer client still checks the
+        // encoded size (PayloadTooLarge), which this makes rare.
+        read_batch_bytes: config.max_append_bytes,
     };
     if config.durability == Durability::UnsafeNoFsync {
         tracing::warn!("UNSAFE: log appends are acknowledged before fsync; a crash can lose acknowledged orders");

@@ -624,3 +624,39 @@ fn a_status_filtered_list_during_status_changes_lists_only_that_status() {
     let lists = lister.join().expect("no listed order in another status");
     assert!(lists > 0);
 }
+
+/// What replication reads for one append is bounded in bytes, never empty.
+#[test]
+fn replication_reads_are_bounded_in_bytes_but_never_empty() {
+    let dir = TempDir::new().unwrap();
+    rt().block_on(async {
+        let mut config = StoreConfig::new(dir.path());
+        config.read_batch_bytes = 1000;
+        let (mut log, _sm) = store::open(&config).unwrap();
+        let entries: Vec<Entry> = (1..=50)
+            .map(|i| entry(i, create("c", None, i as i64)))
+            .collect();
+        log.blocking_append(entries).await.unwrap();
+        let mut reader = log.get_log_reader().await;
+        let first = reader.limited_get_log_entries(1, 51).await.unwrap();
+        assert!(
+            (1..50).contains(&first.len()),
+            "{} entries for 1000 bytes",
+            first.len()
+        );
+        assert_eq!(first[0].log_id, log_id(1, 1));
+        config.read_batch_bytes = 1;
+        drop((log, _sm, reader));
+        let (mut log, _sm) = store::open(&config).unwrap();
+        let mut reader = log.get_log_reader().await;
+        assert_eq!(
+            reader.limited_get_log_entries(7, 51).await.unwrap().len(),
+            1
+        );
+        assert!(reader
+            .limited_get_log_entries(7, 7)
+            .await
+            .unwrap()
+            .is_empty());
+    });
+}

@@ -34,6 +34,9 @@ fn index_key(index: u64) -> [u8; 8] {
 #[derive(Clone)]
 pub struct LogReader {
     log: sled::Tree,
+    /// What replication reads at once (`limited_get_log_entries`), in stored bytes: one
+    /// AppendEntries to a lagging follower, bounded before anything is decoded or sent.
+    batch_bytes: usize,
 }
 
 impl LogReader {
@@ -70,6 +73,29 @@ impl RaftLogReader<TypeConfig> for LogReader {
     ) -> Result<Vec<Entry>, StorageError> {
         self.entries(range).map_err(StoreError::into_read)
     }
+
+    /// Entries from `start` until `end` or until `batch_bytes` of them are read (at least
+    /// one): the batch a lagging follower is sent stays within the append byte budget.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for kv in self.log.range(index_key(start)..index_key(end)) {
+            let (_, v) = kv.map_err(|e| StoreError::from(e).into_read())?;
+            if !out.is_empty() && bytes + v.len() > self.batch_bytes {
+                break;
+            }
+            bytes += v.len();
+            out.push(codec::decode::<Entry>(&v).map_err(|e| StoreError::from(e).into_read())?);
+        }
+        Ok(out)
+    }
 }
 
 /// The Raft log store of one node.
@@ -88,6 +114,7 @@ impl LogStore {
         db: sled::Db,
         durability: Durability,
         floor: std::sync::Arc<AppliedFloor>,
+        read_batch_bytes: usize,
     ) -> Result<LogStore, StoreError> {
         let log = db.open_tree("log")?;
         let raft = db.open_tree("raft")?;
@@ -98,7 +125,10 @@ impl LogStore {
             .spawn(move || run_flusher(flush_db, rx))?;
         Ok(LogStore {
             db,
-            reader: LogReader { log },
+            reader: LogReader {
+                log,
+                batch_bytes: read_batch_bytes,
+            },
             raft,
             durability,
             flusher: Some((tx, handle)),

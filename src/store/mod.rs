@@ -38,9 +38,12 @@ pub struct StoreConfig {
     /// sled's page cache in bytes (sled's own default is 1 GiB; ordo's is 64 MiB).
     pub cache_capacity_bytes: u64,
     pub durability: Durability,
+    /// Stored bytes of log entries replication reads for one append (see `LogReader`).
+    pub read_batch_bytes: usize,
 }
 
 pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_READ_BATCH_BYTES: usize = 1024 * 1024;
 
 impl StoreConfig {
     pub fn new(dir: impl AsRef<Path>) -> Self {
@@ -48,6 +51,7 @@ impl StoreConfig {
             dir: dir.as_ref().to_path_buf(),
             cache_capacity_bytes: DEFAULT_CACHE_CAPACITY_BYTES,
             durability: Durability::Fsync,
+            read_batch_bytes: DEFAULT_READ_BATCH_BYTES,
         }
     }
 }
@@ -132,7 +136,7 @@ pub fn open(config: &StoreConfig) -> Result<(LogStore, StateMachineStore), Store
     let db = open_sled(config)?;
     let floor = Arc::new(AppliedFloor::new(log_store::LogPurger::new(&db)?));
     let sm = StateMachineStore::open(db.clone(), config.dir.join("snapshots"), floor.clone())?;
-    let log = LogStore::open(db, config.durability, floor)?;
+    let log = LogStore::open(db, config.durability, floor, config.read_batch_bytes)?;
     Ok((log, sm))
 }
 
