@@ -43,7 +43,7 @@ pub struct TortureArgs {
     /// Creates carry the largest legal orders (100 items, long SKUs, a full note).
     #[arg(long)]
     pub large_orders: bool,
-    /// Run the highest-numbered node with its wall clock moved (libfaketime syntax: `+1d`).
+    /// Run node 1, which usually leads first, with its wall clock moved (libfaketime: `+1d`).
     #[arg(long, value_name = "OFFSET")]
     pub skewed_clock: Option<String>,
     /// How long a fault lasts, ms.

@@ -127,8 +127,8 @@ pub struct TortureConfig {
     /// Creates carry the largest legal orders (100 items, 64-character SKUs, a 1000-character
     /// note) instead of one small line.
     pub large_orders: bool,
-    /// Run the highest-numbered node with its clock moved by this libfaketime offset
-    /// (`+1d`: a day ahead).
+    /// Run node 1 (it forms the cluster, so it usually leads first) with its clock moved by
+    /// this libfaketime offset (`+1d`: a day ahead).
     pub skewed_clock: Option<String>,
 }
 
@@ -178,6 +178,11 @@ pub struct Report {
     pub catch_ups: u64,
     /// Nodes that did not catch up within the deadline, or went down by themselves.
     pub stuck: Vec<String>,
+    /// Orders whose `created_at` is more than an hour off the harness's clock (a leader's
+    /// wrong clock leaking into the data; see `--skewed-clock`).
+    pub misdated: Vec<String>,
+    /// Every node seen leading during the run.
+    pub leaders_seen: BTreeSet<u64>,
 }
 
 impl Report {
@@ -188,6 +193,7 @@ impl Report {
             && self.unexpected_answers.is_empty()
             && self.digests_equal
             && self.stuck.is_empty()
+            && self.misdated.is_empty()
     }
 
     pub fn fault_count(&self, f: Fault) -> u64 {
@@ -207,7 +213,11 @@ impl fmt::Display for Report {
         if let Some(why) = &self.skipped_network {
             writeln!(f, "  partitions SKIPPED: {why}")?;
         }
-        writeln!(f, "  leader changes seen: {}", self.failovers)?;
+        writeln!(
+            f,
+            "  leader changes seen: {} (leaders: {:?})",
+            self.failovers, self.leaders_seen
+        )?;
         writeln!(
             f,
             "  longest window without an acknowledged write: {:.2}s",
@@ -221,6 +231,14 @@ impl fmt::Display for Report {
         )?;
         if !self.stuck.is_empty() {
             writeln!(f, "  STUCK or DOWN: {:?}", self.stuck)?;
+        }
+        if !self.misdated.is_empty() {
+            writeln!(
+                f,
+                "  MISDATED orders ({}): {:?}",
+                self.misdated.len(),
+                &self.misdated[..self.misdated.len().min(5)]
+            )?;
         }
         writeln!(
             f,
@@ -767,7 +785,7 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
             // Only the wall clock: timers and timeouts run on the monotonic one.
             ("FAKETIME_DONT_FAKE_MONOTONIC".to_string(), "1".to_string()),
         ];
-        cluster.set_env(config.nodes.max(1), vars);
+        cluster.set_env(1, vars);
     }
     cluster.start_all().await;
 
@@ -803,10 +821,12 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
 
     // The leader watcher counts failovers.
     let failovers = Arc::new(AtomicU64::new(0));
+    let leaders_seen = Arc::new(Mutex::new(BTreeSet::new()));
     let watcher = {
         let urls = shared.urls.clone();
         let http = shared.http.clone();
         let failovers = failovers.clone();
+        let leaders_seen = leaders_seen.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
             let mut last: Option<u64> = None;
@@ -821,6 +841,9 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
                                 let id = s["node_id"].as_u64();
                                 if last.is_some() && id != last {
                                     failovers.fetch_add(1, Ordering::Relaxed);
+                                }
+                                if let Some(id) = id {
+                                    leaders_seen.lock().unwrap().insert(id);
                                 }
                                 last = id;
                                 break;
@@ -901,6 +924,18 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
         .map(|(k, _)| k.clone())
         .collect();
     let known = shared.known.lock().unwrap().clone();
+    // Every stamp is the cluster's median clock, whichever node led: none a day off.
+    let now_ms = crate::raft::clock::wall_clock_ms();
+    let misdated: Vec<String> = final_orders
+        .iter()
+        .filter(|o| {
+            let at = o["created_at"].as_str().unwrap_or_default();
+            chrono::DateTime::parse_from_rfc3339(at)
+                .map(|t| (t.timestamp_millis() - now_ms).abs() > 3_600_000)
+                .unwrap_or(true)
+        })
+        .map(|o| format!("order {} created_at {}", o["id"], o["created_at"]))
+        .collect();
     let lost_acked: Vec<String> = known
         .iter()
         .filter(|(tag, _)| !by_tag.contains_key(tag))
@@ -979,6 +1014,11 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
         longest_catch_up: catch_ups.longest,
         catch_ups: catch_ups.count,
         stuck: catch_ups.stuck,
+        misdated,
+        leaders_seen: {
+            let seen = leaders_seen.lock().unwrap().clone();
+            seen
+        },
     })
 }
 
