@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::ClientWriteResponse;
+use openraft::BasicNode;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
@@ -15,7 +17,7 @@ use super::error::ApiError;
 use super::forward::{LeaderAnswer, WriteRequest};
 use crate::order::{CommandBatch, CommandOutcome, OrderCommand};
 use crate::raft::clock::{wall_clock_ms, PeerClocks};
-use crate::raft::Raft;
+use crate::raft::{NodeId, Raft, TypeConfig};
 
 /// Proposals in flight at once.
 const MAX_IN_FLIGHT: usize = 4;
@@ -175,8 +177,6 @@ async fn run(
                     (cmd, p.reply)
                 })
                 .unzip();
-            let n = replies.len();
-            let all = |answer: LeaderAnswer<CommandOutcome>| vec![answer; n];
             // Known not to be appended anywhere: this node does not lead (any more).
             let leading = {
                 let m = raft.metrics();
@@ -194,48 +194,80 @@ async fn run(
                 .iter()
                 .map(|c| c.idempotency_key.is_some())
                 .collect();
-            let answers = match tokio::time::timeout(
-                commit_timeout,
-                raft.client_write(CommandBatch { commands }),
-            )
-            .await
-            {
-                Ok(Ok(resp)) if resp.data.len() == n => {
-                    resp.data.into_iter().map(LeaderAnswer::Done).collect()
-                }
-                Ok(Ok(resp)) => all(LeaderAnswer::Failed(ApiError::Internal(format!(
-                    "a batch of {n} commands applied with {} outcomes",
-                    resp.data.len()
-                )))),
-                // Either refused before it was appended (this node had just lost the lead) or
-                // appended and then truncated here when a new leader took over, in which case
-                // that leader, or a later one, may still commit it (five voters or more).
-                // Retrying is safe only with an idempotency key; without one the outcome is
-                // unknown.
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => keyed
-                    .iter()
-                    .map(|&keyed| {
-                        if keyed {
-                            LeaderAnswer::Deposed(f.leader_id)
-                        } else {
-                            LeaderAnswer::Failed(ApiError::Timeout(
-                                "leadership changed while the write was in flight; its \
-                                 outcome is unknown (send an Idempotency-Key to retry safely)"
-                                    .into(),
-                            ))
-                        }
-                    })
-                    .collect(),
-                Ok(Err(e)) => all(LeaderAnswer::Failed(ApiError::Timeout(format!(
-                    "write did not complete: {e}"
-                )))),
-                Err(_) => all(LeaderAnswer::Failed(ApiError::Timeout(
-                    "write was not committed in time".into(),
-                ))),
-            };
+            let written =
+                tokio::time::timeout(commit_timeout, raft.client_write(CommandBatch { commands }))
+                    .await;
+            let answers = answers_for(written, &keyed);
             for (reply, answer) in replies.into_iter().zip(answers) {
                 let _ = reply.send(answer);
             }
         });
+    }
+}
+
+type WriteResult = Result<
+    Result<ClientWriteResponse<TypeConfig>, RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>>,
+    tokio::time::error::Elapsed,
+>;
+
+/// What each caller of a proposed batch is told, given how `client_write` ended (or timed
+/// out) and which commands carry an idempotency key.
+fn answers_for(written: WriteResult, keyed: &[bool]) -> Vec<LeaderAnswer<CommandOutcome>> {
+    let n = keyed.len();
+    let all = |answer: LeaderAnswer<CommandOutcome>| vec![answer; n];
+    match written {
+        Ok(Ok(resp)) if resp.data.len() == n => {
+            resp.data.into_iter().map(LeaderAnswer::Done).collect()
+        }
+        Ok(Ok(resp)) => all(LeaderAnswer::Failed(ApiError::Internal(format!(
+            "a batch of {n} commands applied with {} outcomes",
+            resp.data.len()
+        )))),
+        // Either refused before it was appended (this node had just lost the lead) or
+        // appended and then truncated here when a new leader took over, in which case that
+        // leader, or a later one, may still commit it (five voters or more). Retrying is safe
+        // only with an idempotency key; without one the outcome is unknown.
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => keyed
+            .iter()
+            .map(|&keyed| {
+                if keyed {
+                    LeaderAnswer::Deposed(f.leader_id)
+                } else {
+                    LeaderAnswer::Failed(ApiError::Timeout(
+                        "leadership changed while the write was in flight; its outcome is \
+                         unknown (send an Idempotency-Key to retry safely)"
+                            .into(),
+                    ))
+                }
+            })
+            .collect(),
+        Ok(Err(e)) => all(LeaderAnswer::Failed(ApiError::Timeout(format!(
+            "write did not complete: {e}"
+        )))),
+        Err(_) => all(LeaderAnswer::Failed(ApiError::Timeout(
+            "write was not committed in time".into(),
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::error::ForwardToLeader;
+
+    /// A proposal that comes back ForwardToLeader may have been appended and may still be
+    /// committed: never "not leader, try again" for a write without a key.
+    #[test]
+    fn forward_to_leader_after_proposing_is_unknown_without_a_key() {
+        let deposed: WriteResult = Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(
+            ForwardToLeader::new(2, BasicNode::new("n2")),
+        ))));
+        let answers = answers_for(deposed, &[true, false]);
+        assert!(matches!(answers[0], LeaderAnswer::Deposed(Some(2))));
+        assert!(
+            matches!(&answers[1], LeaderAnswer::Failed(ApiError::Timeout(_))),
+            "{:?}",
+            answers[1]
+        );
     }
 }
