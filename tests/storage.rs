@@ -658,5 +658,23 @@ fn replication_reads_are_bounded_in_bytes_but_never_empty() {
             .await
             .unwrap()
             .is_empty());
+
+        // Never past a missing entry: a hole is not copied to a follower.
+        config.read_batch_bytes = 1 << 20;
+        drop((log, _sm, reader));
+        let (mut log, _sm) = store::open(&config).unwrap();
+        log.purge(log_id(1, 50)).await.unwrap();
+        let mut with_hole: Vec<Entry> = (51..=60)
+            .map(|i| entry(i, create("c", None, i as i64)))
+            .collect();
+        with_hole.remove(5); // no entry 56
+        log.blocking_append(with_hole).await.unwrap();
+        let mut reader = log.get_log_reader().await;
+        let got = reader.limited_get_log_entries(51, 61).await.unwrap();
+        assert_eq!(
+            got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+            vec![51, 52, 53, 54, 55]
+        );
+        assert!(reader.limited_get_log_entries(56, 61).await.is_err());
     });
 }

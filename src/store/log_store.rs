@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 
-use super::{AppliedFloor, Durability, StoreError};
+use super::{AppliedFloor, Durability, PurgePlan, StoreError};
 use crate::codec;
 use crate::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
 
@@ -87,12 +87,19 @@ impl RaftLogReader<TypeConfig> for LogReader {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for kv in self.log.range(index_key(start)..index_key(end)) {
-            let (_, v) = kv.map_err(|e| StoreError::from(e).into_read())?;
+            let (k, v) = kv.map_err(|e| StoreError::from(e).into_read())?;
+            // Only entries that follow on from `start`: never send past a missing one.
+            if k.as_ref() != index_key(start + out.len() as u64) {
+                break;
+            }
             if !out.is_empty() && bytes + v.len() > self.batch_bytes {
                 break;
             }
             bytes += v.len();
             out.push(codec::decode::<Entry>(&v).map_err(|e| StoreError::from(e).into_read())?);
+        }
+        if out.is_empty() {
+            return Err(StoreError::Corrupt(format!("log entry {start} is missing")).into_read());
         }
         Ok(out)
     }
@@ -213,6 +220,9 @@ fn remove_range(log: &sled::Tree, from: u64, to_inclusive: Option<u64>) -> Resul
 pub(super) struct LogPurger {
     log: sled::Tree,
     raft: sled::Tree,
+    /// Purges come from the Raft core and from the end of an install: one at a time, so the
+    /// last purged id only ever moves forwards.
+    lock: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl LogPurger {
@@ -220,10 +230,12 @@ impl LogPurger {
         Ok(LogPurger {
             log: db.open_tree("log")?,
             raft: db.open_tree("raft")?,
+            lock: Default::default(),
         })
     }
 
     pub(super) fn purge_upto(&self, upto: LogId) -> Result<(), StoreError> {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let last_purged: Option<LogId> = match self.raft.get(KEY_LAST_PURGED)? {
             Some(v) => Some(codec::decode(&v)?),
             None => None,
@@ -327,6 +339,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let Some(first) = entries.first() {
+            let last_stored = self
+                .reader
+                .log
+                .last()
+                .map_err(|e| openraft::StorageIOError::write_logs(&e))?
+                .map(|(k, _)| u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])));
+            self.floor
+                .wait_unless_hole_closed(first.log_id.index, last_stored)
+                .await;
+        }
         let mut batch = sled::Batch::default();
         for entry in entries {
             let bytes =
@@ -358,12 +382,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // The state machine shares this database and is not flushed per apply. Flushing here
         // makes its state durable before the entries that could rebuild it are gone; read
         // the limit first, so what it allows is covered by this flush. See `AppliedFloor`.
-        let limit = self.floor.purge_limit();
+        let plan = self.floor.plan_purge(log_id);
         self.flush().await.map_err(StoreError::into_write)?;
-        let upto = match limit {
-            None => log_id,
-            Some(Some(applied)) if applied >= log_id.index => log_id,
-            Some(applied) => {
+        let upto = match plan {
+            PurgePlan::All => log_id,
+            PurgePlan::HeldAt(applied) => {
                 let held = match applied {
                     Some(a) => self.entry_log_id(a).map_err(StoreError::into_write)?,
                     None => None,
@@ -372,11 +395,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     asked = log_id.index,
                     applied = ?applied,
                     purged = ?held.map(|l| l.index),
-                    "snapshot install under way: log purge held at what the state machine covers"
+                    "snapshot install under way: log purge held at what the state machine \
+                     covers; the rest goes when the install is done"
                 );
-                // The rest goes when the install is done (`AppliedFloor::install_done`), so
-                // the log has no hole between what it kept and the entries after the snapshot.
-                self.floor.defer_purge(log_id);
                 match held {
                     Some(l) => l,
                     None => return Ok(()),

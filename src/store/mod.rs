@@ -14,7 +14,6 @@ mod snapshot_view;
 mod state_machine;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use error::StoreError;
@@ -66,66 +65,112 @@ impl StoreConfig {
 /// (before any entry after the snapshot arrives, so the log never has a hole). Outside
 /// installs openraft purges only what a snapshot covers, never past the applied index.
 pub(crate) struct AppliedFloor {
-    /// The last applied index + 1 (0: nothing applied).
-    applied: AtomicU64,
-    receiving: AtomicBool,
-    /// A purge held back while a snapshot came in.
-    deferred: std::sync::Mutex<Option<crate::raft::LogId>>,
+    /// One lock for all of it: deciding how far a purge may go and holding back the rest
+    /// must be one step with respect to the end of an install.
+    state: std::sync::Mutex<FloorState>,
+    /// Signalled when an install is done (appends that would leave a hole wait for it).
+    installed: tokio::sync::Notify,
     purger: log_store::LogPurger,
 }
+
+#[derive(Debug, Default)]
+struct FloorState {
+    applied: Option<u64>,
+    receiving: bool,
+    /// A purge held back while a snapshot came in.
+    deferred: Option<crate::raft::LogId>,
+}
+
+/// How far a purge may go now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PurgePlan {
+    /// As far as asked.
+    All,
+    /// Up to this applied index (or nothing); the rest is deferred to the install's end.
+    HeldAt(Option<u64>),
+}
+
+/// How long an append that would leave a hole in the log waits for the install to end.
+const HOLE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl AppliedFloor {
     fn new(purger: log_store::LogPurger) -> AppliedFloor {
         AppliedFloor {
-            applied: AtomicU64::new(0),
-            receiving: AtomicBool::new(false),
-            deferred: std::sync::Mutex::new(None),
+            state: Default::default(),
+            installed: tokio::sync::Notify::new(),
             purger,
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FloorState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn purger(&self) -> &log_store::LogPurger {
         &self.purger
     }
 
-    fn defer_purge(&self, upto: crate::raft::LogId) {
-        let mut deferred = self.deferred.lock().unwrap_or_else(|p| p.into_inner());
-        if deferred.is_none_or(|d| d < upto) {
-            *deferred = Some(upto);
+    /// Decides how far a purge up to `asked` may go, deferring the rest while a snapshot
+    /// comes in.
+    fn plan_purge(&self, asked: crate::raft::LogId) -> PurgePlan {
+        let mut st = self.lock();
+        if !st.receiving || st.applied.is_some_and(|a| a >= asked.index) {
+            return PurgePlan::All;
         }
+        if st.deferred.is_none_or(|d| d < asked) {
+            st.deferred = Some(asked);
+        }
+        PurgePlan::HeldAt(st.applied)
     }
 
     /// The state machine now holds (durably) the snapshot ending at `snapshot_last`: purges
     /// are free again, and one held back meanwhile is done now, up to the snapshot at most.
     fn install_done(&self, snapshot_last: Option<crate::raft::LogId>) -> Result<(), StoreError> {
-        self.set_applied(snapshot_last.map(|l| l.index));
-        self.receiving.store(false, Ordering::SeqCst);
-        let deferred = self
-            .deferred
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        match (deferred, snapshot_last) {
+        let deferred = {
+            let mut st = self.lock();
+            st.applied = snapshot_last.map(|l| l.index);
+            st.receiving = false;
+            st.deferred.take()
+        };
+        let purged = match (deferred, snapshot_last) {
             (Some(d), Some(s)) => self.purger.purge_upto(d.min(s)),
             _ => Ok(()),
+        };
+        self.installed.notify_waiters();
+        purged
+    }
+
+    /// Waits (bounded) while writing entries from `first_index` on would leave a hole after
+    /// `last_stored`: a purge is held back for an install still running, and a new leader
+    /// already sends the entries after the snapshot.
+    async fn wait_unless_hole_closed(&self, first_index: u64, last_stored: Option<u64>) {
+        let deadline = tokio::time::Instant::now() + HOLE_WAIT;
+        loop {
+            let notified = self.installed.notified();
+            {
+                let st = self.lock();
+                let gap = last_stored.map_or(first_index > 0, |l| first_index > l + 1);
+                if !(st.receiving && st.deferred.is_some() && gap) {
+                    return;
+                }
+            }
+            tracing::info!(
+                first_index,
+                "append after a snapshot still being installed: waiting for the install"
+            );
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                tracing::warn!("snapshot install still running after {HOLE_WAIT:?}; appending");
+                return;
+            }
         }
     }
 
-    /// The highest index a purge may remove now: `None` for no limit, `Some(None)` when
-    /// nothing may go.
-    fn purge_limit(&self) -> Option<Option<u64>> {
-        self.receiving
-            .load(Ordering::SeqCst)
-            .then(|| self.applied.load(Ordering::SeqCst).checked_sub(1))
-    }
-
     fn set_applied(&self, index: Option<u64>) {
-        self.applied
-            .store(index.map_or(0, |i| i + 1), Ordering::SeqCst);
+        self.lock().applied = index;
     }
 
     fn begin_receiving(&self) {
-        self.receiving.store(true, Ordering::SeqCst);
+        self.lock().receiving = true;
     }
 }
 
