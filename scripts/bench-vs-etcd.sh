@@ -8,7 +8,7 @@
 # (temp dirs, ports 24001-24003 for ordo, 24101-24103 / 24201-24203 for etcd), then:
 #  - the matrix: creates at concurrency 1, 16, 64, 256; linearizable and stale reads at 64,
 #    each point run for ordo then etcd (alternating, so machine noise hits both), one line per
-#    point ending in the throughput ratio; all load comes from `ordo bench` (etcd through its
+#    point ending in the throughput ratio; all load comes from `ordo-bench` (etcd through its
 #    JSON gateway: /v3/kv/put with ~200-byte values, /v3/kv/range linearizable/serializable);
 #  - failover: SIGKILL of the leader → first acknowledged write through a survivor, 10 times;
 #  - recovery (ordo): a node down while RECOVERY_ORDERS orders are written, then restarted:
@@ -38,8 +38,9 @@ if [[ -z $ORDO_ONLY ]] && ! command -v etcd >/dev/null; then
 fi
 command -v curl >/dev/null || { echo "curl is needed (apt-get install -y curl)" >&2; exit 1; }
 
-cargo build --release --quiet
+cargo build --release --quiet -p ordo -p ordo-bench
 ORDO=target/release/ordo
+ORDO_BENCH=target/release/ordo-bench
 WORK=$(mktemp -d /tmp/ordo-bench.XXXXXX)
 declare -A OPID EPID
 
@@ -165,17 +166,17 @@ wait_leader ordo
 [[ -z $ORDO_ONLY ]] && wait_leader etcd
 
 echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}')"
-echo "# each point ${POINT_SECS}s; load from ordo bench (HTTP/1.1 keep-alive, closed loop)"
+echo "# each point ${POINT_SECS}s; load from ordo-bench (HTTP/1.1 keep-alive, closed loop)"
 
 point() { # label workload concurrency: ROUNDS rounds of ordo then etcd, then their medians
   local label=$1 workload=$2 c=$3 r epath
   for ((r = 1; r <= ROUNDS; r++)); do
-    "$ORDO" bench --target ordo --nodes "$ORDO_NODES" --workload "$workload" --concurrency "$c" \
+    "$ORDO_BENCH" --target ordo --nodes "$ORDO_NODES" --workload "$workload" --concurrency "$c" \
       --duration-secs "$POINT_SECS" --label "$label" --json-out "$WORK/o$r.json" >/dev/null
     epath=""
     if [[ -z $ORDO_ONLY ]]; then
       epath="$WORK/e$r.json"
-      "$ORDO" bench --target etcd --nodes "$ETCD_NODES" --workload "$workload" --concurrency "$c" \
+      "$ORDO_BENCH" --target etcd --nodes "$ETCD_NODES" --workload "$workload" --concurrency "$c" \
         --duration-secs "$POINT_SECS" --label "$label" --json-out "$epath" >/dev/null
     fi
     python3 - "$r" "$ROUNDS" "$WORK/o$r.json" "$epath" <<'PY'
@@ -249,7 +250,7 @@ if [[ $PARTS == *recovery* ]]; then
   leader=$(ordo_leader); down=$((leader % 3 + 1))
   kill -9 "${OPID[$down]}"; wait "${OPID[$down]}" 2>/dev/null || true
   up_nodes=""; for n in 1 2 3; do [[ $n == "$down" ]] || up_nodes+="${up_nodes:+,}$(ordo_url "$n")"; done
-  "$ORDO" bench --target ordo --nodes "$up_nodes" --workload create --concurrency 64 --count "$RECOVERY_ORDERS" --label "load while down"
+  "$ORDO_BENCH" --target ordo --nodes "$up_nodes" --workload create --concurrency 64 --count "$RECOVERY_ORDERS" --label "load while down"
   target=$(curl -fsS "$(ordo_url "$leader")/cluster/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["last_applied"])')
   t0=$(now_ms); start_ordo "$down"
   for ((i = 0; i < 6000; i++)); do
@@ -269,7 +270,7 @@ if [[ $PARTS == *memory* ]]; then
   #   PARTS=memory ORDO_ONLY=1 scripts/bench-vs-etcd.sh
   echo "== memory (ordo): RSS while $MEMORY_ORDERS orders are written"
   wait_leader ordo
-  "$ORDO" bench --target ordo --nodes "$ORDO_NODES" --workload create --concurrency 64 \
+  "$ORDO_BENCH" --target ordo --nodes "$ORDO_NODES" --workload create --concurrency 64 \
     --count "$MEMORY_ORDERS" --label "memory load" >"$WORK/memory-bench.txt" 2>&1 &
   bench_pid=$!
   t0=$(now_ms)

@@ -107,7 +107,7 @@ case "$cmd" in
   up)
     command -v cargo >/dev/null || { echo "cargo is needed to build ordo" >&2; exit 1; }
     command -v curl >/dev/null || { echo "curl is needed (apt-get install -y curl)" >&2; exit 1; }
-    if [[ -z "${ORDO_BIN:-}" ]]; then cargo build --release --quiet; fi
+    if [[ -z "${ORDO_BIN:-}" ]]; then cargo build --release --quiet -p ordo --bin ordo; fi
     for n in "${NODES[@]}"; do start_node "$n"; done
     if wait_for_leader; then
       echo "cluster is up:"

@@ -8,11 +8,12 @@
 //! - [`raft`]: openraft type configuration and the peer network client.
 //! - [`api`]: axum routes, forwarding to the leader, the one error→HTTP mapping.
 //! - [`node`]: wiring a node together and serving it.
-//! - [`client`]: a Rust client for the HTTP API; [`cli`]: the `ordo` command line on it;
-//!   [`bench`]: load and storage benchmarks.
+//! - [`client`]: a Rust client for the HTTP API; [`cli`]: the `ordo` command line on it.
+//!
+//! Beside this crate: `testkit/` (the process-cluster fixture and the torture run,
+//! `ordo-torture`), `bench/` (the load generator, `ordo-bench`) and `benches/storage.rs`.
 
 pub mod api;
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod codec;
@@ -20,4 +21,3 @@ pub mod node;
 pub mod order;
 pub mod raft;
 pub mod store;
-pub mod torture;

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ordo::torture::{self, Fault, TortureConfig};
+use ordo_testkit::{self as torture, Fault, TortureConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_torture_run_is_linearizable_and_loses_nothing() {

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ordo::torture::{self, Fault, TortureConfig};
+use ordo_testkit::{self as torture, Fault, TortureConfig};
 
 /// The conditions small workloads never create: five voters, the largest legal orders from
 /// many clients, frequent snapshots of a store of big orders (so a node that fell behind

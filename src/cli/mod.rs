@@ -1,5 +1,5 @@
 //! The `ordo` command line: `serve` runs a node; `order` and `cluster` talk to a running
-//! cluster through `client`; `bench-storage` measures the store. This module only parses and
+//! cluster through `client`. This module only parses and
 //! dispatches; each subcommand's file does its work.
 //!
 //! Exit codes: 0 success, 1 other error, 2 usage, 3 not found, 4 conflict, 5 invalid input,
@@ -8,7 +8,6 @@
 mod cluster;
 mod order;
 mod serve;
-mod torture;
 
 use std::time::Duration;
 
@@ -45,12 +44,6 @@ pub enum Command {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
-    /// Fault injection against a fresh local cluster, checked for linearizability.
-    Torture(torture::TortureArgs),
-    /// Load-test a running cluster (ordo, or etcd with the same load shape).
-    Bench(crate::bench::load::BenchArgs),
-    /// Measure log appends/s (fsync on) and on-disk bytes per order of the sled store.
-    BenchStorage(crate::bench::storage::BenchStorageArgs),
 }
 
 /// How client commands reach the cluster and print.
@@ -96,9 +89,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Cluster { conn, command } => {
             Ok(client_runtime()?.block_on(cluster::run(&conn, command)))
         }
-        Command::Torture(args) => torture::run(args),
-        Command::Bench(args) => crate::bench::load::run(args).map(|_| 0),
-        Command::BenchStorage(args) => crate::bench::storage::run(args).map(|_| 0),
     }
 }
 

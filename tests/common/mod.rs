@@ -1,4 +1,4 @@
-//! Test helpers on top of `ordo::torture::cluster::ProcessCluster` (real `ordo serve`
+//! Test helpers on top of `ordo_testkit::cluster::ProcessCluster` (real `ordo serve`
 //! processes on free loopback ports, killed and reaped on drop): starting a cluster, and the
 //! order requests the tests make. Waits poll with deadlines; nothing sleeps for a condition.
 
@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-pub use ordo::torture::cluster::{ProcessCluster as TestCluster, DEADLINE};
+pub use ordo_testkit::cluster::{ProcessCluster as TestCluster, DEADLINE};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 

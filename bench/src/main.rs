@@ -1,4 +1,4 @@
-//! `ordo bench`: a load generator for a running cluster — ordo, or etcd through its JSON
+//! `ordo-bench`: a load generator for a running cluster — ordo, or etcd through its JSON
 //! gateway with the same load shape — printing throughput, latency percentiles (hdrhistogram)
 //! and errors by kind, and writing a JSON result.
 //!
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use base64::Engine;
-use clap::{Args, ValueEnum};
+use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -36,10 +36,15 @@ pub enum Target {
     Etcd,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Parser)]
+#[command(
+    name = "ordo-bench",
+    version,
+    about = "Load-test a running cluster (ordo, or etcd with the same load shape)"
+)]
 pub struct BenchArgs {
     /// Base URLs of the nodes (etcd: client URLs of the members).
-    #[arg(long, env = "ORDO_NODES", default_value = crate::client::DEFAULT_NODES)]
+    #[arg(long, env = "ORDO_NODES", default_value = ordo::client::DEFAULT_NODES)]
     pub nodes: String,
     #[arg(long, value_enum, default_value = "ordo")]
     pub target: Target,
@@ -281,7 +286,11 @@ pub async fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchResult> {
     })
 }
 
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    run(BenchArgs::parse())
+}
+
+fn run(args: BenchArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let result = rt.block_on(run_bench(&args))?;
     let l = &result.latency_ms;

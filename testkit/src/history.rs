@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::order::OrderStatus;
+use ordo::order::OrderStatus;
 
 /// What a client asked, on one order object. Orders are identified by the tag the create
 /// carried (as note and idempotency key), since a create's id is only known once acked.

@@ -1,14 +1,20 @@
-//! `ordo torture`: a fault-injection run against a fresh local cluster, with its summary and
-//! the linearizability checker's verdict. Exit 0 on PASS, 1 on FAIL.
+//! `ordo-torture`: a fault-injection run against a fresh local cluster of `ordo serve`
+//! processes, with its summary and the linearizability checker's verdict. Exit 0 on PASS, 1 on
+//! FAIL.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Args;
+use clap::Parser;
 
-use crate::torture::{self, Fault, TortureConfig};
+use ordo_testkit::{self as torture, Fault, TortureConfig};
 
-#[derive(Debug, Args)]
+#[derive(Debug, Parser)]
+#[command(
+    name = "ordo-torture",
+    version,
+    about = "Fault injection against a fresh local ordo cluster, checked for linearizability"
+)]
 pub struct TortureArgs {
     /// Seed of the fault schedule and the clients' choices (default: random, printed).
     #[arg(long)]
@@ -30,7 +36,7 @@ pub struct TortureArgs {
     /// Run nodes on loopback without network namespaces (partitions are skipped).
     #[arg(long)]
     pub no_netns: bool,
-    /// The ordo binary the nodes run (default: this one).
+    /// The ordo binary the nodes run (default: `ordo` beside this program).
     #[arg(long)]
     pub bin: Option<std::path::PathBuf>,
     /// Nodes snapshot after this many applied entries (default: `ordo serve`'s); small values
@@ -51,7 +57,22 @@ pub struct TortureArgs {
     pub hold_ms: u64,
 }
 
-pub fn run(args: TortureArgs) -> anyhow::Result<i32> {
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match run(TortureArgs::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(args: TortureArgs) -> anyhow::Result<i32> {
     let mut faults = Vec::new();
     for name in args
         .faults
@@ -67,7 +88,9 @@ pub fn run(args: TortureArgs) -> anyhow::Result<i32> {
     let seed = args.seed.unwrap_or_else(rand::random);
     let bin = match args.bin {
         Some(b) => b,
-        None => std::env::current_exe().context("locating this binary")?,
+        None => std::env::current_exe()
+            .context("locating this binary")?
+            .with_file_name("ordo"),
     };
     let mut config = TortureConfig::new(bin, seed, Duration::from_secs(args.duration_secs));
     config.clients = args.clients.max(1);

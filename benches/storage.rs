@@ -1,20 +1,27 @@
-//! `ordo bench-storage`: appends/s of the Raft log with the fsync on (one entry per append,
+//! The storage benchmark (`cargo bench --bench storage -- --orders 20000`): appends/s of the Raft log with the fsync on (one entry per append,
 //! and batches of 64), apply throughput of the state machine, and on-disk bytes per order.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::Args;
+use clap::Parser;
 use openraft::storage::{RaftLogStorageExt, RaftStateMachine};
 use openraft::{CommittedLeaderId, EntryPayload};
 
-use crate::order::{CommandBatch, LineItem, NewOrder, OrderCommand, OrderOp};
-use crate::raft::{Entry, LogId};
-use crate::store::{self, Durability, StoreConfig};
+use ordo::order::{CommandBatch, LineItem, NewOrder, OrderCommand, OrderOp};
+use ordo::raft::{Entry, LogId};
+use ordo::store::{self, Durability, StoreConfig};
 
-#[derive(Debug, Args)]
+#[derive(Debug, Parser)]
+#[command(
+    name = "storage",
+    about = "Appends/s with fsync, apply throughput and bytes per order of the sled store"
+)]
 pub struct BenchStorageArgs {
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    pub bench: bool,
     /// Single-entry appends to time.
     #[arg(long, default_value_t = 2000)]
     pub single: u64,
@@ -59,7 +66,11 @@ fn sample_entry(index: u64) -> Entry {
     }
 }
 
-pub fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    run(BenchStorageArgs::parse())
+}
+
+fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
     let temp = match &args.dir {
         Some(d) => tempfile::TempDir::new_in(d),
         None => tempfile::TempDir::new_in(std::env::current_dir()?),

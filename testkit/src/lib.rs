@@ -1,4 +1,6 @@
-//! Fault injection with a linearizability check (`ordo torture`, and `tests/torture.rs`).
+//! ordo's test kit: the process-cluster fixture the tests drive real `ordo` processes with
+//! (`cluster`), network namespaces for partitions (`netns`), and fault injection with a
+//! linearizability check (the run below, `ordo-torture`, and the torture tests).
 //!
 //! A run starts a three-node cluster of real processes (each in its own network namespace
 //! when it can, see `netns`), drives it with concurrent clients doing creates (with
@@ -29,7 +31,7 @@ use tokio::time::Instant;
 use self::checker::Verdict;
 use self::cluster::ProcessCluster;
 use self::history::{History, Op, OpKind, Outcome};
-use crate::order::OrderStatus;
+use ordo::order::OrderStatus;
 
 /// One kind of fault the nemesis can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -318,17 +320,17 @@ fn create_body(client: usize, tag: &str, large: bool) -> Value {
         return json!({"customer_id": format!("client-{client}"),
             "items": [{"sku": "t", "quantity": 1, "unit_price_cents": 100}], "note": tag});
     }
-    let items: Vec<Value> = (0..crate::order::MAX_ITEMS)
+    let items: Vec<Value> = (0..ordo::order::MAX_ITEMS)
         .map(|i| {
-            json!({"sku": format!("{i:03}-{}", "s".repeat(crate::order::MAX_SKU_CHARS - 4)),
-                   "quantity": crate::order::MAX_QUANTITY,
-                   "unit_price_cents": crate::order::MAX_UNIT_PRICE_CENTS})
+            json!({"sku": format!("{i:03}-{}", "s".repeat(ordo::order::MAX_SKU_CHARS - 4)),
+                   "quantity": ordo::order::MAX_QUANTITY,
+                   "unit_price_cents": ordo::order::MAX_UNIT_PRICE_CENTS})
         })
         .collect();
     // The tag leads the note (the checker reads orders back by it), padded to the limit.
     let note = format!(
         "{tag}{}",
-        " ".repeat(crate::order::MAX_NOTE_CHARS - tag.len())
+        " ".repeat(ordo::order::MAX_NOTE_CHARS - tag.len())
     );
     json!({"customer_id": format!("client-{client}"), "items": items, "note": note})
 }
@@ -586,18 +588,18 @@ async fn measure_catch_up(
 /// Bodies that happen to decode are left out: a forged but well-formed Raft message is a
 /// question of peer authentication, not of robustness.
 fn hostile_bodies(rng: &mut StdRng, route: &str, n: usize) -> Vec<Vec<u8>> {
-    use crate::raft::TypeConfig;
     use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+    use ordo::raft::TypeConfig;
     const LIMIT: usize = 1 << 20;
     let decodes = |b: &[u8]| match route {
         "/raft/append" => {
-            crate::codec::decode_bounded::<AppendEntriesRequest<TypeConfig>, LIMIT>(b).is_ok()
+            ordo::codec::decode_bounded::<AppendEntriesRequest<TypeConfig>, LIMIT>(b).is_ok()
         }
-        "/raft/vote" => crate::codec::decode_bounded::<VoteRequest<u64>, LIMIT>(b).is_ok(),
+        "/raft/vote" => ordo::codec::decode_bounded::<VoteRequest<u64>, LIMIT>(b).is_ok(),
         "/raft/snapshot" => {
-            crate::codec::decode_bounded::<InstallSnapshotRequest<TypeConfig>, LIMIT>(b).is_ok()
+            ordo::codec::decode_bounded::<InstallSnapshotRequest<TypeConfig>, LIMIT>(b).is_ok()
         }
-        _ => crate::codec::decode_bounded::<crate::api::forward::WriteRequest, LIMIT>(b).is_ok(),
+        _ => ordo::codec::decode_bounded::<ordo::api::forward::WriteRequest, LIMIT>(b).is_ok(),
     };
     let mut out = Vec::new();
     for _ in 0..n * 20 {
@@ -606,7 +608,7 @@ fn hostile_bodies(rng: &mut StdRng, route: &str, n: usize) -> Vec<Vec<u8>> {
         }
         let len = rng.gen_range(2..64);
         let mut body: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
-        body[0] = crate::codec::FORMAT_VERSION;
+        body[0] = ordo::codec::FORMAT_VERSION;
         // Varint markers of 4- and 8-byte lengths, then a huge length.
         let at = rng.gen_range(1..len);
         body[at] = if rng.gen_bool(0.5) { 0xfd } else { 0xfc };
@@ -925,7 +927,7 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
         .collect();
     let known = shared.known.lock().unwrap().clone();
     // Every stamp is the cluster's median clock, whichever node led: none a day off.
-    let now_ms = crate::raft::clock::wall_clock_ms();
+    let now_ms = ordo::raft::clock::wall_clock_ms();
     let misdated: Vec<String> = final_orders
         .iter()
         .filter(|o| {
