@@ -39,7 +39,15 @@ pub enum ApiError {
     NoLeader,
     #[error("the cluster has no quorum; retry later")]
     NoQuorum,
-    #[error("timed out: {0}; the write may or may not have been applied, retry with the same Idempotency-Key")]
+    /// A write was sent or proposed and its fate is unknown (504 `timeout`, with the advice
+    /// that makes a retry safe).
+    #[error(
+        "{0}; the write may or may not have been applied, retry with the same Idempotency-Key"
+    )]
+    OutcomeUnknown(String),
+    /// Anything else that ran out of time (a membership change, a learner catching up, a
+    /// node-to-node call): 504 `timeout`, without write advice.
+    #[error("timed out: {0}")]
     Timeout(String),
     #[error("{0}")]
     Unavailable(String),
@@ -65,7 +73,7 @@ impl ApiError {
             Rejected(Rejection::Invalid(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             Rejected(_) => StatusCode::CONFLICT,
             NoLeader | NoQuorum | Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            OutcomeUnknown(_) | Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -89,7 +97,7 @@ impl ApiError {
             NoLeader => "no_leader",
             NoQuorum => "no_quorum",
             Unavailable(_) => "unavailable",
-            Timeout(_) => "timeout",
+            OutcomeUnknown(_) | Timeout(_) => "timeout",
             Internal(_) => "internal",
         }
     }
@@ -148,5 +156,26 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both are 504 `timeout` on the wire; only a write whose fate is unknown carries the
+    /// advice to retry it with its key.
+    #[test]
+    fn only_an_unknown_write_outcome_carries_write_advice() {
+        let unknown = ApiError::OutcomeUnknown("write was not committed in time".into());
+        let other = ApiError::Timeout("the learner did not catch up in time".into());
+        for e in [&unknown, &other] {
+            assert_eq!(
+                (e.status(), e.code()),
+                (StatusCode::GATEWAY_TIMEOUT, "timeout")
+            );
+        }
+        assert!(unknown.to_string().contains("Idempotency-Key"));
+        assert!(!other.to_string().contains("Idempotency-Key"));
     }
 }

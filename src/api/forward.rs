@@ -84,11 +84,7 @@ pub async fn submit_write(state: &AppState, req: WriteRequest) -> Result<Command
     let mut maybe_appended = false;
     let give_up = |maybe_appended: bool, e: ApiError| match e {
         ApiError::NoLeader | ApiError::NoQuorum | ApiError::Unavailable(_) if maybe_appended => {
-            ApiError::Timeout(
-                "leadership changed after the write was proposed; its outcome is unknown \
-                 (retry with the same Idempotency-Key)"
-                    .into(),
-            )
+            ApiError::OutcomeUnknown("leadership changed after the write was proposed".into())
         }
         e => e,
     };
@@ -103,6 +99,8 @@ pub async fn submit_write(state: &AppState, req: WriteRequest) -> Result<Command
         };
         match answer {
             LeaderAnswer::Done(outcome) => return Ok(outcome),
+            // Past the send, a forwarded write that timed out has an unknown outcome.
+            LeaderAnswer::Failed(ApiError::Timeout(m)) => return Err(ApiError::OutcomeUnknown(m)),
             LeaderAnswer::Failed(e) => return Err(give_up(maybe_appended, e)),
             LeaderAnswer::NotLeader(_) | LeaderAnswer::Deposed(_) => {
                 maybe_appended |= matches!(answer, LeaderAnswer::Deposed(_));

@@ -68,12 +68,12 @@ impl Proposer {
         }
         match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => {
-                LeaderAnswer::Failed(ApiError::Timeout("the write's outcome was lost".into()))
-            }
-            Err(_) => {
-                LeaderAnswer::Failed(ApiError::Timeout("write was not committed in time".into()))
-            }
+            Ok(Err(_)) => LeaderAnswer::Failed(ApiError::OutcomeUnknown(
+                "the write's outcome was lost".into(),
+            )),
+            Err(_) => LeaderAnswer::Failed(ApiError::OutcomeUnknown(
+                "write was not committed in time".into(),
+            )),
         }
     }
 }
@@ -233,18 +233,18 @@ fn answers_for(written: WriteResult, keyed: &[bool]) -> Vec<LeaderAnswer<Command
                 if keyed {
                     LeaderAnswer::Deposed(f.leader_id)
                 } else {
-                    LeaderAnswer::Failed(ApiError::Timeout(
-                        "leadership changed while the write was in flight; its outcome is \
-                         unknown (send an Idempotency-Key to retry safely)"
+                    LeaderAnswer::Failed(ApiError::OutcomeUnknown(
+                        "leadership changed while the write was in flight (send an \
+                         Idempotency-Key to make a retry safe)"
                             .into(),
                     ))
                 }
             })
             .collect(),
-        Ok(Err(e)) => all(LeaderAnswer::Failed(ApiError::Timeout(format!(
+        Ok(Err(e)) => all(LeaderAnswer::Failed(ApiError::OutcomeUnknown(format!(
             "write did not complete: {e}"
         )))),
-        Err(_) => all(LeaderAnswer::Failed(ApiError::Timeout(
+        Err(_) => all(LeaderAnswer::Failed(ApiError::OutcomeUnknown(
             "write was not committed in time".into(),
         ))),
     }
@@ -265,7 +265,10 @@ mod tests {
         let answers = answers_for(deposed, &[true, false]);
         assert!(matches!(answers[0], LeaderAnswer::Deposed(Some(2))));
         assert!(
-            matches!(&answers[1], LeaderAnswer::Failed(ApiError::Timeout(_))),
+            matches!(
+                &answers[1],
+                LeaderAnswer::Failed(ApiError::OutcomeUnknown(_))
+            ),
             "{:?}",
             answers[1]
         );

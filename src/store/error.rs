@@ -16,6 +16,12 @@ pub enum StoreError {
     /// openraft builds one snapshot at a time; a second dump beginning means a bug.
     #[error("a snapshot dump is already running")]
     DumpRunning,
+    /// `build_snapshot` called again on a builder whose dump was already taken (a bug).
+    #[error("this snapshot builder was used already")]
+    BuilderUsed,
+    /// Work moved to tokio's blocking pool panicked or was cancelled.
+    #[error("a blocking task failed: {0}")]
+    TaskFailed(#[from] tokio::task::JoinError),
 }
 
 impl StoreError {

@@ -544,7 +544,7 @@ impl StateMachineStore {
 /// dumped while applies go on (see `snapshot_view`).
 pub struct SnapshotBuilder {
     /// Taken by `build_snapshot`; an error if the dump could not begin.
-    begun: Option<Result<BegunDump, String>>,
+    begun: Option<Result<BegunDump, StoreError>>,
     store: StateMachineStore,
 }
 
@@ -561,8 +561,8 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let BegunDump { meta, dump } = self
             .begun
             .take()
-            .unwrap_or_else(|| Err("build_snapshot called twice".into()))
-            .map_err(|e| err(StoreError::Corrupt(e)))?;
+            .unwrap_or(Err(StoreError::BuilderUsed))
+            .map_err(err)?;
         // Seconds of disk I/O for a big store: on the blocking pool.
         let store = self.store.blocking_handle();
         let written = meta.clone();
@@ -572,7 +572,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             Ok::<_, StoreError>(path)
         })
         .await
-        .map_err(|e| err(StoreError::Corrupt(e.to_string())))?
+        .map_err(|e| err(e.into()))?
         .map_err(err)?;
         let (current, file) = self
             .store
@@ -656,13 +656,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         // Only the starting point is fixed here, between two applies; the dump itself runs in
         // build_snapshot while applies go on.
-        let begun = self
-            .snapshot_meta()
-            .and_then(|meta| {
-                let dump = self.view.begin()?;
-                Ok(BegunDump { meta, dump })
-            })
-            .map_err(|e| e.to_string());
+        let begun = self.snapshot_meta().and_then(|meta| {
+            let dump = self.view.begin()?;
+            Ok(BegunDump { meta, dump })
+        });
         SnapshotBuilder {
             begun: Some(begun),
             store: self.blocking_handle(),
@@ -719,7 +716,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let header =
             tokio::task::spawn_blocking(move || snapshot_file::read(&checked, |_, _| Ok(())))
                 .await
-                .map_err(|e| err(StoreError::Corrupt(e.to_string())))?
+                .map_err(|e| err(e.into()))?
                 .map_err(err)?;
         if header.last_log_id != meta.last_log_id {
             return Err(err(StoreError::Corrupt(format!(
@@ -733,7 +730,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let this = self.blocking_handle();
         tokio::task::spawn_blocking(move || this.load_current_snapshot())
             .await
-            .map_err(|e| err(StoreError::Corrupt(e.to_string())))?
+            .map_err(|e| err(e.into()))?
             .map_err(err)?;
         self.floor.install_done(meta.last_log_id).map_err(err)?;
         tracing::info!(snapshot_id = %meta.snapshot_id, "installed snapshot");
