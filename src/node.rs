@@ -22,6 +22,14 @@ use crate::raft::network::PeerNetwork;
 use crate::raft::{NodeId, Raft};
 use crate::store::{self, Durability, StoreConfig};
 
+/// `ordo serve`'s defaults (the flags say why each is what it is).
+pub const DEFAULT_HEARTBEAT_MS: u64 = 30;
+pub const DEFAULT_ELECTION_TIMEOUT_MIN_MS: u64 = 100;
+pub const DEFAULT_ELECTION_TIMEOUT_MAX_MS: u64 = 200;
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 3000;
+pub const DEFAULT_SNAPSHOT_EVERY_LOGS: u64 = 100_000;
+pub const DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
+
 /// Everything `ordo serve` needs to run a node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -45,6 +53,31 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// A node with every setting at `ordo serve`'s default.
+    pub fn new(
+        id: NodeId,
+        listen: SocketAddr,
+        data_dir: PathBuf,
+        peers: BTreeMap<NodeId, String>,
+    ) -> NodeConfig {
+        NodeConfig {
+            id,
+            listen,
+            data_dir,
+            peers,
+            heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+            election_timeout_min_ms: DEFAULT_ELECTION_TIMEOUT_MIN_MS,
+            election_timeout_max_ms: DEFAULT_ELECTION_TIMEOUT_MAX_MS,
+            request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
+            snapshot_every_logs: DEFAULT_SNAPSHOT_EVERY_LOGS,
+            cache_capacity_bytes: crate::store::DEFAULT_CACHE_CAPACITY_BYTES,
+            max_append_bytes: crate::raft::network::DEFAULT_MAX_APPEND_BYTES,
+            install_snapshot_timeout_ms: DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS,
+            durability: Durability::Fsync,
+            server_limits: ServerLimits::default(),
+        }
+    }
+
     fn raft_config(&self) -> anyhow::Result<Config> {
         let config = Config {
             cluster_name: "ordo".into(),
@@ -70,6 +103,20 @@ impl NodeConfig {
 
 /// Runs a node until SIGTERM or SIGINT.
 pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    run(config, listener, shutdown_signal()).await
+}
+
+/// Runs a node on `listener` until `shutdown` completes (`serve` passes SIGTERM/SIGINT; a test
+/// can pass a channel and run nodes in its own process). The listener is bound before the
+/// cluster forms, so peers can reach this node as soon as it votes.
+pub async fn run(
+    config: NodeConfig,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let raft_config = Arc::new(config.raft_config()?);
     let store_config = StoreConfig {
         dir: config.data_dir.clone(),
@@ -91,10 +138,6 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
         .await
         .context("starting raft")?;
 
-    // Listen before forming the cluster, so peers can reach this node as soon as it votes.
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(id = config.id, listen = %config.listen, "node serving");
 
     if !raft.is_initialized().await? {
@@ -143,7 +186,7 @@ pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
     // drains holds the whole cluster's writes hostage to its slowest client. Once Raft is
     // down the followers elect a new leader, and requests still here fail fast.
     let stop_raft_first = async {
-        shutdown_signal().await;
+        shutdown.await;
         tracing::info!("stopping raft, then the HTTP server");
         if let Err(e) = raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");

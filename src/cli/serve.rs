@@ -33,19 +33,19 @@ pub struct ServeArgs {
     // 300-400 ms after the last heartbeat (it was 450-675 ms with 50/150/300). Raise them on
     // machines whose pauses exceed ~300 ms, or elections will start spuriously.
     /// Leader heartbeat interval, ms.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = node::DEFAULT_HEARTBEAT_MS)]
     pub heartbeat_ms: u64,
     /// Lower bound of a follower's election timeout, ms.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = node::DEFAULT_ELECTION_TIMEOUT_MIN_MS)]
     pub election_timeout_min_ms: u64,
     /// Upper bound of the election timeout, ms; also the leader lease a follower honours.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = node::DEFAULT_ELECTION_TIMEOUT_MAX_MS)]
     pub election_timeout_max_ms: u64,
     /// How long a request waits for a leader, commit or read index before 503/504.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, default_value_t = node::DEFAULT_REQUEST_TIMEOUT_MS)]
     pub request_timeout_ms: u64,
     /// Build a snapshot (and purge the log) after this many applied entries.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = node::DEFAULT_SNAPSHOT_EVERY_LOGS)]
     pub snapshot_every_logs: u64,
     /// sled page cache in MiB.
     #[arg(long, default_value_t = DEFAULT_CACHE_CAPACITY_BYTES / (1024 * 1024))]
@@ -57,7 +57,7 @@ pub struct ServeArgs {
     pub max_append_kib: u64,
     /// How long the leader waits for one snapshot chunk, ms; the last chunk's wait includes
     /// the follower's install, which takes seconds for millions of orders.
-    #[arg(long, default_value_t = 60_000)]
+    #[arg(long, default_value_t = node::DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS)]
     pub install_snapshot_timeout_ms: u64,
     /// How long a client may take to send a request's head, and again its body, ms.
     #[arg(long, default_value_t = 10_000)]

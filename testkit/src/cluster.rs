@@ -18,6 +18,35 @@ use super::netns::Topology;
 /// Generous: test machines may have two noisy cores.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// What test helpers need of a cluster, whether its nodes are processes (`ProcessCluster`)
+/// or run in the test's own process (`inprocess::InProcessCluster`).
+pub trait Nodes {
+    fn ids(&self) -> Vec<u64>;
+    /// `http://HOST:PORT` of node `id`, then `path`.
+    fn url(&self, id: u64, path: &str) -> String;
+    fn http(&self) -> &reqwest::Client;
+    /// False once node `id` has stopped (its process exited, or its task ended).
+    fn is_serving(&mut self, id: u64) -> bool;
+}
+
+impl Nodes for ProcessCluster {
+    fn ids(&self) -> Vec<u64> {
+        ProcessCluster::ids(self)
+    }
+
+    fn url(&self, id: u64, path: &str) -> String {
+        ProcessCluster::url(self, id, path)
+    }
+
+    fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    fn is_serving(&mut self, id: u64) -> bool {
+        !self.has_exited(id)
+    }
+}
+
 pub struct ClusterNode {
     pub id: u64,
     /// HOST:PORT the node serves on.

@@ -14,6 +14,7 @@
 pub mod checker;
 pub mod cluster;
 pub mod history;
+pub mod inprocess;
 pub mod netns;
 
 use std::collections::{BTreeMap, BTreeSet};

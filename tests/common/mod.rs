@@ -1,13 +1,16 @@
-//! Test helpers on top of `ordo_testkit::cluster::ProcessCluster` (real `ordo serve`
-//! processes on free loopback ports, killed and reaped on drop): starting a cluster, and the
-//! order requests the tests make. Waits poll with deadlines; nothing sleeps for a condition.
+//! Test helpers on top of the test kit's clusters: `ProcessCluster` (real `ordo serve`
+//! processes on free loopback ports, killed and reaped on drop) for the cluster, client and
+//! torture tests, `InProcessCluster` (nodes in the test's own process) for input checks; and
+//! the order requests the tests make, for either. Waits poll with deadlines; nothing sleeps
+//! for a condition.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::Path;
 use std::time::Duration;
 
-pub use ordo_testkit::cluster::{ProcessCluster as TestCluster, DEADLINE};
+pub use ordo_testkit::cluster::{Nodes, ProcessCluster as TestCluster, DEADLINE};
+pub use ordo_testkit::inprocess::InProcessCluster;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -38,14 +41,14 @@ pub async fn send(req: reqwest::RequestBuilder) -> Result<(u16, Value), String> 
 
 /// POSTs an order to node `id`, with `note` and an optional idempotency key.
 pub async fn create(
-    cluster: &TestCluster,
+    cluster: &impl Nodes,
     id: u64,
     customer: &str,
     key: Option<&str>,
     note: &str,
 ) -> Result<(u16, Value), String> {
     let mut req = cluster
-        .http
+        .http()
         .post(cluster.url(id, "/api/orders"))
         .json(&order_body(customer, note));
     if let Some(k) = key {
@@ -54,12 +57,12 @@ pub async fn create(
     send(req).await
 }
 
-pub async fn get(cluster: &TestCluster, id: u64, path: &str) -> Result<(u16, Value), String> {
-    send(cluster.http.get(cluster.url(id, path))).await
+pub async fn get(cluster: &impl Nodes, id: u64, path: &str) -> Result<(u16, Value), String> {
+    send(cluster.http().get(cluster.url(id, path))).await
 }
 
 /// Every order, read page by page through node `id` (linearizable unless `stale`).
-pub async fn all_orders(cluster: &TestCluster, id: u64, stale: bool) -> Vec<Value> {
+pub async fn all_orders(cluster: &impl Nodes, id: u64, stale: bool) -> Vec<Value> {
     let mut out = Vec::new();
     for page in 1..=10_000 {
         let q = if stale { "&consistency=stale" } else { "" };
@@ -83,7 +86,7 @@ pub async fn all_orders(cluster: &TestCluster, id: u64, stale: bool) -> Vec<Valu
 /// Creates an order with an idempotency key (also its note), retrying through the given nodes
 /// until it is acknowledged (bounded by `DEADLINE` and a count). Returns the order.
 pub async fn create_until_acked(
-    cluster: &TestCluster,
+    cluster: &impl Nodes,
     nodes: &[u64],
     customer: &str,
     key: &str,
