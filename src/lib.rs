@@ -3,6 +3,7 @@
 //!
 //! Layers, each depending only on the ones above it in this list:
 //! - [`order`]: the domain — types, validation, status transitions, commands. No I/O.
+//! - [`wire`]: the public JSON of the HTTP API and its error codes (shared with the client).
 //! - [`codec`]: bincode bytes for disk and wire, behind a format version byte.
 //! - [`store`]: sled log store, order state machine, snapshots (openraft storage traits).
 //! - [`raft`]: openraft type configuration and the peer network client.
@@ -21,3 +22,4 @@ pub mod node;
 pub mod order;
 pub mod raft;
 pub mod store;
+pub mod wire;

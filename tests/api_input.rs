@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use ordo::wire::ErrorCode;
 use serde_json::{json, Value};
 
 struct Case {
@@ -59,12 +60,30 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
             "/api/orders",
             "{\"customer_id\": \"a\",",
             400,
-            "malformed_json",
+            ErrorCode::MalformedJson.as_str(),
         ),
-        case("POST", "/api/orders", "not json", 400, "malformed_json"),
-        case("POST", "/api/orders", "", 400, "malformed_json"),
+        case(
+            "POST",
+            "/api/orders",
+            "not json",
+            400,
+            ErrorCode::MalformedJson.as_str(),
+        ),
+        case(
+            "POST",
+            "/api/orders",
+            "",
+            400,
+            ErrorCode::MalformedJson.as_str(),
+        ),
         field(
-            case("POST", "/api/orders", "[]", 422, "validation_failed"),
+            case(
+                "POST",
+                "/api/orders",
+                "[]",
+                422,
+                ErrorCode::ValidationFailed.as_str(),
+            ),
             "body",
         ),
         field(
@@ -73,7 +92,7 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
                 "/api/orders",
                 &create_with(json!({"items": [item]})),
                 422,
-                "validation_failed",
+                ErrorCode::ValidationFailed.as_str(),
             ),
             "body",
         ),
@@ -83,7 +102,7 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
                 "/api/orders",
                 &create_with(json!({"customer_id": 5, "items": [item]})),
                 422,
-                "validation_failed",
+                ErrorCode::ValidationFailed.as_str(),
             ),
             "customer_id",
         ),
@@ -93,7 +112,7 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
                 "/api/orders",
                 &create_with(json!({"customer_id": "c", "items": [item], "extra": 1})),
                 422,
-                "validation_failed",
+                ErrorCode::ValidationFailed.as_str(),
             ),
             "extra",
         ),
@@ -103,7 +122,7 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
                 "/api/orders",
                 &create_with(json!({"customer_id": "c", "items": []})),
                 422,
-                "validation_failed",
+                ErrorCode::ValidationFailed.as_str(),
             ),
             "items",
         ),
@@ -113,7 +132,7 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
                 "/api/orders",
                 &create_with(json!({"customer_id": "", "items": [item]})),
                 422,
-                "validation_failed",
+                ErrorCode::ValidationFailed.as_str(),
             ),
             "customer_id",
         ),
@@ -125,7 +144,7 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
                     json!({"customer_id": "c", "items": [{"sku": "a", "quantity": "2", "unit_price_cents": 1}]}),
                 ),
                 422,
-                "validation_failed",
+                ErrorCode::ValidationFailed.as_str(),
             ),
             "items[0].quantity",
         ),
@@ -135,7 +154,7 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
                 "/api/orders",
                 r#"{"customer_id":"c","items":[{"sku":"a","quantity":99999999999999999999,"unit_price_cents":1}]}"#,
                 422,
-                "validation_failed",
+                ErrorCode::ValidationFailed.as_str(),
             ),
             "items[0].quantity",
         ),
@@ -147,7 +166,7 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
                     json!({"customer_id": "c", "items": [{"sku": "a", "quantity": 1, "unit_price_cents": -5}]}),
                 ),
                 422,
-                "validation_failed",
+                ErrorCode::ValidationFailed.as_str(),
             ),
             "items[0].unit_price_cents",
         ),
@@ -159,7 +178,7 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
                     json!({"customer_id": "c", "items": [{"sku": "a", "quantity": 1, "unit_price_cents": 1_000_000_001u64}]}),
                 ),
                 422,
-                "validation_failed",
+                ErrorCode::ValidationFailed.as_str(),
             ),
             "items[0].unit_price_cents",
         ),
@@ -171,7 +190,7 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
                     json!({"customer_id": "c", "items": [{"sku": "a", "quantity": 10001, "unit_price_cents": 1}]}),
                 ),
                 422,
-                "validation_failed",
+                ErrorCode::ValidationFailed.as_str(),
             ),
             "items[0].quantity",
         ),
@@ -183,7 +202,7 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
                     json!({"customer_id": "c", "items": [item], "note": "n".repeat(1001)}),
                 ),
                 422,
-                "validation_failed",
+                ErrorCode::ValidationFailed.as_str(),
             ),
             "note",
         ),
@@ -193,42 +212,108 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
                 "/api/order/create",
                 &create_with(json!({"customer_id": "c", "items": vec![item.clone(); 101]})),
                 422,
-                "validation_failed",
+                ErrorCode::ValidationFailed.as_str(),
             ),
             "items",
         ),
-        case("GET", "/api/orders/abc", "", 400, "invalid_id"),
-        case("GET", "/api/orders/0", "", 400, "invalid_id"),
-        case("GET", "/api/orders/-1", "", 400, "invalid_id"),
+        case(
+            "GET",
+            "/api/orders/abc",
+            "",
+            400,
+            ErrorCode::InvalidId.as_str(),
+        ),
+        case(
+            "GET",
+            "/api/orders/0",
+            "",
+            400,
+            ErrorCode::InvalidId.as_str(),
+        ),
+        case(
+            "GET",
+            "/api/orders/-1",
+            "",
+            400,
+            ErrorCode::InvalidId.as_str(),
+        ),
         case(
             "GET",
             "/api/orders/99999999999999999999999",
             "",
             400,
-            "invalid_id",
+            ErrorCode::InvalidId.as_str(),
         ),
-        case("GET", "/api/orders/424242", "", 404, "not_found"),
+        case(
+            "GET",
+            "/api/orders/424242",
+            "",
+            404,
+            ErrorCode::NotFound.as_str(),
+        ),
         case(
             "GET",
             &format!("{o}?consistency=maybe"),
             "",
             400,
-            "invalid_query",
+            ErrorCode::InvalidQuery.as_str(),
         ),
-        case("GET", &format!("{o}?x=1"), "", 400, "invalid_query"),
-        case("GET", "/api/orders?page=0", "", 400, "invalid_query"),
-        case("GET", "/api/orders?page=abc", "", 400, "invalid_query"),
-        case("GET", "/api/orders?per_page=101", "", 400, "invalid_query"),
-        case("GET", "/api/orders?per_page=-3", "", 400, "invalid_query"),
-        case("GET", "/api/orders?status=lost", "", 400, "invalid_query"),
-        case("GET", "/api/orders?page=1&page=2", "", 400, "invalid_query"),
+        case(
+            "GET",
+            &format!("{o}?x=1"),
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
+        case(
+            "GET",
+            "/api/orders?page=0",
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
+        case(
+            "GET",
+            "/api/orders?page=abc",
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
+        case(
+            "GET",
+            "/api/orders?per_page=101",
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
+        case(
+            "GET",
+            "/api/orders?per_page=-3",
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
+        case(
+            "GET",
+            "/api/orders?status=lost",
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
+        case(
+            "GET",
+            "/api/orders?page=1&page=2",
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
         field(
             case(
                 "PATCH",
                 &o,
                 r#"{"status":"teleported"}"#,
                 422,
-                "validation_failed",
+                ErrorCode::ValidationFailed.as_str(),
             ),
             "status",
         ),
@@ -238,7 +323,7 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
                 &o,
                 r#"{"status":"paid","expected_version":"one"}"#,
                 422,
-                "validation_failed",
+                ErrorCode::ValidationFailed.as_str(),
             ),
             "expected_version",
         ),
@@ -248,7 +333,7 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
                 &o,
                 r#"{"status":"paid","expected_version":0}"#,
                 422,
-                "validation_failed",
+                ErrorCode::ValidationFailed.as_str(),
             ),
             "expected_version",
         ),
@@ -258,48 +343,60 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
                 &o,
                 r#"{"status":"paid","color":"red"}"#,
                 422,
-                "validation_failed",
+                ErrorCode::ValidationFailed.as_str(),
             ),
             "color",
         ),
-        case("PATCH", &o, r#"{"status":"paid""#, 400, "malformed_json"),
+        case(
+            "PATCH",
+            &o,
+            r#"{"status":"paid""#,
+            400,
+            ErrorCode::MalformedJson.as_str(),
+        ),
         case(
             "PATCH",
             &o,
             r#"{"status":"delivered"}"#,
             409,
-            "invalid_transition",
+            ErrorCode::InvalidTransition.as_str(),
         ),
         case(
             "PATCH",
             &o,
             r#"{"status":"paid","expected_version":7}"#,
             409,
-            "version_conflict",
+            ErrorCode::VersionConflict.as_str(),
         ),
         case(
             "PATCH",
             "/api/orders/424242",
             r#"{"status":"paid"}"#,
             404,
-            "not_found",
+            ErrorCode::NotFound.as_str(),
         ),
         case(
             "PATCH",
             "/api/orders/x",
             r#"{"status":"paid"}"#,
             400,
-            "invalid_id",
+            ErrorCode::InvalidId.as_str(),
         ),
-        case("DELETE", &o, "", 405, "method_not_allowed"),
-        case("GET", "/api/nothing-here", "", 404, "not_found"),
+        case("DELETE", &o, "", 405, ErrorCode::MethodNotAllowed.as_str()),
+        case(
+            "GET",
+            "/api/nothing-here",
+            "",
+            404,
+            ErrorCode::NotFound.as_str(),
+        ),
         field(
             case(
                 "POST",
                 "/cluster/learners",
                 r#"{"id":9,"addr":"not an address"}"#,
                 422,
-                "validation_failed",
+                ErrorCode::ValidationFailed.as_str(),
             ),
             "addr",
         ),
@@ -309,7 +406,7 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
                 "/cluster/learners",
                 r#"{"id":"nine","addr":"127.0.0.1:1"}"#,
                 422,
-                "validation_failed",
+                ErrorCode::ValidationFailed.as_str(),
             ),
             "id",
         ),
@@ -319,7 +416,7 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
                 "/cluster/members",
                 r#"{"members":[]}"#,
                 422,
-                "validation_failed",
+                ErrorCode::ValidationFailed.as_str(),
             ),
             "members",
         ),
@@ -328,7 +425,7 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
             "/cluster/members",
             r#"{"members":"#,
             400,
-            "malformed_json",
+            ErrorCode::MalformedJson.as_str(),
         ),
     ];
     let mut no_json = case(
@@ -336,7 +433,7 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
         "/api/orders",
         &create_with(json!({"customer_id": "c", "items": [good_item()]})),
         415,
-        "unsupported_media_type",
+        ErrorCode::UnsupportedMediaType.as_str(),
     );
     no_json.content_type = Some("text/plain");
     cases.push(no_json);
@@ -345,7 +442,7 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
         &o,
         r#"{"status":"paid"}"#,
         415,
-        "unsupported_media_type",
+        ErrorCode::UnsupportedMediaType.as_str(),
     );
     no_type.content_type = None;
     cases.push(no_type);
@@ -353,14 +450,20 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
         r#"{{"customer_id":"c","items":[],"note":"{}"}}"#,
         "n".repeat(2 * 1024 * 1024)
     );
-    cases.push(case("POST", "/api/orders", &huge, 413, "body_too_large"));
+    cases.push(case(
+        "POST",
+        "/api/orders",
+        &huge,
+        413,
+        ErrorCode::BodyTooLarge.as_str(),
+    ));
     for bad_key in ["", "has space", &"k".repeat(129)] {
         let mut c = case(
             "POST",
             "/api/orders",
             &create_with(json!({"customer_id": "c", "items": [good_item()]})),
             400,
-            "invalid_idempotency_key",
+            ErrorCode::InvalidIdempotencyKey.as_str(),
         );
         c.headers.push(("Idempotency-Key", bad_key.to_string()));
         cases.push(c);
@@ -374,18 +477,24 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
         "/raft/write",
     ] {
         for body in ["", "{}"] {
-            let mut c = case("POST", path, body, 400, "bad_request");
+            let mut c = case("POST", path, body, 400, ErrorCode::BadRequest.as_str());
             c.content_type = None;
             cases.push(c);
         }
         // A length prefix claiming 2^62 bytes: this used to abort the node.
-        let mut c = case("POST", path, "", 400, "bad_request");
+        let mut c = case("POST", path, "", 400, ErrorCode::BadRequest.as_str());
         c.body = HOSTILE_LENGTH_PREFIX.to_vec();
         c.content_type = None;
         cases.push(c);
     }
     // Past a route's own body limit: the JSON 413, however the bytes look.
-    let mut c = case("POST", "/raft/vote", "", 413, "body_too_large");
+    let mut c = case(
+        "POST",
+        "/raft/vote",
+        "",
+        413,
+        ErrorCode::BodyTooLarge.as_str(),
+    );
     c.body = vec![1u8; 65 * 1024];
     c.content_type = None;
     cases.push(c);
@@ -537,7 +646,7 @@ async fn idempotent_create_and_status_change_over_http() {
         .unwrap();
     assert_eq!(
         (s3, reused["error"]["code"].as_str()),
-        (409, Some("idempotency_key_reused"))
+        (409, Some(ErrorCode::IdempotencyKeyReused.as_str()))
     );
 
     let path = format!("/api/orders/{}", first["id"]);

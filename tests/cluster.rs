@@ -6,6 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
+use ordo::wire::ErrorCode;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -147,7 +148,8 @@ async fn majority_down_fails_with_503_stale_reads_answer_and_recovery() {
         assert_eq!(rs, 503, "linearizable read without quorum: {rb}");
         read_503 = true;
         assert!(
-            ["no_leader", "no_quorum"].contains(&rb["error"]["code"].as_str().unwrap()),
+            [ErrorCode::NoLeader.as_str(), ErrorCode::NoQuorum.as_str()]
+                .contains(&rb["error"]["code"].as_str().unwrap()),
             "{rb}"
         );
     }

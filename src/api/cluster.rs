@@ -5,35 +5,22 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use super::error::ApiError;
+use super::json::JsonBody;
+use super::AppState;
+use crate::order::ValidationError;
+use crate::raft::NodeId;
+use crate::wire::{AddLearnerBody, ClusterStatus, MembersBody};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
-use serde::{Deserialize, Serialize};
-
-use super::error::ApiError;
-use super::json::JsonBody;
-use super::AppState;
-use crate::order::ValidationError;
-use crate::raft::NodeId;
 
 const FORWARDED_HEADER: &str = "x-ordo-forwarded";
 /// Adding a learner waits until it has caught up; bounded.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterStatus {
-    pub node_id: NodeId,
-    pub state: String,
-    pub leader_id: Option<NodeId>,
-    pub term: u64,
-    pub last_log_index: Option<u64>,
-    pub last_applied: Option<u64>,
-    pub members: BTreeMap<String, String>,
-    pub learners: BTreeMap<String, String>,
-}
 
 pub async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
@@ -85,21 +72,8 @@ pub async fn digest(State(state): State<AppState>) -> Result<Json<serde_json::Va
     ))
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AddLearnerBody {
-    pub id: NodeId,
-    pub addr: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MembersBody {
-    pub members: Vec<NodeId>,
-}
-
 /// Runs a membership change here if this node leads, else forwards the request to the leader.
-async fn on_leader<B: Serialize>(
+async fn on_leader<B: serde::Serialize>(
     state: &AppState,
     headers: &HeaderMap,
     path: &str,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::order::{Rejection, ValidationError};
 use crate::store::StoreError;
+use crate::wire::ErrorCode;
 
 /// Everything a request can fail with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
@@ -78,27 +79,27 @@ impl ApiError {
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         use ApiError::*;
         match self {
-            MalformedJson(_) => "malformed_json",
-            BadRequest(_) => "bad_request",
-            InvalidId(_) => "invalid_id",
-            InvalidQuery(_) => "invalid_query",
-            InvalidIdempotencyKey(_) => "invalid_idempotency_key",
-            UnsupportedMediaType => "unsupported_media_type",
-            BodyTooLarge(_) => "body_too_large",
-            Validation(_) | Rejected(Rejection::Invalid(_)) => "validation_failed",
-            NotFound(_) | Rejected(Rejection::NotFound(_)) => "not_found",
-            MethodNotAllowed(_) => "method_not_allowed",
-            Rejected(Rejection::InvalidTransition { .. }) => "invalid_transition",
-            Rejected(Rejection::VersionConflict { .. }) => "version_conflict",
-            Rejected(Rejection::IdempotencyKeyReused) => "idempotency_key_reused",
-            NoLeader => "no_leader",
-            NoQuorum => "no_quorum",
-            Unavailable(_) => "unavailable",
-            OutcomeUnknown(_) | Timeout(_) => "timeout",
-            Internal(_) => "internal",
+            MalformedJson(_) => ErrorCode::MalformedJson,
+            BadRequest(_) => ErrorCode::BadRequest,
+            InvalidId(_) => ErrorCode::InvalidId,
+            InvalidQuery(_) => ErrorCode::InvalidQuery,
+            InvalidIdempotencyKey(_) => ErrorCode::InvalidIdempotencyKey,
+            UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            BodyTooLarge(_) => ErrorCode::BodyTooLarge,
+            Validation(_) | Rejected(Rejection::Invalid(_)) => ErrorCode::ValidationFailed,
+            NotFound(_) | Rejected(Rejection::NotFound(_)) => ErrorCode::NotFound,
+            MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            Rejected(Rejection::InvalidTransition { .. }) => ErrorCode::InvalidTransition,
+            Rejected(Rejection::VersionConflict { .. }) => ErrorCode::VersionConflict,
+            Rejected(Rejection::IdempotencyKeyReused) => ErrorCode::IdempotencyKeyReused,
+            NoLeader => ErrorCode::NoLeader,
+            NoQuorum => ErrorCode::NoQuorum,
+            Unavailable(_) => ErrorCode::Unavailable,
+            OutcomeUnknown(_) | Timeout(_) => ErrorCode::Timeout,
+            Internal(_) => ErrorCode::Internal,
         }
     }
 
@@ -117,29 +118,15 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// The error body every failed request gets.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorDetail {
-    pub code: String,
-    pub message: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         if status.is_server_error() {
-            tracing::warn!(code = self.code(), error = %self, "request failed");
+            tracing::warn!(code = self.code().as_str(), error = %self, "request failed");
         }
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code().to_string(),
+        let body = crate::wire::ErrorBody {
+            error: crate::wire::ErrorDetail {
+                code: self.code().as_str().to_string(),
                 message: self.to_string(),
                 field: self.field().map(String::from),
             },
@@ -172,7 +159,7 @@ mod tests {
         for e in [&unknown, &other] {
             assert_eq!(
                 (e.status(), e.code()),
-                (StatusCode::GATEWAY_TIMEOUT, "timeout")
+                (StatusCode::GATEWAY_TIMEOUT, ErrorCode::Timeout)
             );
         }
         assert!(unknown.to_string().contains("Idempotency-Key"));

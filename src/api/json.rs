@@ -1,4 +1,4 @@
-//! The JSON shapes of the HTTP API and the strict body/query extraction behind them.
+//! Strict extraction of JSON bodies (the shapes themselves are in `wire`).
 //!
 //! Bodies must be `application/json`, at most `MAX_BODY_BYTES`, and match the shape exactly
 //! (unknown fields are refused). Syntax errors are 400 `malformed_json`; wrong types, missing
@@ -8,10 +8,9 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::header;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use crate::order::{LineItem, NewOrder, Order, OrderStatus, ValidationError};
+use crate::order::ValidationError;
 
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -59,117 +58,4 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ApiError::Validation(ValidationError::new(field, inner.to_string()))
     })?;
     Ok(value)
-}
-
-/// `POST /api/orders` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateOrderBody {
-    pub customer_id: String,
-    pub items: Vec<LineItemJson>,
-    #[serde(default)]
-    pub note: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct LineItemJson {
-    pub sku: String,
-    pub quantity: u32,
-    pub unit_price_cents: u64,
-}
-
-impl From<CreateOrderBody> for NewOrder {
-    fn from(b: CreateOrderBody) -> NewOrder {
-        NewOrder {
-            customer_id: b.customer_id,
-            items: b
-                .items
-                .into_iter()
-                .map(|i| LineItem {
-                    sku: i.sku,
-                    quantity: i.quantity,
-                    unit_price_cents: i.unit_price_cents,
-                })
-                .collect(),
-            note: b.note,
-        }
-    }
-}
-
-/// `PATCH /api/orders/{id}` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SetStatusBody {
-    pub status: String,
-    #[serde(default)]
-    pub expected_version: Option<u64>,
-}
-
-impl SetStatusBody {
-    pub fn parsed_status(&self) -> Result<OrderStatus, ApiError> {
-        OrderStatus::parse(&self.status).ok_or_else(|| {
-            ApiError::Validation(ValidationError::new(
-                "status",
-                format!(
-                    "unknown status {:?}: one of pending, paid, shipped, delivered, cancelled",
-                    self.status
-                ),
-            ))
-        })
-    }
-}
-
-/// An order as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct OrderJson {
-    pub id: u64,
-    pub customer_id: String,
-    pub items: Vec<LineItemJson>,
-    pub total_cents: u64,
-    pub status: String,
-    pub version: u64,
-    pub created_at: String,
-    pub updated_at: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-impl From<&Order> for OrderJson {
-    fn from(o: &Order) -> OrderJson {
-        OrderJson {
-            id: o.id,
-            customer_id: o.customer_id.clone(),
-            items: o
-                .items
-                .iter()
-                .map(|i| LineItemJson {
-                    sku: i.sku.clone(),
-                    quantity: i.quantity,
-                    unit_price_cents: i.unit_price_cents,
-                })
-                .collect(),
-            total_cents: o.total_cents,
-            status: o.status.as_str().to_string(),
-            version: o.version,
-            created_at: rfc3339(o.created_at_ms),
-            updated_at: rfc3339(o.updated_at_ms),
-            note: o.note.clone(),
-        }
-    }
-}
-
-/// `GET /api/orders` answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct OrderListJson {
-    pub orders: Vec<OrderJson>,
-    pub page: u64,
-    pub per_page: u64,
-    pub total: u64,
 }

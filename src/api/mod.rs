@@ -26,8 +26,7 @@ use crate::raft::{NodeId, Raft};
 use crate::store::OrderReader;
 pub use error::ApiError;
 
-/// Response header naming the current leader's HOST:PORT.
-pub const LEADER_HEADER: &str = "x-ordo-leader";
+pub use crate::wire::LEADER_HEADER;
 
 /// What every handler can reach.
 #[derive(Clone)]

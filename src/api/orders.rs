@@ -8,12 +8,13 @@ use axum::Json;
 
 use super::error::ApiError;
 use super::forward::{linearizable_barrier, submit_write, WriteRequest};
-use super::json::{CreateOrderBody, JsonBody, OrderJson, OrderListJson, SetStatusBody};
+use super::json::JsonBody;
 use super::AppState;
 use crate::order::{
     validate_idempotency_key, validate_new_order, NewOrder, OrderOp, OrderStatus, ValidationError,
 };
 use crate::store::OrderFilter;
+use crate::wire::{CreateOrderBody, OrderJson, OrderListJson, SetStatusBody};
 
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 const DEFAULT_PER_PAGE: u64 = 20;
@@ -193,7 +194,7 @@ pub async fn set_status(
 ) -> Result<Json<OrderJson>, ApiError> {
     let id = parse_id(&raw_id)?;
     let idempotency_key = idempotency_key(&headers)?;
-    let status = body.parsed_status()?;
+    let status = body.parsed_status().map_err(ApiError::Validation)?;
     if body.expected_version == Some(0) {
         return Err(ApiError::Validation(ValidationError::new(
             "expected_version",

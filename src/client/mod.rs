@@ -28,11 +28,11 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::time::Instant;
 
-pub use crate::api::cluster::ClusterStatus;
-use crate::api::error::ErrorBody;
-pub use crate::api::json::{CreateOrderBody as NewOrderRequest, LineItemJson as LineItem};
-pub use crate::api::json::{OrderJson as Order, OrderListJson as OrderList};
-use crate::api::LEADER_HEADER;
+pub use crate::wire::ClusterStatus;
+use crate::wire::ErrorBody;
+use crate::wire::LEADER_HEADER;
+pub use crate::wire::{CreateOrderBody as NewOrderRequest, LineItemJson as LineItem};
+pub use crate::wire::{OrderJson as Order, OrderListJson as OrderList};
 
 /// The cluster `scripts/cluster.sh up` starts.
 pub const DEFAULT_NODES: &str =

@@ -33,6 +33,7 @@ use self::checker::Verdict;
 use self::cluster::ProcessCluster;
 use self::history::{History, Op, OpKind, Outcome};
 use ordo::order::OrderStatus;
+use ordo::wire::ErrorCode;
 
 /// One kind of fault the nemesis can inject.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -404,113 +405,116 @@ async fn client_loop(shared: Arc<Shared>, client: usize, seed: u64) -> u64 {
         };
         let roll: f64 = rng.gen();
         let invoked_us = shared.now_us();
-        let (object, kind, outcome) =
-            match target {
-                Some((tag, id)) if roll >= 0.25 => {
-                    if roll < 0.6 {
-                        let to = OrderStatus::ALL[rng.gen_range(0..5)];
-                        let expected_version = rng.gen_bool(0.5).then(|| rng.gen_range(1..=4));
-                        let req = shared.http.patch(format!("{url}/api/orders/{id}")).json(
-                            &json!({"status": to.as_str(), "expected_version": expected_version}),
-                        );
-                        let outcome = match send(req, true).await {
-                            Ok((200, body)) => {
-                                shared.acked_write();
-                                order_state(&body).unwrap_or(Outcome::Unknown)
-                            }
-                            Ok((404, _)) => Outcome::NotFound,
-                            Ok((409, body)) if body["error"]["code"] == "invalid_transition" => {
-                                Outcome::InvalidTransition
-                            }
-                            Ok((409, body)) if body["error"]["code"] == "version_conflict" => {
-                                Outcome::VersionConflict
-                            }
-                            Ok((status, body)) => {
-                                shared.unexpected(format!("PATCH {status} {body}"));
-                                Outcome::Unknown
-                            }
-                            Err(o) => o,
-                        };
-                        (
-                            tag,
-                            OpKind::SetStatus {
-                                to,
-                                expected_version,
-                            },
-                            outcome,
-                        )
-                    } else {
-                        let outcome =
-                            match send(shared.http.get(format!("{url}/api/orders/{id}")), false)
-                                .await
-                            {
-                                Ok((200, body)) => order_state(&body).unwrap_or(Outcome::Failed),
-                                Ok((404, _)) => Outcome::NotFound,
-                                Ok((status, body)) => {
-                                    shared.unexpected(format!("GET {status} {body}"));
-                                    Outcome::Failed
-                                }
-                                Err(o) => o,
-                            };
-                        (tag, OpKind::Read, outcome)
-                    }
-                }
-                _ => {
-                    let tag = format!("c{client}-{next_tag}");
-                    next_tag += 1;
-                    shared.attempted.lock().unwrap().insert(tag.clone());
-                    // A create that did not answer is retried with the same key, a few times.
-                    for attempt in 0..4 {
-                        let url = if attempt == 0 {
-                            url
-                        } else {
-                            &shared.urls[rng.gen_range(0..shared.urls.len())]
-                        };
-                        let invoked = if attempt == 0 {
-                            invoked_us
-                        } else {
-                            shared.now_us()
-                        };
-                        let body = create_body(client, &tag, shared.large_orders);
-                        let req = shared
-                            .http
-                            .post(format!("{url}/api/orders"))
-                            .header("Idempotency-Key", &tag)
-                            .json(&body);
-                        let outcome = match send(req, true).await {
-                            Ok((200 | 201, body)) => {
-                                shared.acked_write();
-                                if let Some(id) = body["id"].as_u64() {
-                                    shared.known.lock().unwrap().push((tag.clone(), id));
-                                }
-                                Outcome::Created
-                            }
-                            Ok((status, body)) => {
-                                shared.unexpected(format!("POST {status} {body}"));
-                                Outcome::Unknown
-                            }
-                            Err(o) => o,
-                        };
-                        let done = outcome == Outcome::Created;
-                        let completed_us = shared.now_us();
-                        let op = Op {
-                            client,
-                            object: tag.clone(),
-                            kind: OpKind::Create,
-                            invoked_us: invoked,
-                            completed_us,
-                            outcome,
-                        };
-                        shared.history.record(op);
-                        if done || shared.stop.load(Ordering::Relaxed) {
-                            break;
+        let (object, kind, outcome) = match target {
+            Some((tag, id)) if roll >= 0.25 => {
+                if roll < 0.6 {
+                    let to = OrderStatus::ALL[rng.gen_range(0..5)];
+                    let expected_version = rng.gen_bool(0.5).then(|| rng.gen_range(1..=4));
+                    let req = shared.http.patch(format!("{url}/api/orders/{id}")).json(
+                        &json!({"status": to.as_str(), "expected_version": expected_version}),
+                    );
+                    let outcome = match send(req, true).await {
+                        Ok((200, body)) => {
+                            shared.acked_write();
+                            order_state(&body).unwrap_or(Outcome::Unknown)
                         }
-                        ops += 1;
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    continue;
+                        Ok((404, _)) => Outcome::NotFound,
+                        Ok((409, body))
+                            if body["error"]["code"] == ErrorCode::InvalidTransition =>
+                        {
+                            Outcome::InvalidTransition
+                        }
+                        Ok((409, body)) if body["error"]["code"] == ErrorCode::VersionConflict => {
+                            Outcome::VersionConflict
+                        }
+                        Ok((status, body)) => {
+                            shared.unexpected(format!("PATCH {status} {body}"));
+                            Outcome::Unknown
+                        }
+                        Err(o) => o,
+                    };
+                    (
+                        tag,
+                        OpKind::SetStatus {
+                            to,
+                            expected_version,
+                        },
+                        outcome,
+                    )
+                } else {
+                    let outcome = match send(
+                        shared.http.get(format!("{url}/api/orders/{id}")),
+                        false,
+                    )
+                    .await
+                    {
+                        Ok((200, body)) => order_state(&body).unwrap_or(Outcome::Failed),
+                        Ok((404, _)) => Outcome::NotFound,
+                        Ok((status, body)) => {
+                            shared.unexpected(format!("GET {status} {body}"));
+                            Outcome::Failed
+                        }
+                        Err(o) => o,
+                    };
+                    (tag, OpKind::Read, outcome)
                 }
-            };
+            }
+            _ => {
+                let tag = format!("c{client}-{next_tag}");
+                next_tag += 1;
+                shared.attempted.lock().unwrap().insert(tag.clone());
+                // A create that did not answer is retried with the same key, a few times.
+                for attempt in 0..4 {
+                    let url = if attempt == 0 {
+                        url
+                    } else {
+                        &shared.urls[rng.gen_range(0..shared.urls.len())]
+                    };
+                    let invoked = if attempt == 0 {
+                        invoked_us
+                    } else {
+                        shared.now_us()
+                    };
+                    let body = create_body(client, &tag, shared.large_orders);
+                    let req = shared
+                        .http
+                        .post(format!("{url}/api/orders"))
+                        .header("Idempotency-Key", &tag)
+                        .json(&body);
+                    let outcome = match send(req, true).await {
+                        Ok((200 | 201, body)) => {
+                            shared.acked_write();
+                            if let Some(id) = body["id"].as_u64() {
+                                shared.known.lock().unwrap().push((tag.clone(), id));
+                            }
+                            Outcome::Created
+                        }
+                        Ok((status, body)) => {
+                            shared.unexpected(format!("POST {status} {body}"));
+                            Outcome::Unknown
+                        }
+                        Err(o) => o,
+                    };
+                    let done = outcome == Outcome::Created;
+                    let completed_us = shared.now_us();
+                    let op = Op {
+                        client,
+                        object: tag.clone(),
+                        kind: OpKind::Create,
+                        invoked_us: invoked,
+                        completed_us,
+                        outcome,
+                    };
+                    shared.history.record(op);
+                    if done || shared.stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    ops += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                continue;
+            }
+        };
         shared.history.record(Op {
             client,
             object,

@@ -1,0 +1,271 @@
+//! The public JSON of the HTTP API: request and answer bodies, the error body and its codes,
+//! and the leader header. Shared by the server (`api`), the Rust client, the CLI and the
+//! tests, so a shape or an error code is spelled in one place. No I/O and no HTTP framework
+//! types: a client can use it without the server.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::order::{LineItem, NewOrder, Order, OrderStatus, ValidationError};
+
+/// Response header naming the current leader's HOST:PORT.
+pub const LEADER_HEADER: &str = "x-ordo-leader";
+
+/// Every `error.code` the API answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    MalformedJson,
+    BadRequest,
+    InvalidId,
+    InvalidQuery,
+    InvalidIdempotencyKey,
+    UnsupportedMediaType,
+    BodyTooLarge,
+    ValidationFailed,
+    NotFound,
+    MethodNotAllowed,
+    InvalidTransition,
+    VersionConflict,
+    IdempotencyKeyReused,
+    NoLeader,
+    NoQuorum,
+    Unavailable,
+    Timeout,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 18] = [
+        ErrorCode::MalformedJson,
+        ErrorCode::BadRequest,
+        ErrorCode::InvalidId,
+        ErrorCode::InvalidQuery,
+        ErrorCode::InvalidIdempotencyKey,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::BodyTooLarge,
+        ErrorCode::ValidationFailed,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::InvalidTransition,
+        ErrorCode::VersionConflict,
+        ErrorCode::IdempotencyKeyReused,
+        ErrorCode::NoLeader,
+        ErrorCode::NoQuorum,
+        ErrorCode::Unavailable,
+        ErrorCode::Timeout,
+        ErrorCode::Internal,
+    ];
+
+    /// The code as the API spells it (`"version_conflict"`).
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            MalformedJson => "malformed_json",
+            BadRequest => "bad_request",
+            InvalidId => "invalid_id",
+            InvalidQuery => "invalid_query",
+            InvalidIdempotencyKey => "invalid_idempotency_key",
+            UnsupportedMediaType => "unsupported_media_type",
+            BodyTooLarge => "body_too_large",
+            ValidationFailed => "validation_failed",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            InvalidTransition => "invalid_transition",
+            VersionConflict => "version_conflict",
+            IdempotencyKeyReused => "idempotency_key_reused",
+            NoLeader => "no_leader",
+            NoQuorum => "no_quorum",
+            Unavailable => "unavailable",
+            Timeout => "timeout",
+            Internal => "internal",
+        }
+    }
+
+    /// The code a body's `error.code` names, if it is one of ours.
+    pub fn parse(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<ErrorCode> for serde_json::Value {
+    fn eq(&self, code: &ErrorCode) -> bool {
+        self.as_str() == Some(code.as_str())
+    }
+}
+
+/// The error body every failed request gets.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// An `ErrorCode`, as a string so that a newer server's codes still parse.
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// `POST /api/orders` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrderBody {
+    pub customer_id: String,
+    pub items: Vec<LineItemJson>,
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LineItemJson {
+    pub sku: String,
+    pub quantity: u32,
+    pub unit_price_cents: u64,
+}
+
+impl From<CreateOrderBody> for NewOrder {
+    fn from(b: CreateOrderBody) -> NewOrder {
+        NewOrder {
+            customer_id: b.customer_id,
+            items: b
+                .items
+                .into_iter()
+                .map(|i| LineItem {
+                    sku: i.sku,
+                    quantity: i.quantity,
+                    unit_price_cents: i.unit_price_cents,
+                })
+                .collect(),
+            note: b.note,
+        }
+    }
+}
+
+/// `PATCH /api/orders/{id}` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetStatusBody {
+    pub status: String,
+    #[serde(default)]
+    pub expected_version: Option<u64>,
+}
+
+impl SetStatusBody {
+    pub fn parsed_status(&self) -> Result<OrderStatus, ValidationError> {
+        OrderStatus::parse(&self.status).ok_or_else(|| {
+            ValidationError::new(
+                "status",
+                format!(
+                    "unknown status {:?}: one of pending, paid, shipped, delivered, cancelled",
+                    self.status
+                ),
+            )
+        })
+    }
+}
+
+/// An order as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OrderJson {
+    pub id: u64,
+    pub customer_id: String,
+    pub items: Vec<LineItemJson>,
+    pub total_cents: u64,
+    pub status: String,
+    pub version: u64,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl From<&Order> for OrderJson {
+    fn from(o: &Order) -> OrderJson {
+        OrderJson {
+            id: o.id,
+            customer_id: o.customer_id.clone(),
+            items: o
+                .items
+                .iter()
+                .map(|i| LineItemJson {
+                    sku: i.sku.clone(),
+                    quantity: i.quantity,
+                    unit_price_cents: i.unit_price_cents,
+                })
+                .collect(),
+            total_cents: o.total_cents,
+            status: o.status.as_str().to_string(),
+            version: o.version,
+            created_at: rfc3339(o.created_at_ms),
+            updated_at: rfc3339(o.updated_at_ms),
+            note: o.note.clone(),
+        }
+    }
+}
+
+/// `GET /api/orders` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderListJson {
+    pub orders: Vec<OrderJson>,
+    pub page: u64,
+    pub per_page: u64,
+    pub total: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `GET /cluster/status` answer.
+pub struct ClusterStatus {
+    pub node_id: u64,
+    pub state: String,
+    pub leader_id: Option<u64>,
+    pub term: u64,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    pub members: BTreeMap<String, String>,
+    pub learners: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddLearnerBody {
+    pub id: u64,
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MembersBody {
+    pub members: Vec<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_round_trip_as_the_api_spells_them() {
+        for code in ErrorCode::ALL {
+            let json = serde_json::to_value(code).unwrap();
+            assert_eq!(json.as_str(), Some(code.as_str()));
+            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
+            assert!(json == code);
+        }
+    }
+}
