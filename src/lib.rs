@@ -21,5 +21,6 @@ pub mod codec;
 pub mod node;
 pub mod order;
 pub mod raft;
+pub mod service;
 pub mod store;
 pub mod wire;

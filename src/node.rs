@@ -12,14 +12,15 @@ use openraft::{BasicNode, Config, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
-use crate::api::forward::{read_index_as_leader, read_index_from_leader};
-use crate::api::proposer::Proposer;
 use crate::api::raft_rpc::ElectionHold;
-use crate::api::read_index::ReadIndexBatcher;
 use crate::api::server::ServerLimits;
 use crate::api::{self, AppState};
 use crate::raft::network::PeerNetwork;
 use crate::raft::{NodeId, Raft};
+use crate::service::forward::{read_index_as_leader, read_index_from_leader};
+use crate::service::proposer::Proposer;
+use crate::service::read_index::ReadIndexBatcher;
+use crate::service::Service;
 use crate::store::{self, Durability, StoreConfig};
 
 /// `ordo serve`'s defaults (the flags say why each is what it is).
@@ -167,16 +168,23 @@ pub async fn run(
             async move { read_index_from_leader(&raft, &http, id, Instant::now() + timeout).await }
         }
     });
+    let service = Service {
+        id: config.id,
+        raft: raft.clone(),
+        proposer: Proposer::start(raft.clone(), clocks, config.request_timeout),
+        leader_reads,
+        forwarded_reads,
+        http: http.clone(),
+        request_timeout: config.request_timeout,
+        quorum_stale_after: Duration::from_millis((config.election_timeout_max_ms * 2).max(1000)),
+    };
     let state = AppState {
         id: config.id,
         raft: raft.clone(),
         reader,
-        proposer: Proposer::start(raft.clone(), clocks, config.request_timeout),
-        leader_reads,
-        forwarded_reads,
+        service,
         http,
         request_timeout: config.request_timeout,
-        quorum_stale_after: Duration::from_millis((config.election_timeout_max_ms * 2).max(1000)),
         election_hold: ElectionHold::new(
             raft.clone(),
             Duration::from_millis(config.election_timeout_max_ms),

@@ -8,6 +8,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use crate::order::{Rejection, ValidationError};
+use crate::service::ServiceError;
 use crate::store::StoreError;
 use crate::wire::ErrorCode;
 
@@ -108,6 +109,20 @@ impl ApiError {
         match self {
             ApiError::Validation(v) | ApiError::Rejected(Rejection::Invalid(v)) => Some(&v.field),
             _ => None,
+        }
+    }
+}
+
+/// The service's errors, as HTTP.
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::NoLeader => ApiError::NoLeader,
+            ServiceError::NoQuorum => ApiError::NoQuorum,
+            ServiceError::Unavailable(m) => ApiError::Unavailable(m),
+            ServiceError::OutcomeUnknown(m) => ApiError::OutcomeUnknown(m),
+            ServiceError::Timeout(m) => ApiError::Timeout(m),
+            ServiceError::Internal(m) => ApiError::Internal(m),
         }
     }
 }

@@ -1,16 +1,13 @@
 //! The HTTP face of a node (axum): the JSON API for orders (`orders`) and the cluster
-//! (`cluster`), the node-to-node routes under `/raft` (`raft_rpc`), forwarding to the leader
-//! and linearizable reads (`forward`), batching of writes (`proposer`) and of read-index rounds
-//! (`read_index`), and the one error→HTTP mapping (`error`).
+//! (`cluster`), the node-to-node routes under `/raft` (`raft_rpc`), strict JSON bodies
+//! (`json`), the listener (`server`), and the one error→HTTP mapping (`error`). Writes and
+//! linearizable reads are the `service`'s; handlers only call it.
 
 pub mod cluster;
 pub mod error;
-pub mod forward;
 pub mod json;
 pub mod orders;
-pub mod proposer;
 pub mod raft_rpc;
-pub mod read_index;
 pub mod server;
 
 use std::time::Duration;
@@ -34,18 +31,12 @@ pub struct AppState {
     pub id: NodeId,
     pub raft: Raft,
     pub reader: OrderReader,
-    /// Batches this node's writes into log entries while it leads.
-    pub proposer: proposer::Proposer,
-    /// Read-index rounds while this node leads: its own reads and the followers' requests.
-    pub leader_reads: read_index::ReadIndexBatcher,
-    /// Read-index rounds while this node follows: one request to the leader per round.
-    pub forwarded_reads: read_index::ReadIndexBatcher,
-    /// Client for forwarding to the leader (pooled keep-alive connections).
+    /// Writes and linearizable reads (`service`).
+    pub service: crate::service::Service,
+    /// Client for forwarding membership changes to the leader.
     pub http: reqwest::Client,
     /// How long a request may wait for a leader, a commit or a read index before 503/504.
     pub request_timeout: Duration,
-    /// A leader that has not heard from a quorum for this long refuses writes with 503.
-    pub quorum_stale_after: Duration,
     /// No campaigning while a snapshot from the leader is coming in (see `raft_rpc`).
     pub election_hold: std::sync::Arc<raft_rpc::ElectionHold>,
 }
@@ -88,11 +79,11 @@ pub fn router(state: AppState) -> Router {
             limited(raft_rpc::BODY_LIMIT_SNAPSHOT, post(raft_rpc::snapshot)),
         )
         .route(
-            forward::WRITE_PATH,
+            crate::service::forward::WRITE_PATH,
             limited(raft_rpc::BODY_LIMIT_WRITE, post(raft_rpc::write)),
         )
         .route(
-            forward::READ_INDEX_PATH,
+            crate::service::forward::READ_INDEX_PATH,
             limited(raft_rpc::BODY_LIMIT_VOTE, post(raft_rpc::read_index)),
         );
     api.merge(raft)

@@ -7,12 +7,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::error::ApiError;
-use super::forward::{linearizable_barrier, submit_write, WriteRequest};
 use super::json::JsonBody;
 use super::AppState;
 use crate::order::{
     validate_idempotency_key, validate_new_order, NewOrder, OrderOp, OrderStatus, ValidationError,
 };
+use crate::service::forward::{linearizable_barrier, submit_write, WriteRequest};
 use crate::store::OrderFilter;
 use crate::wire::{CreateOrderBody, OrderJson, OrderListJson, SetStatusBody};
 
@@ -68,7 +68,9 @@ fn query_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str>
 /// Makes the local state machine safe to read, as the `consistency` parameter asks.
 async fn read_barrier(state: &AppState, pairs: &[(String, String)]) -> Result<(), ApiError> {
     match query_value(pairs, "consistency") {
-        None | Some("linearizable") => linearizable_barrier(state).await,
+        None | Some("linearizable") => linearizable_barrier(&state.service)
+            .await
+            .map_err(ApiError::from),
         Some("stale") => Ok(()),
         Some(other) => Err(ApiError::InvalidQuery(format!(
             "consistency must be linearizable or stale, got {other:?}"
@@ -95,7 +97,7 @@ pub async fn create(
     let new: NewOrder = body.into();
     validate_new_order(&new).map_err(ApiError::Validation)?;
     let outcome = submit_write(
-        &state,
+        &state.service,
         WriteRequest {
             op: OrderOp::Create(new),
             idempotency_key,
@@ -207,7 +209,7 @@ pub async fn set_status(
         expected_version: body.expected_version,
     };
     let outcome = submit_write(
-        &state,
+        &state.service,
         WriteRequest {
             op,
             idempotency_key,

@@ -17,9 +17,9 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::error::ApiError;
-use super::forward::{write_as_leader, WriteRequest};
 use super::AppState;
 use crate::codec;
+use crate::service::forward::{write_as_leader, WriteRequest};
 
 fn encoded<T: Serialize>(value: &T) -> Response {
     match codec::encode(value) {
@@ -178,7 +178,8 @@ pub async fn write(State(state): State<AppState>, body: Result<Bytes, BytesRejec
         BODY_LIMIT_WRITE,
     ) {
         Ok(req) => {
-            encoded(&write_as_leader(&state, req, Instant::now() + state.request_timeout).await)
+            let deadline = Instant::now() + state.request_timeout;
+            encoded(&write_as_leader(&state.service, req, deadline).await)
         }
         Err(e) => e.into_response(),
     }
@@ -186,5 +187,5 @@ pub async fn write(State(state): State<AppState>, body: Result<Bytes, BytesRejec
 
 pub async fn read_index(State(state): State<AppState>) -> Response {
     let deadline = Instant::now() + state.request_timeout;
-    encoded(&state.leader_reads.read_index(deadline).await)
+    encoded(&state.service.leader_reads.read_index(deadline).await)
 }

@@ -604,7 +604,7 @@ fn hostile_bodies(rng: &mut StdRng, route: &str, n: usize) -> Vec<Vec<u8>> {
         "/raft/snapshot" => {
             ordo::codec::decode_bounded::<InstallSnapshotRequest<TypeConfig>, LIMIT>(b).is_ok()
         }
-        _ => ordo::codec::decode_bounded::<ordo::api::forward::WriteRequest, LIMIT>(b).is_ok(),
+        _ => ordo::codec::decode_bounded::<ordo::service::forward::WriteRequest, LIMIT>(b).is_ok(),
     };
     let mut out = Vec::new();
     for _ in 0..n * 20 {

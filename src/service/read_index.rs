@@ -8,7 +8,7 @@
 //! have confirmed leadership before the read arrived; that is what keeps each read
 //! linearizable.
 //!
-//! A node has two batchers (`AppState`): `leader_reads` runs openraft's read-index check and
+//! A node has two batchers (`Service`): `leader_reads` runs openraft's read-index check and
 //! serves this node's reads while it leads as well as the followers' `/raft/read-index`
 //! requests; `forwarded_reads` asks the leader once per round for this node's reads while it
 //! follows.
@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::error::ApiError;
+use super::error::ServiceError;
 use super::forward::LeaderAnswer;
 use crate::raft::LogId;
 
@@ -59,7 +59,7 @@ impl ReadIndexBatcher {
                 }
                 let answer = tokio::time::timeout(round_timeout, round())
                     .await
-                    .unwrap_or(LeaderAnswer::Failed(ApiError::NoQuorum));
+                    .unwrap_or(LeaderAnswer::Failed(ServiceError::NoQuorum));
                 for w in waiters {
                     let _ = w.send(answer.clone());
                 }
@@ -78,8 +78,10 @@ impl ReadIndexBatcher {
         };
         match tokio::time::timeout_at(deadline, asked).await {
             Ok(Some(answer)) => answer,
-            Ok(None) => LeaderAnswer::Failed(ApiError::Unavailable("node is shutting down".into())),
-            Err(_) => LeaderAnswer::Failed(ApiError::NoQuorum),
+            Ok(None) => {
+                LeaderAnswer::Failed(ServiceError::Unavailable("node is shutting down".into()))
+            }
+            Err(_) => LeaderAnswer::Failed(ServiceError::NoQuorum),
         }
     }
 }
@@ -182,6 +184,9 @@ mod tests {
         let answer = batcher
             .read_index(Instant::now() + Duration::from_secs(30))
             .await;
-        assert!(matches!(answer, LeaderAnswer::Failed(ApiError::NoQuorum)));
+        assert!(matches!(
+            answer,
+            LeaderAnswer::Failed(ServiceError::NoQuorum)
+        ));
     }
 }

@@ -13,7 +13,7 @@ use openraft::BasicNode;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
-use super::error::ApiError;
+use super::error::ServiceError;
 use super::forward::{LeaderAnswer, WriteRequest};
 use crate::order::{CommandBatch, CommandOutcome, OrderCommand};
 use crate::raft::clock::{wall_clock_ms, PeerClocks};
@@ -64,14 +64,14 @@ impl Proposer {
     ) -> LeaderAnswer<CommandOutcome> {
         let (reply, answer) = oneshot::channel();
         if self.tx.send(Pending { req, reply }).await.is_err() {
-            return LeaderAnswer::Failed(ApiError::Unavailable("node is shutting down".into()));
+            return LeaderAnswer::Failed(ServiceError::Unavailable("node is shutting down".into()));
         }
         match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => LeaderAnswer::Failed(ApiError::OutcomeUnknown(
+            Ok(Err(_)) => LeaderAnswer::Failed(ServiceError::OutcomeUnknown(
                 "the write's outcome was lost".into(),
             )),
-            Err(_) => LeaderAnswer::Failed(ApiError::OutcomeUnknown(
+            Err(_) => LeaderAnswer::Failed(ServiceError::OutcomeUnknown(
                 "write was not committed in time".into(),
             )),
         }
@@ -159,7 +159,7 @@ async fn run(
         else {
             // Not proposed: no quorum's clocks, and very likely no quorum either.
             for p in batch {
-                let _ = p.reply.send(LeaderAnswer::Failed(ApiError::NoQuorum));
+                let _ = p.reply.send(LeaderAnswer::Failed(ServiceError::NoQuorum));
             }
             continue;
         };
@@ -219,7 +219,7 @@ fn answers_for(written: WriteResult, keyed: &[bool]) -> Vec<LeaderAnswer<Command
         Ok(Ok(resp)) if resp.data.len() == n => {
             resp.data.into_iter().map(LeaderAnswer::Done).collect()
         }
-        Ok(Ok(resp)) => all(LeaderAnswer::Failed(ApiError::Internal(format!(
+        Ok(Ok(resp)) => all(LeaderAnswer::Failed(ServiceError::Internal(format!(
             "a batch of {n} commands applied with {} outcomes",
             resp.data.len()
         )))),
@@ -233,7 +233,7 @@ fn answers_for(written: WriteResult, keyed: &[bool]) -> Vec<LeaderAnswer<Command
                 if keyed {
                     LeaderAnswer::Deposed(f.leader_id)
                 } else {
-                    LeaderAnswer::Failed(ApiError::OutcomeUnknown(
+                    LeaderAnswer::Failed(ServiceError::OutcomeUnknown(
                         "leadership changed while the write was in flight (send an \
                          Idempotency-Key to make a retry safe)"
                             .into(),
@@ -241,10 +241,10 @@ fn answers_for(written: WriteResult, keyed: &[bool]) -> Vec<LeaderAnswer<Command
                 }
             })
             .collect(),
-        Ok(Err(e)) => all(LeaderAnswer::Failed(ApiError::OutcomeUnknown(format!(
+        Ok(Err(e)) => all(LeaderAnswer::Failed(ServiceError::OutcomeUnknown(format!(
             "write did not complete: {e}"
         )))),
-        Err(_) => all(LeaderAnswer::Failed(ApiError::OutcomeUnknown(
+        Err(_) => all(LeaderAnswer::Failed(ServiceError::OutcomeUnknown(
             "write was not committed in time".into(),
         ))),
     }
@@ -267,7 +267,7 @@ mod tests {
         assert!(
             matches!(
                 &answers[1],
-                LeaderAnswer::Failed(ApiError::OutcomeUnknown(_))
+                LeaderAnswer::Failed(ServiceError::OutcomeUnknown(_))
             ),
             "{:?}",
             answers[1]

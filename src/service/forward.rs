@@ -16,9 +16,9 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::error::ApiError;
+use super::error::ServiceError;
 use super::read_index::ReadIndexAnswer;
-use super::AppState;
+use super::Service;
 use crate::codec;
 use crate::order::{CommandOutcome, OrderOp};
 use crate::raft::{NodeId, Raft};
@@ -53,11 +53,11 @@ pub enum LeaderAnswer<T> {
     /// This node lost the lead after proposing the write, which carries an idempotency key:
     /// it may still be committed, and a retry with the key is safe.
     Deposed(Option<NodeId>),
-    Failed(ApiError),
+    Failed(ServiceError),
 }
 
 /// The current leader and its address, waiting (bounded) until one is known.
-async fn wait_for_leader(raft: &Raft, deadline: Instant) -> Result<(NodeId, String), ApiError> {
+async fn wait_for_leader(raft: &Raft, deadline: Instant) -> Result<(NodeId, String), ServiceError> {
     let mut rx = raft.metrics();
     loop {
         {
@@ -70,21 +70,26 @@ async fn wait_for_leader(raft: &Raft, deadline: Instant) -> Result<(NodeId, Stri
         }
         match tokio::time::timeout_at(deadline, rx.changed()).await {
             Ok(Ok(())) => continue,
-            Ok(Err(_)) => return Err(ApiError::Unavailable("node is shutting down".into())),
-            Err(_) => return Err(ApiError::NoLeader),
+            Ok(Err(_)) => return Err(ServiceError::Unavailable("node is shutting down".into())),
+            Err(_) => return Err(ServiceError::NoLeader),
         }
     }
 }
 
 /// Commits one order operation through Raft from any node and returns its outcome.
-pub async fn submit_write(state: &AppState, req: WriteRequest) -> Result<CommandOutcome, ApiError> {
+pub async fn submit_write(
+    state: &Service,
+    req: WriteRequest,
+) -> Result<CommandOutcome, ServiceError> {
     let deadline = Instant::now() + state.request_timeout;
     // Once a proposal may have been appended, running out of time means "unknown", not
     // "unavailable".
     let mut maybe_appended = false;
-    let give_up = |maybe_appended: bool, e: ApiError| match e {
-        ApiError::NoLeader | ApiError::NoQuorum | ApiError::Unavailable(_) if maybe_appended => {
-            ApiError::OutcomeUnknown("leadership changed after the write was proposed".into())
+    let give_up = |maybe_appended: bool, e: ServiceError| match e {
+        ServiceError::NoLeader | ServiceError::NoQuorum | ServiceError::Unavailable(_)
+            if maybe_appended =>
+        {
+            ServiceError::OutcomeUnknown("leadership changed after the write was proposed".into())
         }
         e => e,
     };
@@ -100,7 +105,9 @@ pub async fn submit_write(state: &AppState, req: WriteRequest) -> Result<Command
         match answer {
             LeaderAnswer::Done(outcome) => return Ok(outcome),
             // Past the send, a forwarded write that timed out has an unknown outcome.
-            LeaderAnswer::Failed(ApiError::Timeout(m)) => return Err(ApiError::OutcomeUnknown(m)),
+            LeaderAnswer::Failed(ServiceError::Timeout(m)) => {
+                return Err(ServiceError::OutcomeUnknown(m))
+            }
             LeaderAnswer::Failed(e) => return Err(give_up(maybe_appended, e)),
             LeaderAnswer::NotLeader(_) | LeaderAnswer::Deposed(_) => {
                 maybe_appended |= matches!(answer, LeaderAnswer::Deposed(_));
@@ -111,13 +118,13 @@ pub async fn submit_write(state: &AppState, req: WriteRequest) -> Result<Command
             }
         }
     }
-    Err(give_up(maybe_appended, ApiError::NoLeader))
+    Err(give_up(maybe_appended, ServiceError::NoLeader))
 }
 
 /// True unless the leader has not heard from a quorum for a while: a leader cut off from its
 /// followers refuses writes up front (503) instead of proposing ones that cannot commit. A
 /// leader with no acknowledgement yet has just won a quorum's votes, so it may propose.
-fn leader_has_quorum(state: &AppState) -> bool {
+fn leader_has_quorum(state: &Service) -> bool {
     let m = state.raft.metrics();
     let ms = m.borrow().millis_since_quorum_ack;
     ms.is_none_or(|ms| ms <= state.quorum_stale_after.as_millis() as u64)
@@ -126,12 +133,12 @@ fn leader_has_quorum(state: &AppState) -> bool {
 /// The leader's half of a write: hand it to the proposer (which stamps the time and batches
 /// it with other writes), wait for the applied outcome.
 pub async fn write_as_leader(
-    state: &AppState,
+    state: &Service,
     req: WriteRequest,
     deadline: Instant,
 ) -> LeaderAnswer<CommandOutcome> {
     if !leader_has_quorum(state) {
-        return LeaderAnswer::Failed(ApiError::NoQuorum);
+        return LeaderAnswer::Failed(ServiceError::NoQuorum);
     }
     state.proposer.propose(req, deadline).await
 }
@@ -148,7 +155,7 @@ async fn forward_to_leader<Req: Serialize, T: serde::de::DeserializeOwned>(
 ) -> LeaderAnswer<T> {
     let body = match codec::encode(req) {
         Ok(b) => b,
-        Err(e) => return LeaderAnswer::Failed(ApiError::Internal(e.to_string())),
+        Err(e) => return LeaderAnswer::Failed(ServiceError::Internal(e.to_string())),
     };
     let remaining = deadline.saturating_duration_since(Instant::now());
     let sent = http
@@ -161,14 +168,14 @@ async fn forward_to_leader<Req: Serialize, T: serde::de::DeserializeOwned>(
     let resp = match sent {
         Ok(resp) if resp.status().is_success() => resp,
         Ok(resp) => {
-            return LeaderAnswer::Failed(ApiError::Unavailable(format!(
+            return LeaderAnswer::Failed(ServiceError::Unavailable(format!(
                 "leader answered HTTP {}",
                 resp.status()
             )))
         }
         Err(e) if e.is_connect() => return LeaderAnswer::NotLeader(None),
         Err(e) => {
-            return LeaderAnswer::Failed(ApiError::Timeout(format!(
+            return LeaderAnswer::Failed(ServiceError::Timeout(format!(
                 "forwarding to the leader failed: {e}"
             )))
         }
@@ -180,14 +187,14 @@ async fn forward_to_leader<Req: Serialize, T: serde::de::DeserializeOwned>(
         .and_then(|b| codec::decode(&b).map_err(|e| e.to_string()))
     {
         Ok(answer) => answer,
-        Err(e) => {
-            LeaderAnswer::Failed(ApiError::Timeout(format!("no answer from the leader: {e}")))
-        }
+        Err(e) => LeaderAnswer::Failed(ServiceError::Timeout(format!(
+            "no answer from the leader: {e}"
+        ))),
     }
 }
 
 /// One read-index round on the leader: confirm leadership with a quorum, return the index a
-/// read must see. Runs in `AppState::leader_reads`, shared by every read waiting for it.
+/// read must see. Runs in `Service::leader_reads`, shared by every read waiting for it.
 pub async fn read_index_as_leader(raft: &Raft, deadline: Instant) -> ReadIndexAnswer {
     match tokio::time::timeout_at(deadline, raft.get_read_log_id()).await {
         Ok(Ok((read_log_id, _applied))) => LeaderAnswer::Done(read_log_id),
@@ -195,15 +202,15 @@ pub async fn read_index_as_leader(raft: &Raft, deadline: Instant) -> ReadIndexAn
             LeaderAnswer::NotLeader(f.leader_id)
         }
         Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
-            LeaderAnswer::Failed(ApiError::NoQuorum)
+            LeaderAnswer::Failed(ServiceError::NoQuorum)
         }
-        Ok(Err(e)) => LeaderAnswer::Failed(ApiError::Unavailable(e.to_string())),
-        Err(_) => LeaderAnswer::Failed(ApiError::NoQuorum),
+        Ok(Err(e)) => LeaderAnswer::Failed(ServiceError::Unavailable(e.to_string())),
+        Err(_) => LeaderAnswer::Failed(ServiceError::NoQuorum),
     }
 }
 
 /// One read-index round on a follower: ask the leader (one request for every read waiting
-/// for this round). Runs in `AppState::forwarded_reads`.
+/// for this round). Runs in `Service::forwarded_reads`.
 pub async fn read_index_from_leader(
     raft: &Raft,
     http: &reqwest::Client,
@@ -220,9 +227,9 @@ pub async fn read_index_from_leader(
 
 /// Returns once this node's state machine holds everything committed before the call: a read
 /// of the local store after it is linearizable.
-pub async fn linearizable_barrier(state: &AppState) -> Result<(), ApiError> {
+pub async fn linearizable_barrier(state: &Service) -> Result<(), ServiceError> {
     let deadline = Instant::now() + state.request_timeout;
-    let mut last_err = ApiError::NoLeader;
+    let mut last_err = ServiceError::NoLeader;
     for _ in 0..MAX_ATTEMPTS {
         let (leader, _) = wait_for_leader(&state.raft, deadline).await?;
         let answer = if leader == state.id {
@@ -243,13 +250,15 @@ pub async fn linearizable_barrier(state: &AppState) -> Result<(), ApiError> {
                     .await
                     .map(|_| ())
                     .map_err(|_| {
-                        ApiError::Unavailable("this node could not catch up in time".into())
+                        ServiceError::Unavailable("this node could not catch up in time".into())
                     });
             }
             // A quorum check can fail on a slow round; retry until the deadline.
-            LeaderAnswer::Failed(ApiError::NoQuorum) => last_err = ApiError::NoQuorum,
+            LeaderAnswer::Failed(ServiceError::NoQuorum) => last_err = ServiceError::NoQuorum,
             LeaderAnswer::Failed(e) => return Err(e),
-            LeaderAnswer::NotLeader(_) | LeaderAnswer::Deposed(_) => last_err = ApiError::NoLeader,
+            LeaderAnswer::NotLeader(_) | LeaderAnswer::Deposed(_) => {
+                last_err = ServiceError::NoLeader
+            }
         }
         if Instant::now() + RETRY_PAUSE >= deadline {
             break;
