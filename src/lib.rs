@@ -5,11 +5,12 @@
 //! - [`order`]: the domain — types, validation, status transitions, commands. No I/O.
 //! - [`wire`]: the public JSON of the HTTP API and its error codes (shared with the client).
 //! - [`codec`]: bincode bytes for disk and wire, behind a format version byte.
+//! - [`raft`]: openraft type configuration, the peer network client, the cluster's clock.
 //! - [`store`]: sled log store, order state machine, snapshots (openraft storage traits).
-//! - [`raft`]: openraft type configuration and the peer network client.
-//! - [`api`]: axum routes, forwarding to the leader, the one error→HTTP mapping.
+//! - [`service`]: writes and linearizable reads through Raft, from any node; no HTTP.
+//! - [`api`]: HTTP only — axum routes, the listener, the one error→HTTP mapping.
 //! - [`node`]: wiring a node together and serving it.
-//! - [`client`]: a Rust client for the HTTP API; [`cli`]: the `ordo` command line on it.
+//! - [`client`]: a Rust client for the HTTP API (on `wire`); [`cli`]: the `ordo` command line.
 //!
 //! Beside this crate: `testkit/` (the process-cluster fixture and the torture run,
 //! `ordo-torture`), `bench/` (the load generator, `ordo-bench`) and `benches/storage.rs`.
