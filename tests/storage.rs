@@ -376,7 +376,7 @@ fn idempotency_replays_rejects_reuse_and_expires() {
             out[0][0].replayed,
             "a far-ahead stamp must not expire the key"
         );
-        // Nor does a whole entry of commands sharing such a stamp: one step per entry.
+        // Nor does a whole entry of commands sharing such a stamp: one step per stamp value.
         let far = (0..200)
             .map(|_| create("far", None, 1_000 + day + 2))
             .collect();

@@ -11,10 +11,7 @@ use ordo_testkit::{self as torture, Fault, TortureConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_torture_run_is_linearizable_and_loses_nothing() {
-    let seed = std::env::var("ORDO_TORTURE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20261124);
+    let seed = torture::seed_from_env(20261124);
     let mut config = TortureConfig::new(
         PathBuf::from(env!("CARGO_BIN_EXE_ordo")),
         seed,

@@ -16,10 +16,7 @@ use ordo_testkit::{self as torture, Fault, TortureConfig};
 /// is not installed). Same verdict as the short run, and every node comes back and catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torture_at_real_sizes_with_hostile_input_and_a_skewed_clock() {
-    let seed = std::env::var("ORDO_TORTURE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20261125);
+    let seed = torture::seed_from_env(20261125);
     let mut config = TortureConfig::new(
         PathBuf::from(env!("CARGO_BIN_EXE_ordo")),
         seed,

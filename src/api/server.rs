@@ -34,13 +34,18 @@ pub struct ServerLimits {
     pub shutdown_grace: Duration,
 }
 
+/// `ordo serve`'s defaults: `--read-timeout-ms`, `--max-connections`, `--shutdown-grace-ms`.
+pub const DEFAULT_READ_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 5_000;
+
 impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
-            header_read_timeout: Duration::from_secs(10),
-            body_read_timeout: Duration::from_secs(10),
-            max_connections: 4096,
-            shutdown_grace: Duration::from_secs(5),
+            header_read_timeout: Duration::from_millis(DEFAULT_READ_TIMEOUT_MS),
+            body_read_timeout: Duration::from_millis(DEFAULT_READ_TIMEOUT_MS),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            shutdown_grace: Duration::from_millis(DEFAULT_SHUTDOWN_GRACE_MS),
         }
     }
 }

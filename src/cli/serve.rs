@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 
-use crate::api::server::ServerLimits;
+use crate::api::server::{self, ServerLimits};
 use crate::node::{self, NodeConfig};
 use crate::raft::network::DEFAULT_MAX_APPEND_BYTES;
 use crate::store::{Durability, DEFAULT_CACHE_CAPACITY_BYTES};
@@ -59,14 +59,14 @@ pub struct ServeArgs {
     /// the follower's install, which takes seconds for millions of orders.
     #[arg(long, default_value_t = node::DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS)]
     pub install_snapshot_timeout_ms: u64,
-    /// How long a client may take to send a request's head, and again its body, ms.
-    #[arg(long, default_value_t = 10_000)]
+    /// How long a client may take to send a request's head, and then its whole body, ms.
+    #[arg(long, default_value_t = server::DEFAULT_READ_TIMEOUT_MS)]
     pub read_timeout_ms: u64,
     /// Connections served at once; more are closed at accept.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// On SIGTERM, how long requests in flight may still finish, ms.
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = server::DEFAULT_SHUTDOWN_GRACE_MS)]
     pub shutdown_grace_ms: u64,
     /// UNSAFE: acknowledge log appends before fsync. A crash can lose acknowledged orders.
     #[arg(long)]

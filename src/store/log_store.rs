@@ -339,8 +339,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
-        if let Some(first) = entries.first() {
+        let mut entries = entries.into_iter().peekable();
+        // Only while a purge is held back for an install can an append leave a hole.
+        if let Some(first) = entries.peek().filter(|_| self.floor.purge_deferred()) {
+            let first_index = first.log_id.index;
             let last_stored = self
                 .reader
                 .log
@@ -348,7 +350,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(|e| openraft::StorageIOError::write_logs(&e))?
                 .map(|(k, _)| u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])));
             self.floor
-                .wait_unless_hole_closed(first.log_id.index, last_stored)
+                .wait_unless_hole_closed(first_index, last_stored)
                 .await;
         }
         let mut batch = sled::Batch::default();

@@ -140,6 +140,12 @@ impl AppliedFloor {
         purged
     }
 
+    /// True while a purge is held back for an install still running.
+    fn purge_deferred(&self) -> bool {
+        let st = self.lock();
+        st.receiving && st.deferred.is_some()
+    }
+
     /// Waits (bounded) while writing entries from `first_index` on would leave a hole after
     /// `last_stored`: a purge is held back for an install still running, and a new leader
     /// already sends the entries after the snapshot.

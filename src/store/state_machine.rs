@@ -482,7 +482,6 @@ impl StateMachineStore {
         self.db.flush()?;
         self.raft.remove(K_INSTALLING)?;
         self.db.flush()?;
-        self.floor.set_applied(meta.last_log_id.map(|l| l.index));
         Ok(meta)
     }
 

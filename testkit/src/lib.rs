@@ -136,6 +136,15 @@ pub struct TortureConfig {
     pub skewed_clock: Option<String>,
 }
 
+/// The seed a torture test runs with: `ORDO_TORTURE_SEED` if set (to replay a failed run),
+/// else the test's own fixed one.
+pub fn seed_from_env(default: u64) -> u64 {
+    std::env::var("ORDO_TORTURE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Where Debian's libfaketime puts the preload library.
 pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
@@ -1003,6 +1012,7 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
     let verdict = tokio::task::spawn_blocking(move || checker::check(&ops))
         .await
         .map_err(|e| e.to_string())?;
+    let leaders_seen = leaders_seen.lock().unwrap().clone();
     Ok(Report {
         seed: config.seed,
         ops_by_outcome,
@@ -1022,10 +1032,7 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
         catch_ups: catch_ups.count,
         stuck: catch_ups.stuck,
         misdated,
-        leaders_seen: {
-            let seen = leaders_seen.lock().unwrap().clone();
-            seen
-        },
+        leaders_seen,
     })
 }
 
