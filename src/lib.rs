@@ -5,9 +5,12 @@
 //! - [`order`]: the domain — types, validation, status transitions, commands. No I/O.
 //! - [`wire`]: the public JSON of the HTTP API and its error codes (shared with the client).
 //! - [`codec`]: bincode bytes for disk and wire, behind a format version byte.
-//! - [`raft`]: openraft type configuration, the peer network client, the cluster's clock.
+//! - [`raft`]: the openraft type configuration.
 //! - [`store`]: sled log store, order state machine, snapshots (openraft storage traits).
-//! - [`service`]: writes and linearizable reads through Raft, from any node; no HTTP.
+//! - [`rpc`]: the node-to-node protocol — routes, messages, its client, the Raft network, its
+//!   router, the cluster clock measured over it.
+//! - [`service`]: writes, linearizable reads and membership through Raft, from any node; no
+//!   HTTP.
 //! - [`api`]: HTTP only — axum routes, the listener, the one error→HTTP mapping.
 //! - [`node`]: wiring a node together and serving it.
 //! - [`client`]: a Rust client for the HTTP API (on `wire`); [`cli`]: the `ordo` command line.
@@ -22,6 +25,7 @@ pub mod codec;
 pub mod node;
 pub mod order;
 pub mod raft;
+pub mod rpc;
 pub mod service;
 pub mod store;
 pub mod wire;

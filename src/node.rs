@@ -10,16 +10,13 @@ use std::time::Duration;
 use anyhow::Context;
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use tokio::net::TcpListener;
-use tokio::time::Instant;
 
-use crate::api::raft_rpc::ElectionHold;
 use crate::api::server::ServerLimits;
 use crate::api::{self, AppState};
-use crate::raft::network::PeerNetwork;
 use crate::raft::{NodeId, Raft};
-use crate::service::forward::{read_index_as_leader, read_index_from_leader};
-use crate::service::proposer::Proposer;
-use crate::service::read_index::ReadIndexBatcher;
+use crate::rpc::client::RpcClient;
+use crate::rpc::election_hold::ElectionHold;
+use crate::rpc::network::PeerNetwork;
 use crate::service::Service;
 use crate::store::{self, Durability, StoreConfig};
 
@@ -45,7 +42,7 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     pub snapshot_every_logs: u64,
     pub cache_capacity_bytes: u64,
-    /// Byte budget of one AppendEntries body (see `raft::network`).
+    /// Byte budget of one AppendEntries body (see `rpc::network`).
     pub max_append_bytes: usize,
     pub install_snapshot_timeout_ms: u64,
     pub durability: Durability,
@@ -72,7 +69,7 @@ impl NodeConfig {
             request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
             snapshot_every_logs: DEFAULT_SNAPSHOT_EVERY_LOGS,
             cache_capacity_bytes: crate::store::DEFAULT_CACHE_CAPACITY_BYTES,
-            max_append_bytes: crate::raft::network::DEFAULT_MAX_APPEND_BYTES,
+            max_append_bytes: crate::rpc::network::DEFAULT_MAX_APPEND_BYTES,
             install_snapshot_timeout_ms: DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS,
             durability: Durability::Fsync,
             server_limits: ServerLimits::default(),
@@ -133,7 +130,13 @@ pub async fn run(
     let (log_store, state_machine) = store::open(&store_config)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let reader = state_machine.reader();
-    let network = PeerNetwork::new(config.unreachable_retry(), config.max_append_bytes);
+    // One client for every node-to-node call: Raft's and the service's calls to the leader.
+    let rpc = RpcClient::new();
+    let network = PeerNetwork::new(
+        rpc.clone(),
+        config.unreachable_retry(),
+        config.max_append_bytes,
+    );
     let clocks = network.clocks();
     let raft = Raft::new(config.id, raft_config, network, log_store, state_machine)
         .await
@@ -147,49 +150,20 @@ pub async fn run(
         tracing::info!("existing data found: rejoining the cluster it records (--peers ignored)");
     }
 
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_millis(500))
-        .pool_idle_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .build()
-        .context("building the HTTP client")?;
-    let timeout = config.request_timeout;
-    let leader_reads = ReadIndexBatcher::start(timeout, {
-        let raft = raft.clone();
-        move || {
-            let raft = raft.clone();
-            async move { read_index_as_leader(&raft, Instant::now() + timeout).await }
-        }
-    });
-    let forwarded_reads = ReadIndexBatcher::start(timeout, {
-        let (raft, http, id) = (raft.clone(), http.clone(), config.id);
-        move || {
-            let (raft, http) = (raft.clone(), http.clone());
-            async move { read_index_from_leader(&raft, &http, id, Instant::now() + timeout).await }
-        }
-    });
-    let service = Service {
-        id: config.id,
-        raft: raft.clone(),
-        proposer: Proposer::start(raft.clone(), clocks, config.request_timeout),
-        leader_reads,
-        forwarded_reads,
-        http: http.clone(),
-        request_timeout: config.request_timeout,
-        quorum_stale_after: Duration::from_millis((config.election_timeout_max_ms * 2).max(1000)),
-    };
-    let state = AppState {
-        id: config.id,
-        raft: raft.clone(),
-        reader,
-        service,
-        http,
-        request_timeout: config.request_timeout,
-        election_hold: ElectionHold::new(
-            raft.clone(),
-            Duration::from_millis(config.election_timeout_max_ms),
-        ),
-    };
+    let service = Service::start(
+        config.id,
+        raft.clone(),
+        rpc,
+        clocks,
+        config.request_timeout,
+        Duration::from_millis((config.election_timeout_max_ms * 2).max(1000)),
+    );
+    let election_hold = ElectionHold::new(
+        raft.clone(),
+        Duration::from_millis(config.election_timeout_max_ms),
+    );
+    let peer_routes = crate::rpc::server::router(raft.clone(), election_hold, service.clone());
+    let routes = api::router(AppState { service, reader }, peer_routes);
     // On SIGTERM Raft stops first: a leader that keeps heartbeating while its HTTP server
     // drains holds the whole cluster's writes hostage to its slowest client. Once Raft is
     // down the followers elect a new leader, and requests still here fail fast.
@@ -200,13 +174,7 @@ pub async fn run(
             tracing::warn!(error = %e, "raft shutdown");
         }
     };
-    api::server::serve(
-        listener,
-        api::router(state),
-        config.server_limits,
-        stop_raft_first,
-    )
-    .await;
+    api::server::serve(listener, routes, config.server_limits, stop_raft_first).await;
     tracing::info!("node stopped");
     Ok(())
 }

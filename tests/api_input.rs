@@ -475,6 +475,8 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
         "/raft/vote",
         "/raft/snapshot",
         "/raft/write",
+        "/raft/read-index",
+        "/raft/membership",
     ] {
         for body in ["", "{}"] {
             let mut c = case("POST", path, body, 400, ErrorCode::BadRequest.as_str());
@@ -570,11 +572,97 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
         }
     }
 
+    for node in [leader, follower] {
+        leader_calls_are_validated_again(&cluster, node).await;
+    }
+
     // Nothing above was written: still exactly the seed order, unchanged.
     let all = all_orders(&cluster, leader, false).await;
     assert_eq!(all, vec![order]);
 
     random_bytes_to_node_routes_never_take_a_node_down(&mut cluster).await;
+}
+
+/// Well-formed leader calls that break the rules a client's request is held to: each node
+/// checks them itself (a peer's bytes are as untrusted as a client's) and answers `Invalid`
+/// naming the field, whether it leads or not.
+async fn leader_calls_are_validated_again(cluster: &InProcessCluster, node: u64) {
+    use ordo::order::{CommandOutcome, LineItem, NewOrder, OrderOp, OrderStatus};
+    use ordo::rpc::{LeaderAnswer, MembershipChange, RpcError, WriteRequest};
+    use ordo::wire::ClusterStatus;
+
+    async fn call<Req: serde::Serialize, T: serde::de::DeserializeOwned>(
+        cluster: &InProcessCluster,
+        node: u64,
+        path: &str,
+        req: &Req,
+    ) -> LeaderAnswer<T> {
+        let resp = cluster
+            .http
+            .post(cluster.url(node, path))
+            .body(ordo::codec::encode(req).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path} on node {node}");
+        ordo::codec::decode(&resp.bytes().await.unwrap()).unwrap()
+    }
+    let item = LineItem {
+        sku: "s".into(),
+        quantity: 1,
+        unit_price_cents: 1,
+    };
+    let order = |items: Vec<LineItem>| {
+        OrderOp::Create(NewOrder {
+            customer_id: "c".into(),
+            items,
+            note: None,
+        })
+    };
+    let writes = [
+        (order(vec![]), None, "items"),
+        (order(vec![item.clone(); 101]), None, "items"),
+        (
+            OrderOp::SetStatus {
+                id: 1,
+                status: OrderStatus::Paid,
+                expected_version: Some(0),
+            },
+            None,
+            "expected_version",
+        ),
+        (
+            order(vec![item]),
+            Some("has space".to_string()),
+            "Idempotency-Key",
+        ),
+    ];
+    for (op, idempotency_key, field) in writes {
+        let req = WriteRequest {
+            op,
+            idempotency_key,
+        };
+        match call::<_, CommandOutcome>(cluster, node, "/raft/write", &req).await {
+            LeaderAnswer::Failed(RpcError::Invalid(v)) => assert_eq!(v.field, field, "{req:?}"),
+            other => panic!("node {node}: {req:?} answered {other:?}"),
+        }
+    }
+    let changes = [
+        (MembershipChange::SetVoters(Default::default()), "members"),
+        (
+            MembershipChange::AddLearner {
+                id: 9,
+                addr: "not an address".into(),
+            },
+            "addr",
+        ),
+    ];
+    for (change, field) in changes {
+        match call::<_, ClusterStatus>(cluster, node, "/raft/membership", &change).await {
+            LeaderAnswer::Failed(RpcError::Invalid(v)) => assert_eq!(v.field, field),
+            other => panic!("node {node}: {change:?} answered {other:?}"),
+        }
+    }
 }
 
 /// `[FORMAT_VERSION, u8 0, varint u64 = 2^62]`: a string or vector that claims 2^62 bytes.
@@ -592,6 +680,8 @@ async fn random_bytes_to_node_routes_never_take_a_node_down(cluster: &mut InProc
         "/raft/vote",
         "/raft/snapshot",
         "/raft/write",
+        "/raft/read-index",
+        "/raft/membership",
     ];
     for node in cluster.ids() {
         for path in routes {

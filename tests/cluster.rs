@@ -280,11 +280,12 @@ async fn add_learner_promote_and_remove_a_node() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["learners"]["4"], json!(addr4));
 
+    // Through a follower too: membership calls take the same forwarding path as writes.
     let keep: Vec<u64> = vec![2, 3, 4];
     let (status, body) = send(
         cluster
             .http
-            .post(cluster.url(leader, "/cluster/members"))
+            .post(cluster.url(follower, "/cluster/members"))
             .json(&json!({"members": keep})),
     )
     .await

@@ -122,6 +122,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Unavailable(m) => ApiError::Unavailable(m),
             ServiceError::OutcomeUnknown(m) => ApiError::OutcomeUnknown(m),
             ServiceError::Timeout(m) => ApiError::Timeout(m),
+            ServiceError::Invalid(v) => ApiError::Validation(v),
             ServiceError::Internal(m) => ApiError::Internal(m),
         }
     }

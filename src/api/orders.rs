@@ -1,4 +1,4 @@
-//! The order routes: create, get, list, change status. Writes go through `forward`; reads are
+//! The order routes: create, get, list, change status. Writes go through the service; reads are
 //! linearizable unless `?consistency=stale` asks for the local state as it is.
 
 use axum::extract::{Path, RawQuery, State};
@@ -9,10 +9,8 @@ use axum::Json;
 use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
-use crate::order::{
-    validate_idempotency_key, validate_new_order, NewOrder, OrderOp, OrderStatus, ValidationError,
-};
-use crate::service::forward::{linearizable_barrier, submit_write, WriteRequest};
+use crate::order::{validate_idempotency_key, NewOrder, OrderOp, OrderStatus};
+use crate::rpc::WriteRequest;
 use crate::store::OrderFilter;
 use crate::wire::{CreateOrderBody, OrderJson, OrderListJson, SetStatusBody};
 
@@ -68,7 +66,9 @@ fn query_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str>
 /// Makes the local state machine safe to read, as the `consistency` parameter asks.
 async fn read_barrier(state: &AppState, pairs: &[(String, String)]) -> Result<(), ApiError> {
     match query_value(pairs, "consistency") {
-        None | Some("linearizable") => linearizable_barrier(&state.service)
+        None | Some("linearizable") => state
+            .service
+            .linearizable_barrier()
             .await
             .map_err(ApiError::from),
         Some("stale") => Ok(()),
@@ -95,15 +95,13 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(&headers)?;
     let new: NewOrder = body.into();
-    validate_new_order(&new).map_err(ApiError::Validation)?;
-    let outcome = submit_write(
-        &state.service,
-        WriteRequest {
+    let outcome = state
+        .service
+        .submit_write(WriteRequest {
             op: OrderOp::Create(new),
             idempotency_key,
-        },
-    )
-    .await?;
+        })
+        .await?;
     let order = outcome.result.map_err(ApiError::Rejected)?;
     Ok(order_created(OrderJson::from(&order), outcome.replayed))
 }
@@ -197,25 +195,18 @@ pub async fn set_status(
     let id = parse_id(&raw_id)?;
     let idempotency_key = idempotency_key(&headers)?;
     let status = body.parsed_status().map_err(ApiError::Validation)?;
-    if body.expected_version == Some(0) {
-        return Err(ApiError::Validation(ValidationError::new(
-            "expected_version",
-            "versions start at 1",
-        )));
-    }
     let op = OrderOp::SetStatus {
         id,
         status,
         expected_version: body.expected_version,
     };
-    let outcome = submit_write(
-        &state.service,
-        WriteRequest {
+    let outcome = state
+        .service
+        .submit_write(WriteRequest {
             op,
             idempotency_key,
-        },
-    )
-    .await?;
+        })
+        .await?;
     let order = outcome.result.map_err(ApiError::Rejected)?;
     Ok(Json(OrderJson::from(&order)))
 }

@@ -10,7 +10,7 @@ use clap::Args;
 
 use crate::api::server::{self, ServerLimits};
 use crate::node::{self, NodeConfig};
-use crate::raft::network::DEFAULT_MAX_APPEND_BYTES;
+use crate::rpc::network::DEFAULT_MAX_APPEND_BYTES;
 use crate::store::{Durability, DEFAULT_CACHE_CAPACITY_BYTES};
 
 #[derive(Debug, Args)]

@@ -29,9 +29,9 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 pub use crate::wire::ClusterStatus;
-use crate::wire::ErrorBody;
 use crate::wire::LEADER_HEADER;
 pub use crate::wire::{CreateOrderBody as NewOrderRequest, LineItemJson as LineItem};
+use crate::wire::{ErrorBody, ErrorCode};
 pub use crate::wire::{OrderJson as Order, OrderListJson as OrderList};
 
 /// The cluster `scripts/cluster.sh up` starts.
@@ -75,15 +75,22 @@ impl ClientConfig {
 pub enum ClientError {
     #[error("not found: {0}")]
     NotFound(String),
-    /// 409: `invalid_transition`, `version_conflict` or `idempotency_key_reused`.
-    #[error("conflict ({code}): {message}")]
-    Conflict { code: String, message: String },
+    /// 409: `invalid_transition`, `version_conflict` or `idempotency_key_reused` (`None`: a
+    /// code this client does not know, from a newer server).
+    #[error("conflict ({}): {message}", code_name(code))]
+    Conflict {
+        code: Option<ErrorCode>,
+        message: String,
+    },
     /// 422: the field that is wrong and why.
     #[error("invalid {field}: {message}")]
     Validation { field: String, message: String },
     /// Another 4xx: the request itself is wrong.
-    #[error("bad request ({code}): {message}")]
-    BadRequest { code: String, message: String },
+    #[error("bad request ({}): {message}", code_name(code))]
+    BadRequest {
+        code: Option<ErrorCode>,
+        message: String,
+    },
     /// No node could answer within the deadline (the last reason is kept). For a write, its
     /// outcome is unknown: `idempotency_key` is the key it carried, to retry it safely (a
     /// retry with the same key and body is applied at most once).
@@ -98,6 +105,10 @@ pub enum ClientError {
     },
     #[error("server error {status}: {message}")]
     Server { status: u16, message: String },
+}
+
+fn code_name(code: &Option<ErrorCode>) -> &'static str {
+    code.map_or("unknown code", ErrorCode::as_str)
 }
 
 fn retry_hint(key: &Option<String>) -> String {
@@ -579,8 +590,12 @@ fn decode<T: DeserializeOwned>(answer: Answer) -> Result<(StatusCode, T), Client
     }
     let err: Option<ErrorBody> = serde_json::from_value(answer.body).ok();
     let (code, message, field) = match err {
-        Some(e) => (e.error.code, e.error.message, e.error.field),
-        None => (String::from("unknown"), format!("HTTP {status}"), None),
+        Some(e) => (
+            ErrorCode::parse(&e.error.code),
+            e.error.message,
+            e.error.field,
+        ),
+        None => (None, format!("HTTP {status}"), None),
     };
     Err(match status.as_u16() {
         404 => ClientError::NotFound(message),

@@ -7,16 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{LineItem, Order, OrderStatus};
+use super::model::{NewOrder, Order, OrderStatus};
 use super::validate::{validate_new_order, ValidationError};
-
-/// What a client asks for when it creates an order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NewOrder {
-    pub customer_id: String,
-    pub items: Vec<LineItem>,
-    pub note: Option<String>,
-}
 
 /// The operation of a command, without the leader's stamp. Its encoding is the request
 /// fingerprint an idempotency key is bound to.
@@ -31,6 +23,30 @@ pub enum OrderOp {
 }
 
 impl OrderOp {
+    /// The checks an operation must pass before it is proposed (a 422 naming the field).
+    /// Applying checks a create again (`create_order`), so a bad order is never stored.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            OrderOp::Create(new) => validate_new_order(new).map(|_| ()),
+            OrderOp::SetStatus {
+                id,
+                expected_version,
+                ..
+            } => {
+                if *id == 0 {
+                    return Err(ValidationError::new("id", "order ids start at 1"));
+                }
+                if *expected_version == Some(0) {
+                    return Err(ValidationError::new(
+                        "expected_version",
+                        "versions start at 1",
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// An upper estimate of the operation's encoded size in bytes, without encoding it: what
     /// the proposer weighs batches by.
     pub fn approx_encoded_len(&self) -> usize {

@@ -7,10 +7,9 @@ mod model;
 mod validate;
 
 pub use command::{
-    create_order, transition, CommandBatch, CommandOutcome, NewOrder, OrderCommand, OrderOp,
-    Rejection,
+    create_order, transition, CommandBatch, CommandOutcome, OrderCommand, OrderOp, Rejection,
 };
-pub use model::{LineItem, Order, OrderStatus};
+pub use model::{LineItem, NewOrder, Order, OrderStatus};
 pub use validate::{validate_idempotency_key, validate_new_order, ValidationError};
 pub use validate::{
     MAX_CUSTOMER_ID_CHARS, MAX_ITEMS, MAX_NOTE_CHARS, MAX_QUANTITY, MAX_SKU_CHARS,

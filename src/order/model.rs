@@ -14,6 +14,14 @@ pub struct LineItem {
     pub unit_price_cents: u64,
 }
 
+/// What a client asks for when it creates an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewOrder {
+    pub customer_id: String,
+    pub items: Vec<LineItem>,
+    pub note: Option<String>,
+}
+
 /// Where an order is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum OrderStatus {

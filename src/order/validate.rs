@@ -2,7 +2,7 @@
 //! proposed (so a client gets a 422 naming the field) and again when it is applied (so a
 //! command that reached the log by another path can never store a bad order).
 
-use super::command::NewOrder;
+use super::model::NewOrder;
 
 pub const MAX_CUSTOMER_ID_CHARS: usize = 64;
 pub const MAX_ITEMS: usize = 100;

@@ -1,10 +1,6 @@
-//! Raft plumbing: the openraft type configuration ordo runs with, the config knobs, and the
-//! network client that carries Raft RPCs to peers (`network`), and the cluster's time that
-//! leaders stamp into commands (`clock`). The receiving side of those
-//! RPCs is an ordinary set of HTTP routes in `api::raft_rpc`.
-
-pub mod clock;
-pub mod network;
+//! The openraft type configuration ordo runs with: what a log entry carries (a batch of order
+//! commands), what applying one returns, and short names for the openraft types the store,
+//! the protocol (`rpc`) and the service share.
 
 use crate::order::{CommandBatch, CommandOutcome};
 

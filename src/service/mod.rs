@@ -1,33 +1,159 @@
-//! What a node does, without HTTP: commit a write through Raft from any node (`forward`,
-//! batched into log entries by `proposer`), make a read linearizable (`read_index` rounds,
-//! shared by concurrent reads), and the errors of both (`error`). `api` calls it from its
-//! handlers and maps `ServiceError` to HTTP; `node` starts it.
+//! What a node does, without HTTP: commit a write through Raft from any node (`write`,
+//! batched into log entries by `proposer`), make a read linearizable (`read`, with read-index
+//! rounds shared by concurrent reads in `read_index`), change the membership (`membership`),
+//! and the errors of all of them (`error`). A node that is not the leader sends the request to
+//! the leader over `rpc`; the leader's side of those calls is `LeaderCalls` below. `api` calls
+//! the service from its handlers and maps `ServiceError` to HTTP; `node` starts it.
 
 pub mod error;
-pub mod forward;
+pub mod membership;
 pub mod proposer;
+pub mod read;
 pub mod read_index;
+pub mod write;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::raft::{NodeId, Raft};
-pub use error::ServiceError;
+use tokio::time::Instant;
 
-/// A node's service: the handles every write and linearizable read goes through.
+use crate::order::CommandOutcome;
+use crate::raft::{LogId, NodeId, Raft};
+use crate::rpc::client::RpcClient;
+use crate::rpc::clock::PeerClocks;
+use crate::rpc::server::LeaderCalls;
+use crate::rpc::{LeaderAnswer, MembershipChange, WriteRequest};
+use crate::wire::ClusterStatus;
+pub use error::{Answer, ServiceError};
+
+/// Upper bound on leader look-ups / forwards for one request, whatever the deadline.
+const MAX_ATTEMPTS: u32 = 100;
+/// Pause before asking again when the leader moved or is not yet known.
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+/// A node's service: the handles every write, linearizable read and membership change goes
+/// through. Cheap to clone.
 #[derive(Clone)]
 pub struct Service {
-    pub id: NodeId,
-    pub raft: Raft,
+    id: NodeId,
+    raft: Raft,
+    /// For calls to the leader (the node's one node-to-node client).
+    rpc: RpcClient,
     /// Batches this node's writes into log entries while it leads.
-    pub proposer: proposer::Proposer,
+    proposer: proposer::Proposer,
     /// Read-index rounds while this node leads: its own reads and the followers' requests.
-    pub leader_reads: read_index::ReadIndexBatcher,
+    leader_reads: read_index::ReadIndexBatcher,
     /// Read-index rounds while this node follows: one request to the leader per round.
-    pub forwarded_reads: read_index::ReadIndexBatcher,
-    /// Client for forwarding to the leader (pooled keep-alive connections).
-    pub http: reqwest::Client,
+    forwarded_reads: read_index::ReadIndexBatcher,
     /// How long a request may wait for a leader, a commit or a read index.
-    pub request_timeout: Duration,
+    request_timeout: Duration,
     /// A leader that has not heard from a quorum for this long refuses writes.
-    pub quorum_stale_after: Duration,
+    quorum_stale_after: Duration,
+}
+
+impl Service {
+    /// Starts the proposer and the read-index rounds on the current runtime.
+    /// `clocks`: the peers' clocks as the Raft network measures them (see `rpc::clock`).
+    pub fn start(
+        id: NodeId,
+        raft: Raft,
+        rpc: RpcClient,
+        clocks: Arc<PeerClocks>,
+        request_timeout: Duration,
+        quorum_stale_after: Duration,
+    ) -> Service {
+        let leader_reads = read_index::ReadIndexBatcher::start(request_timeout, {
+            let raft = raft.clone();
+            move || {
+                let raft = raft.clone();
+                async move { read::read_index_as_leader(&raft, Instant::now() + request_timeout).await }
+            }
+        });
+        let forwarded_reads = read_index::ReadIndexBatcher::start(request_timeout, {
+            let (raft, rpc) = (raft.clone(), rpc.clone());
+            move || {
+                let (raft, rpc) = (raft.clone(), rpc.clone());
+                async move {
+                    read::read_index_from_leader(&raft, &rpc, id, Instant::now() + request_timeout)
+                        .await
+                }
+            }
+        });
+        Service {
+            id,
+            proposer: proposer::Proposer::start(raft.clone(), clocks, request_timeout),
+            raft,
+            rpc,
+            leader_reads,
+            forwarded_reads,
+            request_timeout,
+            quorum_stale_after,
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The current leader's address, as far as this node knows.
+    pub fn leader_addr(&self) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    }
+
+    /// The last log index this node's state machine has applied.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.raft.metrics().borrow().last_applied.map(|l| l.index)
+    }
+}
+
+/// The current leader and its address, waiting (bounded) until one is known.
+async fn wait_for_leader(raft: &Raft, deadline: Instant) -> Result<(NodeId, String), ServiceError> {
+    let mut rx = raft.metrics();
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            if let Some(leader) = m.current_leader {
+                if let Some(node) = m.membership_config.membership().get_node(&leader) {
+                    return Ok((leader, node.addr.clone()));
+                }
+            }
+        }
+        match tokio::time::timeout_at(deadline, rx.changed()).await {
+            Ok(Ok(())) => continue,
+            Ok(Err(_)) => return Err(ServiceError::Unavailable("node is shutting down".into())),
+            Err(_) => return Err(ServiceError::NoLeader),
+        }
+    }
+}
+
+/// The leader's side of the calls other nodes send it over `rpc` (requests already decoded
+/// and validated there). A node that does not lead answers `NotLeader` and never forwards
+/// again.
+impl LeaderCalls for Service {
+    async fn write(&self, req: WriteRequest) -> LeaderAnswer<CommandOutcome> {
+        let deadline = Instant::now() + self.request_timeout;
+        self.write_as_leader(req, deadline)
+            .await
+            .map_err(Into::into)
+    }
+
+    async fn read_index(&self) -> LeaderAnswer<Option<LogId>> {
+        let deadline = Instant::now() + self.request_timeout;
+        self.leader_reads
+            .read_index(deadline)
+            .await
+            .map_err(Into::into)
+    }
+
+    async fn change_membership(&self, change: MembershipChange) -> LeaderAnswer<ClusterStatus> {
+        self.change_membership_as_leader(change)
+            .await
+            .map_err(Into::into)
+    }
 }

@@ -13,11 +13,11 @@ use openraft::BasicNode;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
-use super::error::ServiceError;
-use super::forward::{LeaderAnswer, WriteRequest};
+use super::error::{Answer, ServiceError};
 use crate::order::{CommandBatch, CommandOutcome, OrderCommand};
-use crate::raft::clock::{wall_clock_ms, PeerClocks};
 use crate::raft::{NodeId, Raft, TypeConfig};
+use crate::rpc::clock::{wall_clock_ms, PeerClocks};
+use crate::rpc::{LeaderAnswer, WriteRequest};
 
 /// Proposals in flight at once.
 const MAX_IN_FLIGHT: usize = 4;
@@ -37,7 +37,7 @@ const QUEUE: usize = 4096;
 
 struct Pending {
     req: WriteRequest,
-    reply: oneshot::Sender<LeaderAnswer<CommandOutcome>>,
+    reply: oneshot::Sender<Answer<CommandOutcome>>,
 }
 
 /// The handle the API proposes writes through.
@@ -48,7 +48,7 @@ pub struct Proposer {
 
 impl Proposer {
     /// Starts the batching task on the current runtime.
-    /// `clocks`: the peers' clocks, for stamping with the cluster's time (see `raft::clock`).
+    /// `clocks`: the peers' clocks, for stamping with the cluster's time (see `rpc::clock`).
     pub fn start(raft: Raft, clocks: Arc<PeerClocks>, commit_timeout: Duration) -> Proposer {
         let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(run(raft, clocks, rx, commit_timeout));
@@ -57,11 +57,7 @@ impl Proposer {
 
     /// Proposes one write (stamped by this leader) and waits for its outcome until
     /// `deadline`; past it the outcome is unknown (504).
-    pub async fn propose(
-        &self,
-        req: WriteRequest,
-        deadline: Instant,
-    ) -> LeaderAnswer<CommandOutcome> {
+    pub async fn propose(&self, req: WriteRequest, deadline: Instant) -> Answer<CommandOutcome> {
         let (reply, answer) = oneshot::channel();
         if self.tx.send(Pending { req, reply }).await.is_err() {
             return LeaderAnswer::Failed(ServiceError::Unavailable("node is shutting down".into()));
@@ -212,9 +208,9 @@ type WriteResult = Result<
 
 /// What each caller of a proposed batch is told, given how `client_write` ended (or timed
 /// out) and which commands carry an idempotency key.
-fn answers_for(written: WriteResult, keyed: &[bool]) -> Vec<LeaderAnswer<CommandOutcome>> {
+fn answers_for(written: WriteResult, keyed: &[bool]) -> Vec<Answer<CommandOutcome>> {
     let n = keyed.len();
-    let all = |answer: LeaderAnswer<CommandOutcome>| vec![answer; n];
+    let all = |answer: Answer<CommandOutcome>| vec![answer; n];
     match written {
         Ok(Ok(resp)) if resp.data.len() == n => {
             resp.data.into_iter().map(LeaderAnswer::Done).collect()

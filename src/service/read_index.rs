@@ -19,15 +19,15 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::error::ServiceError;
-use super::forward::LeaderAnswer;
+use super::error::{Answer, ServiceError};
 use crate::raft::LogId;
+use crate::rpc::LeaderAnswer;
 
 /// Reads waiting for a round before senders wait too.
 const QUEUE: usize = 8192;
 
 /// What a round answers: the index a read must see, or why there is none.
-pub type ReadIndexAnswer = LeaderAnswer<Option<LogId>>;
+pub type ReadIndexAnswer = Answer<Option<LogId>>;
 
 type Waiter = oneshot::Sender<ReadIndexAnswer>;
 

@@ -160,7 +160,7 @@ fn apply_command(
     };
     expire_idempotency_records(ov, now)?;
     // An order's own times are the leader's stamp (the cluster's median clock, see
-    // `raft::clock`), not the bounded clock: after an idle night that lags real time.
+    // `rpc::clock`), not the bounded clock: after an idle night that lags real time.
     let stamp = cmd.stamped_at_ms;
 
     let fp = fingerprint(&cmd.op)?;

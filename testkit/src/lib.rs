@@ -613,7 +613,7 @@ fn hostile_bodies(rng: &mut StdRng, route: &str, n: usize) -> Vec<Vec<u8>> {
         "/raft/snapshot" => {
             ordo::codec::decode_bounded::<InstallSnapshotRequest<TypeConfig>, LIMIT>(b).is_ok()
         }
-        _ => ordo::codec::decode_bounded::<ordo::service::forward::WriteRequest, LIMIT>(b).is_ok(),
+        _ => ordo::codec::decode_bounded::<ordo::rpc::WriteRequest, LIMIT>(b).is_ok(),
     };
     let mut out = Vec::new();
     for _ in 0..n * 20 {
@@ -941,7 +941,7 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
         .collect();
     let known = shared.known.lock().unwrap().clone();
     // Every stamp is the cluster's median clock, whichever node led: none a day off.
-    let now_ms = ordo::raft::clock::wall_clock_ms();
+    let now_ms = ordo::rpc::clock::wall_clock_ms();
     let misdated: Vec<String> = final_orders
         .iter()
         .filter(|o| {

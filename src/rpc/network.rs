@@ -1,9 +1,8 @@
 //! The sending side of Raft RPCs: HTTP POSTs with `codec` bodies to a peer's `/raft/*` routes.
 //!
-//! One pooled HTTP/1.1 client serves all peers (keep-alive connections are reused across
-//! heartbeats). A refused or failed connection is reported as `Unreachable`, which makes
-//! openraft back off from a dead peer instead of hammering it, for `unreachable_retry` between
-//! attempts: openraft's default of 500 ms is longer than a restarted peer waits before it
+//! Calls go through the node's one `RpcClient`. A refused connection is reported as
+//! `Unreachable`, which makes openraft back off from a dead peer instead of hammering it, for
+//! `unreachable_retry` between attempts: openraft's default of 500 ms is longer than a restarted peer waits before it
 //! campaigns itself, so the peer would depose a healthy leader with a stale log.
 //!
 //! Appends are bounded in bytes, not only in entries: openraft 0.9 gives every AppendEntries
@@ -29,19 +28,16 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::clock::{wall_clock_ms, PeerClocks, CLOCK_HEADER};
-use super::{NodeId, TypeConfig};
+use super::client::{CallError, RpcClient};
+use super::clock::{wall_clock_ms, PeerClocks};
+use super::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use crate::codec;
+use crate::raft::{NodeId, TypeConfig};
 
-/// The route of each Raft RPC on the receiving node.
-pub const APPEND_PATH: &str = "/raft/append";
-pub const VOTE_PATH: &str = "/raft/vote";
-pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
-
-/// Builds one `PeerClient` per target; cheap, the HTTP connection pool is shared.
+/// Builds one `PeerClient` per target; cheap, the connection pool is shared.
 #[derive(Clone)]
 pub struct PeerNetwork {
-    http: reqwest::Client,
+    client: RpcClient,
     unreachable_retry: Duration,
     max_append_bytes: usize,
     clocks: Arc<PeerClocks>,
@@ -51,34 +47,20 @@ pub struct PeerNetwork {
 /// writes and fsyncs it well inside one heartbeat interval on a slow disk.
 pub const DEFAULT_MAX_APPEND_BYTES: usize = 1024 * 1024;
 
-/// The most memory a peer's answer may claim when decoded (answers are a few log ids, or one
-/// order outcome).
-const ANSWER_CLAIM_LIMIT: usize = 4 * 1024 * 1024;
-
 impl PeerNetwork {
     /// `unreachable_retry`: the pause before trying an unreachable peer again; keep it well
     /// under the election timeout, so a peer that comes back hears from the leader before it
     /// would start an election of its own.
     /// `max_append_bytes`: the encoded size past which an append batch is cut (see above).
-    pub fn new(unreachable_retry: Duration, max_append_bytes: usize) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            // Below the peers' read timeout (10 s), which closes idle keep-alive connections:
-            // never reuse one the peer is about to close.
-            .pool_idle_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .build()
-            .expect("an HTTP client with plain settings builds");
+    pub fn new(client: RpcClient, unreachable_retry: Duration, max_append_bytes: usize) -> Self {
         PeerNetwork {
-            http,
+            client,
             unreachable_retry,
             max_append_bytes,
             clocks: Arc::default(),
         }
     }
-}
 
-impl PeerNetwork {
     /// The peers' clock offsets, as measured on every answered append.
     pub fn clocks(&self) -> Arc<PeerClocks> {
         self.clocks.clone()
@@ -90,9 +72,9 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
         PeerClient {
-            http: self.http.clone(),
+            client: self.client.clone(),
             target,
-            base: format!("http://{}", node.addr),
+            addr: node.addr.clone(),
             unreachable_retry: self.unreachable_retry,
             max_append_bytes: self.max_append_bytes,
             clocks: self.clocks.clone(),
@@ -102,20 +84,12 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
 
 /// Sends Raft RPCs to one peer.
 pub struct PeerClient {
-    http: reqwest::Client,
+    client: RpcClient,
     target: NodeId,
-    base: String,
+    addr: String,
     unreachable_retry: Duration,
     max_append_bytes: usize,
     clocks: Arc<PeerClocks>,
-}
-
-/// Why a call to a peer failed before an answer of the peer's own came back.
-enum CallError {
-    Unreachable(Unreachable),
-    Network(NetworkError),
-    /// The peer answered 413: the body passed its limit for this route.
-    TooLarge,
 }
 
 /// How many of `entries` entries to send instead of a batch of `bytes` encoded bytes, to stay
@@ -126,57 +100,6 @@ fn entries_that_fit(entries: usize, bytes: usize, budget: usize) -> u64 {
 }
 
 impl PeerClient {
-    async fn call<Resp, E>(
-        &self,
-        path: &str,
-        body: Vec<u8>,
-        ttl: Duration,
-    ) -> Result<Result<Resp, E>, CallError>
-    where
-        Resp: DeserializeOwned,
-        E: DeserializeOwned,
-    {
-        let sent_ms = wall_clock_ms();
-        let resp = self
-            .http
-            .post(format!("{}{}", self.base, path))
-            .timeout(ttl)
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    CallError::Unreachable(Unreachable::new(&e))
-                } else {
-                    CallError::Network(NetworkError::new(&e))
-                }
-            })?;
-        let peer_ms = resp
-            .headers()
-            .get(CLOCK_HEADER)
-            .and_then(|v| v.to_str().ok()?.parse::<i64>().ok());
-        if let Some(peer_ms) = peer_ms {
-            self.clocks
-                .observe(self.target, sent_ms, wall_clock_ms(), peer_ms);
-        }
-        if resp.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE {
-            return Err(CallError::TooLarge);
-        }
-        if !resp.status().is_success() {
-            let msg = format!("peer {} answered HTTP {}", self.target, resp.status());
-            return Err(CallError::Network(NetworkError::new(
-                &std::io::Error::other(msg),
-            )));
-        }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| CallError::Network(NetworkError::new(&e)))?;
-        codec::decode_bounded::<Result<Resp, E>, ANSWER_CLAIM_LIMIT>(&bytes)
-            .map_err(|e| CallError::Network(NetworkError::new(&e)))
-    }
-
     /// Sends an encoded request; `too_large` is the error to report when the peer answers 413.
     async fn rpc<Resp, E>(
         &self,
@@ -189,15 +112,24 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        match self
-            .call::<Resp, RaftError<NodeId, E>>(path, body, option.hard_ttl())
-            .await
-        {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
-            Err(CallError::Unreachable(e)) => Err(RPCError::Unreachable(e)),
-            Err(CallError::Network(e)) => Err(RPCError::Network(e)),
+        let sent_ms = wall_clock_ms();
+        let answered = self
+            .client
+            .post::<Result<Resp, RaftError<NodeId, E>>>(&self.addr, path, body, option.hard_ttl())
+            .await;
+        match answered {
+            Ok(answered) => {
+                if let Some(peer_ms) = answered.peer_clock_ms {
+                    self.clocks
+                        .observe(self.target, sent_ms, wall_clock_ms(), peer_ms);
+                }
+                answered
+                    .value
+                    .map_err(|remote| RPCError::RemoteError(RemoteError::new(self.target, remote)))
+            }
+            Err(CallError::Refused(e)) => Err(RPCError::Unreachable(Unreachable::new(&e))),
             Err(CallError::TooLarge) => Err(too_large()),
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
         }
     }
 }
@@ -299,7 +231,7 @@ mod tests {
     #[tokio::test]
     async fn an_append_over_the_byte_budget_asks_for_fewer_entries_before_sending() {
         use openraft::{CommittedLeaderId, EntryPayload, LogId};
-        let mut factory = PeerNetwork::new(Duration::from_millis(10), 64 * 1024);
+        let mut factory = PeerNetwork::new(RpcClient::new(), Duration::from_millis(10), 64 * 1024);
         // Port 9 (discard) on loopback: nothing is sent if the budget check works; if it
         // did not, the call would fail with a connection error instead.
         let mut client = factory.new_client(2, &BasicNode::new("127.0.0.1:9")).await;

@@ -1,0 +1,146 @@
+//! The one client for node-to-node calls: a `codec` body POSTed to a peer's `/raft/*` route,
+//! over one pooled HTTP/1.1 client (keep-alive connections are reused across heartbeats and
+//! forwarded writes alike). `network` sends Raft's RPCs with it; `call_leader` is how the
+//! service forwards a write, a read-index request or a membership change to the leader.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::clock::CLOCK_HEADER;
+use super::{LeaderAnswer, RpcError};
+use crate::codec;
+
+/// The most memory an answer may claim when decoded (answers are a few log ids, one order
+/// outcome or a cluster status).
+const ANSWER_CLAIM_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Why a call failed before an answer of the peer's own came back.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// No connection: nothing was sent.
+    #[error("peer unreachable: {0}")]
+    Refused(reqwest::Error),
+    /// Sent, but no whole answer came back (timeout, reset, cut-off body, bad bytes): the
+    /// peer may have acted on it.
+    #[error("no answer from the peer: {0}")]
+    NoAnswer(String),
+    /// The peer answered 413: the body passed its limit for this route.
+    #[error("the peer refused the body as too large")]
+    TooLarge,
+    /// The peer answered with another non-success status (a request it could not decode).
+    #[error("the peer answered HTTP {0}")]
+    Status(u16),
+}
+
+/// A peer's answer, decoded, and the peer's wall clock when it answered (append routes send
+/// it, see `clock`).
+pub struct Answered<T> {
+    pub value: T,
+    pub peer_clock_ms: Option<i64>,
+}
+
+/// Pooled client for every node-to-node call; cheap to clone.
+#[derive(Clone)]
+pub struct RpcClient {
+    http: reqwest::Client,
+}
+
+impl RpcClient {
+    pub fn new() -> RpcClient {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            // Below the peers' read timeout (10 s), which closes idle keep-alive connections:
+            // never reuse one the peer is about to close.
+            .pool_idle_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .build()
+            .expect("an HTTP client with plain settings builds");
+        RpcClient { http }
+    }
+
+    /// POSTs `body` (already encoded) to `path` on the node at `addr` and decodes its answer.
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Answered<T>, CallError> {
+        let resp = self
+            .http
+            .post(format!("http://{addr}{path}"))
+            .timeout(timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                if e.is_connect() {
+                    CallError::Refused(e)
+                } else {
+                    CallError::NoAnswer(e.to_string())
+                }
+            })?;
+        let peer_clock_ms = resp
+            .headers()
+            .get(CLOCK_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse::<i64>().ok());
+        match resp.status() {
+            s if s.is_success() => {}
+            reqwest::StatusCode::PAYLOAD_TOO_LARGE => return Err(CallError::TooLarge),
+            s => return Err(CallError::Status(s.as_u16())),
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| CallError::NoAnswer(e.to_string()))?;
+        let value = codec::decode_bounded::<T, ANSWER_CLAIM_LIMIT>(&bytes)
+            .map_err(|e| CallError::NoAnswer(format!("undecodable answer: {e}")))?;
+        Ok(Answered {
+            value,
+            peer_clock_ms,
+        })
+    }
+
+    /// A leader call: sends `req` to the leader at `addr` and returns its answer. A refused
+    /// connection means the leader is gone and nothing was sent (`NotLeader`: the caller looks
+    /// for the new one). Any later failure leaves the outcome unknown: a timeout, never a
+    /// silent retry.
+    pub async fn call_leader<Req: Serialize, T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        req: &Req,
+        deadline: Instant,
+    ) -> LeaderAnswer<T> {
+        let body = match codec::encode(req) {
+            Ok(b) => b,
+            Err(e) => return LeaderAnswer::Failed(RpcError::Internal(e.to_string())),
+        };
+        // A little past the deadline: the leader answers its own timeout by then.
+        let timeout =
+            deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(500);
+        match self
+            .post::<LeaderAnswer<T>>(addr, path, body, timeout)
+            .await
+        {
+            Ok(answered) => answered.value,
+            Err(CallError::Refused(_)) => LeaderAnswer::NotLeader(None),
+            Err(e @ CallError::NoAnswer(_)) => LeaderAnswer::Failed(RpcError::Timeout(format!(
+                "forwarding to the leader at {addr}: {e}"
+            ))),
+            Err(e @ (CallError::TooLarge | CallError::Status(_))) => LeaderAnswer::Failed(
+                RpcError::Unavailable(format!("the leader at {addr} refused the request: {e}")),
+            ),
+        }
+    }
+}
+
+impl Default for RpcClient {
+    fn default() -> Self {
+        RpcClient::new()
+    }
+}

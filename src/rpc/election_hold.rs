@@ -1,0 +1,79 @@
+//! Elections held while a snapshot from the leader comes in: the one piece of Raft behaviour
+//! the receiving side of the protocol adds to openraft (see `ElectionHold`).
+
+use std::sync::Arc;
+
+use crate::raft::{Raft, Vote};
+
+/// Keeps this node from campaigning while it receives or installs a snapshot from its leader.
+///
+/// openraft 0.9's follower hears nothing from the leader while it installs the last chunk
+/// (seconds for a big store), so its election timer fires and its campaign deposes a healthy
+/// leader, whose transfer then starts over. A node being sent a snapshot by the leader it
+/// follows knows that leader is alive; it may campaign again `grace` after the last chunk is
+/// done, by which time the leader's next append has reset its timer. Only chunks carrying the
+/// committed vote of the leader this node follows hold elections: a stale or stray request
+/// does not.
+pub struct ElectionHold {
+    raft: Raft,
+    grace: std::time::Duration,
+    /// (chunks being handled, generation): under one lock with the `elect` switch, so a
+    /// re-enable timer can never switch elections back on during a newer hold.
+    state: std::sync::Mutex<(usize, u64)>,
+}
+
+impl ElectionHold {
+    pub fn new(raft: Raft, grace: std::time::Duration) -> Arc<ElectionHold> {
+        Arc::new(ElectionHold {
+            raft,
+            grace,
+            state: std::sync::Mutex::new((0, 0)),
+        })
+    }
+
+    /// A hold for as long as the guard lives, if `vote` is the leader's this node follows.
+    pub fn enter(self: &Arc<Self>, vote: &Vote) -> Option<HoldGuard> {
+        let from_our_leader = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            vote.is_committed()
+                && *vote >= m.vote
+                && m.current_leader == Some(vote.leader_id().node_id)
+        };
+        if !from_our_leader {
+            return None;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.0 == 0 {
+            tracing::debug!("receiving a snapshot: elections held");
+        }
+        state.0 += 1;
+        state.1 += 1;
+        self.raft.runtime_config().elect(false);
+        Some(HoldGuard(self.clone()))
+    }
+}
+
+pub struct HoldGuard(Arc<ElectionHold>);
+
+impl Drop for HoldGuard {
+    fn drop(&mut self) {
+        let hold = self.0.clone();
+        let generation = {
+            let mut state = hold.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.0 -= 1;
+            if state.0 > 0 {
+                return;
+            }
+            state.1
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(hold.grace).await;
+            let state = hold.state.lock().unwrap_or_else(|p| p.into_inner());
+            if *state == (0, generation) {
+                hold.raft.runtime_config().elect(true);
+                tracing::debug!("snapshot done: elections allowed again");
+            }
+        });
+    }
+}

@@ -1,0 +1,132 @@
+//! The cluster as this node sees it (`status`) and membership changes: add a learner, set the
+//! voters. A change runs on the leader; any other node sends it there over
+//! `rpc::MEMBERSHIP_PATH`, once (a node that receives one and does not lead says so rather
+//! than forwarding again).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ServerState};
+use tokio::time::Instant;
+
+use super::{Answer, Service, ServiceError};
+use crate::order::ValidationError;
+use crate::raft::NodeId;
+use crate::rpc::{LeaderAnswer, MembershipChange, MEMBERSHIP_PATH};
+use crate::wire::ClusterStatus;
+
+/// Adding a learner waits until it has caught up; bounded.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Service {
+    /// This node's view of the cluster, from openraft's metrics.
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let mut members = BTreeMap::new();
+        let mut learners = BTreeMap::new();
+        for (id, node) in membership.nodes() {
+            let target = if voters.contains(id) {
+                &mut members
+            } else {
+                &mut learners
+            };
+            target.insert(id.to_string(), node.addr.clone());
+        }
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        ClusterStatus {
+            node_id: self.id,
+            state: role.to_string(),
+            leader_id: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            members,
+            learners,
+        }
+    }
+
+    /// Makes a membership change on the leader, from any node, and returns the leader's view
+    /// of the cluster after it.
+    pub async fn change_membership(
+        &self,
+        change: MembershipChange,
+    ) -> Result<ClusterStatus, ServiceError> {
+        change.validate().map_err(ServiceError::Invalid)?;
+        let leader = self.raft.metrics().borrow().current_leader;
+        let answer = match leader {
+            None => return Err(ServiceError::NoLeader),
+            Some(leader) if leader == self.id => self.change_membership_as_leader(change).await,
+            Some(_) => {
+                let addr = self.leader_addr().ok_or(ServiceError::NoLeader)?;
+                let deadline = Instant::now() + MEMBERSHIP_TIMEOUT;
+                self.rpc
+                    .call_leader(&addr, MEMBERSHIP_PATH, &change, deadline)
+                    .await
+                    .map_err(ServiceError::from)
+            }
+        };
+        match answer {
+            LeaderAnswer::Done(status) => Ok(status),
+            LeaderAnswer::NotLeader(_) | LeaderAnswer::Deposed(_) => Err(ServiceError::NoLeader),
+            LeaderAnswer::Failed(ServiceError::Timeout(m)) => Err(ServiceError::Timeout(format!(
+                "{m}; the change may have been made: check /cluster/status"
+            ))),
+            LeaderAnswer::Failed(e) => Err(e),
+        }
+    }
+
+    /// The leader's half of a membership change.
+    pub(super) async fn change_membership_as_leader(
+        &self,
+        change: MembershipChange,
+    ) -> Answer<ClusterStatus> {
+        let changed = match change {
+            MembershipChange::AddLearner { id, addr } => {
+                let adding = self.raft.add_learner(id, BasicNode { addr }, true);
+                match tokio::time::timeout(MEMBERSHIP_TIMEOUT, adding).await {
+                    Ok(done) => done.map(|_| ()),
+                    Err(_) => {
+                        return LeaderAnswer::Failed(ServiceError::Timeout(
+                            "the learner did not catch up in time".into(),
+                        ))
+                    }
+                }
+            }
+            MembershipChange::SetVoters(ids) => {
+                let changing = self.raft.change_membership(ids, false);
+                match tokio::time::timeout(MEMBERSHIP_TIMEOUT, changing).await {
+                    Ok(done) => done.map(|_| ()),
+                    Err(_) => {
+                        return LeaderAnswer::Failed(ServiceError::Timeout(
+                            "the membership change did not commit in time".into(),
+                        ))
+                    }
+                }
+            }
+        };
+        match changed {
+            Ok(()) => LeaderAnswer::Done(self.status()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                LeaderAnswer::NotLeader(f.leader_id)
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                LeaderAnswer::Failed(ServiceError::Invalid(ValidationError::new(
+                    "members",
+                    e.to_string(),
+                )))
+            }
+            Err(e @ RaftError::Fatal(_)) => {
+                LeaderAnswer::Failed(ServiceError::Unavailable(e.to_string()))
+            }
+        }
+    }
+}
