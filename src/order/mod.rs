@@ -2,10 +2,15 @@
 //! and the commands the Raft log carries. Pure data and decisions, no I/O, so every replica
 //! that applies the same commands reaches the same state, and the rules can be tested alone.
 
+mod apply;
 mod command;
 mod model;
 mod validate;
 
+pub use apply::{
+    advance_clock, apply_command, Applied, IdempotencyRecord, OrderState, EXPIRE_PER_COMMAND,
+    IDEMPOTENCY_TTL_MS, MAX_CLOCK_STEP_MS,
+};
 pub use command::{
     create_order, transition, CommandBatch, CommandOutcome, OrderCommand, OrderOp, Rejection,
 };
@@ -16,5 +21,7 @@ pub use validate::{
     MAX_UNIT_PRICE_CENTS,
 };
 
+#[cfg(test)]
+pub(crate) mod memory_state;
 #[cfg(test)]
 mod tests;

@@ -174,3 +174,125 @@ proptest! {
         }
     }
 }
+
+/// Properties of `apply_command` (idempotency, the clock, expiry) on the in-memory state.
+mod apply_properties {
+    use super::memory_state::{fingerprint, history, MemoryState};
+    use super::*;
+
+    fn apply(state: &mut MemoryState, command: &OrderCommand) -> Applied {
+        match apply_command(state, command, fingerprint(&command.op)) {
+            Ok(applied) => applied,
+            Err(never) => match never {},
+        }
+    }
+
+    fn create(customer: &str) -> OrderOp {
+        OrderOp::Create(NewOrder {
+            customer_id: customer.into(),
+            items: vec![item("fresh", 1, 1)],
+            note: None,
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// A keyed command sent again (a client's retry, seconds later, perhaps to a new
+        /// leader) is never applied twice: it replays the first result and changes no order.
+        #[test]
+        fn a_retried_keyed_command_is_applied_at_most_once(h in history(40)) {
+            let mut s = MemoryState::default();
+            for sent in &h {
+                let first = apply(&mut s, &sent.command);
+                let orders = (s.orders.clone(), s.next_id);
+                for retry in 1..sent.times {
+                    let mut again = sent.command.clone();
+                    again.stamped_at_ms += 1_000 * retry as i64;
+                    let again = apply(&mut s, &again);
+                    if sent.command.idempotency_key.is_none() {
+                        continue;
+                    }
+                    if first.outcome.result == Err(Rejection::IdempotencyKeyReused) {
+                        prop_assert_eq!(&again.outcome.result, &first.outcome.result);
+                    } else {
+                        prop_assert!(again.outcome.replayed);
+                        prop_assert_eq!(&again.outcome.result, &first.outcome.result);
+                    }
+                    prop_assert_eq!(&(s.orders.clone(), s.next_id), &orders);
+                }
+            }
+        }
+
+        /// The clock follows the stamps, but never goes back, moves at most one step per
+        /// distinct stamp, and says when it cut a stamp short.
+        #[test]
+        fn the_clock_is_monotonic_and_moves_one_bounded_step_per_stamp(h in history(60)) {
+            let mut s = MemoryState::default();
+            for sent in &h {
+                let stamp = sent.command.stamped_at_ms;
+                let before = s.clock;
+                let applied = apply(&mut s, &sent.command);
+                let (clock, last_stamp) = s.clock.expect("a clock after a command");
+                prop_assert_eq!(last_stamp, stamp);
+                match before {
+                    None => prop_assert_eq!(clock, stamp),
+                    Some((c, last)) if last == stamp => prop_assert_eq!(clock, c),
+                    Some((c, _)) => {
+                        prop_assert!(clock >= c && clock - c <= MAX_CLOCK_STEP_MS);
+                        prop_assert_eq!(applied.clock_clamped, clock != stamp.max(c));
+                    }
+                }
+            }
+        }
+
+        /// While its record lives, a key is bound to its request: another request with it
+        /// is refused and changes no order. Once the clock has passed the record's expiry,
+        /// cleanup has dropped it and the key is free for a new request.
+        #[test]
+        fn a_key_is_bound_to_its_request_until_it_expires(h in history(40)) {
+            let mut s = MemoryState::default();
+            for sent in &h {
+                apply(&mut s, &sent.command);
+            }
+            let (now, mut stamp) = s.clock.expect("a clock after a command");
+            let keys: Vec<String> = s.records.keys().cloned().collect();
+            for key in &keys {
+                if s.records[key].expires_at_ms <= now {
+                    continue;
+                }
+                let orders = s.orders.clone();
+                let other = OrderCommand {
+                    op: create("someone else"),
+                    idempotency_key: Some(key.clone()),
+                    stamped_at_ms: stamp,
+                };
+                let refused = apply(&mut s, &other);
+                prop_assert_eq!(refused.outcome.result, Err(Rejection::IdempotencyKeyReused));
+                prop_assert_eq!(&s.orders, &orders);
+            }
+            // Unkeyed commands that change nothing, one clock step apart, for a day and more.
+            let noop = |stamp| OrderCommand {
+                op: OrderOp::SetStatus { id: 999, status: OrderStatus::Paid, expected_version: None },
+                idempotency_key: None,
+                stamped_at_ms: stamp,
+            };
+            while s.clock.expect("clock").0 <= now + IDEMPOTENCY_TTL_MS {
+                stamp += MAX_CLOCK_STEP_MS;
+                apply(&mut s, &noop(stamp));
+            }
+            apply(&mut s, &noop(stamp + 1));
+            prop_assert!(s.records.is_empty() && s.expiries.is_empty(), "cleanup caught up");
+            for key in &keys {
+                stamp += 1;
+                let fresh = OrderCommand {
+                    op: create("someone else"),
+                    idempotency_key: Some(key.clone()),
+                    stamped_at_ms: stamp,
+                };
+                let applied = apply(&mut s, &fresh);
+                prop_assert!(applied.outcome.result.is_ok() && !applied.outcome.replayed);
+            }
+        }
+    }
+}

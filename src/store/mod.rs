@@ -7,8 +7,11 @@
 //! machine writes each applied batch as one atomic sled batch.
 
 mod error;
+mod keys;
 mod log_store;
+mod order_state;
 mod overlay;
+mod reader;
 mod snapshot_file;
 mod snapshot_view;
 mod state_machine;
@@ -18,7 +21,8 @@ use std::sync::Arc;
 
 pub use error::StoreError;
 pub use log_store::{LogReader, LogStore};
-pub use state_machine::{OrderFilter, OrderPage, OrderReader, StateMachineStore};
+pub use reader::{OrderFilter, OrderPage, OrderReader};
+pub use state_machine::StateMachineStore;
 
 /// How hard a log append is pushed to disk before openraft hears it is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,60 +1,33 @@
-//! The order state machine over sled, its snapshots (dumped while applies go on, see
-//! `snapshot_view`), and the read side the API uses.
+//! The openraft adapter of the order state machine: `RaftStateMachine` over the `sm` tree
+//! (layout in `keys`), its snapshots (dumped while applies go on, see `snapshot_view`;
+//! installed from the leader's file), and the applied log id and membership it tracks.
 //!
-//! Layout of the `sm` tree (all values encoded by `codec`):
-//! - `m:applied`, `m:membership`, `m:next_id`, `m:clock`, `m:last_stamp`: last applied log id,
-//!   last membership, the next order id, and the state machine's clock (follows leader stamps,
-//!   never backwards and at most `MAX_CLOCK_STEP_MS` per distinct stamp; idempotency records
-//!   expire by it) with the last stamp seen;
-//! - `o` + id: the order; `c` + customer + id and `s` + status + id: the listing indexes;
-//! - `i` + key: an idempotency record; `x` + expiry + key: the same key ordered by expiry.
-//!
-//! A log entry carries a batch of commands. `apply` runs entries against an `Overlay` and
-//! commits every chunk of them as one sled batch together with the chunk's last log id, so a
-//! crash never leaves half a chunk.
+//! A log entry carries a batch of commands. `apply` runs entries against an `Overlay`, each
+//! command through `order::apply_command` (`order_state`), and commits every chunk of them as
+//! one sled batch together with the chunk's last log id, so a crash never leaves half a chunk.
 //! Applying is deterministic: the only time used is the one the leader stamped into the
 //! command.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use serde::Serialize;
 
+use super::keys;
+use super::order_state::{fingerprint, OverlayState};
 use super::overlay::Overlay;
+use super::reader::OrderReader;
 use super::snapshot_file::{self, SnapshotDir};
 use super::snapshot_view::{DumpGuard, SnapshotView};
 use super::{AppliedFloor, StoreError};
 use crate::codec;
-use crate::order::{
-    create_order, transition, CommandOutcome, Order, OrderCommand, OrderOp, OrderStatus, Rejection,
-};
+use crate::order::{apply_command, CommandOutcome, OrderCommand, MAX_CLOCK_STEP_MS};
 use crate::raft::{
     ApplyResult, Entry, LogId, Snapshot, StorageError, StoredMembership, TypeConfig,
 };
 
-const K_APPLIED: &[u8] = b"m:applied";
-const K_MEMBERSHIP: &[u8] = b"m:membership";
-const K_NEXT_ID: &[u8] = b"m:next_id";
-const K_CLOCK: &[u8] = b"m:clock";
-/// The stamp of the last command applied (the clock moves once per stamp value).
-const K_LAST_STAMP: &[u8] = b"m:last_stamp";
-/// In the `raft` tree: set while a snapshot is being loaded into the state machine.
-const K_INSTALLING: &[u8] = b"installing_snapshot";
-
-/// How long an idempotency key is remembered, in the state machine's clock.
-pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
-/// The most one stamp may move the state machine's clock (which decides when
-/// idempotency records expire) forwards: a leader whose clock is a day ahead cannot expire
-/// every record with one write. After a long idle time the clock catches up step by step,
-/// which only keeps records longer.
-pub const MAX_CLOCK_STEP_MS: i64 = 10 * 60 * 1000;
-/// At most this many expired idempotency records are dropped per command (bounded work, and
-/// a bounded sled batch: a 256-command entry removes at most 4k keys). A command makes at
-/// most one record, so expiry still outpaces creation.
-const EXPIRE_PER_COMMAND: usize = 8;
 /// sled's memory use grows steeply with the size of one atomic batch (measured: 300k keys in
 /// batches of 4096 took +520 MB, in batches of ≤512 about +95 MB, the page cache), so big
 /// writes are cut into batches no larger than these.
@@ -62,313 +35,21 @@ const INSTALL_BATCH_RECORDS: usize = 256;
 /// Keys written per atomic apply batch, about (a command writes up to ~6).
 const APPLY_CHUNK_KEYS: usize = 384;
 
-fn order_key(id: u64) -> Vec<u8> {
-    let mut k = vec![b'o'];
-    k.extend_from_slice(&id.to_be_bytes());
-    k
-}
-
-fn customer_prefix(customer_id: &str) -> Vec<u8> {
-    let mut k = vec![b'c'];
-    k.extend_from_slice(&(customer_id.len() as u16).to_be_bytes());
-    k.extend_from_slice(customer_id.as_bytes());
-    k
-}
-
-fn status_prefix(status: OrderStatus) -> Vec<u8> {
-    vec![b's', status.tag()]
-}
-
-fn with_id(mut prefix: Vec<u8>, id: u64) -> Vec<u8> {
-    prefix.extend_from_slice(&id.to_be_bytes());
-    prefix
-}
-
-fn idem_key(key: &str) -> Vec<u8> {
-    let mut k = vec![b'i'];
-    k.extend_from_slice(key.as_bytes());
-    k
-}
-
-fn expiry_key(expires_at_ms: i64, key: &str) -> Vec<u8> {
-    let mut k = vec![b'x'];
-    k.extend_from_slice(&(expires_at_ms.max(0) as u64).to_be_bytes());
-    k.extend_from_slice(key.as_bytes());
-    k
-}
-
-/// What the state machine remembers of a request made with an idempotency key.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct IdempotencyRecord {
-    fingerprint: [u8; 32],
-    result: Result<Order, Rejection>,
-    expires_at_ms: i64,
-}
-
-fn fingerprint(op: &OrderOp) -> Result<[u8; 32], StoreError> {
-    Ok(Sha256::digest(codec::encode(op)?).into())
-}
-
-fn get_decoded<T: serde::de::DeserializeOwned>(
-    ov: &Overlay,
-    key: &[u8],
-) -> Result<Option<T>, StoreError> {
-    match ov.get(key)? {
-        Some(v) => Ok(Some(codec::decode(&v)?)),
-        None => Ok(None),
-    }
-}
-
 fn put_encoded<T: Serialize>(ov: &mut Overlay, key: &[u8], value: &T) -> Result<(), StoreError> {
     ov.insert(key.to_vec(), codec::encode(value)?);
     Ok(())
 }
 
-/// Applies one order command against the overlay and returns its outcome.
-/// The state machine's clock after a command stamped `stamp`: never backwards, and never more
-/// than `MAX_CLOCK_STEP_MS` forwards at once. Returns whether the stamp was cut short.
-fn advance_clock(clock: Option<i64>, stamp: i64) -> (i64, bool) {
-    match clock {
-        None => (stamp, false),
-        Some(c) if stamp <= c => (c, false),
-        Some(c) if stamp - c <= MAX_CLOCK_STEP_MS => (stamp, false),
-        Some(c) => (c + MAX_CLOCK_STEP_MS, true),
-    }
-}
-
-/// Applies one order command against the overlay and returns its outcome; `clamped` counts
-/// stamps that would have moved the clock by more than a step.
-///
-/// The clock moves once per stamp value: the commands a leader batches share one stamp, and
-/// a batch of 256 of them must not move it 256 steps. (Per command, not per entry, so that
-/// how commands are grouped into entries never changes the state.)
-fn apply_command(
+/// Applies one order command: the decisions are `order::apply_command`'s, over this chunk's
+/// overlay.
+fn apply_one(
     ov: &mut Overlay,
     cmd: &OrderCommand,
     clamped: &mut u64,
 ) -> Result<CommandOutcome, StoreError> {
-    let clock: Option<i64> = get_decoded(ov, K_CLOCK)?;
-    let last_stamp: Option<i64> = get_decoded(ov, K_LAST_STAMP)?;
-    let now = if last_stamp == Some(cmd.stamped_at_ms) {
-        clock.unwrap_or(cmd.stamped_at_ms)
-    } else {
-        let (now, cut) = advance_clock(clock, cmd.stamped_at_ms);
-        *clamped += cut as u64;
-        put_encoded(ov, K_CLOCK, &now)?;
-        put_encoded(ov, K_LAST_STAMP, &cmd.stamped_at_ms)?;
-        now
-    };
-    expire_idempotency_records(ov, now)?;
-    // An order's own times are the leader's stamp (the cluster's median clock, see
-    // `rpc::clock`), not the bounded clock: after an idle night that lags real time.
-    let stamp = cmd.stamped_at_ms;
-
-    let fp = fingerprint(&cmd.op)?;
-    if let Some(key) = &cmd.idempotency_key {
-        if let Some(rec) = get_decoded::<IdempotencyRecord>(ov, &idem_key(key))? {
-            if rec.expires_at_ms > now {
-                return Ok(if rec.fingerprint == fp {
-                    CommandOutcome {
-                        result: rec.result,
-                        replayed: true,
-                    }
-                } else {
-                    CommandOutcome {
-                        result: Err(Rejection::IdempotencyKeyReused),
-                        replayed: false,
-                    }
-                });
-            }
-            ov.remove(expiry_key(rec.expires_at_ms, key));
-        }
-    }
-
-    let result = match &cmd.op {
-        OrderOp::Create(new) => {
-            let id: u64 = get_decoded(ov, K_NEXT_ID)?.unwrap_or(1);
-            let created = create_order(id, new, stamp);
-            if let Ok(order) = &created {
-                put_encoded(ov, &order_key(id), order)?;
-                ov.insert(with_id(customer_prefix(&order.customer_id), id), Vec::new());
-                ov.insert(with_id(status_prefix(order.status), id), Vec::new());
-                put_encoded(ov, K_NEXT_ID, &(id + 1))?;
-            }
-            created
-        }
-        OrderOp::SetStatus {
-            id,
-            status,
-            expected_version,
-        } => match get_decoded::<Order>(ov, &order_key(*id))? {
-            None => Err(Rejection::NotFound(*id)),
-            Some(order) => {
-                // Never before its last change, whichever leader's stamp this is.
-                let at = stamp.max(order.updated_at_ms);
-                let moved = transition(&order, *status, *expected_version, at);
-                if let Ok(updated) = &moved {
-                    put_encoded(ov, &order_key(*id), updated)?;
-                    ov.remove(with_id(status_prefix(order.status), *id));
-                    ov.insert(with_id(status_prefix(updated.status), *id), Vec::new());
-                }
-                moved
-            }
-        },
-    };
-
-    if let Some(key) = &cmd.idempotency_key {
-        let expires_at_ms = now.saturating_add(IDEMPOTENCY_TTL_MS);
-        let rec = IdempotencyRecord {
-            fingerprint: fp,
-            result: result.clone(),
-            expires_at_ms,
-        };
-        put_encoded(ov, &idem_key(key), &rec)?;
-        ov.insert(expiry_key(expires_at_ms, key), Vec::new());
-    }
-    Ok(CommandOutcome {
-        result,
-        replayed: false,
-    })
-}
-
-/// Drops a bounded number of idempotency records whose time has passed. Expiry is judged by
-/// the record's own time at lookup as well, so this is storage cleanup, never semantics.
-fn expire_idempotency_records(ov: &mut Overlay, now: i64) -> Result<(), StoreError> {
-    let upper = expiry_key(now.saturating_add(1), "");
-    for k in ov.remove_lowest(b"x", &upper, EXPIRE_PER_COMMAND)? {
-        let key = String::from_utf8_lossy(&k[9..]).into_owned();
-        ov.remove(idem_key(&key));
-    }
-    Ok(())
-}
-
-/// Which orders a listing wants.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OrderFilter {
-    pub status: Option<OrderStatus>,
-    pub customer_id: Option<String>,
-}
-
-/// One page of a listing, and how many orders match in all.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrderPage {
-    pub orders: Vec<Order>,
-    pub total: u64,
-}
-
-/// The read side of the state machine, shared with the HTTP API. Reads wait while a snapshot
-/// is being installed, so they never see a half-loaded state.
-#[derive(Clone)]
-pub struct OrderReader {
-    sm: sled::Tree,
-    install_lock: Arc<RwLock<()>>,
-}
-
-impl OrderReader {
-    pub fn get(&self, id: u64) -> Result<Option<Order>, StoreError> {
-        let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
-        self.get_unlocked(id)
-    }
-
-    /// `get` without waiting: `None` while a snapshot is being loaded.
-    pub fn try_get(&self, id: u64) -> Option<Result<Option<Order>, StoreError>> {
-        match self.install_lock.try_read() {
-            Ok(_g) => Some(self.get_unlocked(id)),
-            Err(std::sync::TryLockError::Poisoned(p)) => {
-                let _g = p.into_inner();
-                Some(self.get_unlocked(id))
-            }
-            Err(std::sync::TryLockError::WouldBlock) => None,
-        }
-    }
-
-    fn get_unlocked(&self, id: u64) -> Result<Option<Order>, StoreError> {
-        match self.sm.get(order_key(id))? {
-            Some(v) => Ok(Some(codec::decode(&v)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// Orders matching `filter`, ordered by id; `page` counts from 1.
-    pub fn list(
-        &self,
-        filter: &OrderFilter,
-        page: u64,
-        per_page: u64,
-    ) -> Result<OrderPage, StoreError> {
-        let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
-        let skip = page.saturating_sub(1).saturating_mul(per_page);
-        let id_of =
-            |k: &[u8]| u64::from_be_bytes(k[k.len() - 8..].try_into().expect("8-byte id suffix"));
-
-        if filter.status.is_none() && filter.customer_id.is_none() {
-            // Ids are dense (1, 2, 3, ... with no deletes), so a page starts at a known id.
-            let total = self.next_id()? - 1;
-            let first = skip.saturating_add(1);
-            let mut orders = Vec::new();
-            for kv in self
-                .sm
-                .range(order_key(first)..order_key(u64::MAX))
-                .take(per_page as usize)
-            {
-                orders.push(codec::decode(&kv?.1)?);
-            }
-            return Ok(OrderPage { orders, total });
-        }
-
-        // Walk the narrower index. A status is always checked on the loaded order too: the
-        // walk is not a point-in-time view, so an order may have moved on since its index key
-        // was read.
-        let prefix = match &filter.customer_id {
-            Some(c) => customer_prefix(c),
-            None => status_prefix(filter.status.expect("one filter is set")),
-        };
-        let check_status = filter.status.is_some();
-        let mut total = 0u64;
-        let mut orders = Vec::new();
-        for k in self.sm.scan_prefix(&prefix).keys() {
-            let k = k?;
-            let on_page = total >= skip && (orders.len() as u64) < per_page;
-            if check_status || on_page {
-                let Some(order) = self.get_unlocked(id_of(&k))? else {
-                    continue;
-                };
-                if check_status && Some(order.status) != filter.status {
-                    continue;
-                }
-                if on_page {
-                    orders.push(order);
-                }
-            }
-            total += 1;
-        }
-        Ok(OrderPage { orders, total })
-    }
-
-    fn next_id(&self) -> Result<u64, StoreError> {
-        Ok(match self.sm.get(K_NEXT_ID)? {
-            Some(v) => codec::decode(&v)?,
-            None => 1,
-        })
-    }
-
-    /// A digest of the whole state machine except Raft bookkeeping: equal on replicas that
-    /// applied the same commands.
-    pub fn state_digest(&self) -> Result<String, StoreError> {
-        let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
-        let mut h = Sha256::new();
-        for kv in self.sm.iter() {
-            let (k, v) = kv?;
-            if k.as_ref() == K_APPLIED || k.as_ref() == K_MEMBERSHIP {
-                continue;
-            }
-            h.update((k.len() as u32).to_be_bytes());
-            h.update(&k);
-            h.update((v.len() as u32).to_be_bytes());
-            h.update(&v);
-        }
-        Ok(format!("{:x}", h.finalize()))
-    }
+    let applied = apply_command(&mut OverlayState(ov), cmd, fingerprint(&cmd.op)?)?;
+    *clamped += applied.clock_clamped as u64;
+    Ok(applied.outcome)
 }
 
 /// The order state machine of one node, implementing openraft's `RaftStateMachine`.
@@ -397,16 +78,13 @@ impl StateMachineStore {
         let store = StateMachineStore {
             db,
             raft,
-            reader: OrderReader {
-                sm,
-                install_lock: Arc::new(RwLock::new(())),
-            },
+            reader: OrderReader::new(sm),
             snapshots,
             view: Arc::new(SnapshotView::default()),
             floor,
             receiving: Default::default(),
         };
-        if store.raft.get(K_INSTALLING)?.is_some() {
+        if store.raft.get(keys::INSTALLING)?.is_some() {
             tracing::warn!(
                 "a snapshot install was interrupted; loading the current snapshot again"
             );
@@ -441,11 +119,11 @@ impl StateMachineStore {
     }
 
     fn applied_state_sync(&self) -> Result<(Option<LogId>, StoredMembership), StoreError> {
-        let applied = match self.sm().get(K_APPLIED)? {
+        let applied = match self.sm().get(keys::APPLIED)? {
             Some(v) => codec::decode::<Option<LogId>>(&v)?,
             None => None,
         };
-        let membership = match self.sm().get(K_MEMBERSHIP)? {
+        let membership = match self.sm().get(keys::MEMBERSHIP)? {
             Some(v) => codec::decode(&v)?,
             None => StoredMembership::default(),
         };
@@ -460,7 +138,7 @@ impl StateMachineStore {
             .install_lock
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        self.raft.insert(K_INSTALLING, &[1u8][..])?;
+        self.raft.insert(keys::INSTALLING, &[1u8][..])?;
         self.db.flush()?;
         self.sm().clear()?;
         let mut batch = sled::Batch::default();
@@ -476,11 +154,11 @@ impl StateMachineStore {
         self.sm().apply_batch(batch)?;
         // The meta is the authority on what the snapshot covers.
         self.sm()
-            .insert(K_APPLIED, codec::encode(&meta.last_log_id)?)?;
+            .insert(keys::APPLIED, codec::encode(&meta.last_log_id)?)?;
         self.sm()
-            .insert(K_MEMBERSHIP, codec::encode(&meta.last_membership)?)?;
+            .insert(keys::MEMBERSHIP, codec::encode(&meta.last_membership)?)?;
         self.db.flush()?;
-        self.raft.remove(K_INSTALLING)?;
+        self.raft.remove(keys::INSTALLING)?;
         self.db.flush()?;
         Ok(meta)
     }
@@ -623,19 +301,19 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Normal(batch) => batch
                         .commands
                         .iter()
-                        .map(|cmd| apply_command(&mut ov, cmd, &mut clamped))
+                        .map(|cmd| apply_one(&mut ov, cmd, &mut clamped))
                         .collect::<Result<_, _>>()
                         .map_err(apply_err)?,
                     EntryPayload::Membership(m) => {
                         let stored = StoredMembership::new(Some(entry.log_id), m.clone());
-                        put_encoded(&mut ov, K_MEMBERSHIP, &stored).map_err(apply_err)?;
+                        put_encoded(&mut ov, keys::MEMBERSHIP, &stored).map_err(apply_err)?;
                         Vec::new()
                     }
                 };
                 results.push(outcomes);
                 last = Some(entry.log_id);
             }
-            put_encoded(&mut ov, K_APPLIED, &last).map_err(StoreError::into_write)?;
+            put_encoded(&mut ov, keys::APPLIED, &last).map_err(StoreError::into_write)?;
             self.view
                 .before_write(self.sm(), ov.keys())
                 .map_err(|e| StoreError::from(e).into_write())?;

@@ -1,0 +1,166 @@
+//! Applying one command to the order state: every decision a replica makes, with no I/O.
+//!
+//! The state lives behind `OrderState`, which the store implements over sled and the tests
+//! over maps; this file decides, the state only reads and writes what it is told. Three
+//! decisions beyond the order rules of `command`:
+//! - **Time.** The state machine keeps its own clock, moved by the leaders' stamps: never
+//!   backwards, at most `MAX_CLOCK_STEP_MS` forwards per distinct stamp, so a leader whose
+//!   clock is a day ahead cannot expire every idempotency record with one write. It moves
+//!   once per stamp value (a batch of commands shares one stamp), so how commands are grouped
+//!   into log entries never changes the state.
+//! - **Idempotency.** A command with a key leaves a record (the request's fingerprint and its
+//!   result) for `IDEMPOTENCY_TTL_MS` of that clock. The same key with the same request
+//!   replays the first result without applying again; with another request it is refused.
+//! - **Expiry.** Each command drops at most `EXPIRE_PER_COMMAND` expired records: bounded
+//!   work per command, and still faster than records are made (one per command at most).
+//!   A record is also judged by its own expiry when it is looked up, so how far cleanup has
+//!   got never changes an outcome.
+
+use serde::{Deserialize, Serialize};
+
+use super::command::{create_order, transition, CommandOutcome, OrderCommand, OrderOp, Rejection};
+use super::model::Order;
+
+/// How long an idempotency key is remembered, in the state machine's clock.
+pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
+/// The most one stamp may move the state machine's clock forwards. After a long idle time
+/// the clock catches up step by step, which only keeps records longer.
+pub const MAX_CLOCK_STEP_MS: i64 = 10 * 60 * 1000;
+/// At most this many expired idempotency records are dropped per command.
+pub const EXPIRE_PER_COMMAND: usize = 8;
+
+/// What is remembered of a request made with an idempotency key. Stored: its encoding is part
+/// of the state every replica must agree on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// A hash of the request's operation: the same key with another request is refused.
+    pub fingerprint: [u8; 32],
+    pub result: Result<Order, Rejection>,
+    pub expires_at_ms: i64,
+}
+
+/// The state a command is applied to. Reads see the writes of earlier commands.
+pub trait OrderState {
+    type Error;
+
+    /// The state machine's clock and the stamp that last moved it; `None` before the first
+    /// command.
+    fn clock(&self) -> Result<Option<(i64, i64)>, Self::Error>;
+    fn set_clock(&mut self, clock: i64, last_stamp: i64) -> Result<(), Self::Error>;
+
+    /// The id the next created order gets (1 in an empty state).
+    fn next_id(&self) -> Result<u64, Self::Error>;
+    fn set_next_id(&mut self, next: u64) -> Result<(), Self::Error>;
+
+    fn order(&self, id: u64) -> Result<Option<Order>, Self::Error>;
+    /// Stores `order`, which replaces `previous` (`None` for a new order); indexes follow.
+    fn put_order(&mut self, order: &Order, previous: Option<&Order>) -> Result<(), Self::Error>;
+
+    fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, Self::Error>;
+    fn put_idempotency(&mut self, key: &str, record: &IdempotencyRecord)
+        -> Result<(), Self::Error>;
+    fn remove_idempotency(
+        &mut self,
+        key: &str,
+        record: &IdempotencyRecord,
+    ) -> Result<(), Self::Error>;
+    /// Removes up to `max` records whose expiry is at or before `now`, earliest first.
+    fn expire_idempotency(&mut self, now: i64, max: usize) -> Result<(), Self::Error>;
+}
+
+/// The state machine's clock after a command stamped `stamp`: never backwards, and never more
+/// than `MAX_CLOCK_STEP_MS` forwards at once. Returns whether the stamp was cut short.
+pub fn advance_clock(clock: Option<i64>, stamp: i64) -> (i64, bool) {
+    match clock {
+        None => (stamp, false),
+        Some(c) if stamp <= c => (c, false),
+        Some(c) if stamp - c <= MAX_CLOCK_STEP_MS => (stamp, false),
+        Some(c) => (c + MAX_CLOCK_STEP_MS, true),
+    }
+}
+
+/// What applying one command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub outcome: CommandOutcome,
+    /// The command's stamp was further ahead than one clock step (worth a warning).
+    pub clock_clamped: bool,
+}
+
+/// Applies `cmd` to `state`. `fingerprint` identifies the request for idempotency: equal for
+/// equal operations, different otherwise (the store hashes the operation's encoding).
+pub fn apply_command<S: OrderState>(
+    state: &mut S,
+    cmd: &OrderCommand,
+    fingerprint: [u8; 32],
+) -> Result<Applied, S::Error> {
+    let stamp = cmd.stamped_at_ms;
+    let mut clock_clamped = false;
+    let now = match state.clock()? {
+        Some((clock, last_stamp)) if last_stamp == stamp => clock,
+        previous => {
+            let (now, cut) = advance_clock(previous.map(|(clock, _)| clock), stamp);
+            clock_clamped = cut;
+            state.set_clock(now, stamp)?;
+            now
+        }
+    };
+    state.expire_idempotency(now, EXPIRE_PER_COMMAND)?;
+    let applied = |result, replayed| Applied {
+        outcome: CommandOutcome { result, replayed },
+        clock_clamped,
+    };
+
+    if let Some(key) = &cmd.idempotency_key {
+        if let Some(record) = state.idempotency(key)? {
+            if record.expires_at_ms > now {
+                return Ok(if record.fingerprint == fingerprint {
+                    applied(record.result, true)
+                } else {
+                    applied(Err(Rejection::IdempotencyKeyReused), false)
+                });
+            }
+            state.remove_idempotency(key, &record)?;
+        }
+    }
+
+    // An order's own times are the leader's stamp (the cluster's median clock), not the
+    // bounded clock above: after an idle night that clock lags real time.
+    let result = match &cmd.op {
+        OrderOp::Create(new) => {
+            let id = state.next_id()?;
+            let created = create_order(id, new, stamp);
+            if let Ok(order) = &created {
+                state.put_order(order, None)?;
+                state.set_next_id(id + 1)?;
+            }
+            created
+        }
+        OrderOp::SetStatus {
+            id,
+            status,
+            expected_version,
+        } => match state.order(*id)? {
+            None => Err(Rejection::NotFound(*id)),
+            Some(order) => {
+                // Never before its last change, whichever leader's stamp this is.
+                let at = stamp.max(order.updated_at_ms);
+                let moved = transition(&order, *status, *expected_version, at);
+                if let Ok(updated) = &moved {
+                    state.put_order(updated, Some(&order))?;
+                }
+                moved
+            }
+        },
+    };
+
+    if let Some(key) = &cmd.idempotency_key {
+        let record = IdempotencyRecord {
+            fingerprint,
+            result: result.clone(),
+            expires_at_ms: now.saturating_add(IDEMPOTENCY_TTL_MS),
+        };
+        state.put_idempotency(key, &record)?;
+    }
+    Ok(applied(result, false))
+}

@@ -1,0 +1,66 @@
+//! The key layout of the `sm` tree (all values encoded by `codec`), in one place:
+//! - `m:applied`, `m:membership`: the last applied log id and the last membership (Raft
+//!   bookkeeping, left out of the state digest);
+//! - `m:next_id`, `m:clock`, `m:last_stamp`: the next order id, the state machine's clock and
+//!   the stamp that last moved it (see `order::apply`);
+//! - `o` + id: an order; `c` + customer + id and `s` + status + id: the listing indexes
+//!   (empty values);
+//! - `i` + key: an idempotency record; `x` + expiry + key: the same key ordered by expiry.
+//!
+//! Ids and expiries are big-endian, so sled's byte order is their numeric order.
+
+use crate::order::OrderStatus;
+
+pub const APPLIED: &[u8] = b"m:applied";
+pub const MEMBERSHIP: &[u8] = b"m:membership";
+pub const NEXT_ID: &[u8] = b"m:next_id";
+pub const CLOCK: &[u8] = b"m:clock";
+pub const LAST_STAMP: &[u8] = b"m:last_stamp";
+/// In the `raft` tree: set while a snapshot is being loaded into the state machine.
+pub const INSTALLING: &[u8] = b"installing_snapshot";
+
+/// The prefix of the expiry index.
+pub const EXPIRY_PREFIX: &[u8] = b"x";
+
+pub fn order(id: u64) -> Vec<u8> {
+    with_id(vec![b'o'], id)
+}
+
+pub fn customer_prefix(customer_id: &str) -> Vec<u8> {
+    let mut k = vec![b'c'];
+    k.extend_from_slice(&(customer_id.len() as u16).to_be_bytes());
+    k.extend_from_slice(customer_id.as_bytes());
+    k
+}
+
+pub fn status_prefix(status: OrderStatus) -> Vec<u8> {
+    vec![b's', status.tag()]
+}
+
+pub fn with_id(mut prefix: Vec<u8>, id: u64) -> Vec<u8> {
+    prefix.extend_from_slice(&id.to_be_bytes());
+    prefix
+}
+
+/// The order id at the end of an order or index key.
+pub fn id_suffix(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key[key.len() - 8..].try_into().expect("8-byte id suffix"))
+}
+
+pub fn idempotency(key: &str) -> Vec<u8> {
+    let mut k = vec![b'i'];
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+pub fn expiry(expires_at_ms: i64, key: &str) -> Vec<u8> {
+    let mut k = EXPIRY_PREFIX.to_vec();
+    k.extend_from_slice(&(expires_at_ms.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// The idempotency key an expiry key is for.
+pub fn key_of_expiry(expiry_key: &[u8]) -> String {
+    String::from_utf8_lossy(&expiry_key[EXPIRY_PREFIX.len() + 8..]).into_owned()
+}

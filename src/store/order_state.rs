@@ -1,0 +1,175 @@
+//! The order state over sled: `order::OrderState` on an `Overlay` of the `sm` tree, in the
+//! layout of `keys`. Only reads and writes; every decision is `order::apply_command`'s.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::keys;
+use super::overlay::Overlay;
+use super::StoreError;
+use crate::codec;
+use crate::order::{IdempotencyRecord, Order, OrderOp, OrderState};
+
+/// The state of one apply chunk: reads see the chunk's earlier writes, and the whole chunk is
+/// committed as one sled batch by the caller.
+pub struct OverlayState<'o, 't>(pub &'o mut Overlay<'t>);
+
+/// The fingerprint an idempotency record binds its key to: a hash of the operation's encoding.
+pub fn fingerprint(op: &OrderOp) -> Result<[u8; 32], StoreError> {
+    Ok(Sha256::digest(codec::encode(op)?).into())
+}
+
+impl OverlayState<'_, '_> {
+    fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.0.get(key)? {
+            Some(v) => Ok(Some(codec::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put<T: Serialize>(&mut self, key: Vec<u8>, value: &T) -> Result<(), StoreError> {
+        self.0.insert(key, codec::encode(value)?);
+        Ok(())
+    }
+}
+
+impl OrderState for OverlayState<'_, '_> {
+    type Error = StoreError;
+
+    fn clock(&self) -> Result<Option<(i64, i64)>, StoreError> {
+        let clock = self.get::<i64>(keys::CLOCK)?;
+        let last_stamp = self.get::<i64>(keys::LAST_STAMP)?;
+        Ok(clock.zip(last_stamp))
+    }
+
+    fn set_clock(&mut self, clock: i64, last_stamp: i64) -> Result<(), StoreError> {
+        self.put(keys::CLOCK.to_vec(), &clock)?;
+        self.put(keys::LAST_STAMP.to_vec(), &last_stamp)
+    }
+
+    fn next_id(&self) -> Result<u64, StoreError> {
+        Ok(self.get(keys::NEXT_ID)?.unwrap_or(1))
+    }
+
+    fn set_next_id(&mut self, next: u64) -> Result<(), StoreError> {
+        self.put(keys::NEXT_ID.to_vec(), &next)
+    }
+
+    fn order(&self, id: u64) -> Result<Option<Order>, StoreError> {
+        self.get(&keys::order(id))
+    }
+
+    fn put_order(&mut self, order: &Order, previous: Option<&Order>) -> Result<(), StoreError> {
+        self.put(keys::order(order.id), order)?;
+        match previous {
+            None => {
+                let by_customer =
+                    keys::with_id(keys::customer_prefix(&order.customer_id), order.id);
+                self.0.insert(by_customer, Vec::new());
+            }
+            Some(previous) => {
+                self.0.remove(keys::with_id(
+                    keys::status_prefix(previous.status),
+                    order.id,
+                ));
+            }
+        }
+        self.0.insert(
+            keys::with_id(keys::status_prefix(order.status), order.id),
+            Vec::new(),
+        );
+        Ok(())
+    }
+
+    fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.get(&keys::idempotency(key))
+    }
+
+    fn put_idempotency(&mut self, key: &str, record: &IdempotencyRecord) -> Result<(), StoreError> {
+        self.put(keys::idempotency(key), record)?;
+        self.0
+            .insert(keys::expiry(record.expires_at_ms, key), Vec::new());
+        Ok(())
+    }
+
+    fn remove_idempotency(
+        &mut self,
+        key: &str,
+        record: &IdempotencyRecord,
+    ) -> Result<(), StoreError> {
+        self.0.remove(keys::idempotency(key));
+        self.0.remove(keys::expiry(record.expires_at_ms, key));
+        Ok(())
+    }
+
+    fn expire_idempotency(&mut self, now: i64, max: usize) -> Result<(), StoreError> {
+        let upper = keys::expiry(now.saturating_add(1), "");
+        for expiry_key in self.0.remove_lowest(keys::EXPIRY_PREFIX, &upper, max)? {
+            self.0
+                .remove(keys::idempotency(&keys::key_of_expiry(&expiry_key)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::order::memory_state::{history, MemoryState};
+    use crate::order::{apply_command, Order};
+
+    fn decoded<T: DeserializeOwned>(tree: &sled::Tree, prefix: &[u8]) -> Vec<(Vec<u8>, T)> {
+        tree.scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv.unwrap();
+                (k.to_vec(), codec::decode(&v).unwrap())
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// The sled state agrees with the in-memory one command for command, whichever chunks
+        /// the commands are committed in, and its indexes hold exactly what the orders say.
+        #[test]
+        fn the_sled_state_agrees_with_the_model(h in history(60), chunk in 1usize..8) {
+            let db = sled::Config::new().temporary(true).open().unwrap();
+            let tree = db.open_tree("sm").unwrap();
+            let mut model = MemoryState::default();
+            let commands: Vec<_> = h.iter().flat_map(|s| vec![s.command.clone(); s.times]).collect();
+            for part in commands.chunks(chunk) {
+                let mut ov = Overlay::new(&tree);
+                for command in part {
+                    let fp = fingerprint(&command.op).unwrap();
+                    let on_sled = apply_command(&mut OverlayState(&mut ov), command, fp).unwrap();
+                    let in_memory = match apply_command(&mut model, command, fp) {
+                        Ok(applied) => applied,
+                        Err(never) => match never {},
+                    };
+                    prop_assert_eq!(on_sled, in_memory);
+                }
+                ov.commit().unwrap();
+            }
+            let orders: Vec<Order> = decoded::<Order>(&tree, b"o").into_iter().map(|(_, o)| o).collect();
+            prop_assert_eq!(&orders, &model.orders.values().cloned().collect::<Vec<_>>());
+            let records: Vec<(String, IdempotencyRecord)> = decoded(&tree, b"i")
+                .into_iter()
+                .map(|(k, r)| (String::from_utf8(k[1..].to_vec()).unwrap(), r))
+                .collect();
+            prop_assert_eq!(&records, &model.records.clone().into_iter().collect::<Vec<_>>());
+            let expiries: Vec<Vec<u8>> = tree.scan_prefix(keys::EXPIRY_PREFIX).keys().map(|k| k.unwrap().to_vec()).collect();
+            let expected: Vec<Vec<u8>> = model.expiries.iter().map(|(at, key)| keys::expiry(*at, key)).collect();
+            prop_assert_eq!(expiries, expected);
+            let by_status: Vec<Vec<u8>> = tree.scan_prefix(b"s").keys().map(|k| k.unwrap().to_vec()).collect();
+            let mut expected: Vec<Vec<u8>> = orders.iter().map(|o| keys::with_id(keys::status_prefix(o.status), o.id)).collect();
+            expected.sort();
+            prop_assert_eq!(by_status, expected);
+            let by_customer = tree.scan_prefix(b"c").count();
+            prop_assert_eq!(by_customer, orders.len());
+        }
+    }
+}
