@@ -18,6 +18,10 @@
 # RECOVERY_ORDERS (100000), ORDO_SERVE_ARGS (extra `ordo serve` flags, e.g. timings),
 # PARTS (which sections to run: "matrix failover recovery", and "memory": RSS while
 # MEMORY_ORDERS (1000000) orders are written, best alone: PARTS=memory ORDO_ONLY=1).
+# ORDO_BASELINE=/path/to/an/older/ordo: the matrix against that build instead of etcd (it runs
+# as the second cluster, on etcd's ports, and prints as "base"): before/after in one run,
+#   git worktree add /tmp/before HEAD~3 && (cd /tmp/before && cargo build --release -p ordo)
+#   ORDO_BASELINE=/tmp/before/target/release/ordo ROUNDS=3 scripts/bench-vs-etcd.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,9 +33,15 @@ ORDO_ONLY="${ORDO_ONLY:-}"
 ORDO_SERVE_ARGS="${ORDO_SERVE_ARGS:-}"
 PARTS="${PARTS:-matrix failover recovery}"
 MEMORY_ORDERS="${MEMORY_ORDERS:-1000000}"
+ORDO_BASELINE="${ORDO_BASELINE:-}"
+OTHER=etcd # the second system: etcd, or the baseline ordo ("base")
+if [[ -n $ORDO_BASELINE ]]; then
+  [[ -x $ORDO_BASELINE ]] || { echo "ORDO_BASELINE=$ORDO_BASELINE is not an executable" >&2; exit 1; }
+  OTHER=base; PARTS=matrix
+fi
 OBASE=24000; ECBASE=24100; EPBASE=24200
 
-if [[ -z $ORDO_ONLY ]] && ! command -v etcd >/dev/null; then
+if [[ -z $ORDO_ONLY && -z $ORDO_BASELINE ]] && ! command -v etcd >/dev/null; then
   echo "etcd is not installed. On Debian/Ubuntu: sudo apt-get install -y etcd-server" >&2
   echo "(or run ORDO_ONLY=1 $0 for ordo alone)" >&2
   exit 1
@@ -66,7 +76,15 @@ start_ordo() {
 }
 
 start_etcd() {
-  local n=$1 cluster="e1=http://127.0.0.1:$((EPBASE + 1)),e2=http://127.0.0.1:$((EPBASE + 2)),e3=http://127.0.0.1:$((EPBASE + 3))"
+  local n=$1
+  if [[ -n $ORDO_BASELINE ]]; then
+    "$ORDO_BASELINE" serve --id "$n" --listen "127.0.0.1:$((ECBASE + n))" --data-dir "$WORK/base$n" \
+      --peers "1=127.0.0.1:$((ECBASE + 1)),2=127.0.0.1:$((ECBASE + 2)),3=127.0.0.1:$((ECBASE + 3))" \
+      $ORDO_SERVE_ARGS >>"$WORK/base$n.log" 2>&1 &
+    EPID[$n]=$!
+    return
+  fi
+  local cluster="e1=http://127.0.0.1:$((EPBASE + 1)),e2=http://127.0.0.1:$((EPBASE + 2)),e3=http://127.0.0.1:$((EPBASE + 3))"
   etcd --name "e$n" --data-dir "$WORK/etcd$n" \
     --listen-client-urls "$(etcd_url "$n")" --advertise-client-urls "$(etcd_url "$n")" \
     --listen-peer-urls "http://127.0.0.1:$((EPBASE + n))" --initial-advertise-peer-urls "http://127.0.0.1:$((EPBASE + n))" \
@@ -75,18 +93,20 @@ start_etcd() {
   EPID[$n]=$!
 }
 
-ordo_leader() {
+ordo_leader_on() { # BASE_PORT: the id of the leader of the ordo cluster on BASE+1..3
   local n
   for n in 1 2 3; do
-    curl -fsS --max-time 1 "$(ordo_url "$n")/cluster/status" 2>/dev/null \
+    curl -fsS --max-time 1 "http://127.0.0.1:$(($1 + n))/cluster/status" 2>/dev/null \
       | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["node_id"] if s["state"]=="leader" else "")' 2>/dev/null \
       | grep -E '^[0-9]+$' && return 0
   done
   return 1
 }
+ordo_leader() { ordo_leader_on "$OBASE"; }
 
 etcd_leader() {
   local n
+  if [[ -n $ORDO_BASELINE ]]; then ordo_leader_on "$ECBASE"; return; fi
   for n in 1 2 3; do
     curl -fsS --max-time 1 -XPOST "$(etcd_url "$n")/v3/maintenance/status" -d '{}' 2>/dev/null \
       | python3 -c 'import json,sys; s=json.load(sys.stdin); print(sys.argv[1] if s["header"]["member_id"]==s["leader"] else "")' "$n" 2>/dev/null \
@@ -165,7 +185,7 @@ for n in 1 2 3; do start_ordo "$n"; done
 wait_leader ordo
 [[ -z $ORDO_ONLY ]] && wait_leader etcd
 
-echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}')"
+echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; ${ORDO_BASELINE:+base = $ORDO_BASELINE; }etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}')"
 echo "# each point ${POINT_SECS}s; load from ordo-bench (HTTP/1.1 keep-alive, closed loop)"
 
 point() { # label workload concurrency: ROUNDS rounds of ordo then etcd, then their medians
@@ -176,13 +196,13 @@ point() { # label workload concurrency: ROUNDS rounds of ordo then etcd, then th
     epath=""
     if [[ -z $ORDO_ONLY ]]; then
       epath="$WORK/e$r.json"
-      "$ORDO_BENCH" --target etcd --nodes "$ETCD_NODES" --workload "$workload" --concurrency "$c" \
+      "$ORDO_BENCH" --target "$([[ -n $ORDO_BASELINE ]] && echo ordo || echo etcd)" --nodes "$ETCD_NODES" --workload "$workload" --concurrency "$c" \
         --duration-secs "$POINT_SECS" --label "$label" --json-out "$epath" >/dev/null
     fi
-    python3 - "$r" "$ROUNDS" "$WORK/o$r.json" "$epath" <<'PY'
+    python3 - "$r" "$ROUNDS" "$WORK/o$r.json" "$epath" "$OTHER" <<'PY'
 import json, sys
 r, rounds, opath = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-epath = sys.argv[4] or None
+epath, other = sys.argv[4] or None, sys.argv[5]
 o = json.load(open(opath)); l = o["latency_ms"]
 label = o["label"] + (f" #{r}" if rounds > 1 else "")
 if epath is None:
@@ -191,14 +211,14 @@ else:
     e = json.load(open(epath))
     ratio = o["throughput_per_sec"] / max(e["throughput_per_sec"], 1e-9)
     print(f'{label:<16} ordo {o["throughput_per_sec"]:>7.0f}/s p99 {l["p99"]:.1f}ms  '
-          f'etcd {e["throughput_per_sec"]:>7.0f}/s p99 {e["latency_ms"]["p99"]:.1f}ms  ratio {ratio:.2f}x'
-          f'  (errors ordo {sum(o["errors"].values())}, etcd {sum(e["errors"].values())})')
+          f'{other} {e["throughput_per_sec"]:>7.0f}/s p99 {e["latency_ms"]["p99"]:.1f}ms  ratio {ratio:.2f}x'
+          f'  (errors ordo {sum(o["errors"].values())}, {other} {sum(e["errors"].values())})')
 PY
   done
   ((ROUNDS > 1)) || return 0
-  python3 - "$label" "$ROUNDS" "$WORK" "${ORDO_ONLY:-}" <<'PY'
+  python3 - "$label" "$ROUNDS" "$WORK" "${ORDO_ONLY:-}" "$OTHER" <<'PY'
 import json, statistics, sys
-label, rounds, work, ordo_only = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+label, rounds, work, ordo_only, other = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 load = lambda k: [json.load(open(f"{work}/{k}{r}.json")) for r in range(1, rounds + 1)]
 med = statistics.median
 o = load("o")
@@ -209,7 +229,7 @@ if ordo_only:
 e = load("e")
 et, ep = med(x["throughput_per_sec"] for x in e), med(x["latency_ms"]["p99"] for x in e)
 ratios = [a["throughput_per_sec"] / max(b["throughput_per_sec"], 1e-9) for a, b in zip(o, e)]
-print(f'{label:<16} median of {rounds}: ordo {ot:>7.0f}/s p99 {op:.1f}ms  etcd {et:>7.0f}/s p99 {ep:.1f}ms  '
+print(f'{label:<16} median of {rounds}: ordo {ot:>7.0f}/s p99 {op:.1f}ms  {other} {et:>7.0f}/s p99 {ep:.1f}ms  '
       f'ratio {med(ratios):.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f}x)')
 PY
 }
