@@ -28,4 +28,5 @@ pub mod raft;
 pub mod rpc;
 pub mod service;
 pub mod store;
+pub mod tls;
 pub mod wire;

@@ -1,5 +1,7 @@
 //! Wiring one node together: open the store, start openraft with the peer network, form the
-//! cluster on first start, serve the HTTP API, and shut down cleanly on SIGTERM/SIGINT.
+//! cluster on first start, serve the HTTP API (over TLS when configured, reloading the
+//! certificates on SIGHUP or when their files change), and shut down cleanly on
+//! SIGTERM/SIGINT.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,6 +21,7 @@ use crate::rpc::election_hold::ElectionHold;
 use crate::rpc::network::PeerNetwork;
 use crate::service::Service;
 use crate::store::{self, Durability, StoreConfig};
+use crate::tls::{NodeTls, TlsFiles};
 
 /// `ordo serve`'s defaults (the flags say why each is what it is).
 pub const DEFAULT_HEARTBEAT_MS: u64 = 30;
@@ -48,6 +51,10 @@ pub struct NodeConfig {
     pub durability: Durability,
     /// Read timeouts, connection cap and shutdown grace of the HTTP listener.
     pub server_limits: ServerLimits,
+    /// TLS for clients and peers; `None` serves plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// Serve plain HTTP on an address other machines can reach (refused otherwise).
+    pub insecure: bool,
 }
 
 impl NodeConfig {
@@ -73,7 +80,24 @@ impl NodeConfig {
             install_snapshot_timeout_ms: DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS,
             durability: Durability::Fsync,
             server_limits: ServerLimits::default(),
+            tls: None,
+            insecure: false,
         }
+    }
+
+    /// Refuses what would expose the cluster by accident: plain HTTP on an address other
+    /// machines can reach lets anyone read and change orders and post into the Raft log.
+    fn check_exposure(&self) -> anyhow::Result<()> {
+        if self.tls.is_none() && !self.listen.ip().is_loopback() && !self.insecure {
+            anyhow::bail!(
+                "refusing to serve plain HTTP on {}, which other machines can reach: anyone \
+                 there could change orders and send Raft messages. Give --tls-cert, --tls-key \
+                 and --tls-ca (see docs/security.md), listen on a loopback address, or pass \
+                 --insecure if the network itself is trusted",
+                self.listen
+            );
+        }
+        Ok(())
     }
 
     fn raft_config(&self) -> anyhow::Result<Config> {
@@ -116,6 +140,11 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let raft_config = Arc::new(config.raft_config()?);
+    config.check_exposure()?;
+    let tls = match &config.tls {
+        Some(files) => Some(NodeTls::load(files.clone()).context("loading the TLS files")?),
+        None => None,
+    };
     let store_config = StoreConfig {
         dir: config.data_dir.clone(),
         cache_capacity_bytes: config.cache_capacity_bytes,
@@ -131,7 +160,7 @@ pub async fn run(
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let reader = state_machine.reader();
     // One client for every node-to-node call: Raft's and the service's calls to the leader.
-    let rpc = RpcClient::new();
+    let rpc = RpcClient::new(tls.clone());
     let network = PeerNetwork::new(
         rpc.clone(),
         config.unreachable_retry(),
@@ -142,7 +171,10 @@ pub async fn run(
         .await
         .context("starting raft")?;
 
-    tracing::info!(id = config.id, listen = %config.listen, "node serving");
+    tracing::info!(id = config.id, listen = %config.listen, tls = tls.is_some(), "node serving");
+    if let Some(tls) = &tls {
+        tokio::spawn(reload_certificates(tls.clone()));
+    }
 
     if !raft.is_initialized().await? {
         initialize_if_first(&raft, &config).await?;
@@ -174,7 +206,7 @@ pub async fn run(
             tracing::warn!(error = %e, "raft shutdown");
         }
     };
-    api::server::serve(listener, routes, config.server_limits, stop_raft_first).await;
+    api::server::serve(listener, routes, config.server_limits, tls, stop_raft_first).await;
     tracing::info!("node stopped");
     Ok(())
 }
@@ -203,6 +235,41 @@ async fn initialize_if_first(raft: &Raft, config: &NodeConfig) -> anyhow::Result
         .await
         .context("initializing the cluster")?;
     Ok(())
+}
+
+/// How often the certificate files are checked for changes.
+const CERT_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Reloads the TLS files on SIGHUP, and when one of them changes (a rotation by a tool that
+/// rewrites them), for as long as the node runs. A reload that fails keeps the old
+/// certificates and says why; the next change or SIGHUP tries again.
+async fn reload_certificates(tls: Arc<NodeTls>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: certificates reload on file change only");
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(CERT_CHECK_EVERY);
+    loop {
+        let why = tokio::select! {
+            Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => None } } => "SIGHUP",
+            _ = tick.tick() => {
+                if !tls.files_changed() {
+                    continue;
+                }
+                "a file changed"
+            }
+        };
+        match tls.reload() {
+            Ok(()) => tracing::info!(why, "reloaded the TLS certificates"),
+            Err(e) => {
+                tracing::error!(why, error = %e, "reloading the TLS certificates failed; still using the old ones")
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -26,6 +26,7 @@ pub enum ErrorCode {
     ValidationFailed,
     NotFound,
     MethodNotAllowed,
+    Forbidden,
     InvalidTransition,
     VersionConflict,
     IdempotencyKeyReused,
@@ -37,7 +38,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::MalformedJson,
         ErrorCode::BadRequest,
         ErrorCode::InvalidId,
@@ -48,6 +49,7 @@ impl ErrorCode {
         ErrorCode::ValidationFailed,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
+        ErrorCode::Forbidden,
         ErrorCode::InvalidTransition,
         ErrorCode::VersionConflict,
         ErrorCode::IdempotencyKeyReused,
@@ -72,6 +74,7 @@ impl ErrorCode {
             ValidationFailed => "validation_failed",
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
+            Forbidden => "forbidden",
             InvalidTransition => "invalid_transition",
             VersionConflict => "version_conflict",
             IdempotencyKeyReused => "idempotency_key_reused",

@@ -589,7 +589,6 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
 async fn leader_calls_are_validated_again(cluster: &InProcessCluster, node: u64) {
     use ordo::order::{CommandOutcome, LineItem, NewOrder, OrderOp, OrderStatus};
     use ordo::rpc::{LeaderAnswer, MembershipChange, RpcError, WriteRequest};
-    use ordo::wire::ClusterStatus;
 
     async fn call<Req: serde::Serialize, T: serde::de::DeserializeOwned>(
         cluster: &InProcessCluster,
@@ -632,6 +631,15 @@ async fn leader_calls_are_validated_again(cluster: &InProcessCluster, node: u64)
             "expected_version",
         ),
         (
+            OrderOp::SetStatus {
+                id: 0,
+                status: OrderStatus::Paid,
+                expected_version: None,
+            },
+            None,
+            "id",
+        ),
+        (
             order(vec![item]),
             Some("has space".to_string()),
             "Idempotency-Key",
@@ -658,7 +666,8 @@ async fn leader_calls_are_validated_again(cluster: &InProcessCluster, node: u64)
         ),
     ];
     for (change, field) in changes {
-        match call::<_, ClusterStatus>(cluster, node, "/raft/membership", &change).await {
+        match call::<_, Option<ordo::raft::LogId>>(cluster, node, "/raft/membership", &change).await
+        {
             LeaderAnswer::Failed(RpcError::Invalid(v)) => assert_eq!(v.field, field),
             other => panic!("node {node}: {change:?} answered {other:?}"),
         }

@@ -8,6 +8,11 @@
 //! deadline: a trickle of bytes does not extend it); at most `max_connections` are served at
 //! once (more are closed at accept, so clients fail fast and try another node); and shutdown
 //! waits at most `shutdown_grace` for requests in flight, then drops the rest.
+//!
+//! With TLS, each connection's handshake runs in its own task within the header read timeout
+//! (a client that never finishes it holds one connection slot, not the accept loop), and every
+//! request carries a `ConnectionSecurity` saying whether its connection is TLS and whether
+//! the other side presented a certificate of the cluster CA (a peer).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +29,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tower::ServiceExt;
+
+use crate::tls::{ConnectionSecurity, NodeTls};
 
 /// Limits of the HTTP listener.
 #[derive(Debug, Clone, Copy)]
@@ -50,12 +57,13 @@ impl Default for ServerLimits {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then lets requests in flight
-/// finish for at most `limits.shutdown_grace`.
+/// Serves `router` on `listener` (over TLS if `tls` is given) until `shutdown` completes,
+/// then lets requests in flight finish for at most `limits.shutdown_grace`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServerLimits,
+    tls: Option<Arc<NodeTls>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let body_timeout = limits.body_read_timeout;
@@ -93,14 +101,43 @@ pub async fn serve(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection");
         }
-        let service = TowerToHyperService::new(router.clone().map_request(
-            |req: hyper::Request<hyper::body::Incoming>| req.map(axum::body::Body::new),
-        ));
-        let conn = http.serve_connection(TokioIo::new(tcp), service);
-        let conn = graceful.watch(conn);
+        let router = router.clone();
+        let http = http.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = conn.await {
+            let Some(tls) = tls else {
+                let security = ConnectionSecurity::default();
+                let conn = http.serve_connection(TokioIo::new(tcp), service(router, security));
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let security = ConnectionSecurity {
+                tls: true,
+                peer_certificate: stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .is_some_and(|certs| !certs.is_empty()),
+            };
+            let conn = http.serve_connection(TokioIo::new(stream), service(router, security));
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -117,6 +154,28 @@ pub async fn serve(
     {
         tracing::warn!("HTTP: requests still in flight after the grace period; dropping them");
     }
+}
+
+/// The router as a hyper service for one connection, each request marked with the
+/// connection's `security`.
+fn service(
+    router: Router,
+    security: ConnectionSecurity,
+) -> TowerToHyperService<
+    impl tower::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future = impl Send,
+        > + Clone,
+> {
+    TowerToHyperService::new(router.map_request(
+        move |req: hyper::Request<hyper::body::Incoming>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(security);
+            req
+        },
+    ))
 }
 
 /// A request body that fails once its deadline passes, however the bytes trickle in (tower-

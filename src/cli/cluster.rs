@@ -24,7 +24,10 @@ pub enum ClusterCommand {
 }
 
 pub async fn run(conn: &ConnArgs, command: ClusterCommand) -> i32 {
-    let client = conn.client();
+    let client = match conn.client() {
+        Ok(client) => client,
+        Err(e) => return super::report_error(conn, &e),
+    };
     match command {
         ClusterCommand::Status => {
             let mut rows = Vec::new();

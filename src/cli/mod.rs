@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::{Client, ClientConfig, DEFAULT_NODES};
+use crate::client::{Client, ClientConfig, ClientError, DEFAULT_NODES};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -58,10 +58,13 @@ pub struct ConnArgs {
     /// Give up (exit 6) after this long, retries included.
     #[arg(long, default_value_t = 10_000, global = true)]
     pub timeout_ms: u64,
+    /// The CA certificate (PEM) that signed the nodes' certificates, for https:// nodes.
+    #[arg(long, env = "ORDO_CA_CERT", value_name = "FILE", global = true)]
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl ConnArgs {
-    fn client(&self) -> Client {
+    fn client(&self) -> Result<Client, ClientError> {
         let mut config = ClientConfig::new(
             self.nodes
                 .split(',')
@@ -70,7 +73,8 @@ impl ConnArgs {
         );
         config.deadline = Duration::from_millis(self.timeout_ms);
         config.attempt_timeout = config.attempt_timeout.min(config.deadline);
-        Client::new(config)
+        config.ca_cert = self.ca_cert.clone();
+        Client::try_new(config)
     }
 }
 

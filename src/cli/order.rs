@@ -132,7 +132,10 @@ fn stale_note(stale: bool, json: bool) {
 }
 
 pub async fn run(conn: &ConnArgs, command: OrderCommand) -> i32 {
-    let client = conn.client();
+    let client = match conn.client() {
+        Ok(client) => client,
+        Err(e) => return super::report_error(conn, &e),
+    };
     let result = match command {
         OrderCommand::Create {
             customer,

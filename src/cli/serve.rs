@@ -12,6 +12,7 @@ use crate::api::server::{self, ServerLimits};
 use crate::node::{self, NodeConfig};
 use crate::rpc::network::DEFAULT_MAX_APPEND_BYTES;
 use crate::store::{Durability, DEFAULT_CACHE_CAPACITY_BYTES};
+use crate::tls::TlsFiles;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -71,6 +72,20 @@ pub struct ServeArgs {
     /// UNSAFE: acknowledge log appends before fsync. A crash can lose acknowledged orders.
     #[arg(long)]
     pub unsafe_no_fsync: bool,
+    /// This node's certificate (PEM, leaf first): serve HTTPS to clients and peers. Needs
+    /// --tls-key and --tls-ca. Reloaded on SIGHUP and when the file changes.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): peers must present a certificate it signed, and this node's own
+    /// certificate must chain to it.
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// Allow plain HTTP on an address other machines can reach (refused without it).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 fn parse_peers(raw: &str) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -121,6 +136,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         } else {
             Durability::Fsync
         },
+        tls: match (args.tls_cert, args.tls_key, args.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
+            _ => None,
+        },
+        insecure: args.insecure,
     };
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     rt.block_on(node::serve(config))?;

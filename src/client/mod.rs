@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -41,8 +42,12 @@ pub const DEFAULT_NODES: &str =
 /// Where the client connects and how patient it is.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Base URLs of the nodes, e.g. `http://127.0.0.1:21001`.
+    /// Base URLs of the nodes, e.g. `http://127.0.0.1:21001`, or `https://...` for nodes
+    /// serving TLS.
     pub nodes: Vec<String>,
+    /// The CA that signed the nodes' certificates (PEM), for `https://` nodes: the client
+    /// trusts only it.
+    pub ca_cert: Option<PathBuf>,
     /// Total time one call may take, retries included.
     pub deadline: Duration,
     /// Time one HTTP attempt may take.
@@ -61,6 +66,7 @@ impl ClientConfig {
                 .into_iter()
                 .map(|n| n.into().trim_end_matches('/').to_string())
                 .collect(),
+            ca_cert: None,
             deadline: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(5),
             cool_down: Duration::from_secs(2),
@@ -105,6 +111,9 @@ pub enum ClientError {
     },
     #[error("server error {status}: {message}")]
     Server { status: u16, message: String },
+    /// The client could not be set up (a CA file that cannot be read).
+    #[error("client configuration: {0}")]
+    Config(String),
 }
 
 fn code_name(code: &Option<ErrorCode>) -> &'static str {
@@ -153,6 +162,7 @@ impl ClientError {
             ClientError::BadRequest { .. } => "bad_request",
             ClientError::Unavailable { .. } => "unavailable",
             ClientError::Server { .. } => "server",
+            ClientError::Config(_) => "config",
         }
     }
 
@@ -165,6 +175,7 @@ impl ClientError {
             ClientError::Validation { .. } | ClientError::BadRequest { .. } => 5,
             ClientError::Unavailable { .. } => 6,
             ClientError::Server { .. } => 7,
+            ClientError::Config(_) => 2,
         }
     }
 }
@@ -253,24 +264,37 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client for `config`. Panics if the CA file cannot be read: use `try_new` when the
+    /// path comes from a user.
     pub fn new(config: ClientConfig) -> Client {
-        assert!(
-            !config.nodes.is_empty(),
-            "a client needs at least one node URL"
-        );
-        let http = reqwest::Client::builder()
+        Client::try_new(config).expect("a readable CA certificate")
+    }
+
+    pub fn try_new(config: ClientConfig) -> Result<Client, ClientError> {
+        if config.nodes.is_empty() {
+            return Err(ClientError::Config(
+                "a client needs at least one node URL".into(),
+            ));
+        }
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        if let Some(ca) = &config.ca_cert {
+            let tls = crate::tls::client_config(ca)
+                .map_err(|e| ClientError::Config(format!("--ca-cert: {e}")))?;
+            builder = builder.use_preconfigured_tls(tls);
+        }
+        let http = builder
             .build()
-            .expect("an HTTP client with plain settings builds");
+            .map_err(|e| ClientError::Config(with_causes(&e)))?;
         let n = config.nodes.len();
-        Client {
+        Ok(Client {
             config,
             http,
             next: AtomicUsize::new(0),
             cooling_until: Mutex::new(vec![None; n]),
             leader: Mutex::new(None),
-        }
+        })
     }
 
     pub fn nodes(&self) -> &[String] {
@@ -313,11 +337,11 @@ impl Client {
         else {
             return;
         };
-        let found = self
-            .config
-            .nodes
-            .iter()
-            .position(|u| u.trim_start_matches("http://") == addr);
+        let found = self.config.nodes.iter().position(|u| {
+            u.trim_start_matches("https://")
+                .trim_start_matches("http://")
+                == addr
+        });
         if found.is_some() {
             *self.leader.lock().unwrap() = found;
         }

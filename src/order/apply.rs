@@ -43,9 +43,10 @@ pub struct IdempotencyRecord {
 pub trait OrderState {
     type Error;
 
-    /// The state machine's clock and the stamp that last moved it; `None` before the first
-    /// command.
-    fn clock(&self) -> Result<Option<(i64, i64)>, Self::Error>;
+    /// The state machine's clock; `None` before the first command.
+    fn clock(&self) -> Result<Option<i64>, Self::Error>;
+    /// The stamp that last moved the clock (`None` also in stores older than this record).
+    fn last_stamp(&self) -> Result<Option<i64>, Self::Error>;
     fn set_clock(&mut self, clock: i64, last_stamp: i64) -> Result<(), Self::Error>;
 
     /// The id the next created order gets (1 in an empty state).
@@ -96,14 +97,14 @@ pub fn apply_command<S: OrderState>(
 ) -> Result<Applied, S::Error> {
     let stamp = cmd.stamped_at_ms;
     let mut clock_clamped = false;
-    let now = match state.clock()? {
-        Some((clock, last_stamp)) if last_stamp == stamp => clock,
-        previous => {
-            let (now, cut) = advance_clock(previous.map(|(clock, _)| clock), stamp);
-            clock_clamped = cut;
-            state.set_clock(now, stamp)?;
-            now
-        }
+    let clock = state.clock()?;
+    let now = if state.last_stamp()? == Some(stamp) {
+        clock.unwrap_or(stamp)
+    } else {
+        let (now, cut) = advance_clock(clock, stamp);
+        clock_clamped = cut;
+        state.set_clock(now, stamp)?;
+        now
     };
     state.expire_idempotency(now, EXPIRE_PER_COMMAND)?;
     let applied = |result, replayed| Applied {

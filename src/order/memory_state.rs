@@ -14,7 +14,8 @@ use super::{
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryState {
-    pub clock: Option<(i64, i64)>,
+    pub clock: Option<i64>,
+    pub last_stamp: Option<i64>,
     pub next_id: u64,
     pub orders: BTreeMap<u64, Order>,
     pub records: BTreeMap<String, IdempotencyRecord>,
@@ -26,6 +27,7 @@ impl Default for MemoryState {
     fn default() -> Self {
         MemoryState {
             clock: None,
+            last_stamp: None,
             next_id: 1,
             orders: BTreeMap::new(),
             records: BTreeMap::new(),
@@ -37,11 +39,15 @@ impl Default for MemoryState {
 impl OrderState for MemoryState {
     type Error = Infallible;
 
-    fn clock(&self) -> Result<Option<(i64, i64)>, Infallible> {
+    fn clock(&self) -> Result<Option<i64>, Infallible> {
         Ok(self.clock)
     }
+    fn last_stamp(&self) -> Result<Option<i64>, Infallible> {
+        Ok(self.last_stamp)
+    }
     fn set_clock(&mut self, clock: i64, last_stamp: i64) -> Result<(), Infallible> {
-        self.clock = Some((clock, last_stamp));
+        self.clock = Some(clock);
+        self.last_stamp = Some(last_stamp);
         Ok(())
     }
     fn next_id(&self) -> Result<u64, Infallible> {

@@ -2,7 +2,12 @@
 //! over one pooled HTTP/1.1 client (keep-alive connections are reused across heartbeats and
 //! forwarded writes alike). `network` sends Raft's RPCs with it; `call_leader` is how the
 //! service forwards a write, a read-index request or a membership change to the leader.
+//!
+//! With TLS the client checks peers against the cluster CA and presents this node's own
+//! certificate (peers accept node-to-node calls only from certificates of the cluster CA).
+//! When the certificates are reloaded, the next call builds a new client with them.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -12,6 +17,7 @@ use tokio::time::Instant;
 use super::clock::CLOCK_HEADER;
 use super::{LeaderAnswer, RpcError};
 use crate::codec;
+use crate::tls::NodeTls;
 
 /// The most memory an answer may claim when decoded (answers are a few log ids, one order
 /// outcome or a cluster status).
@@ -45,20 +51,59 @@ pub struct Answered<T> {
 /// Pooled client for every node-to-node call; cheap to clone.
 #[derive(Clone)]
 pub struct RpcClient {
-    http: reqwest::Client,
+    /// The client, and the TLS generation it was built for (0 without TLS).
+    http: Arc<RwLock<(u64, reqwest::Client)>>,
+    tls: Option<Arc<NodeTls>>,
+}
+
+fn build_http(tls: Option<&NodeTls>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(500))
+        // Below the peers' read timeout (10 s), which closes idle keep-alive connections:
+        // never reuse one the peer is about to close.
+        .pool_idle_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        builder = builder.use_preconfigured_tls((*tls.peer_client_config()).clone());
+    }
+    builder
+        .build()
+        .expect("an HTTP client with plain settings builds")
 }
 
 impl RpcClient {
-    pub fn new() -> RpcClient {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(500))
-            // Below the peers' read timeout (10 s), which closes idle keep-alive connections:
-            // never reuse one the peer is about to close.
-            .pool_idle_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .build()
-            .expect("an HTTP client with plain settings builds");
-        RpcClient { http }
+    /// Plain HTTP, or HTTPS with this node's certificate when `tls` is given.
+    pub fn new(tls: Option<Arc<NodeTls>>) -> RpcClient {
+        let generation = tls.as_ref().map_or(0, |t| t.generation());
+        let http = build_http(tls.as_deref());
+        RpcClient {
+            http: Arc::new(RwLock::new((generation, http))),
+            tls,
+        }
+    }
+
+    /// The client for this call: rebuilt once after the certificates were reloaded.
+    fn http(&self) -> reqwest::Client {
+        let generation = self.tls.as_ref().map_or(0, |t| t.generation());
+        {
+            let current = self.http.read().unwrap_or_else(|p| p.into_inner());
+            if current.0 == generation {
+                return current.1.clone();
+            }
+        }
+        let mut current = self.http.write().unwrap_or_else(|p| p.into_inner());
+        if current.0 != generation {
+            *current = (generation, build_http(self.tls.as_deref()));
+        }
+        current.1.clone()
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// POSTs `body` (already encoded) to `path` on the node at `addr` and decodes its answer.
@@ -70,8 +115,8 @@ impl RpcClient {
         timeout: Duration,
     ) -> Result<Answered<T>, CallError> {
         let resp = self
-            .http
-            .post(format!("http://{addr}{path}"))
+            .http()
+            .post(format!("{}://{addr}{path}", self.scheme()))
             .timeout(timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(body)
@@ -136,11 +181,5 @@ impl RpcClient {
                 RpcError::Unavailable(format!("the leader at {addr} refused the request: {e}")),
             ),
         }
-    }
-}
-
-impl Default for RpcClient {
-    fn default() -> Self {
-        RpcClient::new()
     }
 }

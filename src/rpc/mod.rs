@@ -137,9 +137,10 @@ pub enum RpcError {
     OutcomeUnknown(String),
     #[error("{0}")]
     Timeout(String),
-    /// The request failed the leader's own validation.
-    #[error("{0}")]
-    Invalid(ValidationError),
     #[error("{0}")]
     Internal(String),
+    /// The request failed the receiving node's own validation. (Last: the variants above
+    /// encode as the error that travelled before this type existed.)
+    #[error("{0}")]
+    Invalid(ValidationError),
 }

@@ -28,19 +28,21 @@ use super::*;
 use crate::codec;
 use crate::order::CommandOutcome;
 use crate::raft::{LogId, Raft, TypeConfig};
-use crate::wire::{ClusterStatus, ErrorBody, ErrorCode, ErrorDetail};
+use crate::tls::ConnectionSecurity;
+use crate::wire::{ErrorBody, ErrorCode, ErrorDetail};
 
-/// What a node does with the leader calls it receives. Each answers `NotLeader` when this
-/// node does not lead, and never forwards again.
+/// What a node does with the leader calls it receives. None forwards again: a node that does
+/// not lead answers `NotLeader` (or fails), and the caller looks for the leader itself.
 pub trait LeaderCalls: Clone + Send + Sync + 'static {
     fn write(&self, req: WriteRequest)
         -> impl Future<Output = LeaderAnswer<CommandOutcome>> + Send;
     /// The index a linearizable read must see, confirmed with a quorum.
     fn read_index(&self) -> impl Future<Output = LeaderAnswer<Option<LogId>>> + Send;
+    /// Answers the log id of the membership entry the change made.
     fn change_membership(
         &self,
         change: MembershipChange,
-    ) -> impl Future<Output = LeaderAnswer<ClusterStatus>> + Send;
+    ) -> impl Future<Output = LeaderAnswer<Option<LogId>>> + Send;
 }
 
 #[derive(Clone)]
@@ -78,7 +80,30 @@ pub fn router<L: LeaderCalls>(raft: Raft, hold: Arc<ElectionHold>, leader: L) ->
             MEMBERSHIP_PATH,
             limited(BODY_LIMIT_SMALL, post(membership::<L>)),
         )
+        .route_layer(axum::middleware::from_fn(peers_only))
         .with_state(RpcState { raft, hold, leader })
+}
+
+/// Over TLS, only connections that presented a certificate of the cluster CA (peers) may use
+/// these routes: a client that can reach the port cannot post into the Raft log. (Without
+/// TLS the node serves on loopback, or was told `--insecure`.)
+async fn peers_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let security = req
+        .extensions()
+        .get::<ConnectionSecurity>()
+        .copied()
+        .unwrap_or_default();
+    if security.tls && !security.peer_certificate {
+        return Refusal {
+            status: StatusCode::FORBIDDEN,
+            code: ErrorCode::Forbidden,
+            message: "node-to-node routes accept only this cluster's nodes (a client \
+                      certificate signed by the cluster CA)"
+                .into(),
+        }
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// A request this protocol cannot take: answered as the API's JSON error.
@@ -227,7 +252,7 @@ async fn membership<L: LeaderCalls>(
     ) {
         Ok(change) => match change.validate() {
             Ok(()) => encoded(&state.leader.change_membership(change).await),
-            Err(e) => encoded(&LeaderAnswer::<ClusterStatus>::Failed(RpcError::Invalid(e))),
+            Err(e) => encoded(&LeaderAnswer::<Option<LogId>>::Failed(RpcError::Invalid(e))),
         },
         Err(refusal) => refusal.into_response(),
     }

@@ -1,7 +1,9 @@
 //! The cluster as this node sees it (`status`) and membership changes: add a learner, set the
 //! voters. A change runs on the leader; any other node sends it there over
 //! `rpc::MEMBERSHIP_PATH`, once (a node that receives one and does not lead says so rather
-//! than forwarding again).
+//! than forwarding again). The leader answers the log id of the membership entry; the node
+//! that forwarded the change waits until it has that entry too, then answers with its own
+//! status, which then shows the change.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -12,12 +14,15 @@ use tokio::time::Instant;
 
 use super::{Answer, Service, ServiceError};
 use crate::order::ValidationError;
-use crate::raft::NodeId;
+use crate::raft::{LogId, NodeId};
 use crate::rpc::{LeaderAnswer, MembershipChange, MEMBERSHIP_PATH};
 use crate::wire::ClusterStatus;
 
 /// Adding a learner waits until it has caught up; bounded.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
+/// A forwarding node waits this much longer than the leader does: for the answer to travel,
+/// and for this node to receive the membership entry.
+const FORWARD_MARGIN: Duration = Duration::from_secs(5);
 
 impl Service {
     /// This node's view of the cluster, from openraft's metrics.
@@ -54,20 +59,20 @@ impl Service {
         }
     }
 
-    /// Makes a membership change on the leader, from any node, and returns the leader's view
-    /// of the cluster after it.
+    /// Makes a membership change on the leader, from any node, and returns this node's view
+    /// of the cluster once it has the change.
     pub async fn change_membership(
         &self,
         change: MembershipChange,
     ) -> Result<ClusterStatus, ServiceError> {
         change.validate().map_err(ServiceError::Invalid)?;
         let leader = self.raft.metrics().borrow().current_leader;
+        let deadline = Instant::now() + MEMBERSHIP_TIMEOUT + FORWARD_MARGIN;
         let answer = match leader {
             None => return Err(ServiceError::NoLeader),
             Some(leader) if leader == self.id => self.change_membership_as_leader(change).await,
             Some(_) => {
                 let addr = self.leader_addr().ok_or(ServiceError::NoLeader)?;
-                let deadline = Instant::now() + MEMBERSHIP_TIMEOUT;
                 self.rpc
                     .call_leader(&addr, MEMBERSHIP_PATH, &change, deadline)
                     .await
@@ -75,7 +80,24 @@ impl Service {
             }
         };
         match answer {
-            LeaderAnswer::Done(status) => Ok(status),
+            LeaderAnswer::Done(entry) => {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                self.raft
+                    .wait(Some(remaining))
+                    .metrics(
+                        |m| m.membership_config.log_id() >= &entry,
+                        "membership entry received",
+                    )
+                    .await
+                    .map_err(|_| {
+                        ServiceError::Timeout(
+                            "the change was made, but this node has not received it yet: \
+                             check /cluster/status"
+                                .into(),
+                        )
+                    })?;
+                Ok(self.status())
+            }
             LeaderAnswer::NotLeader(_) | LeaderAnswer::Deposed(_) => Err(ServiceError::NoLeader),
             LeaderAnswer::Failed(ServiceError::Timeout(m)) => Err(ServiceError::Timeout(format!(
                 "{m}; the change may have been made: check /cluster/status"
@@ -84,16 +106,16 @@ impl Service {
         }
     }
 
-    /// The leader's half of a membership change.
+    /// The leader's half of a membership change: the log id of the membership entry it made.
     pub(super) async fn change_membership_as_leader(
         &self,
         change: MembershipChange,
-    ) -> Answer<ClusterStatus> {
+    ) -> Answer<Option<LogId>> {
         let changed = match change {
             MembershipChange::AddLearner { id, addr } => {
                 let adding = self.raft.add_learner(id, BasicNode { addr }, true);
                 match tokio::time::timeout(MEMBERSHIP_TIMEOUT, adding).await {
-                    Ok(done) => done.map(|_| ()),
+                    Ok(done) => done.map(|resp| resp.log_id),
                     Err(_) => {
                         return LeaderAnswer::Failed(ServiceError::Timeout(
                             "the learner did not catch up in time".into(),
@@ -104,7 +126,7 @@ impl Service {
             MembershipChange::SetVoters(ids) => {
                 let changing = self.raft.change_membership(ids, false);
                 match tokio::time::timeout(MEMBERSHIP_TIMEOUT, changing).await {
-                    Ok(done) => done.map(|_| ()),
+                    Ok(done) => done.map(|resp| resp.log_id),
                     Err(_) => {
                         return LeaderAnswer::Failed(ServiceError::Timeout(
                             "the membership change did not commit in time".into(),
@@ -114,7 +136,7 @@ impl Service {
             }
         };
         match changed {
-            Ok(()) => LeaderAnswer::Done(self.status()),
+            Ok(entry) => LeaderAnswer::Done(Some(entry)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 LeaderAnswer::NotLeader(f.leader_id)
             }

@@ -23,7 +23,6 @@ use crate::rpc::client::RpcClient;
 use crate::rpc::clock::PeerClocks;
 use crate::rpc::server::LeaderCalls;
 use crate::rpc::{LeaderAnswer, MembershipChange, WriteRequest};
-use crate::wire::ClusterStatus;
 pub use error::{Answer, ServiceError};
 
 /// Upper bound on leader look-ups / forwards for one request, whatever the deadline.
@@ -151,7 +150,7 @@ impl LeaderCalls for Service {
             .map_err(Into::into)
     }
 
-    async fn change_membership(&self, change: MembershipChange) -> LeaderAnswer<ClusterStatus> {
+    async fn change_membership(&self, change: MembershipChange) -> LeaderAnswer<Option<LogId>> {
         self.change_membership_as_leader(change)
             .await
             .map_err(Into::into)

@@ -37,10 +37,12 @@ impl OverlayState<'_, '_> {
 impl OrderState for OverlayState<'_, '_> {
     type Error = StoreError;
 
-    fn clock(&self) -> Result<Option<(i64, i64)>, StoreError> {
-        let clock = self.get::<i64>(keys::CLOCK)?;
-        let last_stamp = self.get::<i64>(keys::LAST_STAMP)?;
-        Ok(clock.zip(last_stamp))
+    fn clock(&self) -> Result<Option<i64>, StoreError> {
+        self.get(keys::CLOCK)
+    }
+
+    fn last_stamp(&self) -> Result<Option<i64>, StoreError> {
+        self.get(keys::LAST_STAMP)
     }
 
     fn set_clock(&mut self, clock: i64, last_stamp: i64) -> Result<(), StoreError> {
@@ -168,8 +170,15 @@ mod tests {
             let mut expected: Vec<Vec<u8>> = orders.iter().map(|o| keys::with_id(keys::status_prefix(o.status), o.id)).collect();
             expected.sort();
             prop_assert_eq!(by_status, expected);
-            let by_customer = tree.scan_prefix(b"c").count();
-            prop_assert_eq!(by_customer, orders.len());
+            let by_customer: Vec<Vec<u8>> = tree.scan_prefix(b"c").keys().map(|k| k.unwrap().to_vec()).collect();
+            let mut expected: Vec<Vec<u8>> = orders.iter().map(|o| keys::with_id(keys::customer_prefix(&o.customer_id), o.id)).collect();
+            expected.sort();
+            prop_assert_eq!(by_customer, expected);
+            let state = OverlayState(&mut Overlay::new(&tree));
+            prop_assert_eq!(
+                (state.clock().unwrap(), state.last_stamp().unwrap(), state.next_id().unwrap()),
+                (model.clock, model.last_stamp, model.next_id)
+            );
         }
     }
 }

@@ -1,0 +1,241 @@
+//! TLS with rustls, from PEM files: a node's server side (its certificate, and peers'
+//! certificates checked against the cluster CA), its side as a client of its peers (the same
+//! certificate, presented to them), and the configuration clients use to check a node.
+//!
+//! One port carries both clients and peers, so a client certificate is optional at the
+//! handshake; a connection that presented one signed by the cluster CA is a peer's, and only
+//! such connections may use the node-to-node routes (`rpc::server`). The cluster CA signs node
+//! certificates only; clients prove who they are otherwise.
+//!
+//! Certificates can be replaced while the node runs: `NodeTls::reload` reads the files again
+//! and swaps the configurations (new connections use them; open ones keep theirs). A reload
+//! that fails keeps the old ones and says why. `dev_certs` makes a CA and node certificates
+//! for development and tests.
+
+pub mod dev_certs;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{path} holds no certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("{0}")]
+    Config(#[from] rustls::Error),
+    #[error("the CA certificates cannot check clients: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+/// What the listener knows of a request's connection (a request extension).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionSecurity {
+    /// The connection is TLS.
+    pub tls: bool,
+    /// The other side presented a certificate that chains to the cluster CA: a peer.
+    pub peer_certificate: bool,
+}
+
+/// The PEM files of a node's TLS identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The node's certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
+    /// The cluster CA: peers' certificates must chain to it.
+    pub ca: PathBuf,
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let read_err = |source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(read_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read_err)?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The certificates of the CA file, as roots to check the other side against.
+pub fn read_roots(ca: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(ca)? {
+        roots.add(cert)?;
+    }
+    Ok(roots)
+}
+
+/// What a client needs to talk to nodes whose certificates chain to `ca`.
+pub fn client_config(ca: &Path) -> Result<ClientConfig, TlsError> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(read_roots(ca)?)
+        .with_no_client_auth())
+}
+
+/// Both sides of a node's TLS, built from one reading of its files.
+struct Loaded {
+    server: Arc<ServerConfig>,
+    peer_client: Arc<ClientConfig>,
+    /// The files' modification times when they were read.
+    stamps: Vec<Option<SystemTime>>,
+}
+
+fn stamps(files: &TlsFiles) -> Vec<Option<SystemTime>> {
+    [&files.cert, &files.key, &files.ca]
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
+    let stamps = stamps(files);
+    let certs = read_certs(&files.cert)?;
+    let key = read_key(&files.key)?;
+    let roots = Arc::new(read_roots(&files.ca)?);
+    // Clients connect without a certificate; peers present theirs (see the module comment).
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+        .allow_unauthenticated()
+        .build()?;
+    let mut server = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs.clone(), key.clone_key())?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let peer_client = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)?;
+    Ok(Loaded {
+        server: Arc::new(server),
+        peer_client: Arc::new(peer_client),
+        stamps,
+    })
+}
+
+/// A node's TLS: the current configurations, replaced by `reload`.
+pub struct NodeTls {
+    files: TlsFiles,
+    current: RwLock<Loaded>,
+    /// Counts successful loads: a client built for an older one is rebuilt.
+    generation: AtomicU64,
+    /// The files' modification times at the last load or reload attempt.
+    tried: std::sync::Mutex<Vec<Option<SystemTime>>>,
+}
+
+impl NodeTls {
+    pub fn load(files: TlsFiles) -> Result<Arc<NodeTls>, TlsError> {
+        let loaded = load(&files)?;
+        Ok(Arc::new(NodeTls {
+            tried: std::sync::Mutex::new(loaded.stamps.clone()),
+            files,
+            current: RwLock::new(loaded),
+            generation: AtomicU64::new(1),
+        }))
+    }
+
+    /// For accepting connections (clients' and peers').
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .server
+            .clone()
+    }
+
+    /// For connecting to peers, presenting this node's certificate.
+    pub fn peer_client_config(&self) -> Arc<ClientConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .peer_client
+            .clone()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// True if a file changed since the last load or reload attempt.
+    pub fn files_changed(&self) -> bool {
+        stamps(&self.files) != *self.tried.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads the files again and uses them from now on. On failure the configurations in use
+    /// stay, and the error says which file is wrong.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        *self.tried.lock().unwrap_or_else(|p| p.into_inner()) = stamps(&self.files);
+        let loaded = load(&self.files)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = loaded;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dev_certs::{DevCa, Validity};
+    use super::*;
+
+    #[test]
+    fn a_reload_swaps_the_certificates_and_a_bad_file_keeps_the_old_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::create(dir.path()).unwrap();
+        let files = ca
+            .issue_node(dir.path(), "node1", &["127.0.0.1"], Validity::days(30))
+            .unwrap();
+        let tls = NodeTls::load(files.clone()).unwrap();
+        assert_eq!(tls.generation(), 1);
+        assert!(!tls.files_changed());
+
+        // A new certificate for the same node: picked up by a reload.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        ca.issue_node(dir.path(), "node1", &["127.0.0.1"], Validity::days(60))
+            .unwrap();
+        assert!(tls.files_changed());
+        tls.reload().unwrap();
+        assert_eq!(tls.generation(), 2);
+
+        // A broken key file: the reload fails, naming it, and the old configuration stays.
+        std::fs::write(&files.key, "not a key").unwrap();
+        let err = tls.reload().unwrap_err().to_string();
+        assert!(err.contains("node1-key.pem"), "{err}");
+        assert_eq!(tls.generation(), 2);
+        assert!(
+            !tls.files_changed(),
+            "a failed attempt is not retried until a file changes"
+        );
+    }
+}
