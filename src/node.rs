@@ -125,6 +125,7 @@ impl NodeConfig {
 
 /// Runs a node until SIGTERM or SIGINT.
 pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
+    config.check_exposure()?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -278,5 +279,41 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_is_refused_off_loopback_unless_insecure_is_given() {
+        let config = |listen: &str| {
+            NodeConfig::new(
+                1,
+                listen.parse().unwrap(),
+                "/nonexistent".into(),
+                BTreeMap::new(),
+            )
+        };
+        assert!(config("127.0.0.1:7000").check_exposure().is_ok());
+        assert!(config("[::1]:7000").check_exposure().is_ok());
+        for exposed in ["0.0.0.0:7000", "10.1.2.3:7000", "[::]:7000"] {
+            let err = config(exposed).check_exposure().unwrap_err().to_string();
+            assert!(
+                err.contains("--tls-cert") && err.contains("--insecure"),
+                "{err}"
+            );
+            let mut insecure = config(exposed);
+            insecure.insecure = true;
+            assert!(insecure.check_exposure().is_ok());
+            let mut with_tls = config(exposed);
+            with_tls.tls = Some(TlsFiles {
+                cert: "c".into(),
+                key: "k".into(),
+                ca: "a".into(),
+            });
+            assert!(with_tls.check_exposure().is_ok());
+        }
     }
 }

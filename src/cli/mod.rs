@@ -1,11 +1,12 @@
 //! The `ordo` command line: `serve` runs a node; `order` and `cluster` talk to a running
-//! cluster through `client`. This module only parses and
-//! dispatches; each subcommand's file does its work.
+//! cluster through `client`; `dev-certs` makes development TLS certificates. This module only
+//! parses and dispatches; each subcommand's file does its work.
 //!
 //! Exit codes: 0 success, 1 other error, 2 usage, 3 not found, 4 conflict, 5 invalid input,
 //! 6 unavailable (no node answered within the deadline), 7 server error.
 
 mod cluster;
+mod dev_certs;
 mod order;
 mod serve;
 
@@ -44,6 +45,8 @@ pub enum Command {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
+    /// Make a development CA and node certificates (for TLS on one machine).
+    DevCerts(dev_certs::DevCertsArgs),
 }
 
 /// How client commands reach the cluster and print.
@@ -93,6 +96,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Cluster { conn, command } => {
             Ok(client_runtime()?.block_on(cluster::run(&conn, command)))
         }
+        Command::DevCerts(args) => dev_certs::run(args),
     }
 }
 

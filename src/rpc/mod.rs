@@ -31,6 +31,15 @@ pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
 pub const WRITE_PATH: &str = "/raft/write";
 pub const READ_INDEX_PATH: &str = "/raft/read-index";
 pub const MEMBERSHIP_PATH: &str = "/raft/membership";
+/// Every route above.
+pub const ROUTES: [&str; 6] = [
+    APPEND_PATH,
+    VOTE_PATH,
+    SNAPSHOT_PATH,
+    WRITE_PATH,
+    READ_INDEX_PATH,
+    MEMBERSHIP_PATH,
+];
 
 /// Largest append body: a batch of entries. Senders cut batches at `--max-append-kib` (at most
 /// 8 MiB) and proposers keep an entry near 256 KB, so twice the largest budget is room enough.

@@ -13,7 +13,25 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use ordo::tls::dev_certs::{DevCa, Validity};
+use ordo::tls::TlsFiles;
+
 use super::netns::Topology;
+
+/// `ordo serve`'s TLS flags for node `id`, whose files are in `certs` (none without TLS).
+fn tls_args(tls: bool, certs: &Path, id: u64) -> Vec<PathBuf> {
+    if !tls {
+        return Vec::new();
+    }
+    vec![
+        "--tls-cert".into(),
+        certs.join(format!("node{id}.pem")),
+        "--tls-key".into(),
+        certs.join(format!("node{id}-key.pem")),
+        "--tls-ca".into(),
+        certs.join("ca.pem"),
+    ]
+}
 
 /// Generous: test machines may have two noisy cores.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -22,7 +40,7 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 /// or run in the test's own process (`inprocess::InProcessCluster`).
 pub trait Nodes {
     fn ids(&self) -> Vec<u64>;
-    /// `http://HOST:PORT` of node `id`, then `path`.
+    /// `http://HOST:PORT` (or `https://`) of node `id`, then `path`.
     fn url(&self, id: u64, path: &str) -> String;
     fn http(&self) -> &reqwest::Client;
     /// False once node `id` has stopped (its process exited, or its task ended).
@@ -66,6 +84,8 @@ pub struct ProcessCluster {
     /// Extra environment of node N (libfaketime's, say: no wrapper process, so signals
     /// still reach the node itself).
     envs: BTreeMap<u64, Vec<(String, String)>>,
+    /// With TLS (`enable_tls`): the development CA, whose directory holds every node's files.
+    tls: Option<DevCa>,
     // Last, so the directory outlives the processes using it.
     dir: tempfile::TempDir,
 }
@@ -117,7 +137,55 @@ impl ProcessCluster {
             peers,
             extra_args,
             envs: BTreeMap::new(),
+            tls: None,
             dir,
+        }
+    }
+
+    /// Serves every node over TLS from now on: makes a CA in `certs/` of the cluster's
+    /// directory and a certificate for each node; `http` then trusts that CA (as a client,
+    /// with no certificate of its own). Call before the nodes start.
+    pub fn enable_tls(&mut self) {
+        let ca = DevCa::create(&self.certs_dir()).expect("development CA");
+        for id in self.ids() {
+            self.issue_cert(&ca, id, Validity::days(30));
+        }
+        self.http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .use_preconfigured_tls(
+                ordo::tls::client_config(&self.certs_dir().join("ca.pem")).expect("CA"),
+            )
+            .build()
+            .expect("https client");
+        self.tls = Some(ca);
+    }
+
+    /// Where the TLS files live: `ca.pem`, `nodeN.pem`, `nodeN-key.pem`.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    /// (Re)issues node `id`'s certificate from `ca`, valid as `validity` says.
+    pub fn issue_cert(&self, ca: &DevCa, id: u64, validity: Validity) -> TlsFiles {
+        ca.issue_node(
+            &self.certs_dir(),
+            &format!("node{id}"),
+            &["127.0.0.1", "localhost"],
+            validity,
+        )
+        .expect("node certificate")
+    }
+
+    /// The cluster's CA, once `enable_tls` made it.
+    pub fn ca(&self) -> Option<&DevCa> {
+        self.tls.as_ref()
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
         }
     }
 
@@ -143,7 +211,7 @@ impl ProcessCluster {
     }
 
     pub fn url(&self, id: u64, path: &str) -> String {
-        format!("http://{}{}", self.nodes[&id].addr, path)
+        format!("{}://{}{}", self.scheme(), self.nodes[&id].addr, path)
     }
 
     pub fn is_running(&self, id: u64) -> bool {
@@ -162,6 +230,9 @@ impl ProcessCluster {
     pub fn add_node(&mut self, id: u64) {
         let node = ClusterNode::new(self.dir.path(), id, format!("127.0.0.1:{}", free_port()));
         self.nodes.insert(id, node);
+        if let Some(ca) = &self.tls {
+            self.issue_cert(ca, id, Validity::days(30));
+        }
         self.spawn_with_peers(id, "");
     }
 
@@ -205,6 +276,11 @@ impl ProcessCluster {
         .arg("--data-dir")
         .arg(&node.data_dir)
         .args(&self.extra_args)
+        .args(tls_args(
+            self.tls.is_some(),
+            &self.dir.path().join("certs"),
+            id,
+        ))
         .env(
             "RUST_LOG",
             std::env::var("ORDO_TEST_LOG").unwrap_or_else(|_| "info,openraft=info".into()),
@@ -224,6 +300,11 @@ impl ProcessCluster {
         // SAFETY: kill(2) on the PID of a child this cluster spawned and has not reaped.
         let rc = unsafe { libc::kill(child.id() as i32, sig) };
         assert_eq!(rc, 0, "signal {sig} to node {id}");
+    }
+
+    /// SIGHUP (a node reloads its TLS certificates).
+    pub fn hangup(&self, id: u64) {
+        self.signal(id, libc::SIGHUP);
     }
 
     /// SIGKILL, and reap.
