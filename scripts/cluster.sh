@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # A local three-node ordo cluster on 127.0.0.1.
 #
-#   scripts/cluster.sh up | down | status | kill N | stop N | start N | pause N | resume N | logs N
+#   scripts/cluster.sh up [--secure] | down | status | kill N | stop N | start N | pause N | resume N | logs N
 #
 # up     builds the release binary, starts nodes 1-3 on ports $ORDO_BASE_PORT+N (default 21000,
 #        so 21001-21003), waits (bounded) for a leader and prints a status table.
+#        --secure: HTTPS for clients and peers, with development certificates made by
+#        `ordo dev-certs` under $ORDO_RUN_DIR/certs/ (remembered for later commands).
 # down   stops every node (SIGTERM, then SIGKILL after 10 s) — the data stays.
 # kill   SIGKILL, stop SIGTERM, pause SIGSTOP, resume SIGCONT; start restarts a node.
 # Each node keeps its data, log and pid under $ORDO_RUN_DIR/nN/ (default .ordo-cluster/).
@@ -21,6 +23,15 @@ port() { echo $((BASE_PORT + $1)); }
 addr() { echo "127.0.0.1:$(port "$1")"; }
 peers() { local p="" n; for n in "${NODES[@]}"; do p+="${p:+,}$n=$(addr "$n")"; done; echo "$p"; }
 pidfile() { echo "$RUN_DIR/n$1/pid"; }
+secure() { [[ -f $RUN_DIR/secure ]]; }
+scheme() { if secure; then echo https; else echo http; fi; }
+url() { echo "$(scheme)://$(addr "$1")"; }
+# curl against a node, trusting the development CA when the cluster is secure.
+node_curl() { if secure; then curl --cacert "$RUN_DIR/certs/ca.pem" "$@"; else curl "$@"; fi; }
+tls_flags() {
+  secure || return 0
+  echo "--tls-cert $RUN_DIR/certs/node$1.pem --tls-key $RUN_DIR/certs/node$1-key.pem --tls-ca $RUN_DIR/certs/ca.pem"
+}
 
 running_pid() {
   # Prints the node's pid if the process recorded in its pid file is still an ordo process.
@@ -42,10 +53,11 @@ start_node() {
   local n=$1
   if pid=$(running_pid "$n"); then echo "node $n already running (pid $pid)"; return 0; fi
   mkdir -p "$RUN_DIR/n$n"
+  # shellcheck disable=SC2046 # tls_flags is a list of flags (paths without spaces)
   nohup "$BIN" serve --id "$n" --listen "$(addr "$n")" --data-dir "$RUN_DIR/n$n/data" \
-    --peers "$(peers)" >>"$RUN_DIR/n$n/node.log" 2>&1 </dev/null &
+    --peers "$(peers)" $(tls_flags "$n") >>"$RUN_DIR/n$n/node.log" 2>&1 </dev/null &
   echo $! >"$(pidfile "$n")"
-  echo "node $n started (pid $!, http://$(addr "$n"), log $RUN_DIR/n$n/node.log)"
+  echo "node $n started (pid $!, $(url "$n"), log $RUN_DIR/n$n/node.log)"
 }
 
 signal_node() {
@@ -69,7 +81,7 @@ status_table() {
   local n
   for n in "${NODES[@]}"; do
     local s
-    if s=$(curl -fsS --max-time 2 "http://$(addr "$n")/cluster/status" 2>/dev/null); then
+    if s=$(node_curl -fsS --max-time 2 "$(url "$n")/cluster/status" 2>/dev/null); then
       python3 - "$n" "$(addr "$n")" "$s" <<'PY'
 import json, sys
 n, a, s = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
@@ -90,7 +102,7 @@ wait_for_leader() {
   for ((i = 0; i < 300; i++)); do
     known=0
     for n in "${NODES[@]}"; do
-      if curl -fsS --max-time 1 "http://$(addr "$n")/cluster/status" 2>/dev/null | grep -q '"leader_id":[0-9]'; then
+      if node_curl -fsS --max-time 1 "$(url "$n")/cluster/status" 2>/dev/null | grep -q '"leader_id":[0-9]'; then
         known=$((known + 1))
       elif ! running_pid "$n" >/dev/null; then
         known=$((known + 1)) # a node that is down cannot tell
@@ -108,12 +120,28 @@ case "$cmd" in
     command -v cargo >/dev/null || { echo "cargo is needed to build ordo" >&2; exit 1; }
     command -v curl >/dev/null || { echo "curl is needed (apt-get install -y curl)" >&2; exit 1; }
     if [[ -z "${ORDO_BIN:-}" ]]; then cargo build --release --quiet -p ordo --bin ordo; fi
+    case "${2:-}" in
+      "") ;;
+      --secure)
+        mkdir -p "$RUN_DIR"
+        "$BIN" dev-certs --out "$RUN_DIR/certs" --nodes "${#NODES[@]}" >/dev/null
+        touch "$RUN_DIR/secure"
+        ;;
+      *) echo "usage: $0 up [--secure]" >&2; exit 2 ;;
+    esac
     for n in "${NODES[@]}"; do start_node "$n"; done
     if wait_for_leader; then
       echo "cluster is up:"
       status_table
       echo
-      echo "try: curl -s -XPOST http://$(addr 1)/api/orders -H 'Content-Type: application/json' \\"
+      if secure; then
+        nodes=""; for n in "${NODES[@]}"; do nodes+="${nodes:+,}$(url "$n")"; done
+        echo "TLS: for the CLI,"
+        echo "  export ORDO_NODES=$nodes ORDO_CA_CERT=$RUN_DIR/certs/ca.pem"
+        echo "try: curl -s --cacert $RUN_DIR/certs/ca.pem -XPOST $(url 1)/api/orders -H 'Content-Type: application/json' \\"
+      else
+        echo "try: curl -s -XPOST $(url 1)/api/orders -H 'Content-Type: application/json' \\"
+      fi
       echo "       -d '{\"customer_id\":\"alice\",\"items\":[{\"sku\":\"book\",\"quantity\":1,\"unit_price_cents\":1250}]}'"
     else
       echo "no leader within 30 s; see the logs under $RUN_DIR/" >&2

@@ -165,15 +165,17 @@ impl ProcessCluster {
         self.dir.path().join("certs")
     }
 
-    /// (Re)issues node `id`'s certificate from `ca`, valid as `validity` says.
+    /// (Re)issues node `id`'s certificate from `ca`, valid as `validity` says, for the
+    /// address it serves on (a namespace's address, with a topology) and loopback.
     pub fn issue_cert(&self, ca: &DevCa, id: u64, validity: Validity) -> TlsFiles {
-        ca.issue_node(
-            &self.certs_dir(),
-            &format!("node{id}"),
-            &["127.0.0.1", "localhost"],
-            validity,
-        )
-        .expect("node certificate")
+        let addr = &self.nodes[&id].addr;
+        let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+        let mut hosts = vec!["127.0.0.1", "localhost"];
+        if !hosts.contains(&host) {
+            hosts.push(host);
+        }
+        ca.issue_node(&self.certs_dir(), &format!("node{id}"), &hosts, validity)
+            .expect("node certificate")
     }
 
     /// The cluster's CA, once `enable_tls` made it.
@@ -281,6 +283,8 @@ impl ProcessCluster {
             &self.dir.path().join("certs"),
             id,
         ))
+        // Namespace addresses are not loopback: plain HTTP there must be asked for.
+        .args((self.topology.is_some() && self.tls.is_none()).then_some("--insecure"))
         .env(
             "RUST_LOG",
             std::env::var("ORDO_TEST_LOG").unwrap_or_else(|_| "info,openraft=info".into()),

@@ -134,6 +134,8 @@ pub struct TortureConfig {
     /// Run node 1 (it forms the cluster, so it usually leads first) with its clock moved by
     /// this libfaketime offset (`+1d`: a day ahead).
     pub skewed_clock: Option<String>,
+    /// Every node over TLS (development certificates), the workload's clients too.
+    pub tls: bool,
 }
 
 /// The seed a torture test runs with: `ORDO_TORTURE_SEED` if set (to replay a failed run),
@@ -164,6 +166,7 @@ impl TortureConfig {
             nodes: 3,
             large_orders: false,
             skewed_clock: None,
+            tls: false,
         }
     }
 }
@@ -707,7 +710,9 @@ async fn inject(
             cluster.spawn(victim);
         }
         Fault::HostileBytes => {
-            let http = reqwest::Client::new();
+            // As a client would send them: with TLS, without a cluster certificate.
+            let http = cluster.http.clone();
+            let tls = cluster.ca().is_some();
             for id in all.iter().copied() {
                 for route in [
                     "/raft/append",
@@ -722,8 +727,11 @@ async fn inject(
                             .body(body.clone())
                             .send()
                             .await;
+                        // Refused by the decoder (400), the size limit (413) or, over TLS, the
+                        // peer check (403).
+                        let refused = |s: u16| s == 400 || s == 413 || (tls && s == 403);
                         match sent {
-                            Ok(resp) if resp.status() == 400 || resp.status() == 413 => {}
+                            Ok(resp) if refused(resp.status().as_u16()) => {}
                             Ok(resp) => stuck_push(
                                 stats,
                                 format!(
@@ -803,6 +811,9 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
         ];
         cluster.set_env(1, vars);
     }
+    if config.tls {
+        cluster.enable_tls();
+    }
     cluster.start_all().await;
 
     let shared = Arc::new(Shared {
@@ -811,10 +822,15 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
             .iter()
             .map(|id| cluster.url(*id, ""))
             .collect(),
-        http: reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(1))
-            .build()
-            .map_err(|e| e.to_string())?,
+        http: {
+            let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(1));
+            if config.tls {
+                let ca = cluster.certs_dir().join("ca.pem");
+                let tls = ordo::tls::client_config(&ca).map_err(|e| e.to_string())?;
+                builder = builder.use_preconfigured_tls(tls);
+            }
+            builder.build().map_err(|e| e.to_string())?
+        },
         history: History::default(),
         start: Instant::now(),
         stop: AtomicBool::new(false),

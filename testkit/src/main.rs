@@ -52,6 +52,9 @@ pub struct TortureArgs {
     /// Run node 1, which usually leads first, with its wall clock moved (libfaketime: `+1d`).
     #[arg(long, value_name = "OFFSET")]
     pub skewed_clock: Option<String>,
+    /// Every node, and the clients, over TLS with development certificates.
+    #[arg(long)]
+    pub tls: bool,
     /// How long a fault lasts, ms.
     #[arg(long, default_value_t = 2000)]
     pub hold_ms: u64,
@@ -101,6 +104,7 @@ fn run(args: TortureArgs) -> anyhow::Result<i32> {
     config.nodes = args.nodes.clamp(1, 9);
     config.large_orders = args.large_orders;
     config.skewed_clock = args.skewed_clock;
+    config.tls = args.tls;
     config.hold = Duration::from_millis(args.hold_ms);
     println!(
         "torture: seed {seed}, {}s, {} clients, faults {}",
