@@ -5,6 +5,8 @@
 //! - [`order`]: the domain — types, validation, status transitions, commands. No I/O.
 //! - [`wire`]: the public JSON of the HTTP API and its error codes (shared with the client).
 //! - [`codec`]: bincode bytes for disk and wire, behind a format version byte.
+//! - [`tls`]: rustls configurations from PEM files (node and client sides), reload, and
+//!   development certificates.
 //! - [`raft`]: the openraft type configuration.
 //! - [`store`]: sled log store, order state machine, snapshots (openraft storage traits).
 //! - [`rpc`]: the node-to-node protocol — routes, messages, its client, the Raft network, its
