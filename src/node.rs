@@ -19,6 +19,7 @@ use crate::raft::{NodeId, Raft};
 use crate::rpc::client::RpcClient;
 use crate::rpc::election_hold::ElectionHold;
 use crate::rpc::network::PeerNetwork;
+use crate::rpc::PeerDirectory;
 use crate::service::Service;
 use crate::store::{self, Durability, StoreConfig};
 use crate::tls::{NodeTls, TlsFiles};
@@ -35,7 +36,16 @@ pub const DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     pub id: NodeId,
-    pub listen: SocketAddr,
+    /// HOST:PORT to serve on (the public API, and node-to-node routes unless `peer_listen`).
+    /// A name is resolved when binding.
+    pub listen: String,
+    /// HOST:PORT clients are told to use for this node (the leader hint); default `listen`.
+    pub advertise: Option<String>,
+    /// HOST:PORT to serve the node-to-node routes on, apart from the public API.
+    pub peer_listen: Option<String>,
+    /// HOST:PORT the other nodes reach this node's node-to-node routes at (its address in
+    /// the membership); default the one-port address, or `peer_listen`.
+    pub peer_advertise: Option<String>,
     pub data_dir: PathBuf,
     /// The initial cluster (id → HOST:PORT); used only on the first start with an empty store.
     pub peers: BTreeMap<NodeId, String>,
@@ -61,13 +71,16 @@ impl NodeConfig {
     /// A node with every setting at `ordo serve`'s default.
     pub fn new(
         id: NodeId,
-        listen: SocketAddr,
+        listen: impl Into<String>,
         data_dir: PathBuf,
         peers: BTreeMap<NodeId, String>,
     ) -> NodeConfig {
         NodeConfig {
             id,
-            listen,
+            listen: listen.into(),
+            advertise: None,
+            peer_listen: None,
+            peer_advertise: None,
             data_dir,
             peers,
             heartbeat_ms: DEFAULT_HEARTBEAT_MS,
@@ -87,15 +100,76 @@ impl NodeConfig {
 
     /// Refuses what would expose the cluster by accident: plain HTTP on an address other
     /// machines can reach lets anyone read and change orders and post into the Raft log.
-    fn check_exposure(&self) -> anyhow::Result<()> {
-        if self.tls.is_none() && !self.listen.ip().is_loopback() && !self.insecure {
+    fn check_exposure(&self, bound: SocketAddr) -> anyhow::Result<()> {
+        if self.tls.is_none() && !bound.ip().is_loopback() && !self.insecure {
             anyhow::bail!(
-                "refusing to serve plain HTTP on {}, which other machines can reach: anyone \
-                 there could change orders and send Raft messages. Give --tls-cert, --tls-key \
-                 and --tls-ca (see docs/security.md), listen on a loopback address, or pass \
-                 --insecure if the network itself is trusted",
+                "refusing to serve plain HTTP on {bound}, which other machines can reach: \
+                 anyone there could change orders and send Raft messages. Give --tls-cert, \
+                 --tls-key and --tls-ca (see docs/security.md), listen on a loopback address, \
+                 or pass --insecure if the network itself is trusted"
+            );
+        }
+        Ok(())
+    }
+
+    /// The address clients are told to use for this node.
+    pub fn client_address(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.clone())
+    }
+
+    /// This node's address in the membership: where the other nodes send Raft messages.
+    pub fn peer_address(&self) -> String {
+        if let Some(a) = &self.peer_advertise {
+            return a.clone();
+        }
+        match &self.peer_listen {
+            Some(l) => l.clone(),
+            None => self.client_address(),
+        }
+    }
+
+    /// Addresses that are not HOST:PORT, an unspecified address (0.0.0.0) where others need
+    /// one to reach this node, and `--peers` naming this node by another address than the
+    /// one it advertises.
+    pub fn check_addresses(&self) -> anyhow::Result<()> {
+        let named = [
+            ("--listen", Some(&self.listen)),
+            ("--advertise", self.advertise.as_ref()),
+            ("--peer-listen", self.peer_listen.as_ref()),
+            ("--peer-advertise", self.peer_advertise.as_ref()),
+        ];
+        for (flag, addr) in named {
+            if let Some(addr) = addr {
+                crate::rpc::check_host_port(addr).map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+            }
+        }
+        let unspecified = |a: &str| {
+            a.parse::<SocketAddr>()
+                .is_ok_and(|s| s.ip().is_unspecified())
+        };
+        if unspecified(&self.client_address()) {
+            anyhow::bail!(
+                "--listen {} is every interface: give --advertise HOST:PORT, the address \
+                 clients and peers reach this node at",
                 self.listen
             );
+        }
+        if unspecified(&self.peer_address()) {
+            anyhow::bail!(
+                "--peer-listen {} is every interface: give --peer-advertise HOST:PORT",
+                self.peer_address()
+            );
+        }
+        if let Some(named) = self.peers.get(&self.id) {
+            if *named != self.peer_address() {
+                anyhow::bail!(
+                    "--peers names node {} {named}, but it advertises {} to its peers",
+                    self.id,
+                    self.peer_address()
+                );
+            }
         }
         Ok(())
     }
@@ -123,25 +197,53 @@ impl NodeConfig {
     }
 }
 
-/// Runs a node until SIGTERM or SIGINT.
-pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
-    config.check_exposure()?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    run(config, listener, shutdown_signal()).await
+/// Where a node serves: the public API (and, without `peer`, the node-to-node routes too).
+pub struct Listeners {
+    pub client: TcpListener,
+    pub peer: Option<TcpListener>,
 }
 
-/// Runs a node on `listener` until `shutdown` completes (`serve` passes SIGTERM/SIGINT; a test
-/// can pass a channel and run nodes in its own process). The listener is bound before the
-/// cluster forms, so peers can reach this node as soon as it votes.
+impl Listeners {
+    /// One port for everything.
+    pub fn one(listener: TcpListener) -> Listeners {
+        Listeners {
+            client: listener,
+            peer: None,
+        }
+    }
+}
+
+/// Binds `addr` (a host name is resolved here; the first address that binds is used).
+async fn bind(flag: &str, addr: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{flag} {addr}: cannot resolve or bind it"))
+}
+
+/// Runs a node until SIGTERM or SIGINT.
+pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
+    config.check_addresses()?;
+    let client = bind("--listen", &config.listen).await?;
+    let peer = match &config.peer_listen {
+        Some(addr) => Some(bind("--peer-listen", addr).await?),
+        None => None,
+    };
+    run(config, Listeners { client, peer }, shutdown_signal()).await
+}
+
+/// Runs a node on `listeners` until `shutdown` completes (`serve` passes SIGTERM/SIGINT; a
+/// test can pass a channel and run nodes in its own process). The listeners are bound before
+/// the cluster forms, so peers can reach this node as soon as it votes.
 pub async fn run(
     config: NodeConfig,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let raft_config = Arc::new(config.raft_config()?);
-    config.check_exposure()?;
+    config.check_addresses()?;
+    for listener in std::iter::once(&listeners.client).chain(listeners.peer.as_ref()) {
+        config.check_exposure(listener.local_addr()?)?;
+    }
     let tls = match &config.tls {
         Some(files) => Some(NodeTls::load(files.clone()).context("loading the TLS files")?),
         None => None,
@@ -161,7 +263,8 @@ pub async fn run(
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     let reader = state_machine.reader();
     // One client for every node-to-node call: Raft's and the service's calls to the leader.
-    let rpc = RpcClient::new(tls.clone());
+    let directory = Arc::new(PeerDirectory::new(config.id, config.client_address()));
+    let rpc = RpcClient::new(tls.clone(), directory.clone());
     let network = PeerNetwork::new(
         rpc.clone(),
         config.unreachable_retry(),
@@ -172,7 +275,15 @@ pub async fn run(
         .await
         .context("starting raft")?;
 
-    tracing::info!(id = config.id, listen = %config.listen, tls = tls.is_some(), "node serving");
+    tracing::info!(
+        id = config.id,
+        listen = %config.listen,
+        peer_listen = config.peer_listen.as_deref().unwrap_or("(the same)"),
+        client_address = %config.client_address(),
+        peer_address = %config.peer_address(),
+        tls = tls.is_some(),
+        "node serving"
+    );
     if let Some(tls) = &tls {
         tokio::spawn(reload_certificates(tls.clone()));
     }
@@ -187,6 +298,7 @@ pub async fn run(
         config.id,
         raft.clone(),
         rpc,
+        directory.clone(),
         clocks,
         config.request_timeout,
         Duration::from_millis((config.election_timeout_max_ms * 2).max(1000)),
@@ -195,19 +307,48 @@ pub async fn run(
         raft.clone(),
         Duration::from_millis(config.election_timeout_max_ms),
     );
-    let peer_routes = crate::rpc::server::router(raft.clone(), election_hold, service.clone());
-    let routes = api::router(AppState { service, reader }, peer_routes);
+    let peer_routes =
+        crate::rpc::server::router(raft.clone(), election_hold, service.clone(), directory);
+    let state = AppState { service, reader };
+    // With a peer port, each port serves only its own routes (the other's answer 404).
+    let (client_routes, peer_server) = match listeners.peer {
+        None => (api::router(state, Some(peer_routes)), None),
+        Some(peer) => (
+            api::router(state, None),
+            Some((peer, api::peer_only(peer_routes))),
+        ),
+    };
     // On SIGTERM Raft stops first: a leader that keeps heartbeating while its HTTP server
     // drains holds the whole cluster's writes hostage to its slowest client. Once Raft is
     // down the followers elect a new leader, and requests still here fail fast.
+    let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
     let stop_raft_first = async {
         shutdown.await;
         tracing::info!("stopping raft, then the HTTP server");
         if let Err(e) = raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+        let _ = stopped_tx.send(true);
     };
-    api::server::serve(listener, routes, config.server_limits, tls, stop_raft_first).await;
+    let raft_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    };
+    let clients = api::server::serve(
+        listeners.client,
+        client_routes,
+        config.server_limits,
+        tls.clone(),
+        async {
+            tokio::join!(stop_raft_first, raft_stopped(stopped_rx.clone()));
+        },
+    );
+    let peers = async {
+        if let Some((listener, routes)) = peer_server {
+            let stopped = raft_stopped(stopped_rx.clone());
+            api::server::serve(listener, routes, config.server_limits, tls.clone(), stopped).await;
+        }
+    };
+    tokio::join!(clients, peers);
     tracing::info!("node stopped");
     Ok(())
 }
@@ -286,34 +427,68 @@ async fn shutdown_signal() {
 mod tests {
     use super::*;
 
+    fn config(listen: &str) -> NodeConfig {
+        NodeConfig::new(1, listen, "/nonexistent".into(), BTreeMap::new())
+    }
+
     #[test]
     fn plain_http_is_refused_off_loopback_unless_insecure_is_given() {
-        let config = |listen: &str| {
-            NodeConfig::new(
-                1,
-                listen.parse().unwrap(),
-                "/nonexistent".into(),
-                BTreeMap::new(),
-            )
-        };
-        assert!(config("127.0.0.1:7000").check_exposure().is_ok());
-        assert!(config("[::1]:7000").check_exposure().is_ok());
+        let bound = |a: &str| a.parse::<SocketAddr>().unwrap();
+        let node = config("localhost:7000");
+        assert!(node.check_exposure(bound("127.0.0.1:7000")).is_ok());
+        assert!(node.check_exposure(bound("[::1]:7000")).is_ok());
         for exposed in ["0.0.0.0:7000", "10.1.2.3:7000", "[::]:7000"] {
-            let err = config(exposed).check_exposure().unwrap_err().to_string();
+            let err = node.check_exposure(bound(exposed)).unwrap_err().to_string();
             assert!(
                 err.contains("--tls-cert") && err.contains("--insecure"),
                 "{err}"
             );
             let mut insecure = config(exposed);
             insecure.insecure = true;
-            assert!(insecure.check_exposure().is_ok());
+            assert!(insecure.check_exposure(bound(exposed)).is_ok());
             let mut with_tls = config(exposed);
             with_tls.tls = Some(TlsFiles {
                 cert: "c".into(),
                 key: "k".into(),
                 ca: "a".into(),
             });
-            assert!(with_tls.check_exposure().is_ok());
+            assert!(with_tls.check_exposure(bound(exposed)).is_ok());
         }
+    }
+
+    #[test]
+    fn addresses_are_checked_and_every_interface_needs_an_advertised_address() {
+        assert!(config("localhost:7000").check_addresses().is_ok());
+        assert_eq!(config("node1:7001").peer_address(), "node1:7001");
+        let err = config("0.0.0.0:7000").check_addresses().unwrap_err();
+        assert!(err.to_string().contains("--advertise"), "{err}");
+        let mut everywhere = config("0.0.0.0:7000");
+        everywhere.advertise = Some("node1:7000".into());
+        assert!(everywhere.check_addresses().is_ok());
+        assert_eq!(everywhere.peer_address(), "node1:7000");
+        assert_eq!(everywhere.client_address(), "node1:7000");
+
+        let mut split = config("node1:7000");
+        split.peer_listen = Some("0.0.0.0:7100".into());
+        assert!(
+            split.check_addresses().is_err(),
+            "peer port on every interface"
+        );
+        split.peer_advertise = Some("node1:7100".into());
+        assert!(split.check_addresses().is_ok());
+        assert_eq!(
+            (split.client_address(), split.peer_address()),
+            ("node1:7000".to_string(), "node1:7100".to_string())
+        );
+
+        let mut mismatch = config("node1:7000");
+        mismatch.peers.insert(1, "node1:7999".into());
+        let err = mismatch.check_addresses().unwrap_err().to_string();
+        assert!(
+            err.contains("node1:7999") && err.contains("node1:7000"),
+            "{err}"
+        );
+
+        assert!(config("node1").check_addresses().is_err());
     }
 }

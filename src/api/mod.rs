@@ -30,8 +30,8 @@ pub struct AppState {
     pub reader: OrderReader,
 }
 
-/// All routes of a node: the public API, and `peer_routes` (the `rpc` router) beside it.
-pub fn router(state: AppState, peer_routes: Router) -> Router {
+/// The public API, with `peer_routes` (the `rpc` router) beside it when both share a port.
+pub fn router(state: AppState, peer_routes: Option<Router>) -> Router {
     let api = Router::new()
         .route("/api/orders", post(orders::create).get(orders::list))
         .route("/api/order/create", post(orders::create))
@@ -51,7 +51,20 @@ pub fn router(state: AppState, peer_routes: Router) -> Router {
             tell_leader,
         ))
         .with_state(state);
-    api.merge(peer_routes)
+    with_fallbacks(match peer_routes {
+        Some(peer_routes) => api.merge(peer_routes),
+        None => api,
+    })
+}
+
+/// The node-to-node routes alone, for a peer port.
+pub fn peer_only(peer_routes: Router) -> Router {
+    with_fallbacks(peer_routes)
+}
+
+/// Unknown routes and methods answer the JSON 404 / 405.
+fn with_fallbacks(routes: Router) -> Router {
+    routes
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this route".into())

@@ -1,7 +1,6 @@
 //! `ordo serve`: the flags of a node, turned into a `node::NodeConfig`.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -19,13 +18,27 @@ pub struct ServeArgs {
     /// This node's id (a positive integer, unique in the cluster).
     #[arg(long)]
     pub id: u64,
-    /// HOST:PORT to serve the API and Raft RPCs on.
-    #[arg(long)]
-    pub listen: SocketAddr,
+    /// HOST:PORT to serve the API (and, without --peer-listen, the node-to-node routes) on;
+    /// a host name is resolved at start. 0.0.0.0 needs --advertise.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: String,
+    /// HOST:PORT clients and peers are told to use for this node (default --listen).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+    /// HOST:PORT to serve the node-to-node routes on, apart from the public API (a firewall
+    /// can then keep clients off it). The client port then answers 404 to them, and this
+    /// one to everything else.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub peer_listen: Option<String>,
+    /// HOST:PORT the other nodes reach --peer-listen at (default --peer-listen); this is the
+    /// node's address in the membership and in --peers.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub peer_advertise: Option<String>,
     /// Directory for the node's log, state and snapshots.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// The initial cluster, `1=HOST:PORT,2=HOST:PORT,...`; read only on a first start.
+    /// The initial cluster, `1=HOST:PORT,2=HOST:PORT,...` (each node's peer address; host
+    /// names are fine); read only on a first start.
     #[arg(long, default_value = "")]
     pub peers: String,
     // How fast a dead leader is replaced. openraft 0.9 lets a follower start an election only
@@ -97,8 +110,7 @@ fn parse_peers(raw: &str) -> anyhow::Result<BTreeMap<u64, String>> {
         let id: u64 = id
             .parse()
             .with_context(|| format!("peer id {id:?} is not a number"))?;
-        addr.parse::<SocketAddr>()
-            .with_context(|| format!("peer address {addr:?} is not HOST:PORT"))?;
+        crate::rpc::check_host_port(addr).map_err(|e| anyhow::anyhow!("--peers: {e}"))?;
         if peers.insert(id, addr.to_string()).is_some() {
             bail!("peer id {id} given twice");
         }
@@ -114,6 +126,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
     let config = NodeConfig {
         id: args.id,
         listen: args.listen,
+        advertise: args.advertise,
+        peer_listen: args.peer_listen,
+        peer_advertise: args.peer_advertise,
         data_dir: args.data_dir,
         peers,
         heartbeat_ms: args.heartbeat_ms,

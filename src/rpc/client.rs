@@ -15,7 +15,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::clock::CLOCK_HEADER;
-use super::{LeaderAnswer, RpcError};
+use super::{LeaderAnswer, PeerDirectory, RpcError, FROM_HEADER};
 use crate::codec;
 use crate::tls::NodeTls;
 
@@ -54,6 +54,8 @@ pub struct RpcClient {
     /// The client, and the TLS generation it was built for (0 without TLS).
     http: Arc<RwLock<(u64, reqwest::Client)>>,
     tls: Option<Arc<NodeTls>>,
+    /// Says who is calling (`FROM_HEADER`) on every call.
+    directory: Arc<PeerDirectory>,
 }
 
 fn build_http(tls: Option<&NodeTls>) -> reqwest::Client {
@@ -73,12 +75,13 @@ fn build_http(tls: Option<&NodeTls>) -> reqwest::Client {
 
 impl RpcClient {
     /// Plain HTTP, or HTTPS with this node's certificate when `tls` is given.
-    pub fn new(tls: Option<Arc<NodeTls>>) -> RpcClient {
+    pub fn new(tls: Option<Arc<NodeTls>>, directory: Arc<PeerDirectory>) -> RpcClient {
         let generation = tls.as_ref().map_or(0, |t| t.generation());
         let http = build_http(tls.as_deref());
         RpcClient {
             http: Arc::new(RwLock::new((generation, http))),
             tls,
+            directory,
         }
     }
 
@@ -119,6 +122,7 @@ impl RpcClient {
             .post(format!("{}://{addr}{path}", self.scheme()))
             .timeout(timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(FROM_HEADER, self.directory.header())
             .body(body)
             .send()
             .await

@@ -51,6 +51,59 @@ pub const BODY_LIMIT_WRITE: usize = 1024 * 1024;
 /// Largest vote, read-index or membership request (a few log ids, ids or one address).
 pub const BODY_LIMIT_SMALL: usize = 64 * 1024;
 
+/// Request header of every node-to-node call: `ID=HOST:PORT`, the sender's id and the address
+/// clients reach it at (which differs from its membership address when it has a peer port).
+pub const FROM_HEADER: &str = "x-ordo-from";
+
+/// Where clients reach each node, as the nodes told each other (`FROM_HEADER`): the leader
+/// hint must name the leader's client port, not its peer port.
+pub struct PeerDirectory {
+    own: (NodeId, String),
+    header: String,
+    client_addrs: std::sync::RwLock<std::collections::HashMap<NodeId, String>>,
+}
+
+impl PeerDirectory {
+    pub fn new(id: NodeId, client_addr: String) -> PeerDirectory {
+        PeerDirectory {
+            header: format!("{id}={client_addr}"),
+            own: (id, client_addr),
+            client_addrs: Default::default(),
+        }
+    }
+
+    /// What this node sends in `FROM_HEADER`.
+    pub fn header(&self) -> &str {
+        &self.header
+    }
+
+    /// Records a `FROM_HEADER` value (a malformed one is ignored).
+    pub fn heard(&self, header: &str) {
+        let Some((id, addr)) = header.split_once('=') else {
+            return;
+        };
+        let (Ok(id), Ok(())) = (id.parse::<NodeId>(), check_host_port(addr)) else {
+            return;
+        };
+        let mut addrs = self.client_addrs.write().unwrap_or_else(|p| p.into_inner());
+        if addrs.get(&id).map(String::as_str) != Some(addr) {
+            addrs.insert(id, addr.to_string());
+        }
+    }
+
+    /// Where clients reach node `id`, if it has said so.
+    pub fn client_addr(&self, id: NodeId) -> Option<String> {
+        if id == self.own.0 {
+            return Some(self.own.1.clone());
+        }
+        self.client_addrs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+}
+
 /// A write as a follower forwards it: not yet stamped, the leader stamps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteRequest {
@@ -83,16 +136,34 @@ pub enum MembershipChange {
     SetVoters(BTreeSet<NodeId>),
 }
 
+/// Checks that `addr` is `HOST:PORT` as nodes address each other: a DNS name, an IPv4
+/// address or a bracketed IPv6 address, and a port from 1 to 65535. Names are resolved only
+/// when a connection is made (and again for every new connection), so a peer whose address
+/// changes, a restarted container say, is found again.
+pub fn check_host_port(addr: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(&format!("http://{addr}/"))
+        .map_err(|e| format!("{addr:?} is not HOST:PORT ({e})"))?;
+    let whole = url.host_str().is_some()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none();
+    match url.port() {
+        Some(port) if whole && port > 0 => Ok(()),
+        // The URL parser drops a scheme-default port (80): take it from the text.
+        None if whole && addr.ends_with(":80") => Ok(()),
+        _ => Err(format!(
+            "{addr:?} is not HOST:PORT (a host name, IPv4 or [IPv6] address, and a port)"
+        )),
+    }
+}
+
 impl MembershipChange {
     pub fn validate(&self) -> Result<(), ValidationError> {
         match self {
             MembershipChange::AddLearner { addr, .. } => {
-                if addr.parse::<std::net::SocketAddr>().is_err() {
-                    return Err(ValidationError::new(
-                        "addr",
-                        "must be HOST:PORT with an IP address",
-                    ));
-                }
+                check_host_port(addr).map_err(|why| ValidationError::new("addr", why))?;
             }
             MembershipChange::SetVoters(ids) => {
                 if ids.is_empty() {
@@ -152,4 +223,38 @@ pub enum RpcError {
     /// encode as the error that travelled before this type existed.)
     #[error("{0}")]
     Invalid(ValidationError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_host_port;
+
+    #[test]
+    fn addresses_are_host_port_with_names_or_ip_addresses() {
+        for ok in [
+            "127.0.0.1:7000",
+            "localhost:7000",
+            "node1:7001",
+            "ordo-1.ordo.svc.cluster.local:7000",
+            "[::1]:7000",
+            "example.com:80",
+        ] {
+            assert!(check_host_port(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "localhost",
+            "localhost:",
+            ":7000",
+            "localhost:0",
+            "localhost:70000",
+            "user@host:7000",
+            "host:7000/path",
+            "http://host:7000",
+            "::1:7000",
+            "not an address",
+        ] {
+            assert!(check_host_port(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -231,8 +231,14 @@ mod tests {
     #[tokio::test]
     async fn an_append_over_the_byte_budget_asks_for_fewer_entries_before_sending() {
         use openraft::{CommittedLeaderId, EntryPayload, LogId};
-        let mut factory =
-            PeerNetwork::new(RpcClient::new(None), Duration::from_millis(10), 64 * 1024);
+        let mut factory = PeerNetwork::new(
+            RpcClient::new(
+                None,
+                Arc::new(crate::rpc::PeerDirectory::new(1, "127.0.0.1:1".into())),
+            ),
+            Duration::from_millis(10),
+            64 * 1024,
+        );
         // Port 9 (discard) on loopback: nothing is sent if the budget check works; if it
         // did not, the call would fail with a connection error instead.
         let mut client = factory.new_client(2, &BasicNode::new("127.0.0.1:9")).await;

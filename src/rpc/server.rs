@@ -56,8 +56,14 @@ struct RpcState<L> {
 /// as varints; containers claim their element size).
 const CLAIM_PER_BODY_BYTE: usize = 4;
 
-/// Every `/raft/*` route, each with the body limit of its own largest legal request.
-pub fn router<L: LeaderCalls>(raft: Raft, hold: Arc<ElectionHold>, leader: L) -> Router {
+/// Every `/raft/*` route, each with the body limit of its own largest legal request. Callers'
+/// client addresses (`FROM_HEADER`) go into `directory`.
+pub fn router<L: LeaderCalls>(
+    raft: Raft,
+    hold: Arc<ElectionHold>,
+    leader: L,
+    directory: Arc<PeerDirectory>,
+) -> Router {
     fn limited<L: LeaderCalls>(
         limit: usize,
         route: MethodRouter<RpcState<L>>,
@@ -80,6 +86,19 @@ pub fn router<L: LeaderCalls>(raft: Raft, hold: Arc<ElectionHold>, leader: L) ->
             MEMBERSHIP_PATH,
             limited(BODY_LIMIT_SMALL, post(membership::<L>)),
         )
+        .route_layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let directory = directory.clone();
+                async move {
+                    if let Some(from) = req.headers().get(FROM_HEADER) {
+                        if let Ok(from) = from.to_str() {
+                            directory.heard(from);
+                        }
+                    }
+                    next.run(req).await
+                }
+            },
+        ))
         .route_layer(axum::middleware::from_fn(peers_only))
         .with_state(RpcState { raft, hold, leader })
 }

@@ -22,7 +22,7 @@ use crate::raft::{LogId, NodeId, Raft};
 use crate::rpc::client::RpcClient;
 use crate::rpc::clock::PeerClocks;
 use crate::rpc::server::LeaderCalls;
-use crate::rpc::{LeaderAnswer, MembershipChange, WriteRequest};
+use crate::rpc::{LeaderAnswer, MembershipChange, PeerDirectory, WriteRequest};
 pub use error::{Answer, ServiceError};
 
 /// Upper bound on leader look-ups / forwards for one request, whatever the deadline.
@@ -38,6 +38,8 @@ pub struct Service {
     raft: Raft,
     /// For calls to the leader (the node's one node-to-node client).
     rpc: RpcClient,
+    /// Where clients reach the other nodes (for the leader hint).
+    directory: Arc<PeerDirectory>,
     /// Batches this node's writes into log entries while it leads.
     proposer: proposer::Proposer,
     /// Read-index rounds while this node leads: its own reads and the followers' requests.
@@ -57,6 +59,7 @@ impl Service {
         id: NodeId,
         raft: Raft,
         rpc: RpcClient,
+        directory: Arc<PeerDirectory>,
         clocks: Arc<PeerClocks>,
         request_timeout: Duration,
         quorum_stale_after: Duration,
@@ -83,6 +86,7 @@ impl Service {
             proposer: proposer::Proposer::start(raft.clone(), clocks, request_timeout),
             raft,
             rpc,
+            directory,
             leader_reads,
             forwarded_reads,
             request_timeout,
@@ -94,15 +98,18 @@ impl Service {
         self.id
     }
 
-    /// The current leader's address, as far as this node knows.
+    /// The current leader's address, as far as this node knows: the membership address, or
+    /// where clients reach it when it has said so (it differs with a peer port).
     pub fn leader_addr(&self) -> Option<String> {
         let m = self.raft.metrics();
         let m = m.borrow();
         let leader = m.current_leader?;
-        m.membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|n| n.addr.clone())
+        self.directory.client_addr(leader).or_else(|| {
+            m.membership_config
+                .membership()
+                .get_node(&leader)
+                .map(|n| n.addr.clone())
+        })
     }
 
     /// The last log index this node's state machine has applied.

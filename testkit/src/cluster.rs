@@ -69,6 +69,8 @@ pub struct ClusterNode {
     pub id: u64,
     /// HOST:PORT the node serves on.
     pub addr: String,
+    /// HOST:PORT of its node-to-node routes, when they have a port of their own.
+    pub peer_addr: Option<String>,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     pub child: Option<Child>,
@@ -158,6 +160,34 @@ impl ProcessCluster {
             .build()
             .expect("https client");
         self.tls = Some(ca);
+    }
+
+    /// Addresses every node by `host` (`localhost`, say) instead of 127.0.0.1, in its flags and
+    /// in `url`. Call before the nodes start.
+    pub fn use_host_name(&mut self, host: &str) {
+        for node in self.nodes.values_mut() {
+            node.addr = node.addr.replace("127.0.0.1", host);
+        }
+        self.peers = self.peer_list();
+    }
+
+    /// Gives every node a port of its own for the node-to-node routes (`--peer-listen`); the
+    /// cluster is formed over those. Call before the nodes start.
+    pub fn enable_peer_ports(&mut self) {
+        for node in self.nodes.values_mut() {
+            let host = node.addr.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h);
+            node.peer_addr = Some(format!("{host}:{}", free_port()));
+        }
+        self.peers = self.peer_list();
+    }
+
+    /// `--peers`: each node's peer address.
+    fn peer_list(&self) -> String {
+        self.nodes
+            .values()
+            .map(|n| format!("{}={}", n.id, n.peer_addr.as_ref().unwrap_or(&n.addr)))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Where the TLS files live: `ca.pem`, `nodeN.pem`, `nodeN-key.pem`.
@@ -283,6 +313,11 @@ impl ProcessCluster {
             &self.dir.path().join("certs"),
             id,
         ))
+        .args(
+            node.peer_addr
+                .iter()
+                .flat_map(|a| ["--peer-listen".to_string(), a.clone()]),
+        )
         // Namespace addresses are not loopback: plain HTTP there must be asked for.
         .args((self.topology.is_some() && self.tls.is_none()).then_some("--insecure"))
         .env(
@@ -452,6 +487,7 @@ impl ClusterNode {
         ClusterNode {
             id,
             addr,
+            peer_addr: None,
             data_dir: dir.join(format!("n{id}")),
             log_path: dir.join(format!("n{id}.log")),
             child: None,

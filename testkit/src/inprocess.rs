@@ -49,10 +49,14 @@ impl InProcessCluster {
         let mut nodes = BTreeMap::new();
         for (id, listener) in listeners {
             let addr = listener.local_addr().unwrap();
-            let config =
-                NodeConfig::new(id, addr, dir.path().join(format!("n{id}")), peers.clone());
+            let config = NodeConfig::new(
+                id,
+                addr.to_string(),
+                dir.path().join(format!("n{id}")),
+                peers.clone(),
+            );
             let (stop, stopped) = oneshot::channel::<()>();
-            let task = tokio::spawn(node::run(config, listener, async {
+            let task = tokio::spawn(node::run(config, node::Listeners::one(listener), async {
                 let _ = stopped.await;
             }));
             let addr = addr.to_string();
