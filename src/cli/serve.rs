@@ -1,11 +1,22 @@
-//! `ordo serve`: the flags of a node, turned into a `node::NodeConfig`.
+//! `ordo serve`: a node's settings, turned into a `node::NodeConfig`.
+//!
+//! Every setting is a flag, an `ORDO_*` environment variable (the flag's name in capitals:
+//! `--heartbeat-ms` is `ORDO_HEARTBEAT_MS`) and a key of the TOML file `--config` names (the
+//! flag without its dashes: `heartbeat-ms = 30`). A flag beats the environment, which beats
+//! the file, which beats the default. The file is read by turning its keys into flags placed
+//! before the real ones (so clap checks every type, and the real ones win); a key whose
+//! variable is set in the environment is left out (so the environment wins over it). An
+//! unknown key, or a value of the wrong type, is an error naming it. `--print-config` shows
+//! the result and exits.
 
+use std::any::TypeId;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::Args;
+use clap::{Args, CommandFactory, FromArgMatches, Parser};
+use serde::Serialize;
 
 use crate::api::server::{self, ServerLimits};
 use crate::node::{self, NodeConfig};
@@ -13,33 +24,44 @@ use crate::rpc::network::DEFAULT_MAX_APPEND_BYTES;
 use crate::store::{Durability, DEFAULT_CACHE_CAPACITY_BYTES};
 use crate::tls::TlsFiles;
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct ServeArgs {
-    /// This node's id (a positive integer, unique in the cluster).
+    /// A TOML file of settings (keys are the flags without dashes); flags and ORDO_*
+    /// variables override it.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Print the effective settings (file, environment, flags and defaults merged) as TOML
+    /// and exit.
     #[arg(long)]
-    pub id: u64,
+    #[serde(skip)]
+    pub print_config: bool,
+    /// This node's id (a positive integer, unique in the cluster). Required.
+    #[arg(long, env = "ORDO_ID")]
+    pub id: Option<u64>,
     /// HOST:PORT to serve the API (and, without --peer-listen, the node-to-node routes) on;
-    /// a host name is resolved at start. 0.0.0.0 needs --advertise.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub listen: String,
+    /// a host name is resolved at start. 0.0.0.0 needs --advertise. Required.
+    #[arg(long, env = "ORDO_LISTEN", value_name = "HOST:PORT")]
+    pub listen: Option<String>,
     /// HOST:PORT clients and peers are told to use for this node (default --listen).
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, env = "ORDO_ADVERTISE", value_name = "HOST:PORT")]
     pub advertise: Option<String>,
     /// HOST:PORT to serve the node-to-node routes on, apart from the public API (a firewall
     /// can then keep clients off it). The client port then answers 404 to them, and this
     /// one to everything else.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, env = "ORDO_PEER_LISTEN", value_name = "HOST:PORT")]
     pub peer_listen: Option<String>,
     /// HOST:PORT the other nodes reach --peer-listen at (default --peer-listen); this is the
     /// node's address in the membership and in --peers.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, env = "ORDO_PEER_ADVERTISE", value_name = "HOST:PORT")]
     pub peer_advertise: Option<String>,
-    /// Directory for the node's log, state and snapshots.
-    #[arg(long)]
-    pub data_dir: PathBuf,
+    /// Directory for the node's log, state and snapshots. Required.
+    #[arg(long, env = "ORDO_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// The initial cluster, `1=HOST:PORT,2=HOST:PORT,...` (each node's peer address; host
     /// names are fine); read only on a first start.
-    #[arg(long, default_value = "")]
+    #[arg(long, env = "ORDO_PEERS", default_value = "")]
     pub peers: String,
     // How fast a dead leader is replaced. openraft 0.9 lets a follower start an election only
     // after `election_timeout_max` (its leader lease) plus its own timeout, drawn once from
@@ -47,57 +69,57 @@ pub struct ServeArgs {
     // 300-400 ms after the last heartbeat (it was 450-675 ms with 50/150/300). Raise them on
     // machines whose pauses exceed ~300 ms, or elections will start spuriously.
     /// Leader heartbeat interval, ms.
-    #[arg(long, default_value_t = node::DEFAULT_HEARTBEAT_MS)]
+    #[arg(long, env = "ORDO_HEARTBEAT_MS", default_value_t = node::DEFAULT_HEARTBEAT_MS)]
     pub heartbeat_ms: u64,
     /// Lower bound of a follower's election timeout, ms.
-    #[arg(long, default_value_t = node::DEFAULT_ELECTION_TIMEOUT_MIN_MS)]
+    #[arg(long, env = "ORDO_ELECTION_TIMEOUT_MIN_MS", default_value_t = node::DEFAULT_ELECTION_TIMEOUT_MIN_MS)]
     pub election_timeout_min_ms: u64,
     /// Upper bound of the election timeout, ms; also the leader lease a follower honours.
-    #[arg(long, default_value_t = node::DEFAULT_ELECTION_TIMEOUT_MAX_MS)]
+    #[arg(long, env = "ORDO_ELECTION_TIMEOUT_MAX_MS", default_value_t = node::DEFAULT_ELECTION_TIMEOUT_MAX_MS)]
     pub election_timeout_max_ms: u64,
     /// How long a request waits for a leader, commit or read index before 503/504.
-    #[arg(long, default_value_t = node::DEFAULT_REQUEST_TIMEOUT_MS)]
+    #[arg(long, env = "ORDO_REQUEST_TIMEOUT_MS", default_value_t = node::DEFAULT_REQUEST_TIMEOUT_MS)]
     pub request_timeout_ms: u64,
     /// Build a snapshot (and purge the log) after this many applied entries.
-    #[arg(long, default_value_t = node::DEFAULT_SNAPSHOT_EVERY_LOGS)]
+    #[arg(long, env = "ORDO_SNAPSHOT_EVERY_LOGS", default_value_t = node::DEFAULT_SNAPSHOT_EVERY_LOGS)]
     pub snapshot_every_logs: u64,
     /// sled page cache in MiB.
-    #[arg(long, default_value_t = DEFAULT_CACHE_CAPACITY_BYTES / (1024 * 1024))]
+    #[arg(long, env = "ORDO_CACHE_MIB", default_value_t = DEFAULT_CACHE_CAPACITY_BYTES / (1024 * 1024))]
     pub cache_mib: u64,
     /// Byte budget of one append to a follower, KiB: larger batches are cut (one entry is
     /// always sent whole). Each append must be written and fsynced by the follower within
     /// one heartbeat interval, openraft's timeout for it. At most 8192.
-    #[arg(long, default_value_t = (DEFAULT_MAX_APPEND_BYTES / 1024) as u64)]
+    #[arg(long, env = "ORDO_MAX_APPEND_KIB", default_value_t = (DEFAULT_MAX_APPEND_BYTES / 1024) as u64)]
     pub max_append_kib: u64,
     /// How long the leader waits for one snapshot chunk, ms; the last chunk's wait includes
     /// the follower's install, which takes seconds for millions of orders.
-    #[arg(long, default_value_t = node::DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS)]
+    #[arg(long, env = "ORDO_INSTALL_SNAPSHOT_TIMEOUT_MS", default_value_t = node::DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS)]
     pub install_snapshot_timeout_ms: u64,
     /// How long a client may take to send a request's head, and then its whole body, ms.
-    #[arg(long, default_value_t = server::DEFAULT_READ_TIMEOUT_MS)]
+    #[arg(long, env = "ORDO_READ_TIMEOUT_MS", default_value_t = server::DEFAULT_READ_TIMEOUT_MS)]
     pub read_timeout_ms: u64,
     /// Connections served at once; more are closed at accept.
-    #[arg(long, default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, env = "ORDO_MAX_CONNECTIONS", default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// On SIGTERM, how long requests in flight may still finish, ms.
-    #[arg(long, default_value_t = server::DEFAULT_SHUTDOWN_GRACE_MS)]
+    #[arg(long, env = "ORDO_SHUTDOWN_GRACE_MS", default_value_t = server::DEFAULT_SHUTDOWN_GRACE_MS)]
     pub shutdown_grace_ms: u64,
     /// UNSAFE: acknowledge log appends before fsync. A crash can lose acknowledged orders.
-    #[arg(long)]
+    #[arg(long, env = "ORDO_UNSAFE_NO_FSYNC")]
     pub unsafe_no_fsync: bool,
     /// This node's certificate (PEM, leaf first): serve HTTPS to clients and peers. Needs
     /// --tls-key and --tls-ca. Reloaded on SIGHUP and when the file changes.
-    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    #[arg(long, env = "ORDO_TLS_CERT", value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
     pub tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM).
-    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_ca"])]
+    #[arg(long, env = "ORDO_TLS_KEY", value_name = "FILE", requires_all = ["tls_cert", "tls_ca"])]
     pub tls_key: Option<PathBuf>,
     /// The cluster CA (PEM): peers must present a certificate it signed, and this node's own
     /// certificate must chain to it.
-    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    #[arg(long, env = "ORDO_TLS_CA", value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
     pub tls_ca: Option<PathBuf>,
     /// Allow plain HTTP on an address other machines can reach (refused without it).
-    #[arg(long)]
+    #[arg(long, env = "ORDO_INSECURE")]
     pub insecure: bool,
 }
 
@@ -118,18 +140,115 @@ fn parse_peers(raw: &str) -> anyhow::Result<BTreeMap<u64, String>> {
     Ok(peers)
 }
 
+/// `serve`'s arguments alone, for parsing them again with a file's keys in front.
+#[derive(Debug, Parser)]
+#[command(name = "ordo serve", args_override_self = true)]
+struct ServeOnly {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+/// The settings with `--config`'s file merged in under the environment and the flags.
+/// `flags` are the command line after `serve`.
+fn with_config_file(args: ServeArgs, flags: Vec<std::ffi::OsString>) -> anyhow::Result<ServeArgs> {
+    let Some(path) = &args.config else {
+        return Ok(args);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --config {}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("--config {}", path.display()))?;
+    let command = ServeOnly::command();
+    let mut from_file: Vec<std::ffi::OsString> = Vec::new();
+    for (key, value) in &table {
+        let arg = command
+            .get_arguments()
+            .find(|a| {
+                a.get_long() == Some(key.as_str())
+                    && !matches!(key.as_str(), "config" | "print-config" | "help")
+            })
+            .with_context(|| {
+                format!(
+                    "--config {}: unknown key {key:?} (keys are `ordo serve` flags without the \
+                     dashes, as `ordo serve --help` lists them)",
+                    path.display()
+                )
+            })?;
+        if arg
+            .get_env()
+            .is_some_and(|var| std::env::var_os(var).is_some())
+        {
+            continue; // the environment wins over the file
+        }
+        let parsed_as = arg.get_value_parser().type_id();
+        let expected = if !arg.get_action().takes_values() {
+            "true or false"
+        } else if parsed_as == TypeId::of::<String>() || parsed_as == TypeId::of::<PathBuf>() {
+            "a string"
+        } else {
+            "an integer"
+        };
+        let flag = format!("--{key}");
+        match (value, expected) {
+            (toml::Value::Boolean(true), "true or false") => from_file.push(flag.into()),
+            (toml::Value::Boolean(false), "true or false") => {}
+            (toml::Value::String(s), "a string") => from_file.extend([flag.into(), s.into()]),
+            (toml::Value::Integer(n), "an integer") => {
+                from_file.extend([flag.into(), n.to_string().into()])
+            }
+            (other, _) => bail!(
+                "--config {}: {key} must be {expected}, got {} {other}",
+                path.display(),
+                other.type_str()
+            ),
+        }
+    }
+    let argv = std::iter::once(std::ffi::OsString::from("ordo serve"))
+        .chain(from_file)
+        .chain(flags);
+    let matches = command.try_get_matches_from(argv).map_err(|e| {
+        anyhow::anyhow!(
+            "settings from --config {} and the command line: {e}",
+            path.display()
+        )
+    })?;
+    Ok(ServeOnly::from_arg_matches(&matches)?.args)
+}
+
+fn required<T>(value: Option<T>, flag: &str) -> anyhow::Result<T> {
+    value.with_context(|| {
+        let key = flag.trim_start_matches('-');
+        let var = format!("ORDO_{}", key.replace('-', "_").to_uppercase());
+        format!("{flag} is required (as a flag, as {var}, or as `{key}` in the --config file)")
+    })
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
+    // The command line after `ordo serve`, for parsing again behind the file's keys.
+    let flags: Vec<_> = std::env::args_os()
+        .skip_while(|a| a != "serve")
+        .skip(1)
+        .collect();
+    let args = with_config_file(args, flags)?;
+    if args.print_config {
+        print!(
+            "{}",
+            toml::to_string(&args).context("printing the settings")?
+        );
+        return Ok(0);
+    }
+    let id = required(args.id, "--id")?;
     let peers = parse_peers(&args.peers)?;
-    if !peers.is_empty() && !peers.contains_key(&args.id) {
-        bail!("--peers must include this node's own id {}", args.id);
+    if !peers.is_empty() && !peers.contains_key(&id) {
+        bail!("--peers must include this node's own id {id}");
     }
     let config = NodeConfig {
-        id: args.id,
-        listen: args.listen,
+        id,
+        listen: required(args.listen, "--listen")?,
         advertise: args.advertise,
         peer_listen: args.peer_listen,
         peer_advertise: args.peer_advertise,
-        data_dir: args.data_dir,
+        data_dir: required(args.data_dir, "--data-dir")?,
         peers,
         heartbeat_ms: args.heartbeat_ms,
         election_timeout_min_ms: args.election_timeout_min_ms,

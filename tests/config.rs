@@ -1,0 +1,123 @@
+//! `ordo serve`'s settings from a TOML file, `ORDO_*` variables and flags: precedence, and a
+//! clear error for an unknown key or a wrong type. Runs the real binary with
+//! `--print-config`, which prints the merged settings and exits without serving.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ordo");
+
+/// `ordo serve ARGS --print-config` with `env` (and no other ORDO_* variable): (exit code,
+/// stdout, stderr).
+fn print_config(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve").args(args).arg("--print-config");
+    for (var, _) in std::env::vars().filter(|(v, _)| v.starts_with("ORDO_")) {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().expect("run ordo");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn setting(printed: &str, key: &str) -> String {
+    let table: toml::Table = toml::from_str(printed).expect("printed settings are TOML");
+    table.get(key).map(|v| v.to_string()).unwrap_or_default()
+}
+
+#[test]
+fn a_flag_beats_the_environment_which_beats_the_file_which_beats_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ordo.toml");
+    std::fs::write(
+        &file,
+        r#"
+id = 2
+listen = "localhost:7002"
+data-dir = "/var/lib/ordo"
+heartbeat-ms = 40
+election-timeout-min-ms = 150
+election-timeout-max-ms = 400
+insecure = true
+"#,
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let (code, out, err) = print_config(
+        &["--config", file, "--election-timeout-max-ms", "500"],
+        &[
+            ("ORDO_ELECTION_TIMEOUT_MIN_MS", "160"),
+            ("ORDO_ELECTION_TIMEOUT_MAX_MS", "450"),
+            ("ORDO_UNSAFE_NO_FSYNC", "true"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let expect = [
+        ("id", "2"),                        // file
+        ("listen", "\"localhost:7002\""),   // file
+        ("heartbeat-ms", "40"),             // file over the default (30)
+        ("election-timeout-min-ms", "160"), // environment over the file
+        ("election-timeout-max-ms", "500"), // flag over environment and file
+        ("request-timeout-ms", "3000"),     // default
+        ("insecure", "true"),               // a switch from the file
+        ("unsafe-no-fsync", "true"),        // a switch from the environment
+    ];
+    for (key, value) in expect {
+        assert_eq!(setting(&out, key), value, "{key} in\n{out}");
+    }
+}
+
+#[test]
+fn an_unknown_key_or_a_wrong_type_is_an_error_that_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("hartbeat-ms = 30\n", "hartbeat-ms"),
+        (
+            "heartbeat-ms = \"fast\"\n",
+            "heartbeat-ms must be an integer",
+        ),
+        ("heartbeat-ms = 1.5\n", "heartbeat-ms"),
+        ("insecure = \"yes\"\n", "insecure"),
+        ("listen = 7000\n", "listen must be a string"),
+        ("print-config = true\n", "print-config"),
+        ("id = [1, 2]\n", "id"),
+    ];
+    for (i, (text, names)) in cases.into_iter().enumerate() {
+        let file = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&file, text).unwrap();
+        let (code, _, err) = print_config(&["--config", file.to_str().unwrap()], &[]);
+        assert_ne!(code, 0, "{text} was accepted");
+        assert!(
+            err.contains(names),
+            "{text}: the error does not name {names}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // A wrong type in the environment, and a required setting given nowhere.
+    let (code, _, err) = print_config(&["--id", "1"], &[("ORDO_HEARTBEAT_MS", "soon")]);
+    assert!(code != 0 && err.contains("--heartbeat-ms"), "{err}");
+    let (code, _, err) = print_config(&["--listen", "x:1"], &[]);
+    assert!(
+        code == 0,
+        "--print-config shows incomplete settings too: {err}"
+    );
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:1",
+            "--data-dir",
+            "/nonexistent",
+        ])
+        .env_remove("ORDO_ID")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--id is required"),
+        "{err}"
+    );
+}
