@@ -71,6 +71,7 @@ start_ordo() {
   local n=$1 peers="1=127.0.0.1:$((OBASE + 1)),2=127.0.0.1:$((OBASE + 2)),3=127.0.0.1:$((OBASE + 3))"
   # shellcheck disable=SC2086 # ORDO_SERVE_ARGS is a list of flags
   "$ORDO" serve --id "$n" --listen "127.0.0.1:$((OBASE + n))" --data-dir "$WORK/ordo$n" --peers "$peers" \
+    --initial-cluster-state new \
     $ORDO_SERVE_ARGS >>"$WORK/ordo$n.log" 2>&1 &
   OPID[$n]=$!
 }

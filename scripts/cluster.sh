@@ -49,13 +49,15 @@ check_node() {
   [[ "${1:-}" =~ ^[123]$ ]] || { echo "usage: $0 $2 N   (N in 1..3)" >&2; exit 2; }
 }
 
-start_node() {
-  local n=$1
+start_node() { # N [new]: `new` lets the node form the cluster if its data directory is empty
+  local n=$1 state=existing
+  [[ ${2:-} == new ]] && state=new
   if pid=$(running_pid "$n"); then echo "node $n already running (pid $pid)"; return 0; fi
   mkdir -p "$RUN_DIR/n$n"
   # shellcheck disable=SC2046 # tls_flags is a list of flags (paths without spaces)
   nohup "$BIN" serve --id "$n" --listen "$(addr "$n")" --data-dir "$RUN_DIR/n$n/data" \
-    --peers "$(peers)" $(tls_flags "$n") >>"$RUN_DIR/n$n/node.log" 2>&1 </dev/null &
+    --peers "$(peers)" --initial-cluster-state "$state" $(tls_flags "$n") \
+    >>"$RUN_DIR/n$n/node.log" 2>&1 </dev/null &
   echo $! >"$(pidfile "$n")"
   echo "node $n started (pid $!, $(url "$n"), log $RUN_DIR/n$n/node.log)"
 }
@@ -129,7 +131,7 @@ case "$cmd" in
         ;;
       *) echo "usage: $0 up [--secure]" >&2; exit 2 ;;
     esac
-    for n in "${NODES[@]}"; do start_node "$n"; done
+    for n in "${NODES[@]}"; do start_node "$n" new; done
     if wait_for_leader; then
       echo "cluster is up:"
       status_table

@@ -17,6 +17,7 @@ use crate::api::server::ServerLimits;
 use crate::api::{self, AppState};
 use crate::raft::{NodeId, Raft};
 use crate::rpc::client::RpcClient;
+use crate::rpc::cluster_id::ClusterId;
 use crate::rpc::election_hold::ElectionHold;
 use crate::rpc::network::PeerNetwork;
 use crate::rpc::PeerDirectory;
@@ -31,6 +32,17 @@ pub const DEFAULT_ELECTION_TIMEOUT_MAX_MS: u64 = 200;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 3000;
 pub const DEFAULT_SNAPSHOT_EVERY_LOGS: u64 = 100_000;
 pub const DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
+
+/// What a node with an empty store does (`--initial-cluster-state`, as etcd has it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InitialClusterState {
+    /// Form the cluster of `--peers` if this node has the lowest id there.
+    New,
+    /// Never form a cluster: wait to be added to one. A node whose data directory was lost
+    /// and that is restarted with its old flags then cannot start a second cluster.
+    #[default]
+    Existing,
+}
 
 /// Everything `ordo serve` needs to run a node.
 #[derive(Debug, Clone)]
@@ -49,6 +61,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The initial cluster (id → HOST:PORT); used only on the first start with an empty store.
     pub peers: BTreeMap<NodeId, String>,
+    /// Whether an empty node may form the cluster of `peers` (if it has the lowest id), or
+    /// only waits to be added.
+    pub initial_cluster_state: InitialClusterState,
     pub heartbeat_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
@@ -83,6 +98,7 @@ impl NodeConfig {
             peer_advertise: None,
             data_dir,
             peers,
+            initial_cluster_state: InitialClusterState::default(),
             heartbeat_ms: DEFAULT_HEARTBEAT_MS,
             election_timeout_min_ms: DEFAULT_ELECTION_TIMEOUT_MIN_MS,
             election_timeout_max_ms: DEFAULT_ELECTION_TIMEOUT_MAX_MS,
@@ -264,7 +280,8 @@ pub async fn run(
     let reader = state_machine.reader();
     // One client for every node-to-node call: Raft's and the service's calls to the leader.
     let directory = Arc::new(PeerDirectory::new(config.id, config.client_address()));
-    let rpc = RpcClient::new(tls.clone(), directory.clone());
+    let cluster_id = Arc::new(ClusterId::load(&config.data_dir)?);
+    let rpc = RpcClient::new(tls.clone(), directory.clone(), cluster_id.clone());
     let network = PeerNetwork::new(
         rpc.clone(),
         config.unreachable_retry(),
@@ -289,10 +306,24 @@ pub async fn run(
     }
 
     if !raft.is_initialized().await? {
-        initialize_if_first(&raft, &config).await?;
+        match config.initial_cluster_state {
+            InitialClusterState::New => initialize_if_first(&raft, &config, &cluster_id).await?,
+            InitialClusterState::Existing => tracing::info!(
+                "empty store: waiting to be added to a cluster (--initial-cluster-state \
+                 existing; give `new` only to form a new cluster)"
+            ),
+        }
     } else {
-        tracing::info!("existing data found: rejoining the cluster it records (--peers ignored)");
+        tracing::info!(
+            cluster_id = cluster_id.get().as_deref().unwrap_or("(not known yet)"),
+            "existing data found: rejoining the cluster it records (--peers ignored)"
+        );
     }
+    tokio::spawn(name_an_unnamed_cluster(
+        raft.clone(),
+        config.id,
+        cluster_id.clone(),
+    ));
 
     let service = Service::start(
         config.id,
@@ -307,8 +338,13 @@ pub async fn run(
         raft.clone(),
         Duration::from_millis(config.election_timeout_max_ms),
     );
-    let peer_routes =
-        crate::rpc::server::router(raft.clone(), election_hold, service.clone(), directory);
+    let peer_routes = crate::rpc::server::router(
+        raft.clone(),
+        election_hold,
+        service.clone(),
+        directory,
+        cluster_id,
+    );
     let state = AppState { service, reader };
     // With a peer port, each port serves only its own routes (the other's answer 404).
     let (client_routes, peer_server) = match listeners.peer {
@@ -355,7 +391,29 @@ pub async fn run(
 
 /// On a first start, the node with the lowest id in `--peers` forms the cluster with every
 /// peer as a voter; the others wait to be contacted.
-async fn initialize_if_first(raft: &Raft, config: &NodeConfig) -> anyhow::Result<()> {
+/// A cluster formed before cluster ids existed has none: its leader makes one, and the
+/// followers learn it from the leader's next appends.
+async fn name_an_unnamed_cluster(raft: Raft, id: NodeId, cluster_id: Arc<ClusterId>) {
+    let mut metrics = raft.metrics();
+    while cluster_id.get().is_none() {
+        if metrics.borrow_and_update().current_leader == Some(id) {
+            match cluster_id.create() {
+                Ok(made) => tracing::info!(cluster_id = %made, "this cluster had no id: made one"),
+                Err(e) => tracing::error!(error = %e, "making a cluster id"),
+            }
+            return;
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn initialize_if_first(
+    raft: &Raft,
+    config: &NodeConfig,
+    cluster_id: &ClusterId,
+) -> anyhow::Result<()> {
     let Some((&first, _)) = config.peers.iter().next() else {
         tracing::info!("empty store and no --peers: waiting to be added to a cluster");
         return Ok(());
@@ -372,7 +430,8 @@ async fn initialize_if_first(raft: &Raft, config: &NodeConfig) -> anyhow::Result
         .iter()
         .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
         .collect();
-    tracing::info!(?members, "forming the cluster");
+    let made = cluster_id.create().context("making the cluster id")?;
+    tracing::info!(?members, cluster_id = %made, "forming the cluster");
     raft.initialize(members)
         .await
         .context("initializing the cluster")?;

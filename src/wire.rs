@@ -27,6 +27,7 @@ pub enum ErrorCode {
     NotFound,
     MethodNotAllowed,
     Forbidden,
+    WrongCluster,
     InvalidTransition,
     VersionConflict,
     IdempotencyKeyReused,
@@ -38,7 +39,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         ErrorCode::MalformedJson,
         ErrorCode::BadRequest,
         ErrorCode::InvalidId,
@@ -50,6 +51,7 @@ impl ErrorCode {
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
         ErrorCode::Forbidden,
+        ErrorCode::WrongCluster,
         ErrorCode::InvalidTransition,
         ErrorCode::VersionConflict,
         ErrorCode::IdempotencyKeyReused,
@@ -75,6 +77,7 @@ impl ErrorCode {
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
             Forbidden => "forbidden",
+            WrongCluster => "wrong_cluster",
             InvalidTransition => "invalid_transition",
             VersionConflict => "version_conflict",
             IdempotencyKeyReused => "idempotency_key_reused",

@@ -19,7 +19,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser};
 use serde::Serialize;
 
 use crate::api::server::{self, ServerLimits};
-use crate::node::{self, NodeConfig};
+use crate::node::{self, InitialClusterState, NodeConfig};
 use crate::rpc::network::DEFAULT_MAX_APPEND_BYTES;
 use crate::store::{Durability, DEFAULT_CACHE_CAPACITY_BYTES};
 use crate::tls::TlsFiles;
@@ -44,6 +44,12 @@ pub struct ServeArgs {
     /// a host name is resolved at start. 0.0.0.0 needs --advertise. Required.
     #[arg(long, env = "ORDO_LISTEN", value_name = "HOST:PORT")]
     pub listen: Option<String>,
+    /// What a node with an empty data directory does: `new` forms the cluster of --peers
+    /// (the node with the lowest id does), `existing` only waits to be added. Use `new` only
+    /// to create a cluster; a node that lost its data and is restarted with `existing`
+    /// cannot form a second one.
+    #[arg(long, env = "ORDO_INITIAL_CLUSTER_STATE", value_enum, default_value_t = ClusterState::Existing)]
+    pub initial_cluster_state: ClusterState,
     /// HOST:PORT clients and peers are told to use for this node (default --listen).
     #[arg(long, env = "ORDO_ADVERTISE", value_name = "HOST:PORT")]
     pub advertise: Option<String>,
@@ -140,6 +146,14 @@ fn parse_peers(raw: &str) -> anyhow::Result<BTreeMap<u64, String>> {
     Ok(peers)
 }
 
+/// `--initial-cluster-state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
 /// `serve`'s arguments alone, for parsing them again with a file's keys in front.
 #[derive(Debug, Parser)]
 #[command(name = "ordo serve", args_override_self = true)]
@@ -183,10 +197,10 @@ fn with_config_file(args: ServeArgs, flags: Vec<std::ffi::OsString>) -> anyhow::
         let parsed_as = arg.get_value_parser().type_id();
         let expected = if !arg.get_action().takes_values() {
             "true or false"
-        } else if parsed_as == TypeId::of::<String>() || parsed_as == TypeId::of::<PathBuf>() {
-            "a string"
-        } else {
+        } else if parsed_as == TypeId::of::<u64>() || parsed_as == TypeId::of::<usize>() {
             "an integer"
+        } else {
+            "a string"
         };
         let flag = format!("--{key}");
         match (value, expected) {
@@ -248,6 +262,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         advertise: args.advertise,
         peer_listen: args.peer_listen,
         peer_advertise: args.peer_advertise,
+        initial_cluster_state: match args.initial_cluster_state {
+            ClusterState::New => InitialClusterState::New,
+            ClusterState::Existing => InitialClusterState::Existing,
+        },
         data_dir: required(args.data_dir, "--data-dir")?,
         peers,
         heartbeat_ms: args.heartbeat_ms,

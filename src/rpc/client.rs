@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::clock::CLOCK_HEADER;
+use super::cluster_id::{ClusterId, CLUSTER_HEADER};
 use super::{LeaderAnswer, PeerDirectory, RpcError, FROM_HEADER};
 use crate::codec;
 use crate::tls::NodeTls;
@@ -56,6 +57,8 @@ pub struct RpcClient {
     tls: Option<Arc<NodeTls>>,
     /// Says who is calling (`FROM_HEADER`) on every call.
     directory: Arc<PeerDirectory>,
+    /// The cluster this node belongs to (`CLUSTER_HEADER`), once it knows.
+    cluster: Arc<ClusterId>,
 }
 
 fn build_http(tls: Option<&NodeTls>) -> reqwest::Client {
@@ -75,13 +78,18 @@ fn build_http(tls: Option<&NodeTls>) -> reqwest::Client {
 
 impl RpcClient {
     /// Plain HTTP, or HTTPS with this node's certificate when `tls` is given.
-    pub fn new(tls: Option<Arc<NodeTls>>, directory: Arc<PeerDirectory>) -> RpcClient {
+    pub fn new(
+        tls: Option<Arc<NodeTls>>,
+        directory: Arc<PeerDirectory>,
+        cluster: Arc<ClusterId>,
+    ) -> RpcClient {
         let generation = tls.as_ref().map_or(0, |t| t.generation());
         let http = build_http(tls.as_deref());
         RpcClient {
             http: Arc::new(RwLock::new((generation, http))),
             tls,
             directory,
+            cluster,
         }
     }
 
@@ -117,22 +125,22 @@ impl RpcClient {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Answered<T>, CallError> {
-        let resp = self
+        let mut request = self
             .http()
             .post(format!("{}://{addr}{path}", self.scheme()))
             .timeout(timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .header(FROM_HEADER, self.directory.header())
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    CallError::Refused(e)
-                } else {
-                    CallError::NoAnswer(e.to_string())
-                }
-            })?;
+            .header(FROM_HEADER, self.directory.header());
+        if let Some(id) = self.cluster.get() {
+            request = request.header(CLUSTER_HEADER, id);
+        }
+        let resp = request.body(body).send().await.map_err(|e| {
+            if e.is_connect() {
+                CallError::Refused(e)
+            } else {
+                CallError::NoAnswer(e.to_string())
+            }
+        })?;
         let peer_clock_ms = resp
             .headers()
             .get(CLOCK_HEADER)

@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod clock;
+pub mod cluster_id;
 pub mod election_hold;
 pub mod network;
 pub mod server;

@@ -235,6 +235,10 @@ mod tests {
             RpcClient::new(
                 None,
                 Arc::new(crate::rpc::PeerDirectory::new(1, "127.0.0.1:1".into())),
+                Arc::new(
+                    crate::rpc::cluster_id::ClusterId::load(std::path::Path::new("/nonexistent"))
+                        .unwrap(),
+                ),
             ),
             Duration::from_millis(10),
             64 * 1024,

@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::clock::{wall_clock_ms, CLOCK_HEADER};
+use super::cluster_id::{ClusterId, CLUSTER_HEADER};
 use super::election_hold::ElectionHold;
 use super::*;
 use crate::codec;
@@ -63,6 +64,7 @@ pub fn router<L: LeaderCalls>(
     hold: Arc<ElectionHold>,
     leader: L,
     directory: Arc<PeerDirectory>,
+    cluster: Arc<ClusterId>,
 ) -> Router {
     fn limited<L: LeaderCalls>(
         limit: usize,
@@ -99,8 +101,47 @@ pub fn router<L: LeaderCalls>(
                 }
             },
         ))
+        .route_layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let cluster = cluster.clone();
+                async move { same_cluster(&cluster, req, next).await }
+            },
+        ))
         .route_layer(axum::middleware::from_fn(peers_only))
         .with_state(RpcState { raft, hold, leader })
+}
+
+/// Serves only calls from this node's own cluster (see `cluster_id`): another cluster's id
+/// is a `409 wrong_cluster`.
+async fn same_cluster(
+    cluster: &ClusterId,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let theirs = req
+        .headers()
+        .get(CLUSTER_HEADER)
+        .map(|v| v.to_str().unwrap_or("(not text)").to_string());
+    match cluster.admit(theirs.as_deref()) {
+        Ok(true) => next.run(req).await,
+        Ok(false) => Refusal {
+            status: StatusCode::CONFLICT,
+            code: ErrorCode::WrongCluster,
+            message: format!(
+                "this node belongs to cluster {}, not {}: a node of another cluster (or one \
+                 whose data directory was wiped and that formed a cluster of its own) called",
+                cluster.get().unwrap_or_default(),
+                theirs.unwrap_or_default()
+            ),
+        }
+        .into_response(),
+        Err(e) => Refusal {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: ErrorCode::Internal,
+            message: format!("storing the cluster id: {e}"),
+        }
+        .into_response(),
+    }
 }
 
 /// Over TLS, only connections that presented a certificate of the cluster CA (peers) may use

@@ -268,6 +268,12 @@ impl ProcessCluster {
         self.spawn_with_peers(id, "");
     }
 
+    /// (Re)starts node `id` with no peers, to be added to the cluster (as a node whose data
+    /// was lost is, after it was removed from the membership).
+    pub fn spawn_to_join(&mut self, id: u64) {
+        self.spawn_with_peers(id, "");
+    }
+
     /// (Re)starts node `id` with the cluster's peers.
     pub fn spawn(&mut self, id: u64) {
         let peers = self.peers.clone();
@@ -304,6 +310,9 @@ impl ProcessCluster {
             &node.addr,
             "--peers",
             peers,
+            // Formed by the lowest id on the first start; ignored once there is data.
+            "--initial-cluster-state",
+            if peers.is_empty() { "existing" } else { "new" },
         ])
         .arg("--data-dir")
         .arg(&node.data_dir)

@@ -49,12 +49,13 @@ impl InProcessCluster {
         let mut nodes = BTreeMap::new();
         for (id, listener) in listeners {
             let addr = listener.local_addr().unwrap();
-            let config = NodeConfig::new(
+            let mut config = NodeConfig::new(
                 id,
                 addr.to_string(),
                 dir.path().join(format!("n{id}")),
                 peers.clone(),
             );
+            config.initial_cluster_state = node::InitialClusterState::New;
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(node::run(config, node::Listeners::one(listener), async {
                 let _ = stopped.await;

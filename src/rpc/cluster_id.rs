@@ -1,0 +1,156 @@
+//! The cluster's identity: a random id made once, when the cluster is formed, kept in a file
+//! of every node's data directory and carried by every node-to-node call (`CLUSTER_HEADER`).
+//! A node refuses calls that carry another cluster's id, so a node whose directory was wiped
+//! and that formed a cluster of its own again (restarted with its old flags) cannot disturb
+//! the cluster it used to belong to, nor be joined by it.
+//!
+//! A node learns the id from the first call that carries one (the leader's appends, or the
+//! forming node's votes) and keeps it from then on. A call without an id is accepted: nodes
+//! that do not know it yet (a new learner) send none. A cluster formed before ids existed gets
+//! one from its leader, which makes it when it finds none.
+
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use rand::RngCore;
+
+/// Request header of node-to-node calls: the sender's cluster id.
+pub const CLUSTER_HEADER: &str = "x-ordo-cluster";
+
+/// The file in the data directory that holds the id.
+const FILE: &str = "cluster-id";
+
+pub struct ClusterId {
+    path: PathBuf,
+    id: RwLock<Option<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterIdError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} holds {found:?}, which is not a cluster id")]
+    Malformed { path: PathBuf, found: String },
+}
+
+/// 32 lowercase hex digits.
+fn well_formed(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+impl ClusterId {
+    /// The id stored in `data_dir`, if any.
+    pub fn load(data_dir: &Path) -> Result<ClusterId, ClusterIdError> {
+        let path = data_dir.join(FILE);
+        let id = match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let id = text.trim().to_string();
+                if !well_formed(&id) {
+                    return Err(ClusterIdError::Malformed { path, found: id });
+                }
+                Some(id)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => return Err(ClusterIdError::Io { path, source }),
+        };
+        Ok(ClusterId {
+            path,
+            id: RwLock::new(id),
+        })
+    }
+
+    pub fn get(&self) -> Option<String> {
+        self.id.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Makes a new id and keeps it (when this node forms a cluster, or leads one without).
+    pub fn create(&self) -> Result<String, ClusterIdError> {
+        let mut bytes = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        self.store(&id)?;
+        Ok(id)
+    }
+
+    /// Whether a call carrying `theirs` (or no id) may be served; the first id heard is kept.
+    pub fn admit(&self, theirs: Option<&str>) -> Result<bool, ClusterIdError> {
+        let Some(theirs) = theirs else {
+            return Ok(true);
+        };
+        if let Some(ours) = self.get() {
+            return Ok(ours == theirs);
+        }
+        if !well_formed(theirs) {
+            return Ok(false);
+        }
+        let mut id = self.id.write().unwrap_or_else(|p| p.into_inner());
+        match id.as_deref() {
+            Some(ours) => Ok(ours == theirs),
+            None => {
+                self.write_file(theirs)?;
+                tracing::info!(cluster_id = theirs, "joined cluster");
+                *id = Some(theirs.to_string());
+                Ok(true)
+            }
+        }
+    }
+
+    fn store(&self, new: &str) -> Result<(), ClusterIdError> {
+        let mut id = self.id.write().unwrap_or_else(|p| p.into_inner());
+        self.write_file(new)?;
+        *id = Some(new.to_string());
+        Ok(())
+    }
+
+    /// Written beside and renamed over, and synced, so a crash leaves the old file or the
+    /// new one.
+    fn write_file(&self, id: &str) -> Result<(), ClusterIdError> {
+        use std::io::Write;
+        let io = |source| ClusterIdError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let temp = self.path.with_extension("tmp");
+        let mut file = std::fs::File::create(&temp).map_err(io)?;
+        writeln!(file, "{id}").map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&temp, &self.path).map_err(io)?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_id_heard_is_kept_and_another_is_refused_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = ClusterId::load(dir.path()).unwrap();
+        assert_eq!(ids.get(), None);
+        assert!(ids.admit(None).unwrap(), "calls without an id are served");
+        assert!(!ids.admit(Some("not-an-id")).unwrap());
+        let theirs = "0123456789abcdef0123456789abcdef";
+        assert!(ids.admit(Some(theirs)).unwrap());
+        let other = "fedcba9876543210fedcba9876543210";
+        assert!(!ids.admit(Some(other)).unwrap());
+
+        let reopened = ClusterId::load(dir.path()).unwrap();
+        assert_eq!(reopened.get().as_deref(), Some(theirs));
+        assert!(!reopened.admit(Some(other)).unwrap());
+
+        std::fs::write(dir.path().join(FILE), "garbage").unwrap();
+        assert!(ClusterId::load(dir.path()).is_err());
+    }
+}
