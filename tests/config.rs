@@ -121,3 +121,35 @@ fn an_unknown_key_or_a_wrong_type_is_an_error_that_names_it() {
         "{err}"
     );
 }
+
+/// An address the node cannot take is a clear error at start naming the flag (192.0.2.1 is a
+/// documentation address no interface here has; no packet is sent).
+#[test]
+fn an_address_that_cannot_be_bound_is_a_clear_error_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    for (flag, args) in [
+        ("--listen", vec!["--listen", "192.0.2.1:7000"]),
+        (
+            "--peer-listen",
+            vec!["--listen", &free, "--peer-listen", "192.0.2.1:7100"],
+        ),
+    ] {
+        let out = Command::new(BIN)
+            .args(["serve", "--id", "1", "--data-dir"])
+            .arg(dir.path())
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag}: started");
+        assert!(
+            err.contains(&format!("{flag} 192.0.2.1")) && err.contains("cannot resolve or bind"),
+            "{flag}: {err}"
+        );
+    }
+}
