@@ -13,6 +13,7 @@ use anyhow::Context;
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use tokio::net::TcpListener;
 
+use crate::api::auth::AuthSettings;
 use crate::api::server::ServerLimits;
 use crate::api::{self, AppState};
 use crate::raft::{NodeId, Raft};
@@ -78,7 +79,13 @@ pub struct NodeConfig {
     pub server_limits: ServerLimits,
     /// TLS for clients and peers; `None` serves plain HTTP.
     pub tls: Option<TlsFiles>,
-    /// Serve plain HTTP on an address other machines can reach (refused otherwise).
+    /// Require a user's token on every public route but `/health` (`api::auth`).
+    pub auth: bool,
+    /// With `auth`: a file holding a token that acts as an admin until the first user
+    /// exists (to create it).
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// Serve without TLS and auth on an address other machines can reach (refused
+    /// otherwise).
     pub insecure: bool,
 }
 
@@ -110,22 +117,53 @@ impl NodeConfig {
             durability: Durability::Fsync,
             server_limits: ServerLimits::default(),
             tls: None,
+            auth: false,
+            bootstrap_token_file: None,
             insecure: false,
         }
     }
 
-    /// Refuses what would expose the cluster by accident: plain HTTP on an address other
-    /// machines can reach lets anyone read and change orders and post into the Raft log.
+    /// Refuses what would expose the cluster by accident: without TLS and auth, an address
+    /// other machines can reach lets anyone there read and change orders (and, without TLS,
+    /// post into the Raft log).
     fn check_exposure(&self, bound: SocketAddr) -> anyhow::Result<()> {
-        if self.tls.is_none() && !bound.ip().is_loopback() && !self.insecure {
+        if (self.tls.is_none() || !self.auth) && !bound.ip().is_loopback() && !self.insecure {
             anyhow::bail!(
-                "refusing to serve plain HTTP on {bound}, which other machines can reach: \
-                 anyone there could change orders and send Raft messages. Give --tls-cert, \
-                 --tls-key and --tls-ca (see docs/security.md), listen on a loopback address, \
-                 or pass --insecure if the network itself is trusted"
+                "refusing to serve on {bound}, which other machines can reach, without TLS \
+                 and auth: anyone there could change orders{}. Give --tls-cert, --tls-key and \
+                 --tls-ca, and --auth (see docs/security.md), listen on a loopback address, or \
+                 pass --insecure if the network itself is trusted",
+                if self.tls.is_none() {
+                    " and send Raft messages"
+                } else {
+                    ""
+                }
             );
         }
         Ok(())
+    }
+
+    /// `--auth`'s settings, with the bootstrap token read from its file.
+    fn auth_settings(&self) -> anyhow::Result<Option<AuthSettings>> {
+        let Some(path) = &self.bootstrap_token_file else {
+            return Ok(self.auth.then(AuthSettings::default));
+        };
+        if !self.auth {
+            anyhow::bail!("--bootstrap-token-file needs --auth");
+        }
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --bootstrap-token-file {}", path.display()))?;
+        let token = text.trim();
+        if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            anyhow::bail!(
+                "--bootstrap-token-file {}: the token must be at least 16 printable ASCII \
+                 characters",
+                path.display()
+            );
+        }
+        Ok(Some(AuthSettings {
+            bootstrap_hash: Some(crate::order::token_hash(token)),
+        }))
     }
 
     /// The address clients are told to use for this node.
@@ -257,6 +295,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let raft_config = Arc::new(config.raft_config()?);
     config.check_addresses()?;
+    let auth = config.auth_settings()?;
     for listener in std::iter::once(&listeners.client).chain(listeners.peer.as_ref()) {
         config.check_exposure(listener.local_addr()?)?;
     }
@@ -345,7 +384,11 @@ pub async fn run(
         directory,
         cluster_id,
     );
-    let state = AppState { service, reader };
+    let state = AppState {
+        service,
+        reader,
+        auth: auth.map(Arc::new),
+    };
     // With a peer port, each port serves only its own routes (the other's answer 404).
     let (client_routes, peer_server) = match listeners.peer {
         None => (api::router(state, Some(peer_routes)), None),
@@ -511,6 +554,11 @@ mod tests {
                 key: "k".into(),
                 ca: "a".into(),
             });
+            assert!(
+                with_tls.check_exposure(bound(exposed)).is_err(),
+                "TLS without auth"
+            );
+            with_tls.auth = true;
             assert!(with_tls.check_exposure(bound(exposed)).is_ok());
         }
     }

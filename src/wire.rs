@@ -26,8 +26,10 @@ pub enum ErrorCode {
     ValidationFailed,
     NotFound,
     MethodNotAllowed,
+    Unauthorized,
     Forbidden,
     WrongCluster,
+    UserExists,
     InvalidTransition,
     VersionConflict,
     IdempotencyKeyReused,
@@ -39,7 +41,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 22] = [
         ErrorCode::MalformedJson,
         ErrorCode::BadRequest,
         ErrorCode::InvalidId,
@@ -50,8 +52,10 @@ impl ErrorCode {
         ErrorCode::ValidationFailed,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
+        ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
         ErrorCode::WrongCluster,
+        ErrorCode::UserExists,
         ErrorCode::InvalidTransition,
         ErrorCode::VersionConflict,
         ErrorCode::IdempotencyKeyReused,
@@ -76,8 +80,10 @@ impl ErrorCode {
             ValidationFailed => "validation_failed",
             NotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
+            Unauthorized => "unauthorized",
             Forbidden => "forbidden",
             WrongCluster => "wrong_cluster",
+            UserExists => "user_exists",
             InvalidTransition => "invalid_transition",
             VersionConflict => "version_conflict",
             IdempotencyKeyReused => "idempotency_key_reused",
@@ -259,6 +265,36 @@ pub struct AddLearnerBody {
 #[serde(deny_unknown_fields)]
 pub struct MembersBody {
     pub members: Vec<u64>,
+}
+
+/// `POST /auth/users` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserBody {
+    pub name: String,
+    /// `admin`, `writer` or `reader`.
+    pub role: String,
+}
+
+/// A user as the API shows it (never a token or its hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserJson {
+    pub name: String,
+    pub role: String,
+}
+
+/// `POST /auth/users` answer: the only time the token is shown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedUserJson {
+    pub name: String,
+    pub role: String,
+    pub token: String,
+}
+
+/// `GET /auth/users` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserListJson {
+    pub users: Vec<UserJson>,
 }
 
 #[cfg(test)]

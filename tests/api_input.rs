@@ -427,6 +427,54 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
             400,
             ErrorCode::MalformedJson.as_str(),
         ),
+        field(
+            case(
+                "POST",
+                "/auth/users",
+                r#"{"name":"Bad Name","role":"reader"}"#,
+                422,
+                ErrorCode::ValidationFailed.as_str(),
+            ),
+            "name",
+        ),
+        field(
+            case(
+                "POST",
+                "/auth/users",
+                r#"{"name":"ok","role":"boss"}"#,
+                422,
+                ErrorCode::ValidationFailed.as_str(),
+            ),
+            "role",
+        ),
+        case(
+            "POST",
+            "/auth/users",
+            r#"{"name":"ok","role":"reader","token":"mine"}"#,
+            422,
+            ErrorCode::ValidationFailed.as_str(),
+        ),
+        case(
+            "POST",
+            "/auth/users",
+            r#"{"name":"#,
+            400,
+            ErrorCode::MalformedJson.as_str(),
+        ),
+        case(
+            "DELETE",
+            "/auth/users/nobody",
+            "",
+            404,
+            ErrorCode::NotFound.as_str(),
+        ),
+        case(
+            "DELETE",
+            "/auth/users/Not%20A%20Name",
+            "",
+            422,
+            ErrorCode::ValidationFailed.as_str(),
+        ),
     ];
     let mut no_json = case(
         "POST",

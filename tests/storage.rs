@@ -313,7 +313,7 @@ fn snapshot_carries_orders_to_another_node() {
             .unwrap();
         let outcome = out[0][0].clone();
         assert!(outcome.replayed);
-        assert_eq!(outcome.result.unwrap().id, 5);
+        assert_eq!(outcome.order().unwrap().id, 5);
         assert_eq!(order_count(&follower), 2500);
     });
 }
@@ -344,19 +344,19 @@ fn idempotency_replays_rejects_reuse_and_expires() {
             .into_iter()
             .map(|mut outcomes| outcomes.remove(0))
             .collect();
-        assert_eq!(out[0].result.as_ref().unwrap().id, 1);
+        assert_eq!(out[0].clone().order().unwrap().id, 1);
         assert!(!out[0].replayed);
         assert!(
-            out[1].replayed && out[1].result.as_ref().unwrap().id == 1,
+            out[1].replayed && out[1].clone().order().unwrap().id == 1,
             "same key, same body"
         );
         assert_eq!(out[2].result, Err(Rejection::IdempotencyKeyReused));
-        assert_eq!(out[3].result.as_ref().unwrap().version, 2);
+        assert_eq!(out[3].clone().order().unwrap().version, 2);
         assert!(
             out[4].replayed,
             "status change retried with its key is not applied twice"
         );
-        assert_eq!(out[4].result.as_ref().unwrap().version, 2);
+        assert_eq!(out[4].clone().order().unwrap().version, 2);
         assert_eq!(
             out[5].result,
             Err(Rejection::VersionConflict {
@@ -417,7 +417,7 @@ fn idempotency_replays_rejects_reuse_and_expires() {
             .unwrap();
         let o = out[0][0].clone();
         assert!(!o.replayed);
-        let order = o.result.unwrap();
+        let order = o.order().unwrap();
         assert_eq!(order.id, 202);
         assert_eq!(order.created_at_ms, 1_000 + day + 2 * step);
     });
@@ -444,7 +444,7 @@ fn order_times_follow_their_own_stamps_after_a_far_ahead_one() {
         let times: Vec<(i64, i64)> = out
             .iter()
             .map(|o| {
-                let order = o[0].result.as_ref().unwrap();
+                let order = o[0].clone().order().unwrap();
                 (order.created_at_ms, order.updated_at_ms)
             })
             .collect();

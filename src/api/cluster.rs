@@ -2,10 +2,12 @@
 //! membership changes (add a learner, set the voters), which the service runs on the leader.
 
 use axum::extract::State;
-use axum::Json;
+use axum::{Extension, Json};
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::json::JsonBody;
+use super::users::audit;
 use super::AppState;
 use crate::rpc::MembershipChange;
 use crate::wire::{AddLearnerBody, ClusterStatus, MembersBody};
@@ -35,19 +37,35 @@ pub async fn digest(State(state): State<AppState>) -> Result<Json<serde_json::Va
 
 pub async fn add_learner(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     JsonBody(body): JsonBody<AddLearnerBody>,
 ) -> Result<Json<ClusterStatus>, ApiError> {
+    let subject = format!("{}={}", body.id, body.addr);
     let change = MembershipChange::AddLearner {
         id: body.id,
         addr: body.addr,
     };
-    Ok(Json(state.service.change_membership(change).await?))
+    let result = state
+        .service
+        .change_membership(change)
+        .await
+        .map_err(ApiError::from);
+    audit(caller.as_deref(), "cluster.add_learner", &subject, &result);
+    Ok(Json(result?))
 }
 
 pub async fn change_members(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     JsonBody(body): JsonBody<MembersBody>,
 ) -> Result<Json<ClusterStatus>, ApiError> {
+    let subject = format!("{:?}", body.members);
     let change = MembershipChange::SetVoters(body.members.into_iter().collect());
-    Ok(Json(state.service.change_membership(change).await?))
+    let result = state
+        .service
+        .change_membership(change)
+        .await
+        .map_err(ApiError::from);
+    audit(caller.as_deref(), "cluster.set_voters", &subject, &result);
+    Ok(Json(result?))
 }

@@ -35,6 +35,12 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// No credentials, or ones no user has (401, with `WWW-Authenticate`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A known user without the permission the route needs.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Rejected(Rejection),
     #[error("no leader is known; retry later")]
@@ -71,7 +77,9 @@ impl ApiError {
             Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             NotFound(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Rejected(Rejection::NotFound(_)) => StatusCode::NOT_FOUND,
+            Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Forbidden(_) => StatusCode::FORBIDDEN,
+            Rejected(Rejection::NotFound(_) | Rejection::NoSuchUser(_)) => StatusCode::NOT_FOUND,
             Rejected(Rejection::Invalid(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             Rejected(_) => StatusCode::CONFLICT,
             NoLeader | NoQuorum | Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -91,8 +99,13 @@ impl ApiError {
             UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             BodyTooLarge(_) => ErrorCode::BodyTooLarge,
             Validation(_) | Rejected(Rejection::Invalid(_)) => ErrorCode::ValidationFailed,
-            NotFound(_) | Rejected(Rejection::NotFound(_)) => ErrorCode::NotFound,
+            NotFound(_) | Rejected(Rejection::NotFound(_) | Rejection::NoSuchUser(_)) => {
+                ErrorCode::NotFound
+            }
             MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            Unauthorized(_) => ErrorCode::Unauthorized,
+            Forbidden(_) => ErrorCode::Forbidden,
+            Rejected(Rejection::UserExists(_)) => ErrorCode::UserExists,
             Rejected(Rejection::InvalidTransition { .. }) => ErrorCode::InvalidTransition,
             Rejected(Rejection::VersionConflict { .. }) => ErrorCode::VersionConflict,
             Rejected(Rejection::IdempotencyKeyReused) => ErrorCode::IdempotencyKeyReused,
@@ -153,6 +166,12 @@ impl IntoResponse for ApiError {
             // request: say so, or a keep-alive client reuses it and its next request fails.
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"ordo\""),
+            );
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()

@@ -3,11 +3,13 @@
 //! mapping (`error`). Handlers parse and check the request, call the `service`, and shape its
 //! answer; the node-to-node routes are `rpc`'s and are merged in here, beside the public ones.
 
+pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod json;
 pub mod orders;
 pub mod server;
+pub mod users;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::HeaderValue;
@@ -28,6 +30,8 @@ pub struct AppState {
     pub service: Service,
     /// The local state machine, read after the service's barrier (or stale on request).
     pub reader: OrderReader,
+    /// With `--auth`: who may call which route (`auth`).
+    pub auth: Option<std::sync::Arc<auth::AuthSettings>>,
 }
 
 /// The public API, with `peer_routes` (the `rpc` router) beside it when both share a port.
@@ -43,8 +47,14 @@ pub fn router(state: AppState, peer_routes: Option<Router>) -> Router {
         .route("/cluster/digest", get(cluster::digest))
         .route("/cluster/learners", post(cluster::add_learner))
         .route("/cluster/members", post(cluster::change_members))
+        .route("/auth/users", post(users::create).get(users::list))
+        .route("/auth/users/{name}", axum::routing::delete(users::revoke))
         .route("/health", get(cluster::health))
         .layer(DefaultBodyLimit::max(json::MAX_BODY_BYTES))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ))
         // Only the public routes: node-to-node RPCs (heartbeats included) do not need it.
         .layer(axum::middleware::map_response_with_state(
             state.clone(),

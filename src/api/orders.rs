@@ -102,8 +102,9 @@ pub async fn create(
             idempotency_key,
         })
         .await?;
-    let order = outcome.result.map_err(ApiError::Rejected)?;
-    Ok(order_created(OrderJson::from(&order), outcome.replayed))
+    let replayed = outcome.replayed;
+    let order = outcome.order().map_err(ApiError::Rejected)?;
+    Ok(order_created(OrderJson::from(&order), replayed))
 }
 
 pub async fn get(
@@ -207,6 +208,6 @@ pub async fn set_status(
             idempotency_key,
         })
         .await?;
-    let order = outcome.result.map_err(ApiError::Rejected)?;
+    let order = outcome.order().map_err(ApiError::Rejected)?;
     Ok(Json(OrderJson::from(&order)))
 }

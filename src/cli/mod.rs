@@ -9,6 +9,7 @@ mod cluster;
 mod dev_certs;
 mod order;
 mod serve;
+mod user;
 
 use std::time::Duration;
 
@@ -45,6 +46,13 @@ pub enum Command {
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
+    /// Create, list and revoke users (nodes started with --auth).
+    User {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(subcommand)]
+        command: user::UserCommand,
+    },
     /// Make a development CA and node certificates (for TLS on one machine).
     DevCerts(dev_certs::DevCertsArgs),
 }
@@ -64,6 +72,16 @@ pub struct ConnArgs {
     /// The CA certificate (PEM) that signed the nodes' certificates, for https:// nodes.
     #[arg(long, env = "ORDO_CA_CERT", value_name = "FILE", global = true)]
     pub ca_cert: Option<std::path::PathBuf>,
+    /// A user's token, for nodes started with --auth (better in ORDO_TOKEN than on the
+    /// command line, where other local users can see it).
+    #[arg(
+        long,
+        env = "ORDO_TOKEN",
+        value_name = "TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
 }
 
 impl ConnArgs {
@@ -77,6 +95,7 @@ impl ConnArgs {
         config.deadline = Duration::from_millis(self.timeout_ms);
         config.attempt_timeout = config.attempt_timeout.min(config.deadline);
         config.ca_cert = self.ca_cert.clone();
+        config.token = self.token.clone();
         Client::try_new(config)
     }
 }
@@ -97,6 +116,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(client_runtime()?.block_on(cluster::run(&conn, command)))
         }
         Command::DevCerts(args) => dev_certs::run(args),
+        Command::User { conn, command } => {
+            Ok(client_runtime()?.block_on(user::run(&conn, command)))
+        }
     }
 }
 

@@ -124,7 +124,16 @@ pub struct ServeArgs {
     /// certificate must chain to it.
     #[arg(long, env = "ORDO_TLS_CA", value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
     pub tls_ca: Option<PathBuf>,
-    /// Allow plain HTTP on an address other machines can reach (refused without it).
+    /// Require `Authorization: Bearer TOKEN` of a user (see `ordo user`) on every public route
+    /// but /health.
+    #[arg(long, env = "ORDO_AUTH")]
+    pub auth: bool,
+    /// With --auth: a file holding a token (16+ printable characters) that acts as an admin
+    /// until the first user exists, to create it (`ordo user add admin --role admin`).
+    #[arg(long, env = "ORDO_BOOTSTRAP_TOKEN_FILE", value_name = "FILE")]
+    pub bootstrap_token_file: Option<PathBuf>,
+    /// Allow serving without TLS and auth on an address other machines can reach (refused
+    /// without it).
     #[arg(long, env = "ORDO_INSECURE")]
     pub insecure: bool,
 }
@@ -292,6 +301,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
             (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
             _ => None,
         },
+        auth: args.auth,
+        bootstrap_token_file: args.bootstrap_token_file,
         insecure: args.insecure,
     };
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;

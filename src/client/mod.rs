@@ -32,6 +32,7 @@ use tokio::time::Instant;
 pub use crate::wire::ClusterStatus;
 use crate::wire::LEADER_HEADER;
 pub use crate::wire::{CreateOrderBody as NewOrderRequest, LineItemJson as LineItem};
+pub use crate::wire::{CreatedUserJson as CreatedUser, UserJson, UserListJson};
 use crate::wire::{ErrorBody, ErrorCode};
 pub use crate::wire::{OrderJson as Order, OrderListJson as OrderList};
 
@@ -48,6 +49,8 @@ pub struct ClientConfig {
     /// The CA that signed the nodes' certificates (PEM), for `https://` nodes: the client
     /// trusts only it.
     pub ca_cert: Option<PathBuf>,
+    /// A user's token, sent as `Authorization: Bearer` (nodes started with `--auth`).
+    pub token: Option<String>,
     /// Total time one call may take, retries included.
     pub deadline: Duration,
     /// Time one HTTP attempt may take.
@@ -67,6 +70,7 @@ impl ClientConfig {
                 .map(|n| n.into().trim_end_matches('/').to_string())
                 .collect(),
             ca_cert: None,
+            token: None,
             deadline: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(5),
             cool_down: Duration::from_secs(2),
@@ -389,6 +393,9 @@ impl Client {
             if let Some(key) = idempotency_key {
                 req = req.header("Idempotency-Key", key);
             }
+            if let Some(token) = &self.config.token {
+                req = req.bearer_auth(token);
+            }
             match req.send().await {
                 Err(e) => {
                     last = format!("{}: {}", self.config.nodes[node], with_causes(&e));
@@ -591,6 +598,32 @@ impl Client {
             .call_json(Method::POST, "/cluster/members", Some(&body), None)
             .await?
             .1)
+    }
+
+    /// Creates a user with `role` (`admin`, `writer`, `reader`); the answer holds its token,
+    /// shown this once.
+    pub async fn add_user(&self, name: &str, role: &str) -> Result<CreatedUser, ClientError> {
+        let body = serde_json::json!({"name": name, "role": role});
+        Ok(self
+            .call_json(Method::POST, "/auth/users", Some(&body), None)
+            .await?
+            .1)
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<UserJson>, ClientError> {
+        Ok(self
+            .call_json::<UserListJson>(Method::GET, "/auth/users", None, None)
+            .await?
+            .1
+            .users)
+    }
+
+    /// Revokes a user and its token: once this returns, no node accepts the token.
+    pub async fn revoke_user(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("/auth/users/{name}");
+        self.call_json::<Value>(Method::DELETE, &path, None, None)
+            .await?;
+        Ok(())
     }
 }
 

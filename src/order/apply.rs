@@ -18,8 +18,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::command::{create_order, transition, CommandOutcome, OrderCommand, OrderOp, Rejection};
+use super::command::{
+    create_order, transition, CommandOutcome, Effect, OrderCommand, OrderOp, Rejection,
+};
 use super::model::Order;
+use super::users::{AdminOp, User};
 
 /// How long an idempotency key is remembered, in the state machine's clock.
 pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
@@ -67,6 +70,11 @@ pub trait OrderState {
     ) -> Result<(), Self::Error>;
     /// Removes up to `max` records whose expiry is at or before `now`, earliest first.
     fn expire_idempotency(&mut self, now: i64, max: usize) -> Result<(), Self::Error>;
+
+    fn user(&self, name: &str) -> Result<Option<User>, Self::Error>;
+    /// Stores a new user, findable by name and by token hash.
+    fn put_user(&mut self, user: &User) -> Result<(), Self::Error>;
+    fn remove_user(&mut self, user: &User) -> Result<(), Self::Error>;
 }
 
 /// The state machine's clock after a command stamped `stamp`: never backwards, and never more
@@ -112,11 +120,16 @@ pub fn apply_command<S: OrderState>(
         clock_clamped,
     };
 
+    // Changes to the users carry no idempotency key (validation refuses one).
+    if let OrderOp::Admin(op) = &cmd.op {
+        return Ok(applied(apply_admin(state, op)?, false));
+    }
+
     if let Some(key) = &cmd.idempotency_key {
         if let Some(record) = state.idempotency(key)? {
             if record.expires_at_ms > now {
                 return Ok(if record.fingerprint == fingerprint {
-                    applied(record.result, true)
+                    applied(record.result.map(Effect::Order), true)
                 } else {
                     applied(Err(Rejection::IdempotencyKeyReused), false)
                 });
@@ -153,6 +166,7 @@ pub fn apply_command<S: OrderState>(
                 moved
             }
         },
+        OrderOp::Admin(_) => unreachable!("applied above"),
     };
 
     if let Some(key) = &cmd.idempotency_key {
@@ -163,5 +177,33 @@ pub fn apply_command<S: OrderState>(
         };
         state.put_idempotency(key, &record)?;
     }
-    Ok(applied(result, false))
+    Ok(applied(result.map(Effect::Order), false))
+}
+
+fn apply_admin<S: OrderState>(
+    state: &mut S,
+    op: &AdminOp,
+) -> Result<Result<Effect, Rejection>, S::Error> {
+    Ok(match op {
+        AdminOp::AddUser(user) => {
+            if let Err(e) = super::users::validate_user_name(&user.name) {
+                Err(Rejection::Invalid(e))
+            } else if state.user(&user.name)?.is_some() {
+                Err(Rejection::UserExists(user.name.clone()))
+            } else {
+                state.put_user(user)?;
+                Ok(Effect::UserAdded {
+                    name: user.name.clone(),
+                    role: user.role,
+                })
+            }
+        }
+        AdminOp::RevokeUser { name } => match state.user(name)? {
+            None => Err(Rejection::NoSuchUser(name.clone())),
+            Some(user) => {
+                state.remove_user(&user)?;
+                Ok(Effect::UserRevoked { name: name.clone() })
+            }
+        },
+    })
 }

@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::model::{NewOrder, Order, OrderStatus};
+use super::users::{AdminOp, Role};
 use super::validate::{validate_new_order, ValidationError};
 
 /// The operation of a command, without the leader's stamp. Its encoding is the request
@@ -20,6 +21,8 @@ pub enum OrderOp {
         status: OrderStatus,
         expected_version: Option<u64>,
     },
+    /// A change to the users (last: the variants above keep their encoding).
+    Admin(AdminOp),
 }
 
 impl OrderOp {
@@ -44,6 +47,7 @@ impl OrderOp {
                 }
                 Ok(())
             }
+            OrderOp::Admin(op) => op.validate(),
         }
     }
 
@@ -57,6 +61,7 @@ impl OrderOp {
                 16 + new.customer_id.len() + new.note.as_ref().map_or(0, String::len) + items
             }
             OrderOp::SetStatus { .. } => 32,
+            OrderOp::Admin(_) => 128,
         }
     }
 }
@@ -99,15 +104,47 @@ pub enum Rejection {
     IdempotencyKeyReused,
     #[error("invalid input: {0}")]
     Invalid(ValidationError),
+    // Appended: the variants above keep their encoding in stored idempotency records.
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+    #[error("no user {0:?}")]
+    NoSuchUser(String),
+}
+
+/// What an applied command did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Effect {
+    /// The order as the create or status change left it.
+    Order(Order),
+    UserAdded {
+        name: String,
+        role: Role,
+    },
+    UserRevoked {
+        name: String,
+    },
 }
 
 /// The result of one applied command as the state machine reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandOutcome {
-    pub result: Result<Order, Rejection>,
+    pub result: Result<Effect, Rejection>,
     /// True when an idempotency key matched an earlier identical request and its first result
     /// was returned without applying again.
     pub replayed: bool,
+}
+
+impl CommandOutcome {
+    /// The order a create or status change produced, or why it was rejected.
+    pub fn order(self) -> Result<Order, Rejection> {
+        match self.result? {
+            Effect::Order(order) => Ok(order),
+            other => Err(Rejection::Invalid(ValidationError::new(
+                "op",
+                format!("an order operation applied as {other:?}"),
+            ))),
+        }
+    }
 }
 
 /// Builds the order a create produces, or says why it cannot.

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     IdempotencyRecord, LineItem, NewOrder, Order, OrderCommand, OrderOp, OrderState, OrderStatus,
+    User,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +22,7 @@ pub struct MemoryState {
     pub records: BTreeMap<String, IdempotencyRecord>,
     /// (expiry, key), as the store's expiry index orders them.
     pub expiries: BTreeSet<(i64, String)>,
+    pub users: BTreeMap<String, User>,
 }
 
 impl Default for MemoryState {
@@ -32,6 +34,7 @@ impl Default for MemoryState {
             orders: BTreeMap::new(),
             records: BTreeMap::new(),
             expiries: BTreeSet::new(),
+            users: BTreeMap::new(),
         }
     }
 }
@@ -81,6 +84,17 @@ impl OrderState for MemoryState {
         self.records.remove(key);
         self.expiries
             .remove(&(record.expires_at_ms.max(0), key.to_string()));
+        Ok(())
+    }
+    fn user(&self, name: &str) -> Result<Option<User>, Infallible> {
+        Ok(self.users.get(name).cloned())
+    }
+    fn put_user(&mut self, user: &User) -> Result<(), Infallible> {
+        self.users.insert(user.name.clone(), user.clone());
+        Ok(())
+    }
+    fn remove_user(&mut self, user: &User) -> Result<(), Infallible> {
+        self.users.remove(&user.name);
         Ok(())
     }
     fn expire_idempotency(&mut self, now: i64, max: usize) -> Result<(), Infallible> {

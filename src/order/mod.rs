@@ -5,6 +5,7 @@
 mod apply;
 mod command;
 mod model;
+mod users;
 mod validate;
 
 pub use apply::{
@@ -12,9 +13,13 @@ pub use apply::{
     IDEMPOTENCY_TTL_MS, MAX_CLOCK_STEP_MS,
 };
 pub use command::{
-    create_order, transition, CommandBatch, CommandOutcome, OrderCommand, OrderOp, Rejection,
+    create_order, transition, CommandBatch, CommandOutcome, Effect, OrderCommand, OrderOp,
+    Rejection,
 };
 pub use model::{LineItem, NewOrder, Order, OrderStatus};
+pub use users::{
+    same_hash, token_hash, validate_user_name, AdminOp, Permission, Role, User, MAX_USER_NAME,
+};
 pub use validate::{validate_idempotency_key, validate_new_order, ValidationError};
 pub use validate::{
     MAX_CUSTOMER_ID_CHARS, MAX_ITEMS, MAX_NOTE_CHARS, MAX_QUANTITY, MAX_SKU_CHARS,

@@ -122,6 +122,12 @@ impl WriteRequest {
     pub fn validate(&self) -> Result<(), ValidationError> {
         self.op.validate()?;
         if let Some(key) = &self.idempotency_key {
+            if matches!(self.op, crate::order::OrderOp::Admin(_)) {
+                return Err(ValidationError::new(
+                    "Idempotency-Key",
+                    "changes to users take no idempotency key",
+                ));
+            }
             validate_idempotency_key(key)?;
         }
         Ok(())

@@ -5,7 +5,8 @@
 //!   the stamp that last moved it (see `order::apply`);
 //! - `o` + id: an order; `c` + customer + id and `s` + status + id: the listing indexes
 //!   (empty values);
-//! - `i` + key: an idempotency record; `x` + expiry + key: the same key ordered by expiry.
+//! - `i` + key: an idempotency record; `x` + expiry + key: the same key ordered by expiry;
+//! - `u` + name: a user; `t` + token hash: the user's name (the lookup of a request's token).
 //!
 //! Ids and expiries are big-endian, so sled's byte order is their numeric order.
 
@@ -57,6 +58,20 @@ pub fn expiry(expires_at_ms: i64, key: &str) -> Vec<u8> {
     let mut k = EXPIRY_PREFIX.to_vec();
     k.extend_from_slice(&(expires_at_ms.max(0) as u64).to_be_bytes());
     k.extend_from_slice(key.as_bytes());
+    k
+}
+
+pub const USER_PREFIX: &[u8] = b"u";
+
+pub fn user(name: &str) -> Vec<u8> {
+    let mut k = USER_PREFIX.to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+pub fn token(hash: &[u8; 32]) -> Vec<u8> {
+    let mut k = vec![b't'];
+    k.extend_from_slice(hash);
     k
 }
 

@@ -9,7 +9,7 @@ use super::keys;
 use super::overlay::Overlay;
 use super::StoreError;
 use crate::codec;
-use crate::order::{IdempotencyRecord, Order, OrderOp, OrderState};
+use crate::order::{IdempotencyRecord, Order, OrderOp, OrderState, User};
 
 /// The state of one apply chunk: reads see the chunk's earlier writes, and the whole chunk is
 /// committed as one sled batch by the caller.
@@ -102,6 +102,21 @@ impl OrderState for OverlayState<'_, '_> {
     ) -> Result<(), StoreError> {
         self.0.remove(keys::idempotency(key));
         self.0.remove(keys::expiry(record.expires_at_ms, key));
+        Ok(())
+    }
+
+    fn user(&self, name: &str) -> Result<Option<User>, StoreError> {
+        self.get(&keys::user(name))
+    }
+
+    fn put_user(&mut self, user: &User) -> Result<(), StoreError> {
+        self.put(keys::user(&user.name), user)?;
+        self.put(keys::token(&user.token_hash), &user.name)
+    }
+
+    fn remove_user(&mut self, user: &User) -> Result<(), StoreError> {
+        self.0.remove(keys::user(&user.name));
+        self.0.remove(keys::token(&user.token_hash));
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use super::keys;
 use super::StoreError;
 use crate::codec;
-use crate::order::{Order, OrderStatus};
+use crate::order::{Order, OrderStatus, User};
 
 /// Which orders a listing wants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -119,6 +119,40 @@ impl OrderReader {
             total += 1;
         }
         Ok(OrderPage { orders, total })
+    }
+
+    /// The user whose token hashes to `hash`.
+    pub fn user_by_token(&self, hash: &[u8; 32]) -> Result<Option<User>, StoreError> {
+        let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
+        let Some(name) = self.sm.get(keys::token(hash))? else {
+            return Ok(None);
+        };
+        let name: String = codec::decode(&name)?;
+        match self.sm.get(keys::user(&name))? {
+            Some(v) => Ok(Some(codec::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every user, by name.
+    pub fn users(&self) -> Result<Vec<User>, StoreError> {
+        let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
+        self.sm
+            .scan_prefix(keys::USER_PREFIX)
+            .values()
+            .map(|v| Ok(codec::decode(&v?)?))
+            .collect()
+    }
+
+    /// Whether any user exists (auth's bootstrap token works only until one does).
+    pub fn has_users(&self) -> Result<bool, StoreError> {
+        let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
+        Ok(self
+            .sm
+            .scan_prefix(keys::USER_PREFIX)
+            .next()
+            .transpose()?
+            .is_some())
     }
 
     fn next_id(&self) -> Result<u64, StoreError> {

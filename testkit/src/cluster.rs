@@ -88,6 +88,8 @@ pub struct ProcessCluster {
     envs: BTreeMap<u64, Vec<(String, String)>>,
     /// With TLS (`enable_tls`): the development CA, whose directory holds every node's files.
     tls: Option<DevCa>,
+    /// For nodes run with `--auth` (`set_token`).
+    token: Option<String>,
     // Last, so the directory outlives the processes using it.
     dir: tempfile::TempDir,
 }
@@ -140,6 +142,7 @@ impl ProcessCluster {
             extra_args,
             envs: BTreeMap::new(),
             tls: None,
+            token: None,
             dir,
         }
     }
@@ -411,10 +414,21 @@ impl ProcessCluster {
 
     pub async fn status(&self, id: u64) -> Option<Value> {
         let req = self
-            .http
-            .get(self.url(id, "/cluster/status"))
+            .authorized(self.http.get(self.url(id, "/cluster/status")))
             .timeout(Duration::from_secs(2));
         req.send().await.ok()?.json().await.ok()
+    }
+
+    /// The token the cluster's own helpers (status, digest) send to nodes run with `--auth`.
+    pub fn set_token(&mut self, token: &str) {
+        self.token = Some(token.to_string());
+    }
+
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
     }
 
     /// The leader as node `among[0..]` see it right now, if they all agree and it says so.
@@ -465,8 +479,7 @@ impl ProcessCluster {
 
     /// `GET /cluster/digest` of node `id`.
     pub async fn digest(&self, id: u64) -> Value {
-        self.http
-            .get(self.url(id, "/cluster/digest"))
+        self.authorized(self.http.get(self.url(id, "/cluster/digest")))
             .send()
             .await
             .expect("digest")

@@ -1,0 +1,192 @@
+//! Who is calling, and may they: with `--auth`, every public route but `/health` needs
+//! `Authorization: Bearer TOKEN` of a user whose role grants the route's permission.
+//!
+//! The check is linearizable like reads are: the node first waits until it has applied
+//! everything committed before the request arrived (the service's read barrier), then looks
+//! the token up in its own copy of the users. So once a revocation is acknowledged, no node
+//! accepts the token, leader or follower. The one exception is a read that asks for
+//! `consistency=stale`: it is checked against the node's local copy as it is, exactly as stale
+//! as the data it reads (it must work without a quorum). A forwarded write is checked on the
+//! node it reached; the leader trusts its peers (mutual TLS).
+//!
+//! Missing or malformed credentials and unknown tokens are 401 with `WWW-Authenticate`; a
+//! user whose role lacks the permission gets 403. Tokens never reach the logs.
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::order::{same_hash, token_hash, Permission, Role};
+
+/// A node's authentication settings (`--auth`).
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    /// SHA-256 of the bootstrap token (`--bootstrap-token-file`): an admin credential that
+    /// works only while no user exists, to create the first one.
+    pub bootstrap_hash: Option<[u8; 32]>,
+}
+
+/// Who made a request (a request extension, for the audit log).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+/// The longest token accepted (ordo's are 69 characters).
+const MAX_TOKEN_LEN: usize = 512;
+
+/// The permission a public route needs; `None` for `/health` and unknown routes (404).
+fn permission_for(method: &Method, path: &str) -> Option<Permission> {
+    let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
+    if under("/api/orders") || path == "/api/order/create" {
+        return Some(if method == Method::GET && path != "/api/order/create" {
+            Permission::OrdersRead
+        } else {
+            Permission::OrdersWrite
+        });
+    }
+    match path {
+        "/cluster/status" | "/cluster/digest" => Some(Permission::ClusterRead),
+        "/cluster/learners" | "/cluster/members" => Some(Permission::ClusterAdmin),
+        _ if under("/auth/users") => Some(Permission::UsersAdmin),
+        _ => None,
+    }
+}
+
+/// The token of the one `Authorization: Bearer` header, or why there is none.
+fn bearer_token(req: &Request) -> Result<String, ApiError> {
+    let unauthorized = |why: &str| ApiError::Unauthorized(why.to_string());
+    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
+    let value = values
+        .next()
+        .ok_or_else(|| unauthorized("this node requires Authorization: Bearer TOKEN"))?;
+    if values.next().is_some() {
+        return Err(unauthorized("give one Authorization header, not several"));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| unauthorized("the Authorization header is not printable ASCII"))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or_else(|| unauthorized("the Authorization header must be `Bearer TOKEN`"))?;
+    let token = token.trim();
+    let well_formed = scheme.eq_ignore_ascii_case("bearer")
+        && !token.is_empty()
+        && token.len() <= MAX_TOKEN_LEN
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b));
+    if !well_formed {
+        return Err(unauthorized(
+            "the Authorization header must be `Bearer TOKEN` with a token ordo issued",
+        ));
+    }
+    Ok(token.to_string())
+}
+
+fn is_stale_read(req: &Request) -> bool {
+    req.method() == Method::GET
+        && req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv == "consistency=stale"))
+}
+
+async fn authenticate(
+    state: &AppState,
+    settings: &AuthSettings,
+    token: Result<String, ApiError>,
+    stale_read: bool,
+    permission: Permission,
+) -> Result<Caller, ApiError> {
+    let token = token?;
+    if !stale_read {
+        state.service.linearizable_barrier().await?;
+    }
+    let hash = token_hash(&token);
+    let reader = state.reader.clone();
+    let (user, has_users) = tokio::task::spawn_blocking(move || {
+        Ok::<_, crate::store::StoreError>((reader.user_by_token(&hash)?, reader.has_users()?))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let caller = match user {
+        Some(user) if same_hash(&user.token_hash, &hash) => Caller {
+            name: user.name,
+            role: user.role,
+        },
+        _ if !has_users
+            && settings
+                .bootstrap_hash
+                .is_some_and(|b| same_hash(&b, &hash)) =>
+        {
+            Caller {
+                name: "(bootstrap)".into(),
+                role: Role::Admin,
+            }
+        }
+        _ => return Err(ApiError::Unauthorized("unknown or revoked token".into())),
+    };
+    if !caller.role.allows(permission) {
+        return Err(ApiError::Forbidden(format!(
+            "user {:?} (role {}) lacks the permission {}",
+            caller.name,
+            caller.role.as_str(),
+            permission.as_str()
+        )));
+    }
+    Ok(caller)
+}
+
+/// The middleware: passes the request on with its `Caller`, or answers 401/403 (or 503 when
+/// the check cannot be made linearizable for want of a quorum).
+pub async fn require(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let Some(settings) = state.auth.clone() else {
+        return next.run(req).await;
+    };
+    let Some(permission) = permission_for(req.method(), req.uri().path()) else {
+        return next.run(req).await;
+    };
+    // Read off the request before waiting: a request (its body) is not shared between threads.
+    let (token, stale_read) = (bearer_token(&req), is_stale_read(&req));
+    match authenticate(&state, &settings, token, stale_read, permission).await {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_public_route_needs_its_permission() {
+        use Permission::*;
+        let cases = [
+            (Method::GET, "/api/orders", Some(OrdersRead)),
+            (Method::GET, "/api/orders/7", Some(OrdersRead)),
+            (Method::POST, "/api/orders", Some(OrdersWrite)),
+            (Method::POST, "/api/order/create", Some(OrdersWrite)),
+            (Method::PATCH, "/api/orders/7", Some(OrdersWrite)),
+            (Method::GET, "/cluster/status", Some(ClusterRead)),
+            (Method::GET, "/cluster/digest", Some(ClusterRead)),
+            (Method::POST, "/cluster/learners", Some(ClusterAdmin)),
+            (Method::POST, "/cluster/members", Some(ClusterAdmin)),
+            (Method::GET, "/auth/users", Some(UsersAdmin)),
+            (Method::POST, "/auth/users", Some(UsersAdmin)),
+            (Method::DELETE, "/auth/users/bob", Some(UsersAdmin)),
+            (Method::GET, "/health", None),
+            (Method::GET, "/api/ordersx", None),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(permission_for(&method, path), expected, "{method} {path}");
+        }
+    }
+}

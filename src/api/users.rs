@@ -1,0 +1,114 @@
+//! The user routes (`users:admin`): create a user (its token is shown once, here), list the
+//! users, revoke one. Changes go through the Raft log like writes; each is written to the
+//! audit log (`ordo::audit`: who, what, result; never a token).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use rand::RngCore;
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::json::JsonBody;
+use super::AppState;
+use crate::order::{token_hash, AdminOp, Effect, OrderOp, Role, User, ValidationError};
+use crate::rpc::WriteRequest;
+use crate::wire::{CreateUserBody, CreatedUserJson, UserJson, UserListJson};
+
+/// A new token: 256 random bits, as `ordo_` and 64 hex digits.
+fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("ordo_{hex}")
+}
+
+/// One line per admin action: who (`(auth off)` on a node without `--auth`), what, on
+/// what, and how it ended.
+pub fn audit(
+    caller: Option<&Caller>,
+    action: &str,
+    subject: &str,
+    result: &Result<impl Sized, ApiError>,
+) {
+    let outcome = match result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => e.code().as_str().to_string(),
+    };
+    tracing::info!(
+        target: "ordo::audit",
+        who = caller.map_or("(auth off)", |c| c.name.as_str()),
+        role = caller.map_or("-", |c| c.role.as_str()),
+        action,
+        subject,
+        result = %outcome,
+        "admin action"
+    );
+}
+
+async fn change(state: &AppState, op: AdminOp) -> Result<Effect, ApiError> {
+    let outcome = state
+        .service
+        .submit_write(WriteRequest {
+            op: OrderOp::Admin(op),
+            idempotency_key: None,
+        })
+        .await?;
+    outcome.result.map_err(ApiError::Rejected)
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    JsonBody(body): JsonBody<CreateUserBody>,
+) -> Result<Response, ApiError> {
+    let role = Role::parse(&body.role).ok_or_else(|| {
+        ApiError::Validation(ValidationError::new(
+            "role",
+            "must be admin, writer or reader",
+        ))
+    })?;
+    let token = new_token();
+    let user = User {
+        name: body.name.clone(),
+        role,
+        token_hash: token_hash(&token),
+    };
+    let result = change(&state, AdminOp::AddUser(user)).await;
+    audit(caller.as_deref(), "user.add", &body.name, &result);
+    result?;
+    let created = CreatedUserJson {
+        name: body.name,
+        role: role.as_str().to_string(),
+        token,
+    };
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<UserListJson>, ApiError> {
+    let reader = state.reader.clone();
+    let users = tokio::task::spawn_blocking(move || reader.users())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(Json(UserListJson {
+        users: users
+            .into_iter()
+            .map(|u| UserJson {
+                name: u.name,
+                role: u.role.as_str().to_string(),
+            })
+            .collect(),
+    }))
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let result = change(&state, AdminOp::RevokeUser { name: name.clone() }).await;
+    audit(caller.as_deref(), "user.revoke", &name, &result);
+    result?;
+    Ok(Json(serde_json::json!({"name": name, "revoked": true})))
+}
