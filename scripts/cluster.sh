@@ -6,7 +6,9 @@
 # up     builds the release binary, starts nodes 1-3 on ports $ORDO_BASE_PORT+N (default 21000,
 #        so 21001-21003), waits (bounded) for a leader and prints a status table.
 #        --secure: HTTPS for clients and peers, with development certificates made by
-#        `ordo dev-certs` under $ORDO_RUN_DIR/certs/ (remembered for later commands).
+#        `ordo dev-certs` under $ORDO_RUN_DIR/certs/, and users (--auth): an admin user is
+#        made on the first start, its token kept in $ORDO_RUN_DIR/admin-token (remembered
+#        for later commands).
 # down   stops every node (SIGTERM, then SIGKILL after 10 s) — the data stays.
 # kill   SIGKILL, stop SIGTERM, pause SIGSTOP, resume SIGCONT; start restarts a node.
 # Each node keeps its data, log and pid under $ORDO_RUN_DIR/nN/ (default .ordo-cluster/).
@@ -27,10 +29,21 @@ secure() { [[ -f $RUN_DIR/secure ]]; }
 scheme() { if secure; then echo https; else echo http; fi; }
 url() { echo "$(scheme)://$(addr "$1")"; }
 # curl against a node, trusting the development CA when the cluster is secure.
-node_curl() { if secure; then curl --cacert "$RUN_DIR/certs/ca.pem" "$@"; else curl "$@"; fi; }
+node_curl() {
+  if secure; then
+    curl --cacert "$RUN_DIR/certs/ca.pem" -H @<(printf 'Authorization: Bearer %s\n' "$(script_token)") "$@"
+  else
+    curl "$@"
+  fi
+}
 tls_flags() {
   secure || return 0
   echo "--tls-cert $RUN_DIR/certs/node$1.pem --tls-key $RUN_DIR/certs/node$1-key.pem --tls-ca $RUN_DIR/certs/ca.pem"
+  echo "--auth --bootstrap-token-file $RUN_DIR/bootstrap-token"
+}
+# The token this script calls the nodes with: the admin's, or the bootstrap one before it.
+script_token() {
+  if [[ -s $RUN_DIR/admin-token ]]; then cat "$RUN_DIR/admin-token"; else cat "$RUN_DIR/bootstrap-token"; fi
 }
 
 running_pid() {
@@ -127,6 +140,9 @@ case "$cmd" in
       --secure)
         mkdir -p "$RUN_DIR"
         "$BIN" dev-certs --out "$RUN_DIR/certs" --nodes "${#NODES[@]}" >/dev/null
+        if [[ ! -s $RUN_DIR/bootstrap-token ]]; then
+          (umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$RUN_DIR/bootstrap-token")
+        fi
         touch "$RUN_DIR/secure"
         ;;
       *) echo "usage: $0 up [--secure]" >&2; exit 2 ;;
@@ -138,9 +154,17 @@ case "$cmd" in
       echo
       if secure; then
         nodes=""; for n in "${NODES[@]}"; do nodes+="${nodes:+,}$(url "$n")"; done
-        echo "TLS: for the CLI,"
-        echo "  export ORDO_NODES=$nodes ORDO_CA_CERT=$RUN_DIR/certs/ca.pem"
-        echo "try: curl -s --cacert $RUN_DIR/certs/ca.pem -XPOST $(url 1)/api/orders -H 'Content-Type: application/json' \\"
+        if [[ ! -s $RUN_DIR/admin-token ]]; then
+          # The first admin, made with the bootstrap token (which stops working then).
+          (umask 077; ORDO_NODES=$nodes ORDO_CA_CERT=$RUN_DIR/certs/ca.pem \
+            ORDO_TOKEN=$(cat "$RUN_DIR/bootstrap-token") \
+            "$BIN" user add admin --role admin >"$RUN_DIR/admin-token.new" 2>/dev/null) \
+            && mv "$RUN_DIR/admin-token.new" "$RUN_DIR/admin-token"
+        fi
+        echo "TLS and users: for the CLI (the admin's token is in $RUN_DIR/admin-token),"
+        echo "  export ORDO_NODES=$nodes ORDO_CA_CERT=$RUN_DIR/certs/ca.pem ORDO_TOKEN=\$(cat $RUN_DIR/admin-token)"
+        echo "try: curl -s --cacert $RUN_DIR/certs/ca.pem -H \"Authorization: Bearer \$ORDO_TOKEN\" \\"
+        echo "       -XPOST $(url 1)/api/orders -H 'Content-Type: application/json' \\"
       else
         echo "try: curl -s -XPOST $(url 1)/api/orders -H 'Content-Type: application/json' \\"
       fi
