@@ -1,7 +1,8 @@
-//! The fault-injection run with every node and client over TLS: the leader killed and paused
-//! in turn, hostile bytes at the node-to-node routes from a client without a cluster
-//! certificate, and the same checks as the plain run (a linearizable history, no lost or
-//! duplicated acknowledged write, identical state on every node).
+//! The fault-injection run in secure mode: every node and client over TLS, with users
+//! (--auth; the workload runs as an admin). The leader killed and paused in turn, hostile
+//! bytes at the node-to-node routes from a client without a cluster certificate, and the
+//! same checks as the plain run (a linearizable history, no lost or duplicated acknowledged
+//! write, identical state on every node).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,7 +20,7 @@ async fn torture_run_over_tls_is_linearizable_and_loses_nothing() {
     config.faults = vec![Fault::KillLeader, Fault::PauseLeader, Fault::HostileBytes];
     config.cycle_faults = true;
     config.use_netns = false;
-    config.tls = true;
+    config.tls = true; // and --auth
     let report = torture::run(config).await.expect("torture run");
     println!("{report}");
     assert!(report.passed(), "{report}");

@@ -761,6 +761,37 @@ async fn inject(
     Ok(true)
 }
 
+/// Creates the admin user the secure run's workload uses, with the bootstrap token; retried
+/// (bounded) while the cluster settles.
+async fn make_admin(cluster: &ProcessCluster, bootstrap: &str) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        for id in cluster.ids() {
+            let sent = cluster
+                .http
+                .post(cluster.url(id, "/auth/users"))
+                .bearer_auth(bootstrap)
+                .json(&serde_json::json!({"name": "torture", "role": "admin"}))
+                .send()
+                .await;
+            match sent {
+                Ok(resp) if resp.status() == 201 => {
+                    let body: Value = resp.json().await.map_err(|e| e.to_string())?;
+                    return body["token"]
+                        .as_str()
+                        .map(String::from)
+                        .ok_or_else(|| format!("no token in {body}"));
+                }
+                Ok(resp) => last = format!("node {id}: HTTP {}", resp.status()),
+                Err(e) => last = format!("node {id}: {e}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!("could not create the admin user: {last}"))
+}
+
 fn stuck_push(stats: &mut CatchUps, what: String) {
     if stats.stuck.len() < 20 {
         stats.stuck.push(what);
@@ -792,10 +823,19 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
         .copied()
         .filter(|f| topology.is_some() || !f.needs_network())
         .collect();
-    let node_args = match config.snapshot_every_logs {
+    let mut node_args = match config.snapshot_every_logs {
         Some(n) => vec!["--snapshot-every-logs".to_string(), n.to_string()],
         None => Vec::new(),
     };
+    // Secure mode: users too. The bootstrap token makes the admin the workload runs as.
+    let secrets = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let bootstrap = "torture-bootstrap-token-0123456789";
+    if config.tls {
+        let file = secrets.path().join("bootstrap-token");
+        std::fs::write(&file, bootstrap).map_err(|e| e.to_string())?;
+        node_args.extend(["--auth".to_string(), "--bootstrap-token-file".to_string()]);
+        node_args.push(file.to_string_lossy().into_owned());
+    }
     let mut cluster = ProcessCluster::new(&config.bin, config.nodes.max(1), topology, node_args);
     if let Some(offset) = &config.skewed_clock {
         if !std::path::Path::new(LIBFAKETIME).exists() {
@@ -813,8 +853,16 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
     }
     if config.tls {
         cluster.enable_tls();
+        cluster.set_token(bootstrap);
     }
     cluster.start_all().await;
+    let token = if config.tls {
+        let token = make_admin(&cluster, bootstrap).await?;
+        cluster.set_token(&token);
+        Some(token)
+    } else {
+        None
+    };
 
     let shared = Arc::new(Shared {
         urls: cluster
@@ -828,6 +876,14 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
                 let ca = cluster.certs_dir().join("ca.pem");
                 let tls = ordo::tls::client_config(&ca).map_err(|e| e.to_string())?;
                 builder = builder.use_preconfigured_tls(tls);
+            }
+            if let Some(token) = &token {
+                let mut headers = reqwest::header::HeaderMap::new();
+                let value = format!("Bearer {token}")
+                    .parse()
+                    .map_err(|e| format!("{e}"))?;
+                headers.insert(reqwest::header::AUTHORIZATION, value);
+                builder = builder.default_headers(headers);
             }
             builder.build().map_err(|e| e.to_string())?
         },
