@@ -272,7 +272,7 @@ pub struct MembersBody {
 #[serde(deny_unknown_fields)]
 pub struct CreateUserBody {
     pub name: String,
-    /// `admin`, `writer` or `reader`.
+    /// `admin`, `writer`, `reader` or a custom role's name.
     pub role: String,
 }
 
@@ -289,6 +289,21 @@ pub struct CreatedUserJson {
     pub name: String,
     pub role: String,
     pub token: String,
+}
+
+/// A role: `POST /auth/roles` body, and an entry of `GET /auth/roles`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleJson {
+    pub name: String,
+    /// `orders:read`, `orders:write`, `cluster:read`, `cluster:admin`, `users:admin`.
+    pub permissions: Vec<String>,
+}
+
+/// `GET /auth/roles` answer: the built-in roles, then the custom ones.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoleListJson {
+    pub roles: Vec<RoleJson>,
 }
 
 /// `GET /auth/users` answer.

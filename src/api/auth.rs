@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::AppState;
-use crate::order::{same_hash, token_hash, Permission, Role};
+use crate::order::{same_hash, token_hash, Permission, Role, User};
 
 /// A node's authentication settings (`--auth`).
 #[derive(Debug, Clone, Default)]
@@ -33,7 +33,7 @@ pub struct AuthSettings {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub name: String,
-    pub role: Role,
+    pub role: String,
 }
 
 /// The longest token accepted (ordo's are 69 characters).
@@ -52,7 +52,7 @@ fn permission_for(method: &Method, path: &str) -> Option<Permission> {
     match path {
         "/cluster/status" | "/cluster/digest" => Some(Permission::ClusterRead),
         "/cluster/learners" | "/cluster/members" => Some(Permission::ClusterAdmin),
-        _ if under("/auth/users") => Some(Permission::UsersAdmin),
+        _ if under("/auth/users") || under("/auth/roles") => Some(Permission::UsersAdmin),
         _ => None,
     }
 }
@@ -109,33 +109,46 @@ async fn authenticate(
     }
     let hash = token_hash(&token);
     let reader = state.reader.clone();
-    let (user, has_users) = tokio::task::spawn_blocking(move || {
-        Ok::<_, crate::store::StoreError>((reader.user_by_token(&hash)?, reader.has_users()?))
+    let bootstrap = settings.bootstrap_hash;
+    // The user, and whether the role grants the permission (a custom role is looked up).
+    let found = tokio::task::spawn_blocking(move || {
+        let user = match reader.user_by_token(&hash)? {
+            Some(user) if same_hash(&user.token_hash, &hash) => Some(user),
+            Some(_) => None,
+            None if !reader.has_users()? && bootstrap.is_some_and(|b| same_hash(&b, &hash)) => {
+                Some(User {
+                    name: "(bootstrap)".into(),
+                    role: Role::Admin.as_str().into(),
+                    token_hash: hash,
+                })
+            }
+            None => None,
+        };
+        let Some(user) = user else {
+            return Ok::<_, crate::store::StoreError>(None);
+        };
+        let allowed = match Role::parse(&user.role) {
+            Some(builtin) => builtin.allows(permission),
+            None => reader
+                .role(&user.role)?
+                .is_some_and(|custom| custom.allows(permission)),
+        };
+        Ok(Some((user, allowed)))
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;
-    let caller = match user {
-        Some(user) if same_hash(&user.token_hash, &hash) => Caller {
-            name: user.name,
-            role: user.role,
-        },
-        _ if !has_users
-            && settings
-                .bootstrap_hash
-                .is_some_and(|b| same_hash(&b, &hash)) =>
-        {
-            Caller {
-                name: "(bootstrap)".into(),
-                role: Role::Admin,
-            }
-        }
-        _ => return Err(ApiError::Unauthorized("unknown or revoked token".into())),
+    let Some((user, allowed)) = found else {
+        return Err(ApiError::Unauthorized("unknown or revoked token".into()));
     };
-    if !caller.role.allows(permission) {
+    let caller = Caller {
+        name: user.name,
+        role: user.role,
+    };
+    if !allowed {
         return Err(ApiError::Forbidden(format!(
             "user {:?} (role {}) lacks the permission {}",
             caller.name,
-            caller.role.as_str(),
+            caller.role,
             permission.as_str()
         )));
     }

@@ -79,7 +79,9 @@ impl ApiError {
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Forbidden(_) => StatusCode::FORBIDDEN,
-            Rejected(Rejection::NotFound(_) | Rejection::NoSuchUser(_)) => StatusCode::NOT_FOUND,
+            Rejected(
+                Rejection::NotFound(_) | Rejection::NoSuchUser(_) | Rejection::NoSuchRole(_),
+            ) => StatusCode::NOT_FOUND,
             Rejected(Rejection::Invalid(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             Rejected(_) => StatusCode::CONFLICT,
             NoLeader | NoQuorum | Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -99,9 +101,10 @@ impl ApiError {
             UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             BodyTooLarge(_) => ErrorCode::BodyTooLarge,
             Validation(_) | Rejected(Rejection::Invalid(_)) => ErrorCode::ValidationFailed,
-            NotFound(_) | Rejected(Rejection::NotFound(_) | Rejection::NoSuchUser(_)) => {
-                ErrorCode::NotFound
-            }
+            NotFound(_)
+            | Rejected(
+                Rejection::NotFound(_) | Rejection::NoSuchUser(_) | Rejection::NoSuchRole(_),
+            ) => ErrorCode::NotFound,
             MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
             Unauthorized(_) => ErrorCode::Unauthorized,
             Forbidden(_) => ErrorCode::Forbidden,

@@ -49,6 +49,14 @@ pub fn router(state: AppState, peer_routes: Option<Router>) -> Router {
         .route("/cluster/members", post(cluster::change_members))
         .route("/auth/users", post(users::create).get(users::list))
         .route("/auth/users/{name}", axum::routing::delete(users::revoke))
+        .route(
+            "/auth/roles",
+            post(users::create_role).get(users::list_roles),
+        )
+        .route(
+            "/auth/roles/{name}",
+            axum::routing::delete(users::delete_role),
+        )
         .route("/health", get(cluster::health))
         .layer(DefaultBodyLimit::max(json::MAX_BODY_BYTES))
         .route_layer(axum::middleware::from_fn_with_state(

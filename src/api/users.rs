@@ -1,6 +1,7 @@
-//! The user routes (`users:admin`): create a user (its token is shown once, here), list the
-//! users, revoke one. Changes go through the Raft log like writes; each is written to the
-//! audit log (`ordo::audit`: who, what, result; never a token).
+//! The user and role routes (`users:admin`): create a user (its token is shown once, here),
+//! list the users, revoke one; create, list and delete custom roles. Changes go through the
+//! Raft log like writes; each is written to the audit log (`ordo::audit`: who, what, result;
+//! never a token).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -12,9 +13,13 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
-use crate::order::{token_hash, AdminOp, Effect, OrderOp, Role, User, ValidationError};
+use crate::order::{
+    token_hash, AdminOp, CustomRole, Effect, OrderOp, Permission, Role, User, ValidationError,
+};
 use crate::rpc::WriteRequest;
-use crate::wire::{CreateUserBody, CreatedUserJson, UserJson, UserListJson};
+use crate::wire::{
+    CreateUserBody, CreatedUserJson, RoleJson, RoleListJson, UserJson, UserListJson,
+};
 
 /// A new token: 256 random bits, as `ordo_` and 64 hex digits.
 fn new_token() -> String {
@@ -63,16 +68,10 @@ pub async fn create(
     caller: Option<Extension<Caller>>,
     JsonBody(body): JsonBody<CreateUserBody>,
 ) -> Result<Response, ApiError> {
-    let role = Role::parse(&body.role).ok_or_else(|| {
-        ApiError::Validation(ValidationError::new(
-            "role",
-            "must be admin, writer or reader",
-        ))
-    })?;
     let token = new_token();
     let user = User {
         name: body.name.clone(),
-        role,
+        role: body.role.clone(),
         token_hash: token_hash(&token),
     };
     let result = change(&state, AdminOp::AddUser(user)).await;
@@ -80,7 +79,7 @@ pub async fn create(
     result?;
     let created = CreatedUserJson {
         name: body.name,
-        role: role.as_str().to_string(),
+        role: body.role,
         token,
     };
     Ok((StatusCode::CREATED, Json(created)).into_response())
@@ -96,10 +95,77 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<UserListJson>, A
             .into_iter()
             .map(|u| UserJson {
                 name: u.name,
-                role: u.role.as_str().to_string(),
+                role: u.role,
             })
             .collect(),
     }))
+}
+
+pub async fn create_role(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    JsonBody(body): JsonBody<RoleJson>,
+) -> Result<Response, ApiError> {
+    let mut permissions = Vec::new();
+    for (i, p) in body.permissions.iter().enumerate() {
+        let parsed = Permission::parse(p).ok_or_else(|| {
+            ApiError::Validation(ValidationError::new(
+                format!("permissions[{i}]"),
+                format!(
+                    "unknown permission {p:?}; one of {}",
+                    Permission::ALL.map(Permission::as_str).join(", ")
+                ),
+            ))
+        })?;
+        if !permissions.contains(&parsed) {
+            permissions.push(parsed);
+        }
+    }
+    let role = CustomRole {
+        name: body.name.clone(),
+        permissions,
+    };
+    let result = change(&state, AdminOp::PutRole(role)).await;
+    audit(caller.as_deref(), "role.put", &body.name, &result);
+    result?;
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+pub async fn list_roles(State(state): State<AppState>) -> Result<Json<RoleListJson>, ApiError> {
+    let reader = state.reader.clone();
+    let custom = tokio::task::spawn_blocking(move || reader.roles())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let builtin = Role::ALL.into_iter().map(|r| RoleJson {
+        name: r.as_str().to_string(),
+        permissions: Permission::ALL
+            .into_iter()
+            .filter(|p| r.allows(*p))
+            .map(|p| p.as_str().to_string())
+            .collect(),
+    });
+    let custom = custom.into_iter().map(|r| RoleJson {
+        name: r.name,
+        permissions: r
+            .permissions
+            .iter()
+            .map(|p| p.as_str().to_string())
+            .collect(),
+    });
+    Ok(Json(RoleListJson {
+        roles: builtin.chain(custom).collect(),
+    }))
+}
+
+pub async fn delete_role(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let result = change(&state, AdminOp::DeleteRole { name: name.clone() }).await;
+    audit(caller.as_deref(), "role.delete", &name, &result);
+    result?;
+    Ok(Json(serde_json::json!({"name": name, "deleted": true})))
 }
 
 pub async fn revoke(

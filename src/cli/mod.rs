@@ -53,6 +53,13 @@ pub enum Command {
         #[command(subcommand)]
         command: user::UserCommand,
     },
+    /// Create, list and delete custom roles (nodes started with --auth).
+    Role {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(subcommand)]
+        command: user::RoleCommand,
+    },
     /// Make a development CA and node certificates (for TLS on one machine).
     DevCerts(dev_certs::DevCertsArgs),
 }
@@ -118,6 +125,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::DevCerts(args) => dev_certs::run(args),
         Command::User { conn, command } => {
             Ok(client_runtime()?.block_on(user::run(&conn, command)))
+        }
+        Command::Role { conn, command } => {
+            Ok(client_runtime()?.block_on(user::run_role(&conn, command)))
         }
     }
 }

@@ -32,7 +32,9 @@ use tokio::time::Instant;
 pub use crate::wire::ClusterStatus;
 use crate::wire::LEADER_HEADER;
 pub use crate::wire::{CreateOrderBody as NewOrderRequest, LineItemJson as LineItem};
-pub use crate::wire::{CreatedUserJson as CreatedUser, UserJson, UserListJson};
+pub use crate::wire::{
+    CreatedUserJson as CreatedUser, RoleJson, RoleListJson, UserJson, UserListJson,
+};
 use crate::wire::{ErrorBody, ErrorCode};
 pub use crate::wire::{OrderJson as Order, OrderListJson as OrderList};
 
@@ -616,6 +618,30 @@ impl Client {
             .await?
             .1
             .users)
+    }
+
+    /// Creates (or replaces) a custom role with these permissions.
+    pub async fn put_role(&self, name: &str, permissions: &[String]) -> Result<(), ClientError> {
+        let body = serde_json::json!({"name": name, "permissions": permissions});
+        self.call_json::<Value>(Method::POST, "/auth/roles", Some(&body), None)
+            .await?;
+        Ok(())
+    }
+
+    /// The built-in roles, then the custom ones.
+    pub async fn list_roles(&self) -> Result<Vec<RoleJson>, ClientError> {
+        Ok(self
+            .call_json::<RoleListJson>(Method::GET, "/auth/roles", None, None)
+            .await?
+            .1
+            .roles)
+    }
+
+    pub async fn delete_role(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("/auth/roles/{name}");
+        self.call_json::<Value>(Method::DELETE, &path, None, None)
+            .await?;
+        Ok(())
     }
 
     /// Revokes a user and its token: once this returns, no node accepts the token.

@@ -22,7 +22,7 @@ use super::command::{
     create_order, transition, CommandOutcome, Effect, OrderCommand, OrderOp, Rejection,
 };
 use super::model::Order;
-use super::users::{AdminOp, User};
+use super::users::{AdminOp, CustomRole, Role, User};
 
 /// How long an idempotency key is remembered, in the state machine's clock.
 pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
@@ -72,6 +72,10 @@ pub trait OrderState {
     fn expire_idempotency(&mut self, now: i64, max: usize) -> Result<(), Self::Error>;
 
     fn user(&self, name: &str) -> Result<Option<User>, Self::Error>;
+    fn role(&self, name: &str) -> Result<Option<CustomRole>, Self::Error>;
+    /// Creates or replaces a custom role.
+    fn put_role(&mut self, role: &CustomRole) -> Result<(), Self::Error>;
+    fn remove_role(&mut self, name: &str) -> Result<(), Self::Error>;
     /// Stores a new user, findable by name and by token hash.
     fn put_user(&mut self, user: &User) -> Result<(), Self::Error>;
     fn remove_user(&mut self, user: &User) -> Result<(), Self::Error>;
@@ -186,18 +190,36 @@ fn apply_admin<S: OrderState>(
 ) -> Result<Result<Effect, Rejection>, S::Error> {
     Ok(match op {
         AdminOp::AddUser(user) => {
-            if let Err(e) = super::users::validate_user_name(&user.name) {
+            if let Err(e) = op.validate() {
                 Err(Rejection::Invalid(e))
             } else if state.user(&user.name)?.is_some() {
                 Err(Rejection::UserExists(user.name.clone()))
+            } else if Role::parse(&user.role).is_none() && state.role(&user.role)?.is_none() {
+                Err(Rejection::NoSuchRole(user.role.clone()))
             } else {
                 state.put_user(user)?;
                 Ok(Effect::UserAdded {
                     name: user.name.clone(),
-                    role: user.role,
+                    role: user.role.clone(),
                 })
             }
         }
+        AdminOp::PutRole(role) => match op.validate() {
+            Err(e) => Err(Rejection::Invalid(e)),
+            Ok(()) => {
+                state.put_role(role)?;
+                Ok(Effect::RolePut {
+                    name: role.name.clone(),
+                })
+            }
+        },
+        AdminOp::DeleteRole { name } => match state.role(name)? {
+            None => Err(Rejection::NoSuchRole(name.clone())),
+            Some(_) => {
+                state.remove_role(name)?;
+                Ok(Effect::RoleDeleted { name: name.clone() })
+            }
+        },
         AdminOp::RevokeUser { name } => match state.user(name)? {
             None => Err(Rejection::NoSuchUser(name.clone())),
             Some(user) => {

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::model::{NewOrder, Order, OrderStatus};
-use super::users::{AdminOp, Role};
+use super::users::AdminOp;
 use super::validate::{validate_new_order, ValidationError};
 
 /// The operation of a command, without the leader's stamp. Its encoding is the request
@@ -109,6 +109,8 @@ pub enum Rejection {
     UserExists(String),
     #[error("no user {0:?}")]
     NoSuchUser(String),
+    #[error("no role {0:?}")]
+    NoSuchRole(String),
 }
 
 /// What an applied command did.
@@ -118,9 +120,15 @@ pub enum Effect {
     Order(Order),
     UserAdded {
         name: String,
-        role: Role,
+        role: String,
     },
     UserRevoked {
+        name: String,
+    },
+    RolePut {
+        name: String,
+    },
+    RoleDeleted {
         name: String,
     },
 }

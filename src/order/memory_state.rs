@@ -9,8 +9,8 @@ use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::{
-    IdempotencyRecord, LineItem, NewOrder, Order, OrderCommand, OrderOp, OrderState, OrderStatus,
-    User,
+    CustomRole, IdempotencyRecord, LineItem, NewOrder, Order, OrderCommand, OrderOp, OrderState,
+    OrderStatus, User,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,7 @@ pub struct MemoryState {
     /// (expiry, key), as the store's expiry index orders them.
     pub expiries: BTreeSet<(i64, String)>,
     pub users: BTreeMap<String, User>,
+    pub roles: BTreeMap<String, CustomRole>,
 }
 
 impl Default for MemoryState {
@@ -35,6 +36,7 @@ impl Default for MemoryState {
             records: BTreeMap::new(),
             expiries: BTreeSet::new(),
             users: BTreeMap::new(),
+            roles: BTreeMap::new(),
         }
     }
 }
@@ -95,6 +97,17 @@ impl OrderState for MemoryState {
     }
     fn remove_user(&mut self, user: &User) -> Result<(), Infallible> {
         self.users.remove(&user.name);
+        Ok(())
+    }
+    fn role(&self, name: &str) -> Result<Option<CustomRole>, Infallible> {
+        Ok(self.roles.get(name).cloned())
+    }
+    fn put_role(&mut self, role: &CustomRole) -> Result<(), Infallible> {
+        self.roles.insert(role.name.clone(), role.clone());
+        Ok(())
+    }
+    fn remove_role(&mut self, name: &str) -> Result<(), Infallible> {
+        self.roles.remove(name);
         Ok(())
     }
     fn expire_idempotency(&mut self, now: i64, max: usize) -> Result<(), Infallible> {

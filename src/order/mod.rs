@@ -18,7 +18,8 @@ pub use command::{
 };
 pub use model::{LineItem, NewOrder, Order, OrderStatus};
 pub use users::{
-    same_hash, token_hash, validate_user_name, AdminOp, Permission, Role, User, MAX_USER_NAME,
+    same_hash, token_hash, validate_role_name, validate_user_name, AdminOp, CustomRole, Permission,
+    Role, User, MAX_USER_NAME,
 };
 pub use validate::{validate_idempotency_key, validate_new_order, ValidationError};
 pub use validate::{

@@ -22,6 +22,18 @@ pub enum Permission {
 }
 
 impl Permission {
+    pub const ALL: [Permission; 5] = [
+        Permission::OrdersRead,
+        Permission::OrdersWrite,
+        Permission::ClusterRead,
+        Permission::ClusterAdmin,
+        Permission::UsersAdmin,
+    ];
+
+    pub fn parse(s: &str) -> Option<Permission> {
+        Permission::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Permission::OrdersRead => "orders:read",
@@ -69,28 +81,65 @@ impl Role {
     }
 }
 
-/// A user as stored: never the token itself.
+/// A user as stored: never the token itself. `role` names a built-in `Role` or a
+/// `CustomRole`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     pub name: String,
-    pub role: Role,
+    pub role: String,
     pub token_hash: [u8; 32],
 }
 
-/// A change to the users, as the Raft log carries it.
+/// A role made of chosen permissions (the built-in names are taken).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomRole {
+    pub name: String,
+    pub permissions: Vec<Permission>,
+}
+
+impl CustomRole {
+    pub fn allows(&self, permission: Permission) -> bool {
+        self.permissions.contains(&permission)
+    }
+}
+
+/// A change to the users or roles, as the Raft log carries it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AdminOp {
     AddUser(User),
-    RevokeUser { name: String },
+    RevokeUser {
+        name: String,
+    },
+    /// Creates or replaces a custom role.
+    PutRole(CustomRole),
+    /// Deletes a custom role; its users keep the name and get no permission.
+    DeleteRole {
+        name: String,
+    },
 }
 
 impl AdminOp {
     pub fn validate(&self) -> Result<(), ValidationError> {
         match self {
-            AdminOp::AddUser(user) => validate_user_name(&user.name),
+            AdminOp::AddUser(user) => {
+                validate_user_name(&user.name)?;
+                validate_role_name(&user.role).map_err(|e| ValidationError::new("role", e.message))
+            }
             AdminOp::RevokeUser { name } => validate_user_name(name),
+            AdminOp::PutRole(CustomRole { name, .. }) | AdminOp::DeleteRole { name } => {
+                validate_role_name(name)?;
+                if Role::parse(name).is_some() {
+                    return Err(ValidationError::new("name", "is a built-in role"));
+                }
+                Ok(())
+            }
         }
     }
+}
+
+/// Role names follow the rules of user names.
+pub fn validate_role_name(name: &str) -> Result<(), ValidationError> {
+    validate_user_name(name)
 }
 
 pub const MAX_USER_NAME: usize = 64;

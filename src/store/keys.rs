@@ -6,7 +6,8 @@
 //! - `o` + id: an order; `c` + customer + id and `s` + status + id: the listing indexes
 //!   (empty values);
 //! - `i` + key: an idempotency record; `x` + expiry + key: the same key ordered by expiry;
-//! - `u` + name: a user; `t` + token hash: the user's name (the lookup of a request's token).
+//! - `u` + name: a user; `t` + token hash: the user's name (the lookup of a request's token);
+//! - `r` + name: a custom role.
 //!
 //! Ids and expiries are big-endian, so sled's byte order is their numeric order.
 
@@ -65,6 +66,14 @@ pub const USER_PREFIX: &[u8] = b"u";
 
 pub fn user(name: &str) -> Vec<u8> {
     let mut k = USER_PREFIX.to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+pub const ROLE_PREFIX: &[u8] = b"r";
+
+pub fn role(name: &str) -> Vec<u8> {
+    let mut k = ROLE_PREFIX.to_vec();
     k.extend_from_slice(name.as_bytes());
     k
 }

@@ -9,7 +9,7 @@ use super::keys;
 use super::overlay::Overlay;
 use super::StoreError;
 use crate::codec;
-use crate::order::{IdempotencyRecord, Order, OrderOp, OrderState, User};
+use crate::order::{CustomRole, IdempotencyRecord, Order, OrderOp, OrderState, User};
 
 /// The state of one apply chunk: reads see the chunk's earlier writes, and the whole chunk is
 /// committed as one sled batch by the caller.
@@ -117,6 +117,19 @@ impl OrderState for OverlayState<'_, '_> {
     fn remove_user(&mut self, user: &User) -> Result<(), StoreError> {
         self.0.remove(keys::user(&user.name));
         self.0.remove(keys::token(&user.token_hash));
+        Ok(())
+    }
+
+    fn role(&self, name: &str) -> Result<Option<CustomRole>, StoreError> {
+        self.get(&keys::role(name))
+    }
+
+    fn put_role(&mut self, role: &CustomRole) -> Result<(), StoreError> {
+        self.put(keys::role(&role.name), role)
+    }
+
+    fn remove_role(&mut self, name: &str) -> Result<(), StoreError> {
+        self.0.remove(keys::role(name));
         Ok(())
     }
 

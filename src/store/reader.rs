@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use super::keys;
 use super::StoreError;
 use crate::codec;
-use crate::order::{Order, OrderStatus, User};
+use crate::order::{CustomRole, Order, OrderStatus, User};
 
 /// Which orders a listing wants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -139,6 +139,25 @@ impl OrderReader {
         let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
         self.sm
             .scan_prefix(keys::USER_PREFIX)
+            .values()
+            .map(|v| Ok(codec::decode(&v?)?))
+            .collect()
+    }
+
+    /// A custom role.
+    pub fn role(&self, name: &str) -> Result<Option<CustomRole>, StoreError> {
+        let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
+        match self.sm.get(keys::role(name))? {
+            Some(v) => Ok(Some(codec::decode(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every custom role, by name.
+    pub fn roles(&self) -> Result<Vec<CustomRole>, StoreError> {
+        let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
+        self.sm
+            .scan_prefix(keys::ROLE_PREFIX)
             .values()
             .map(|v| Ok(codec::decode(&v?)?))
             .collect()
