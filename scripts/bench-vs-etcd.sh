@@ -22,6 +22,9 @@
 # as the second cluster, on etcd's ports, and prints as "base"): before/after in one run,
 #   git worktree add /tmp/before HEAD~3 && (cd /tmp/before && cargo build --release -p ordo)
 #   ORDO_BASELINE=/tmp/before/target/release/ordo ROUNDS=3 scripts/bench-vs-etcd.sh
+# SECURE=1: both sides over TLS (development certificates from `ordo dev-certs`, also for
+# etcd's client and peer ports), ordo with --auth too (the load runs as an admin user); the
+# matrix only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +37,8 @@ ORDO_SERVE_ARGS="${ORDO_SERVE_ARGS:-}"
 PARTS="${PARTS:-matrix failover recovery}"
 MEMORY_ORDERS="${MEMORY_ORDERS:-1000000}"
 ORDO_BASELINE="${ORDO_BASELINE:-}"
+SECURE="${SECURE:-}"
+[[ -n $SECURE ]] && PARTS=matrix
 OTHER=etcd # the second system: etcd, or the baseline ordo ("base")
 if [[ -n $ORDO_BASELINE ]]; then
   [[ -x $ORDO_BASELINE ]] || { echo "ORDO_BASELINE=$ORDO_BASELINE is not an executable" >&2; exit 1; }
@@ -62,8 +67,30 @@ cleanup() {
 trap cleanup EXIT
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
-ordo_url() { echo "http://127.0.0.1:$((OBASE + $1))"; }
-etcd_url() { echo "http://127.0.0.1:$((ECBASE + $1))"; }
+SCHEME=http; [[ -n $SECURE ]] && SCHEME=https
+ordo_url() { echo "$SCHEME://127.0.0.1:$((OBASE + $1))"; }
+etcd_url() { echo "$SCHEME://127.0.0.1:$((ECBASE + $1))"; }
+# curl towards ordo and towards etcd: trusting the development CA, and (ordo) with the token.
+ocurl() {
+  if [[ -n $SECURE ]]; then
+    curl --cacert "$WORK/certs/ca.pem" -H @<(printf 'Authorization: Bearer %s\n' "$(cat "$WORK/token")") "$@"
+  else curl "$@"; fi
+}
+ecurl() { if [[ -n $SECURE ]]; then curl --cacert "$WORK/certs/ca.pem" "$@"; else curl "$@"; fi; }
+if [[ -n $SECURE ]]; then
+  "$ORDO" dev-certs --out "$WORK/certs" --nodes 3 >/dev/null
+  printf 'bench-bootstrap-token-%s' "$RANDOM$RANDOM" >"$WORK/bootstrap"
+  cp "$WORK/bootstrap" "$WORK/token"
+fi
+tls_args() { # ordo|etcd N
+  [[ -n $SECURE ]] || return 0
+  local c="$WORK/certs"
+  if [[ $1 == ordo ]]; then
+    echo "--tls-cert $c/node$2.pem --tls-key $c/node$2-key.pem --tls-ca $c/ca.pem --auth --bootstrap-token-file $WORK/bootstrap"
+  else
+    echo "--cert-file $c/node$2.pem --key-file $c/node$2-key.pem --peer-cert-file $c/node$2.pem --peer-key-file $c/node$2-key.pem --peer-trusted-ca-file $c/ca.pem --peer-client-cert-auth"
+  fi
+}
 ORDO_NODES="$(ordo_url 1),$(ordo_url 2),$(ordo_url 3)"
 ETCD_NODES="$(etcd_url 1),$(etcd_url 2),$(etcd_url 3)"
 
@@ -71,7 +98,7 @@ start_ordo() {
   local n=$1 peers="1=127.0.0.1:$((OBASE + 1)),2=127.0.0.1:$((OBASE + 2)),3=127.0.0.1:$((OBASE + 3))"
   # shellcheck disable=SC2086 # ORDO_SERVE_ARGS is a list of flags
   "$ORDO" serve --id "$n" --listen "127.0.0.1:$((OBASE + n))" --data-dir "$WORK/ordo$n" --peers "$peers" \
-    --initial-cluster-state new \
+    --initial-cluster-state new $(tls_args ordo "$n") \
     $ORDO_SERVE_ARGS >>"$WORK/ordo$n.log" 2>&1 &
   OPID[$n]=$!
 }
@@ -85,10 +112,12 @@ start_etcd() {
     EPID[$n]=$!
     return
   fi
-  local cluster="e1=http://127.0.0.1:$((EPBASE + 1)),e2=http://127.0.0.1:$((EPBASE + 2)),e3=http://127.0.0.1:$((EPBASE + 3))"
+  local cluster="e1=$SCHEME://127.0.0.1:$((EPBASE + 1)),e2=$SCHEME://127.0.0.1:$((EPBASE + 2)),e3=$SCHEME://127.0.0.1:$((EPBASE + 3))"
+  # shellcheck disable=SC2046 # tls_args is a list of flags
   etcd --name "e$n" --data-dir "$WORK/etcd$n" \
     --listen-client-urls "$(etcd_url "$n")" --advertise-client-urls "$(etcd_url "$n")" \
-    --listen-peer-urls "http://127.0.0.1:$((EPBASE + n))" --initial-advertise-peer-urls "http://127.0.0.1:$((EPBASE + n))" \
+    --listen-peer-urls "$SCHEME://127.0.0.1:$((EPBASE + n))" --initial-advertise-peer-urls "$SCHEME://127.0.0.1:$((EPBASE + n))" \
+    $(tls_args etcd "$n") \
     --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token ordo-bench \
     >>"$WORK/etcd$n.log" 2>&1 &
   EPID[$n]=$!
@@ -97,7 +126,7 @@ start_etcd() {
 ordo_leader_on() { # BASE_PORT: the id of the leader of the ordo cluster on BASE+1..3
   local n
   for n in 1 2 3; do
-    curl -fsS --max-time 1 "http://127.0.0.1:$(($1 + n))/cluster/status" 2>/dev/null \
+    ocurl -fsS --max-time 1 "$SCHEME://127.0.0.1:$(($1 + n))/cluster/status" 2>/dev/null \
       | python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["node_id"] if s["state"]=="leader" else "")' 2>/dev/null \
       | grep -E '^[0-9]+$' && return 0
   done
@@ -109,7 +138,7 @@ etcd_leader() {
   local n
   if [[ -n $ORDO_BASELINE ]]; then ordo_leader_on "$ECBASE"; return; fi
   for n in 1 2 3; do
-    curl -fsS --max-time 1 -XPOST "$(etcd_url "$n")/v3/maintenance/status" -d '{}' 2>/dev/null \
+    ecurl -fsS --max-time 1 -XPOST "$(etcd_url "$n")/v3/maintenance/status" -d '{}' 2>/dev/null \
       | python3 -c 'import json,sys; s=json.load(sys.stdin); print(sys.argv[1] if s["header"]["member_id"]==s["leader"] else "")' "$n" 2>/dev/null \
       | grep -E '^[0-9]+$' && return 0
   done
@@ -185,6 +214,10 @@ for n in 1 2 3; do start_ordo "$n"; done
 [[ -z $ORDO_ONLY ]] && for n in 1 2 3; do start_etcd "$n"; done
 wait_leader ordo
 [[ -z $ORDO_ONLY ]] && wait_leader etcd
+if [[ -n $SECURE ]]; then # the load runs as an admin, made with the bootstrap token
+  ORDO_NODES="$ORDO_NODES" ORDO_CA_CERT="$WORK/certs/ca.pem" ORDO_TOKEN="$(cat "$WORK/bootstrap")" \
+    "$ORDO" user add bench --role admin >"$WORK/token"
+fi
 
 echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; ${ORDO_BASELINE:+base = $ORDO_BASELINE; }etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}')"
 echo "# each point ${POINT_SECS}s; load from ordo-bench (HTTP/1.1 keep-alive, closed loop)"
@@ -193,11 +226,13 @@ point() { # label workload concurrency: ROUNDS rounds of ordo then etcd, then th
   local label=$1 workload=$2 c=$3 r epath
   for ((r = 1; r <= ROUNDS; r++)); do
     "$ORDO_BENCH" --target ordo --nodes "$ORDO_NODES" --workload "$workload" --concurrency "$c" \
+      ${SECURE:+--ca-cert "$WORK/certs/ca.pem" --token "$(cat "$WORK/token")"} \
       --duration-secs "$POINT_SECS" --label "$label" --json-out "$WORK/o$r.json" >/dev/null
     epath=""
     if [[ -z $ORDO_ONLY ]]; then
       epath="$WORK/e$r.json"
       "$ORDO_BENCH" --target "$([[ -n $ORDO_BASELINE ]] && echo ordo || echo etcd)" --nodes "$ETCD_NODES" --workload "$workload" --concurrency "$c" \
+        ${SECURE:+--ca-cert "$WORK/certs/ca.pem"} \
         --duration-secs "$POINT_SECS" --label "$label" --json-out "$epath" >/dev/null
     fi
     python3 - "$r" "$ROUNDS" "$WORK/o$r.json" "$epath" "$OTHER" <<'PY'

@@ -44,8 +44,10 @@ trap cleanup EXIT
 
 if ! podman image exists "$BASE_IMAGE"; then
   echo "making the base image (debootstrap, minbase)"
+  # The one download of the test (like apt's): without the Debian mirror there is no image to
+  # test, which is no verdict on ordo.
   debootstrap --variant=minbase bookworm "$WORK/rootfs" http://deb.debian.org/debian >"$WORK/debootstrap.log" 2>&1 \
-    || { tail -20 "$WORK/debootstrap.log" >&2; exit 1; }
+    || { tail -20 "$WORK/debootstrap.log" >&2; echo "SKIPPED: no base image (debootstrap failed)" >&2; exit 77; }
   tar -C "$WORK/rootfs" -c . | podman import - "$BASE_IMAGE" >/dev/null
   rm -rf "$WORK/rootfs"
 fi

@@ -151,13 +151,29 @@ impl NodeConfig {
         if !self.auth {
             anyhow::bail!("--bootstrap-token-file needs --auth");
         }
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading --bootstrap-token-file {}", path.display()))?;
+        // Once the first user exists the file is no longer needed: a node restarted after it
+        // was removed starts without a bootstrap token.
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(file = %path.display(), "--bootstrap-token-file is gone: no bootstrap token");
+                return Ok(Some(AuthSettings::default()));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("reading --bootstrap-token-file {}", path.display()))
+            }
+        };
         let token = text.trim();
-        if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        let usable = token.len() >= 16
+            && token.len() <= 512
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b));
+        if !usable {
             anyhow::bail!(
-                "--bootstrap-token-file {}: the token must be at least 16 printable ASCII \
-                 characters",
+                "--bootstrap-token-file {}: the token must be 16 to 512 of A-Z, a-z, 0-9 and \
+                 -._~+/= (what an Authorization: Bearer header carries)",
                 path.display()
             );
         }
@@ -296,6 +312,12 @@ pub async fn run(
     let raft_config = Arc::new(config.raft_config()?);
     config.check_addresses()?;
     let auth = config.auth_settings()?;
+    if auth.is_some() && config.tls.is_none() {
+        tracing::warn!(
+            "--auth without TLS: the node-to-node routes (/raft/*) are open to whoever reaches \
+             the port, and a forged Raft message bypasses auth; use TLS beyond a trusted host"
+        );
+    }
     for listener in std::iter::once(&listeners.client).chain(listeners.peer.as_ref()) {
         config.check_exposure(listener.local_addr()?)?;
     }
@@ -358,11 +380,6 @@ pub async fn run(
             "existing data found: rejoining the cluster it records (--peers ignored)"
         );
     }
-    tokio::spawn(name_an_unnamed_cluster(
-        raft.clone(),
-        config.id,
-        cluster_id.clone(),
-    ));
 
     let service = Service::start(
         config.id,
@@ -434,24 +451,6 @@ pub async fn run(
 
 /// On a first start, the node with the lowest id in `--peers` forms the cluster with every
 /// peer as a voter; the others wait to be contacted.
-/// A cluster formed before cluster ids existed has none: its leader makes one, and the
-/// followers learn it from the leader's next appends.
-async fn name_an_unnamed_cluster(raft: Raft, id: NodeId, cluster_id: Arc<ClusterId>) {
-    let mut metrics = raft.metrics();
-    while cluster_id.get().is_none() {
-        if metrics.borrow_and_update().current_leader == Some(id) {
-            match cluster_id.create() {
-                Ok(made) => tracing::info!(cluster_id = %made, "this cluster had no id: made one"),
-                Err(e) => tracing::error!(error = %e, "making a cluster id"),
-            }
-            return;
-        }
-        if metrics.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
 async fn initialize_if_first(
     raft: &Raft,
     config: &NodeConfig,

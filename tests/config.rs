@@ -70,6 +70,55 @@ insecure = true
     }
 }
 
+/// The three TLS files may come from different sources (the file, the environment, a flag);
+/// only after merging must they be all or none.
+#[test]
+fn tls_settings_merge_across_sources_and_must_come_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ordo.toml");
+    std::fs::write(
+        &file,
+        "tls-key = \"/etc/ordo/key.pem\"\ntls-ca = \"/etc/ordo/ca.pem\"\npeers = \"-\"\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let (code, out, err) = print_config(
+        &["--config", file, "--tls-ca", "/other/ca.pem"],
+        &[("ORDO_TLS_CERT", "/etc/ordo/cert.pem")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(setting(&out, "tls-cert"), "\"/etc/ordo/cert.pem\"");
+    assert_eq!(setting(&out, "tls-key"), "\"/etc/ordo/key.pem\"");
+    assert_eq!(setting(&out, "tls-ca"), "\"/other/ca.pem\"");
+    assert_eq!(
+        setting(&out, "peers"),
+        "\"-\"",
+        "a value starting with a dash"
+    );
+    // Two of three, after merging: a clear error when the node would start.
+    let two = dir.path().join("two.toml");
+    std::fs::write(&two, "tls-key = \"/k.pem\"\ntls-ca = \"/ca.pem\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:1",
+            "--data-dir",
+            "/nonexistent",
+        ])
+        .args(["--config", two.to_str().unwrap()])
+        .env_remove("ORDO_TLS_CERT")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("go together"),
+        "{err}"
+    );
+}
+
 #[test]
 fn an_unknown_key_or_a_wrong_type_is_an_error_that_names_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -105,6 +105,17 @@ async fn a_peer_port_serves_only_node_routes_and_the_client_port_only_the_api() 
         assert_eq!(status, 400, "{body}");
     }
     assert_eq!(all_orders(&cluster, follower, false).await.len(), 1);
+
+    // A membership change through a follower goes to the leader's peer port too.
+    let (status, body) = send(
+        cluster
+            .http
+            .post(cluster.url(follower, "/cluster/members"))
+            .json(&serde_json::json!({ "members": cluster.ids() })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
 }
 
 /// The node with the lowest id formed the cluster. Its data directory is lost and it is

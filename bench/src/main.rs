@@ -68,6 +68,12 @@ pub struct BenchArgs {
     /// A label for the result line (e.g. "create c=64").
     #[arg(long)]
     pub label: Option<String>,
+    /// For https:// nodes: the CA that signed their certificates (trusted alone).
+    #[arg(long, env = "ORDO_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+    /// Sent as `Authorization: Bearer` on every request (ordo nodes run with --auth).
+    #[arg(long, env = "ORDO_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// The figures of one run.
@@ -223,11 +229,22 @@ pub async fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchResult> {
     if nodes.is_empty() {
         bail!("no nodes given");
     }
-    let http = reqwest::Client::builder()
+    let mut http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency.max(1))
         .tcp_nodelay(true)
-        .timeout(Duration::from_secs(10))
-        .build()?;
+        .timeout(Duration::from_secs(10));
+    if let Some(ca) = &args.ca_cert {
+        http = http.use_preconfigured_tls(ordo::tls::client_config(ca)?);
+    }
+    if let Some(token) = &args.token {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse()?,
+        );
+        http = http.default_headers(headers);
+    }
+    let http = http.build()?;
     let read_range = if args.workload == Workload::Create {
         0
     } else {

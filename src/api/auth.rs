@@ -6,8 +6,13 @@
 //! the token up in its own copy of the users. So once a revocation is acknowledged, no node
 //! accepts the token, leader or follower. The one exception is a read that asks for
 //! `consistency=stale`: it is checked against the node's local copy as it is, exactly as stale
-//! as the data it reads (it must work without a quorum). A forwarded write is checked on the
-//! node it reached; the leader trusts its peers (mutual TLS).
+//! as the data it reads (it must work without a quorum). A write's check runs once its whole
+//! body has arrived, right before it is proposed, so a client cannot hold a checked request
+//! back (a trickled body) and use the token after its revocation; a write checked before the
+//! revocation was acknowledged may still commit within its request timeout, as any write
+//! concurrent with the revocation. A forwarded write is checked on the node it reached; the
+//! leader trusts its peers (mutual TLS; without TLS the node-to-node routes are open, and
+//! auth protects nothing from whoever can reach them: see docs/security.md).
 //!
 //! Missing or malformed credentials and unknown tokens are 401 with `WWW-Authenticate`; a
 //! user whose role lacks the permission gets 403. Tokens never reach the logs.
@@ -34,6 +39,9 @@ pub struct AuthSettings {
 pub struct Caller {
     pub name: String,
     pub role: String,
+    /// The check waited for the read barrier (after the request arrived): a read served
+    /// after it is linearizable without a second round.
+    pub barrier_passed: bool,
 }
 
 /// The longest token accepted (ordo's are 69 characters).
@@ -88,8 +96,11 @@ fn bearer_token(req: &Request) -> Result<String, ApiError> {
     Ok(token.to_string())
 }
 
+/// A read of orders that asks for the local state as it is (the one kind of request checked
+/// against the local copy of the users without a barrier).
 fn is_stale_read(req: &Request) -> bool {
     req.method() == Method::GET
+        && req.uri().path().starts_with("/api/orders")
         && req
             .uri()
             .query()
@@ -115,7 +126,7 @@ async fn authenticate(
         let user = match reader.user_by_token(&hash)? {
             Some(user) if same_hash(&user.token_hash, &hash) => Some(user),
             Some(_) => None,
-            None if !reader.has_users()? && bootstrap.is_some_and(|b| same_hash(&b, &hash)) => {
+            None if !reader.users_begun()? && bootstrap.is_some_and(|b| same_hash(&b, &hash)) => {
                 Some(User {
                     name: "(bootstrap)".into(),
                     role: Role::Admin.as_str().into(),
@@ -143,6 +154,7 @@ async fn authenticate(
     let caller = Caller {
         name: user.name,
         role: user.role,
+        barrier_passed: !stale_read,
     };
     if !allowed {
         return Err(ApiError::Forbidden(format!(
@@ -166,6 +178,29 @@ pub async fn require(State(state): State<AppState>, mut req: Request, next: Next
     };
     // Read off the request before waiting: a request (its body) is not shared between threads.
     let (token, stale_read) = (bearer_token(&req), is_stale_read(&req));
+    // A write is checked once its body is here (see the module comment).
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let (parts, body) = req.into_parts();
+        let limit = super::json::MAX_BODY_BYTES;
+        let bytes = match axum::body::to_bytes(body, limit).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // axum reports the limit as http-body-util's LengthLimitError, by its text.
+                let mut cause: Option<&dyn std::error::Error> = Some(&e);
+                let mut too_large = false;
+                while let Some(c) = cause {
+                    too_large |= c.to_string().contains("length limit exceeded");
+                    cause = c.source();
+                }
+                return if too_large {
+                    ApiError::BodyTooLarge(limit).into_response()
+                } else {
+                    ApiError::BadRequest(format!("reading the request body: {e}")).into_response()
+                };
+            }
+        };
+        req = Request::from_parts(parts, axum::body::Body::from(bytes));
+    }
     match authenticate(&state, &settings, token, stale_read, permission).await {
         Ok(caller) => {
             req.extensions_mut().insert(caller);

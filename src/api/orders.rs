@@ -4,8 +4,9 @@
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 
+use super::auth::Caller;
 use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
@@ -63,9 +64,16 @@ fn query_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str>
         .map(|(_, v)| v.as_str())
 }
 
-/// Makes the local state machine safe to read, as the `consistency` parameter asks.
-async fn read_barrier(state: &AppState, pairs: &[(String, String)]) -> Result<(), ApiError> {
+/// Makes the local state machine safe to read, as the `consistency` parameter asks: for a
+/// linearizable read, one barrier after the request arrived (the auth check's, if it made one).
+async fn read_barrier(
+    state: &AppState,
+    pairs: &[(String, String)],
+    caller: Option<Extension<Caller>>,
+) -> Result<(), ApiError> {
+    let passed = caller.is_some_and(|c| c.barrier_passed);
     match query_value(pairs, "consistency") {
+        None | Some("linearizable") if passed => Ok(()),
         None | Some("linearizable") => state
             .service
             .linearizable_barrier()
@@ -111,10 +119,11 @@ pub async fn get(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
     RawQuery(query): RawQuery,
+    caller: Option<Extension<Caller>>,
 ) -> Result<Json<OrderJson>, ApiError> {
     let id = parse_id(&raw_id)?;
     let pairs = parse_query(query, &["consistency"])?;
-    read_barrier(&state, &pairs).await?;
+    read_barrier(&state, &pairs, caller).await?;
     // The read lock is held only while a snapshot loads; then wait for it off the runtime.
     let found = match state.reader.try_get(id) {
         Some(found) => found?,
@@ -151,6 +160,7 @@ fn parse_positive(
 pub async fn list(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
+    caller: Option<Extension<Caller>>,
 ) -> Result<Json<OrderListJson>, ApiError> {
     let pairs = parse_query(
         query,
@@ -168,7 +178,7 @@ pub async fn list(
     let customer_id = query_value(&pairs, "customer_id")
         .filter(|c| !c.is_empty())
         .map(String::from);
-    read_barrier(&state, &pairs).await?;
+    read_barrier(&state, &pairs, caller).await?;
     // A filtered listing walks an index: seconds on a big store, so off the runtime threads
     // that carry Raft traffic.
     let reader = state.reader.clone();

@@ -14,7 +14,8 @@ use super::error::ApiError;
 use super::json::JsonBody;
 use super::AppState;
 use crate::order::{
-    token_hash, AdminOp, CustomRole, Effect, OrderOp, Permission, Role, User, ValidationError,
+    token_hash, AdminOp, CustomRole, Effect, OrderOp, Permission, Rejection, Role, User,
+    ValidationError,
 };
 use crate::rpc::WriteRequest;
 use crate::wire::{
@@ -74,7 +75,17 @@ pub async fn create(
         role: body.role.clone(),
         token_hash: token_hash(&token),
     };
-    let result = change(&state, AdminOp::AddUser(user)).await;
+    let result = change(&state, AdminOp::AddUser(user))
+        .await
+        .map_err(|e| match e {
+            ApiError::Rejected(Rejection::NoSuchRole(role)) => {
+                ApiError::Validation(ValidationError::new(
+                    "role",
+                    format!("no role {role:?}: admin, writer, reader or a custom role"),
+                ))
+            }
+            e => e,
+        });
     audit(caller.as_deref(), "user.add", &body.name, &result);
     result?;
     let created = CreatedUserJson {

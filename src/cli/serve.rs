@@ -115,14 +115,14 @@ pub struct ServeArgs {
     pub unsafe_no_fsync: bool,
     /// This node's certificate (PEM, leaf first): serve HTTPS to clients and peers. Needs
     /// --tls-key and --tls-ca. Reloaded on SIGHUP and when the file changes.
-    #[arg(long, env = "ORDO_TLS_CERT", value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    #[arg(long, env = "ORDO_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM).
-    #[arg(long, env = "ORDO_TLS_KEY", value_name = "FILE", requires_all = ["tls_cert", "tls_ca"])]
+    #[arg(long, env = "ORDO_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
     /// The cluster CA (PEM): peers must present a certificate it signed, and this node's own
     /// certificate must chain to it.
-    #[arg(long, env = "ORDO_TLS_CA", value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    #[arg(long, env = "ORDO_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
     /// Require `Authorization: Bearer TOKEN` of a user (see `ordo user`) on every public route
     /// but /health.
@@ -215,10 +215,9 @@ fn with_config_file(args: ServeArgs, flags: Vec<std::ffi::OsString>) -> anyhow::
         match (value, expected) {
             (toml::Value::Boolean(true), "true or false") => from_file.push(flag.into()),
             (toml::Value::Boolean(false), "true or false") => {}
-            (toml::Value::String(s), "a string") => from_file.extend([flag.into(), s.into()]),
-            (toml::Value::Integer(n), "an integer") => {
-                from_file.extend([flag.into(), n.to_string().into()])
-            }
+            // `--key=value`: a value that starts with `-` is still a value.
+            (toml::Value::String(s), "a string") => from_file.push(format!("{flag}={s}").into()),
+            (toml::Value::Integer(n), "an integer") => from_file.push(format!("{flag}={n}").into()),
             (other, _) => bail!(
                 "--config {}: {key} must be {expected}, got {} {other}",
                 path.display(),
@@ -299,7 +298,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         },
         tls: match (args.tls_cert, args.tls_key, args.tls_ca) {
             (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
-            _ => None,
+            (None, None, None) => None,
+            _ => bail!(
+                "--tls-cert, --tls-key and --tls-ca go together (from flags, ORDO_TLS_* or the \
+                 --config file): give all three or none"
+            ),
         },
         auth: args.auth,
         bootstrap_token_file: args.bootstrap_token_file,

@@ -23,6 +23,7 @@ use super::command::{
 };
 use super::model::Order;
 use super::users::{AdminOp, CustomRole, Role, User};
+use super::validate::ValidationError;
 
 /// How long an idempotency key is remembered, in the state machine's clock.
 pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
@@ -72,11 +73,14 @@ pub trait OrderState {
     fn expire_idempotency(&mut self, now: i64, max: usize) -> Result<(), Self::Error>;
 
     fn user(&self, name: &str) -> Result<Option<User>, Self::Error>;
+    /// The name of the user whose token hashes to `hash`.
+    fn token_owner(&self, hash: &[u8; 32]) -> Result<Option<String>, Self::Error>;
     fn role(&self, name: &str) -> Result<Option<CustomRole>, Self::Error>;
     /// Creates or replaces a custom role.
     fn put_role(&mut self, role: &CustomRole) -> Result<(), Self::Error>;
     fn remove_role(&mut self, name: &str) -> Result<(), Self::Error>;
-    /// Stores a new user, findable by name and by token hash.
+    /// Stores a new user, findable by name and by token hash, and records for good that users
+    /// exist (the bootstrap token never works again, even once all are revoked).
     fn put_user(&mut self, user: &User) -> Result<(), Self::Error>;
     fn remove_user(&mut self, user: &User) -> Result<(), Self::Error>;
 }
@@ -194,6 +198,12 @@ fn apply_admin<S: OrderState>(
                 Err(Rejection::Invalid(e))
             } else if state.user(&user.name)?.is_some() {
                 Err(Rejection::UserExists(user.name.clone()))
+            } else if state.token_owner(&user.token_hash)?.is_some() {
+                // Tokens are random, so only a forged or replayed command gets here.
+                Err(Rejection::Invalid(ValidationError::new(
+                    "token",
+                    "another user has this token",
+                )))
             } else if Role::parse(&user.role).is_none() && state.role(&user.role)?.is_none() {
                 Err(Rejection::NoSuchRole(user.role.clone()))
             } else {

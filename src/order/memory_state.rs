@@ -9,8 +9,8 @@ use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::{
-    CustomRole, IdempotencyRecord, LineItem, NewOrder, Order, OrderCommand, OrderOp, OrderState,
-    OrderStatus, User,
+    AdminOp, CustomRole, IdempotencyRecord, LineItem, NewOrder, Order, OrderCommand, OrderOp,
+    OrderState, OrderStatus, Permission, User,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,7 @@ pub struct MemoryState {
     /// (expiry, key), as the store's expiry index orders them.
     pub expiries: BTreeSet<(i64, String)>,
     pub users: BTreeMap<String, User>,
+    pub users_begun: bool,
     pub roles: BTreeMap<String, CustomRole>,
 }
 
@@ -36,6 +37,7 @@ impl Default for MemoryState {
             records: BTreeMap::new(),
             expiries: BTreeSet::new(),
             users: BTreeMap::new(),
+            users_begun: false,
             roles: BTreeMap::new(),
         }
     }
@@ -91,7 +93,15 @@ impl OrderState for MemoryState {
     fn user(&self, name: &str) -> Result<Option<User>, Infallible> {
         Ok(self.users.get(name).cloned())
     }
+    fn token_owner(&self, hash: &[u8; 32]) -> Result<Option<String>, Infallible> {
+        Ok(self
+            .users
+            .values()
+            .find(|u| u.token_hash == *hash)
+            .map(|u| u.name.clone()))
+    }
     fn put_user(&mut self, user: &User) -> Result<(), Infallible> {
+        self.users_begun = true;
         self.users.insert(user.name.clone(), user.clone());
         Ok(())
     }
@@ -138,9 +148,33 @@ pub struct Sent {
     pub times: usize,
 }
 
+fn admin_op() -> impl Strategy<Value = OrderOp> {
+    let name = || proptest::sample::select(vec!["ann", "bob", "cy"]);
+    let role = proptest::sample::select(vec!["admin", "reader", "auditor", "nobody"]);
+    prop_oneof![
+        (name(), role, 0u8..3).prop_map(|(name, role, token)| {
+            OrderOp::Admin(AdminOp::AddUser(User {
+                name: name.into(),
+                role: role.into(),
+                token_hash: [token; 32],
+            }))
+        }),
+        name().prop_map(|name| OrderOp::Admin(AdminOp::RevokeUser { name: name.into() })),
+        proptest::collection::vec(proptest::sample::select(Permission::ALL.to_vec()), 0..3)
+            .prop_map(|permissions| OrderOp::Admin(AdminOp::PutRole(CustomRole {
+                name: "auditor".into(),
+                permissions,
+            }))),
+        Just(OrderOp::Admin(AdminOp::DeleteRole {
+            name: "auditor".into()
+        })),
+    ]
+}
+
 fn op() -> impl Strategy<Value = OrderOp> {
     prop_oneof![
-        (0u8..4, 1u32..4).prop_map(|(customer, quantity)| OrderOp::Create(NewOrder {
+        1 => admin_op(),
+        4 => (0u8..4, 1u32..4).prop_map(|(customer, quantity)| OrderOp::Create(NewOrder {
             customer_id: format!("c{customer}"),
             items: vec![LineItem {
                 sku: "sku".into(),
@@ -149,7 +183,7 @@ fn op() -> impl Strategy<Value = OrderOp> {
             }],
             note: None,
         })),
-        (
+        4 => (
             1u64..6,
             proptest::sample::select(OrderStatus::ALL.to_vec()),
             proptest::option::of(1u64..4)

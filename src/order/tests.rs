@@ -210,7 +210,10 @@ mod apply_properties {
                     let mut again = sent.command.clone();
                     again.stamped_at_ms += 1_000 * retry as i64;
                     let again = apply(&mut s, &again);
-                    if sent.command.idempotency_key.is_none() {
+                    // Changes to users take no key (validation refuses one): not retried safely.
+                    if sent.command.idempotency_key.is_none()
+                        || matches!(sent.command.op, OrderOp::Admin(_))
+                    {
                         continue;
                     }
                     if first.outcome.result == Err(Rejection::IdempotencyKeyReused) {

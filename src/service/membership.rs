@@ -72,7 +72,7 @@ impl Service {
             None => return Err(ServiceError::NoLeader),
             Some(leader) if leader == self.id => self.change_membership_as_leader(change).await,
             Some(_) => {
-                let addr = self.leader_addr().ok_or(ServiceError::NoLeader)?;
+                let addr = self.leader_peer_addr().ok_or(ServiceError::NoLeader)?;
                 self.rpc
                     .call_leader(&addr, MEMBERSHIP_PATH, &change, deadline)
                     .await

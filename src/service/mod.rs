@@ -112,6 +112,18 @@ impl Service {
         })
     }
 
+    /// Where the other nodes reach the current leader (its membership address): for calls
+    /// to it over `rpc`.
+    fn leader_peer_addr(&self) -> Option<String> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    }
+
     /// The last log index this node's state machine has applied.
     pub fn applied_index(&self) -> Option<u64> {
         self.raft.metrics().borrow().last_applied.map(|l| l.index)

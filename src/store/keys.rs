@@ -2,7 +2,7 @@
 //! - `m:applied`, `m:membership`: the last applied log id and the last membership (Raft
 //!   bookkeeping, left out of the state digest);
 //! - `m:next_id`, `m:clock`, `m:last_stamp`: the next order id, the state machine's clock and
-//!   the stamp that last moved it (see `order::apply`);
+//!   the stamp that last moved it (see `order::apply`); `m:users_begun`: a user has existed;
 //! - `o` + id: an order; `c` + customer + id and `s` + status + id: the listing indexes
 //!   (empty values);
 //! - `i` + key: an idempotency record; `x` + expiry + key: the same key ordered by expiry;
@@ -18,6 +18,8 @@ pub const MEMBERSHIP: &[u8] = b"m:membership";
 pub const NEXT_ID: &[u8] = b"m:next_id";
 pub const CLOCK: &[u8] = b"m:clock";
 pub const LAST_STAMP: &[u8] = b"m:last_stamp";
+/// Set when the first user is created, never cleared (the bootstrap token's end).
+pub const USERS_BEGUN: &[u8] = b"m:users_begun";
 /// In the `raft` tree: set while a snapshot is being loaded into the state machine.
 pub const INSTALLING: &[u8] = b"installing_snapshot";
 

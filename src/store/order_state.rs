@@ -109,7 +109,12 @@ impl OrderState for OverlayState<'_, '_> {
         self.get(&keys::user(name))
     }
 
+    fn token_owner(&self, hash: &[u8; 32]) -> Result<Option<String>, StoreError> {
+        self.get(&keys::token(hash))
+    }
+
     fn put_user(&mut self, user: &User) -> Result<(), StoreError> {
+        self.put(keys::USERS_BEGUN.to_vec(), &true)?;
         self.put(keys::user(&user.name), user)?;
         self.put(keys::token(&user.token_hash), &user.name)
     }
@@ -202,6 +207,14 @@ mod tests {
             let mut expected: Vec<Vec<u8>> = orders.iter().map(|o| keys::with_id(keys::customer_prefix(&o.customer_id), o.id)).collect();
             expected.sort();
             prop_assert_eq!(by_customer, expected);
+            let users: Vec<User> = decoded::<User>(&tree, keys::USER_PREFIX).into_iter().map(|(_, u)| u).collect();
+            prop_assert_eq!(&users, &model.users.values().cloned().collect::<Vec<_>>());
+            let by_token: Vec<(Vec<u8>, String)> = decoded(&tree, b"t");
+            let mut expected: Vec<(Vec<u8>, String)> = users.iter().map(|u| (keys::token(&u.token_hash), u.name.clone())).collect();
+            expected.sort();
+            prop_assert_eq!(by_token, expected, "the token index holds exactly the users' tokens");
+            let roles: Vec<CustomRole> = decoded::<CustomRole>(&tree, keys::ROLE_PREFIX).into_iter().map(|(_, r)| r).collect();
+            prop_assert_eq!(&roles, &model.roles.values().cloned().collect::<Vec<_>>());
             let state = OverlayState(&mut Overlay::new(&tree));
             prop_assert_eq!(
                 (state.clock().unwrap(), state.last_stamp().unwrap(), state.next_id().unwrap()),

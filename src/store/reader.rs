@@ -163,15 +163,10 @@ impl OrderReader {
             .collect()
     }
 
-    /// Whether any user exists (auth's bootstrap token works only until one does).
-    pub fn has_users(&self) -> Result<bool, StoreError> {
+    /// Whether a user has ever existed (auth's bootstrap token works only until then).
+    pub fn users_begun(&self) -> Result<bool, StoreError> {
         let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
-        Ok(self
-            .sm
-            .scan_prefix(keys::USER_PREFIX)
-            .next()
-            .transpose()?
-            .is_some())
+        Ok(self.sm.get(keys::USERS_BEGUN)?.is_some())
     }
 
     fn next_id(&self) -> Result<u64, StoreError> {

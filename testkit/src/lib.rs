@@ -727,9 +727,9 @@ async fn inject(
                             .body(body.clone())
                             .send()
                             .await;
-                        // Refused by the decoder (400), the size limit (413) or, over TLS, the
-                        // peer check (403).
-                        let refused = |s: u16| s == 400 || s == 413 || (tls && s == 403);
+                        // Refused by the decoder (400) or the size limit (413); over TLS, by
+                        // the peer check (403) before anything else.
+                        let refused = |s: u16| if tls { s == 403 } else { s == 400 || s == 413 };
                         match sent {
                             Ok(resp) if refused(resp.status().as_u16()) => {}
                             Ok(resp) => stuck_push(
