@@ -520,7 +520,11 @@ impl ClusterNode {
 impl Drop for ProcessCluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.dump_logs(40);
+            let lines = std::env::var("ORDO_TEST_DUMP_LINES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(40);
+            self.dump_logs(lines);
         }
         for node in self.nodes.values_mut() {
             if let Some(mut child) = node.child.take() {
