@@ -1,7 +1,9 @@
-//! The HTTP face of a node (axum): the JSON API for orders (`orders`) and the cluster
-//! (`cluster`), strict JSON bodies (`json`), the listener (`server`), and the one error→HTTP
+//! The HTTP face of a node (axum): the JSON API for orders (`orders`), the cluster
+//! (`cluster`) and users and roles (`users`), who may call what (`auth`, with `--auth`),
+//! strict JSON bodies (`json`), the listener (`server`, TLS included), and the one error→HTTP
 //! mapping (`error`). Handlers parse and check the request, call the `service`, and shape its
-//! answer; the node-to-node routes are `rpc`'s and are merged in here, beside the public ones.
+//! answer; the node-to-node routes are `rpc`'s and are merged in here, beside the public ones
+//! (or served on their own port).
 
 pub mod auth;
 pub mod cluster;
