@@ -306,6 +306,19 @@ pub struct RoleListJson {
     pub roles: Vec<RoleJson>,
 }
 
+/// `GET /readyz` answer (200 when `ready`, else 503): each check and why it failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadinessJson {
+    pub ready: bool,
+    pub checks: BTreeMap<String, CheckJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckJson {
+    pub ok: bool,
+    pub detail: String,
+}
+
 /// `GET /auth/users` answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UserListJson {

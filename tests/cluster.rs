@@ -433,3 +433,63 @@ async fn stalled_request_heads_and_bodies_are_cut_off() {
     // And the node still serves.
     create_until_acked(&cluster, &[1], "t", "after-stalls").await;
 }
+
+/// `/livez` answers while the process serves; `/readyz` only while the node can serve
+/// traffic: 503 (naming the failed check) on a survivor once a majority is gone, 200 again
+/// once a quorum is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_quorum_and_livez_the_process() {
+    let mut cluster = start_cluster(3).await;
+    let leader = cluster.wait_for_leader(&[1, 2, 3]).await;
+    for id in [1, 2, 3] {
+        let (status, body) = get(&cluster, id, "/readyz").await.unwrap();
+        assert_eq!(
+            (status, &body["ready"]),
+            (200, &json!(true)),
+            "node {id}: {body}"
+        );
+    }
+    let survivor = [1, 2, 3].into_iter().find(|n| *n != leader).unwrap();
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != survivor).collect();
+    for id in &others {
+        cluster.kill(*id);
+    }
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let body = loop {
+        let (status, body) = get(&cluster, survivor, "/readyz").await.unwrap();
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ready: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(body["ready"], json!(false), "{body}");
+    let failed: Vec<&String> = body["checks"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, c)| c["ok"] == json!(false))
+        .map(|(name, _)| name)
+        .collect();
+    assert!(!failed.is_empty(), "{body}");
+    let (status, _) = get(&cluster, survivor, "/livez").await.unwrap();
+    assert_eq!(status, 200);
+
+    cluster.spawn(others[0]);
+    cluster.wait_for_leader(&[survivor, others[0]]).await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (status, body) = get(&cluster, survivor, "/readyz").await.unwrap();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready again: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

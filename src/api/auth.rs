@@ -1,4 +1,5 @@
-//! Who is calling, and may they: with `--auth`, every public route but `/health` needs
+//! Who is calling, and may they: with `--auth`, every public route but the probes (`/health`,
+//! `/livez`, `/readyz`) needs
 //! `Authorization: Bearer TOKEN` of a user whose role grants the route's permission.
 //!
 //! The check is linearizable like reads are: the node first waits until it has applied
@@ -47,7 +48,7 @@ pub struct Caller {
 /// The longest token accepted (ordo's are 69 characters).
 const MAX_TOKEN_LEN: usize = 512;
 
-/// The permission a public route needs; `None` for `/health` and unknown routes (404).
+/// The permission a public route needs; `None` for the probes and unknown routes (404).
 fn permission_for(method: &Method, path: &str) -> Option<Permission> {
     let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
     if under("/api/orders") || path == "/api/order/create" {
@@ -231,6 +232,8 @@ mod tests {
             (Method::POST, "/auth/users", Some(UsersAdmin)),
             (Method::DELETE, "/auth/users/bob", Some(UsersAdmin)),
             (Method::GET, "/health", None),
+            (Method::GET, "/livez", None),
+            (Method::GET, "/readyz", None),
             (Method::GET, "/api/ordersx", None),
         ];
         for (method, path, expected) in cases {

@@ -2,6 +2,8 @@
 //! membership changes (add a learner, set the voters), which the service runs on the leader.
 
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use super::auth::Caller;
@@ -12,8 +14,21 @@ use super::AppState;
 use crate::rpc::MembershipChange;
 use crate::wire::{AddLearnerBody, ClusterStatus, MembersBody};
 
-pub async fn health() -> Json<serde_json::Value> {
+/// `/livez` (and `/health`, its alias): the process serves HTTP.
+pub async fn live() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
+}
+
+/// `/readyz`: 200 when the node should get traffic, else 503; the body says which check
+/// failed (see `Service::readiness`).
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let readiness = state.service.readiness();
+    let status = if readiness.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(readiness)).into_response()
 }
 
 pub async fn status(State(state): State<AppState>) -> Json<ClusterStatus> {

@@ -59,7 +59,9 @@ pub fn router(state: AppState, peer_routes: Option<Router>) -> Router {
             "/auth/roles/{name}",
             axum::routing::delete(users::delete_role),
         )
-        .route("/health", get(cluster::health))
+        .route("/health", get(cluster::live))
+        .route("/livez", get(cluster::live))
+        .route("/readyz", get(cluster::ready))
         .layer(DefaultBodyLimit::max(json::MAX_BODY_BYTES))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

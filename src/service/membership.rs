@@ -1,5 +1,5 @@
-//! The cluster as this node sees it (`status`) and membership changes: add a learner, set the
-//! voters. A change runs on the leader; any other node sends it there over
+//! The cluster as this node sees it (`status`, `readiness`) and membership changes: add a
+//! learner, set the voters. A change runs on the leader; any other node sends it there over
 //! `rpc::MEMBERSHIP_PATH`, once (a node that receives one and does not lead says so rather
 //! than forwarding again). The leader answers the log id of the membership entry; the node
 //! that forwarded the change waits until it has that entry too, then answers with its own
@@ -16,7 +16,10 @@ use super::{Answer, Service, ServiceError};
 use crate::order::ValidationError;
 use crate::raft::{LogId, NodeId};
 use crate::rpc::{LeaderAnswer, MembershipChange, MEMBERSHIP_PATH};
-use crate::wire::ClusterStatus;
+use crate::wire::{CheckJson, ClusterStatus, ReadinessJson};
+
+/// A node further behind its own log than this is not ready (it is catching up).
+const READY_APPLY_LAG: u64 = 1000;
 
 /// Adding a learner waits until it has caught up; bounded.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -56,6 +59,59 @@ impl Service {
             last_applied: m.last_applied.map(|l| l.index),
             members,
             learners,
+        }
+    }
+
+    /// Whether this node should get traffic (`/readyz`): its Raft core runs (a storage
+    /// failure stops it), it knows a leader, a leader has heard from a quorum recently, and it
+    /// has applied nearly all of its log.
+    pub fn readiness(&self) -> ReadinessJson {
+        let m = self.raft.metrics().borrow().clone();
+        let mut checks = BTreeMap::new();
+        let mut check = |name: &str, ok: bool, detail: String| {
+            checks.insert(name.to_string(), CheckJson { ok, detail });
+        };
+        let running = m.state != ServerState::Shutdown;
+        check(
+            "raft",
+            running,
+            if running {
+                format!("{:?}, term {}", m.state, m.current_term)
+            } else {
+                "the Raft core has stopped (a storage failure?): see the log".into()
+            },
+        );
+        check(
+            "leader",
+            m.current_leader.is_some(),
+            match m.current_leader {
+                Some(l) => format!("node {l}"),
+                None => "no leader known".into(),
+            },
+        );
+        if m.state == ServerState::Leader {
+            let stale_after = self.quorum_stale_after.as_millis() as u64;
+            let fresh = m.millis_since_quorum_ack.is_none_or(|ms| ms <= stale_after);
+            check(
+                "quorum",
+                fresh,
+                match m.millis_since_quorum_ack {
+                    Some(ms) => format!("last acknowledged by a quorum {ms} ms ago"),
+                    None => "just elected".into(),
+                },
+            );
+        }
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let last = m.last_log_index.unwrap_or(0);
+        let lag = last.saturating_sub(applied);
+        check(
+            "applied",
+            lag <= READY_APPLY_LAG,
+            format!("applied {applied} of {last} log entries"),
+        );
+        ReadinessJson {
+            ready: checks.values().all(|c| c.ok),
+            checks,
         }
     }
 
