@@ -1,4 +1,7 @@
-//! The `ordo` binary: parse the command line, set up logging to stderr, run.
+//! The `ordo` binary: set up logging to stderr, parse the command line, run.
+//!
+//! Logs are plain text, coloured only when stderr is a terminal (a log file gets no escape
+//! codes); `ORDO_LOG_FORMAT=json` makes them one JSON object per line. `RUST_LOG` filters.
 
 use clap::Parser;
 
@@ -8,13 +11,16 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    tracing_subscriber::fmt()
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,openraft=warn".into());
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=warn".into()),
-        )
-        .init();
+        .with_env_filter(filter);
+    match std::env::var("ORDO_LOG_FORMAT").as_deref() {
+        Ok("json") => logs.json().init(),
+        _ => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     let cli = ordo::cli::Cli::parse();
     match ordo::cli::run(cli) {
         Ok(code) => std::process::exit(code),

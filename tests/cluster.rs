@@ -493,3 +493,25 @@ async fn readyz_follows_the_quorum_and_livez_the_process() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// A node's log written to a file carries no terminal escape codes, and
+/// `ORDO_LOG_FORMAT=json` makes every line a JSON object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_in_files_are_plain_or_json_lines() {
+    let mut cluster = TestCluster::new(std::path::Path::new(BIN), 3, None, Vec::new());
+    cluster.set_env(3, vec![("ORDO_LOG_FORMAT".into(), "json".into())]);
+    cluster.start_all().await;
+    create_until_acked(&cluster, &[1, 2, 3], "log", "log-1").await;
+    for id in [1, 2, 3] {
+        let log = std::fs::read_to_string(&cluster.nodes[&id].log_path).unwrap();
+        assert!(log.contains("node serving"), "node {id}: {log}");
+        assert!(!log.contains('\u{1b}'), "node {id} logged escape codes");
+        if id == 3 {
+            for line in log.lines().filter(|l| !l.trim().is_empty()) {
+                let v: Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+                assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+            }
+        }
+    }
+}
