@@ -101,15 +101,10 @@ impl Service {
     /// The current leader's address, as far as this node knows: the membership address, or
     /// where clients reach it when it has said so (it differs with a peer port).
     pub fn leader_addr(&self) -> Option<String> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        let leader = m.current_leader?;
-        self.directory.client_addr(leader).or_else(|| {
-            m.membership_config
-                .membership()
-                .get_node(&leader)
-                .map(|n| n.addr.clone())
-        })
+        let leader = self.raft.metrics().borrow().current_leader?;
+        self.directory
+            .client_addr(leader)
+            .or_else(|| self.leader_peer_addr())
     }
 
     /// Where the other nodes reach the current leader (its membership address): for calls

@@ -220,9 +220,17 @@ mod tests {
         assert_eq!(tls.generation(), 1);
         assert!(!tls.files_changed());
 
-        // A new certificate for the same node: picked up by a reload.
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        ca.issue_node(dir.path(), "node1", &["127.0.0.1"], Validity::days(60))
+        // A new certificate for the same node: picked up by a reload. (Its time is set ahead,
+        // so the change shows however coarse the file system's clock is.)
+        let renewed = ca
+            .issue_node(dir.path(), "node1", &["127.0.0.1"], Validity::days(60))
+            .unwrap();
+        let later = SystemTime::now() + std::time::Duration::from_secs(10);
+        std::fs::File::options()
+            .write(true)
+            .open(&renewed.cert)
+            .unwrap()
+            .set_modified(later)
             .unwrap();
         assert!(tls.files_changed());
         tls.reload().unwrap();
