@@ -33,6 +33,7 @@ pub const DEFAULT_ELECTION_TIMEOUT_MAX_MS: u64 = 200;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 3000;
 pub const DEFAULT_SNAPSHOT_EVERY_LOGS: u64 = 100_000;
 pub const DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
+pub const DEFAULT_STORAGE_FAILURE_EXIT_AFTER_MS: u64 = 5_000;
 
 /// What a node with an empty store does (`--initial-cluster-state`, as etcd has it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,6 +75,8 @@ pub struct NodeConfig {
     /// Byte budget of one AppendEntries body (see `rpc::network`).
     pub max_append_bytes: usize,
     pub install_snapshot_timeout_ms: u64,
+    /// After a storage failure, how long the node answers 503 before it exits.
+    pub storage_failure_exit_after: Duration,
     pub durability: Durability,
     /// Read timeouts, connection cap and shutdown grace of the HTTP listener.
     pub server_limits: ServerLimits,
@@ -114,6 +117,9 @@ impl NodeConfig {
             cache_capacity_bytes: crate::store::DEFAULT_CACHE_CAPACITY_BYTES,
             max_append_bytes: crate::rpc::network::DEFAULT_MAX_APPEND_BYTES,
             install_snapshot_timeout_ms: DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS,
+            storage_failure_exit_after: Duration::from_millis(
+                DEFAULT_STORAGE_FAILURE_EXIT_AFTER_MS,
+            ),
             durability: Durability::Fsync,
             server_limits: ServerLimits::default(),
             tls: None,
@@ -290,8 +296,19 @@ async fn bind(flag: &str, addr: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("{flag} {addr}: cannot resolve or bind it"))
 }
 
-/// Runs a node until SIGTERM or SIGINT.
-pub async fn serve(config: NodeConfig) -> anyhow::Result<()> {
+/// Why a node stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGTERM/SIGINT, or the caller's shutdown future.
+    Asked,
+    /// Its log or state store failed (disk full, I/O error): the Raft core stopped, and the
+    /// node answered 503 `storage_failed` for `storage_failure_exit_after`, then stopped, so
+    /// that a supervisor restarts it (`ordo serve` exits with a code of its own).
+    StorageFailed,
+}
+
+/// Runs a node until SIGTERM or SIGINT, or until its storage fails.
+pub async fn serve(config: NodeConfig) -> anyhow::Result<Stopped> {
     config.check_addresses()?;
     let client = bind("--listen", &config.listen).await?;
     let peer = match &config.peer_listen {
@@ -308,7 +325,7 @@ pub async fn run(
     config: NodeConfig,
     listeners: Listeners,
     shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Stopped> {
     let raft_config = Arc::new(config.raft_config()?);
     config.check_addresses()?;
     let auth = config.auth_settings()?;
@@ -418,8 +435,14 @@ pub async fn run(
     // drains holds the whole cluster's writes hostage to its slowest client. Once Raft is
     // down the followers elect a new leader, and requests still here fail fast.
     let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
+    let storage_failed = std::sync::atomic::AtomicBool::new(false);
     let stop_raft_first = async {
-        shutdown.await;
+        tokio::select! {
+            _ = shutdown => {}
+            _ = storage_failure(&raft, &config) => {
+                storage_failed.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
         tracing::info!("stopping raft, then the HTTP server");
         if let Err(e) = raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
@@ -446,7 +469,39 @@ pub async fn run(
     };
     tokio::join!(clients, peers);
     tracing::info!("node stopped");
-    Ok(())
+    Ok(
+        if storage_failed.load(std::sync::atomic::Ordering::SeqCst) {
+            Stopped::StorageFailed
+        } else {
+            Stopped::Asked
+        },
+    )
+}
+
+/// Completes `storage_failure_exit_after` after this node's storage failed, having said so
+/// once at ERROR. Meanwhile the node answers 503 `storage_failed` and fails `/readyz`, so
+/// that load balancers and clients move on before it goes. Why exit rather than wait for the
+/// disk: openraft's core does not restart after a storage error, and a fresh start re-reads
+/// the store from disk, which is what was acknowledged.
+async fn storage_failure(raft: &Raft, config: &NodeConfig) {
+    let mut metrics = raft.metrics();
+    let cause = loop {
+        if let Some(cause) = crate::service::storage_failure(raft) {
+            break cause;
+        }
+        if metrics.changed().await.is_err() {
+            // The core is gone without a storage error: a shutdown we asked for.
+            return std::future::pending().await;
+        }
+    };
+    tracing::error!(
+        data_dir = %config.data_dir.display(),
+        cause = %cause,
+        exit_in_ms = config.storage_failure_exit_after.as_millis() as u64,
+        "STORAGE FAILED: this node serves no writes or reads now and will exit so that its \
+         supervisor restarts it; free space on (or repair) the data directory's disk first"
+    );
+    tokio::time::sleep(config.storage_failure_exit_after).await;
 }
 
 /// On a first start, the node with the lowest id in `--peers` forms the cluster with every

@@ -38,10 +38,11 @@ pub enum ErrorCode {
     Unavailable,
     Timeout,
     Internal,
+    StorageFailed,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::MalformedJson,
         ErrorCode::BadRequest,
         ErrorCode::InvalidId,
@@ -64,6 +65,7 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::Timeout,
         ErrorCode::Internal,
+        ErrorCode::StorageFailed,
     ];
 
     /// The code as the API spells it (`"version_conflict"`).
@@ -92,6 +94,7 @@ impl ErrorCode {
             Unavailable => "unavailable",
             Timeout => "timeout",
             Internal => "internal",
+            StorageFailed => "storage_failed",
         }
     }
 

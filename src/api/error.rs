@@ -61,6 +61,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The node's storage failed (503 `storage_failed`): send the request to another node.
+    #[error("storage failed on this node: {0}")]
+    StorageFailed(String),
 }
 
 impl ApiError {
@@ -84,7 +87,9 @@ impl ApiError {
             ) => StatusCode::NOT_FOUND,
             Rejected(Rejection::Invalid(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             Rejected(_) => StatusCode::CONFLICT,
-            NoLeader | NoQuorum | Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            NoLeader | NoQuorum | Unavailable(_) | StorageFailed(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             OutcomeUnknown(_) | Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -117,6 +122,7 @@ impl ApiError {
             Unavailable(_) => ErrorCode::Unavailable,
             OutcomeUnknown(_) | Timeout(_) => ErrorCode::Timeout,
             Internal(_) => ErrorCode::Internal,
+            StorageFailed(_) => ErrorCode::StorageFailed,
         }
     }
 
@@ -140,6 +146,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Timeout(m) => ApiError::Timeout(m),
             ServiceError::Invalid(v) => ApiError::Validation(v),
             ServiceError::Internal(m) => ApiError::Internal(m),
+            ServiceError::StorageFailed(m) => ApiError::StorageFailed(m),
         }
     }
 }

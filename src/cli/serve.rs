@@ -101,6 +101,10 @@ pub struct ServeArgs {
     /// the follower's install, which takes seconds for millions of orders.
     #[arg(long, env = "ORDO_INSTALL_SNAPSHOT_TIMEOUT_MS", default_value_t = node::DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS)]
     pub install_snapshot_timeout_ms: u64,
+    /// After the node's storage fails (disk full, I/O error), how long it keeps answering
+    /// 503 `storage_failed` (and failing /readyz) before it exits with status 74, ms.
+    #[arg(long, env = "ORDO_STORAGE_FAILURE_EXIT_AFTER_MS", default_value_t = node::DEFAULT_STORAGE_FAILURE_EXIT_AFTER_MS)]
+    pub storage_failure_exit_after_ms: u64,
     /// How long a client may take to send a request's head, and then its whole body, ms.
     #[arg(long, env = "ORDO_READ_TIMEOUT_MS", default_value_t = server::DEFAULT_READ_TIMEOUT_MS)]
     pub read_timeout_ms: u64,
@@ -285,6 +289,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         // Peers refuse append bodies over 16 MiB: keep batches well under that.
         max_append_bytes: (args.max_append_kib.clamp(1, 8192) * 1024) as usize,
         install_snapshot_timeout_ms: args.install_snapshot_timeout_ms,
+        storage_failure_exit_after: Duration::from_millis(args.storage_failure_exit_after_ms),
         server_limits: ServerLimits {
             header_read_timeout: Duration::from_millis(args.read_timeout_ms),
             body_read_timeout: Duration::from_millis(args.read_timeout_ms),
@@ -309,6 +314,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         insecure: args.insecure,
     };
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-    rt.block_on(node::serve(config))?;
-    Ok(0)
+    match rt.block_on(node::serve(config))? {
+        node::Stopped::Asked => Ok(0),
+        node::Stopped::StorageFailed => Ok(STORAGE_FAILED_EXIT_CODE),
+    }
 }
+
+/// `ordo serve`'s exit status after a storage failure (sysexits' EX_IOERR): a supervisor
+/// restarts the node (systemd's `Restart=on-failure`), which then reads its store afresh.
+pub const STORAGE_FAILED_EXIT_CODE: i32 = 74;

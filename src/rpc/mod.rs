@@ -230,6 +230,10 @@ pub enum RpcError {
     /// encode as the error that travelled before this type existed.)
     #[error("{0}")]
     Invalid(ValidationError),
+    /// The receiving node's log or state store failed (disk full, I/O error): it serves no
+    /// writes or linearizable reads until restarted.
+    #[error("{0}")]
+    StorageFailed(String),
 }
 
 #[cfg(test)]

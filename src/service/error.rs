@@ -25,6 +25,10 @@ pub enum ServiceError {
     Invalid(ValidationError),
     #[error("{0}")]
     Internal(String),
+    /// This node's (or the leader's) log or state store failed: disk full, an I/O error.
+    /// Its Raft core has stopped; the node exits so that a supervisor restarts it.
+    #[error("{0}")]
+    StorageFailed(String),
 }
 
 /// What a leader answers inside this node (`proposer`, `read_index`): the protocol's answer
@@ -41,6 +45,7 @@ impl From<RpcError> for ServiceError {
             RpcError::Timeout(m) => ServiceError::Timeout(m),
             RpcError::Invalid(v) => ServiceError::Invalid(v),
             RpcError::Internal(m) => ServiceError::Internal(m),
+            RpcError::StorageFailed(m) => ServiceError::StorageFailed(m),
         }
     }
 }
@@ -55,6 +60,7 @@ impl From<ServiceError> for RpcError {
             ServiceError::Timeout(m) => RpcError::Timeout(m),
             ServiceError::Invalid(v) => RpcError::Invalid(v),
             ServiceError::Internal(m) => RpcError::Internal(m),
+            ServiceError::StorageFailed(m) => RpcError::StorageFailed(m),
         }
     }
 }

@@ -12,7 +12,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
 use tokio::time::Instant;
 
-use super::{Answer, Service, ServiceError};
+use super::{storage_failure, Answer, Service, ServiceError};
 use crate::order::ValidationError;
 use crate::raft::{LogId, NodeId};
 use crate::rpc::{LeaderAnswer, MembershipChange, MEMBERSHIP_PATH};
@@ -71,6 +71,15 @@ impl Service {
         let mut check = |name: &str, ok: bool, detail: String| {
             checks.insert(name.to_string(), CheckJson { ok, detail });
         };
+        let failure = storage_failure(&self.raft);
+        check(
+            "storage",
+            failure.is_none(),
+            match &failure {
+                Some(cause) => format!("storage failed: {cause}"),
+                None => "ok".into(),
+            },
+        );
         let running = m.state != ServerState::Shutdown;
         check(
             "raft",
@@ -78,7 +87,7 @@ impl Service {
             if running {
                 format!("{:?}, term {}", m.state, m.current_term)
             } else {
-                "the Raft core has stopped (a storage failure?): see the log".into()
+                "the Raft core has stopped: see the log".into()
             },
         );
         check(

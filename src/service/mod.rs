@@ -119,9 +119,33 @@ impl Service {
             .map(|n| n.addr.clone())
     }
 
+    /// Why this node's Raft core stopped on a storage error (disk full, I/O error), if it
+    /// did: such a node serves no writes or linearizable reads (503 `storage_failed`), fails
+    /// `/readyz`, and `node` makes it exit so that a supervisor restarts it.
+    pub fn storage_failure(&self) -> Option<String> {
+        storage_failure(&self.raft)
+    }
+
+    /// Refuses up front when this node's storage has failed.
+    fn check_storage(&self) -> Result<(), ServiceError> {
+        match self.storage_failure() {
+            Some(cause) => Err(ServiceError::StorageFailed(cause)),
+            None => Ok(()),
+        }
+    }
+
     /// The last log index this node's state machine has applied.
     pub fn applied_index(&self) -> Option<u64> {
         self.raft.metrics().borrow().last_applied.map(|l| l.index)
+    }
+}
+
+/// The storage error that stopped `raft`'s core, if one did.
+pub fn storage_failure(raft: &Raft) -> Option<String> {
+    match &raft.metrics().borrow().running_state {
+        Err(openraft::error::Fatal::StorageError(e)) => Some(e.to_string()),
+        Err(openraft::error::Fatal::Panicked) => Some("the Raft core panicked".into()),
+        _ => None,
     }
 }
 
@@ -150,6 +174,9 @@ async fn wait_for_leader(raft: &Raft, deadline: Instant) -> Result<(NodeId, Stri
 /// again.
 impl LeaderCalls for Service {
     async fn write(&self, req: WriteRequest) -> LeaderAnswer<CommandOutcome> {
+        if let Err(e) = self.check_storage() {
+            return LeaderAnswer::Failed(e.into());
+        }
         let deadline = Instant::now() + self.request_timeout;
         self.write_as_leader(req, deadline)
             .await
@@ -157,6 +184,9 @@ impl LeaderCalls for Service {
     }
 
     async fn read_index(&self) -> LeaderAnswer<Option<LogId>> {
+        if let Err(e) = self.check_storage() {
+            return LeaderAnswer::Failed(e.into());
+        }
         let deadline = Instant::now() + self.request_timeout;
         self.leader_reads
             .read_index(deadline)

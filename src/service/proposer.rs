@@ -237,6 +237,14 @@ fn answers_for(written: WriteResult, keyed: &[bool]) -> Vec<Answer<CommandOutcom
                 }
             })
             .collect(),
+        // The log store failed under this batch (disk full): it reached the log, but not
+        // disk, here; followers may still have it, so it may yet commit.
+        Ok(Err(RaftError::Fatal(openraft::error::Fatal::StorageError(e)))) => {
+            all(LeaderAnswer::Failed(ServiceError::StorageFailed(format!(
+                "{e}; the write may or may not have been applied (retry it on another node \
+                 with the same Idempotency-Key)"
+            ))))
+        }
         Ok(Err(e)) => all(LeaderAnswer::Failed(ServiceError::OutcomeUnknown(format!(
             "write did not complete: {e}"
         )))),

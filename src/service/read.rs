@@ -17,6 +17,7 @@ impl Service {
     /// Returns once this node's state machine holds everything committed before the call: a
     /// read of the local store after it is linearizable.
     pub async fn linearizable_barrier(&self) -> Result<(), ServiceError> {
+        self.check_storage()?;
         let deadline = Instant::now() + self.request_timeout;
         let mut last_err = ServiceError::NoLeader;
         for _ in 0..MAX_ATTEMPTS {

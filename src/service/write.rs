@@ -16,6 +16,7 @@ impl Service {
     /// Commits one order operation through Raft from any node and returns its outcome.
     pub async fn submit_write(&self, req: WriteRequest) -> Result<CommandOutcome, ServiceError> {
         req.validate().map_err(ServiceError::Invalid)?;
+        self.check_storage()?;
         let deadline = Instant::now() + self.request_timeout;
         // Once a proposal may have been appended, running out of time means "unknown", not
         // "unavailable".

@@ -16,7 +16,7 @@ use crate::cluster::{Nodes, DEADLINE};
 struct InProcessNode {
     addr: String,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<anyhow::Result<node::Stopped>>,
 }
 
 /// Nodes 1..=n of one cluster, each on its own loopback port and data directory, running on
