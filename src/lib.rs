@@ -5,6 +5,8 @@
 //! - [`order`]: the domain — types, validation, status transitions, commands. No I/O.
 //! - [`wire`]: the public JSON of the HTTP API and its error codes (shared with the client).
 //! - [`codec`]: bincode bytes for disk and wire, behind a format version byte.
+//! - [`telemetry`]: the metrics' names and the Prometheus recorder (recorded from every
+//!   layer below through the `metrics` facade).
 //! - [`tls`]: rustls configurations from PEM files (node and client sides), reload, and
 //!   development certificates.
 //! - [`raft`]: the openraft type configuration.
@@ -20,6 +22,23 @@
 //! Beside this crate: `testkit/` (the process-cluster fixture and the torture run,
 //! `ordo-torture`), `bench/` (the load generator, `ordo-bench`) and `benches/storage.rs`.
 
+/// This build's version: the crate version and the git commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("ORDO_GIT_COMMIT"),
+    ")"
+);
+/// The log filter when `RUST_LOG` is not set. openraft's replication lines are off: they
+/// repeat on every retry to an unreachable peer (~100 lines a second); ordo logs a peer going
+/// and coming back once each instead (`rpc::network`). The access log (`ordo::access`) is
+/// off; `RUST_LOG=info,ordo::access=info` turns it on.
+pub const DEFAULT_LOG_FILTER: &str = "info,openraft=warn,openraft::replication=off,\
+     openraft::engine::handler::replication_handler=off,ordo::access=warn";
+
+/// The git commit this binary was built from (`-dirty` with uncommitted changes).
+pub const GIT_COMMIT: &str = env!("ORDO_GIT_COMMIT");
+
 pub mod api;
 pub mod cli;
 pub mod client;
@@ -30,5 +49,6 @@ pub mod raft;
 pub mod rpc;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod wire;

@@ -1,7 +1,8 @@
 //! The `ordo` binary: set up logging to stderr, parse the command line, run.
 //!
 //! Logs are plain text, coloured only when stderr is a terminal (a log file gets no escape
-//! codes); `ORDO_LOG_FORMAT=json` makes them one JSON object per line. `RUST_LOG` filters.
+//! codes); `ORDO_LOG_FORMAT=json` makes them one JSON object per line. `RUST_LOG` filters
+//! (default `ordo::DEFAULT_LOG_FILTER`).
 
 use clap::Parser;
 
@@ -13,7 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,openraft=warn".into());
+        .unwrap_or_else(|_| ordo::DEFAULT_LOG_FILTER.into());
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);

@@ -377,6 +377,7 @@ pub async fn run(
         client_address = %config.client_address(),
         peer_address = %config.peer_address(),
         tls = tls.is_some(),
+        version = crate::VERSION,
         "node serving"
     );
     if let Some(tls) = &tls {
@@ -398,6 +399,8 @@ pub async fn run(
         );
     }
 
+    crate::telemetry::handle();
+    crate::service::observer::spawn(raft.clone(), reader.clone(), config.data_dir.clone());
     let service = Service::start(
         config.id,
         raft.clone(),

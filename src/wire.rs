@@ -11,6 +11,8 @@ use crate::order::{LineItem, NewOrder, Order, OrderStatus, ValidationError};
 
 /// Response header naming the current leader's HOST:PORT.
 pub const LEADER_HEADER: &str = "x-ordo-leader";
+/// Response header with the answering node's version (`0.1.0 (COMMIT)`).
+pub const VERSION_HEADER: &str = "x-ordo-version";
 
 /// Every `error.code` the API answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

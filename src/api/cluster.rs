@@ -19,6 +19,26 @@ pub async fn live() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
+/// `/metrics`: the node's metrics in Prometheus' text format (`telemetry`).
+pub async fn metrics() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::telemetry::handle().render(),
+    )
+        .into_response()
+}
+
+/// `/version`: this build's version and git commit.
+pub async fn version() -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": crate::GIT_COMMIT,
+    }))
+}
+
 /// `/readyz`: 200 when the node should get traffic, else 503; the body says which check
 /// failed (see `Service::readiness`).
 pub async fn ready(State(state): State<AppState>) -> Response {

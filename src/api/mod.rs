@@ -5,6 +5,7 @@
 //! answer; the node-to-node routes are `rpc`'s and are merged in here, beside the public ones
 //! (or served on their own port).
 
+pub mod access;
 pub mod auth;
 pub mod cluster;
 pub mod error;
@@ -23,7 +24,7 @@ use crate::service::Service;
 use crate::store::OrderReader;
 pub use error::ApiError;
 
-pub use crate::wire::LEADER_HEADER;
+pub use crate::wire::{LEADER_HEADER, VERSION_HEADER};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -62,6 +63,8 @@ pub fn router(state: AppState, peer_routes: Option<Router>) -> Router {
         .route("/health", get(cluster::live))
         .route("/livez", get(cluster::live))
         .route("/readyz", get(cluster::ready))
+        .route("/version", get(cluster::version))
+        .route("/metrics", get(cluster::metrics))
         .layer(DefaultBodyLimit::max(json::MAX_BODY_BYTES))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -84,18 +87,22 @@ pub fn peer_only(peer_routes: Router) -> Router {
     with_fallbacks(peer_routes)
 }
 
-/// Unknown routes and methods answer the JSON 404 / 405.
+/// Unknown routes and methods answer the JSON 404 / 405; every request, those included, gets
+/// a request id, a metric and (if enabled) an access log line (`access`).
 fn with_fallbacks(routes: Router) -> Router {
     routes
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this route".into())
         })
+        .layer(axum::middleware::from_fn(access::observe))
 }
 
 /// Every API answer names the current leader's address (`x-ordo-leader`), so clients can send
 /// their next write straight there.
 async fn tell_leader(State(state): State<AppState>, mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(VERSION_HEADER, HeaderValue::from_static(crate::VERSION));
     let leader_addr = state.service.leader_addr();
     if let Some(value) = leader_addr.and_then(|a| HeaderValue::from_str(&a).ok()) {
         resp.headers_mut().insert(LEADER_HEADER, value);

@@ -20,7 +20,7 @@ use crate::client::{Client, ClientConfig, ClientError, DEFAULT_NODES};
 #[derive(Debug, Parser)]
 #[command(
     name = "ordo",
-    version,
+    version = crate::VERSION,
     about = "A replicated order store (Raft + sled + HTTP JSON)"
 )]
 pub struct Cli {

@@ -134,6 +134,10 @@ impl RpcClient {
         if let Some(id) = self.cluster.get() {
             request = request.header(CLUSTER_HEADER, id);
         }
+        // A forwarded request carries the id of the client request it serves (`api` sets it).
+        if let Ok(id) = super::REQUEST_ID.try_with(Clone::clone) {
+            request = request.header(super::REQUEST_ID_HEADER, id);
+        }
         let resp = request.body(body).send().await.map_err(|e| {
             if e.is_connect() {
                 CallError::Refused(e)

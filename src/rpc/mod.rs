@@ -26,6 +26,15 @@ use crate::order::{validate_idempotency_key, OrderOp, ValidationError};
 use crate::raft::NodeId;
 
 /// The route of each call on the receiving node.
+/// The id of a client request, made by (or given to) the node it reached and carried on the
+/// calls it makes to the leader for it, so one write can be followed through both logs.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+tokio::task_local! {
+    /// The request id of the client request this task serves (`api` sets it per request).
+    pub static REQUEST_ID: String;
+}
+
 pub const APPEND_PATH: &str = "/raft/append";
 pub const VOTE_PATH: &str = "/raft/vote";
 pub const SNAPSHOT_PATH: &str = "/raft/snapshot";

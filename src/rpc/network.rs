@@ -11,6 +11,11 @@
 //! whose encoding passes `max_append_bytes` is refused here with `PayloadTooLarge` and a hint
 //! of how many entries fit, which makes openraft send smaller batches; so is a batch the peer
 //! answers 413 to. One entry is always sent, however large.
+//!
+//! A peer that stops answering is logged once when it goes (WARN, with the cause) and once
+//! when it answers again (INFO, with how long it was gone), not on every retry: openraft's
+//! own line per failed heartbeat is filtered out by default (see `main`). `PeerHealth` keeps
+//! that state, and the `ordo_peer_unreachable` gauge.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +38,7 @@ use super::clock::{wall_clock_ms, PeerClocks};
 use super::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use crate::codec;
 use crate::raft::{NodeId, TypeConfig};
+use crate::telemetry;
 
 /// Builds one `PeerClient` per target; cheap, the connection pool is shared.
 #[derive(Clone)]
@@ -41,6 +47,37 @@ pub struct PeerNetwork {
     unreachable_retry: Duration,
     max_append_bytes: usize,
     clocks: Arc<PeerClocks>,
+    health: Arc<PeerHealth>,
+}
+
+/// Which peers are not answering, and since when.
+#[derive(Default)]
+struct PeerHealth {
+    down_since: std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>,
+}
+
+impl PeerHealth {
+    fn answered(&self, peer: NodeId, addr: &str) {
+        let mut down = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(since) = down.remove(&peer) {
+            metrics::gauge!(telemetry::PEER_UNREACHABLE, "peer" => peer.to_string()).set(0.0);
+            tracing::info!(
+                peer,
+                addr,
+                down_for_ms = since.elapsed().as_millis() as u64,
+                "peer reachable again"
+            );
+        }
+    }
+
+    fn failed(&self, peer: NodeId, addr: &str, cause: &dyn std::fmt::Display) {
+        let mut down = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        if let std::collections::hash_map::Entry::Vacant(e) = down.entry(peer) {
+            e.insert(std::time::Instant::now());
+            metrics::gauge!(telemetry::PEER_UNREACHABLE, "peer" => peer.to_string()).set(1.0);
+            tracing::warn!(peer, addr, %cause, "peer unreachable (logged again when it answers)");
+        }
+    }
 }
 
 /// The default byte budget of one AppendEntries body: small enough that a follower decodes,
@@ -58,6 +95,7 @@ impl PeerNetwork {
             unreachable_retry,
             max_append_bytes,
             clocks: Arc::default(),
+            health: Arc::default(),
         }
     }
 
@@ -78,6 +116,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             unreachable_retry: self.unreachable_retry,
             max_append_bytes: self.max_append_bytes,
             clocks: self.clocks.clone(),
+            health: self.health.clone(),
         }
     }
 }
@@ -90,6 +129,7 @@ pub struct PeerClient {
     unreachable_retry: Duration,
     max_append_bytes: usize,
     clocks: Arc<PeerClocks>,
+    health: Arc<PeerHealth>,
 }
 
 /// How many of `entries` entries to send instead of a batch of `bytes` encoded bytes, to stay
@@ -117,6 +157,13 @@ impl PeerClient {
             .client
             .post::<Result<Resp, RaftError<NodeId, E>>>(&self.addr, path, body, option.hard_ttl())
             .await;
+        match &answered {
+            Ok(_) => self.health.answered(self.target, &self.addr),
+            Err(e @ (CallError::Refused(_) | CallError::NoAnswer(_))) => {
+                self.health.failed(self.target, &self.addr, e)
+            }
+            Err(_) => {}
+        }
         match answered {
             Ok(answered) => {
                 if let Some(peer_ms) = answered.peer_clock_ms {

@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod membership;
+pub mod observer;
 pub mod proposer;
 pub mod read;
 pub mod read_index;

@@ -18,6 +18,7 @@ use crate::order::{CommandBatch, CommandOutcome, OrderCommand};
 use crate::raft::{NodeId, Raft, TypeConfig};
 use crate::rpc::clock::{wall_clock_ms, PeerClocks};
 use crate::rpc::{LeaderAnswer, WriteRequest};
+use crate::telemetry;
 
 /// Proposals in flight at once.
 const MAX_IN_FLIGHT: usize = 4;
@@ -190,6 +191,8 @@ async fn run(
                 .iter()
                 .map(|c| c.idempotency_key.is_some())
                 .collect();
+            metrics::counter!(telemetry::PROPOSALS).increment(1);
+            metrics::histogram!(telemetry::PROPOSAL_BATCH).record(keyed.len() as f64);
             let written =
                 tokio::time::timeout(commit_timeout, raft.client_write(CommandBatch { commands }))
                     .await;

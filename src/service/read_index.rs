@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use super::error::{Answer, ServiceError};
 use crate::raft::LogId;
 use crate::rpc::LeaderAnswer;
+use crate::telemetry;
 
 /// Reads waiting for a round before senders wait too.
 const QUEUE: usize = 8192;
@@ -57,6 +58,8 @@ impl ReadIndexBatcher {
                 if waiters.is_empty() {
                     continue;
                 }
+                metrics::counter!(telemetry::READ_INDEX_ROUNDS).increment(1);
+                metrics::histogram!(telemetry::READ_INDEX_WAITERS).record(waiters.len() as f64);
                 let answer = tokio::time::timeout(round_timeout, round())
                     .await
                     .unwrap_or(LeaderAnswer::Failed(ServiceError::NoQuorum));

@@ -18,6 +18,7 @@ use openraft::{OptionalSend, RaftLogReader};
 use super::{AppliedFloor, Durability, PurgePlan, StoreError};
 use crate::codec;
 use crate::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::telemetry;
 
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
@@ -276,7 +277,11 @@ fn run_flusher(db: sled::Db, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());
-        match db.flush() {
+        metrics::histogram!(telemetry::GROUP_COMMIT).record(waiting.len() as f64);
+        let started = std::time::Instant::now();
+        let flushed = db.flush();
+        metrics::histogram!(telemetry::FSYNC_DURATION).record(started.elapsed().as_secs_f64());
+        match flushed {
             Ok(_) => waiting
                 .into_iter()
                 .for_each(|cb| cb.log_io_completed(Ok(()))),
@@ -327,6 +332,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not flushed on its own: it rides along with the next log flush. Losing it only means
         // a restart re-applies a little later, when the leader commits again.
+        if let Some(c) = &committed {
+            metrics::gauge!(telemetry::RAFT_COMMITTED_INDEX).set(c.index as f64);
+        }
         self.write_meta(KEY_COMMITTED, &committed)
             .map_err(StoreError::into_write)
     }

@@ -169,6 +169,22 @@ impl OrderReader {
         Ok(self.sm.get(keys::USERS_BEGUN)?.is_some())
     }
 
+    /// How many orders the store holds (ids are dense: no order is ever deleted).
+    pub fn order_count(&self) -> Result<u64, StoreError> {
+        Ok(self.next_id()? - 1)
+    }
+
+    /// How many idempotency records are kept (until they expire). A scan of that index: for
+    /// the metrics sampler, every few seconds, not per request.
+    pub fn idempotency_record_count(&self) -> Result<u64, StoreError> {
+        let mut n = 0u64;
+        for k in self.sm.scan_prefix(keys::idempotency("")).keys() {
+            k?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     fn next_id(&self) -> Result<u64, StoreError> {
         Ok(match self.sm.get(keys::NEXT_ID)? {
             Some(v) => codec::decode(&v)?,

@@ -1,10 +1,14 @@
 //! The snapshot file format and the directory that keeps the current snapshot.
 //!
-//! A snapshot is one file: `ORDOSNAP`, a length-prefixed encoded `SnapshotMeta`, then every
+//! A snapshot is one file: `ORDOSNP2`, a length-prefixed encoded `SnapshotMeta`, then every
 //! key/value of the state machine tree as length-prefixed records, then an end marker (so a cut
-//! file is detected, not half-loaded). It is written to a temp file, fsynced and renamed over
-//! `current.snap`, so the current snapshot is always whole. Files stream record by record;
-//! nothing holds the whole state machine in memory.
+//! file is detected, not half-loaded), then the SHA-256 of every byte before it (so a changed
+//! byte is detected too: on install, on load and on restore). It is written to a temp file,
+//! fsynced and renamed over `current.snap`, so the current snapshot is always whole. Files
+//! stream record by record; nothing holds the whole state machine in memory. Files of the
+//! first format (`ORDOSNAP`, no checksum), which earlier versions wrote, are still read.
+
+use sha2::{Digest, Sha256};
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -16,7 +20,9 @@ use super::StoreError;
 use crate::codec;
 use crate::raft::SnapshotMeta;
 
-const MAGIC: &[u8; 8] = b"ORDOSNAP";
+const MAGIC: &[u8; 8] = b"ORDOSNP2";
+/// The first format, without the checksum.
+const MAGIC_V1: &[u8; 8] = b"ORDOSNAP";
 const END_MARKER: u32 = u32::MAX;
 const CURRENT: &str = "current.snap";
 /// No key or value of the state machine comes near this; a larger length in a file is
@@ -128,7 +134,7 @@ where
     I: IntoIterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>>,
 {
     let file = File::create(path)?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let mut w = Hashing::new(BufWriter::with_capacity(1 << 20, file));
     w.write_all(MAGIC)?;
     write_chunk(&mut w, &codec::encode(meta)?)?;
     for rec in records {
@@ -137,9 +143,47 @@ where
         write_chunk(&mut w, &v)?;
     }
     w.write_all(&END_MARKER.to_be_bytes())?;
+    let digest = w.hasher.finalize();
+    let mut w = w.inner;
+    w.write_all(&digest)?;
     let file = w.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     Ok(())
+}
+
+/// A reader or writer that hashes every byte that passes through it.
+struct Hashing<T> {
+    inner: T,
+    hasher: Sha256,
+}
+
+impl<T> Hashing<T> {
+    fn new(inner: T) -> Self {
+        Hashing {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 fn write_chunk(w: &mut impl Write, bytes: &[u8]) -> Result<(), StoreError> {
@@ -168,13 +212,25 @@ fn read_chunk(r: &mut impl Read, len: u32) -> Result<Vec<u8>, StoreError> {
 }
 
 fn read_header(r: &mut impl Read) -> Result<SnapshotMeta, StoreError> {
+    Ok(read_header_and_format(r)?.0)
+}
+
+/// The meta, and whether the file ends with a checksum (the current format).
+fn read_header_and_format(r: &mut impl Read) -> Result<(SnapshotMeta, bool), StoreError> {
     let mut magic = [0u8; 8];
-    r.read_exact(&mut magic)?;
-    if &magic != MAGIC {
-        return Err(StoreError::Corrupt("not an ordo snapshot file".into()));
-    }
-    let len = read_len(r)?;
-    Ok(codec::decode(&read_chunk(r, len)?)?)
+    r.read_exact(&mut magic)
+        .map_err(|_| StoreError::Corrupt("not an ordo snapshot file (too short)".into()))?;
+    let checksummed = match &magic {
+        m if m == MAGIC => true,
+        m if m == MAGIC_V1 => false,
+        _ => return Err(StoreError::Corrupt("not an ordo snapshot file".into())),
+    };
+    let corrupt = || StoreError::Corrupt("snapshot header is cut short".into());
+    let len = read_len(r).map_err(|e| eof_is(e, corrupt))?;
+    let header = read_chunk(r, len).map_err(|e| eof_is(e, corrupt))?;
+    let meta = codec::decode(&header)
+        .map_err(|e| StoreError::Corrupt(format!("snapshot header does not decode: {e}")))?;
+    Ok((meta, checksummed))
 }
 
 /// Reads a snapshot file: its meta, then each record in turn through `on_record`.
@@ -182,18 +238,57 @@ pub(super) fn read(
     path: &Path,
     mut on_record: impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), StoreError>,
 ) -> Result<SnapshotMeta, StoreError> {
-    let mut r = BufReader::with_capacity(1 << 20, File::open(path)?);
-    let meta = read_header(&mut r)?;
+    read_from(
+        BufReader::with_capacity(1 << 20, File::open(path)?),
+        &mut on_record,
+    )
+}
+
+/// Reads a snapshot from `r` (see `read`), checking its checksum at the end: the records
+/// handed out before a mismatch is found must be thrown away by the caller (install and
+/// restore check the whole file before they load it).
+pub(crate) fn read_from(
+    r: impl Read,
+    on_record: &mut impl FnMut(Vec<u8>, Vec<u8>) -> Result<(), StoreError>,
+) -> Result<SnapshotMeta, StoreError> {
+    let cut = || StoreError::Corrupt("snapshot file is cut short".into());
+    let mut r = Hashing::new(r);
+    let (meta, checksummed) = read_header_and_format(&mut r)?;
     loop {
-        let klen = read_len(&mut r)
-            .map_err(|_| StoreError::Corrupt("snapshot file is cut short".into()))?;
+        let klen = read_len(&mut r).map_err(|_| cut())?;
         if klen == END_MARKER {
-            return Ok(meta);
+            break;
         }
-        let key = read_chunk(&mut r, klen)?;
-        let vlen = read_len(&mut r)?;
-        let value = read_chunk(&mut r, vlen)?;
+        let key = read_chunk(&mut r, klen).map_err(|e| eof_is(e, cut))?;
+        let vlen = read_len(&mut r).map_err(|_| cut())?;
+        let value = read_chunk(&mut r, vlen).map_err(|e| eof_is(e, cut))?;
         on_record(key, value)?;
+    }
+    let computed = r.hasher.finalize();
+    let mut r = r.inner;
+    if checksummed {
+        let mut stored = [0u8; 32];
+        r.read_exact(&mut stored).map_err(|_| cut())?;
+        if stored[..] != computed[..] {
+            return Err(StoreError::Corrupt(
+                "snapshot file fails its checksum: a byte changed on disk or on the way".into(),
+            ));
+        }
+    }
+    let mut extra = [0u8; 1];
+    if r.read(&mut extra)? != 0 {
+        return Err(StoreError::Corrupt(
+            "snapshot file has bytes after its end".into(),
+        ));
+    }
+    Ok(meta)
+}
+
+/// A file that ends inside a record is corrupt (not an I/O failure).
+fn eof_is(e: StoreError, corrupt: impl Fn() -> StoreError) -> StoreError {
+    match e {
+        StoreError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => corrupt(),
+        e => e,
     }
 }
 
@@ -242,5 +337,40 @@ mod tests {
         dir.publish(&written(&dir, 30)).unwrap();
         assert_eq!(header_of(file), meta(20));
         assert_eq!(dir.current_meta().unwrap(), Some(meta(30)));
+    }
+
+    #[test]
+    fn a_changed_or_cut_file_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::open(tmp.path().to_path_buf()).unwrap();
+        let path = written(&dir, 7);
+        let good = std::fs::read(&path).unwrap();
+        assert_eq!(read(&path, |_, _| Ok(())).unwrap(), meta(7));
+
+        // Every single flipped byte is caught, wherever it is.
+        for at in 0..good.len() {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            std::fs::write(&path, &bad).unwrap();
+            assert!(
+                matches!(read(&path, |_, _| Ok(())), Err(StoreError::Corrupt(_))),
+                "byte {at} of {} flipped and the file was accepted",
+                good.len()
+            );
+        }
+        for len in [0, 5, good.len() / 2, good.len() - 1] {
+            std::fs::write(&path, &good[..len]).unwrap();
+            assert!(
+                matches!(read(&path, |_, _| Ok(())), Err(StoreError::Corrupt(_))),
+                "cut to {len} bytes and accepted"
+            );
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        std::fs::write(&path, &longer).unwrap();
+        assert!(matches!(
+            read(&path, |_, _| Ok(())),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 }

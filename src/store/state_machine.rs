@@ -27,6 +27,7 @@ use crate::order::{apply_command, CommandOutcome, OrderCommand, MAX_CLOCK_STEP_M
 use crate::raft::{
     ApplyResult, Entry, LogId, Snapshot, StorageError, StoredMembership, TypeConfig,
 };
+use crate::telemetry;
 
 /// sled's memory use grows steeply with the size of one atomic batch (measured: 300k keys in
 /// batches of 4096 took +520 MB, in batches of ≤512 about +95 MB, the page cache), so big
@@ -240,6 +241,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .take()
             .unwrap_or(Err(StoreError::BuilderUsed))
             .map_err(err)?;
+        let started = std::time::Instant::now();
         // Seconds of disk I/O for a big store: on the blocking pool.
         let store = self.store.blocking_handle();
         let written = meta.clone();
@@ -257,7 +259,17 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .publish_built(&path, &meta)
             .map_err(err)?;
         if current.snapshot_id == meta.snapshot_id {
-            tracing::info!(snapshot_id = %meta.snapshot_id, "built snapshot");
+            let bytes = file.metadata().map_or(0, |m| m.len());
+            let took = started.elapsed();
+            metrics::counter!(telemetry::SNAPSHOT_BUILDS).increment(1);
+            metrics::histogram!(telemetry::SNAPSHOT_BUILD_DURATION).record(took.as_secs_f64());
+            metrics::gauge!(telemetry::SNAPSHOT_BYTES).set(bytes as f64);
+            tracing::info!(
+                snapshot_id = %meta.snapshot_id,
+                bytes,
+                ms = took.as_millis() as u64,
+                "built snapshot"
+            );
         } else {
             tracing::info!(
                 built = %meta.snapshot_id,
@@ -376,8 +388,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 &e,
             ))
         };
+        let started = std::time::Instant::now();
         // The received file itself becomes the snapshot (no copy): make it durable, check it
-        // is whole and is the one we were told about, rename it over the current one, load it.
+        // is whole (its checksum) and is the one we were told about, rename it over the
+        // current one, load it.
         let path = match self.received_path(&snapshot).await.map_err(err)? {
             Some(path) => {
                 snapshot
@@ -410,7 +424,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(|e| err(e.into()))?
             .map_err(err)?;
         self.floor.install_done(meta.last_log_id).map_err(err)?;
-        tracing::info!(snapshot_id = %meta.snapshot_id, "installed snapshot");
+        let bytes = std::fs::metadata(self.snapshots.current_path()).map_or(0, |m| m.len());
+        let took = started.elapsed();
+        metrics::counter!(telemetry::SNAPSHOT_INSTALLS).increment(1);
+        metrics::histogram!(telemetry::SNAPSHOT_INSTALL_DURATION).record(took.as_secs_f64());
+        metrics::gauge!(telemetry::SNAPSHOT_BYTES).set(bytes as f64);
+        tracing::info!(
+            snapshot_id = %meta.snapshot_id,
+            bytes,
+            ms = took.as_millis() as u64,
+            "installed snapshot"
+        );
         Ok(())
     }
 
