@@ -158,3 +158,329 @@ async fn a_full_disk_fails_the_node_loudly_and_loses_no_acknowledged_order() {
     let (status, body) = create(&cluster, 1, "after", None, "x").await.unwrap();
     assert_eq!(status, 201, "writable again: {body}");
 }
+
+/// One sample of a Prometheus text exposition: the metric's name and labels.
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+/// Parses the text format (comments skipped; label values without escapes, as ordo's are).
+fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("`series value`");
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("value of {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_string(), Vec::new()),
+            Some((name, rest)) => {
+                let inner = rest.strip_suffix('}').expect("labels end with }");
+                let labels = inner
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        let (k, v) = p.split_once('=').expect("label=value");
+                        (k.to_string(), v.trim_matches('"').to_string())
+                    })
+                    .collect();
+                (name.to_string(), labels)
+            }
+        };
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        out.push(Sample {
+            name,
+            labels,
+            value,
+        });
+    }
+    out
+}
+
+/// The value of `name` with (at least) these labels; summed when several series match.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let matching: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.iter().any(|(sk, sv)| sk == k && sv == v))
+        })
+        .map(|s| s.value)
+        .collect();
+    (!matching.is_empty()).then(|| matching.iter().sum())
+}
+
+async fn scrape(cluster: &TestCluster, id: u64) -> Vec<Sample> {
+    let resp = cluster
+        .http
+        .get(cluster.url(id, "/metrics"))
+        .send()
+        .await
+        .expect("scrape /metrics");
+    assert_eq!(resp.status(), 200);
+    let kind = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
+    parse_metrics(&resp.text().await.unwrap())
+}
+
+/// Polls node `id`'s metrics until `check` holds (bounded); returns the samples.
+async fn wait_metrics(
+    cluster: &TestCluster,
+    id: u64,
+    what: &str,
+    check: impl Fn(&[Sample]) -> bool,
+) -> Vec<Sample> {
+    let deadline = Instant::now() + DEADLINE + Duration::from_secs(20);
+    loop {
+        let samples = scrape(cluster, id).await;
+        if check(&samples) {
+            return samples;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {id}: {what}; metrics: {samples:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Metrics move as they should after writes, a snapshot and a leader kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_writes_snapshots_and_a_leader_kill() {
+    let mut cluster = TestCluster::new(
+        Path::new(BIN),
+        3,
+        None,
+        vec!["--snapshot-every-logs".into(), "40".into()],
+    );
+    cluster.start_all().await;
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let before = scrape(&cluster, leader).await;
+    let created = |s: &[Sample]| {
+        value(
+            s,
+            "ordo_http_requests_total",
+            &[
+                ("route", "/api/orders"),
+                ("method", "POST"),
+                ("status", "201"),
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(
+        value(&before, "ordo_raft_state", &[("state", "leader")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&before, "ordo_raft_leader_id", &[]),
+        Some(leader as f64)
+    );
+
+    let writes = 60;
+    for i in 0..writes {
+        let (status, body) = create(&cluster, leader, "m", Some(&format!("m-{i}")), "x")
+            .await
+            .unwrap();
+        assert_eq!(status, 201, "{body}");
+    }
+    let after = wait_metrics(
+        &cluster,
+        leader,
+        "orders sampled and a snapshot built",
+        |s| {
+            value(s, "ordo_orders_stored", &[]) == Some(writes as f64)
+                && value(s, "ordo_snapshot_builds_total", &[]).unwrap_or(0.0) >= 1.0
+        },
+    )
+    .await;
+    assert_eq!(created(&after) - created(&before), writes as f64);
+    let grew = |name: &str| {
+        value(&after, name, &[]).unwrap_or(0.0) - value(&before, name, &[]).unwrap_or(0.0)
+    };
+    assert!(grew("ordo_proposals_total") >= 1.0, "proposals counted");
+    assert!(
+        grew("ordo_raft_applied_index") >= writes as f64,
+        "applied index moved"
+    );
+    assert!(
+        grew("ordo_log_fsync_duration_seconds_count") >= 1.0,
+        "fsyncs timed"
+    );
+    assert!(grew("ordo_http_request_duration_seconds_count") >= writes as f64);
+    assert!(value(&after, "ordo_snapshot_bytes", &[]).unwrap() > 0.0);
+    assert!(value(&after, "ordo_data_dir_bytes", &[]).unwrap() > 0.0);
+    assert_eq!(
+        value(&after, "ordo_idempotency_records_stored", &[]),
+        Some(writes as f64)
+    );
+    for id in cluster.ids().into_iter().filter(|&id| id != leader) {
+        assert!(value(
+            &after,
+            "ordo_raft_replication_lag_entries",
+            &[("follower", &id.to_string())]
+        )
+        .is_some());
+    }
+
+    // Kill the leader: a survivor leads, in a later term, and reports the old one unreachable.
+    let term = value(&after, "ordo_raft_term", &[]).unwrap();
+    cluster.kill(leader);
+    let survivors: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|&id| id != leader)
+        .collect();
+    let new_leader = cluster.wait_for_leader(&survivors).await;
+    let old = leader.to_string();
+    let samples = wait_metrics(&cluster, new_leader, "new leader's metrics", |s| {
+        value(s, "ordo_raft_state", &[("state", "leader")]) == Some(1.0)
+            && value(s, "ordo_peer_unreachable", &[("peer", &old)]) == Some(1.0)
+    })
+    .await;
+    assert!(value(&samples, "ordo_raft_term", &[]).unwrap() > term);
+    assert!(value(&samples, "ordo_raft_leader_changes_total", &[]).unwrap() >= 1.0);
+    assert_eq!(
+        value(&samples, "ordo_raft_leader_id", &[]),
+        Some(new_leader as f64)
+    );
+    assert_eq!(value(&samples, "ordo_raft_storage_failed", &[]), Some(0.0));
+}
+
+/// A request id given to a follower comes back in the answer and appears in the follower's
+/// and the leader's logs for the forwarded write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_follows_a_forwarded_write_into_the_leaders_log() {
+    let mut cluster = TestCluster::new(Path::new(BIN), 3, None, Vec::new());
+    for id in cluster.ids() {
+        cluster.set_env(
+            id,
+            vec![("RUST_LOG".into(), "info,ordo::access=info".into())],
+        );
+    }
+    cluster.start_all().await;
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let follower = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let id = "trace-me-7f3a9c";
+    let resp = cluster
+        .http
+        .post(cluster.url(follower, "/api/orders"))
+        .header("X-Request-Id", id)
+        .json(&order_body("rid", "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    assert_eq!(resp.headers()["x-request-id"], id);
+
+    // A request without one (or with a bad one) gets an id made for it.
+    let resp = cluster
+        .http
+        .get(cluster.url(follower, "/livez"))
+        .header("X-Request-Id", "has spaces and \"quotes\"")
+        .send()
+        .await
+        .unwrap();
+    let made = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(
+        !made.is_empty() && made.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{made}"
+    );
+
+    let lines_with = |node: u64, path: &str| -> Vec<String> {
+        std::fs::read_to_string(&cluster.nodes[&node].log_path)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(id) && l.contains(path))
+            .map(String::from)
+            .collect()
+    };
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (f, l) = (
+            lines_with(follower, "/api/orders"),
+            lines_with(leader, "/raft/write"),
+        );
+        if f.len() == 1 && l.len() == 1 {
+            assert!(f[0].contains("status=201"), "{}", f[0]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "follower lines {f:?}, leader lines {l:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// With the default log settings, a peer that stays down for 30 s costs its survivors a
+/// bounded number of log lines: one when it goes, one when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_peer_is_logged_once_not_per_retry() {
+    let mut cluster = TestCluster::new(Path::new(BIN), 3, None, Vec::new());
+    for id in cluster.ids() {
+        cluster.set_env(
+            id,
+            vec![("RUST_LOG".into(), ordo::DEFAULT_LOG_FILTER.into())],
+        );
+    }
+    cluster.start_all().await;
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let victim = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let leader_log = cluster.nodes[&leader].log_path.clone();
+    let lines = || {
+        std::fs::read_to_string(&leader_log)
+            .unwrap()
+            .lines()
+            .count()
+    };
+    let before = lines();
+    cluster.kill(victim);
+    // The window the issue sets: 30 s with the peer down (a duration, not a condition).
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let during = lines() - before;
+    let log = std::fs::read_to_string(&leader_log).unwrap();
+    let tail: Vec<&str> = log.lines().skip(before).collect();
+    assert!(
+        during <= 5,
+        "{during} lines in 30 s with one peer down (at most 5):\n{}",
+        tail.join("\n")
+    );
+    assert_eq!(
+        tail.iter()
+            .filter(|l| l.contains("peer unreachable"))
+            .count(),
+        1,
+        "{tail:?}"
+    );
+
+    cluster.spawn(victim);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let log = std::fs::read_to_string(&cluster.nodes[&leader].log_path).unwrap();
+        if log
+            .lines()
+            .skip(before)
+            .any(|l| l.contains("peer reachable again"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the peer's return was not logged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
