@@ -3,7 +3,7 @@
 //! certificates on SIGHUP or when their files change), and shut down cleanly on
 //! SIGTERM/SIGINT.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -90,6 +90,9 @@ pub struct NodeConfig {
     /// Serve without TLS and auth on an address other machines can reach (refused
     /// otherwise).
     pub insecure: bool,
+    /// Make this node the only voter of its cluster, with its data (`--force-new-cluster`),
+    /// to recover from the loss of a majority.
+    pub force_new_cluster: bool,
 }
 
 impl NodeConfig {
@@ -126,6 +129,7 @@ impl NodeConfig {
             auth: false,
             bootstrap_token_file: None,
             insecure: false,
+            force_new_cluster: false,
         }
     }
 
@@ -353,9 +357,11 @@ pub async fn run(
     if config.durability == Durability::UnsafeNoFsync {
         tracing::warn!("UNSAFE: log appends are acknowledged before fsync; a crash can lose acknowledged orders");
     }
-    let (log_store, state_machine) = store::open(&store_config)
+    let (mut log_store, state_machine) = store::open(&store_config)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    force_new_cluster_if_asked(&config, &mut log_store, &state_machine)?;
     let reader = state_machine.reader();
+    let snapshots = state_machine.snapshot_files();
     // One client for every node-to-node call: Raft's and the service's calls to the leader.
     let directory = Arc::new(PeerDirectory::new(config.id, config.client_address()));
     let cluster_id = Arc::new(ClusterId::load(&config.data_dir)?);
@@ -425,6 +431,7 @@ pub async fn run(
         service,
         reader,
         auth: auth.map(Arc::new),
+        snapshots,
     };
     // With a peer port, each port serves only its own routes (the other's answer 404).
     let (client_routes, peer_server) = match listeners.peer {
@@ -505,6 +512,64 @@ async fn storage_failure(raft: &Raft, config: &NodeConfig) {
          supervisor restarts it; free space on (or repair) the data directory's disk first"
     );
     tokio::time::sleep(config.storage_failure_exit_after).await;
+}
+
+/// In the data directory: `ordo restore` asks the first start to make the node a one-node
+/// cluster (as `--force-new-cluster` does).
+pub const FORCE_NEW_CLUSTER_PENDING: &str = "force-new-cluster";
+/// In the data directory: this node was made a one-node cluster once.
+const FORCE_NEW_CLUSTER_DONE: &str = "forced-new-cluster";
+
+/// `--force-new-cluster` (or a restore's first start): before the Raft core starts, make
+/// this node the only voter, keeping its data. Idempotent while the node is still alone; once
+/// members have been added back, a flag left on the command line is refused (applying it
+/// again would throw them out).
+fn force_new_cluster_if_asked(
+    config: &NodeConfig,
+    log: &mut store::LogStore,
+    sm: &store::StateMachineStore,
+) -> anyhow::Result<()> {
+    let pending = config.data_dir.join(FORCE_NEW_CLUSTER_PENDING);
+    let done = config.data_dir.join(FORCE_NEW_CLUSTER_DONE);
+    let restoring = pending.exists();
+    if !config.force_new_cluster && !restoring {
+        return Ok(());
+    }
+    let voters = store::backup::voters(log, sm)?;
+    if !restoring {
+        if voters == BTreeSet::from([config.id]) {
+            tracing::warn!(
+                "--force-new-cluster: this node is already the only voter; nothing to do \
+                 (remove the flag)"
+            );
+            return Ok(());
+        }
+        if done.exists() {
+            anyhow::bail!(
+                "--force-new-cluster was applied on an earlier start and members have been \
+                 added since (voters {voters:?}): remove the flag; applying it again would \
+                 throw them out of the cluster"
+            );
+        }
+    }
+    let entry = store::backup::force_single_member(log, sm, config.id, config.peer_address())
+        .context("--force-new-cluster: rewriting the membership")?;
+    std::fs::write(&done, format!("{}\n", entry.index))
+        .and_then(|_| std::fs::File::open(&config.data_dir)?.sync_all())
+        .with_context(|| format!("writing {}", done.display()))?;
+    if restoring {
+        std::fs::remove_file(&pending)
+            .with_context(|| format!("removing {}", pending.display()))?;
+    }
+    tracing::warn!(
+        id = config.id,
+        old_voters = ?voters,
+        membership_entry = entry.index,
+        term = entry.leader_id.term,
+        "FORCED A NEW CLUSTER: this node is now the only voter and keeps its data; add the \
+         others back as new, empty nodes (docs/operations.md, lost quorum)"
+    );
+    Ok(())
 }
 
 /// On a first start, the node with the lowest id in `--peers` forms the cluster with every

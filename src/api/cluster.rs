@@ -31,6 +31,66 @@ pub async fn metrics() -> Response {
         .into_response()
 }
 
+/// `GET /cluster/backup`: a backup file (`store::backup`) of a snapshot that covers every
+/// write committed before the request, streamed. `x-ordo-backup-index` names its index.
+pub async fn backup(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let chosen = state.service.backup_snapshot(&state.snapshots).await;
+    let result = chosen.map_err(ApiError::from).and_then(|(meta, file)| {
+        let bytes = file
+            .metadata()
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .len();
+        let header = crate::store::backup::header_for(
+            &meta,
+            state.service.cluster_id(),
+            state.service.id(),
+            chrono::Utc::now().timestamp_millis(),
+            bytes,
+        )?;
+        Ok((header, file))
+    });
+    let subject = match &result {
+        Ok((h, _)) => format!("index {}", h.index),
+        Err(_) => String::new(),
+    };
+    audit(caller.as_deref(), "backup", &subject, &result);
+    let (header, file) = result?;
+    let index = header.index;
+    // A blocking writer on one end of a pipe, the response body on the other.
+    let (writer, reader) = tokio::io::duplex(1 << 16);
+    let writer = tokio_util::io::SyncIoBridge::new(writer);
+    tokio::task::spawn_blocking(move || {
+        match crate::store::backup::write(&header, std::io::BufReader::new(file), writer) {
+            Ok(()) => tracing::info!(
+                index = header.index,
+                bytes = header.snapshot_bytes,
+                ms = started.elapsed().as_millis() as u64,
+                "backup sent"
+            ),
+            // The body ends early: the client's check of the file fails, as it should.
+            Err(e) => tracing::warn!(error = %e, "backup cut short"),
+        }
+    });
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_string(),
+            ),
+            (
+                axum::http::HeaderName::from_static("x-ordo-backup-index"),
+                index.to_string(),
+            ),
+        ],
+        axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(reader)),
+    )
+        .into_response())
+}
+
 /// `/version`: this build's version and git commit.
 pub async fn version() -> Json<serde_json::Value> {
     Json(serde_json::json!({

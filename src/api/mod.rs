@@ -35,6 +35,8 @@ pub struct AppState {
     pub reader: OrderReader,
     /// With `--auth`: who may call which route (`auth`).
     pub auth: Option<std::sync::Arc<auth::AuthSettings>>,
+    /// This node's snapshot files, which a backup streams.
+    pub snapshots: crate::store::SnapshotFiles,
 }
 
 /// The public API, with `peer_routes` (the `rpc` router) beside it when both share a port.
@@ -50,6 +52,7 @@ pub fn router(state: AppState, peer_routes: Option<Router>) -> Router {
         .route("/cluster/digest", get(cluster::digest))
         .route("/cluster/learners", post(cluster::add_learner))
         .route("/cluster/members", post(cluster::change_members))
+        .route("/cluster/backup", get(cluster::backup))
         .route("/auth/users", post(users::create).get(users::list))
         .route("/auth/users/{name}", axum::routing::delete(users::revoke))
         .route(

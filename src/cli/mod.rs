@@ -5,6 +5,7 @@
 //! Exit codes: 0 success, 1 other error, 2 usage, 3 not found, 4 conflict, 5 invalid input,
 //! 6 unavailable (no node answered within the deadline), 7 server error.
 
+mod backup;
 mod cluster;
 mod dev_certs;
 mod order;
@@ -60,6 +61,15 @@ pub enum Command {
         #[command(subcommand)]
         command: user::RoleCommand,
     },
+    /// Take a backup of a running cluster (`--out FILE`), or check one (`verify FILE`).
+    Backup {
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[command(flatten)]
+        args: backup::BackupArgs,
+    },
+    /// Make the data directory of a new cluster's first node from a backup.
+    Restore(backup::RestoreArgs),
     /// Make a development CA and node certificates (for TLS on one machine).
     DevCerts(dev_certs::DevCertsArgs),
 }
@@ -123,6 +133,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(client_runtime()?.block_on(cluster::run(&conn, command)))
         }
         Command::DevCerts(args) => dev_certs::run(args),
+        Command::Backup { conn, args } => Ok(client_runtime()?.block_on(backup::run(&conn, args))),
+        Command::Restore(args) => backup::restore(args),
         Command::User { conn, command } => {
             Ok(client_runtime()?.block_on(user::run(&conn, command)))
         }

@@ -140,6 +140,11 @@ pub struct ServeArgs {
     /// without it).
     #[arg(long, env = "ORDO_INSECURE")]
     pub insecure: bool,
+    /// Recover from a lost quorum: make this node the only voter of its cluster, keeping its
+    /// data (etcd's flag of the same name). Remove the flag once the node runs; see
+    /// docs/operations.md.
+    #[arg(long, env = "ORDO_FORCE_NEW_CLUSTER")]
+    pub force_new_cluster: bool,
 }
 
 fn parse_peers(raw: &str) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -312,6 +317,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         auth: args.auth,
         bootstrap_token_file: args.bootstrap_token_file,
         insecure: args.insecure,
+        force_new_cluster: args.force_new_cluster,
     };
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     match rt.block_on(node::serve(config))? {

@@ -446,6 +446,89 @@ impl Client {
         decode(answer)
     }
 
+    /// Streams a backup (`GET /cluster/backup`) from the first node that can give one into
+    /// `out` (created or truncated), within `deadline`. Returns the backup's index, as the node
+    /// said it. The caller checks the file (`store::backup::verify`).
+    pub async fn backup_to(
+        &self,
+        out: &std::path::Path,
+        within: Duration,
+    ) -> Result<u64, ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let deadline = Instant::now() + within;
+        let mut last = String::from("no attempt was made");
+        let mut attempts = 0u32;
+        while attempts < 2 * self.config.nodes.len() as u32 + 2 {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            attempts += 1;
+            let node = self.pick(false);
+            let url = format!("{}/cluster/backup", self.config.nodes[node]);
+            let mut req = self.http.get(url).timeout(remaining);
+            if let Some(token) = &self.config.token {
+                req = req.bearer_auth(token);
+            }
+            let failed = |e: &dyn std::error::Error| {
+                format!("{}: {}", self.config.nodes[node], with_causes(e))
+            };
+            let mut resp = match req.send().await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    last = failed(&e);
+                    self.mark_failed(node);
+                    continue;
+                }
+            };
+            let status = resp.status();
+            if !status.is_success() {
+                let body: Value = resp.json().await.unwrap_or(Value::Null);
+                if status == StatusCode::SERVICE_UNAVAILABLE
+                    || status == StatusCode::GATEWAY_TIMEOUT
+                {
+                    last = format!(
+                        "{}: {} {}",
+                        self.config.nodes[node],
+                        status.as_u16(),
+                        error_message(&body)
+                    );
+                    self.mark_failed(node);
+                    continue;
+                }
+                return decode::<Value>(Answer { status, body }).map(|_| 0);
+            }
+            let index = resp
+                .headers()
+                .get("x-ordo-backup-index")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut file = tokio::fs::File::create(out)
+                .await
+                .map_err(|e| ClientError::Config(format!("{}: {e}", out.display())))?;
+            let copied: Result<(), String> = async {
+                while let Some(chunk) = resp.chunk().await.map_err(|e| failed(&e))? {
+                    file.write_all(&chunk).await.map_err(|e| failed(&e))?;
+                }
+                file.sync_all().await.map_err(|e| failed(&e))
+            }
+            .await;
+            match copied {
+                Ok(()) => return Ok(index),
+                Err(e) => {
+                    last = e;
+                    self.mark_failed(node);
+                }
+            }
+        }
+        Err(ClientError::Unavailable {
+            attempts,
+            last,
+            idempotency_key: None,
+        })
+    }
+
     /// Creates an order. With `idempotency_key` None a fresh key is made and reused on retries.
     pub async fn create_order(
         &self,

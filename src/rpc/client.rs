@@ -93,6 +93,11 @@ impl RpcClient {
         }
     }
 
+    /// The id of the cluster this node belongs to, once it knows it.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.cluster.get()
+    }
+
     /// The client for this call: rebuilt once after the certificates were reloaded.
     fn http(&self) -> reqwest::Client {
         let generation = self.tls.as_ref().map_or(0, |t| t.generation());

@@ -5,6 +5,7 @@
 //! the leader over `rpc`; the leader's side of those calls is `LeaderCalls` below. `api` calls
 //! the service from its handlers and maps `ServiceError` to HTTP; `node` starts it.
 
+pub mod backup;
 pub mod error;
 pub mod membership;
 pub mod observer;

@@ -41,7 +41,10 @@ pub struct LogReader {
 }
 
 impl LogReader {
-    fn entries<RB: RangeBounds<u64>>(&self, range: RB) -> Result<Vec<Entry>, StoreError> {
+    pub(super) fn entries<RB: RangeBounds<u64>>(
+        &self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StoreError> {
         use std::ops::Bound::*;
         let start = match range.start_bound() {
             Included(&i) => i,
@@ -117,7 +120,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
 /// The Raft log store of one node.
 pub struct LogStore {
     db: sled::Db,
-    reader: LogReader,
+    pub(super) reader: LogReader,
     raft: sled::Tree,
     durability: Durability,
     flusher: Option<(mpsc::Sender<LogFlushed<TypeConfig>>, JoinHandle<()>)>,
@@ -184,6 +187,43 @@ impl LogStore {
             last_purged_log_id: last_purged,
             last_log_id: last,
         })
+    }
+
+    /// The last log id the log holds or has purged.
+    pub(super) fn last_log_id(&self) -> Result<Option<LogId>, StoreError> {
+        Ok(self.log_state()?.last_log_id)
+    }
+
+    /// The vote saved last.
+    pub(super) fn vote(&self) -> Result<Option<Vote>, StoreError> {
+        self.read_meta(KEY_VOTE)
+    }
+
+    /// Makes the log start after `last` (as if purged up to it): for a state machine restored
+    /// from a backup, which covers the log up to there. Flushed before it returns.
+    pub(super) fn start_after(&self, last: LogId) -> Result<(), StoreError> {
+        self.write_meta(KEY_LAST_PURGED, &last)?;
+        self.remove_range(0, Some(last.index))?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Appends `entry` after the last one and saves `vote`, flushed, outside openraft (for
+    /// `backup::force_single_member`, before the Raft core starts).
+    pub(super) fn force_append(&self, entry: &Entry, vote: &Vote) -> Result<(), StoreError> {
+        let last = self.last_log_id()?;
+        if last.map_or(0, |l| l.index + 1) != entry.log_id.index {
+            return Err(StoreError::Corrupt(format!(
+                "entry {} does not follow the last one, {last:?}",
+                entry.log_id.index
+            )));
+        }
+        self.reader
+            .log
+            .insert(index_key(entry.log_id.index), codec::encode(entry)?)?;
+        self.write_meta(KEY_VOTE, vote)?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// The log id of the entry at `index`, if the log still holds it.

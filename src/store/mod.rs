@@ -6,6 +6,7 @@
 //! appends only after sled has flushed them (group commit on a flusher thread); the state
 //! machine writes each applied batch as one atomic sled batch.
 
+pub mod backup;
 mod error;
 mod keys;
 mod log_store;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 pub use error::StoreError;
 pub use log_store::{LogReader, LogStore};
 pub use reader::{OrderFilter, OrderPage, OrderReader};
-pub use state_machine::StateMachineStore;
+pub use state_machine::{SnapshotFiles, StateMachineStore};
 
 /// How hard a log append is pushed to disk before openraft hears it is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

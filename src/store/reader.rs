@@ -5,8 +5,6 @@
 
 use std::sync::{Arc, RwLock};
 
-use sha2::{Digest, Sha256};
-
 use super::keys;
 use super::StoreError;
 use crate::codec;
@@ -196,17 +194,11 @@ impl OrderReader {
     /// applied the same commands.
     pub fn state_digest(&self) -> Result<String, StoreError> {
         let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
-        let mut h = Sha256::new();
+        let mut digest = super::backup::StateDigest::default();
         for kv in self.sm.iter() {
             let (k, v) = kv?;
-            if k.as_ref() == keys::APPLIED || k.as_ref() == keys::MEMBERSHIP {
-                continue;
-            }
-            h.update((k.len() as u32).to_be_bytes());
-            h.update(&k);
-            h.update((v.len() as u32).to_be_bytes());
-            h.update(&v);
+            digest.add(&k, &v);
         }
-        Ok(format!("{:x}", h.finalize()))
+        Ok(digest.finish())
     }
 }

@@ -143,8 +143,7 @@ where
         write_chunk(&mut w, &v)?;
     }
     w.write_all(&END_MARKER.to_be_bytes())?;
-    let digest = w.hasher.finalize();
-    let mut w = w.inner;
+    let (mut w, digest) = w.finish();
     w.write_all(&digest)?;
     let file = w.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
@@ -152,17 +151,22 @@ where
 }
 
 /// A reader or writer that hashes every byte that passes through it.
-struct Hashing<T> {
+pub(super) struct Hashing<T> {
     inner: T,
     hasher: Sha256,
 }
 
 impl<T> Hashing<T> {
-    fn new(inner: T) -> Self {
+    pub(super) fn new(inner: T) -> Self {
         Hashing {
             inner,
             hasher: Sha256::new(),
         }
+    }
+
+    /// The inner reader or writer, and the SHA-256 of what passed.
+    pub(super) fn finish(self) -> (T, [u8; 32]) {
+        (self.inner, self.hasher.finalize().into())
     }
 }
 
@@ -264,8 +268,7 @@ pub(crate) fn read_from(
         let value = read_chunk(&mut r, vlen).map_err(|e| eof_is(e, cut))?;
         on_record(key, value)?;
     }
-    let computed = r.hasher.finalize();
-    let mut r = r.inner;
+    let (mut r, computed) = r.finish();
     if checksummed {
         let mut stored = [0u8; 32];
         r.read_exact(&mut stored).map_err(|_| cut())?;

@@ -53,6 +53,19 @@ fn apply_one(
     Ok(applied.outcome)
 }
 
+/// Read access to a node's current snapshot file, which a backup streams.
+#[derive(Clone)]
+pub struct SnapshotFiles(Arc<SnapshotDir>);
+
+impl SnapshotFiles {
+    /// The current snapshot's meta and its file, opened together (so they match).
+    pub fn open_current(
+        &self,
+    ) -> Result<Option<(crate::raft::SnapshotMeta, std::fs::File)>, StoreError> {
+        self.0.open_current()
+    }
+}
+
 /// The order state machine of one node, implementing openraft's `RaftStateMachine`.
 pub struct StateMachineStore {
     db: sled::Db,
@@ -101,6 +114,11 @@ impl StateMachineStore {
         self.reader.clone()
     }
 
+    /// The handle on this node's snapshot files (for backups).
+    pub fn snapshot_files(&self) -> SnapshotFiles {
+        SnapshotFiles(self.snapshots.clone())
+    }
+
     fn sm(&self) -> &sled::Tree {
         &self.reader.sm
     }
@@ -119,7 +137,9 @@ impl StateMachineStore {
         }
     }
 
-    fn applied_state_sync(&self) -> Result<(Option<LogId>, StoredMembership), StoreError> {
+    pub(super) fn applied_state_sync(
+        &self,
+    ) -> Result<(Option<LogId>, StoredMembership), StoreError> {
         let applied = match self.sm().get(keys::APPLIED)? {
             Some(v) => codec::decode::<Option<LogId>>(&v)?,
             None => None,
@@ -133,7 +153,9 @@ impl StateMachineStore {
 
     /// Replaces the state machine with the current snapshot file. Marked in the `raft` tree
     /// while it runs, so a crash half-way is finished on the next open.
-    fn load_current_snapshot(&self) -> Result<SnapshotMeta<u64, openraft::BasicNode>, StoreError> {
+    pub(super) fn load_current_snapshot(
+        &self,
+    ) -> Result<SnapshotMeta<u64, openraft::BasicNode>, StoreError> {
         let _g = self
             .reader
             .install_lock

@@ -1,0 +1,163 @@
+//! `ordo backup` (take one from a running cluster, or check a file) and `ordo restore` (make a
+//! data directory from one, for the first node of a new cluster). The file format and the
+//! checks are `store::backup`'s; see docs/operations.md for the procedure.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::{report_error, ConnArgs};
+use crate::node::FORCE_NEW_CLUSTER_PENDING;
+use crate::rpc::cluster_id::ClusterId;
+use crate::store::backup::{self, VerifiedBackup};
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    pub command: Option<BackupCommand>,
+    /// Write the backup here (first to FILE.partial, which is checked, then renamed).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Give up after this long (a backup of millions of orders takes a while), ms.
+    #[arg(long, default_value_t = 600_000)]
+    pub within_ms: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Check a backup file end to end (both checksums, every record) and say what it holds.
+    Verify { file: PathBuf },
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file.
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
+    /// A new (absent or empty) data directory for the first node of the new cluster.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn describe(v: &VerifiedBackup) -> String {
+    format!(
+        "cluster {} at index {} (term {}), taken from node {}: {} records, digest {}",
+        v.header.cluster_id.as_deref().unwrap_or("(unknown)"),
+        v.header.index,
+        v.header.term,
+        v.header.node_id,
+        v.records,
+        v.digest
+    )
+}
+
+pub async fn run(conn: &ConnArgs, args: BackupArgs) -> i32 {
+    match (args.command, args.out) {
+        (Some(BackupCommand::Verify { file }), _) => match backup::verify(&file) {
+            Ok(v) => {
+                if conn.json {
+                    println!("{}", serde_json::to_string(&v).expect("serializable"));
+                } else {
+                    println!("{}: good; {}", file.display(), describe(&v));
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {}: {e}", file.display());
+                1
+            }
+        },
+        (None, Some(out)) => take(conn, out, Duration::from_millis(args.within_ms)).await,
+        (None, None) => {
+            eprintln!("error: give --out FILE (or `ordo backup verify FILE`)");
+            2
+        }
+    }
+}
+
+async fn take(conn: &ConnArgs, out: PathBuf, within: Duration) -> i32 {
+    let client = match conn.client() {
+        Ok(c) => c,
+        Err(e) => return report_error(conn, &e),
+    };
+    let started = Instant::now();
+    let mut partial = out.clone().into_os_string();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    if let Err(e) = client.backup_to(&partial, within).await {
+        let _ = std::fs::remove_file(&partial);
+        return report_error(conn, &e);
+    }
+    let checked = tokio::task::spawn_blocking({
+        let partial = partial.clone();
+        move || backup::verify(&partial)
+    })
+    .await
+    .expect("the check does not panic");
+    let verified = match checked {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            eprintln!("error: the backup received does not check out: {e}");
+            return 1;
+        }
+    };
+    if let Err(e) = std::fs::rename(&partial, &out) {
+        eprintln!("error: {} -> {}: {e}", partial.display(), out.display());
+        return 1;
+    }
+    let bytes = std::fs::metadata(&out).map_or(0, |m| m.len());
+    let secs = started.elapsed().as_secs_f64();
+    if conn.json {
+        let mut v = serde_json::to_value(&verified).expect("serializable");
+        v["file"] = out.display().to_string().into();
+        v["bytes"] = bytes.into();
+        v["seconds"] = secs.into();
+        println!("{v}");
+    } else {
+        println!(
+            "wrote {} ({bytes} bytes in {secs:.1} s): {}",
+            out.display(),
+            describe(&verified)
+        );
+    }
+    0
+}
+
+pub fn restore(args: RestoreArgs) -> anyhow::Result<i32> {
+    let started = Instant::now();
+    let verified = backup::restore(&args.from, &args.data_dir).with_context(|| {
+        format!(
+            "restoring {} into {}",
+            args.from.display(),
+            args.data_dir.display()
+        )
+    })?;
+    // A new cluster: its own id, so no node of the old one can talk to it by mistake.
+    let cluster_id = ClusterId::load(&args.data_dir)?.create()?;
+    std::fs::write(args.data_dir.join(FORCE_NEW_CLUSTER_PENDING), b"restored\n")
+        .context("marking the data directory for its first start")?;
+    if args.json {
+        let mut v = serde_json::to_value(&verified).expect("serializable");
+        v["new_cluster_id"] = cluster_id.clone().into();
+        v["seconds"] = started.elapsed().as_secs_f64().into();
+        println!("{v}");
+    } else {
+        println!(
+            "restored {} into {} (new cluster {cluster_id}): {}.\nStart it with `ordo serve \
+             --id ID --data-dir {} ...`: it comes up as a one-node cluster; add members as \
+             usual.",
+            args.from.display(),
+            args.data_dir.display(),
+            describe(&verified),
+            args.data_dir.display()
+        );
+    }
+    Ok(0)
+}
