@@ -484,3 +484,339 @@ async fn an_unreachable_peer_is_logged_once_not_per_retry() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Runs the `ordo` CLI to its end (bounded by its own --within/--timeout flags).
+fn ordo_cli(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().expect("run ordo")
+}
+
+/// A backup taken while writes go on holds every write acknowledged before it began, no
+/// write it does not show in full, and restores into a new cluster whose digest is the
+/// backup's; that cluster takes writes and members. A changed byte makes the file refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_under_writes_restores_into_a_new_cluster() {
+    let source = start_cluster(3).await;
+    let nodes = source
+        .ids()
+        .iter()
+        .map(|&id| source.url(id, ""))
+        .collect::<Vec<_>>()
+        .join(",");
+
+    // Writers: two tasks creating orders through every node until told to stop (bounded).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u64, Instant)>::new()));
+    let mut writers = Vec::new();
+    for w in 0..2u64 {
+        let (http, urls) = (
+            source.http.clone(),
+            source
+                .ids()
+                .iter()
+                .map(|&id| source.url(id, "/api/orders"))
+                .collect::<Vec<_>>(),
+        );
+        let (stop, acked) = (stop.clone(), acked.clone());
+        writers.push(tokio::spawn(async move {
+            for i in 0..5000u64 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let url = &urls[(i as usize + w as usize) % urls.len()];
+                let resp = http
+                    .post(url)
+                    .header("Idempotency-Key", format!("bk-{w}-{i}"))
+                    .json(&order_body(&format!("w{w}"), &format!("{w}-{i}")))
+                    .send()
+                    .await;
+                if let Ok(resp) = resp {
+                    if resp.status() == 201 {
+                        let body: Value = resp.json().await.unwrap();
+                        acked
+                            .lock()
+                            .unwrap()
+                            .push((body["id"].as_u64().unwrap(), Instant::now()));
+                    }
+                }
+            }
+        }));
+    }
+    // Let some writes land, then back up while they go on.
+    let deadline = Instant::now() + DEADLINE;
+    while acked.lock().unwrap().len() < 100 {
+        assert!(Instant::now() < deadline, "writes do not get through");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("orders.backup");
+    let began = Instant::now();
+    let acked_before: Vec<u64> = acked.lock().unwrap().iter().map(|(id, _)| *id).collect();
+    let out = ordo_cli(&[
+        "backup",
+        "--nodes",
+        &nodes,
+        "--json",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "backup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let taken: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let more = acked
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, at)| *at > began)
+        .count();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(
+        more > 0,
+        "no write was acknowledged while the backup ran: not a test under load"
+    );
+
+    // Restore into a new one-node cluster.
+    let mut restored = TestCluster::new(Path::new(BIN), 1, None, Vec::new());
+    let data_dir = restored.nodes[&1].data_dir.clone();
+    let out = ordo_cli(&[
+        "restore",
+        "--json",
+        "--from",
+        file.to_str().unwrap(),
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let restore: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(restore["new_cluster_id"], taken["header"]["cluster_id"]);
+    restored.start_all().await;
+    let digest = restored.digest(1).await;
+    assert_eq!(
+        digest["digest"], taken["digest"],
+        "the restored state is the backup's"
+    );
+
+    // Every write acknowledged before the backup began is in it; every order in it is the
+    // source's order, whole.
+    let in_backup = all_orders(&restored, 1, false).await;
+    let ids: std::collections::BTreeSet<u64> = in_backup
+        .iter()
+        .map(|o| o["id"].as_u64().unwrap())
+        .collect();
+    for id in &acked_before {
+        assert!(
+            ids.contains(id),
+            "order {id}, acknowledged before the backup, is missing"
+        );
+    }
+    assert_eq!(
+        ids.len() as u64,
+        *ids.iter().max().unwrap(),
+        "ids are dense: a prefix of the source"
+    );
+    let source_orders = all_orders(&source, 1, false).await;
+    for order in &in_backup {
+        let id = order["id"].as_u64().unwrap() as usize;
+        assert_eq!(
+            order,
+            &source_orders[id - 1],
+            "order {id} differs from the source's"
+        );
+    }
+    assert!(
+        source_orders.len() > in_backup.len(),
+        "writes after the backup are not in it"
+    );
+
+    // The new cluster takes writes and a member.
+    let (status, body) = create(&restored, 1, "after", Some("after-restore"), "x")
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["id"].as_u64(), Some(in_backup.len() as u64 + 1));
+    restored.add_node(2);
+    let addr = restored.nodes[&2].addr.clone();
+    let (status, body) = send(
+        restored
+            .http
+            .post(restored.url(1, "/cluster/learners"))
+            .json(&json!({"id": 2, "addr": addr})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = send(
+        restored
+            .http
+            .post(restored.url(1, "/cluster/members"))
+            .json(&json!({"members": [1, 2]})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let applied = restored.status(1).await.unwrap()["last_applied"]
+        .as_u64()
+        .unwrap();
+    restored.wait_applied(2, applied).await;
+    assert_eq!(
+        restored.digest(2).await["digest"],
+        restored.digest(1).await["digest"]
+    );
+
+    // A changed byte anywhere in the file is refused, by verify and by restore.
+    let good = std::fs::read(&file).unwrap();
+    for at in [3, 20, good.len() / 2, good.len() - 40, good.len() - 1] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x40;
+        let bad_file = dir.path().join(format!("bad-{at}.backup"));
+        std::fs::write(&bad_file, &bad).unwrap();
+        let out = ordo_cli(&["backup", "verify", bad_file.to_str().unwrap()]);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && said.contains("corrupt"),
+            "byte {at}: {said}"
+        );
+        let target = dir.path().join(format!("restore-{at}"));
+        let out = ordo_cli(&[
+            "restore",
+            "--from",
+            bad_file.to_str().unwrap(),
+            "--data-dir",
+            target.to_str().unwrap(),
+        ]);
+        assert!(
+            !out.status.success(),
+            "restored a corrupted backup (byte {at})"
+        );
+        assert!(
+            !target.join("sled").exists(),
+            "a refused restore leaves no store behind"
+        );
+    }
+    std::fs::write(dir.path().join("cut.backup"), &good[..good.len() - 10]).unwrap();
+    let out = ordo_cli(&[
+        "backup",
+        "verify",
+        dir.path().join("cut.backup").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+}
+
+/// The lost-quorum procedure: two of three nodes are gone for good; the survivor, restarted
+/// with --force-new-cluster, leads a one-node cluster with every order it had, takes writes,
+/// and takes a wiped node back as a member. Left on afterwards, the flag is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_new_cluster_brings_back_a_writable_cluster_after_losing_a_majority() {
+    let mut cluster = start_cluster(3).await;
+    let mut acked = Vec::new();
+    for i in 0..40 {
+        acked.push(create_until_acked(&cluster, &cluster.ids(), "q", &format!("q-{i}")).await);
+    }
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let survivor = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    let lost: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|&id| id != survivor)
+        .collect();
+    let applied = cluster.status(leader).await.unwrap()["last_applied"]
+        .as_u64()
+        .unwrap();
+    cluster.wait_applied(survivor, applied).await;
+    for &id in &lost {
+        cluster.kill(id);
+    }
+    // Without a quorum, no writes.
+    let (status, _) = create(&cluster, survivor, "q", None, "no quorum")
+        .await
+        .unwrap();
+    assert!(
+        status == 503 || status == 504,
+        "a write without quorum answered {status}"
+    );
+
+    cluster.kill(survivor);
+    cluster.set_env(
+        survivor,
+        vec![("ORDO_FORCE_NEW_CLUSTER".into(), "true".into())],
+    );
+    cluster.spawn(survivor);
+    cluster.wait_for_leader(&[survivor]).await;
+    let status = cluster.status(survivor).await.unwrap();
+    assert_eq!(status["members"].as_object().unwrap().len(), 1, "{status}");
+    let orders = all_orders(&cluster, survivor, false).await;
+    for order in &acked {
+        let id = order["id"].as_u64().unwrap() as usize;
+        assert_eq!(&orders[id - 1], order, "order {id} after the recovery");
+    }
+    let (status, body) = create(&cluster, survivor, "q", Some("after"), "after")
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+
+    // A lost node comes back wiped, as a learner, then a voter.
+    let back = lost[0];
+    std::fs::remove_dir_all(&cluster.nodes[&back].data_dir).unwrap();
+    cluster.spawn_to_join(back);
+    let addr = cluster.nodes[&back].addr.clone();
+    let (status, body) = send(
+        cluster
+            .http
+            .post(cluster.url(survivor, "/cluster/learners"))
+            .json(&json!({"id": back, "addr": addr})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = send(
+        cluster
+            .http
+            .post(cluster.url(survivor, "/cluster/members"))
+            .json(&json!({"members": [survivor, back]})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let applied = cluster.status(survivor).await.unwrap()["last_applied"]
+        .as_u64()
+        .unwrap();
+    cluster.wait_applied(back, applied).await;
+    assert_eq!(
+        cluster.digest(back).await["digest"],
+        cluster.digest(survivor).await["digest"]
+    );
+
+    // Restarted with the flag still set, the survivor refuses to start (and says why).
+    cluster.kill(survivor);
+    cluster.spawn(survivor);
+    let deadline = Instant::now() + DEADLINE;
+    let code = loop {
+        let child = cluster
+            .nodes
+            .get_mut(&survivor)
+            .unwrap()
+            .child
+            .as_mut()
+            .unwrap();
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the survivor started with a stale --force-new-cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(code, Some(0));
+    let log = std::fs::read_to_string(&cluster.nodes[&survivor].log_path).unwrap();
+    assert!(log.contains("remove the flag"), "no reason given");
+}
