@@ -108,7 +108,7 @@ start_etcd() {
   if [[ -n $ORDO_BASELINE ]]; then
     "$ORDO_BASELINE" serve --id "$n" --listen "127.0.0.1:$((ECBASE + n))" --data-dir "$WORK/base$n" \
       --peers "1=127.0.0.1:$((ECBASE + 1)),2=127.0.0.1:$((ECBASE + 2)),3=127.0.0.1:$((ECBASE + 3))" \
-      $ORDO_SERVE_ARGS >>"$WORK/base$n.log" 2>&1 &
+      --initial-cluster-state new $ORDO_SERVE_ARGS >>"$WORK/base$n.log" 2>&1 &
     EPID[$n]=$!
     return
   fi
