@@ -31,7 +31,8 @@ pub const VERSION: &str = concat!(
 );
 /// The log filter when `RUST_LOG` is not set. openraft's replication lines are off: they
 /// repeat on every retry to an unreachable peer (~100 lines a second); ordo logs a peer going
-/// and coming back once each instead (`rpc::network`). The access log (`ordo::access`) is
+/// and coming back once each instead, and a snapshot that fails to reach a peer that answers
+/// (`rpc::network`). The access log (`ordo::access`) is
 /// off; `RUST_LOG=info,ordo::access=info` turns it on.
 pub const DEFAULT_LOG_FILTER: &str = "info,openraft=warn,openraft::replication=off,\
      openraft::engine::handler::replication_handler=off,ordo::access=warn";

@@ -359,12 +359,12 @@ pub async fn run(
     }
     let (mut log_store, state_machine) = store::open(&store_config)
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    force_new_cluster_if_asked(&config, &mut log_store, &state_machine)?;
     let reader = state_machine.reader();
     let snapshots = state_machine.snapshot_files();
     // One client for every node-to-node call: Raft's and the service's calls to the leader.
     let directory = Arc::new(PeerDirectory::new(config.id, config.client_address()));
     let cluster_id = Arc::new(ClusterId::load(&config.data_dir)?);
+    force_new_cluster_if_asked(&config, &mut log_store, &state_machine, &cluster_id)?;
     let rpc = RpcClient::new(tls.clone(), directory.clone(), cluster_id.clone());
     let network = PeerNetwork::new(
         rpc.clone(),
@@ -372,6 +372,7 @@ pub async fn run(
         config.max_append_bytes,
     );
     let clocks = network.clocks();
+    let log_reader = log_store.reader();
     let raft = Raft::new(config.id, raft_config, network, log_store, state_machine)
         .await
         .context("starting raft")?;
@@ -415,6 +416,7 @@ pub async fn run(
         clocks,
         config.request_timeout,
         Duration::from_millis((config.election_timeout_max_ms * 2).max(1000)),
+        log_reader,
     );
     let election_hold = ElectionHold::new(
         raft.clone(),
@@ -528,6 +530,7 @@ fn force_new_cluster_if_asked(
     config: &NodeConfig,
     log: &mut store::LogStore,
     sm: &store::StateMachineStore,
+    cluster_id: &ClusterId,
 ) -> anyhow::Result<()> {
     let pending = config.data_dir.join(FORCE_NEW_CLUSTER_PENDING);
     let done = config.data_dir.join(FORCE_NEW_CLUSTER_DONE);
@@ -536,6 +539,13 @@ fn force_new_cluster_if_asked(
         return Ok(());
     }
     let voters = store::backup::voters(log, sm)?;
+    if voters.is_empty() {
+        anyhow::bail!(
+            "--force-new-cluster: this node has no data (no membership in its log or state): \
+             the flag keeps a survivor's data; on an empty node it would start a cluster of its \
+             own. Remove the flag"
+        );
+    }
     if !restoring {
         if voters == BTreeSet::from([config.id]) {
             tracing::warn!(
@@ -552,6 +562,12 @@ fn force_new_cluster_if_asked(
             );
         }
     }
+    if !restoring {
+        // A new identity (first: a crash after it only makes the next start do it again):
+        // nodes of the old cluster, a "lost" majority that was only cut off, are refused if
+        // they come back, instead of truncating this node's log.
+        cluster_id.create()?;
+    }
     let entry = store::backup::force_single_member(log, sm, config.id, config.peer_address())
         .context("--force-new-cluster: rewriting the membership")?;
     std::fs::write(&done, format!("{}\n", entry.index))
@@ -566,6 +582,7 @@ fn force_new_cluster_if_asked(
         old_voters = ?voters,
         membership_entry = entry.index,
         term = entry.leader_id.term,
+        cluster_id = cluster_id.get().as_deref().unwrap_or("(none)"),
         "FORCED A NEW CLUSTER: this node is now the only voter and keeps its data; add the \
          others back as new, empty nodes (docs/operations.md, lost quorum)"
     );

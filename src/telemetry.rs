@@ -65,7 +65,8 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// The process's recorder, installed on first use (several in-process nodes, as tests run
-/// them, share it). Starts the upkeep task on the current tokio runtime the first time.
+/// them, share it, gauges included). Starts the upkeep thread (one per process, for its
+/// life) the first time.
 pub fn handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {

@@ -254,6 +254,10 @@ pub struct ClusterStatus {
     pub leader_id: Option<u64>,
     pub term: u64,
     pub last_log_index: Option<u64>,
+    /// The term of the last entry in the node's log: with `last_log_index`, how up to date
+    /// the log is (the higher term wins, then the higher index). Absent from older nodes.
+    #[serde(default)]
+    pub last_log_term: Option<u64>,
     pub last_applied: Option<u64>,
     pub members: BTreeMap<String, String>,
     pub learners: BTreeMap<String, String>,

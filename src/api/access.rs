@@ -1,10 +1,11 @@
-//! What every request leaves behind: a request id, an access log line and the HTTP metrics.
+//! What every request leaves behind: a request id, an access log line, the HTTP metrics and
+//! the `x-ordo-version` header.
 //!
 //! The id is the caller's `X-Request-Id` when it gives a sane one (1 to 128 visible ASCII
 //! characters), else a fresh one; it is returned in the answer, set on a tracing span around
-//! the request (so the node's own lines for it carry it too) and carried on the calls this
-//! node makes to the leader for the request (`rpc::REQUEST_ID`), where the leader logs it
-//! again. The access log is target `ordo::access` at INFO, off unless `RUST_LOG` asks for it
+//! the request (with the access log on, the node's own lines for the request carry it too)
+//! and carried on the calls this node makes to the leader for the request
+//! (`rpc::REQUEST_ID`), where the leader logs it again. The access log is target `ordo::access` at INFO, off unless `RUST_LOG` asks for it
 //! (`RUST_LOG=info,ordo::access=info`); Raft's own traffic (appends, heartbeats, votes,
 //! snapshots) is counted but never logged.
 
@@ -18,6 +19,7 @@ use tracing::Instrument;
 
 use crate::rpc::{APPEND_PATH, REQUEST_ID, REQUEST_ID_HEADER, SNAPSHOT_PATH, VOTE_PATH};
 use crate::telemetry;
+use crate::wire::VERSION_HEADER;
 
 const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -55,29 +57,38 @@ pub async fn observe(req: Request, next: Next) -> Response {
         .instrument(span.clone())
         .await;
     let elapsed = started.elapsed();
-    let status = resp.status().as_u16();
+    let code = resp.status().as_u16();
     if let Ok(value) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
+    resp.headers_mut()
+        .insert(VERSION_HEADER, HeaderValue::from_static(crate::VERSION));
     if !raft_traffic {
         tracing::info!(
             target: "ordo::access",
             parent: &span,
             %method,
             path,
-            status,
+            status = code,
             ms = elapsed.as_secs_f64() * 1000.0,
             "request"
         );
     }
     // Labels stay a small set whatever the requests claim: unknown routes are "unmatched",
-    // unknown methods "other".
-    let method = match method.as_str() {
-        "GET" | "POST" | "PATCH" | "PUT" | "DELETE" | "HEAD" | "OPTIONS" => method.to_string(),
-        _ => "other".to_string(),
+    // unknown methods "other". Static strings where they can be: no allocation per request.
+    let method: &'static str = match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PATCH" => "PATCH",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
     };
+    let status = code.to_string();
     metrics::counter!(telemetry::HTTP_REQUESTS,
-        "route" => route.clone(), "method" => method.clone(), "status" => status.to_string())
+        "route" => route.clone(), "method" => method, "status" => status)
     .increment(1);
     metrics::histogram!(telemetry::HTTP_DURATION, "route" => route, "method" => method)
         .record(elapsed.as_secs_f64());

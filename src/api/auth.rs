@@ -99,15 +99,19 @@ fn bearer_token(req: &Request) -> Result<String, ApiError> {
     Ok(token.to_string())
 }
 
-/// A read of orders that asks for the local state as it is (the one kind of request checked
-/// against the local copy of the users without a barrier).
+/// A request checked against the local copy of the users, without a barrier: a read of
+/// orders that asks for the local state as it is, and the node's own view of itself
+/// (`/cluster/status`, `/cluster/digest`, `/metrics`), which must answer exactly when the
+/// cluster has no leader or quorum (to alert on it, or to recover from it).
 fn is_stale_read(req: &Request) -> bool {
+    let path = req.uri().path();
     req.method() == Method::GET
-        && req.uri().path().starts_with("/api/orders")
-        && req
-            .uri()
-            .query()
-            .is_some_and(|q| q.split('&').any(|kv| kv == "consistency=stale"))
+        && (matches!(path, "/cluster/status" | "/cluster/digest" | "/metrics")
+            || path.starts_with("/api/orders")
+                && req
+                    .uri()
+                    .query()
+                    .is_some_and(|q| q.split('&').any(|kv| kv == "consistency=stale")))
 }
 
 async fn authenticate(

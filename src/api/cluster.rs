@@ -62,7 +62,10 @@ pub async fn backup(
     let index = header.index;
     // A blocking writer on one end of a pipe, the response body on the other.
     let (writer, reader) = tokio::io::duplex(1 << 16);
-    let writer = tokio_util::io::SyncIoBridge::new(writer);
+    let writer = StallBoundedWriter {
+        pipe: writer,
+        runtime: tokio::runtime::Handle::current(),
+    };
     tokio::task::spawn_blocking(move || {
         match crate::store::backup::write(&header, std::io::BufReader::new(file), writer) {
             Ok(()) => tracing::info!(
@@ -91,6 +94,35 @@ pub async fn backup(
         .into_response())
 }
 
+/// How long a backup's client may stop reading before the node gives the backup up (and
+/// with it the snapshot file it holds open, and a blocking thread).
+const BACKUP_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The blocking end of a backup's pipe: each write waits for the client to take the bytes,
+/// at most `BACKUP_STALL`.
+struct StallBoundedWriter {
+    pipe: tokio::io::DuplexStream,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::io::Write for StallBoundedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use tokio::io::AsyncWriteExt;
+        let write = tokio::time::timeout(BACKUP_STALL, self.pipe.write(buf));
+        match self.runtime.block_on(write) {
+            Ok(written) => written,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client read nothing for {BACKUP_STALL:?}"),
+            )),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// `/version`: this build's version and git commit.
 pub async fn version() -> Json<serde_json::Value> {
     Json(serde_json::json!({
@@ -112,7 +144,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 pub async fn status(State(state): State<AppState>) -> Json<ClusterStatus> {
-    Json(state.service.status())
+    Json(state.service.status().await)
 }
 
 /// A digest of this node's state machine and how far it has applied: equal digests at equal

@@ -104,8 +104,6 @@ fn with_fallbacks(routes: Router) -> Router {
 /// Every API answer names the current leader's address (`x-ordo-leader`), so clients can send
 /// their next write straight there.
 async fn tell_leader(State(state): State<AppState>, mut resp: Response) -> Response {
-    resp.headers_mut()
-        .insert(VERSION_HEADER, HeaderValue::from_static(crate::VERSION));
     let leader_addr = state.service.leader_addr();
     if let Some(value) = leader_addr.and_then(|a| HeaderValue::from_str(&a).ok()) {
         resp.headers_mut().insert(LEADER_HEADER, value);

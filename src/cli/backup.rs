@@ -132,17 +132,43 @@ async fn take(conn: &ConnArgs, out: PathBuf, within: Duration) -> i32 {
 
 pub fn restore(args: RestoreArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
-    let verified = backup::restore(&args.from, &args.data_dir).with_context(|| {
-        format!(
-            "restoring {} into {}",
-            args.from.display(),
-            args.data_dir.display()
-        )
-    })?;
+    let dir = &args.data_dir;
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        anyhow::bail!(
+            "{} is not empty: restore only into a new directory",
+            dir.display()
+        );
+    }
+    // Everything is made in a directory beside it and renamed into place once whole: a
+    // restore that fails half-way leaves nothing a node could start from.
+    let mut building = dir.clone().into_os_string();
+    building.push(".restoring");
+    let building = PathBuf::from(building);
+    if building.exists() {
+        std::fs::remove_dir_all(&building)
+            .with_context(|| format!("removing the leftover {}", building.display()))?;
+    }
+    let verified = match backup::restore(&args.from, &building) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&building);
+            return Err(anyhow::Error::new(e).context(format!(
+                "restoring {} into {}",
+                args.from.display(),
+                dir.display()
+            )));
+        }
+    };
     // A new cluster: its own id, so no node of the old one can talk to it by mistake.
-    let cluster_id = ClusterId::load(&args.data_dir)?.create()?;
-    std::fs::write(args.data_dir.join(FORCE_NEW_CLUSTER_PENDING), b"restored\n")
+    let cluster_id = ClusterId::load(&building)?.create()?;
+    std::fs::write(building.join(FORCE_NEW_CLUSTER_PENDING), b"restored\n")
         .context("marking the data directory for its first start")?;
+    std::fs::File::open(&building)?.sync_all()?;
+    if dir.exists() {
+        std::fs::remove_dir(dir)?;
+    }
+    std::fs::rename(&building, dir)
+        .with_context(|| format!("{} -> {}", building.display(), dir.display()))?;
     if args.json {
         let mut v = serde_json::to_value(&verified).expect("serializable");
         v["new_cluster_id"] = cluster_id.clone().into();

@@ -50,33 +50,54 @@ pub struct PeerNetwork {
     health: Arc<PeerHealth>,
 }
 
-/// Which peers are not answering, and since when.
+/// A peer counts as unreachable once its calls have failed for this long without one
+/// answered: a heartbeat that times out on a busy machine is not an outage.
+const UNREACHABLE_AFTER: Duration = Duration::from_secs(1);
+
+/// Which peers are failing, since when, and whether that was said.
 #[derive(Default)]
 struct PeerHealth {
-    down_since: std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>,
+    failing: std::sync::Mutex<std::collections::HashMap<NodeId, (std::time::Instant, bool)>>,
 }
 
 impl PeerHealth {
     fn answered(&self, peer: NodeId, addr: &str) {
-        let mut down = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(since) = down.remove(&peer) {
-            metrics::gauge!(telemetry::PEER_UNREACHABLE, "peer" => peer.to_string()).set(0.0);
-            tracing::info!(
-                peer,
-                addr,
-                down_for_ms = since.elapsed().as_millis() as u64,
-                "peer reachable again"
-            );
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((since, said)) = failing.remove(&peer) {
+            if said {
+                metrics::gauge!(telemetry::PEER_UNREACHABLE, "peer" => peer.to_string()).set(0.0);
+                tracing::info!(
+                    peer,
+                    addr,
+                    down_for_ms = since.elapsed().as_millis() as u64,
+                    "peer reachable again"
+                );
+            }
         }
     }
 
     fn failed(&self, peer: NodeId, addr: &str, cause: &dyn std::fmt::Display) {
-        let mut down = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
-        if let std::collections::hash_map::Entry::Vacant(e) = down.entry(peer) {
-            e.insert(std::time::Instant::now());
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        let (since, said) = failing
+            .entry(peer)
+            .or_insert((std::time::Instant::now(), false));
+        if !*said && since.elapsed() >= UNREACHABLE_AFTER {
+            *said = true;
             metrics::gauge!(telemetry::PEER_UNREACHABLE, "peer" => peer.to_string()).set(1.0);
-            tracing::warn!(peer, addr, %cause, "peer unreachable (logged again when it answers)");
+            tracing::warn!(
+                peer,
+                addr,
+                %cause,
+                failing_for_ms = since.elapsed().as_millis() as u64,
+                "peer unreachable (logged again when it answers)"
+            );
         }
+    }
+
+    /// Whether the peer's calls are failing for a while now (said as unreachable).
+    fn is_down(&self, peer: NodeId) -> bool {
+        let failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        failing.get(&peer).is_some_and(|(_, said)| *said)
     }
 }
 
@@ -236,12 +257,21 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
         let target = self.target;
-        self.rpc(SNAPSHOT_PATH, encoded(&rpc)?, &option, || {
-            network_error(format!(
-                "peer {target} refused a snapshot chunk as too large"
-            ))
-        })
-        .await
+        let sent = self
+            .rpc(SNAPSHOT_PATH, encoded(&rpc)?, &option, || {
+                network_error(format!(
+                    "peer {target} refused a snapshot chunk as too large"
+                ))
+            })
+            .await;
+        // openraft's own line for this is off by default (it repeats per retry); a snapshot
+        // that does not get through to a peer that answers otherwise is worth a line each.
+        if let Err(e) = &sent {
+            if !self.health.is_down(target) {
+                tracing::warn!(peer = target, error = %e, "snapshot chunk not delivered");
+            }
+        }
+        sent
     }
 
     async fn vote(

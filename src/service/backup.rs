@@ -42,6 +42,11 @@ impl Service {
             let _ = self.raft.trigger().snapshot().await;
             let built = metrics.wait_for(|m| m.snapshot != seen || m.running_state.is_err());
             match tokio::time::timeout_at(deadline, built).await {
+                Ok(Ok(m)) if m.running_state.is_err() => {
+                    drop(m);
+                    self.check_storage()?;
+                    return Err(ServiceError::Unavailable("the node is stopping".into()));
+                }
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) => return Err(ServiceError::Unavailable("the node is stopping".into())),
                 Err(_) => {

@@ -28,8 +28,23 @@ const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
 const FORWARD_MARGIN: Duration = Duration::from_secs(5);
 
 impl Service {
-    /// This node's view of the cluster, from openraft's metrics.
-    pub fn status(&self) -> ClusterStatus {
+    /// This node's view of the cluster, from openraft's metrics and its log's last entry.
+    pub async fn status(&self) -> ClusterStatus {
+        let log = self.log.clone();
+        let last_log_term = tokio::task::spawn_blocking(move || log.last_log_id())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten()
+            .map(|l| l.leader_id.term)
+            // A log purged up to its snapshot: its last entry was the snapshot's, applied.
+            .or_else(|| {
+                self.raft
+                    .metrics()
+                    .borrow()
+                    .last_applied
+                    .map(|l| l.leader_id.term)
+            });
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -56,6 +71,7 @@ impl Service {
             leader_id: m.current_leader,
             term: m.current_term,
             last_log_index: m.last_log_index,
+            last_log_term,
             last_applied: m.last_applied.map(|l| l.index),
             members,
             learners,
@@ -161,7 +177,7 @@ impl Service {
                                 .into(),
                         )
                     })?;
-                Ok(self.status())
+                Ok(self.status().await)
             }
             LeaderAnswer::NotLeader(_) | LeaderAnswer::Deposed(_) => Err(ServiceError::NoLeader),
             LeaderAnswer::Failed(ServiceError::Timeout(m)) => Err(ServiceError::Timeout(format!(

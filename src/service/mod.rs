@@ -25,6 +25,7 @@ use crate::rpc::client::RpcClient;
 use crate::rpc::clock::PeerClocks;
 use crate::rpc::server::LeaderCalls;
 use crate::rpc::{LeaderAnswer, MembershipChange, PeerDirectory, WriteRequest};
+use crate::store::LogReader;
 pub use error::{Answer, ServiceError};
 
 /// Upper bound on leader look-ups / forwards for one request, whatever the deadline.
@@ -52,11 +53,15 @@ pub struct Service {
     request_timeout: Duration,
     /// A leader that has not heard from a quorum for this long refuses writes.
     quorum_stale_after: Duration,
+    /// This node's log, read for its last entry (`status`).
+    log: LogReader,
 }
 
 impl Service {
     /// Starts the proposer and the read-index rounds on the current runtime.
     /// `clocks`: the peers' clocks as the Raft network measures them (see `rpc::clock`).
+    // Each argument is a distinct handle `node` wires in, once.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         id: NodeId,
         raft: Raft,
@@ -65,6 +70,7 @@ impl Service {
         clocks: Arc<PeerClocks>,
         request_timeout: Duration,
         quorum_stale_after: Duration,
+        log: LogReader,
     ) -> Service {
         let leader_reads = read_index::ReadIndexBatcher::start(request_timeout, {
             let raft = raft.clone();
@@ -93,6 +99,7 @@ impl Service {
             forwarded_reads,
             request_timeout,
             quorum_stale_after,
+            log,
         }
     }
 

@@ -241,11 +241,11 @@ fn answers_for(written: WriteResult, keyed: &[bool]) -> Vec<Answer<CommandOutcom
             })
             .collect(),
         // The log store failed under this batch (disk full): it reached the log, but not
-        // disk, here; followers may still have it, so it may yet commit.
+        // disk, here; followers may still have it, so it may yet commit. Unknown, not 503:
+        // a 503 says "not applied, retry", which would duplicate a write without a key.
         Ok(Err(RaftError::Fatal(openraft::error::Fatal::StorageError(e)))) => {
-            all(LeaderAnswer::Failed(ServiceError::StorageFailed(format!(
-                "{e}; the write may or may not have been applied (retry it on another node \
-                 with the same Idempotency-Key)"
+            all(LeaderAnswer::Failed(ServiceError::OutcomeUnknown(format!(
+                "this node's storage failed under the write ({e})"
             ))))
         }
         Ok(Err(e)) => all(LeaderAnswer::Failed(ServiceError::OutcomeUnknown(format!(

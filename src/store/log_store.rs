@@ -70,6 +70,17 @@ impl LogReader {
     }
 }
 
+impl LogReader {
+    /// The log id of the last entry in the log (`None` when it holds none: empty, or purged
+    /// up to a snapshot).
+    pub fn last_log_id(&self) -> Result<Option<LogId>, StoreError> {
+        match self.log.last()? {
+            Some((_, v)) => Ok(Some(codec::decode::<Entry>(&v)?.log_id)),
+            None => Ok(None),
+        }
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogReader {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -187,6 +198,11 @@ impl LogStore {
             last_purged_log_id: last_purged,
             last_log_id: last,
         })
+    }
+
+    /// A reader of this log, for the service's status.
+    pub fn reader(&self) -> LogReader {
+        self.reader.clone()
     }
 
     /// The last log id the log holds or has purged.
