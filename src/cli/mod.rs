@@ -25,8 +25,19 @@ use crate::client::{Client, ClientConfig, ClientError, DEFAULT_NODES};
     about = "A replicated order store (Raft + sled + HTTP JSON)"
 )]
 pub struct Cli {
+    /// How log lines look: `text` (coloured only on a terminal) or `json` (one object per
+    /// line).
+    #[arg(long, env = "ORDO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]

@@ -246,6 +246,23 @@ fn with_config_file(args: ServeArgs, flags: Vec<std::ffi::OsString>) -> anyhow::
     Ok(ServeOnly::from_arg_matches(&matches)?.args)
 }
 
+/// The flags without `ordo`'s global ones (`--log-format`), which `serve`'s own parser does
+/// not know; `main` has read them already.
+fn without_global_flags(flags: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::with_capacity(flags.len());
+    let mut skip_value = false;
+    for flag in flags {
+        if skip_value {
+            skip_value = false;
+        } else if flag == "--log-format" {
+            skip_value = true;
+        } else if !flag.to_string_lossy().starts_with("--log-format=") {
+            out.push(flag);
+        }
+    }
+    out
+}
+
 fn required<T>(value: Option<T>, flag: &str) -> anyhow::Result<T> {
     value.with_context(|| {
         let key = flag.trim_start_matches('-');
@@ -260,7 +277,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         .skip_while(|a| a != "serve")
         .skip(1)
         .collect();
-    let args = with_config_file(args, flags)?;
+    let args = with_config_file(args, without_global_flags(flags))?;
     if args.print_config {
         print!(
             "{}",

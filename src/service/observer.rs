@@ -1,6 +1,11 @@
-//! Watches this node from inside: every change of openraft's metrics updates the Raft gauges
-//! (`telemetry`) and, when the leader or the membership changed, writes one line of ordo's
-//! own for it; every few seconds the store's size and counts are sampled into gauges.
+//! Watches this node from inside: openraft's metrics update the Raft gauges (`telemetry`)
+//! and, when the leader or the membership changed, ordo writes one line of its own for it;
+//! every few seconds the store's size and counts are sampled into gauges.
+//!
+//! openraft's metrics change on every append and apply (thousands of times a second under
+//! load), so changes are taken at most every `OBSERVE_EVERY`: the latest state is what is
+//! read, so nothing lasting is missed, and a leader that flips back within that time is
+//! seen as no change.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -12,6 +17,9 @@ use openraft::ServerState;
 use crate::raft::{NodeId, Raft};
 use crate::store::{self, OrderReader};
 use crate::telemetry;
+
+/// At most this often the Raft gauges are set and leader/membership changes looked for.
+const OBSERVE_EVERY: Duration = Duration::from_millis(200);
 
 /// How often the store is sampled (a directory walk and an index scan).
 const SAMPLE_STORE_EVERY: Duration = Duration::from_secs(10);
@@ -111,31 +119,41 @@ async fn watch_raft(raft: Raft) {
                 last_voters = Some(now);
             }
         }
+        tokio::time::sleep(OBSERVE_EVERY).await;
         if rx.changed().await.is_err() {
             return;
         }
     }
 }
 
+/// The idempotency count is a scan of its index (~0.3 s per million records): it runs again
+/// only after this many times its own duration, so it costs at most ~2 % of a core.
+const SCAN_COST_FACTOR: u32 = 50;
+
 async fn sample_store(raft: Raft, reader: OrderReader, data_dir: PathBuf) {
     let mut metrics_rx = raft.metrics();
+    let mut next_scan = tokio::time::Instant::now();
     loop {
         let (reader, dir) = (reader.clone(), data_dir.clone());
+        let scan = tokio::time::Instant::now() >= next_scan;
         let sampled = tokio::task::spawn_blocking(move || {
-            (
-                store::disk_usage_bytes(&dir),
-                reader.order_count(),
-                reader.idempotency_record_count(),
-            )
+            let bytes = store::disk_usage_bytes(&dir);
+            let orders = reader.order_count();
+            let started = std::time::Instant::now();
+            let keys = scan.then(|| reader.idempotency_record_count());
+            (bytes, orders, keys, started.elapsed())
         })
         .await;
-        if let Ok((bytes, orders, keys)) = sampled {
+        if let Ok((bytes, orders, keys, took)) = sampled {
             metrics::gauge!(telemetry::DATA_DIR_BYTES).set(bytes as f64);
             if let Ok(n) = orders {
                 metrics::gauge!(telemetry::ORDERS_STORED).set(n as f64);
             }
-            if let Ok(n) = keys {
+            if let Some(Ok(n)) = keys {
                 metrics::gauge!(telemetry::IDEMPOTENCY_RECORDS).set(n as f64);
+            }
+            if scan {
+                next_scan = tokio::time::Instant::now() + took * SCAN_COST_FACTOR;
             }
         }
         tokio::select! {
