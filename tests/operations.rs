@@ -276,7 +276,11 @@ async fn metrics_follow_writes_snapshots_and_a_leader_kill() {
     );
     cluster.start_all().await;
     let leader = cluster.wait_for_leader(&cluster.ids()).await;
-    let before = scrape(&cluster, leader).await;
+    // The Raft gauges follow openraft's metrics within a fraction of a second.
+    let before = wait_metrics(&cluster, leader, "the leader's gauges", |s| {
+        value(s, "ordo_raft_state", &[("state", "leader")]) == Some(1.0)
+    })
+    .await;
     let created = |s: &[Sample]| {
         value(
             s,
