@@ -429,12 +429,12 @@ pub async fn run(
         directory,
         cluster_id,
     );
-    let state = AppState {
+    let state = AppState::new(api::AppParts {
         service,
         reader,
         auth: auth.map(Arc::new),
         snapshots,
-    };
+    });
     // With a peer port, each port serves only its own routes (the other's answer 404).
     let (client_routes, peer_server) = match listeners.peer {
         None => (api::router(state, Some(peer_routes)), None),

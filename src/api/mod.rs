@@ -26,9 +26,26 @@ pub use error::ApiError;
 
 pub use crate::wire::{LEADER_HEADER, VERSION_HEADER};
 
-/// What every handler can reach.
+/// What every handler can reach: one `Arc` to clone (axum clones the state per extractor).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(std::sync::Arc<AppParts>);
+
+impl AppState {
+    pub fn new(parts: AppParts) -> AppState {
+        AppState(std::sync::Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+/// What an `AppState` holds.
+pub struct AppParts {
     /// Writes, linearizable reads, membership and the cluster's status.
     pub service: Service,
     /// The local state machine, read after the service's barrier (or stale on request).

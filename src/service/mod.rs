@@ -34,9 +34,14 @@ const MAX_ATTEMPTS: u32 = 100;
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
 
 /// A node's service: the handles every write, linearizable read and membership change goes
-/// through. Cheap to clone.
+/// through. One `Arc` to clone: axum clones the state for every extractor of every request,
+/// and a clone per handle inside (a dozen atomic increments, contended across cores) measured
+/// about 5 % of a stale read.
 #[derive(Clone)]
-pub struct Service {
+pub struct Service(Arc<ServiceParts>);
+
+/// What a `Service` holds (reached through `Deref`).
+pub struct ServiceParts {
     id: NodeId,
     raft: Raft,
     /// For calls to the leader (the node's one node-to-node client).
@@ -89,7 +94,7 @@ impl Service {
                 }
             }
         });
-        Service {
+        Service(Arc::new(ServiceParts {
             id,
             proposer: proposer::Proposer::start(raft.clone(), clocks, request_timeout),
             raft,
@@ -100,7 +105,7 @@ impl Service {
             request_timeout,
             quorum_stale_after,
             log,
-        }
+        }))
     }
 
     pub fn id(&self) -> NodeId {
@@ -146,6 +151,14 @@ impl Service {
     /// The last log index this node's state machine has applied.
     pub fn applied_index(&self) -> Option<u64> {
         self.raft.metrics().borrow().last_applied.map(|l| l.index)
+    }
+}
+
+impl std::ops::Deref for Service {
+    type Target = ServiceParts;
+
+    fn deref(&self) -> &ServiceParts {
+        &self.0
     }
 }
 
