@@ -46,8 +46,16 @@ insecure = true
     )
     .unwrap();
     let file = file.to_str().unwrap();
+    // `--log-format` is ordo's global flag: allowed after `serve`, with a file too.
     let (code, out, err) = print_config(
-        &["--config", file, "--election-timeout-max-ms", "500"],
+        &[
+            "--config",
+            file,
+            "--log-format",
+            "json",
+            "--election-timeout-max-ms",
+            "500",
+        ],
         &[
             ("ORDO_ELECTION_TIMEOUT_MIN_MS", "160"),
             ("ORDO_ELECTION_TIMEOUT_MAX_MS", "450"),

@@ -52,6 +52,26 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Waits (bounded by `within`) until node `id`'s process exits; its exit code. The node is
+/// then marked stopped.
+async fn wait_exit(
+    cluster: &mut TestCluster,
+    id: u64,
+    within: Duration,
+    what: &str,
+) -> Option<i32> {
+    let deadline = Instant::now() + within;
+    loop {
+        let child = cluster.nodes.get_mut(&id).unwrap().child.as_mut().unwrap();
+        if let Some(status) = child.try_wait().unwrap() {
+            cluster.nodes.get_mut(&id).unwrap().child = None;
+            return status.code();
+        }
+        assert!(Instant::now() < deadline, "node {id}: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The largest legal order: it fills a small disk quickly.
 fn largest_order(n: usize) -> Value {
     let items: Vec<Value> = (0..100)
@@ -129,20 +149,14 @@ async fn a_full_disk_fails_the_node_loudly_and_loses_no_acknowledged_order() {
     assert_eq!(said.len(), 1, "said once, at ERROR: {said:?}");
     assert!(said[0].contains("ERROR") && said[0].contains(&data_dir.display().to_string()));
 
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let code = loop {
-        let child = cluster.nodes.get_mut(&1).unwrap().child.as_mut().unwrap();
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the node did not exit after its storage failed"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let code = wait_exit(
+        &mut cluster,
+        1,
+        Duration::from_secs(90),
+        "the node did not exit after its storage failed",
+    )
+    .await;
     assert_eq!(code, Some(74), "exit status for the supervisor");
-    cluster.nodes.get_mut(&1).unwrap().child = None;
 
     // The operator frees space; the supervisor restarts the node.
     disk.resize(256);
@@ -817,24 +831,13 @@ async fn force_new_cluster_brings_back_a_writable_cluster_after_losing_a_majorit
     // Restarted with the flag still set, the survivor refuses to start (and says why).
     cluster.kill(survivor);
     cluster.spawn(survivor);
-    let deadline = Instant::now() + DEADLINE;
-    let code = loop {
-        let child = cluster
-            .nodes
-            .get_mut(&survivor)
-            .unwrap()
-            .child
-            .as_mut()
-            .unwrap();
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the survivor started with a stale --force-new-cluster"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let code = wait_exit(
+        &mut cluster,
+        survivor,
+        DEADLINE,
+        "the survivor started with a stale --force-new-cluster",
+    )
+    .await;
     assert_ne!(code, Some(0));
     let log = std::fs::read_to_string(&cluster.nodes[&survivor].log_path).unwrap();
     assert!(log.contains("remove the flag"), "no reason given");
@@ -847,18 +850,13 @@ async fn force_new_cluster_refuses_an_empty_node() {
     let mut cluster = TestCluster::new(Path::new(BIN), 1, None, Vec::new());
     cluster.set_env(1, vec![("ORDO_FORCE_NEW_CLUSTER".into(), "true".into())]);
     cluster.spawn_to_join(1);
-    let deadline = Instant::now() + DEADLINE;
-    let code = loop {
-        let child = cluster.nodes.get_mut(&1).unwrap().child.as_mut().unwrap();
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "an empty node started with --force-new-cluster"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let code = wait_exit(
+        &mut cluster,
+        1,
+        DEADLINE,
+        "an empty node started with --force-new-cluster",
+    )
+    .await;
     assert_ne!(code, Some(0));
     let log = std::fs::read_to_string(&cluster.nodes[&1].log_path).unwrap();
     assert!(log.contains("this node has no data"), "{log}");

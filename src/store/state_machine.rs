@@ -248,6 +248,32 @@ pub struct SnapshotBuilder {
     store: StateMachineStore,
 }
 
+enum SnapshotEvent {
+    Built,
+    Installed,
+}
+
+/// Counts, times and logs a snapshot this node built or installed.
+fn snapshot_done(event: SnapshotEvent, id: &str, bytes: u64, started: std::time::Instant) {
+    let took = started.elapsed();
+    let (count, duration, what) = match event {
+        SnapshotEvent::Built => (
+            telemetry::SNAPSHOT_BUILDS,
+            telemetry::SNAPSHOT_BUILD_DURATION,
+            "built snapshot",
+        ),
+        SnapshotEvent::Installed => (
+            telemetry::SNAPSHOT_INSTALLS,
+            telemetry::SNAPSHOT_INSTALL_DURATION,
+            "installed snapshot",
+        ),
+    };
+    metrics::counter!(count).increment(1);
+    metrics::histogram!(duration).record(took.as_secs_f64());
+    metrics::gauge!(telemetry::SNAPSHOT_BYTES).set(bytes as f64);
+    tracing::info!(snapshot_id = %id, bytes, ms = took.as_millis() as u64, "{what}");
+}
+
 /// A snapshot's starting point: what it will cover, and the dump's hold on that state.
 struct BegunDump {
     meta: SnapshotMeta<u64, openraft::BasicNode>,
@@ -282,16 +308,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .map_err(err)?;
         if current.snapshot_id == meta.snapshot_id {
             let bytes = file.metadata().map_or(0, |m| m.len());
-            let took = started.elapsed();
-            metrics::counter!(telemetry::SNAPSHOT_BUILDS).increment(1);
-            metrics::histogram!(telemetry::SNAPSHOT_BUILD_DURATION).record(took.as_secs_f64());
-            metrics::gauge!(telemetry::SNAPSHOT_BYTES).set(bytes as f64);
-            tracing::info!(
-                snapshot_id = %meta.snapshot_id,
-                bytes,
-                ms = took.as_millis() as u64,
-                "built snapshot"
-            );
+            snapshot_done(SnapshotEvent::Built, &meta.snapshot_id, bytes, started);
         } else {
             tracing::info!(
                 built = %meta.snapshot_id,
@@ -447,16 +464,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .map_err(err)?;
         self.floor.install_done(meta.last_log_id).map_err(err)?;
         let bytes = std::fs::metadata(self.snapshots.current_path()).map_or(0, |m| m.len());
-        let took = started.elapsed();
-        metrics::counter!(telemetry::SNAPSHOT_INSTALLS).increment(1);
-        metrics::histogram!(telemetry::SNAPSHOT_INSTALL_DURATION).record(took.as_secs_f64());
-        metrics::gauge!(telemetry::SNAPSHOT_BYTES).set(bytes as f64);
-        tracing::info!(
-            snapshot_id = %meta.snapshot_id,
-            bytes,
-            ms = took.as_millis() as u64,
-            "installed snapshot"
-        );
+        snapshot_done(SnapshotEvent::Installed, &meta.snapshot_id, bytes, started);
         Ok(())
     }
 
