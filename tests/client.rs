@@ -339,12 +339,15 @@ async fn cli_commands_print_and_exit_as_documented() {
     .unwrap();
     assert_eq!(code, 0);
     assert!(out.contains("\"paid\""));
-    let (code, _, _) = cli(vec!["order", "get", "987654"]).await.unwrap();
+    // Errors say it once, in words (not "not found: order 987654 not found").
+    let (code, _, err) = cli(vec!["order", "get", "987654"]).await.unwrap();
     assert_eq!(code, 3, "not found");
-    let (code, _, _) = cli(vec!["order", "create", "--customer", "", "--item", "a:1:1"])
+    assert_eq!(err.matches("not found").count(), 1, "{err}");
+    let (code, _, err) = cli(vec!["order", "create", "--customer", "", "--item", "a:1:1"])
         .await
         .unwrap();
     assert_eq!(code, 5, "validation");
+    assert_eq!(err.matches("customer_id").count(), 1, "{err}");
     let (code, _, _) = cli(vec![
         "order",
         "create",
@@ -363,6 +366,19 @@ async fn cli_commands_print_and_exit_as_documented() {
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["total"], 1);
+
+    let (code, out, err) = cli(vec!["cluster", "members", "1", "2", "3"])
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("leader: node ") && !out.contains("Some("),
+        "{out}"
+    );
+
+    let (code, out, _) = cli(vec!["completion", "bash"]).await.unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("complete") && out.contains("ordo"), "{out}");
 
     let (code, out, _) = cli(vec!["cluster", "status"]).await.unwrap();
     assert_eq!(code, 0);

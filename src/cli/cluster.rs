@@ -88,7 +88,10 @@ fn finish(
             if conn.json {
                 println!("{}", serde_json::json!(s));
             } else {
-                println!("leader {:?}, term {}", s.leader_id, s.term);
+                match s.leader_id {
+                    Some(leader) => println!("leader: node {leader}, term {}", s.term),
+                    None => println!("leader: none known, term {}", s.term),
+                }
                 println!("voters:   {}", node_list(&s.members));
                 println!("learners: {}", node_list(&s.learners));
             }

@@ -81,6 +81,12 @@ pub enum Command {
     },
     /// Make the data directory of a new cluster's first node from a backup.
     Restore(backup::RestoreArgs),
+    /// Print a shell completion script: `source <(ordo completion bash)`, or save it where the
+    /// shell loads completions from.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Make a development CA and node certificates (for TLS on one machine).
     DevCerts(dev_certs::DevCertsArgs),
 }
@@ -144,6 +150,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(client_runtime()?.block_on(cluster::run(&conn, command)))
         }
         Command::DevCerts(args) => dev_certs::run(args),
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "ordo", &mut std::io::stdout());
+            Ok(0)
+        }
         Command::Backup { conn, args } => Ok(client_runtime()?.block_on(backup::run(&conn, args))),
         Command::Restore(args) => backup::restore(args),
         Command::User { conn, command } => {

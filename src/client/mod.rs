@@ -85,7 +85,8 @@ impl ClientConfig {
 /// What went wrong, typed so a caller can react.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
-    #[error("not found: {0}")]
+    /// 404: the server's message says what was not found.
+    #[error("{0}")]
     NotFound(String),
     /// 409: `invalid_transition`, `version_conflict` or `idempotency_key_reused` (`None`: a
     /// code this client does not know, from a newer server).
@@ -94,11 +95,11 @@ pub enum ClientError {
         code: Option<ErrorCode>,
         message: String,
     },
-    /// 422: the field that is wrong and why.
-    #[error("invalid {field}: {message}")]
+    /// 422: the field that is wrong and why (the server's message names the field).
+    #[error("invalid input: {message}")]
     Validation { field: String, message: String },
     /// Another 4xx: the request itself is wrong.
-    #[error("bad request ({}): {message}", code_name(code))]
+    #[error("{message} ({})", code_name(code))]
     BadRequest {
         code: Option<ErrorCode>,
         message: String,
