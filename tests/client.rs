@@ -284,7 +284,7 @@ fn ordo_cli(nodes: &str, args: &[&str]) -> (i32, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_commands_print_and_exit_as_documented() {
-    let cluster = start_cluster(3).await;
+    let mut cluster = start_cluster(3).await;
     let nodes = cluster
         .ids()
         .iter()
@@ -381,7 +381,7 @@ async fn cli_commands_print_and_exit_as_documented() {
     assert!(out.contains("complete") && out.contains("ordo"), "{out}");
 
     let (code, out, _) = cli(vec!["cluster", "status"]).await.unwrap();
-    assert_eq!(code, 0);
+    assert_eq!(code, 0, "{out}");
     assert_eq!(
         out.lines()
             .filter(|l| l.contains("leader") || l.contains("follower"))
@@ -389,4 +389,34 @@ async fn cli_commands_print_and_exit_as_documented() {
         3,
         "{out}"
     );
+    assert!(
+        out.lines().all(|l| l == l.trim_end()),
+        "lines end in spaces:\n{out}"
+    );
+
+    // Given one node, it lists every member (from the membership).
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let one = format!("http://{}", cluster.nodes[&leader].addr);
+    let (code, out, _) = cli(vec!["cluster", "status", "--nodes", &one])
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{out}");
+    for id in cluster.ids() {
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("{id} "))),
+            "node {id}:\n{out}"
+        );
+    }
+
+    // A member down: still listed, by its id, and the exit code says degraded.
+    let down = cluster.ids().into_iter().find(|&id| id != leader).unwrap();
+    cluster.kill(down);
+    let (code, out, _) = cli(vec!["cluster", "status"]).await.unwrap();
+    assert_eq!(code, 8, "degraded: {out}");
+    let row = out
+        .lines()
+        .find(|l| l.contains("unreachable"))
+        .unwrap_or_else(|| panic!("no row for the dead node:\n{out}"));
+    assert!(row.starts_with(&format!("{down} ")), "{row}");
+    assert!(out.trim_end().ends_with("DEGRADED"), "{out}");
 }

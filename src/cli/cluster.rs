@@ -1,12 +1,26 @@
 //! `ordo cluster ...`: a status table of every node, and membership changes.
+//!
+//! `status` asks every `--nodes` URL at once (a dead node costs one short timeout, not one
+//! each), takes the membership from the answers (the leader's if it answered), and asks the
+//! members the list missed at their membership address too. It exits 0 only when every member
+//! answered and all agree on one leader; 8 when the cluster is degraded (a member down, no
+//! leader, a disagreement); 6 when no node answered.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use clap::Subcommand;
 
 use super::{report_error, ConnArgs};
+use crate::client::{Client, ClientError, ClusterStatus};
+
+/// `cluster status`'s exit code for a cluster that answers but is not healthy.
+const DEGRADED: i32 = 8;
 
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Every node's id, address, role, term, last applied index, or that it is unreachable.
+    /// Every member's id, address, role, leader, term, last log index and applied index, or
+    /// that it does not answer. Exits 0 when healthy, 8 when degraded, 6 when no node answers.
     Status,
     /// Add a node as a learner (it catches up, then can be made a voter with `members`).
     AddLearner {
@@ -29,49 +43,7 @@ pub async fn run(conn: &ConnArgs, command: ClusterCommand) -> i32 {
         Err(e) => return super::report_error(conn, &e),
     };
     match command {
-        ClusterCommand::Status => {
-            let mut rows = Vec::new();
-            for (i, url) in client.nodes().iter().enumerate() {
-                rows.push((url.clone(), client.node_status(i).await));
-            }
-            if conn.json {
-                let nodes: Vec<_> = rows
-                    .iter()
-                    .map(|(url, s)| match s {
-                        Ok(s) => serde_json::json!({"url": url, "reachable": true, "status": s}),
-                        Err(e) => serde_json::json!({"url": url, "reachable": false, "error": e.to_string()}),
-                    })
-                    .collect();
-                println!("{}", serde_json::json!({ "nodes": nodes }));
-            } else {
-                println!(
-                    "{:<6} {:<28} {:<11} {:<7} {:<6} {:<9} {:<9}",
-                    "ID", "URL", "ROLE", "LEADER", "TERM", "LAST_LOG", "APPLIED"
-                );
-                let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-                for (url, s) in &rows {
-                    match s {
-                        Ok(s) => println!(
-                            "{:<6} {:<28} {:<11} {:<7} {:<6} {:<9} {:<9}",
-                            s.node_id,
-                            url,
-                            s.state,
-                            opt(s.leader_id),
-                            s.term,
-                            opt(s.last_log_index),
-                            opt(s.last_applied)
-                        ),
-                        Err(_) => println!("{:<6} {:<28} {:<11}", "?", url, "unreachable"),
-                    }
-                }
-            }
-            // Exit 6 when no node answered at all.
-            if rows.iter().all(|(_, s)| s.is_err()) {
-                6
-            } else {
-                0
-            }
-        }
+        ClusterCommand::Status => status(conn, client).await,
         ClusterCommand::AddLearner { id, addr } => {
             finish(conn, client.add_learner(id, &addr).await)
         }
@@ -99,6 +71,184 @@ fn finish(
         }
         Err(e) => report_error(conn, &e),
     }
+}
+
+/// Asks every node of `client` for its status, all at once.
+async fn poll_all(client: Arc<Client>) -> Vec<(String, Result<ClusterStatus, ClientError>)> {
+    let mut polls = tokio::task::JoinSet::new();
+    for (i, url) in client.nodes().iter().enumerate() {
+        let (client, url) = (client.clone(), url.clone());
+        polls.spawn(async move { (i, url, client.node_status(i).await) });
+    }
+    let mut answers = Vec::new();
+    while let Some(joined) = polls.join_next().await {
+        if let Ok(answer) = joined {
+            answers.push(answer);
+        }
+    }
+    answers.sort_by_key(|(i, _, _)| *i);
+    answers.into_iter().map(|(_, url, s)| (url, s)).collect()
+}
+
+/// One row of the table: a member (or a listed node) and what it answered.
+struct Row {
+    id: Option<u64>,
+    url: String,
+    status: Result<ClusterStatus, String>,
+}
+
+async fn status(conn: &ConnArgs, client: Client) -> i32 {
+    let scheme = if client.nodes().iter().any(|u| u.starts_with("https://")) {
+        "https"
+    } else {
+        "http"
+    };
+    let mut answers = poll_all(Arc::new(client)).await;
+    // The membership as the leader sees it, else as the node in the highest term does.
+    let view = answers
+        .iter()
+        .filter_map(|(_, s)| s.as_ref().ok())
+        .max_by_key(|s| (s.state == "leader", s.term))
+        .cloned();
+    let members: BTreeMap<u64, String> = view
+        .iter()
+        .flat_map(|v| v.members.iter().chain(&v.learners))
+        .filter_map(|(id, addr)| Some((id.parse().ok()?, addr.clone())))
+        .collect();
+    let answered: BTreeSet<u64> = answers
+        .iter()
+        .filter_map(|(_, s)| s.as_ref().ok().map(|s| s.node_id))
+        .collect();
+    // Members the list did not reach: ask them at their membership address.
+    let missing: Vec<String> = members
+        .iter()
+        .filter(|(id, _)| !answered.contains(id))
+        .map(|(_, addr)| format!("{scheme}://{addr}"))
+        .filter(|url| !answers.iter().any(|(u, _)| u.trim_end_matches('/') == url))
+        .collect();
+    if !missing.is_empty() {
+        if let Ok(extra) = conn.client_for(missing) {
+            answers.extend(poll_all(Arc::new(extra)).await);
+        }
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    let mut shown = BTreeSet::new();
+    for (id, addr) in &members {
+        let found = answers
+            .iter()
+            .find(|(_, s)| s.as_ref().is_ok_and(|s| s.node_id == *id))
+            .or_else(|| {
+                answers
+                    .iter()
+                    .find(|(u, _)| u.ends_with(&format!("//{addr}")))
+            });
+        let (url, status) = match found {
+            Some((url, s)) => (url.clone(), s.clone().map_err(|e| e.to_string())),
+            None => (format!("{scheme}://{addr}"), Err("no answer".to_string())),
+        };
+        shown.insert(url.clone());
+        rows.push(Row {
+            id: Some(*id),
+            url,
+            status,
+        });
+    }
+    // Listed nodes that are not members (removed, or not joined yet), or all of them when
+    // no node answered.
+    for (url, s) in &answers {
+        if !shown.contains(url) {
+            let id = s.as_ref().ok().map(|s| s.node_id);
+            rows.push(Row {
+                id,
+                url: url.clone(),
+                status: s.clone().map_err(|e| e.to_string()),
+            });
+        }
+    }
+    let leaders: BTreeSet<Option<u64>> = rows
+        .iter()
+        .filter_map(|r| r.status.as_ref().ok().map(|s| s.leader_id))
+        .collect();
+    let all_members_answer = rows
+        .iter()
+        .filter(|r| r.id.is_some_and(|id| members.contains_key(&id)))
+        .all(|r| r.status.is_ok());
+    let healthy = !members.is_empty()
+        && all_members_answer
+        && leaders.len() == 1
+        && leaders.iter().all(Option::is_some);
+    print_rows(conn, &rows, healthy);
+    if rows.iter().all(|r| r.status.is_err()) {
+        6
+    } else if healthy {
+        0
+    } else {
+        DEGRADED
+    }
+}
+
+fn print_rows(conn: &ConnArgs, rows: &[Row], healthy: bool) {
+    if conn.json {
+        let nodes: Vec<_> = rows
+            .iter()
+            .map(|r| match &r.status {
+                Ok(s) => {
+                    serde_json::json!({"id": r.id, "url": r.url, "reachable": true, "status": s})
+                }
+                Err(e) => {
+                    serde_json::json!({"id": r.id, "url": r.url, "reachable": false, "error": e})
+                }
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "healthy": healthy, "nodes": nodes })
+        );
+        return;
+    }
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    let header = ["ID", "URL", "ROLE", "LEADER", "TERM", "LAST_LOG", "APPLIED"];
+    let mut table: Vec<[String; 7]> = vec![header.map(String::from)];
+    for r in rows {
+        table.push(match &r.status {
+            Ok(s) => [
+                s.node_id.to_string(),
+                r.url.clone(),
+                s.state.clone(),
+                opt(s.leader_id),
+                s.term.to_string(),
+                opt(s.last_log_index),
+                opt(s.last_applied),
+            ],
+            Err(_) => [
+                opt(r.id),
+                r.url.clone(),
+                "unreachable".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ],
+        });
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|c| {
+            table
+                .iter()
+                .map(|row| row[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in &table {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    println!("{}", if healthy { "healthy" } else { "DEGRADED" });
 }
 
 fn node_list(nodes: &std::collections::BTreeMap<String, String>) -> String {

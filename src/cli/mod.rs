@@ -3,7 +3,8 @@
 //! parses and dispatches; each subcommand's file does its work.
 //!
 //! Exit codes: 0 success, 1 other error, 2 usage, 3 not found, 4 conflict, 5 invalid input,
-//! 6 unavailable (no node answered within the deadline), 7 server error.
+//! 6 unavailable (no node answered within the deadline), 7 server error, 8 `cluster status`
+//! found the cluster degraded.
 
 mod backup;
 mod cluster;
@@ -120,12 +121,19 @@ pub struct ConnArgs {
 
 impl ConnArgs {
     fn client(&self) -> Result<Client, ClientError> {
-        let mut config = ClientConfig::new(
+        self.client_for(
             self.nodes
                 .split(',')
                 .map(str::trim)
-                .filter(|s| !s.is_empty()),
-        );
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+        )
+    }
+
+    /// A client for these node URLs, with this command's TLS, token and timeouts.
+    fn client_for(&self, nodes: Vec<String>) -> Result<Client, ClientError> {
+        let mut config = ClientConfig::new(nodes);
         config.deadline = Duration::from_millis(self.timeout_ms);
         config.attempt_timeout = config.attempt_timeout.min(config.deadline);
         config.ca_cert = self.ca_cert.clone();
