@@ -261,6 +261,10 @@ pub struct ClusterStatus {
     pub last_applied: Option<u64>,
     pub members: BTreeMap<String, String>,
     pub learners: BTreeMap<String, String>,
+    /// Where clients reach the members, where this node knows it and it differs from the
+    /// membership address (`--advertise` with a peer port). Absent from older nodes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub client_addrs: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -110,9 +110,16 @@ async fn status(conn: &ConnArgs, client: Client) -> i32 {
         .filter_map(|(_, s)| s.as_ref().ok())
         .max_by_key(|s| (s.state == "leader", s.term))
         .cloned();
+    // Where clients reach each member: the address it told its peers for clients (with
+    // --advertise or a peer port), else its membership address.
     let members: BTreeMap<u64, String> = view
         .iter()
-        .flat_map(|v| v.members.iter().chain(&v.learners))
+        .flat_map(|v| {
+            v.members
+                .iter()
+                .chain(&v.learners)
+                .map(|(id, addr)| (id, v.client_addrs.get(id).unwrap_or(addr)))
+        })
         .filter_map(|(id, addr)| Some((id.parse().ok()?, addr.clone())))
         .collect();
     let answered: BTreeSet<u64> = answers
@@ -165,8 +172,10 @@ async fn status(conn: &ConnArgs, client: Client) -> i32 {
             });
         }
     }
+    // The verdict is the members': a removed node still running does not make it degraded.
     let leaders: BTreeSet<Option<u64>> = rows
         .iter()
+        .filter(|r| r.id.is_some_and(|id| members.contains_key(&id)))
         .filter_map(|r| r.status.as_ref().ok().map(|s| s.leader_id))
         .collect();
     let all_members_answer = rows

@@ -28,7 +28,7 @@ use crate::client::{Client, ClientConfig, ClientError, DEFAULT_NODES};
 pub struct Cli {
     /// How log lines look: `text` (coloured only on a terminal) or `json` (one object per
     /// line).
-    #[arg(long, env = "ORDO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, env = "ORDO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true, ignore_case = true)]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,

@@ -193,6 +193,13 @@ fn with_config_file(args: ServeArgs, flags: Vec<std::ffi::OsString>) -> anyhow::
     let command = ServeOnly::command();
     let mut from_file: Vec<std::ffi::OsString> = Vec::new();
     for (key, value) in &table {
+        if key == "log-format" {
+            bail!(
+                "--config {}: log-format cannot be set in the file (logging starts before it is \
+                 read): use --log-format or ORDO_LOG_FORMAT",
+                path.display()
+            );
+        }
         let arg = command
             .get_arguments()
             .find(|a| {

@@ -50,6 +50,7 @@ impl Service {
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let mut members = BTreeMap::new();
         let mut learners = BTreeMap::new();
+        let mut client_addrs = BTreeMap::new();
         for (id, node) in membership.nodes() {
             let target = if voters.contains(id) {
                 &mut members
@@ -57,6 +58,11 @@ impl Service {
                 &mut learners
             };
             target.insert(id.to_string(), node.addr.clone());
+            if let Some(client) = self.directory.client_addr(*id) {
+                if client != node.addr {
+                    client_addrs.insert(id.to_string(), client);
+                }
+            }
         }
         let role = match m.state {
             ServerState::Leader => "leader",
@@ -75,6 +81,7 @@ impl Service {
             last_applied: m.last_applied.map(|l| l.index),
             members,
             learners,
+            client_addrs,
         }
     }
 
