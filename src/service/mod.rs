@@ -164,7 +164,13 @@ impl std::ops::Deref for Service {
 
 /// The storage error that stopped `raft`'s core, if one did.
 pub fn storage_failure(raft: &Raft) -> Option<String> {
-    match &raft.metrics().borrow().running_state {
+    storage_failure_in(&raft.metrics().borrow().running_state)
+}
+
+/// The storage error (or panic) in a Raft core's running state, if that is why it stopped;
+/// `None` while it runs or after a shutdown that was asked for.
+pub fn storage_failure_in(running: &Result<(), openraft::error::Fatal<NodeId>>) -> Option<String> {
+    match running {
         Err(openraft::error::Fatal::StorageError(e)) => Some(e.to_string()),
         Err(openraft::error::Fatal::Panicked) => Some("the Raft core panicked".into()),
         _ => None,

@@ -11,7 +11,6 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use openraft::error::Fatal;
 use openraft::ServerState;
 
 use crate::raft::{NodeId, Raft};
@@ -63,10 +62,7 @@ async fn watch_raft(raft: Raft) {
                 .set(m.last_applied.map_or(0, |l| l.index) as f64);
             metrics::gauge!(telemetry::RAFT_QUORUM_ACK_AGE)
                 .set(m.millis_since_quorum_ack.unwrap_or(0) as f64 / 1000.0);
-            let failed = matches!(
-                m.running_state,
-                Err(Fatal::StorageError(_)) | Err(Fatal::Panicked)
-            );
+            let failed = super::storage_failure_in(&m.running_state).is_some();
             metrics::gauge!(telemetry::RAFT_STORAGE_FAILED).set(if failed { 1.0 } else { 0.0 });
             // Lag per follower, on the leader; 0 elsewhere, so `max by (follower)` over the
             // cluster is the leader's figure.
