@@ -70,22 +70,15 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
+            let mut builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Full(PROPOSAL_BATCH.into()), COUNT_BUCKETS)
-                })
-                .and_then(|b| {
-                    b.set_buckets_for_metric(Matcher::Full(GROUP_COMMIT.into()), COUNT_BUCKETS)
-                })
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Full(READ_INDEX_WAITERS.into()),
-                        COUNT_BUCKETS,
-                    )
-                })
-                .expect("bucket lists are not empty")
-                .build_recorder();
+                .expect("the bucket list is not empty");
+            for counted in [PROPOSAL_BATCH, GROUP_COMMIT, READ_INDEX_WAITERS] {
+                builder = builder
+                    .set_buckets_for_metric(Matcher::Full(counted.into()), COUNT_BUCKETS)
+                    .expect("the bucket list is not empty");
+            }
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed: /metrics stays empty");

@@ -408,17 +408,9 @@ impl Client {
                     self.learn_leader(&resp);
                     let status = resp.status();
                     let body: Value = resp.json().await.unwrap_or(Value::Null);
-                    if status == StatusCode::SERVICE_UNAVAILABLE
-                        || status == StatusCode::GATEWAY_TIMEOUT
-                    {
-                        last = format!(
-                            "{}: {} {}",
-                            self.config.nodes[node],
-                            status.as_u16(),
-                            error_message(&body)
-                        );
-                    } else {
-                        return Ok(Answer { status, body });
+                    match self.retry_reason(node, status, &body) {
+                        Some(reason) => last = reason,
+                        None => return Ok(Answer { status, body }),
                     }
                 }
             }
@@ -432,6 +424,21 @@ impl Client {
             attempts,
             last,
             idempotency_key: idempotency_key.map(String::from),
+        })
+    }
+
+    /// Why to try again elsewhere, for an answer that says the node cannot serve now (503,
+    /// 504); `None` for an answer to keep.
+    fn retry_reason(&self, node: usize, status: StatusCode, body: &Value) -> Option<String> {
+        let retry =
+            status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT;
+        retry.then(|| {
+            format!(
+                "{}: {} {}",
+                self.config.nodes[node],
+                status.as_u16(),
+                error_message(body)
+            )
         })
     }
 
@@ -485,19 +492,14 @@ impl Client {
             let status = resp.status();
             if !status.is_success() {
                 let body: Value = resp.json().await.unwrap_or(Value::Null);
-                if status == StatusCode::SERVICE_UNAVAILABLE
-                    || status == StatusCode::GATEWAY_TIMEOUT
-                {
-                    last = format!(
-                        "{}: {} {}",
-                        self.config.nodes[node],
-                        status.as_u16(),
-                        error_message(&body)
-                    );
-                    self.mark_failed(node);
-                    continue;
+                match self.retry_reason(node, status, &body) {
+                    Some(reason) => {
+                        last = reason;
+                        self.mark_failed(node);
+                        continue;
+                    }
+                    None => return Err(error_of(status, body)),
                 }
-                return decode::<Value>(Answer { status, body }).map(|_| 0);
             }
             let index = resp
                 .headers()
@@ -755,7 +757,12 @@ fn decode<T: DeserializeOwned>(answer: Answer) -> Result<(StatusCode, T), Client
         })?;
         return Ok((status, value));
     }
-    let err: Option<ErrorBody> = serde_json::from_value(answer.body).ok();
+    Err(error_of(status, answer.body))
+}
+
+/// The typed error of an answer that is not a success.
+fn error_of(status: StatusCode, body: Value) -> ClientError {
+    let err: Option<ErrorBody> = serde_json::from_value(body).ok();
     let (code, message, field) = match err {
         Some(e) => (
             ErrorCode::parse(&e.error.code),
@@ -764,7 +771,7 @@ fn decode<T: DeserializeOwned>(answer: Answer) -> Result<(StatusCode, T), Client
         ),
         None => (None, format!("HTTP {status}"), None),
     };
-    Err(match status.as_u16() {
+    match status.as_u16() {
         404 => ClientError::NotFound(message),
         409 => ClientError::Conflict { code, message },
         422 => ClientError::Validation {
@@ -773,5 +780,5 @@ fn decode<T: DeserializeOwned>(answer: Answer) -> Result<(StatusCode, T), Client
         },
         400..=499 => ClientError::BadRequest { code, message },
         s => ClientError::Server { status: s, message },
-    })
+    }
 }

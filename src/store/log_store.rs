@@ -190,10 +190,7 @@ impl LogStore {
 
     fn log_state(&self) -> Result<LogState<TypeConfig>, StoreError> {
         let last_purged: Option<LogId> = self.read_meta(KEY_LAST_PURGED)?;
-        let last = match self.reader.log.last()? {
-            Some((_, v)) => Some(codec::decode::<Entry>(&v)?.log_id),
-            None => last_purged,
-        };
+        let last = self.reader.last_log_id()?.or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last,

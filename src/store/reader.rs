@@ -59,7 +59,12 @@ impl OrderReader {
     }
 
     fn get_unlocked(&self, id: u64) -> Result<Option<Order>, StoreError> {
-        match self.sm.get(keys::order(id))? {
+        self.decoded(&keys::order(id))
+    }
+
+    /// The value at `key`, decoded (no install lock: callers hold it).
+    fn decoded<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.sm.get(key)? {
             Some(v) => Ok(Some(codec::decode(&v)?)),
             None => Ok(None),
         }
@@ -122,14 +127,10 @@ impl OrderReader {
     /// The user whose token hashes to `hash`.
     pub fn user_by_token(&self, hash: &[u8; 32]) -> Result<Option<User>, StoreError> {
         let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
-        let Some(name) = self.sm.get(keys::token(hash))? else {
+        let Some(name) = self.decoded::<String>(&keys::token(hash))? else {
             return Ok(None);
         };
-        let name: String = codec::decode(&name)?;
-        match self.sm.get(keys::user(&name))? {
-            Some(v) => Ok(Some(codec::decode(&v)?)),
-            None => Ok(None),
-        }
+        self.decoded(&keys::user(&name))
     }
 
     /// Every user, by name.
@@ -145,10 +146,7 @@ impl OrderReader {
     /// A custom role.
     pub fn role(&self, name: &str) -> Result<Option<CustomRole>, StoreError> {
         let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
-        match self.sm.get(keys::role(name))? {
-            Some(v) => Ok(Some(codec::decode(&v)?)),
-            None => Ok(None),
-        }
+        self.decoded(&keys::role(name))
     }
 
     /// Every custom role, by name.
@@ -184,10 +182,7 @@ impl OrderReader {
     }
 
     fn next_id(&self) -> Result<u64, StoreError> {
-        Ok(match self.sm.get(keys::NEXT_ID)? {
-            Some(v) => codec::decode(&v)?,
-            None => 1,
-        })
+        Ok(self.decoded(keys::NEXT_ID)?.unwrap_or(1))
     }
 
     /// A digest of the whole state machine except Raft bookkeeping: equal on replicas that
