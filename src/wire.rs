@@ -1,11 +1,14 @@
 //! The public JSON of the HTTP API: request and answer bodies, the error body and its codes,
 //! and the leader header. Shared by the server (`api`), the Rust client, the CLI and the
 //! tests, so a shape or an error code is spelled in one place. No I/O and no HTTP framework
-//! types: a client can use it without the server.
+//! types: a client can use it without the server. Each type also describes itself as a JSON
+//! schema (`utoipa::ToSchema`), from which `api::openapi` builds the published spec; the
+//! limits in those schemas are the domain's own constants.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::order::{LineItem, NewOrder, Order, OrderStatus, ValidationError};
 
@@ -15,7 +18,7 @@ pub const LEADER_HEADER: &str = "x-ordo-leader";
 pub const VERSION_HEADER: &str = "x-ordo-version";
 
 /// Every `error.code` the API answers with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     MalformedJson,
@@ -119,35 +122,51 @@ impl PartialEq<ErrorCode> for serde_json::Value {
 }
 
 /// The error body every failed request gets.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
-    /// An `ErrorCode`, as a string so that a newer server's codes still parse.
+    /// One of `ErrorCode` (a client should treat an unknown code by the HTTP status: a newer
+    /// server may add codes). A string here so that such codes still parse.
+    #[schema(example = "version_conflict")]
     pub code: String,
+    /// For a person: what went wrong and, where it helps, what to do.
     pub message: String,
+    /// With `validation_failed`: the field that is wrong (`items[0].quantity`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }
 
-/// `POST /api/orders` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `POST /api/orders` body. A body that breaks a limit is refused whole (422
+/// `validation_failed`, naming the field).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrderBody {
+    /// 1 to 64 characters, no control characters.
+    #[schema(min_length = 1, max_length = 64, example = "alice")]
     pub customer_id: String,
+    /// 1 to 100 lines.
+    #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<LineItemJson>,
+    /// At most 1000 characters.
     #[serde(default)]
+    #[schema(max_length = 1000)]
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// One line of an order: money is integer cents.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LineItemJson {
+    /// 1 to 64 characters, no control characters.
+    #[schema(min_length = 1, max_length = 64, example = "book")]
     pub sku: String,
+    #[schema(minimum = 1, maximum = 10000, example = 2)]
     pub quantity: u32,
+    #[schema(minimum = 0, maximum = 1000000000, example = 1250)]
     pub unit_price_cents: u64,
 }
 
@@ -170,10 +189,17 @@ impl From<CreateOrderBody> for NewOrder {
 }
 
 /// `PATCH /api/orders/{id}` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetStatusBody {
+    /// The new status. Allowed moves: pending → paid or cancelled, paid → shipped or
+    /// cancelled, shipped → delivered (else 409 `invalid_transition`).
+    #[schema(
+        example = "paid",
+        pattern = "^(pending|paid|shipped|delivered|cancelled)$"
+    )]
     pub status: String,
+    /// Apply only if the order is at this version (else 409 `version_conflict`).
     #[serde(default)]
     pub expected_version: Option<u64>,
 }
@@ -193,15 +219,23 @@ impl SetStatusBody {
 }
 
 /// An order as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 pub struct OrderJson {
+    #[schema(minimum = 1)]
     pub id: u64,
     pub customer_id: String,
     pub items: Vec<LineItemJson>,
+    /// The sum of quantity × unit price over the items.
     pub total_cents: u64,
+    #[schema(pattern = "^(pending|paid|shipped|delivered|cancelled)$")]
     pub status: String,
+    /// 1 when created, one more with each status change.
+    #[schema(minimum = 1)]
     pub version: u64,
+    /// RFC 3339, UTC, milliseconds; stamped by the leader.
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -238,18 +272,21 @@ impl From<&Order> for OrderJson {
 }
 
 /// `GET /api/orders` answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct OrderListJson {
+    /// This page's orders, by id.
     pub orders: Vec<OrderJson>,
     pub page: u64,
     pub per_page: u64,
+    /// How many orders match the filter in all.
     pub total: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-/// `GET /cluster/status` answer.
+/// `GET /cluster/status` answer: this node's view, from its local state (no quorum needed).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ClusterStatus {
     pub node_id: u64,
+    /// `Leader`, `Follower`, `Candidate`, `Learner` or `Shutdown`.
     pub state: String,
     pub leader_id: Option<u64>,
     pub term: u64,
@@ -259,7 +296,9 @@ pub struct ClusterStatus {
     #[serde(default)]
     pub last_log_term: Option<u64>,
     pub last_applied: Option<u64>,
+    /// Voters: node id → address.
     pub members: BTreeMap<String, String>,
+    /// Learners (replicated to, not voting): node id → address.
     pub learners: BTreeMap<String, String>,
     /// Where clients reach the members, where this node knows it and it differs from the
     /// membership address (`--advertise` with a peer port). Absent from older nodes.
@@ -267,75 +306,128 @@ pub struct ClusterStatus {
     pub client_addrs: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `POST /cluster/learners` body: a node to replicate to (it catches up before the answer).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddLearnerBody {
+    #[schema(minimum = 1)]
     pub id: u64,
+    /// HOST:PORT where the other nodes reach it.
+    #[schema(example = "127.0.0.1:21004")]
     pub addr: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `POST /cluster/members` body: the voters after the change (learners or current members).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MembersBody {
+    #[schema(min_items = 1)]
     pub members: Vec<u64>,
 }
 
 /// `POST /auth/users` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUserBody {
+    /// 1 to 64 of a-z, 0-9, `.`, `_`, `-`.
+    #[schema(pattern = "^[a-z0-9._-]{1,64}$", example = "billing")]
     pub name: String,
     /// `admin`, `writer`, `reader` or a custom role's name.
+    #[schema(example = "writer")]
     pub role: String,
 }
 
 /// A user as the API shows it (never a token or its hash).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UserJson {
     pub name: String,
     pub role: String,
 }
 
 /// `POST /auth/users` answer: the only time the token is shown.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreatedUserJson {
     pub name: String,
     pub role: String,
+    /// Send it as `Authorization: Bearer TOKEN`; only its hash is stored.
     pub token: String,
 }
 
 /// A role: `POST /auth/roles` body, and an entry of `GET /auth/roles`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoleJson {
+    /// Named as users are (1 to 64 of a-z, 0-9, `.`, `_`, `-`).
+    #[schema(pattern = "^[a-z0-9._-]{1,64}$", example = "warehouse")]
     pub name: String,
     /// `orders:read`, `orders:write`, `cluster:read`, `cluster:admin`, `users:admin`.
+    #[schema(example = json!(["orders:read"]))]
     pub permissions: Vec<String>,
 }
 
 /// `GET /auth/roles` answer: the built-in roles, then the custom ones.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RoleListJson {
     pub roles: Vec<RoleJson>,
 }
 
 /// `GET /readyz` answer (200 when `ready`, else 503): each check and why it failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ReadinessJson {
     pub ready: bool,
     pub checks: BTreeMap<String, CheckJson>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CheckJson {
     pub ok: bool,
     pub detail: String,
 }
 
 /// `GET /auth/users` answer.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct UserListJson {
     pub users: Vec<UserJson>,
+}
+
+/// `GET /livez` (and `/health`) answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LiveJson {
+    #[schema(example = "ok")]
+    pub status: String,
+}
+
+/// `GET /version` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VersionJson {
+    #[schema(example = "0.1.0")]
+    pub version: String,
+    /// The git commit the binary was built from (`unknown` outside a git checkout).
+    pub commit: String,
+}
+
+/// `GET /cluster/digest` answer: equal digests at equal `last_applied` mean two replicas
+/// hold the same state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DigestJson {
+    pub node_id: u64,
+    pub last_applied: Option<u64>,
+    /// SHA-256 over the state machine's contents, hex.
+    pub digest: String,
+}
+
+/// `DELETE /auth/users/{name}` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RevokedUserJson {
+    pub name: String,
+    pub revoked: bool,
+}
+
+/// `DELETE /auth/roles/{name}` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeletedRoleJson {
+    pub name: String,
+    pub deleted: bool,
 }
 
 #[cfg(test)]

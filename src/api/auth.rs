@@ -61,7 +61,7 @@ fn permission_for(method: &Method, path: &str) -> Option<Permission> {
         });
     }
     match path {
-        "/health" | "/livez" | "/readyz" | "/version" => None,
+        "/health" | "/livez" | "/readyz" | "/version" | "/openapi.json" => None,
         "/cluster/status" | "/cluster/digest" | "/metrics" => Some(Permission::ClusterRead),
         _ if under("/auth/users") || under("/auth/roles") => Some(Permission::UsersAdmin),
         _ => Some(Permission::ClusterAdmin),

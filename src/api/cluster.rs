@@ -12,14 +12,30 @@ use super::json::JsonBody;
 use super::users::audit;
 use super::AppState;
 use crate::rpc::MembershipChange;
-use crate::wire::{AddLearnerBody, ClusterStatus, MembersBody};
+use crate::wire::{
+    AddLearnerBody, ClusterStatus, DigestJson, LiveJson, MembersBody, ReadinessJson, VersionJson,
+};
 
 /// `/livez` (and `/health`, its alias): the process serves HTTP.
-pub async fn live() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
+#[utoipa::path(get, path = "/livez", tag = "probes", operation_id = "livez",
+    responses((status = 200, description = "The process serves HTTP", body = LiveJson)))]
+pub async fn live() -> Json<LiveJson> {
+    Json(LiveJson {
+        status: "ok".into(),
+    })
+}
+
+/// `/health`: the old name of `/livez`.
+#[utoipa::path(get, path = "/health", tag = "probes", operation_id = "health",
+    responses((status = 200, description = "The process serves HTTP (as /livez)", body = LiveJson)))]
+pub async fn health() -> Json<LiveJson> {
+    live().await
 }
 
 /// `/metrics`: the node's metrics in Prometheus' text format (`telemetry`).
+#[utoipa::path(get, path = "/metrics", tag = "cluster", operation_id = "metrics",
+    responses((status = 200, description = "Prometheus text format 0.0.4",
+               content_type = "text/plain", body = String)))]
 pub async fn metrics() -> Response {
     (
         [(
@@ -33,6 +49,10 @@ pub async fn metrics() -> Response {
 
 /// `GET /cluster/backup`: a backup file (`store::backup`) of a snapshot that covers every
 /// write committed before the request, streamed. `x-ordo-backup-index` names its index.
+#[utoipa::path(get, path = "/cluster/backup", tag = "cluster", operation_id = "backup",
+    responses((status = 200, description = "An ORDOBKP1 backup file (check it with `ordo backup verify`)",
+               content_type = "application/octet-stream", body = Vec<u8>,
+               headers(("x-ordo-backup-index" = u64, description = "The Raft index the backup covers")))))]
 pub async fn backup(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,
@@ -124,15 +144,20 @@ impl std::io::Write for StallBoundedWriter {
 }
 
 /// `/version`: this build's version and git commit.
-pub async fn version() -> Json<serde_json::Value> {
-    Json(serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "commit": crate::GIT_COMMIT,
-    }))
+#[utoipa::path(get, path = "/version", tag = "probes", operation_id = "version",
+    responses((status = 200, description = "This build", body = VersionJson)))]
+pub async fn version() -> Json<VersionJson> {
+    Json(VersionJson {
+        version: env!("CARGO_PKG_VERSION").into(),
+        commit: crate::GIT_COMMIT.into(),
+    })
 }
 
 /// `/readyz`: 200 when the node should get traffic, else 503; the body says which check
 /// failed (see `Service::readiness`).
+#[utoipa::path(get, path = "/readyz", tag = "probes", operation_id = "readyz",
+    responses((status = 200, description = "Ready for traffic", body = ReadinessJson),
+              (status = 503, description = "Not ready: the failed checks say why", body = ReadinessJson)))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let readiness = state.service.readiness();
     let status = if readiness.ready {
@@ -143,25 +168,34 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     (status, Json(readiness)).into_response()
 }
 
+/// This node's view of the cluster, from its local state (answers without a quorum).
+#[utoipa::path(get, path = "/cluster/status", tag = "cluster", operation_id = "cluster_status",
+    responses((status = 200, description = "This node's view", body = ClusterStatus)))]
 pub async fn status(State(state): State<AppState>) -> Json<ClusterStatus> {
     Json(state.service.status().await)
 }
 
 /// A digest of this node's state machine and how far it has applied: equal digests at equal
 /// applied indexes mean the replicas agree.
-pub async fn digest(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+#[utoipa::path(get, path = "/cluster/digest", tag = "cluster", operation_id = "cluster_digest",
+    responses((status = 200, description = "This node's state digest", body = DigestJson)))]
+pub async fn digest(State(state): State<AppState>) -> Result<Json<DigestJson>, ApiError> {
     let applied = state.service.applied_index();
     let reader = state.reader.clone();
     let digest = tokio::task::spawn_blocking(move || reader.state_digest())
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
-    Ok(Json(serde_json::json!({
-        "node_id": state.service.id(),
-        "last_applied": applied,
-        "digest": digest,
-    })))
+    Ok(Json(DigestJson {
+        node_id: state.service.id(),
+        last_applied: applied,
+        digest,
+    }))
 }
 
+/// Add a node as a learner; answers once it has caught up with the leader's log.
+#[utoipa::path(post, path = "/cluster/learners", tag = "cluster", operation_id = "add_learner",
+    request_body = AddLearnerBody,
+    responses((status = 200, description = "The cluster after the change", body = ClusterStatus)))]
 pub async fn add_learner(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,
@@ -181,6 +215,10 @@ pub async fn add_learner(
     Ok(Json(result?))
 }
 
+/// Set the voters (each a current member or a learner); the others become learners.
+#[utoipa::path(post, path = "/cluster/members", tag = "cluster", operation_id = "change_members",
+    request_body = MembersBody,
+    responses((status = 200, description = "The cluster after the change", body = ClusterStatus)))]
 pub async fn change_members(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,

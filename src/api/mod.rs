@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod json;
+pub mod openapi;
 pub mod orders;
 pub mod server;
 pub mod users;
@@ -19,6 +20,8 @@ use axum::http::HeaderValue;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::service::Service;
 use crate::store::OrderReader;
@@ -56,35 +59,44 @@ pub struct AppParts {
     pub snapshots: crate::store::SnapshotFiles,
 }
 
+/// The documented routes: each handler with its OpenAPI description (`openapi`).
+fn public_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(orders::create, orders::list))
+        .routes(routes!(orders::get, orders::set_status))
+        .routes(routes!(cluster::status))
+        .routes(routes!(cluster::digest))
+        .routes(routes!(cluster::add_learner))
+        .routes(routes!(cluster::change_members))
+        .routes(routes!(cluster::backup))
+        .routes(routes!(users::create, users::list))
+        .routes(routes!(users::revoke))
+        .routes(routes!(users::create_role, users::list_roles))
+        .routes(routes!(users::delete_role))
+        .routes(routes!(cluster::health))
+        .routes(routes!(cluster::live))
+        .routes(routes!(cluster::ready))
+        .routes(routes!(cluster::version))
+        .routes(routes!(cluster::metrics))
+}
+
+/// `/openapi.json`: the spec of this node's API.
+async fn openapi_json() -> Response {
+    use axum::response::IntoResponse;
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        openapi::spec_json(),
+    )
+        .into_response()
+}
+
 /// The public API, with `peer_routes` (the `rpc` router) beside it when both share a port.
 pub fn router(state: AppState, peer_routes: Option<Router>) -> Router {
-    let api = Router::new()
-        .route("/api/orders", post(orders::create).get(orders::list))
+    let (documented, _) = public_routes().split_for_parts();
+    let api = documented
+        // The first name of the create route, kept for old clients; not in the spec.
         .route("/api/order/create", post(orders::create))
-        .route(
-            "/api/orders/{id}",
-            get(orders::get).patch(orders::set_status),
-        )
-        .route("/cluster/status", get(cluster::status))
-        .route("/cluster/digest", get(cluster::digest))
-        .route("/cluster/learners", post(cluster::add_learner))
-        .route("/cluster/members", post(cluster::change_members))
-        .route("/cluster/backup", get(cluster::backup))
-        .route("/auth/users", post(users::create).get(users::list))
-        .route("/auth/users/{name}", axum::routing::delete(users::revoke))
-        .route(
-            "/auth/roles",
-            post(users::create_role).get(users::list_roles),
-        )
-        .route(
-            "/auth/roles/{name}",
-            axum::routing::delete(users::delete_role),
-        )
-        .route("/health", get(cluster::live))
-        .route("/livez", get(cluster::live))
-        .route("/readyz", get(cluster::ready))
-        .route("/version", get(cluster::version))
-        .route("/metrics", get(cluster::metrics))
+        .route("/openapi.json", get(openapi_json))
         .layer(DefaultBodyLimit::max(json::MAX_BODY_BYTES))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

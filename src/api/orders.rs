@@ -9,6 +9,7 @@ use axum::{Extension, Json};
 use super::auth::Caller;
 use super::error::ApiError;
 use super::json::JsonBody;
+use super::openapi::{ConsistencyQuery, IdempotencyKeyHeader, ListQueryParams, OrderIdPath};
 use super::AppState;
 use crate::order::{validate_idempotency_key, NewOrder, OrderOp, OrderStatus};
 use crate::rpc::WriteRequest;
@@ -96,6 +97,19 @@ fn order_created(order: OrderJson, replayed: bool) -> Response {
     (status, [(header::LOCATION, location)], Json(order)).into_response()
 }
 
+/// Create an order. With an `Idempotency-Key` seen before (same body), the first create's
+/// order is answered again with 200 instead of 201: a retry never makes a second order.
+#[utoipa::path(
+    post, path = "/api/orders", tag = "orders", operation_id = "create_order",
+    params(IdempotencyKeyHeader),
+    request_body = CreateOrderBody,
+    responses(
+        (status = 201, description = "Created", body = OrderJson,
+         headers(("Location" = String, description = "/api/orders/{id}"))),
+        (status = 200, description = "This Idempotency-Key created an order before: that order",
+         body = OrderJson, headers(("Location" = String, description = "/api/orders/{id}"))),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -115,6 +129,12 @@ pub async fn create(
     Ok(order_created(OrderJson::from(&order), replayed))
 }
 
+/// One order, linearizable unless `consistency=stale`.
+#[utoipa::path(
+    get, path = "/api/orders/{id}", tag = "orders", operation_id = "get_order",
+    params(OrderIdPath, ConsistencyQuery),
+    responses((status = 200, description = "The order", body = OrderJson))
+)]
 pub async fn get(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
@@ -157,6 +177,12 @@ fn parse_positive(
     }
 }
 
+/// Orders by id, a page at a time, optionally filtered by status and customer.
+#[utoipa::path(
+    get, path = "/api/orders", tag = "orders", operation_id = "list_orders",
+    params(ListQueryParams, ConsistencyQuery),
+    responses((status = 200, description = "A page of orders", body = OrderListJson))
+)]
 pub async fn list(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -197,6 +223,13 @@ pub async fn list(
     }))
 }
 
+/// Move an order to a new status (optionally only at an expected version).
+#[utoipa::path(
+    patch, path = "/api/orders/{id}", tag = "orders", operation_id = "set_order_status",
+    params(OrderIdPath, IdempotencyKeyHeader),
+    request_body = SetStatusBody,
+    responses((status = 200, description = "The order after the change", body = OrderJson))
+)]
 pub async fn set_status(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,

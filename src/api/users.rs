@@ -19,7 +19,8 @@ use crate::order::{
 };
 use crate::rpc::WriteRequest;
 use crate::wire::{
-    CreateUserBody, CreatedUserJson, RoleJson, RoleListJson, UserJson, UserListJson,
+    CreateUserBody, CreatedUserJson, DeletedRoleJson, RevokedUserJson, RoleJson, RoleListJson,
+    UserJson, UserListJson,
 };
 
 /// A new token: 256 random bits, as `ordo_` and 64 hex digits.
@@ -64,6 +65,10 @@ async fn change(state: &AppState, op: AdminOp) -> Result<Effect, ApiError> {
     outcome.result.map_err(ApiError::Rejected)
 }
 
+/// Make a user with a role; the answer holds its token, shown only this once.
+#[utoipa::path(post, path = "/auth/users", tag = "users", operation_id = "create_user",
+    request_body = CreateUserBody,
+    responses((status = 201, description = "The user and its token", body = CreatedUserJson)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,
@@ -96,6 +101,9 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
+/// Every user and its role (never tokens).
+#[utoipa::path(get, path = "/auth/users", tag = "users", operation_id = "list_users",
+    responses((status = 200, description = "The users", body = UserListJson)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<UserListJson>, ApiError> {
     let reader = state.reader.clone();
     let users = tokio::task::spawn_blocking(move || reader.users())
@@ -112,6 +120,10 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<UserListJson>, A
     }))
 }
 
+/// Make a custom role from permissions.
+#[utoipa::path(post, path = "/auth/roles", tag = "users", operation_id = "create_role",
+    request_body = RoleJson,
+    responses((status = 201, description = "The role", body = RoleJson)))]
 pub async fn create_role(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,
@@ -142,6 +154,9 @@ pub async fn create_role(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+/// The built-in roles, then the custom ones.
+#[utoipa::path(get, path = "/auth/roles", tag = "users", operation_id = "list_roles",
+    responses((status = 200, description = "The roles", body = RoleListJson)))]
 pub async fn list_roles(State(state): State<AppState>) -> Result<Json<RoleListJson>, ApiError> {
     let reader = state.reader.clone();
     let custom = tokio::task::spawn_blocking(move || reader.roles())
@@ -168,24 +183,38 @@ pub async fn list_roles(State(state): State<AppState>) -> Result<Json<RoleListJs
     }))
 }
 
+/// Delete a custom role that no user has.
+#[utoipa::path(delete, path = "/auth/roles/{name}", tag = "users", operation_id = "delete_role",
+    params(("name" = String, Path, description = "The role")),
+    responses((status = 200, description = "Deleted", body = DeletedRoleJson)))]
 pub async fn delete_role(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<DeletedRoleJson>, ApiError> {
     let result = change(&state, AdminOp::DeleteRole { name: name.clone() }).await;
     audit(caller.as_deref(), "role.delete", &name, &result);
     result?;
-    Ok(Json(serde_json::json!({"name": name, "deleted": true})))
+    Ok(Json(DeletedRoleJson {
+        name,
+        deleted: true,
+    }))
 }
 
+/// Revoke a user: its token stops working on every node.
+#[utoipa::path(delete, path = "/auth/users/{name}", tag = "users", operation_id = "revoke_user",
+    params(("name" = String, Path, description = "The user")),
+    responses((status = 200, description = "Revoked", body = RevokedUserJson)))]
 pub async fn revoke(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,
     Path(name): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<RevokedUserJson>, ApiError> {
     let result = change(&state, AdminOp::RevokeUser { name: name.clone() }).await;
     audit(caller.as_deref(), "user.revoke", &name, &result);
     result?;
-    Ok(Json(serde_json::json!({"name": name, "revoked": true})))
+    Ok(Json(RevokedUserJson {
+        name,
+        revoked: true,
+    }))
 }

@@ -90,6 +90,8 @@ pub enum Command {
     },
     /// Make a development CA and node certificates (for TLS on one machine).
     DevCerts(dev_certs::DevCertsArgs),
+    /// Print the OpenAPI 3.1 spec of the HTTP API (what nodes serve at /openapi.json).
+    Openapi,
 }
 
 /// How client commands reach the cluster and print.
@@ -158,6 +160,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(client_runtime()?.block_on(cluster::run(&conn, command)))
         }
         Command::DevCerts(args) => dev_certs::run(args),
+        Command::Openapi => {
+            print!("{}", crate::api::openapi::spec_json());
+            Ok(0)
+        }
         Command::Completion { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "ordo", &mut std::io::stdout());
