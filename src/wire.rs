@@ -140,13 +140,75 @@ pub struct ErrorDetail {
     pub field: Option<String>,
 }
 
+/// Integer fields of request bodies also take a JSON number written with a zero fraction
+/// (`2.0`, `1e3`): JSON Schema counts those as integers and some JSON encoders write whole
+/// numbers so. A fraction, a negative number or one out of range is refused as before.
+mod whole_number {
+    use serde::de::{self, Deserializer, Visitor};
+
+    /// Largest integer an f64 holds exactly.
+    const MAX_EXACT: f64 = 9_007_199_254_740_992.0;
+
+    struct Whole(&'static str);
+
+    impl Visitor<'_> for Whole {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            u64::try_from(v).map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
+            if v.fract() == 0.0 && (0.0..=MAX_EXACT).contains(&v) {
+                Ok(v as u64)
+            } else {
+                Err(E::invalid_value(de::Unexpected::Float(v), &self))
+            }
+        }
+    }
+
+    pub fn u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        d.deserialize_any(Whole("a non-negative integer"))
+    }
+
+    pub fn u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let v = d.deserialize_any(Whole("an integer from 0 to 4294967295"))?;
+        u32::try_from(v).map_err(|_| {
+            de::Error::invalid_value(
+                de::Unexpected::Unsigned(v),
+                &"an integer from 0 to 4294967295",
+            )
+        })
+    }
+
+    pub fn option_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct W(#[serde(deserialize_with = "u64")] u64);
+        Ok(<Option<W> as serde::Deserialize>::deserialize(d)?.map(|w| w.0))
+    }
+
+    pub fn vec_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct W(#[serde(deserialize_with = "u64")] u64);
+        Ok(<Vec<W> as serde::Deserialize>::deserialize(d)?
+            .into_iter()
+            .map(|w| w.0)
+            .collect())
+    }
+}
+
 /// `POST /api/orders` body. A body that breaks a limit is refused whole (422
 /// `validation_failed`, naming the field).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrderBody {
-    /// 1 to 64 characters, no control characters.
-    #[schema(min_length = 1, max_length = 64, example = "alice")]
+    /// 1 to 64 characters, no control characters (Unicode category Cc, as the pattern says).
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$", example = "alice")]
     pub customer_id: String,
     /// 1 to 100 lines.
     #[schema(min_items = 1, max_items = 100)]
@@ -162,11 +224,13 @@ pub struct CreateOrderBody {
 #[serde(deny_unknown_fields)]
 pub struct LineItemJson {
     /// 1 to 64 characters, no control characters.
-    #[schema(min_length = 1, max_length = 64, example = "book")]
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$", example = "book")]
     pub sku: String,
     #[schema(minimum = 1, maximum = 10000, example = 2)]
+    #[serde(deserialize_with = "whole_number::u32")]
     pub quantity: u32,
     #[schema(minimum = 0, maximum = 1000000000, example = 1250)]
+    #[serde(deserialize_with = "whole_number::u64")]
     pub unit_price_cents: u64,
 }
 
@@ -200,7 +264,8 @@ pub struct SetStatusBody {
     )]
     pub status: String,
     /// Apply only if the order is at this version (else 409 `version_conflict`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number::option_u64")]
+    #[schema(minimum = 1)]
     pub expected_version: Option<u64>,
 }
 
@@ -311,6 +376,7 @@ pub struct ClusterStatus {
 #[serde(deny_unknown_fields)]
 pub struct AddLearnerBody {
     #[schema(minimum = 1)]
+    #[serde(deserialize_with = "whole_number::u64")]
     pub id: u64,
     /// HOST:PORT where the other nodes reach it.
     #[schema(example = "127.0.0.1:21004")]
@@ -322,6 +388,7 @@ pub struct AddLearnerBody {
 #[serde(deny_unknown_fields)]
 pub struct MembersBody {
     #[schema(min_items = 1)]
+    #[serde(deserialize_with = "whole_number::vec_u64")]
     pub members: Vec<u64>,
 }
 
@@ -332,8 +399,8 @@ pub struct CreateUserBody {
     /// 1 to 64 of a-z, 0-9, `.`, `_`, `-`.
     #[schema(pattern = "^[a-z0-9._-]{1,64}$", example = "billing")]
     pub name: String,
-    /// `admin`, `writer`, `reader` or a custom role's name.
-    #[schema(example = "writer")]
+    /// `admin`, `writer`, `reader` or a custom role's name (an unknown role is 422).
+    #[schema(pattern = "^[a-z0-9._-]{1,64}$", example = "writer")]
     pub role: String,
 }
 
@@ -360,9 +427,22 @@ pub struct RoleJson {
     /// Named as users are (1 to 64 of a-z, 0-9, `.`, `_`, `-`).
     #[schema(pattern = "^[a-z0-9._-]{1,64}$", example = "warehouse")]
     pub name: String,
-    /// `orders:read`, `orders:write`, `cluster:read`, `cluster:admin`, `users:admin`.
-    #[schema(example = json!(["orders:read"]))]
+    /// What the role's users may do (strings here, so that a newer server's permissions
+    /// still parse; the schema lists today's).
+    #[schema(schema_with = permission_names, example = json!(["orders:read"]))]
     pub permissions: Vec<String>,
+}
+
+fn permission_names() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let names = crate::order::Permission::ALL.map(|p| p.as_str());
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(names)),
+        )
+        .build()
 }
 
 /// `GET /auth/roles` answer: the built-in roles, then the custom ones.
