@@ -515,6 +515,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn integer_fields_take_whole_numbers_in_any_spelling_and_nothing_else() {
+        let item = |q: &str| {
+            serde_json::from_str::<LineItemJson>(&format!(
+                r#"{{"sku":"a","quantity":{q},"unit_price_cents":5}}"#
+            ))
+            .map(|i| i.quantity)
+        };
+        assert_eq!(item("2").unwrap(), 2);
+        assert_eq!(item("2.0").unwrap(), 2);
+        assert_eq!(item("2e1").unwrap(), 20);
+        for bad in ["2.5", "-1", "-1.0", "4294967296", "1e300", "\"2\"", "null", "true"] {
+            assert!(item(bad).is_err(), "{bad} was taken");
+        }
+        let body: SetStatusBody =
+            serde_json::from_str(r#"{"status":"paid","expected_version":3.0}"#).unwrap();
+        assert_eq!(body.expected_version, Some(3));
+        let body: SetStatusBody = serde_json::from_str(r#"{"status":"paid"}"#).unwrap();
+        assert_eq!(body.expected_version, None);
+        let members: MembersBody = serde_json::from_str(r#"{"members":[1,2.0]}"#).unwrap();
+        assert_eq!(members.members, vec![1, 2]);
+        assert!(serde_json::from_str::<MembersBody>(r#"{"members":[1.5]}"#).is_err());
+    }
+
+    #[test]
     fn error_codes_round_trip_as_the_api_spells_them() {
         for code in ErrorCode::ALL {
             let json = serde_json::to_value(code).unwrap();
