@@ -15,6 +15,15 @@ fn main() {
     use std::io::IsTerminal;
     // Parsed first: the log format is a flag (`--log-format`, or ORDO_LOG_FORMAT).
     let cli = ordo::cli::Cli::parse();
+    if !matches!(cli.command, ordo::cli::Command::Serve(_)) {
+        // A client command whose reader went away (`ordo order list | head`) ends quietly,
+        // as Unix tools do, instead of panicking in println!. Not for `serve`: a node must
+        // see a peer's closed socket as an error on that socket, not die of it.
+        // SAFETY: resets one signal's disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| ordo::DEFAULT_LOG_FILTER.into());
     let logs = tracing_subscriber::fmt()

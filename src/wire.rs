@@ -208,7 +208,12 @@ mod whole_number {
 #[serde(deny_unknown_fields)]
 pub struct CreateOrderBody {
     /// 1 to 64 characters, no control characters (Unicode category Cc, as the pattern says).
-    #[schema(min_length = 1, max_length = 64, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$", example = "alice")]
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$",
+        example = "alice"
+    )]
     pub customer_id: String,
     /// 1 to 100 lines.
     #[schema(min_items = 1, max_items = 100)]
@@ -224,7 +229,12 @@ pub struct CreateOrderBody {
 #[serde(deny_unknown_fields)]
 pub struct LineItemJson {
     /// 1 to 64 characters, no control characters.
-    #[schema(min_length = 1, max_length = 64, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$", example = "book")]
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$",
+        example = "book"
+    )]
     pub sku: String,
     #[schema(minimum = 1, maximum = 10000, example = 2)]
     #[serde(deserialize_with = "whole_number::u32")]
@@ -351,7 +361,8 @@ pub struct OrderListJson {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ClusterStatus {
     pub node_id: u64,
-    /// `Leader`, `Follower`, `Candidate`, `Learner` or `Shutdown`.
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    #[schema(pattern = "^(leader|follower|candidate|learner|shutdown)$")]
     pub state: String,
     pub leader_id: Option<u64>,
     pub term: u64,
@@ -525,7 +536,16 @@ mod tests {
         assert_eq!(item("2").unwrap(), 2);
         assert_eq!(item("2.0").unwrap(), 2);
         assert_eq!(item("2e1").unwrap(), 20);
-        for bad in ["2.5", "-1", "-1.0", "4294967296", "1e300", "\"2\"", "null", "true"] {
+        for bad in [
+            "2.5",
+            "-1",
+            "-1.0",
+            "4294967296",
+            "1e300",
+            "\"2\"",
+            "null",
+            "true",
+        ] {
             assert!(item(bad).is_err(), "{bad} was taken");
         }
         let body: SetStatusBody =

@@ -314,9 +314,12 @@ async fn cli_commands_print_and_exit_as_documented() {
     .await
     .unwrap();
     assert_eq!(code, 0, "{err}");
+    // --json prints exactly what the API answers: the order itself.
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["order"]["total_cents"], 2599);
-    let id = v["order"]["id"].as_u64().unwrap().to_string();
+    let order: ordo::wire::OrderJson = serde_json::from_value(v.clone()).unwrap();
+    assert_eq!(order.total_cents, 2599);
+    assert_eq!(v.as_object().unwrap().len(), 8, "{v}");
+    let id = order.id.to_string();
 
     let (code, out, _) = cli(vec!["order", "get", &id]).await.unwrap();
     assert_eq!(code, 0);
@@ -326,6 +329,35 @@ async fn cli_commands_print_and_exit_as_documented() {
         .await
         .unwrap();
     assert_eq!(code, 4, "illegal transition is a conflict: {err}");
+    // As JSON, in the API's words, with --json before the subcommand.
+    let (code, out, _) = cli(vec!["--json", "order", "set-status", &id, "shipped"])
+        .await
+        .unwrap();
+    assert_eq!(code, 4);
+    let e: ordo::wire::ErrorBody = serde_json::from_str(&out).unwrap();
+    assert_eq!(e.error.code, "invalid_transition", "{out}");
+    let (code, out, _) = cli(vec!["--json", "order", "get", "987654"]).await.unwrap();
+    assert_eq!(code, 3);
+    let e: ordo::wire::ErrorBody = serde_json::from_str(&out).unwrap();
+    assert_eq!(e.error.code, "not_found", "{out}");
+    let (code, out, _) = cli(vec![
+        "--json",
+        "order",
+        "create",
+        "--customer",
+        "c",
+        "--item",
+        "a:0:1",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(code, 5);
+    let e: ordo::wire::ErrorBody = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (e.error.code.as_str(), e.error.field.as_deref()),
+        ("validation_failed", Some("items[0].quantity")),
+        "{out}"
+    );
     let (code, out, _) = cli(vec![
         "order",
         "set-status",
@@ -364,8 +396,42 @@ async fn cli_commands_print_and_exit_as_documented() {
         .await
         .unwrap();
     assert_eq!(code, 0);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["total"], 1);
+    let list: ordo::wire::OrderListJson = serde_json::from_str(&out).unwrap();
+    assert_eq!(list.total, 1);
+
+    // Wide (CJK) customer ids keep the table's columns: every row's TOTAL ends where the
+    // header's does, in display columns, and no line ends in spaces.
+    for customer in ["田中商店", "a-rather-long-customer-id-of-forty-chars"] {
+        let (code, _, err) = cli(vec![
+            "order",
+            "create",
+            "--customer",
+            customer,
+            "--item",
+            "x:1:100",
+        ])
+        .await
+        .unwrap();
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, _) = cli(vec!["order", "list", "--per-page", "100"])
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let rows: Vec<&str> = out.lines().filter(|l| !l.starts_with("page ")).collect();
+    // Where the 5th column (TOTAL, right-aligned) ends, in display columns.
+    let total_end = |row: &str| {
+        use unicode_width::UnicodeWidthStr;
+        let cell = row.split_whitespace().nth(4).unwrap();
+        let start = cell.as_ptr() as usize - row.as_ptr() as usize;
+        row[..start + cell.len()].width()
+    };
+    assert!(rows[0].split_whitespace().nth(4) == Some("TOTAL"), "{out}");
+    assert!(rows.iter().any(|l| l.contains("田中商店")), "{out}");
+    for row in &rows {
+        assert_eq!(total_end(row), total_end(rows[0]), "misaligned:\n{out}");
+        assert_eq!(*row, row.trim_end(), "line ends in spaces:\n{out}");
+    }
 
     let (code, out, err) = cli(vec!["cluster", "members", "1", "2", "3"])
         .await
@@ -428,4 +494,44 @@ async fn cli_commands_print_and_exit_as_documented() {
         .unwrap_or_else(|| panic!("no row for the dead node:\n{out}"));
     assert!(row.starts_with(&format!("{down} ")), "{row}");
     assert!(out.trim_end().ends_with("DEGRADED"), "{out}");
+
+    // A reader that goes away (`ordo order list | head -1`) ends the CLI quietly, without a
+    // panic: the answer comes after a network round trip, when the pipe is already closed.
+    let mut child = Command::new(BIN)
+        .args(["order", "list", "--per-page", "100", "--stale"])
+        .env("ORDO_NODES", nodes)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+}
+
+/// Nothing listens where the CLI is pointed: the error keeps its cause and says what to do.
+#[test]
+fn a_cli_pointed_at_no_cluster_says_why_and_what_to_do() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", free.local_addr().unwrap());
+    drop(free);
+    let (code, _, err) = ordo_cli(&url, &["order", "get", "1", "--timeout-ms", "1500"]);
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("Connection refused"), "{err}");
+    assert!(
+        err.contains("hint:") && err.contains("ORDO_NODES") && err.contains(&url),
+        "{err}"
+    );
+    let (code, out, _) = ordo_cli(
+        &url,
+        &["--json", "order", "get", "1", "--timeout-ms", "500"],
+    );
+    assert_eq!(code, 6);
+    let e: ordo::wire::ErrorBody = serde_json::from_str(&out).unwrap();
+    assert_eq!(e.error.code, "unavailable", "{out}");
 }

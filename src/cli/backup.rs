@@ -21,15 +21,19 @@ pub struct BackupArgs {
     /// Write the backup here (first to FILE.partial, which is checked, then renamed).
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// Give up after this long (a backup of millions of orders takes a while), ms.
-    #[arg(long, default_value_t = 600_000)]
+    /// Give up after this many milliseconds (a backup of millions of orders takes a while).
+    #[arg(long, default_value_t = 600_000, value_name = "MS")]
     pub within_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum BackupCommand {
     /// Check a backup file end to end (both checksums, every record) and say what it holds.
-    Verify { file: PathBuf },
+    Verify {
+        /// The backup file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -40,9 +44,6 @@ pub struct RestoreArgs {
     /// A new (absent or empty) data directory for the first node of the new cluster.
     #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
 }
 
 fn describe(v: &VerifiedBackup) -> String {
@@ -130,7 +131,7 @@ async fn take(conn: &ConnArgs, out: PathBuf, within: Duration) -> i32 {
     0
 }
 
-pub fn restore(args: RestoreArgs) -> anyhow::Result<i32> {
+pub fn restore(conn: &ConnArgs, args: RestoreArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
     let dir = &args.data_dir;
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
@@ -169,7 +170,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<i32> {
     }
     std::fs::rename(&building, dir)
         .with_context(|| format!("{} -> {}", building.display(), dir.display()))?;
-    if args.json {
+    if conn.json {
         let mut v = serde_json::to_value(&verified).expect("serializable");
         v["new_cluster_id"] = cluster_id.clone().into();
         v["seconds"] = started.elapsed().as_secs_f64().into();

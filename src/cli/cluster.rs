@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use clap::Subcommand;
 
-use super::{report_error, ConnArgs};
+use super::table::PlainTable;
+use super::{print_json, report_error, ConnArgs};
 use crate::client::{Client, ClientError, ClusterStatus};
 
 /// `cluster status`'s exit code for a cluster that answers but is not healthy.
@@ -23,16 +24,25 @@ pub enum ClusterCommand {
     /// that it does not answer. Exits 0 when healthy, 8 when degraded, 6 when no node answers.
     Status,
     /// Add a node as a learner (it catches up, then can be made a voter with `members`).
+    #[command(after_help = "Example:\n  \
+        ordo cluster add-learner --id 4 --addr 127.0.0.1:21004\n  \
+        ordo cluster members 1 2 3 4")]
     AddLearner {
-        #[arg(long)]
+        /// The new node's id (its `ordo serve --id`), not used by another node.
+        #[arg(long, value_name = "ID")]
         id: u64,
-        /// The new node's HOST:PORT, as it serves.
-        #[arg(long)]
+        /// Where the other nodes reach the new node (its --advertise, or --listen).
+        #[arg(long, value_name = "HOST:PORT")]
         addr: String,
     },
-    /// Set the voters, e.g. `ordo cluster members 2 3 4` (joint consensus).
+    /// Set the voters: current members or learners; the others leave (a removed node goes
+    /// quiet and says so in its log).
+    #[command(after_help = "Examples:\n  \
+        ordo cluster members 1 2 3 4     # make learner 4 a voter\n  \
+        ordo cluster members 1 2 4       # remove node 3")]
     Members {
-        #[arg(required = true)]
+        /// The voters after the change.
+        #[arg(required = true, value_name = "ID")]
         ids: Vec<u64>,
     },
 }
@@ -58,7 +68,7 @@ fn finish(
     match result {
         Ok(s) => {
             if conn.json {
-                println!("{}", serde_json::json!(s));
+                print_json(&s);
             } else {
                 match s.leader_id {
                     Some(leader) => println!("leader: node {leader}, term {}", s.term),
@@ -94,7 +104,7 @@ async fn poll_all(client: Arc<Client>) -> Vec<(String, Result<ClusterStatus, Cli
 struct Row {
     id: Option<u64>,
     url: String,
-    status: Result<ClusterStatus, String>,
+    status: Result<ClusterStatus, ClientError>,
 }
 
 async fn status(conn: &ConnArgs, client: Client) -> i32 {
@@ -150,8 +160,16 @@ async fn status(conn: &ConnArgs, client: Client) -> i32 {
                     .find(|(u, _)| u.ends_with(&format!("//{addr}")))
             });
         let (url, status) = match found {
-            Some((url, s)) => (url.clone(), s.clone().map_err(|e| e.to_string())),
-            None => (format!("{scheme}://{addr}"), Err("no answer".to_string())),
+            Some((url, s)) => (url.clone(), s.clone()),
+            None => (
+                format!("{scheme}://{addr}"),
+                Err(ClientError::Unavailable {
+                    attempts: 0,
+                    last: "not asked: no client address known".into(),
+                    idempotency_key: None,
+                    no_connection: true,
+                }),
+            ),
         };
         shown.insert(url.clone());
         rows.push(Row {
@@ -168,7 +186,7 @@ async fn status(conn: &ConnArgs, client: Client) -> i32 {
             rows.push(Row {
                 id,
                 url: url.clone(),
-                status: s.clone().map_err(|e| e.to_string()),
+                status: s.clone(),
             });
         }
     }
@@ -205,7 +223,7 @@ fn print_rows(conn: &ConnArgs, rows: &[Row], healthy: bool) {
                     serde_json::json!({"id": r.id, "url": r.url, "reachable": true, "status": s})
                 }
                 Err(e) => {
-                    serde_json::json!({"id": r.id, "url": r.url, "reachable": false, "error": e})
+                    serde_json::json!({"id": r.id, "url": r.url, "reachable": false, "error": e.to_body().error})
                 }
             })
             .collect();
@@ -216,11 +234,13 @@ fn print_rows(conn: &ConnArgs, rows: &[Row], healthy: bool) {
         return;
     }
     let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
-    let header = ["ID", "URL", "ROLE", "LEADER", "TERM", "LAST_LOG", "APPLIED"];
-    let mut table: Vec<[String; 7]> = vec![header.map(String::from)];
+    let mut table = PlainTable::new(
+        &["ID", "URL", "ROLE", "LEADER", "TERM", "LAST_LOG", "APPLIED"],
+        &[],
+    );
     for r in rows {
-        table.push(match &r.status {
-            Ok(s) => [
+        table.row(match &r.status {
+            Ok(s) => vec![
                 s.node_id.to_string(),
                 r.url.clone(),
                 s.state.clone(),
@@ -229,7 +249,7 @@ fn print_rows(conn: &ConnArgs, rows: &[Row], healthy: bool) {
                 opt(s.last_log_index),
                 opt(s.last_applied),
             ],
-            Err(_) => [
+            Err(_) => vec![
                 opt(r.id),
                 r.url.clone(),
                 "unreachable".into(),
@@ -240,23 +260,7 @@ fn print_rows(conn: &ConnArgs, rows: &[Row], healthy: bool) {
             ],
         });
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|c| {
-            table
-                .iter()
-                .map(|row| row[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in &table {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-    }
+    table.print();
     println!("{}", if healthy { "healthy" } else { "DEGRADED" });
 }
 

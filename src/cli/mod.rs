@@ -2,15 +2,20 @@
 //! cluster through `client`; `dev-certs` makes development TLS certificates. This module only
 //! parses and dispatches; each subcommand's file does its work.
 //!
+//! The connection options (`--nodes`, `--json`, `--token`, ...) are global: they may come
+//! before or after the subcommand. With `--json`, a command prints exactly what the HTTP API
+//! answers (the `wire` types), and an error as the API's error body with the API's codes.
+//!
 //! Exit codes: 0 success, 1 other error, 2 usage, 3 not found, 4 conflict, 5 invalid input,
 //! 6 unavailable (no node answered within the deadline), 7 server error, 8 `cluster status`
-//! found the cluster degraded.
+//! found the cluster degraded, 9 not authorized (401/403).
 
 mod backup;
 mod cluster;
 mod dev_certs;
 mod order;
 mod serve;
+mod table;
 mod user;
 
 use std::time::Duration;
@@ -23,13 +28,23 @@ use crate::client::{Client, ClientConfig, ClientError, DEFAULT_NODES};
 #[command(
     name = "ordo",
     version = crate::VERSION,
-    about = "A replicated order store (Raft + sled + HTTP JSON)"
+    about = "A replicated order store (Raft + sled + HTTP JSON)",
+    after_help = "Examples:\n  \
+        scripts/cluster.sh up                     # a local three-node cluster\n  \
+        ordo order create --customer alice --item book:2:1250\n  \
+        ordo --json order get 1\n  \
+        ordo cluster status\n\n\
+        Connection options (--nodes, --json, --token, ...) go before or after the subcommand.\n\
+        Exit codes: 0 ok, 2 usage, 3 not found, 4 conflict, 5 invalid input, 6 unavailable,\n\
+        7 server error, 8 cluster degraded, 9 not authorized."
 )]
 pub struct Cli {
     /// How log lines look: `text` (coloured only on a terminal) or `json` (one object per
     /// line).
     #[arg(long, env = "ORDO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true, ignore_case = true)]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub conn: ConnArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -47,36 +62,26 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Create, read, list and move orders.
     Order {
-        #[command(flatten)]
-        conn: ConnArgs,
         #[command(subcommand)]
         command: order::OrderCommand,
     },
     /// Inspect and change the cluster.
     Cluster {
-        #[command(flatten)]
-        conn: ConnArgs,
         #[command(subcommand)]
         command: cluster::ClusterCommand,
     },
     /// Create, list and revoke users (nodes started with --auth).
     User {
-        #[command(flatten)]
-        conn: ConnArgs,
         #[command(subcommand)]
         command: user::UserCommand,
     },
     /// Create, list and delete custom roles (nodes started with --auth).
     Role {
-        #[command(flatten)]
-        conn: ConnArgs,
         #[command(subcommand)]
         command: user::RoleCommand,
     },
     /// Take a backup of a running cluster (`--out FILE`), or check one (`verify FILE`).
     Backup {
-        #[command(flatten)]
-        conn: ConnArgs,
         #[command(flatten)]
         args: backup::BackupArgs,
     },
@@ -85,7 +90,8 @@ pub enum Command {
     /// Print a shell completion script: `source <(ordo completion bash)`, or save it where the
     /// shell loads completions from.
     Completion {
-        #[arg(value_enum)]
+        /// The shell to complete for.
+        #[arg(value_enum, value_name = "SHELL")]
         shell: clap_complete::Shell,
     },
     /// Make a development CA and node certificates (for TLS on one machine).
@@ -94,17 +100,19 @@ pub enum Command {
     Openapi,
 }
 
-/// How client commands reach the cluster and print.
+/// How client commands reach the cluster and print (global: before or after the
+/// subcommand; `ordo serve` ignores them).
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Client options")]
 pub struct ConnArgs {
-    /// Node URLs, comma-separated.
-    #[arg(long, env = "ORDO_NODES", default_value = DEFAULT_NODES, global = true)]
+    /// Node URLs, comma-separated (`scripts/cluster.sh up` prints the ones it started).
+    #[arg(long, env = "ORDO_NODES", default_value = DEFAULT_NODES, value_name = "URL,...", global = true)]
     pub nodes: String,
-    /// Print JSON instead of tables.
+    /// Print what the HTTP API answers, as JSON (errors: the API's error body).
     #[arg(long, global = true)]
     pub json: bool,
-    /// Give up (exit 6) after this long, retries included.
-    #[arg(long, default_value_t = 10_000, global = true)]
+    /// Give up (exit 6) after this many milliseconds, retries included.
+    #[arg(long, default_value_t = 10_000, value_name = "MS", global = true)]
     pub timeout_ms: u64,
     /// The CA certificate (PEM) that signed the nodes' certificates, for https:// nodes.
     #[arg(long, env = "ORDO_CA_CERT", value_name = "FILE", global = true)]
@@ -151,14 +159,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             .enable_all()
             .build()
     };
+    let conn = &cli.conn;
     match cli.command {
         Command::Serve(args) => serve::run(args),
-        Command::Order { conn, command } => {
-            Ok(client_runtime()?.block_on(order::run(&conn, command)))
-        }
-        Command::Cluster { conn, command } => {
-            Ok(client_runtime()?.block_on(cluster::run(&conn, command)))
-        }
+        Command::Order { command } => Ok(client_runtime()?.block_on(order::run(conn, command))),
+        Command::Cluster { command } => Ok(client_runtime()?.block_on(cluster::run(conn, command))),
         Command::DevCerts(args) => dev_certs::run(args),
         Command::Openapi => {
             print!("{}", crate::api::openapi::spec_json());
@@ -169,27 +174,129 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             clap_complete::generate(shell, &mut Cli::command(), "ordo", &mut std::io::stdout());
             Ok(0)
         }
-        Command::Backup { conn, args } => Ok(client_runtime()?.block_on(backup::run(&conn, args))),
-        Command::Restore(args) => backup::restore(args),
-        Command::User { conn, command } => {
-            Ok(client_runtime()?.block_on(user::run(&conn, command)))
-        }
-        Command::Role { conn, command } => {
-            Ok(client_runtime()?.block_on(user::run_role(&conn, command)))
-        }
+        Command::Backup { args } => Ok(client_runtime()?.block_on(backup::run(conn, args))),
+        Command::Restore(args) => backup::restore(conn, args),
+        Command::User { command } => Ok(client_runtime()?.block_on(user::run(conn, command))),
+        Command::Role { command } => Ok(client_runtime()?.block_on(user::run_role(conn, command))),
     }
 }
 
-/// Prints a client error for a person (or as JSON) and returns its exit code.
-fn report_error(conn: &ConnArgs, e: &crate::client::ClientError) -> i32 {
+/// Prints a value as the API answers it (one line of JSON).
+fn print_json<T: serde::Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string(value).expect("wire types serialize")
+    );
+}
+
+/// Prints a client error for a person (or, with --json, the API's error body on stdout) and
+/// returns its exit code. A person also gets what to do about it.
+fn report_error(conn: &ConnArgs, e: &ClientError) -> i32 {
     if conn.json {
-        let mut v = serde_json::json!({"error": {"kind": e.kind(), "message": e.to_string()}});
-        if let Some(key) = e.idempotency_key() {
-            v["error"]["idempotency_key"] = key.into();
-        }
-        println!("{v}");
+        print_json(&e.to_body());
     } else {
         eprintln!("error: {e}");
+        if let Some(hint) = hint(conn, e) {
+            eprintln!("hint: {hint}");
+        }
     }
     e.exit_code()
+}
+
+/// What a person can do about an error, where there is something to say.
+fn hint(conn: &ConnArgs, e: &ClientError) -> Option<String> {
+    match e {
+        ClientError::Unavailable {
+            no_connection: true,
+            ..
+        } => Some(format!(
+            "no node accepted a connection at {}; is the cluster running there? Point the \
+             CLI at it with --nodes or ORDO_NODES (scripts/cluster.sh up prints the value to \
+             export)",
+            conn.nodes
+        )),
+        ClientError::Unavailable { .. } => Some(
+            "the nodes answer but cannot serve this now (no leader or no quorum?): see \
+             `ordo cluster status`; reads can use --stale or --allow-stale"
+                .into(),
+        ),
+        ClientError::Unauthorized { status: 401, .. } => Some(if conn.token.is_some() {
+            "no user has this token (revoked?): check ORDO_TOKEN or --token".into()
+        } else {
+            "these nodes run with --auth: give a user's token in ORDO_TOKEN or with --token".into()
+        }),
+        ClientError::Unauthorized { .. } => Some(
+            "this user's role lacks the permission: an admin can change it (`ordo user`, \
+             `ordo role`)"
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every argument of every command says what it is for, and names its value in its
+    /// usage (`--item <SKU:QTY:PRICE_CENTS>`, not `--item <ITEMS>`).
+    #[test]
+    fn every_argument_has_help_and_a_value_name() {
+        fn walk(cmd: &clap::Command, path: String, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path} {id}: no help"));
+                }
+                // clap names a value after its field (`<ITEMS>`) unless told otherwise; a list
+                // of possible values is a name of its own.
+                // The derive names a value after its field: fine for `<ID>` or `<TOKEN>`, not
+                // for `<HEARTBEAT_MS>` (say `<MS>`) or `<ITEMS>` (say `<SKU:QTY:PRICE_CENTS>`).
+                let takes_value = arg.get_action().takes_values();
+                let field_named = arg
+                    .get_value_names()
+                    .is_none_or(|names| names.iter().any(|n| *n == id.to_uppercase()));
+                let repeated = matches!(arg.get_action(), clap::ArgAction::Append);
+                let self_describing = !id.contains('_') && !(repeated && id.ends_with('s'));
+                if takes_value
+                    && field_named
+                    && !self_describing
+                    && arg.get_possible_values().is_empty()
+                {
+                    missing.push(format!("{path} {id}: no value name"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let cmd = Cli::command();
+        let mut missing = Vec::new();
+        walk(&cmd, "ordo".into(), &mut missing);
+        assert!(missing.is_empty(), "{missing:#?}");
+    }
+
+    #[test]
+    fn connection_options_go_before_or_after_the_subcommand() {
+        for argv in [
+            &["ordo", "--json", "order", "get", "1"][..],
+            &["ordo", "order", "--json", "get", "1"],
+            &["ordo", "order", "get", "1", "--json"],
+            &[
+                "ordo",
+                "--nodes",
+                "http://a:1",
+                "--json",
+                "cluster",
+                "status",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            assert!(cli.conn.json, "{argv:?}");
+        }
+    }
 }

@@ -2,49 +2,84 @@
 
 use clap::Subcommand;
 
-use super::{report_error, ConnArgs};
+use super::table::PlainTable;
+use super::{print_json, report_error, ConnArgs};
 use crate::client::{ListQuery, NewOrderRequest, Order, ReadMode};
+
+/// The statuses an order can have.
+const STATUSES: [&str; 5] = ["pending", "paid", "shipped", "delivered", "cancelled"];
 
 #[derive(Debug, Subcommand)]
 pub enum OrderCommand {
-    /// Create an order: `--item SKU:QTY:PRICE_CENTS` once per line.
+    /// Create an order (prints it; with --json, the API's order).
+    #[command(after_help = "Examples:\n  \
+        ordo order create --customer alice --item book:2:1250 --item pen:1:99\n  \
+        ordo order create --customer bob --item mug:1:800 --note 'gift wrap' --idempotency-key cart-77")]
     Create {
-        #[arg(long)]
+        /// The customer's id: 1 to 64 characters, no control characters.
+        #[arg(long, value_name = "CUSTOMER_ID")]
         customer: String,
-        #[arg(long = "item", required = true, value_parser = parse_item)]
+        /// A line of the order, once per line (1 to 100): quantity 1 to 10000, unit price in
+        /// cents 0 to 1000000000 (12.50 is 1250).
+        #[arg(long = "item", required = true, value_name = "SKU:QTY:PRICE_CENTS", value_parser = parse_item)]
         items: Vec<(String, u32, u64)>,
-        #[arg(long)]
+        /// Free text, at most 1000 characters.
+        #[arg(long, value_name = "TEXT")]
         note: Option<String>,
-        /// Reuse a key to make a retry of this exact create safe (default: a fresh one).
-        #[arg(long)]
+        /// Reuse a key to make a retry of this exact create safe: 1 to 128 printable ASCII
+        /// characters (default: a fresh one, printed if the outcome is unknown).
+        #[arg(long, value_name = "KEY")]
         idempotency_key: Option<String>,
     },
     /// Show one order.
+    #[command(after_help = "Examples:\n  \
+        ordo order get 1\n  \
+        ordo order get 1 --stale        # this node's copy, also without a quorum")]
     Get {
+        /// The order's id.
+        #[arg(value_name = "ID")]
         id: u64,
         #[command(flatten)]
         read: ReadArgs,
     },
-    /// List orders, ordered by id.
+    /// List orders by id, a page at a time.
+    #[command(after_help = "Examples:\n  \
+        ordo order list --customer alice\n  \
+        ordo order list --status paid --page 2 --per-page 50")]
     List {
-        #[arg(long)]
+        /// Only orders in this status.
+        #[arg(long, value_name = "STATUS", value_parser = STATUSES)]
         status: Option<String>,
-        #[arg(long)]
+        /// Only this customer's orders.
+        #[arg(long, value_name = "CUSTOMER_ID")]
         customer: Option<String>,
-        #[arg(long)]
-        page: Option<u64>,
-        #[arg(long)]
-        per_page: Option<u64>,
+        /// The page, from 1.
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=u32::MAX as u64))]
+        page: u64,
+        /// Orders per page, 1 to 100.
+        #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100))]
+        per_page: u64,
         #[command(flatten)]
         read: ReadArgs,
     },
-    /// Move an order to a new status (pending, paid, shipped, delivered, cancelled).
+    /// Move an order to a new status: pending → paid or cancelled, paid → shipped or
+    /// cancelled, shipped → delivered.
+    #[command(after_help = "Examples:\n  \
+        ordo order set-status 1 paid\n  \
+        ordo order set-status 1 shipped --expected-version 2   # only if nobody changed it since")]
     SetStatus {
+        /// The order's id.
+        #[arg(value_name = "ID")]
         id: u64,
+        /// The new status.
+        #[arg(value_name = "STATUS", value_parser = STATUSES)]
         status: String,
-        #[arg(long)]
+        /// Change it only if the order is at this version (else exit 4, version_conflict).
+        #[arg(long, value_name = "VERSION")]
         expected_version: Option<u64>,
-        #[arg(long)]
+        /// Reuse a key to make a retry of this exact change safe (1 to 128 printable ASCII
+        /// characters).
+        #[arg(long, value_name = "KEY")]
         idempotency_key: Option<String>,
     },
 }
@@ -54,7 +89,8 @@ pub struct ReadArgs {
     /// Read the answering node's local state (may be behind; works without a quorum).
     #[arg(long, conflicts_with = "allow_stale")]
     stale: bool,
-    /// Linearizable if possible within the timeout, else a stale read (marked as such).
+    /// Linearizable if a quorum answers within a third of --timeout-ms (at most 3 s), else
+    /// a stale read, said so on stderr.
     #[arg(long)]
     allow_stale: bool,
 }
@@ -108,25 +144,31 @@ fn print_order(o: &Order) {
 }
 
 fn print_table(orders: &[Order]) {
-    println!(
-        "{:<8} {:<20} {:<10} {:>7} {:>14} {:<24}",
-        "ID", "CUSTOMER", "STATUS", "VERSION", "TOTAL", "CREATED"
+    let mut table = PlainTable::new(
+        &["ID", "CUSTOMER", "STATUS", "VERSION", "TOTAL", "CREATED"],
+        &[0, 3, 4],
     );
     for o in orders {
-        println!(
-            "{:<8} {:<20} {:<10} {:>7} {:>14} {:<24}",
-            o.id,
-            o.customer_id,
-            o.status,
-            o.version,
+        table.row(vec![
+            o.id.to_string(),
+            o.customer_id.clone(),
+            o.status.clone(),
+            o.version.to_string(),
             money(o.total_cents),
-            o.created_at
-        );
+            o.created_at.clone(),
+        ]);
     }
+    table.print();
 }
 
-fn stale_note(stale: bool, json: bool) {
-    if stale && !json {
+/// On stderr, so that stdout stays exactly the API's answer.
+fn stale_note(stale: bool, read: &ReadArgs) {
+    if stale && read.allow_stale {
+        eprintln!(
+            "note: no linearizable answer in time (no quorum?): this is a stale read of one \
+             node's local state, which may be behind"
+        );
+    } else if stale {
         eprintln!("note: stale read (local state of one node; it may be behind)");
     }
 }
@@ -150,25 +192,22 @@ pub async fn run(conn: &ConnArgs, command: OrderCommand) -> i32 {
             req.note = note;
             client.create_order(&req, idempotency_key).await.map(|c| {
                 if conn.json {
-                    println!("{}", serde_json::json!({"order": c.order, "replayed": c.replayed, "idempotency_key": c.idempotency_key}));
+                    print_json(&c.order);
                 } else {
                     print_order(&c.order);
-                    if c.replayed {
-                        eprintln!("note: this idempotency key was used before; that order is shown");
-                    }
+                }
+                if c.replayed {
+                    eprintln!("note: this idempotency key was used before; that order is shown");
                 }
             })
         }
         OrderCommand::Get { id, read } => client.get_order(id, read.mode()).await.map(|r| {
             if conn.json {
-                println!(
-                    "{}",
-                    serde_json::json!({"order": r.value, "stale": r.stale})
-                );
+                print_json(&r.value);
             } else {
                 print_order(&r.value);
             }
-            stale_note(r.stale, conn.json);
+            stale_note(r.stale, &read);
         }),
         OrderCommand::List {
             status,
@@ -180,17 +219,20 @@ pub async fn run(conn: &ConnArgs, command: OrderCommand) -> i32 {
             let q = ListQuery {
                 status,
                 customer_id: customer,
-                page,
-                per_page,
+                page: Some(page),
+                per_page: Some(per_page),
             };
             client.list_orders(&q, read.mode()).await.map(|r| {
                 if conn.json {
-                    println!("{}", serde_json::json!({"orders": r.value.orders, "page": r.value.page, "per_page": r.value.per_page, "total": r.value.total, "stale": r.stale}));
+                    print_json(&r.value);
                 } else {
                     print_table(&r.value.orders);
-                    println!("page {} ({} per page), {} matching in all", r.value.page, r.value.per_page, r.value.total);
+                    println!(
+                        "page {} ({} per page), {} matching in all",
+                        r.value.page, r.value.per_page, r.value.total
+                    );
                 }
-                stale_note(r.stale, conn.json);
+                stale_note(r.stale, &read);
             })
         }
         OrderCommand::SetStatus {
@@ -203,7 +245,7 @@ pub async fn run(conn: &ConnArgs, command: OrderCommand) -> i32 {
             .await
             .map(|o| {
                 if conn.json {
-                    println!("{}", serde_json::json!({"order": o}));
+                    print_json(&o);
                 } else {
                     print_order(&o);
                 }

@@ -67,7 +67,12 @@ pub struct ServeArgs {
     pub data_dir: Option<PathBuf>,
     /// The initial cluster, `1=HOST:PORT,2=HOST:PORT,...` (each node's peer address; host
     /// names are fine); read only on a first start.
-    #[arg(long, env = "ORDO_PEERS", default_value = "")]
+    #[arg(
+        long,
+        env = "ORDO_PEERS",
+        value_name = "ID=HOST:PORT,...",
+        default_value = ""
+    )]
     pub peers: String,
     // How fast a dead leader is replaced. openraft 0.9 lets a follower start an election only
     // after `election_timeout_max` (its leader lease) plus its own timeout, drawn once from
@@ -75,44 +80,44 @@ pub struct ServeArgs {
     // 300-400 ms after the last heartbeat (it was 450-675 ms with 50/150/300). Raise them on
     // machines whose pauses exceed ~300 ms, or elections will start spuriously.
     /// Leader heartbeat interval, ms.
-    #[arg(long, env = "ORDO_HEARTBEAT_MS", default_value_t = node::DEFAULT_HEARTBEAT_MS)]
+    #[arg(long, env = "ORDO_HEARTBEAT_MS", value_name = "MS", default_value_t = node::DEFAULT_HEARTBEAT_MS)]
     pub heartbeat_ms: u64,
     /// Lower bound of a follower's election timeout, ms.
-    #[arg(long, env = "ORDO_ELECTION_TIMEOUT_MIN_MS", default_value_t = node::DEFAULT_ELECTION_TIMEOUT_MIN_MS)]
+    #[arg(long, env = "ORDO_ELECTION_TIMEOUT_MIN_MS", value_name = "MS", default_value_t = node::DEFAULT_ELECTION_TIMEOUT_MIN_MS)]
     pub election_timeout_min_ms: u64,
     /// Upper bound of the election timeout, ms; also the leader lease a follower honours.
-    #[arg(long, env = "ORDO_ELECTION_TIMEOUT_MAX_MS", default_value_t = node::DEFAULT_ELECTION_TIMEOUT_MAX_MS)]
+    #[arg(long, env = "ORDO_ELECTION_TIMEOUT_MAX_MS", value_name = "MS", default_value_t = node::DEFAULT_ELECTION_TIMEOUT_MAX_MS)]
     pub election_timeout_max_ms: u64,
     /// How long a request waits for a leader, commit or read index before 503/504.
-    #[arg(long, env = "ORDO_REQUEST_TIMEOUT_MS", default_value_t = node::DEFAULT_REQUEST_TIMEOUT_MS)]
+    #[arg(long, env = "ORDO_REQUEST_TIMEOUT_MS", value_name = "MS", default_value_t = node::DEFAULT_REQUEST_TIMEOUT_MS)]
     pub request_timeout_ms: u64,
     /// Build a snapshot (and purge the log) after this many applied entries.
-    #[arg(long, env = "ORDO_SNAPSHOT_EVERY_LOGS", default_value_t = node::DEFAULT_SNAPSHOT_EVERY_LOGS)]
+    #[arg(long, env = "ORDO_SNAPSHOT_EVERY_LOGS", value_name = "ENTRIES", default_value_t = node::DEFAULT_SNAPSHOT_EVERY_LOGS)]
     pub snapshot_every_logs: u64,
     /// sled page cache in MiB.
-    #[arg(long, env = "ORDO_CACHE_MIB", default_value_t = DEFAULT_CACHE_CAPACITY_BYTES / (1024 * 1024))]
+    #[arg(long, env = "ORDO_CACHE_MIB", value_name = "MIB", default_value_t = DEFAULT_CACHE_CAPACITY_BYTES / (1024 * 1024))]
     pub cache_mib: u64,
     /// Byte budget of one append to a follower, KiB: larger batches are cut (one entry is
     /// always sent whole). Each append must be written and fsynced by the follower within
     /// one heartbeat interval, openraft's timeout for it. At most 8192.
-    #[arg(long, env = "ORDO_MAX_APPEND_KIB", default_value_t = (DEFAULT_MAX_APPEND_BYTES / 1024) as u64)]
+    #[arg(long, env = "ORDO_MAX_APPEND_KIB", value_name = "KIB", default_value_t = (DEFAULT_MAX_APPEND_BYTES / 1024) as u64)]
     pub max_append_kib: u64,
     /// How long the leader waits for one snapshot chunk, ms; the last chunk's wait includes
     /// the follower's install, which takes seconds for millions of orders.
-    #[arg(long, env = "ORDO_INSTALL_SNAPSHOT_TIMEOUT_MS", default_value_t = node::DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS)]
+    #[arg(long, env = "ORDO_INSTALL_SNAPSHOT_TIMEOUT_MS", value_name = "MS", default_value_t = node::DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS)]
     pub install_snapshot_timeout_ms: u64,
     /// After the node's storage fails (disk full, I/O error), how long it keeps answering
     /// 503 `storage_failed` (and failing /readyz) before it exits with status 74, ms.
-    #[arg(long, env = "ORDO_STORAGE_FAILURE_EXIT_AFTER_MS", default_value_t = node::DEFAULT_STORAGE_FAILURE_EXIT_AFTER_MS)]
+    #[arg(long, env = "ORDO_STORAGE_FAILURE_EXIT_AFTER_MS", value_name = "MS", default_value_t = node::DEFAULT_STORAGE_FAILURE_EXIT_AFTER_MS)]
     pub storage_failure_exit_after_ms: u64,
     /// How long a client may take to send a request's head, and then its whole body, ms.
-    #[arg(long, env = "ORDO_READ_TIMEOUT_MS", default_value_t = server::DEFAULT_READ_TIMEOUT_MS)]
+    #[arg(long, env = "ORDO_READ_TIMEOUT_MS", value_name = "MS", default_value_t = server::DEFAULT_READ_TIMEOUT_MS)]
     pub read_timeout_ms: u64,
     /// Connections served at once; more are closed at accept.
-    #[arg(long, env = "ORDO_MAX_CONNECTIONS", default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, env = "ORDO_MAX_CONNECTIONS", value_name = "N", default_value_t = server::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// On SIGTERM, how long requests in flight may still finish, ms.
-    #[arg(long, env = "ORDO_SHUTDOWN_GRACE_MS", default_value_t = server::DEFAULT_SHUTDOWN_GRACE_MS)]
+    #[arg(long, env = "ORDO_SHUTDOWN_GRACE_MS", value_name = "MS", default_value_t = server::DEFAULT_SHUTDOWN_GRACE_MS)]
     pub shutdown_grace_ms: u64,
     /// UNSAFE: acknowledge log appends before fsync. A crash can lose acknowledged orders.
     #[arg(long, env = "ORDO_UNSAFE_NO_FSYNC")]

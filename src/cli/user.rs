@@ -4,37 +4,55 @@
 
 use clap::Subcommand;
 
-use super::{report_error, ConnArgs};
+use super::table::PlainTable;
+use super::{print_json, report_error, ConnArgs};
+use crate::client::{RoleListJson, UserListJson};
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
     /// Create a user and print its token (shown this once: store it now).
+    #[command(after_help = "Example:\n  \
+        ordo user add billing --role writer > billing.token")]
     Add {
-        /// 1 to 64 of a-z, 0-9, '.', '_', '-'.
+        /// The user's name: 1 to 64 of a-z, 0-9, '.', '_', '-'.
+        #[arg(value_name = "NAME")]
         name: String,
         /// admin (everything), writer (orders and reads), reader (reads), or a custom role.
-        #[arg(long)]
+        #[arg(long, value_name = "ROLE")]
         role: String,
     },
     /// List the users and their roles.
     List,
     /// Revoke a user: once this returns, no node accepts its token.
-    Revoke { name: String },
+    Revoke {
+        /// The user's name.
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum RoleCommand {
     /// Create (or replace) a custom role.
+    #[command(after_help = "Example:\n  \
+        ordo role add warehouse --permission orders:read --permission cluster:read")]
     Add {
+        /// The role's name: 1 to 64 of a-z, 0-9, '.', '_', '-' (not admin, writer, reader).
+        #[arg(value_name = "NAME")]
         name: String,
-        /// orders:read, orders:write, cluster:read, cluster:admin, users:admin (repeatable).
-        #[arg(long = "permission", required = true)]
+        /// A permission the role grants (repeat the flag for more).
+        #[arg(long = "permission", required = true, value_name = "PERMISSION",
+              value_parser = ["orders:read", "orders:write", "cluster:read", "cluster:admin", "users:admin"])]
         permissions: Vec<String>,
     },
     /// List the roles and their permissions, built-in ones first.
     List,
     /// Delete a custom role (its users keep the name and lose every permission).
-    Delete { name: String },
+    Delete {
+        /// The role's name.
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
 }
 
 pub async fn run_role(conn: &ConnArgs, command: RoleCommand) -> i32 {
@@ -42,40 +60,36 @@ pub async fn run_role(conn: &ConnArgs, command: RoleCommand) -> i32 {
         Ok(client) => client,
         Err(e) => return report_error(conn, &e),
     };
-    let done = |what: String| {
-        if conn.json {
-            println!("{}", serde_json::json!({ "ok": what }));
-        } else {
-            println!("{what}");
-        }
-        0
-    };
     match command {
         RoleCommand::Add { name, permissions } => {
             match client.put_role(&name, &permissions).await {
-                Ok(()) => done(format!("role {name} saved")),
+                Ok(role) if conn.json => done(print_json(&role)),
+                Ok(role) => done(println!("role {} saved", role.name)),
                 Err(e) => report_error(conn, &e),
             }
         }
         RoleCommand::List => match client.list_roles().await {
-            Ok(roles) if conn.json => {
-                println!("{}", serde_json::json!({ "roles": roles }));
-                0
-            }
+            Ok(roles) if conn.json => done(print_json(&RoleListJson { roles })),
             Ok(roles) => {
-                println!("{:<24} PERMISSIONS", "ROLE");
+                let mut table = PlainTable::new(&["ROLE", "PERMISSIONS"], &[]);
                 for r in roles {
-                    println!("{:<24} {}", r.name, r.permissions.join(" "));
+                    table.row(vec![r.name, r.permissions.join(" ")]);
                 }
-                0
+                done(table.print())
             }
             Err(e) => report_error(conn, &e),
         },
         RoleCommand::Delete { name } => match client.delete_role(&name).await {
-            Ok(()) => done(format!("role {name} deleted")),
+            Ok(deleted) if conn.json => done(print_json(&deleted)),
+            Ok(deleted) => done(println!("role {} deleted", deleted.name)),
             Err(e) => report_error(conn, &e),
         },
     }
+}
+
+/// Exit code 0, after the printing in `_printed`.
+fn done(_printed: ()) -> i32 {
+    0
 }
 
 pub async fn run(conn: &ConnArgs, command: UserCommand) -> i32 {
@@ -85,10 +99,7 @@ pub async fn run(conn: &ConnArgs, command: UserCommand) -> i32 {
     };
     match command {
         UserCommand::Add { name, role } => match client.add_user(&name, &role).await {
-            Ok(created) if conn.json => {
-                println!("{}", serde_json::json!(created));
-                0
-            }
+            Ok(created) if conn.json => done(print_json(&created)),
             Ok(created) => {
                 eprintln!(
                     "user {} ({}) created; its token (shown once):",
@@ -100,28 +111,19 @@ pub async fn run(conn: &ConnArgs, command: UserCommand) -> i32 {
             Err(e) => report_error(conn, &e),
         },
         UserCommand::List => match client.list_users().await {
-            Ok(users) if conn.json => {
-                println!("{}", serde_json::json!({ "users": users }));
-                0
-            }
+            Ok(users) if conn.json => done(print_json(&UserListJson { users })),
             Ok(users) => {
-                println!("{:<24} ROLE", "NAME");
+                let mut table = PlainTable::new(&["NAME", "ROLE"], &[]);
                 for u in users {
-                    println!("{:<24} {}", u.name, u.role);
+                    table.row(vec![u.name, u.role]);
                 }
-                0
+                done(table.print())
             }
             Err(e) => report_error(conn, &e),
         },
         UserCommand::Revoke { name } => match client.revoke_user(&name).await {
-            Ok(()) => {
-                if conn.json {
-                    println!("{}", serde_json::json!({"name": name, "revoked": true}));
-                } else {
-                    println!("user {name} revoked");
-                }
-                0
-            }
+            Ok(revoked) if conn.json => done(print_json(&revoked)),
+            Ok(revoked) => done(println!("user {} revoked", revoked.name)),
             Err(e) => report_error(conn, &e),
         },
     }

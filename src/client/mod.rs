@@ -33,10 +33,15 @@ pub use crate::wire::ClusterStatus;
 use crate::wire::LEADER_HEADER;
 pub use crate::wire::{CreateOrderBody as NewOrderRequest, LineItemJson as LineItem};
 pub use crate::wire::{
-    CreatedUserJson as CreatedUser, RoleJson, RoleListJson, UserJson, UserListJson,
+    CreatedUserJson as CreatedUser, DeletedRoleJson, RevokedUserJson, RoleJson, RoleListJson,
+    UserJson, UserListJson,
 };
 use crate::wire::{ErrorBody, ErrorCode};
 pub use crate::wire::{OrderJson as Order, OrderListJson as OrderList};
+
+/// How long an `AllowStale` read waits for a linearizable answer (at most a third of the
+/// call's deadline) before it reads a node's local state.
+pub const ALLOW_STALE_PATIENCE: Duration = Duration::from_secs(3);
 
 /// The cluster `scripts/cluster.sh up` starts.
 pub const DEFAULT_NODES: &str =
@@ -82,31 +87,38 @@ impl ClientConfig {
     }
 }
 
-/// What went wrong, typed so a caller can react.
+/// What went wrong, typed so a caller can react. Errors the server answered keep its
+/// `error.code` as it spelled it (`code()` gives it back, also for a newer server's codes).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
     /// 404: the server's message says what was not found.
     #[error("{0}")]
     NotFound(String),
-    /// 409: `invalid_transition`, `version_conflict` or `idempotency_key_reused` (`None`: a
-    /// code this client does not know, from a newer server).
-    #[error("conflict ({}): {message}", code_name(code))]
-    Conflict {
-        code: Option<ErrorCode>,
-        message: String,
-    },
+    /// 409: `invalid_transition`, `version_conflict`, `idempotency_key_reused` or
+    /// `user_exists` (or a code of a newer server).
+    #[error("conflict ({code}): {message}")]
+    Conflict { code: String, message: String },
     /// 422: the field that is wrong and why (the server's message names the field).
     #[error("invalid input: {message}")]
     Validation { field: String, message: String },
+    /// 401 or 403: no token, a token no user has, or a role without the permission.
+    #[error("{message} ({code})")]
+    Unauthorized {
+        status: u16,
+        code: String,
+        message: String,
+    },
     /// Another 4xx: the request itself is wrong.
-    #[error("{message} ({})", code_name(code))]
+    #[error("{message} ({code})")]
     BadRequest {
-        code: Option<ErrorCode>,
+        status: u16,
+        code: String,
         message: String,
     },
     /// No node could answer within the deadline (the last reason is kept). For a write, its
     /// outcome is unknown: `idempotency_key` is the key it carried, to retry it safely (a
-    /// retry with the same key and body is applied at most once).
+    /// retry with the same key and body is applied at most once). `no_connection`: no
+    /// attempt reached a node at all (nothing listens there, or the network is down).
     #[error(
         "unavailable after {attempts} attempts: {last}{}",
         retry_hint(idempotency_key)
@@ -115,16 +127,17 @@ pub enum ClientError {
         attempts: u32,
         last: String,
         idempotency_key: Option<String>,
+        no_connection: bool,
     },
-    #[error("server error {status}: {message}")]
-    Server { status: u16, message: String },
+    #[error("server error {status} ({code}): {message}")]
+    Server {
+        status: u16,
+        code: String,
+        message: String,
+    },
     /// The client could not be set up (a CA file that cannot be read).
     #[error("client configuration: {0}")]
     Config(String),
-}
-
-fn code_name(code: &Option<ErrorCode>) -> &'static str {
-    code.map_or("unknown code", ErrorCode::as_str)
 }
 
 fn retry_hint(key: &Option<String>) -> String {
@@ -160,21 +173,48 @@ impl ClientError {
         }
     }
 
-    /// A short name of the error kind, for machine-readable output.
-    pub fn kind(&self) -> &'static str {
+    /// The API's `error.code` for this error (`version_conflict`). Errors that happen in the
+    /// client take the code the API uses for the same situation: `unavailable` when no node
+    /// answered in time, `bad_request` for a client that cannot be set up.
+    pub fn code(&self) -> &str {
         match self {
-            ClientError::NotFound(_) => "not_found",
-            ClientError::Conflict { .. } => "conflict",
-            ClientError::Validation { .. } => "validation",
-            ClientError::BadRequest { .. } => "bad_request",
-            ClientError::Unavailable { .. } => "unavailable",
-            ClientError::Server { .. } => "server",
-            ClientError::Config(_) => "config",
+            ClientError::NotFound(_) => ErrorCode::NotFound.as_str(),
+            ClientError::Validation { .. } => ErrorCode::ValidationFailed.as_str(),
+            ClientError::Conflict { code, .. }
+            | ClientError::Unauthorized { code, .. }
+            | ClientError::BadRequest { code, .. }
+            | ClientError::Server { code, .. } => code,
+            ClientError::Unavailable { .. } => ErrorCode::Unavailable.as_str(),
+            ClientError::Config(_) => ErrorCode::BadRequest.as_str(),
+        }
+    }
+
+    /// The error in the API's error shape (`{"error": {"code", "message", "field"?}}`).
+    pub fn to_body(&self) -> ErrorBody {
+        let message = match self {
+            ClientError::NotFound(message)
+            | ClientError::Validation { message, .. }
+            | ClientError::Conflict { message, .. }
+            | ClientError::Unauthorized { message, .. }
+            | ClientError::BadRequest { message, .. }
+            | ClientError::Server { message, .. } => message.clone(),
+            ClientError::Unavailable { .. } | ClientError::Config(_) => self.to_string(),
+        };
+        let field = match self {
+            ClientError::Validation { field, .. } if !field.is_empty() => Some(field.clone()),
+            _ => None,
+        };
+        ErrorBody {
+            error: crate::wire::ErrorDetail {
+                code: self.code().to_string(),
+                message,
+                field,
+            },
         }
     }
 
     /// A process exit code for the CLI: 3 not found, 4 conflict, 5 invalid input,
-    /// 6 unavailable, 7 server error.
+    /// 6 unavailable, 7 server error, 9 not authorized (401/403), 2 a bad setup.
     pub fn exit_code(&self) -> i32 {
         match self {
             ClientError::NotFound(_) => 3,
@@ -182,6 +222,7 @@ impl ClientError {
             ClientError::Validation { .. } | ClientError::BadRequest { .. } => 5,
             ClientError::Unavailable { .. } => 6,
             ClientError::Server { .. } => 7,
+            ClientError::Unauthorized { .. } => 9,
             ClientError::Config(_) => 2,
         }
     }
@@ -194,7 +235,8 @@ pub enum ReadMode {
     Linearizable,
     /// The answering node's local state, possibly behind.
     Stale,
-    /// Linearizable if one can be had before the deadline, else a stale read, marked so.
+    /// Linearizable if one comes within `ALLOW_STALE_PATIENCE` (or a third of the deadline),
+    /// else a stale read, marked so.
     AllowStale,
 }
 
@@ -376,6 +418,7 @@ impl Client {
         let is_write = method != Method::GET;
         let mut last = String::from("no attempt was made");
         let mut attempts = 0u32;
+        let mut connected = false;
         while attempts < 1000 {
             let node = fixed_node.unwrap_or_else(|| self.pick(is_write));
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -405,6 +448,7 @@ impl Client {
                     self.mark_failed(node);
                 }
                 Ok(resp) => {
+                    connected = true;
                     self.learn_leader(&resp);
                     let status = resp.status();
                     let body: Value = resp.json().await.unwrap_or(Value::Null);
@@ -424,6 +468,7 @@ impl Client {
             attempts,
             last,
             idempotency_key: idempotency_key.map(String::from),
+            no_connection: !connected,
         })
     }
 
@@ -466,6 +511,7 @@ impl Client {
         let deadline = Instant::now() + within;
         let mut last = String::from("no attempt was made");
         let mut attempts = 0u32;
+        let mut connected = false;
         while attempts < 2 * self.config.nodes.len() as u32 + 2 {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -489,6 +535,7 @@ impl Client {
                     continue;
                 }
             };
+            connected = true;
             let status = resp.status();
             if !status.is_success() {
                 let body: Value = resp.json().await.unwrap_or(Value::Null);
@@ -529,6 +576,7 @@ impl Client {
             attempts,
             last,
             idempotency_key: None,
+            no_connection: !connected,
         })
     }
 
@@ -624,17 +672,11 @@ impl Client {
                 })
             }
             ReadMode::AllowStale => {
-                // Keep a share of the deadline for the stale fallback.
-                let reserve = (self.config.deadline / 3).min(Duration::from_secs(3));
+                // A linearizable answer comes within milliseconds when there is a quorum: wait
+                // for one at most a third of the deadline (3 s at most), then read stale.
+                let patience = ALLOW_STALE_PATIENCE.min(self.config.deadline / 3);
                 match self
-                    .call(
-                        Method::GET,
-                        &url(false),
-                        None,
-                        None,
-                        deadline - reserve,
-                        None,
-                    )
+                    .call(Method::GET, &url(false), None, None, start + patience, None)
                     .await
                 {
                     Ok(answer) => Ok(Read {
@@ -707,11 +749,16 @@ impl Client {
     }
 
     /// Creates (or replaces) a custom role with these permissions.
-    pub async fn put_role(&self, name: &str, permissions: &[String]) -> Result<(), ClientError> {
+    pub async fn put_role(
+        &self,
+        name: &str,
+        permissions: &[String],
+    ) -> Result<RoleJson, ClientError> {
         let body = serde_json::json!({"name": name, "permissions": permissions});
-        self.call_json::<Value>(Method::POST, "/auth/roles", Some(&body), None)
-            .await?;
-        Ok(())
+        Ok(self
+            .call_json(Method::POST, "/auth/roles", Some(&body), None)
+            .await?
+            .1)
     }
 
     /// The built-in roles, then the custom ones.
@@ -723,20 +770,28 @@ impl Client {
             .roles)
     }
 
-    pub async fn delete_role(&self, name: &str) -> Result<(), ClientError> {
-        let path = format!("/auth/roles/{name}");
-        self.call_json::<Value>(Method::DELETE, &path, None, None)
-            .await?;
-        Ok(())
+    pub async fn delete_role(&self, name: &str) -> Result<DeletedRoleJson, ClientError> {
+        let path = format!("/auth/roles/{}", path_segment(name));
+        Ok(self.call_json(Method::DELETE, &path, None, None).await?.1)
     }
 
     /// Revokes a user and its token: once this returns, no node accepts the token.
-    pub async fn revoke_user(&self, name: &str) -> Result<(), ClientError> {
-        let path = format!("/auth/users/{name}");
-        self.call_json::<Value>(Method::DELETE, &path, None, None)
-            .await?;
-        Ok(())
+    pub async fn revoke_user(&self, name: &str) -> Result<RevokedUserJson, ClientError> {
+        let path = format!("/auth/users/{}", path_segment(name));
+        Ok(self.call_json(Method::DELETE, &path, None, None).await?.1)
     }
+}
+
+/// A name as one URL path segment (`a/b` must not become two segments).
+fn path_segment(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn to_value<T: Serialize>(v: &T) -> Value {
@@ -753,6 +808,7 @@ fn decode<T: DeserializeOwned>(answer: Answer) -> Result<(StatusCode, T), Client
     if status.is_success() {
         let value = serde_json::from_value(answer.body).map_err(|e| ClientError::Server {
             status: status.as_u16(),
+            code: ErrorCode::Internal.as_str().into(),
             message: format!("unexpected answer: {e}"),
         })?;
         return Ok((status, value));
@@ -764,21 +820,40 @@ fn decode<T: DeserializeOwned>(answer: Answer) -> Result<(StatusCode, T), Client
 fn error_of(status: StatusCode, body: Value) -> ClientError {
     let err: Option<ErrorBody> = serde_json::from_value(body).ok();
     let (code, message, field) = match err {
-        Some(e) => (
-            ErrorCode::parse(&e.error.code),
-            e.error.message,
-            e.error.field,
+        Some(e) => (e.error.code, e.error.message, e.error.field),
+        // Not ordo's error shape (a proxy's page, say): the status names it.
+        None => (
+            status
+                .canonical_reason()
+                .unwrap_or("error")
+                .to_ascii_lowercase()
+                .replace(' ', "_"),
+            format!("HTTP {status}"),
+            None,
         ),
-        None => (None, format!("HTTP {status}"), None),
     };
-    match status.as_u16() {
+    let status = status.as_u16();
+    match status {
         404 => ClientError::NotFound(message),
         409 => ClientError::Conflict { code, message },
         422 => ClientError::Validation {
             field: field.unwrap_or_default(),
             message,
         },
-        400..=499 => ClientError::BadRequest { code, message },
-        s => ClientError::Server { status: s, message },
+        401 | 403 => ClientError::Unauthorized {
+            status,
+            code,
+            message,
+        },
+        400..=499 => ClientError::BadRequest {
+            status,
+            code,
+            message,
+        },
+        _ => ClientError::Server {
+            status,
+            code,
+            message,
+        },
     }
 }
