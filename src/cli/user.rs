@@ -6,7 +6,7 @@ use clap::Subcommand;
 
 use super::table::PlainTable;
 use super::{print_json, report_error, ConnArgs};
-use crate::client::{RoleListJson, UserListJson};
+use crate::client::{ClientError, RoleListJson, UserListJson};
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
@@ -60,36 +60,36 @@ pub async fn run_role(conn: &ConnArgs, command: RoleCommand) -> i32 {
         Ok(client) => client,
         Err(e) => return report_error(conn, &e),
     };
-    match command {
+    let result = match command {
         RoleCommand::Add { name, permissions } => {
-            match client.put_role(&name, &permissions).await {
-                Ok(role) if conn.json => done(print_json(&role)),
-                Ok(role) => done(println!("role {} saved", role.name)),
-                Err(e) => report_error(conn, &e),
-            }
+            client.put_role(&name, &permissions).await.map(|role| {
+                if conn.json {
+                    print_json(&role);
+                } else {
+                    println!("role {} saved", role.name);
+                }
+            })
         }
-        RoleCommand::List => match client.list_roles().await {
-            Ok(roles) if conn.json => done(print_json(&RoleListJson { roles })),
-            Ok(roles) => {
+        RoleCommand::List => client.list_roles().await.map(|roles| {
+            if conn.json {
+                print_json(&RoleListJson { roles });
+            } else {
                 let mut table = PlainTable::new(&["ROLE", "PERMISSIONS"], &[]);
                 for r in roles {
                     table.row(vec![r.name, r.permissions.join(" ")]);
                 }
-                done(table.print())
+                table.print();
             }
-            Err(e) => report_error(conn, &e),
-        },
-        RoleCommand::Delete { name } => match client.delete_role(&name).await {
-            Ok(deleted) if conn.json => done(print_json(&deleted)),
-            Ok(deleted) => done(println!("role {} deleted", deleted.name)),
-            Err(e) => report_error(conn, &e),
-        },
-    }
-}
-
-/// Exit code 0, after the printing in `_printed`.
-fn done(_printed: ()) -> i32 {
-    0
+        }),
+        RoleCommand::Delete { name } => client.delete_role(&name).await.map(|deleted| {
+            if conn.json {
+                print_json(&deleted);
+            } else {
+                println!("role {} deleted", deleted.name);
+            }
+        }),
+    };
+    exit_code(conn, result)
 }
 
 pub async fn run(conn: &ConnArgs, command: UserCommand) -> i32 {
@@ -97,34 +97,43 @@ pub async fn run(conn: &ConnArgs, command: UserCommand) -> i32 {
         Ok(client) => client,
         Err(e) => return report_error(conn, &e),
     };
-    match command {
-        UserCommand::Add { name, role } => match client.add_user(&name, &role).await {
-            Ok(created) if conn.json => done(print_json(&created)),
-            Ok(created) => {
+    let result = match command {
+        UserCommand::Add { name, role } => client.add_user(&name, &role).await.map(|created| {
+            if conn.json {
+                print_json(&created);
+            } else {
                 eprintln!(
                     "user {} ({}) created; its token (shown once):",
                     created.name, created.role
                 );
                 println!("{}", created.token);
-                0
             }
-            Err(e) => report_error(conn, &e),
-        },
-        UserCommand::List => match client.list_users().await {
-            Ok(users) if conn.json => done(print_json(&UserListJson { users })),
-            Ok(users) => {
+        }),
+        UserCommand::List => client.list_users().await.map(|users| {
+            if conn.json {
+                print_json(&UserListJson { users });
+            } else {
                 let mut table = PlainTable::new(&["NAME", "ROLE"], &[]);
                 for u in users {
                     table.row(vec![u.name, u.role]);
                 }
-                done(table.print())
+                table.print();
             }
-            Err(e) => report_error(conn, &e),
-        },
-        UserCommand::Revoke { name } => match client.revoke_user(&name).await {
-            Ok(revoked) if conn.json => done(print_json(&revoked)),
-            Ok(revoked) => done(println!("user {} revoked", revoked.name)),
-            Err(e) => report_error(conn, &e),
-        },
+        }),
+        UserCommand::Revoke { name } => client.revoke_user(&name).await.map(|revoked| {
+            if conn.json {
+                print_json(&revoked);
+            } else {
+                println!("user {} revoked", revoked.name);
+            }
+        }),
+    };
+    exit_code(conn, result)
+}
+
+fn exit_code(conn: &ConnArgs, result: Result<(), ClientError>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => report_error(conn, &e),
     }
 }
