@@ -59,7 +59,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a node.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Create, read, list and move orders.
     Order {
         #[command(subcommand)]
@@ -161,7 +161,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     };
     let conn = &cli.conn;
     match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Order { command } => Ok(client_runtime()?.block_on(order::run(conn, command))),
         Command::Cluster { command } => Ok(client_runtime()?.block_on(cluster::run(conn, command))),
         Command::DevCerts(args) => dev_certs::run(args),
@@ -261,7 +261,7 @@ mod tests {
                     .get_value_names()
                     .is_none_or(|names| names.iter().any(|n| *n == id.to_uppercase()));
                 let repeated = matches!(arg.get_action(), clap::ArgAction::Append);
-                let self_describing = !id.contains('_') && !(repeated && id.ends_with('s'));
+                let self_describing = !(id.contains('_') || (repeated && id.ends_with('s')));
                 if takes_value
                     && field_named
                     && !self_describing

@@ -258,17 +258,33 @@ fn with_config_file(args: ServeArgs, flags: Vec<std::ffi::OsString>) -> anyhow::
     Ok(ServeOnly::from_arg_matches(&matches)?.args)
 }
 
-/// The flags without `ordo`'s global ones (`--log-format`), which `serve`'s own parser does
-/// not know; `main` has read them already.
+/// The flags without `ordo`'s global ones (`--log-format`, the client options), which
+/// `serve`'s own parser does not know; `main` has read them already.
 fn without_global_flags(flags: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    use clap::CommandFactory;
+    // (`--name`, whether it takes a value) of every global option.
+    let globals: Vec<(String, bool)> = super::Cli::command()
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .filter_map(|a| {
+            Some((
+                format!("--{}", a.get_long()?),
+                a.get_action().takes_values(),
+            ))
+        })
+        .collect();
     let mut out = Vec::with_capacity(flags.len());
     let mut skip_value = false;
     for flag in flags {
+        let text = flag.to_string_lossy().into_owned();
         if skip_value {
             skip_value = false;
-        } else if flag == "--log-format" {
-            skip_value = true;
-        } else if !flag.to_string_lossy().starts_with("--log-format=") {
+        } else if let Some((_, takes_value)) = globals.iter().find(|(name, _)| *name == text) {
+            skip_value = *takes_value;
+        } else if !globals
+            .iter()
+            .any(|(name, _)| text.starts_with(&format!("{name}=")))
+        {
             out.push(flag);
         }
     }
