@@ -1,25 +1,40 @@
 #!/usr/bin/env bash
 # A local three-node ordo cluster on 127.0.0.1.
 #
-#   scripts/cluster.sh up [--secure] | down | status | kill N | stop N | start N | pause N | resume N | logs N
+#   scripts/cluster.sh up [--secure] | down | status | url N | kill N | stop N | start N | pause N | resume N | logs N
 #
-# up     builds the release binary, starts nodes 1-3 on ports $ORDO_BASE_PORT+N (default 21000,
-#        so 21001-21003), waits (bounded) for a leader and prints a status table.
+# up     builds the release binary (unless ORDO_BIN names one), starts nodes 1-3 on ports
+#        $ORDO_BASE_PORT+N (default 21000, so 21001-21003), waits (bounded) for a leader,
+#        prints the status table and the ORDO_NODES to export for the CLI.
 #        --secure: HTTPS for clients and peers, with development certificates made by
 #        `ordo dev-certs` under $ORDO_RUN_DIR/certs/, and users (--auth): an admin user is
 #        made on the first start, its token kept in $ORDO_RUN_DIR/admin-token (remembered
 #        for later commands).
 # down   stops every node (SIGTERM, then SIGKILL after 10 s) — the data stays.
+# status `ordo cluster status` of the nodes (exit 0 healthy, 8 degraded, 6 none answers).
+# url    prints node N's URL (for curl: `curl -s $(scripts/cluster.sh url 1)/readyz`).
 # kill   SIGKILL, stop SIGTERM, pause SIGSTOP, resume SIGCONT; start restarts a node.
 # Each node keeps its data, log and pid under $ORDO_RUN_DIR/nN/ (default .ordo-cluster/).
+# `up` records the base port there, so later commands (in any shell) use the cluster's ports.
+# ORDO_BIN: the ordo binary to run (default target/release/ordo, built by `up`).
 # Only processes this script started (by the pid it recorded) are ever signalled.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-BASE_PORT="${ORDO_BASE_PORT:-21000}"
 RUN_DIR="${ORDO_RUN_DIR:-.ordo-cluster}"
 BIN="${ORDO_BIN:-target/release/ordo}"
 NODES=(1 2 3)
+# The base port: the one `up` recorded for this cluster, else ORDO_BASE_PORT, else 21000.
+# A different ORDO_BASE_PORT for a recorded cluster is refused: `start N` would otherwise
+# start a node on another port over the same data.
+RECORDED_PORT=$(cat "$RUN_DIR/base-port" 2>/dev/null || true)
+BASE_PORT="${RECORDED_PORT:-${ORDO_BASE_PORT:-21000}}"
+if [[ -n $RECORDED_PORT && -n ${ORDO_BASE_PORT:-} && $ORDO_BASE_PORT != "$RECORDED_PORT" ]]; then
+  echo "the cluster in $RUN_DIR runs on base port $RECORDED_PORT, not ORDO_BASE_PORT=$ORDO_BASE_PORT;" >&2
+  echo "unset ORDO_BASE_PORT, choose another ORDO_RUN_DIR for a second cluster, or remove" >&2
+  echo "$RUN_DIR (its data too) to start afresh on other ports" >&2
+  exit 2
+fi
 
 port() { echo $((BASE_PORT + $1)); }
 addr() { echo "127.0.0.1:$(port "$1")"; }
@@ -91,24 +106,16 @@ wait_stopped() {
   return 1
 }
 
+node_urls() { local u="" n; for n in "${NODES[@]}"; do u+="${u:+,}$(url "$n")"; done; echo "$u"; }
+
+# The CLI's own status table (the same columns and words as `ordo cluster status`).
 status_table() {
-  printf '%-5s %-16s %-10s %-7s %-6s %-9s %-8s\n' NODE ADDRESS ROLE LEADER TERM LAST_LOG APPLIED
-  local n
-  for n in "${NODES[@]}"; do
-    local s
-    if s=$(node_curl -fsS --max-time 2 "$(url "$n")/cluster/status" 2>/dev/null); then
-      python3 - "$n" "$(addr "$n")" "$s" <<'PY'
-import json, sys
-n, a, s = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-f = lambda v: "-" if v is None else str(v)
-print(f"{n:<5} {a:<16} {s['state']:<10} {f(s['leader_id']):<7} {s['term']:<6} {f(s['last_log_index']):<9} {f(s['last_applied']):<8}")
-PY
-    else
-      local state=down
-      running_pid "$n" >/dev/null && state=unreachable
-      printf '%-5s %-16s %-10s\n' "$n" "$(addr "$n")" "$state"
-    fi
-  done
+  [[ -x $BIN ]] || { echo "$BIN is not built yet: run $0 up (or set ORDO_BIN)" >&2; return 1; }
+  if secure; then
+    ORDO_CA_CERT=$RUN_DIR/certs/ca.pem ORDO_TOKEN=$(script_token) "$BIN" cluster status --nodes "$(node_urls)" --timeout-ms 2000
+  else
+    "$BIN" cluster status --nodes "$(node_urls)" --timeout-ms 2000
+  fi
 }
 
 wait_for_leader() {
@@ -132,9 +139,15 @@ wait_for_leader() {
 cmd="${1:-}"
 case "$cmd" in
   up)
-    command -v cargo >/dev/null || { echo "cargo is needed to build ordo" >&2; exit 1; }
     command -v curl >/dev/null || { echo "curl is needed (apt-get install -y curl)" >&2; exit 1; }
-    if [[ -z "${ORDO_BIN:-}" ]]; then cargo build --release --quiet -p ordo --bin ordo; fi
+    if [[ -z "${ORDO_BIN:-}" ]]; then
+      command -v cargo >/dev/null || { echo "cargo is needed to build ordo (or set ORDO_BIN to an ordo binary)" >&2; exit 1; }
+      echo "building $BIN (the first build takes a few minutes)"
+      cargo build --release -p ordo --bin ordo
+    fi
+    [[ -x $BIN ]] || { echo "ORDO_BIN=$BIN is not an executable" >&2; exit 1; }
+    mkdir -p "$RUN_DIR"
+    echo "$BASE_PORT" >"$RUN_DIR/base-port"
     case "${2:-}" in
       "") ;;
       --secure)
@@ -150,10 +163,10 @@ case "$cmd" in
     for n in "${NODES[@]}"; do start_node "$n" new; done
     if wait_for_leader; then
       echo "cluster is up:"
-      status_table
+      status_table || true
       echo
+      nodes=$(node_urls)
       if secure; then
-        nodes=""; for n in "${NODES[@]}"; do nodes+="${nodes:+,}$(url "$n")"; done
         if [[ ! -s $RUN_DIR/admin-token ]]; then
           # The first admin, made with the bootstrap token (which stops working then).
           (umask 077; ORDO_NODES=$nodes ORDO_CA_CERT=$RUN_DIR/certs/ca.pem \
@@ -166,12 +179,15 @@ case "$cmd" in
         echo "try: curl -s --cacert $RUN_DIR/certs/ca.pem -H \"Authorization: Bearer \$ORDO_TOKEN\" \\"
         echo "       -XPOST $(url 1)/api/orders -H 'Content-Type: application/json' \\"
       else
+        if [[ $BASE_PORT != 21000 ]]; then
+          echo "for the CLI (these are not the default ports): export ORDO_NODES=$nodes"
+        fi
         echo "try: curl -s -XPOST $(url 1)/api/orders -H 'Content-Type: application/json' \\"
       fi
       echo "       -d '{\"customer_id\":\"alice\",\"items\":[{\"sku\":\"book\",\"quantity\":1,\"unit_price_cents\":1250}]}'"
     else
       echo "no leader within 30 s; see the logs under $RUN_DIR/" >&2
-      status_table
+      status_table || true
       exit 1
     fi
     ;;
@@ -189,6 +205,7 @@ case "$cmd" in
     echo "cluster stopped (data kept in $RUN_DIR; rm -rf it for a fresh start)"
     ;;
   status) status_table ;;
+  url) check_node "${2:-}" url; url "$2" ;;
   kill) check_node "${2:-}" kill; signal_node "$2" KILL "SIGKILL" ;;
   stop) check_node "${2:-}" stop; signal_node "$2" TERM "SIGTERM"; wait_stopped "$2" || true ;;
   pause) check_node "${2:-}" pause; signal_node "$2" STOP "paused (SIGSTOP)" ;;
@@ -196,7 +213,7 @@ case "$cmd" in
   start) check_node "${2:-}" start; start_node "$2" ;;
   logs) check_node "${2:-}" logs; tail -n 50 "$RUN_DIR/n$2/node.log" ;;
   *)
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

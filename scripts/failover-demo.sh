@@ -4,9 +4,9 @@
 # restart the killed node and show it caught up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export ORDO_BASE_PORT="${ORDO_BASE_PORT:-21000}"
 ORDO="${ORDO_BIN:-target/release/ordo}"
-nodes() { local p="" n; for n in 1 2 3; do p+="${p:+,}http://127.0.0.1:$((ORDO_BASE_PORT + n))"; done; echo "$p"; }
+# The cluster's own URLs (scripts/cluster.sh knows its ports, ORDO_BASE_PORT or not).
+nodes() { local p="" n; for n in 1 2 3; do p+="${p:+,}$(scripts/cluster.sh url "$n")"; done; echo "$p"; }
 export ORDO_NODES="${ORDO_NODES:-$(nodes)}"
 
 leader_id() { # `cluster status` exits 8 while the cluster is degraded: still read its answer
@@ -25,7 +25,7 @@ create_order() { # sku-number price-cents
     echo "write refused: $out" >&2
     exit 1
   fi
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["order"]["id"])' <<<"$out"
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' <<<"$out"
 }
 
 # The demo kills the leader and needs the two others: bring back any node that is down (say,
@@ -67,10 +67,10 @@ for id in "${ids[@]}"; do "$ORDO" order get "$id" --json >/dev/null && echo "ord
 echo "== restarting node $leader"
 scripts/cluster.sh start "$leader"
 new_leader=$(leader_id)
-target=$(curl -fsS --max-time 2 "http://127.0.0.1:$((ORDO_BASE_PORT + new_leader))/cluster/status" \
+target=$(curl -fsS --max-time 2 "$(scripts/cluster.sh url "$new_leader")/cluster/status" \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["last_applied"] or 0)')
 for _ in $(seq 1 100); do
-  applied=$(curl -fsS --max-time 1 "http://127.0.0.1:$((ORDO_BASE_PORT + leader))/cluster/status" 2>/dev/null \
+  applied=$(curl -fsS --max-time 1 "$(scripts/cluster.sh url "$leader")/cluster/status" 2>/dev/null \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["last_applied"] or 0)' 2>/dev/null || echo 0)
   [[ $applied -ge $target ]] && break
   sleep 0.1

@@ -237,3 +237,98 @@ fn cluster_id(data_dir: &Path) -> String {
         .trim()
         .to_string()
 }
+
+/// `scripts/cluster.sh` with a non-default ORDO_BASE_PORT: a later command in a shell without
+/// the variable still finds the cluster, another port for the same data is refused, and the
+/// CLI follows ORDO_BASE_PORT when no node list is given.
+#[test]
+fn the_cluster_script_remembers_its_ports_and_the_cli_follows_them() {
+    let base = free_base_port();
+    let run_dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster.sh");
+    let script_with = |args: &[&str], base_port: Option<u16>| {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(&script)
+            .args(args)
+            .env("ORDO_BIN", BIN)
+            .env("ORDO_RUN_DIR", run_dir.path())
+            .env_remove("ORDO_BASE_PORT")
+            .env_remove("ORDO_NODES");
+        if let Some(p) = base_port {
+            cmd.env("ORDO_BASE_PORT", p.to_string());
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    // Stops the nodes however the test ends (the script signals only the pids it recorded).
+    struct Down<'a>(&'a dyn Fn(&[&str], Option<u16>) -> (i32, String));
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            (self.0)(&["down"], None);
+        }
+    }
+    let _down = Down(&script_with);
+
+    let (code, out) = script_with(&["up"], Some(base));
+    assert_eq!(code, 0, "{out}");
+    let nodes: Vec<String> = (1..=3)
+        .map(|n| format!("http://127.0.0.1:{}", base + n))
+        .collect();
+    assert!(
+        out.contains(&format!("export ORDO_NODES={}", nodes.join(","))),
+        "{out}"
+    );
+
+    // A new shell: no ORDO_BASE_PORT, and the script still reaches the cluster.
+    let mut healthy = script_with(&["status"], None);
+    for _ in 0..50 {
+        if healthy.0 == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        healthy = script_with(&["status"], None);
+    }
+    assert_eq!(healthy.0, 0, "{}", healthy.1);
+    for url in &nodes {
+        assert!(healthy.1.contains(url.as_str()), "{}", healthy.1);
+    }
+    let (code, out) = script_with(&["url", "2"], None);
+    assert_eq!((code, out.trim()), (0, nodes[1].as_str()));
+
+    // Another port over the same data is refused, before anything starts.
+    let (code, out) = script_with(&["start", "1"], Some(base + 100));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains(&format!("base port {base}")), "{out}");
+
+    // The CLI, with only ORDO_BASE_PORT, talks to this cluster.
+    let out = std::process::Command::new(BIN)
+        .args(["order", "create", "--customer", "ports", "--item", "a:1:1"])
+        .env("ORDO_BASE_PORT", base.to_string())
+        .env_remove("ORDO_NODES")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A base port with the three ports above it free on loopback.
+fn free_base_port() -> u16 {
+    for _ in 0..100 {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = probe.local_addr().unwrap().port().saturating_sub(10);
+        drop(probe);
+        if base > 1024
+            && (1..=3).all(|n| std::net::TcpListener::bind(("127.0.0.1", base + n)).is_ok())
+        {
+            return base;
+        }
+    }
+    panic!("no three free ports in a row");
+}

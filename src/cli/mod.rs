@@ -105,9 +105,10 @@ pub enum Command {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Client options")]
 pub struct ConnArgs {
-    /// Node URLs, comma-separated (`scripts/cluster.sh up` prints the ones it started).
-    #[arg(long, env = "ORDO_NODES", default_value = DEFAULT_NODES, value_name = "URL,...", global = true)]
-    pub nodes: String,
+    /// Node URLs, comma-separated [default: http://127.0.0.1 at ports ORDO_BASE_PORT+1 to +3,
+    /// as scripts/cluster.sh starts them: 21001-21003]
+    #[arg(long, env = "ORDO_NODES", value_name = "URL,...", global = true)]
+    pub nodes: Option<String>,
     /// Print what the HTTP API answers, as JSON (errors: the API's error body).
     #[arg(long, global = true)]
     pub json: bool,
@@ -130,15 +131,30 @@ pub struct ConnArgs {
 }
 
 impl ConnArgs {
+    /// The node URLs: --nodes / ORDO_NODES, else the local cluster of scripts/cluster.sh
+    /// (which follows ORDO_BASE_PORT too).
+    fn node_urls(&self) -> Vec<String> {
+        let listed = match (&self.nodes, std::env::var("ORDO_BASE_PORT")) {
+            (Some(nodes), _) => nodes.clone(),
+            (None, Ok(base)) => match base.trim().parse::<u16>() {
+                Ok(base) => (1..=3)
+                    .map(|n| format!("http://127.0.0.1:{}", u32::from(base) + n))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                Err(_) => DEFAULT_NODES.to_string(),
+            },
+            (None, Err(_)) => DEFAULT_NODES.to_string(),
+        };
+        listed
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
     fn client(&self) -> Result<Client, ClientError> {
-        self.client_for(
-            self.nodes
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect(),
-        )
+        self.client_for(self.node_urls())
     }
 
     /// A client for these node URLs, with this command's TLS, token and timeouts.
@@ -213,7 +229,7 @@ fn hint(conn: &ConnArgs, e: &ClientError) -> Option<String> {
             "no node accepted a connection at {}; is the cluster running there? Point the \
              CLI at it with --nodes or ORDO_NODES (scripts/cluster.sh up prints the value to \
              export)",
-            conn.nodes
+            conn.node_urls().join(",")
         )),
         ClientError::Unavailable { .. } => Some(
             "the nodes answer but cannot serve this now (no leader or no quorum?): see \
