@@ -238,20 +238,21 @@ fn cluster_id(data_dir: &Path) -> String {
         .to_string()
 }
 
-/// `scripts/cluster.sh` with a non-default ORDO_BASE_PORT: a later command in a shell without
-/// the variable still finds the cluster, another port for the same data is refused, and the
-/// CLI follows ORDO_BASE_PORT when no node list is given.
-#[test]
-fn the_cluster_script_remembers_its_ports_and_the_cli_follows_them() {
-    let base = free_base_port();
-    let run_dir = tempfile::tempdir().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster.sh");
-    let script_with = |args: &[&str], base_port: Option<u16>| {
+/// A cluster run by `scripts/cluster.sh` in its own directory, stopped however the test ends
+/// (the script signals only the pids it recorded).
+struct ScriptCluster {
+    run_dir: tempfile::TempDir,
+}
+
+impl ScriptCluster {
+    /// Runs the script with `args` and, if given, ORDO_BASE_PORT; (exit code, stdout+stderr).
+    fn run(&self, args: &[&str], base_port: Option<u16>) -> (i32, String) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cluster.sh");
         let mut cmd = std::process::Command::new("bash");
-        cmd.arg(&script)
+        cmd.arg(script)
             .args(args)
             .env("ORDO_BIN", BIN)
-            .env("ORDO_RUN_DIR", run_dir.path())
+            .env("ORDO_RUN_DIR", self.run_dir.path())
             .env_remove("ORDO_BASE_PORT")
             .env_remove("ORDO_NODES");
         if let Some(p) = base_port {
@@ -263,16 +264,25 @@ fn the_cluster_script_remembers_its_ports_and_the_cli_follows_them() {
             String::from_utf8_lossy(&out.stdout).into_owned()
                 + &String::from_utf8_lossy(&out.stderr),
         )
-    };
-    // Stops the nodes however the test ends (the script signals only the pids it recorded).
-    struct Down<'a>(&'a dyn Fn(&[&str], Option<u16>) -> (i32, String));
-    impl Drop for Down<'_> {
-        fn drop(&mut self) {
-            (self.0)(&["down"], None);
-        }
     }
-    let _down = Down(&script_with);
+}
 
+impl Drop for ScriptCluster {
+    fn drop(&mut self) {
+        self.run(&["down"], None);
+    }
+}
+
+/// `scripts/cluster.sh` with a non-default ORDO_BASE_PORT: a later command in a shell without
+/// the variable still finds the cluster, another port for the same data is refused, and the
+/// CLI follows ORDO_BASE_PORT when no node list is given.
+#[test]
+fn the_cluster_script_remembers_its_ports_and_the_cli_follows_them() {
+    let base = free_base_port();
+    let cluster = ScriptCluster {
+        run_dir: tempfile::tempdir().unwrap(),
+    };
+    let script_with = |args: &[&str], base_port: Option<u16>| cluster.run(args, base_port);
     let (code, out) = script_with(&["up"], Some(base));
     assert_eq!(code, 0, "{out}");
     let nodes: Vec<String> = (1..=3)
