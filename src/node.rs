@@ -372,6 +372,7 @@ pub async fn run(
         config.max_append_bytes,
     );
     let clocks = network.clocks();
+    let removal_notices = network.removal_notices();
     let log_reader = log_store.reader();
     let raft = Raft::new(config.id, raft_config, network, log_store, state_machine)
         .await
@@ -421,6 +422,12 @@ pub async fn run(
     let election_hold = ElectionHold::new(
         raft.clone(),
         Duration::from_millis(config.election_timeout_max_ms),
+    );
+    crate::rpc::removal::RemovalWatch::spawn(
+        config.id,
+        raft.clone(),
+        removal_notices,
+        election_hold.clone(),
     );
     let peer_routes = crate::rpc::server::router(
         raft.clone(),

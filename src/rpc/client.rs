@@ -47,6 +47,8 @@ pub enum CallError {
 pub struct Answered<T> {
     pub value: T,
     pub peer_clock_ms: Option<i64>,
+    /// On a vote answer: the peer's membership (this log index) does not hold this node.
+    pub not_a_member: Option<u64>,
 }
 
 /// Pooled client for every node-to-node call; cheap to clone.
@@ -150,10 +152,10 @@ impl RpcClient {
                 CallError::NoAnswer(e.to_string())
             }
         })?;
-        let peer_clock_ms = resp
-            .headers()
-            .get(CLOCK_HEADER)
-            .and_then(|v| v.to_str().ok()?.parse::<i64>().ok());
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
+        let peer_clock_ms = header(CLOCK_HEADER).and_then(|v| v.parse::<i64>().ok());
+        let not_a_member =
+            header(super::removal::NOT_A_MEMBER_HEADER).and_then(|v| v.parse::<u64>().ok());
         match resp.status() {
             s if s.is_success() => {}
             reqwest::StatusCode::PAYLOAD_TOO_LARGE => return Err(CallError::TooLarge),
@@ -168,6 +170,7 @@ impl RpcClient {
         Ok(Answered {
             value,
             peer_clock_ms,
+            not_a_member,
         })
     }
 

@@ -1,5 +1,6 @@
-//! Elections held while a snapshot from the leader comes in: the one piece of Raft behaviour
-//! the receiving side of the protocol adds to openraft (see `ElectionHold`).
+//! Elections held while a snapshot from the leader comes in (see `ElectionHold`), or for good
+//! once this node learns it was removed from the cluster (`removal`): the owner of openraft's
+//! election switch, so that neither turns it back on under the other.
 
 use std::sync::Arc;
 
@@ -17,9 +18,19 @@ use crate::raft::{Raft, Vote};
 pub struct ElectionHold {
     raft: Raft,
     grace: std::time::Duration,
-    /// (chunks being handled, generation): under one lock with the `elect` switch, so a
-    /// re-enable timer can never switch elections back on during a newer hold.
-    state: std::sync::Mutex<(usize, u64)>,
+    /// Under one lock with the `elect` switch, so a re-enable timer can never switch
+    /// elections back on during a newer hold, or on a removed node.
+    state: std::sync::Mutex<HoldState>,
+}
+
+#[derive(Default)]
+struct HoldState {
+    /// Snapshot chunks being handled.
+    chunks: usize,
+    /// Bumped by each chunk: a re-enable timer acts only if no newer chunk came.
+    generation: u64,
+    /// Removed from the cluster (`removal`): no elections until a member again.
+    removed: bool,
 }
 
 impl ElectionHold {
@@ -27,8 +38,17 @@ impl ElectionHold {
         Arc::new(ElectionHold {
             raft,
             grace,
-            state: std::sync::Mutex::new((0, 0)),
+            state: std::sync::Mutex::new(HoldState::default()),
         })
+    }
+
+    /// A removed node campaigns no more; one that is a member again may.
+    pub fn set_removed(&self, removed: bool) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.removed = removed;
+        self.raft
+            .runtime_config()
+            .elect(!removed && state.chunks == 0);
     }
 
     /// A hold for as long as the guard lives, if `vote` is the leader's this node follows.
@@ -44,11 +64,11 @@ impl ElectionHold {
             return None;
         }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.0 == 0 {
+        if state.chunks == 0 {
             tracing::debug!("receiving a snapshot: elections held");
         }
-        state.0 += 1;
-        state.1 += 1;
+        state.chunks += 1;
+        state.generation += 1;
         self.raft.runtime_config().elect(false);
         Some(HoldGuard(self.clone()))
     }
@@ -61,16 +81,16 @@ impl Drop for HoldGuard {
         let hold = self.0.clone();
         let generation = {
             let mut state = hold.state.lock().unwrap_or_else(|p| p.into_inner());
-            state.0 -= 1;
-            if state.0 > 0 {
+            state.chunks -= 1;
+            if state.chunks > 0 {
                 return;
             }
-            state.1
+            state.generation
         };
         tokio::spawn(async move {
             tokio::time::sleep(hold.grace).await;
             let state = hold.state.lock().unwrap_or_else(|p| p.into_inner());
-            if *state == (0, generation) {
+            if state.chunks == 0 && state.generation == generation && !state.removed {
                 hold.raft.runtime_config().elect(true);
                 tracing::debug!("snapshot done: elections allowed again");
             }

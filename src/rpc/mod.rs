@@ -1,7 +1,8 @@
 //! The node-to-node protocol, in one place: the routes under `/raft`, what each carries
 //! (`codec` bodies both ways) and what a leader answers, the one client every node-to-node
 //! call goes through (`client`), the Raft network on top of it (`network`), the receiving
-//! router (`server`, with `election_hold`), and the cluster clock measured over it (`clock`).
+//! router (`server`, with `election_hold`), the cluster clock measured over it (`clock`), and
+//! how a node removed before it heard of it learns so (`removal`).
 //!
 //! Two kinds of calls share it: openraft's own (append, vote, snapshot chunks) and ordo's
 //! leader calls (a forwarded write, a read-index request, a membership change), which a node
@@ -16,6 +17,7 @@ pub mod clock;
 pub mod cluster_id;
 pub mod election_hold;
 pub mod network;
+pub mod removal;
 pub mod server;
 
 use std::collections::BTreeSet;

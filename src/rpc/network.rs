@@ -35,6 +35,7 @@ use serde::Serialize;
 
 use super::client::{CallError, RpcClient};
 use super::clock::{wall_clock_ms, PeerClocks};
+use super::removal::RemovalNotices;
 use super::{APPEND_PATH, SNAPSHOT_PATH, VOTE_PATH};
 use crate::codec;
 use crate::raft::{NodeId, TypeConfig};
@@ -48,6 +49,7 @@ pub struct PeerNetwork {
     max_append_bytes: usize,
     clocks: Arc<PeerClocks>,
     health: Arc<PeerHealth>,
+    removal: Arc<RemovalNotices>,
 }
 
 /// A peer counts as unreachable once its calls have failed for this long without one
@@ -117,12 +119,18 @@ impl PeerNetwork {
             max_append_bytes,
             clocks: Arc::default(),
             health: Arc::default(),
+            removal: Arc::default(),
         }
     }
 
     /// The peers' clock offsets, as measured on every answered append.
     pub fn clocks(&self) -> Arc<PeerClocks> {
         self.clocks.clone()
+    }
+
+    /// Peers' answers that this node is not in their membership (`removal`).
+    pub fn removal_notices(&self) -> Arc<RemovalNotices> {
+        self.removal.clone()
     }
 }
 
@@ -138,6 +146,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             max_append_bytes: self.max_append_bytes,
             clocks: self.clocks.clone(),
             health: self.health.clone(),
+            removal: self.removal.clone(),
         }
     }
 }
@@ -151,6 +160,7 @@ pub struct PeerClient {
     max_append_bytes: usize,
     clocks: Arc<PeerClocks>,
     health: Arc<PeerHealth>,
+    removal: Arc<RemovalNotices>,
 }
 
 /// How many of `entries` entries to send instead of a batch of `bytes` encoded bytes, to stay
@@ -190,6 +200,9 @@ impl PeerClient {
                 if let Some(peer_ms) = answered.peer_clock_ms {
                     self.clocks
                         .observe(self.target, sent_ms, wall_clock_ms(), peer_ms);
+                }
+                if let Some(index) = answered.not_a_member {
+                    self.removal.record(self.target, index);
                 }
                 answered
                     .value

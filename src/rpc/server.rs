@@ -254,8 +254,21 @@ async fn vote<L: LeaderCalls>(
     State(state): State<RpcState<L>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match decoded::<_, { BODY_LIMIT_SMALL * CLAIM_PER_BODY_BYTE }>(body, BODY_LIMIT_SMALL) {
-        Ok(req) => encoded(&state.raft.vote(req).await),
+    type Req = openraft::raft::VoteRequest<crate::raft::NodeId>;
+    match decoded::<Req, { BODY_LIMIT_SMALL * CLAIM_PER_BODY_BYTE }>(body, BODY_LIMIT_SMALL) {
+        Ok(req) => {
+            let candidate = req.vote.leader_id().voted_for();
+            let mut resp = encoded(&state.raft.vote(req).await);
+            // A candidate outside this node's membership may not know it was removed.
+            let notice = candidate.and_then(|c| super::removal::vote_answer_notice(&state.raft, c));
+            if let Some(index) = notice {
+                resp.headers_mut().insert(
+                    super::removal::NOT_A_MEMBER_HEADER,
+                    HeaderValue::from(index),
+                );
+            }
+            resp
+        }
         Err(refusal) => refusal.into_response(),
     }
 }

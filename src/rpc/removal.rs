@@ -1,0 +1,134 @@
+//! A node removed from the cluster before it heard of it: how it finds out, and goes quiet.
+//!
+//! When `ordo cluster members` drops a node, the leader may stop replicating to it before the
+//! entry that removes it arrives. That node then still believes it is a voter, hears no
+//! leader, and campaigns for ever, its term climbing (the others ignore it: openraft's leader
+//! lease). So each node answers a vote request from a node outside its own membership with
+//! `x-ordo-not-a-member: INDEX`, the log index of that membership (`vote_answer_notice`). The
+//! candidate takes the notice only if that membership is newer than its own
+//! (`RemovalWatch`): membership entries are ordered by index, so a newer one without this
+//! node means it was removed, while a node that merely lags behind this node's own addition
+//! holds an older one and is ignored. A removed node then stops campaigning (through
+//! `ElectionHold`, the one owner of openraft's election switch), says so once in its log, and
+//! keeps serving stale reads. If it is added again, the leader's replication brings a newer
+//! membership that includes it, and it campaigns again.
+
+use std::sync::{Arc, Mutex};
+
+use super::election_hold::ElectionHold;
+use crate::raft::{NodeId, Raft};
+
+/// Response header on a vote answer: the candidate is not in the answering node's membership,
+/// whose log index is the value.
+pub const NOT_A_MEMBER_HEADER: &str = "x-ordo-not-a-member";
+
+/// The notice for a vote answer to `candidate`, if it is outside this node's membership:
+/// that membership's log index.
+pub fn vote_answer_notice(raft: &Raft, candidate: NodeId) -> Option<u64> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    let membership = &m.membership_config;
+    let member = membership
+        .membership()
+        .nodes()
+        .any(|(id, _)| *id == candidate);
+    if member {
+        None
+    } else {
+        membership.log_id().map(|l| l.index)
+    }
+}
+
+/// The newest not-a-member notice a peer sent this node: (peer, its membership's index).
+#[derive(Default)]
+pub struct RemovalNotices {
+    latest: Mutex<Option<(NodeId, u64)>>,
+    changed: tokio::sync::Notify,
+}
+
+impl RemovalNotices {
+    /// Called by the peer client on a vote answer carrying the header.
+    pub fn record(&self, from: NodeId, membership_index: u64) {
+        let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        if latest.is_none_or(|(_, index)| membership_index > index) {
+            *latest = Some((from, membership_index));
+            self.changed.notify_one();
+        }
+    }
+
+    fn latest(&self) -> Option<(NodeId, u64)> {
+        *self.latest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Decides, from the notices and this node's own membership, whether it was removed.
+pub struct RemovalWatch {
+    id: NodeId,
+    raft: Raft,
+    notices: Arc<RemovalNotices>,
+    hold: Arc<ElectionHold>,
+}
+
+impl RemovalWatch {
+    pub fn spawn(id: NodeId, raft: Raft, notices: Arc<RemovalNotices>, hold: Arc<ElectionHold>) {
+        let watch = RemovalWatch {
+            id,
+            raft,
+            notices,
+            hold,
+        };
+        tokio::spawn(watch.run());
+    }
+
+    async fn run(self) {
+        let mut metrics = self.raft.metrics();
+        let mut removed_by: Option<(NodeId, u64)> = None;
+        // The removing entry did reach this node: openraft keeps a non-member from
+        // campaigning by itself; only say why.
+        let mut said_not_member = false;
+        loop {
+            let (own_index, own_member) = {
+                let m = metrics.borrow_and_update();
+                let c = &m.membership_config;
+                let own_member = c.membership().nodes().any(|(id, _)| *id == self.id);
+                (c.log_id().map_or(0, |l| l.index), own_member)
+            };
+            if !own_member && own_index > 0 && !said_not_member {
+                tracing::warn!(
+                    membership_index = own_index,
+                    "this node is not in the cluster's membership (removed): it does not \
+                     campaign and serves only stale reads; add it again (ordo cluster \
+                     add-learner) to rejoin, or stop it"
+                );
+            }
+            said_not_member = !own_member && own_index > 0;
+            match (removed_by, self.notices.latest()) {
+                (None, Some((from, index))) if index > own_index => {
+                    tracing::warn!(
+                        peer = from,
+                        membership_index = index,
+                        own_membership_index = own_index,
+                        "this node was removed from the cluster (node {from} holds a newer \
+                         membership without it): it stops campaigning and serves only stale \
+                         reads; add it again (ordo cluster add-learner) to rejoin, or stop it"
+                    );
+                    self.hold.set_removed(true);
+                    removed_by = Some((from, index));
+                }
+                (Some((_, index)), _) if own_index >= index && own_member => {
+                    tracing::info!(
+                        membership_index = own_index,
+                        "this node is a member again: it takes part in elections"
+                    );
+                    self.hold.set_removed(false);
+                    removed_by = None;
+                }
+                _ => {}
+            }
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { return },
+                _ = self.notices.changed.notified() => {}
+            }
+        }
+    }
+}
