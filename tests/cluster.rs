@@ -521,7 +521,7 @@ async fn logs_in_files_are_plain_or_json_lines() {
 /// log, whether or not the removing entry reached it; added again, it follows the leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_node_goes_quiet_says_why_and_can_rejoin() {
-    let mut cluster = start_cluster(3).await;
+    let cluster = start_cluster(3).await;
     let leader = cluster.wait_for_leader(&cluster.ids()).await;
     let removed = cluster.ids().into_iter().find(|n| *n != leader).unwrap();
     let keep: Vec<u64> = cluster
