@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A local three-node ordo cluster on 127.0.0.1.
 #
-#   scripts/cluster.sh up [--secure] | down | status | url N | kill N | stop N | start N | pause N | resume N | logs N
+#   scripts/cluster.sh up [--secure] | down | status | nodes | url N | kill N | stop N | start N | pause N | resume N | logs N
 #
 # up     builds the release binary (unless ORDO_BIN names one), starts nodes 1-3 on ports
 #        $ORDO_BASE_PORT+N (default 21000, so 21001-21003), waits (bounded) for a leader,
@@ -12,6 +12,7 @@
 #        for later commands).
 # down   stops every node (SIGTERM, then SIGKILL after 10 s) — the data stays.
 # status `ordo cluster status` of the nodes (exit 0 healthy, 8 degraded, 6 none answers).
+# nodes  prints the nodes' URLs, comma-separated (for the CLI: `export ORDO_NODES=$(...)`).
 # url    prints node N's URL (for curl: `curl -s $(scripts/cluster.sh url 1)/readyz`).
 # kill   SIGKILL, stop SIGTERM, pause SIGSTOP, resume SIGCONT; start restarts a node.
 # Each node keeps its data, log and pid under $ORDO_RUN_DIR/nN/ (default .ordo-cluster/).
@@ -205,6 +206,7 @@ case "$cmd" in
     echo "cluster stopped (data kept in $RUN_DIR; rm -rf it for a fresh start)"
     ;;
   status) status_table ;;
+  nodes) node_urls ;;
   url) check_node "${2:-}" url; url "$2" ;;
   kill) check_node "${2:-}" kill; signal_node "$2" KILL "SIGKILL" ;;
   stop) check_node "${2:-}" stop; signal_node "$2" TERM "SIGTERM"; wait_stopped "$2" || true ;;
@@ -213,7 +215,7 @@ case "$cmd" in
   start) check_node "${2:-}" start; start_node "$2" ;;
   logs) check_node "${2:-}" logs; tail -n 50 "$RUN_DIR/n$2/node.log" ;;
   *)
-    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

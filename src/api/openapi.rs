@@ -178,7 +178,7 @@ fn complete(path: &str, op: &mut Operation) {
     }
     for response in op.responses.responses.values_mut() {
         if let RefOr::T(response) = response {
-            add_common_headers(path, response);
+            add_common_headers(response);
         }
     }
     op.parameters
@@ -271,7 +271,7 @@ fn header<T: utoipa::PartialSchema>(description: &str) -> Header {
     header
 }
 
-fn add_common_headers(path: &str, response: &mut Response) {
+fn add_common_headers(response: &mut Response) {
     let headers = &mut response.headers;
     headers.insert(
         crate::wire::VERSION_HEADER.into(),
@@ -281,12 +281,10 @@ fn add_common_headers(path: &str, response: &mut Response) {
         "x-request-id".into(),
         header::<String>("The request's id: the caller's X-Request-Id if sane, else a new one"),
     );
-    if !is_open(path) {
-        headers.insert(
-            crate::wire::LEADER_HEADER.into(),
-            header::<String>("HOST:PORT of the current leader, when one is known"),
-        );
-    }
+    headers.insert(
+        crate::wire::LEADER_HEADER.into(),
+        header::<String>("HOST:PORT of the current leader, when one is known"),
+    );
 }
 
 fn request_id_parameter() -> Parameter {

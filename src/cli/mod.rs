@@ -34,7 +34,7 @@ use crate::client::{Client, ClientConfig, ClientError, DEFAULT_NODES};
         ordo order create --customer alice --item book:2:1250\n  \
         ordo --json order get 1\n  \
         ordo cluster status\n\n\
-        Connection options (--nodes, --json, --token, ...) go before or after the subcommand.\n\
+        Client options (--nodes, --json, --token, ...) go before or after the subcommand.\n\
         Exit codes: 0 ok, 2 usage, 3 not found, 4 conflict, 5 invalid input, 6 unavailable,\n\
         7 server error, 8 cluster degraded, 9 not authorized."
 )]
