@@ -223,6 +223,35 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
             400,
             ErrorCode::InvalidId.as_str(),
         ),
+        // A path segment that is not UTF-8 once decoded: the JSON 400 too, not axum's text.
+        case(
+            "GET",
+            "/api/orders/%FF",
+            "",
+            400,
+            ErrorCode::BadRequest.as_str(),
+        ),
+        case(
+            "PATCH",
+            "/api/orders/%C3%28",
+            r#"{"status":"paid"}"#,
+            400,
+            ErrorCode::BadRequest.as_str(),
+        ),
+        case(
+            "DELETE",
+            "/auth/users/%FF",
+            "",
+            400,
+            ErrorCode::BadRequest.as_str(),
+        ),
+        case(
+            "DELETE",
+            "/auth/roles/%FF",
+            "",
+            400,
+            ErrorCode::BadRequest.as_str(),
+        ),
         case(
             "GET",
             "/api/orders/0",

@@ -1,4 +1,5 @@
-//! Strict extraction of JSON bodies (the shapes themselves are in `wire`).
+//! Strict extraction of JSON bodies (the shapes themselves are in `wire`) and of path
+//! segments.
 //!
 //! Bodies must be `application/json`, at most `MAX_BODY_BYTES`, and match the shape exactly
 //! (unknown fields are refused). Syntax errors are 400 `malformed_json`; wrong types, missing
@@ -58,4 +59,26 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ApiError::Validation(ValidationError::new(field, inner.to_string()))
     })?;
     Ok(value)
+}
+
+/// The one `{id}` or `{name}` segment of a route's path, as text. axum's own `Path` answers
+/// a segment that is not UTF-8 once percent-decoded (`%FF`) in plain text; this answers the
+/// JSON 400 every other bad request gets.
+pub struct PathSegment(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathSegment {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(segment)) => Ok(PathSegment(segment)),
+            Err(e) => Err(ApiError::BadRequest(format!(
+                "invalid path: {}",
+                e.body_text()
+            ))),
+        }
+    }
 }

@@ -120,30 +120,36 @@ pub fn spec() -> OpenApi {
     );
     for (path, item) in spec.paths.paths.iter_mut() {
         let ops = [
-            &mut item.get,
-            &mut item.post,
-            &mut item.patch,
-            &mut item.delete,
+            ("GET", &mut item.get),
+            ("POST", &mut item.post),
+            ("PATCH", &mut item.patch),
+            ("DELETE", &mut item.delete),
         ];
-        for op in ops.into_iter().flatten() {
-            complete(path, op);
+        for (method, op) in ops {
+            if let Some(op) = op {
+                complete(path, method, op);
+            }
         }
     }
     spec
 }
 
-/// The error statuses an operation can answer besides its successes, by operation id.
+/// The error statuses an operation's own handler can answer besides its successes, by
+/// operation id (`complete` adds what the auth check can answer).
 fn error_statuses(operation_id: &str) -> &'static [u16] {
     // A JSON body can be malformed (400), too large (413), not JSON (415) or break a limit
-    // (422); a write can find no leader or quorum (503) or time out (504).
+    // (422); a path segment can be undecodable (400); a write can find no leader or quorum
+    // (503) or time out (504).
     match operation_id {
         "create_order" => &[400, 409, 413, 415, 422, 500, 503, 504],
         "set_order_status" => &[400, 404, 409, 413, 415, 422, 500, 503, 504],
         "get_order" => &[400, 404, 500, 503, 504],
         "list_orders" => &[400, 500, 503, 504],
-        "add_learner" | "change_members" => &[400, 409, 413, 415, 422, 500, 503, 504],
-        "create_user" | "create_role" => &[400, 409, 413, 415, 422, 500, 503, 504],
-        "delete_role" | "revoke_user" => &[404, 409, 422, 500, 503, 504],
+        "add_learner" | "change_members" => &[400, 413, 415, 422, 500, 503, 504],
+        "create_user" => &[400, 409, 413, 415, 422, 500, 503, 504],
+        "create_role" => &[400, 413, 415, 422, 500, 503, 504],
+        // 422: a name that breaks the naming rule; deleting a built-in role.
+        "delete_role" | "revoke_user" => &[400, 404, 422, 500, 503, 504],
         "list_users" | "list_roles" => &[500, 503, 504],
         "backup" => &[500, 503, 504],
         "cluster_digest" => &[500],
@@ -159,11 +165,17 @@ fn is_open(path: &str) -> bool {
     )
 }
 
-fn complete(path: &str, op: &mut Operation) {
+fn complete(path: &str, method: &str, op: &mut Operation) {
     let id = op.operation_id.clone().unwrap_or_default();
     let mut statuses = error_statuses(&id).to_vec();
     if !is_open(path) {
-        statuses.extend([401, 403]);
+        // With --auth: no or a wrong token (401), a role without the permission (403), the
+        // users' store unreadable (500); and for a change, the check reads the body first
+        // (its own 400 and 413).
+        statuses.extend([401, 403, 500]);
+        if method != "GET" {
+            statuses.extend([400, 413]);
+        }
         // Optional: nodes without --auth take requests without a token.
         op.security = Some(vec![
             SecurityRequirement::default(),

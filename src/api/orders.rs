@@ -1,14 +1,14 @@
 //! The order routes: create, get, list, change status. Writes go through the service; reads are
 //! linearizable unless `?consistency=stale` asks for the local state as it is.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::json::JsonBody;
+use super::json::{JsonBody, PathSegment};
 use super::openapi::{ConsistencyQuery, IdempotencyKeyHeader, ListQueryParams, OrderIdPath};
 use super::AppState;
 use crate::order::{validate_idempotency_key, NewOrder, OrderOp, OrderStatus};
@@ -137,7 +137,7 @@ pub async fn create(
 )]
 pub async fn get(
     State(state): State<AppState>,
-    Path(raw_id): Path<String>,
+    PathSegment(raw_id): PathSegment,
     RawQuery(query): RawQuery,
     caller: Option<Extension<Caller>>,
 ) -> Result<Json<OrderJson>, ApiError> {
@@ -232,7 +232,7 @@ pub async fn list(
 )]
 pub async fn set_status(
     State(state): State<AppState>,
-    Path(raw_id): Path<String>,
+    PathSegment(raw_id): PathSegment,
     headers: HeaderMap,
     JsonBody(body): JsonBody<SetStatusBody>,
 ) -> Result<Json<OrderJson>, ApiError> {

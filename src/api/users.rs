@@ -3,7 +3,7 @@
 //! Raft log like writes; each is written to the audit log (`ordo::audit`: who, what, result;
 //! never a token).
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -11,7 +11,7 @@ use rand::RngCore;
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::json::JsonBody;
+use super::json::{JsonBody, PathSegment};
 use super::AppState;
 use crate::order::{
     token_hash, AdminOp, CustomRole, Effect, OrderOp, Permission, Rejection, Role, User,
@@ -183,14 +183,14 @@ pub async fn list_roles(State(state): State<AppState>) -> Result<Json<RoleListJs
     }))
 }
 
-/// Delete a custom role that no user has.
+/// Delete a custom role: its users keep the role's name and lose every permission.
 #[utoipa::path(delete, path = "/auth/roles/{name}", tag = "users", operation_id = "delete_role",
     params(("name" = String, Path, description = "The role")),
     responses((status = 200, description = "Deleted", body = DeletedRoleJson)))]
 pub async fn delete_role(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,
-    Path(name): Path<String>,
+    PathSegment(name): PathSegment,
 ) -> Result<Json<DeletedRoleJson>, ApiError> {
     let result = change(&state, AdminOp::DeleteRole { name: name.clone() }).await;
     audit(caller.as_deref(), "role.delete", &name, &result);
@@ -208,7 +208,7 @@ pub async fn delete_role(
 pub async fn revoke(
     State(state): State<AppState>,
     caller: Option<Extension<Caller>>,
-    Path(name): Path<String>,
+    PathSegment(name): PathSegment,
 ) -> Result<Json<RevokedUserJson>, ApiError> {
     let result = change(&state, AdminOp::RevokeUser { name: name.clone() }).await;
     audit(caller.as_deref(), "user.revoke", &name, &result);

@@ -40,9 +40,10 @@ pub enum RoleCommand {
         /// The role's name: 1 to 64 of a-z, 0-9, '.', '_', '-' (not admin, writer, reader).
         #[arg(value_name = "NAME")]
         name: String,
-        /// A permission the role grants (repeat the flag for more).
-        #[arg(long = "permission", required = true, value_name = "PERMISSION",
-              value_parser = ["orders:read", "orders:write", "cluster:read", "cluster:admin", "users:admin"])]
+        /// A permission the role grants, repeat the flag for more: orders:read, orders:write,
+        /// cluster:read, cluster:admin, users:admin (the nodes check them: a newer node may
+        /// know more).
+        #[arg(long = "permission", required = true, value_name = "PERMISSION")]
         permissions: Vec<String>,
     },
     /// List the roles and their permissions, built-in ones first.
