@@ -27,7 +27,8 @@ command -v curl >/dev/null || { echo "curl is needed (apt-get install -y curl)" 
 if [[ ! -x $VENV/bin/schemathesis ]] || [[ "$($VENV/bin/schemathesis --version 2>/dev/null)" != *"$SCHEMATHESIS_VERSION"* ]]; then
   echo "installing schemathesis $SCHEMATHESIS_VERSION into $VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/api-fuzz-requirements.txt
+  # --no-deps: the file pins every package; nothing else may float in.
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps -r scripts/api-fuzz-requirements.txt
 fi
 
 if [[ -z "${ORDO_BIN:-}" ]]; then
@@ -43,6 +44,7 @@ for n in 1 2 3; do
 done
 
 RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ordo-api-fuzz.XXXXXX")
+REPORT_DIR=target/api-fuzz/report # kept after the run (JUnit XML)
 export ORDO_BIN ORDO_BASE_PORT=$BASE_PORT ORDO_RUN_DIR=$RUN_DIR
 cleanup() {
   scripts/cluster.sh down >/dev/null 2>&1 || true
@@ -67,7 +69,7 @@ status=0
   --request-timeout 30 \
   --suppress-health-check too_slow \
   --no-color \
-  --report junit --report-dir "$RUN_DIR/report" || status=$?
+  --report junit --report-dir "$REPORT_DIR" || status=$?
 
 # No crash: every node still runs and serves, and the replicas agree.
 for n in 1 2 3; do
@@ -87,7 +89,7 @@ if grep -h "panicked" "$RUN_DIR"/n*/node.log >&2; then
   status=1
 fi
 if [[ $status -ne 0 ]]; then
-  echo "api-fuzz: FAILED (schemathesis shows a curl command to reproduce each failure)" >&2
+  echo "api-fuzz: FAILED (schemathesis shows a curl command to reproduce each failure; report in $REPORT_DIR)" >&2
   exit "$status"
 fi
 echo "api-fuzz: passed"

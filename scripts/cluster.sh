@@ -68,7 +68,9 @@ running_pid() {
   [[ -f $f ]] || return 1
   local pid; pid=$(cat "$f")
   [[ -n $pid && -d /proc/$pid ]] || return 1
-  [[ "$(cat /proc/"$pid"/comm 2>/dev/null)" == ordo ]] || return 1
+  # The kernel keeps the first 15 bytes of the binary's name (ORDO_BIN may name another).
+  local comm; comm=$(basename "$BIN"); comm=${comm:0:15}
+  [[ "$(cat /proc/"$pid"/comm 2>/dev/null)" == "$comm" ]] || return 1
   # A killed node that nobody has reaped yet is a zombie: it is not running.
   [[ "$(awk '{print $3}' /proc/"$pid"/stat 2>/dev/null)" != Z ]] || return 1
   echo "$pid"

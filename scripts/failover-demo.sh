@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ORDO="${ORDO_BIN:-target/release/ordo}"
 # The cluster's own URLs (scripts/cluster.sh knows its ports, ORDO_BASE_PORT or not).
-nodes() { local p="" n; for n in 1 2 3; do p+="${p:+,}$(scripts/cluster.sh url "$n")"; done; echo "$p"; }
-export ORDO_NODES="${ORDO_NODES:-$(nodes)}"
+if [[ -z ${ORDO_NODES:-} ]]; then
+  ORDO_NODES=$(scripts/cluster.sh nodes) # fails (and so does the demo) on a port mismatch
+fi
+export ORDO_NODES
 
 leader_id() { # `cluster status` exits 8 while the cluster is degraded: still read its answer
   { "$ORDO" cluster status --json || true; } | python3 -c '

@@ -346,6 +346,14 @@ async fn custom_roles_grant_exactly_their_permissions() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    // A token no user has: exit 9 with a hint about the token, also from `cluster status`
+    // (which must not call a cluster that refuses it "unreachable").
+    for args in [&["order", "list"][..], &["cluster", "status"]] {
+        let args = [args, &["--token", "ordo_0000"]].concat();
+        let (rc, out, err) = cli(&args);
+        assert_eq!(rc, 9, "{args:?}: {out}{err}");
+        assert!(err.contains("hint:") && err.contains("token"), "{err}");
+    }
     let (rc, _, err) = cli(&[
         "role",
         "add",
@@ -387,7 +395,7 @@ async fn custom_roles_grant_exactly_their_permissions() {
     let (rc, _, err) = cli(&["role", "add", "writer", "--permission", "users:admin"]);
     assert_eq!(rc, 5, "{err}");
     let (rc, _, err) = cli(&["role", "add", "x", "--permission", "orders:delete"]);
-    assert_eq!(rc, 5, "{err}");
+    assert_eq!(rc, 5, "refused by the nodes, not the CLI: {err}");
     let (rc, _, err) = cli(&["user", "add", "mallory", "--role", "superuser"]);
     assert_eq!(rc, 5, "{err}");
 

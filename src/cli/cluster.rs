@@ -168,6 +168,7 @@ async fn status(conn: &ConnArgs, client: Client) -> i32 {
                     last: "not asked: no client address known".into(),
                     idempotency_key: None,
                     no_connection: true,
+                    last_code: None,
                 }),
             ),
         };
@@ -204,6 +205,16 @@ async fn status(conn: &ConnArgs, client: Client) -> i32 {
         && all_members_answer
         && leaders.len() == 1
         && leaders.iter().all(Option::is_some);
+    // No node let us in: that is the error to report, not a cluster that looks down.
+    if rows.iter().all(|r| r.status.is_err()) {
+        let refused = rows.iter().find_map(|r| match &r.status {
+            Err(e @ ClientError::Unauthorized { .. }) => Some(e),
+            _ => None,
+        });
+        if let Some(e) = refused {
+            return report_error(conn, e);
+        }
+    }
     print_rows(conn, &rows, healthy);
     if rows.iter().all(|r| r.status.is_err()) {
         6
@@ -249,10 +260,14 @@ fn print_rows(conn: &ConnArgs, rows: &[Row], healthy: bool) {
                 opt(s.last_log_index),
                 opt(s.last_applied),
             ],
-            Err(_) => vec![
+            Err(e) => vec![
                 opt(r.id),
                 r.url.clone(),
-                "unreachable".into(),
+                match e {
+                    ClientError::Unauthorized { .. } => "unauthorized",
+                    _ => "unreachable",
+                }
+                .into(),
                 "-".into(),
                 "-".into(),
                 "-".into(),

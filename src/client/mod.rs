@@ -128,6 +128,9 @@ pub enum ClientError {
         last: String,
         idempotency_key: Option<String>,
         no_connection: bool,
+        /// The `error.code` of the last answer, if a node answered (`timeout`: a write's
+        /// outcome is unknown; `no_quorum`, `storage_failed`, ...).
+        last_code: Option<String>,
     },
     #[error("server error {status} ({code}): {message}")]
     Server {
@@ -184,6 +187,10 @@ impl ClientError {
             | ClientError::Unauthorized { code, .. }
             | ClientError::BadRequest { code, .. }
             | ClientError::Server { code, .. } => code,
+            ClientError::Unavailable {
+                last_code: Some(code),
+                ..
+            } => code,
             ClientError::Unavailable { .. } => ErrorCode::Unavailable.as_str(),
             ClientError::Config(_) => ErrorCode::BadRequest.as_str(),
         }
@@ -417,6 +424,7 @@ impl Client {
     ) -> Result<Answer, ClientError> {
         let is_write = method != Method::GET;
         let mut last = String::from("no attempt was made");
+        let mut last_code = None;
         let mut attempts = 0u32;
         let mut connected = false;
         while attempts < 1000 {
@@ -445,6 +453,7 @@ impl Client {
             match req.send().await {
                 Err(e) => {
                     last = format!("{}: {}", self.config.nodes[node], with_causes(&e));
+                    last_code = None;
                     self.mark_failed(node);
                 }
                 Ok(resp) => {
@@ -453,7 +462,10 @@ impl Client {
                     let status = resp.status();
                     let body: Value = resp.json().await.unwrap_or(Value::Null);
                     match self.retry_reason(node, status, &body) {
-                        Some(reason) => last = reason,
+                        Some(reason) => {
+                            last = reason;
+                            last_code = body["error"]["code"].as_str().map(String::from);
+                        }
                         None => return Ok(Answer { status, body }),
                     }
                 }
@@ -469,6 +481,7 @@ impl Client {
             last,
             idempotency_key: idempotency_key.map(String::from),
             no_connection: !connected,
+            last_code,
         })
     }
 
@@ -577,6 +590,7 @@ impl Client {
             last,
             idempotency_key: None,
             no_connection: !connected,
+            last_code: None,
         })
     }
 
@@ -821,13 +835,17 @@ fn error_of(status: StatusCode, body: Value) -> ClientError {
     let err: Option<ErrorBody> = serde_json::from_value(body).ok();
     let (code, message, field) = match err {
         Some(e) => (e.error.code, e.error.message, e.error.field),
-        // Not ordo's error shape (a proxy's page, say): the status names it.
+        // Not ordo's error shape (a proxy's page, say): the API's code for such a status.
         None => (
-            status
-                .canonical_reason()
-                .unwrap_or("error")
-                .to_ascii_lowercase()
-                .replace(' ', "_"),
+            match status.as_u16() {
+                401 => ErrorCode::Unauthorized,
+                403 => ErrorCode::Forbidden,
+                404 => ErrorCode::NotFound,
+                400..=499 => ErrorCode::BadRequest,
+                _ => ErrorCode::Internal,
+            }
+            .as_str()
+            .to_string(),
             format!("HTTP {status}"),
             None,
         ),

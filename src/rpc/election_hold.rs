@@ -29,6 +29,8 @@ struct HoldState {
     chunks: usize,
     /// Bumped by each chunk: a re-enable timer acts only if no newer chunk came.
     generation: u64,
+    /// A chunk's grace period has not run out yet (its timer switches elections back on).
+    grace_pending: bool,
     /// Removed from the cluster (`removal`): no elections until a member again.
     removed: bool,
 }
@@ -46,9 +48,11 @@ impl ElectionHold {
     pub fn set_removed(&self, removed: bool) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.removed = removed;
+        // Back on only if no snapshot holds elections: not during a transfer, nor in its
+        // grace period (its timer switches them on then).
         self.raft
             .runtime_config()
-            .elect(!removed && state.chunks == 0);
+            .elect(!removed && state.chunks == 0 && !state.grace_pending);
     }
 
     /// A hold for as long as the guard lives, if `vote` is the leader's this node follows.
@@ -85,14 +89,18 @@ impl Drop for HoldGuard {
             if state.chunks > 0 {
                 return;
             }
+            state.grace_pending = true;
             state.generation
         };
         tokio::spawn(async move {
             tokio::time::sleep(hold.grace).await;
-            let state = hold.state.lock().unwrap_or_else(|p| p.into_inner());
-            if state.chunks == 0 && state.generation == generation && !state.removed {
-                hold.raft.runtime_config().elect(true);
-                tracing::debug!("snapshot done: elections allowed again");
+            let mut state = hold.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state.chunks == 0 && state.generation == generation {
+                state.grace_pending = false;
+                if !state.removed {
+                    hold.raft.runtime_config().elect(true);
+                    tracing::debug!("snapshot done: elections allowed again");
+                }
             }
         });
     }

@@ -121,6 +121,20 @@ impl Service {
                 None => "no leader known".into(),
             },
         );
+        // A node removed from the cluster (and left running) must get no traffic. One with no
+        // membership yet (waiting to be added) is caught by the leader check.
+        let membership = m.membership_config.membership();
+        let known = m.membership_config.log_id().is_some();
+        let member = !known || membership.nodes().any(|(id, _)| *id == self.id);
+        check(
+            "member",
+            member,
+            if member {
+                "in the membership".into()
+            } else {
+                "not in the cluster's membership: removed".into()
+            },
+        );
         if m.state == ServerState::Leader {
             let stale_after = self.quorum_stale_after.as_millis() as u64;
             let fresh = m.millis_since_quorum_ack.is_none_or(|ms| ms <= stale_after);
