@@ -93,6 +93,30 @@ pub struct NodeConfig {
     /// Make this node the only voter of its cluster, with its data (`--force-new-cluster`),
     /// to recover from the loss of a majority.
     pub force_new_cluster: bool,
+    /// The change feed: how much of the change log to keep, and its streams' settings.
+    pub change_feed: ChangeFeedConfig,
+}
+
+/// `ordo serve`'s change-feed settings (`--changes-*`).
+#[derive(Debug, Clone, Copy)]
+pub struct ChangeFeedConfig {
+    pub retention: crate::store::ChangeRetention,
+    pub heartbeat: Duration,
+    pub max_subscribers: usize,
+    pub max_lag: u64,
+    pub lag_grace: Duration,
+}
+
+impl Default for ChangeFeedConfig {
+    fn default() -> Self {
+        ChangeFeedConfig {
+            retention: crate::store::ChangeRetention::default(),
+            heartbeat: Duration::from_millis(api::changes::DEFAULT_HEARTBEAT_MS),
+            max_subscribers: api::changes::DEFAULT_MAX_SUBSCRIBERS,
+            max_lag: api::changes::DEFAULT_MAX_LAG,
+            lag_grace: Duration::from_millis(api::changes::DEFAULT_LAG_GRACE_MS),
+        }
+    }
 }
 
 impl NodeConfig {
@@ -130,6 +154,7 @@ impl NodeConfig {
             bootstrap_token_file: None,
             insecure: false,
             force_new_cluster: false,
+            change_feed: ChangeFeedConfig::default(),
         }
     }
 
@@ -353,6 +378,7 @@ pub async fn run(
         // Read about as much as one append may carry; the peer client still checks the
         // encoded size (PayloadTooLarge), which this makes rare.
         read_batch_bytes: config.max_append_bytes,
+        change_retention: config.change_feed.retention,
     };
     if config.durability == Durability::UnsafeNoFsync {
         tracing::warn!("UNSAFE: log appends are acknowledged before fsync; a crash can lose acknowledged orders");
@@ -436,11 +462,21 @@ pub async fn run(
         directory,
         cluster_id,
     );
+    // Set once Raft has stopped on the way out: the HTTP servers drain, change feeds end.
+    let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
+    let feed = api::changes::ChangeFeed::new(
+        config.change_feed.heartbeat,
+        config.change_feed.max_subscribers,
+        config.change_feed.max_lag,
+        config.change_feed.lag_grace,
+        stopped_rx.clone(),
+    );
     let state = AppState::new(api::AppParts {
         service,
         reader,
         auth: auth.map(Arc::new),
         snapshots,
+        feed,
     });
     // With a peer port, each port serves only its own routes (the other's answer 404).
     let (client_routes, peer_server) = match listeners.peer {
@@ -453,7 +489,6 @@ pub async fn run(
     // On SIGTERM Raft stops first: a leader that keeps heartbeating while its HTTP server
     // drains holds the whole cluster's writes hostage to its slowest client. Once Raft is
     // down the followers elect a new leader, and requests still here fail fast.
-    let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
     let storage_failed = std::sync::atomic::AtomicBool::new(false);
     let stop_raft_first = async {
         tokio::select! {

@@ -50,6 +50,13 @@ pub const IDEMPOTENCY_RECORDS: &str = "ordo_idempotency_records_stored";
 /// Peers (rpc::network): 1 while a peer cannot be reached (label `peer`).
 pub const PEER_UNREACHABLE: &str = "ordo_peer_unreachable";
 
+/// The change feed (api::changes): streams open on this node.
+pub const FEED_SUBSCRIBERS: &str = "ordo_feed_subscribers";
+
+pub fn feed_subscribers(open: f64) {
+    metrics::gauge!(FEED_SUBSCRIBERS).set(open);
+}
+
 /// Histogram buckets: latencies in seconds (100 µs to 30 s), counts (1 to 4096).
 const SECONDS_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,

@@ -44,10 +44,11 @@ pub enum ErrorCode {
     Timeout,
     Internal,
     StorageFailed,
+    RevisionGone,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::MalformedJson,
         ErrorCode::BadRequest,
         ErrorCode::InvalidId,
@@ -71,6 +72,7 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::Internal,
         ErrorCode::StorageFailed,
+        ErrorCode::RevisionGone,
     ];
 
     /// The code as the API spells it (`"version_conflict"`).
@@ -100,6 +102,7 @@ impl ErrorCode {
             Timeout => "timeout",
             Internal => "internal",
             StorageFailed => "storage_failed",
+            RevisionGone => "revision_gone",
         }
     }
 
@@ -138,6 +141,9 @@ pub struct ErrorDetail {
     /// With `validation_failed`: the field that is wrong (`items[0].quantity`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// With `revision_gone`: the oldest revision the node's change log still holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_revision: Option<u64>,
 }
 
 /// Integer fields of request bodies also take a JSON number written with a zero fraction
@@ -314,6 +320,21 @@ pub struct OrderJson {
     pub updated_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The revision of the order's last change (see the change feed), on reads and in change
+    /// events; a write's answer does not carry it. 0: last changed before the node kept
+    /// revisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+}
+
+impl OrderJson {
+    /// The order with the revision of its last change.
+    pub fn with_revision(order: &Order, revision: u64) -> OrderJson {
+        OrderJson {
+            revision: Some(revision),
+            ..OrderJson::from(order)
+        }
+    }
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -342,6 +363,7 @@ impl From<&Order> for OrderJson {
             created_at: rfc3339(o.created_at_ms),
             updated_at: rfc3339(o.updated_at_ms),
             note: o.note.clone(),
+            revision: None,
         }
     }
 }
@@ -355,6 +377,45 @@ pub struct OrderListJson {
     pub per_page: u64,
     /// How many orders match the filter in all.
     pub total: u64,
+    /// The revision the page reflects: every change up to it is in it. To follow the orders
+    /// from here without a gap, watch the change feed from this revision.
+    #[serde(default)]
+    pub revision: Option<u64>,
+}
+
+/// What a change-feed event (`GET /api/orders/changes`) carries in its `data:`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ChangeJson {
+    /// The change's revision (also the event's `id:`).
+    pub revision: u64,
+    /// `order.created` or `order.status_changed` (also the event's `event:`).
+    #[schema(pattern = "^order\\.(created|status_changed)$")]
+    pub kind: String,
+    /// The order as the change left it.
+    pub order: OrderJson,
+    /// The status before a status change; absent for a create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_status: Option<String>,
+}
+
+/// The event name of a create in the change feed.
+pub const ORDER_CREATED: &str = "order.created";
+/// The event name of a status change in the change feed.
+pub const ORDER_STATUS_CHANGED: &str = "order.status_changed";
+
+impl From<&crate::order::Change> for ChangeJson {
+    fn from(c: &crate::order::Change) -> ChangeJson {
+        ChangeJson {
+            revision: c.revision,
+            kind: match c.previous_status {
+                None => ORDER_CREATED,
+                Some(_) => ORDER_STATUS_CHANGED,
+            }
+            .to_string(),
+            order: OrderJson::with_revision(&c.order, c.revision),
+            previous_status: c.previous_status.map(|s| s.as_str().to_string()),
+        }
+    }
 }
 
 /// `GET /cluster/status` answer: this node's view, from its local state (no quorum needed).

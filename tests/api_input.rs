@@ -252,6 +252,60 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
             400,
             ErrorCode::BadRequest.as_str(),
         ),
+        // The change feed: a bad revision, status or parameter is refused before streaming.
+        case(
+            "GET",
+            "/api/orders/changes?since=abc",
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
+        case(
+            "GET",
+            "/api/orders/changes?since=-1",
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
+        case(
+            "GET",
+            "/api/orders/changes?since=99999999999999999999999",
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
+        case(
+            "GET",
+            "/api/orders/changes?status=lost",
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
+        case(
+            "GET",
+            "/api/orders/changes?follow=1",
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
+        case(
+            "GET",
+            "/api/orders/changes?since=1&since=2",
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
+        {
+            let mut c = case(
+                "GET",
+                "/api/orders/changes",
+                "",
+                400,
+                ErrorCode::InvalidQuery.as_str(),
+            );
+            c.headers.push(("Last-Event-ID", "seven".into()));
+            c
+        },
         case(
             "GET",
             "/api/orders/0",
@@ -688,9 +742,12 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
         leader_calls_are_validated_again(&cluster, node).await;
     }
 
-    // Nothing above was written: still exactly the seed order, unchanged.
+    // Nothing above was written: still exactly the seed order, unchanged, at revision 1 (a
+    // read carries the revision; the create's answer does not).
     let all = all_orders(&cluster, leader, false).await;
-    assert_eq!(all, vec![order]);
+    let mut seed = order.clone();
+    seed["revision"] = 1.into();
+    assert_eq!(all, vec![seed]);
 
     random_bytes_to_node_routes_never_take_a_node_down(&mut cluster).await;
 }

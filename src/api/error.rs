@@ -64,6 +64,12 @@ pub enum ApiError {
     /// The node's storage failed (503 `storage_failed`): send the request to another node.
     #[error("storage failed on this node: {0}")]
     StorageFailed(String),
+    /// A change feed asked from a revision older than the node's change log (410).
+    #[error(
+        "changes after revision {since} are no longer held (the oldest is {oldest}): list the \
+         orders again and watch from the revision the listing gives"
+    )]
+    RevisionGone { since: u64, oldest: u64 },
 }
 
 impl ApiError {
@@ -92,6 +98,7 @@ impl ApiError {
             }
             OutcomeUnknown(_) | Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            RevisionGone { .. } => StatusCode::GONE,
         }
     }
 
@@ -123,6 +130,7 @@ impl ApiError {
             OutcomeUnknown(_) | Timeout(_) => ErrorCode::Timeout,
             Internal(_) => ErrorCode::Internal,
             StorageFailed(_) => ErrorCode::StorageFailed,
+            RevisionGone { .. } => ErrorCode::RevisionGone,
         }
     }
 
@@ -168,6 +176,10 @@ impl IntoResponse for ApiError {
                 code: self.code().as_str().to_string(),
                 message: self.to_string(),
                 field: self.field().map(String::from),
+                oldest_revision: match self {
+                    ApiError::RevisionGone { oldest, .. } => Some(oldest),
+                    _ => None,
+                },
             },
         };
         let mut resp = (status, Json(body)).into_response();

@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod changes;
 pub mod cluster;
 pub mod error;
 pub mod json;
@@ -57,12 +58,15 @@ pub struct AppParts {
     pub auth: Option<std::sync::Arc<auth::AuthSettings>>,
     /// This node's snapshot files, which a backup streams.
     pub snapshots: crate::store::SnapshotFiles,
+    /// The change feed's settings and subscribers.
+    pub feed: std::sync::Arc<changes::ChangeFeed>,
 }
 
 /// The documented routes: each handler with its OpenAPI description (`openapi`).
 fn public_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(orders::create, orders::list))
+        .routes(routes!(changes::changes))
         .routes(routes!(orders::get, orders::set_status))
         .routes(routes!(cluster::status))
         .routes(routes!(cluster::digest))

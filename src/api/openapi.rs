@@ -57,6 +57,32 @@ pub struct OrderIdPath {
     id: u64,
 }
 
+/// `GET /api/orders/changes` parameters.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct ChangesQuery {
+    /// Send the changes after this revision (default: after the newest, i.e. from now on).
+    /// To follow the orders without a gap: list them, then watch from the listing's revision.
+    #[param(minimum = 0)]
+    since: Option<u64>,
+    /// Only changes to this customer's orders.
+    customer_id: Option<String>,
+    /// Only changes that leave an order in this status.
+    #[param(pattern = "^(|pending|paid|shipped|delivered|cancelled)$")]
+    status: Option<String>,
+}
+
+/// `Last-Event-ID` on a change feed (EventSource sends it when it reconnects).
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header, names("Last-Event-ID"))]
+#[allow(dead_code)]
+pub struct LastEventIdHeader(
+    /// Resume after this revision (it wins over `since`).
+    #[param(pattern = "^[0-9]{1,20}$")]
+    Option<String>,
+);
+
 /// `Idempotency-Key` on writes.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Header, names("Idempotency-Key"))]
@@ -144,6 +170,8 @@ fn error_statuses(operation_id: &str) -> &'static [u16] {
         "create_order" => &[400, 409, 413, 415, 422, 500, 503, 504],
         "set_order_status" => &[400, 404, 409, 413, 415, 422, 500, 503, 504],
         "get_order" => &[400, 404, 500, 503, 504],
+        // 503: the node's subscriber limit (and, with --auth, no quorum for the check).
+        "watch_orders" => &[400, 500, 503],
         "list_orders" => &[400, 500, 503, 504],
         "add_learner" | "change_members" => &[400, 413, 415, 422, 500, 503, 504],
         "create_user" => &[400, 409, 413, 415, 422, 500, 503, 504],

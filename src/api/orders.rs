@@ -39,7 +39,10 @@ fn parse_id(raw: &str) -> Result<u64, ApiError> {
 }
 
 /// Query parameters, parsed strictly: unknown names and repeated names are refused.
-fn parse_query(raw: Option<String>, allowed: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
+pub(super) fn parse_query(
+    raw: Option<String>,
+    allowed: &[&str],
+) -> Result<Vec<(String, String)>, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::InvalidQuery(e.to_string()))?;
     for (i, (name, _)) in pairs.iter().enumerate() {
@@ -58,7 +61,7 @@ fn parse_query(raw: Option<String>, allowed: &[&str]) -> Result<Vec<(String, Str
     Ok(pairs)
 }
 
-fn query_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(super) fn query_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     pairs
         .iter()
         .find(|(n, _)| n == name)
@@ -155,7 +158,7 @@ pub async fn get(
         }
     };
     match found {
-        Some(order) => Ok(Json(OrderJson::from(&order))),
+        Some((order, revision)) => Ok(Json(OrderJson::with_revision(&order, revision))),
         None => Err(ApiError::NotFound(format!("order {id} not found"))),
     }
 }
@@ -216,10 +219,16 @@ pub async fn list(
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     Ok(Json(OrderListJson {
-        orders: found.orders.iter().map(OrderJson::from).collect(),
+        orders: found
+            .orders
+            .iter()
+            .zip(&found.revisions)
+            .map(|(o, r)| OrderJson::with_revision(o, *r))
+            .collect(),
         page,
         per_page,
         total: found.total,
+        revision: Some(found.revision),
     }))
 }
 

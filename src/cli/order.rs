@@ -62,6 +62,24 @@ pub enum OrderCommand {
         #[command(flatten)]
         read: ReadArgs,
     },
+    /// Print changes to orders as they happen (the change feed), until interrupted. Survives
+    /// a node dying: it resumes on another node where it left off.
+    #[command(after_help = "Examples:\n  \
+        ordo order watch                          # from now on\n  \
+        ordo order watch --since 0 --json         # every change the nodes still hold, as JSON lines\n  \
+        ordo order watch --customer alice --status paid")]
+    Watch {
+        /// Start after this revision (default: from now on). `order list` prints the revision
+        /// it reflects: list, then watch from there, and nothing is missed.
+        #[arg(long, value_name = "REVISION")]
+        since: Option<u64>,
+        /// Only changes to this customer's orders.
+        #[arg(long, value_name = "CUSTOMER_ID")]
+        customer: Option<String>,
+        /// Only changes that leave an order in this status.
+        #[arg(long, value_name = "STATUS", value_parser = STATUSES)]
+        status: Option<String>,
+    },
     /// Move an order to a new status: pending → paid or cancelled, paid → shipped or
     /// cancelled, shipped → delivered.
     #[command(after_help = "Examples:\n  \
@@ -161,6 +179,61 @@ fn print_table(orders: &[Order]) {
     table.print();
 }
 
+/// `order watch`: one line per change (with --json, the event's `data`), until the stream
+/// ends with an error.
+async fn watch(
+    conn: &ConnArgs,
+    client: &crate::client::Client,
+    since: Option<u64>,
+    customer: Option<String>,
+    status: Option<String>,
+) -> Result<(), crate::client::ClientError> {
+    use futures_util::StreamExt;
+    use std::io::Write;
+    // Without --since: from the revision the cluster is at now.
+    let since = match since {
+        Some(s) => s,
+        None => {
+            let query = ListQuery {
+                per_page: Some(1),
+                ..ListQuery::default()
+            };
+            let now = client.list_orders(&query, ReadMode::Linearizable).await?;
+            now.value.revision.unwrap_or(0)
+        }
+    };
+    let filter = crate::client::WatchFilter {
+        customer_id: customer,
+        status,
+    };
+    let changes = client.watch(since, filter, crate::client::DEFAULT_IDLE_TIMEOUT);
+    futures_util::pin_mut!(changes);
+    while let Some(change) = changes.next().await {
+        let change = change?;
+        if conn.json {
+            print_json(&change);
+        } else {
+            let o = &change.order;
+            let moved = match &change.previous_status {
+                Some(before) => format!("{before} -> {}", o.status),
+                None => o.status.clone(),
+            };
+            println!(
+                "{:>8}  {:<20}  order {}  customer {}  {}  total {}",
+                change.revision,
+                change.kind,
+                o.id,
+                o.customer_id,
+                moved,
+                money(o.total_cents)
+            );
+        }
+        // One line per change as it happens, also into a pipe.
+        let _ = std::io::stdout().flush();
+    }
+    Ok(())
+}
+
 /// On stderr, so that stdout stays exactly the API's answer.
 fn stale_note(stale: bool, read: &ReadArgs) {
     if stale && read.allow_stale {
@@ -227,14 +300,24 @@ pub async fn run(conn: &ConnArgs, command: OrderCommand) -> i32 {
                     print_json(&r.value);
                 } else {
                     print_table(&r.value.orders);
+                    let at = r
+                        .value
+                        .revision
+                        .map(|rev| format!(", at revision {rev}"))
+                        .unwrap_or_default();
                     println!(
-                        "page {} ({} per page), {} matching in all",
+                        "page {} ({} per page), {} matching in all{at}",
                         r.value.page, r.value.per_page, r.value.total
                     );
                 }
                 stale_note(r.stale, &read);
             })
         }
+        OrderCommand::Watch {
+            since,
+            customer,
+            status,
+        } => watch(conn, &client, since, customer, status).await,
         OrderCommand::SetStatus {
             id,
             status,

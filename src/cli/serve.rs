@@ -110,6 +110,31 @@ pub struct ServeArgs {
     /// 503 `storage_failed` (and failing /readyz) before it exits with status 74, ms.
     #[arg(long, env = "ORDO_STORAGE_FAILURE_EXIT_AFTER_MS", value_name = "MS", default_value_t = node::DEFAULT_STORAGE_FAILURE_EXIT_AFTER_MS)]
     pub storage_failure_exit_after_ms: u64,
+    /// The change feed keeps at least the newest this many changes (a `since` older than what
+    /// the node holds gets 410). Each costs about the size of its order on disk.
+    #[arg(long, env = "ORDO_CHANGES_KEEP", value_name = "REVISIONS", default_value_t = crate::store::DEFAULT_CHANGE_RETENTION_REVISIONS)]
+    pub changes_keep: u64,
+    /// Also drop changes older than this many hours (0: no age limit).
+    #[arg(
+        long,
+        env = "ORDO_CHANGES_KEEP_HOURS",
+        value_name = "HOURS",
+        default_value_t = 0
+    )]
+    pub changes_keep_hours: u64,
+    /// How often an idle change-feed stream gets a heartbeat comment, ms.
+    #[arg(long, env = "ORDO_CHANGES_HEARTBEAT_MS", value_name = "MS", default_value_t = crate::api::changes::DEFAULT_HEARTBEAT_MS)]
+    pub changes_heartbeat_ms: u64,
+    /// Change-feed streams this node serves at once (more get 503).
+    #[arg(long, env = "ORDO_CHANGES_MAX_SUBSCRIBERS", value_name = "N", default_value_t = crate::api::changes::DEFAULT_MAX_SUBSCRIBERS)]
+    pub changes_max_subscribers: usize,
+    /// A change-feed subscriber more than this many revisions behind for longer than
+    /// --changes-lag-grace-ms is sent where to resume and disconnected.
+    #[arg(long, env = "ORDO_CHANGES_MAX_LAG", value_name = "REVISIONS", default_value_t = crate::api::changes::DEFAULT_MAX_LAG)]
+    pub changes_max_lag: u64,
+    /// See --changes-max-lag, ms.
+    #[arg(long, env = "ORDO_CHANGES_LAG_GRACE_MS", value_name = "MS", default_value_t = crate::api::changes::DEFAULT_LAG_GRACE_MS)]
+    pub changes_lag_grace_ms: u64,
     /// How long a client may take to send a request's head, and then its whole body, ms.
     #[arg(long, env = "ORDO_READ_TIMEOUT_MS", value_name = "MS", default_value_t = server::DEFAULT_READ_TIMEOUT_MS)]
     pub read_timeout_ms: u64,
@@ -340,6 +365,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         max_append_bytes: (args.max_append_kib.clamp(1, 8192) * 1024) as usize,
         install_snapshot_timeout_ms: args.install_snapshot_timeout_ms,
         storage_failure_exit_after: Duration::from_millis(args.storage_failure_exit_after_ms),
+        change_feed: node::ChangeFeedConfig {
+            retention: crate::store::ChangeRetention {
+                revisions: args.changes_keep.max(1),
+                max_age_ms: (args.changes_keep_hours > 0)
+                    .then(|| (args.changes_keep_hours as i64).saturating_mul(3_600_000)),
+            },
+            heartbeat: Duration::from_millis(args.changes_heartbeat_ms.max(100)),
+            max_subscribers: args.changes_max_subscribers,
+            max_lag: args.changes_max_lag,
+            lag_grace: Duration::from_millis(args.changes_lag_grace_ms),
+        },
         server_limits: ServerLimits {
             header_read_timeout: Duration::from_millis(args.read_timeout_ms),
             body_read_timeout: Duration::from_millis(args.read_timeout_ms),

@@ -17,6 +17,10 @@
 //! # Ok(()) }
 //! ```
 
+mod watch;
+
+pub use watch::{WatchFilter, DEFAULT_IDLE_TIMEOUT};
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -141,6 +145,13 @@ pub enum ClientError {
     /// The client could not be set up (a CA file that cannot be read).
     #[error("client configuration: {0}")]
     Config(String),
+    /// A change feed asked from a revision the nodes no longer hold (410): list the orders
+    /// again and watch from the listing's revision.
+    #[error(
+        "the changes after revision {since} are no longer held (the oldest is {oldest}): list \
+         the orders again, then watch from the listing's revision"
+    )]
+    RevisionGone { since: u64, oldest: u64 },
 }
 
 fn retry_hint(key: &Option<String>) -> String {
@@ -193,6 +204,7 @@ impl ClientError {
             } => code,
             ClientError::Unavailable { .. } => ErrorCode::Unavailable.as_str(),
             ClientError::Config(_) => ErrorCode::BadRequest.as_str(),
+            ClientError::RevisionGone { .. } => ErrorCode::RevisionGone.as_str(),
         }
     }
 
@@ -205,7 +217,9 @@ impl ClientError {
             | ClientError::Unauthorized { message, .. }
             | ClientError::BadRequest { message, .. }
             | ClientError::Server { message, .. } => message.clone(),
-            ClientError::Unavailable { .. } | ClientError::Config(_) => self.to_string(),
+            ClientError::Unavailable { .. }
+            | ClientError::Config(_)
+            | ClientError::RevisionGone { .. } => self.to_string(),
         };
         let field = match self {
             ClientError::Validation { field, .. } if !field.is_empty() => Some(field.clone()),
@@ -216,6 +230,10 @@ impl ClientError {
                 code: self.code().to_string(),
                 message,
                 field,
+                oldest_revision: match self {
+                    ClientError::RevisionGone { oldest, .. } => Some(*oldest),
+                    _ => None,
+                },
             },
         }
     }
@@ -231,6 +249,7 @@ impl ClientError {
             ClientError::Server { .. } => 7,
             ClientError::Unauthorized { .. } => 9,
             ClientError::Config(_) => 2,
+            ClientError::RevisionGone { .. } => 3,
         }
     }
 }

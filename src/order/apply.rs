@@ -15,13 +15,15 @@
 //!   work per command, and still faster than records are made (one per command at most).
 //!   A record is also judged by its own expiry when it is looked up, so how far cleanup has
 //!   got never changes an outcome.
+//! - **Revisions.** Every create and status change applied gets the next revision and leaves a
+//!   `Change` record (the change feed); a replayed or rejected command leaves none.
 
 use serde::{Deserialize, Serialize};
 
 use super::command::{
     create_order, transition, CommandOutcome, Effect, OrderCommand, OrderOp, Rejection,
 };
-use super::model::Order;
+use super::model::{Change, Order, OrderStatus};
 use super::users::{AdminOp, CustomRole, Role, User};
 use super::validate::ValidationError;
 
@@ -60,6 +62,11 @@ pub trait OrderState {
     fn order(&self, id: u64) -> Result<Option<Order>, Self::Error>;
     /// Stores `order`, which replaces `previous` (`None` for a new order); indexes follow.
     fn put_order(&mut self, order: &Order, previous: Option<&Order>) -> Result<(), Self::Error>;
+
+    /// The revision of the last applied change (0 before any).
+    fn revision(&self) -> Result<u64, Self::Error>;
+    /// Records `change`, whose revision is the next one, as its order's last change.
+    fn put_change(&mut self, change: &Change) -> Result<(), Self::Error>;
 
     fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, Self::Error>;
     fn put_idempotency(&mut self, key: &str, record: &IdempotencyRecord)
@@ -155,6 +162,7 @@ pub fn apply_command<S: OrderState>(
             if let Ok(order) = &created {
                 state.put_order(order, None)?;
                 state.set_next_id(id + 1)?;
+                record_change(state, order, None)?;
             }
             created
         }
@@ -170,6 +178,7 @@ pub fn apply_command<S: OrderState>(
                 let moved = transition(&order, *status, *expected_version, at);
                 if let Ok(updated) = &moved {
                     state.put_order(updated, Some(&order))?;
+                    record_change(state, updated, Some(order.status))?;
                 }
                 moved
             }
@@ -186,6 +195,20 @@ pub fn apply_command<S: OrderState>(
         state.put_idempotency(key, &record)?;
     }
     Ok(applied(result.map(Effect::Order), false))
+}
+
+/// Gives the change that left `order` so the next revision.
+fn record_change<S: OrderState>(
+    state: &mut S,
+    order: &Order,
+    previous_status: Option<OrderStatus>,
+) -> Result<(), S::Error> {
+    let revision = state.revision()? + 1;
+    state.put_change(&Change {
+        revision,
+        order: order.clone(),
+        previous_status,
+    })
 }
 
 fn apply_admin<S: OrderState>(

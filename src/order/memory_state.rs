@@ -9,8 +9,8 @@ use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::{
-    AdminOp, CustomRole, IdempotencyRecord, LineItem, NewOrder, Order, OrderCommand, OrderOp,
-    OrderState, OrderStatus, Permission, User,
+    AdminOp, Change, CustomRole, IdempotencyRecord, LineItem, NewOrder, Order, OrderCommand,
+    OrderOp, OrderState, OrderStatus, Permission, User,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +25,10 @@ pub struct MemoryState {
     pub users: BTreeMap<String, User>,
     pub users_begun: bool,
     pub roles: BTreeMap<String, CustomRole>,
+    pub revision: u64,
+    pub changes: BTreeMap<u64, Change>,
+    /// Order id → the revision of its last change.
+    pub order_revisions: BTreeMap<u64, u64>,
 }
 
 impl Default for MemoryState {
@@ -39,6 +43,9 @@ impl Default for MemoryState {
             users: BTreeMap::new(),
             users_begun: false,
             roles: BTreeMap::new(),
+            revision: 0,
+            changes: BTreeMap::new(),
+            order_revisions: BTreeMap::new(),
         }
     }
 }
@@ -69,6 +76,16 @@ impl OrderState for MemoryState {
     }
     fn put_order(&mut self, order: &Order, _previous: Option<&Order>) -> Result<(), Infallible> {
         self.orders.insert(order.id, order.clone());
+        Ok(())
+    }
+    fn revision(&self) -> Result<u64, Infallible> {
+        Ok(self.revision)
+    }
+    fn put_change(&mut self, change: &Change) -> Result<(), Infallible> {
+        self.revision = change.revision;
+        self.order_revisions
+            .insert(change.order.id, change.revision);
+        self.changes.insert(change.revision, change.clone());
         Ok(())
     }
     fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, Infallible> {

@@ -87,6 +87,18 @@ impl std::fmt::Display for OrderStatus {
     }
 }
 
+/// One applied change to an order (a create or a status change), numbered by the state
+/// machine's revision counter: the same revision on every replica. The change feed is made
+/// of these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub revision: u64,
+    /// The order as the change left it.
+    pub order: Order,
+    /// Its status before a status change; `None` for a create.
+    pub previous_status: Option<OrderStatus>,
+}
+
 /// A stored order. Times are milliseconds since the Unix epoch, stamped by the leader that
 /// proposed the command, so every replica stores the same value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

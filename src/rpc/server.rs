@@ -180,6 +180,7 @@ impl IntoResponse for Refusal {
                 code: self.code.as_str().to_string(),
                 message: self.message,
                 field: None,
+                oldest_revision: None,
             },
         };
         let mut resp = (self.status, Json(body)).into_response();

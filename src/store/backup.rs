@@ -179,7 +179,11 @@ pub(super) struct StateDigest(Sha256);
 
 impl StateDigest {
     pub(super) fn add(&mut self, k: &[u8], v: &[u8]) {
-        if k == super::keys::APPLIED || k == super::keys::MEMBERSHIP {
+        // Raft bookkeeping, and the change records each node trims to its own window.
+        if k == super::keys::APPLIED
+            || k == super::keys::MEMBERSHIP
+            || k.starts_with(super::keys::CHANGE_PREFIX)
+        {
             return;
         }
         self.0.update((k.len() as u32).to_be_bytes());

@@ -7,7 +7,10 @@
 //!   (empty values);
 //! - `i` + key: an idempotency record; `x` + expiry + key: the same key ordered by expiry;
 //! - `u` + name: a user; `t` + token hash: the user's name (the lookup of a request's token);
-//! - `r` + name: a custom role.
+//! - `r` + name: a custom role;
+//! - `m:revision`: the last change's revision; `e` + revision: a change record (the change
+//!   feed; trimmed by each node to its retention window, so left out of the state digest);
+//!   `v` + id: the revision of the order's last change.
 //!
 //! Ids and expiries are big-endian, so sled's byte order is their numeric order.
 
@@ -18,6 +21,9 @@ pub const MEMBERSHIP: &[u8] = b"m:membership";
 pub const NEXT_ID: &[u8] = b"m:next_id";
 pub const CLOCK: &[u8] = b"m:clock";
 pub const LAST_STAMP: &[u8] = b"m:last_stamp";
+pub const REVISION: &[u8] = b"m:revision";
+/// The prefix of the change records.
+pub const CHANGE_PREFIX: &[u8] = b"e";
 /// Set when the first user is created, never cleared (the bootstrap token's end).
 pub const USERS_BEGUN: &[u8] = b"m:users_begun";
 /// In the `raft` tree: set while a snapshot is being loaded into the state machine.
@@ -28,6 +34,14 @@ pub const EXPIRY_PREFIX: &[u8] = b"x";
 
 pub fn order(id: u64) -> Vec<u8> {
     with_id(vec![b'o'], id)
+}
+
+pub fn change(revision: u64) -> Vec<u8> {
+    with_id(CHANGE_PREFIX.to_vec(), revision)
+}
+
+pub fn order_revision(id: u64) -> Vec<u8> {
+    with_id(vec![b'v'], id)
 }
 
 pub fn customer_prefix(customer_id: &str) -> Vec<u8> {

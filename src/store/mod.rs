@@ -7,6 +7,7 @@
 //! machine writes each applied batch as one atomic sled batch.
 
 pub mod backup;
+mod changes;
 mod error;
 mod keys;
 mod log_store;
@@ -20,6 +21,7 @@ mod state_machine;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use changes::{ChangeRetention, ChangesPage, DEFAULT_CHANGE_RETENTION_REVISIONS};
 pub use error::StoreError;
 pub use log_store::{LogReader, LogStore};
 pub use reader::{OrderFilter, OrderPage, OrderReader};
@@ -44,6 +46,8 @@ pub struct StoreConfig {
     pub durability: Durability,
     /// Stored bytes of log entries replication reads for one append (see `LogReader`).
     pub read_batch_bytes: usize,
+    /// How much of the change log this node keeps (`changes`).
+    pub change_retention: ChangeRetention,
 }
 
 pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
@@ -56,6 +60,7 @@ impl StoreConfig {
             cache_capacity_bytes: DEFAULT_CACHE_CAPACITY_BYTES,
             durability: Durability::Fsync,
             read_batch_bytes: DEFAULT_READ_BATCH_BYTES,
+            change_retention: ChangeRetention::default(),
         }
     }
 }
@@ -191,7 +196,12 @@ pub fn open(config: &StoreConfig) -> Result<(LogStore, StateMachineStore), Store
     std::fs::create_dir_all(&config.dir)?;
     let db = open_sled(config)?;
     let floor = Arc::new(AppliedFloor::new(log_store::LogPurger::new(&db)?));
-    let sm = StateMachineStore::open(db.clone(), config.dir.join("snapshots"), floor.clone())?;
+    let sm = StateMachineStore::open(
+        db.clone(),
+        config.dir.join("snapshots"),
+        floor.clone(),
+        config.change_retention,
+    )?;
     let log = LogStore::open(db, config.durability, floor, config.read_batch_bytes)?;
     Ok((log, sm))
 }

@@ -9,7 +9,7 @@ use super::keys;
 use super::overlay::Overlay;
 use super::StoreError;
 use crate::codec;
-use crate::order::{CustomRole, IdempotencyRecord, Order, OrderOp, OrderState, User};
+use crate::order::{Change, CustomRole, IdempotencyRecord, Order, OrderOp, OrderState, User};
 
 /// The state of one apply chunk: reads see the chunk's earlier writes, and the whole chunk is
 /// committed as one sled batch by the caller.
@@ -82,6 +82,16 @@ impl OrderState for OverlayState<'_, '_> {
             Vec::new(),
         );
         Ok(())
+    }
+
+    fn revision(&self) -> Result<u64, StoreError> {
+        Ok(self.get(keys::REVISION)?.unwrap_or(0))
+    }
+
+    fn put_change(&mut self, change: &Change) -> Result<(), StoreError> {
+        self.put(keys::REVISION.to_vec(), &change.revision)?;
+        self.put(keys::order_revision(change.order.id), &change.revision)?;
+        self.put(keys::change(change.revision), change)
     }
 
     fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
@@ -215,10 +225,14 @@ mod tests {
             prop_assert_eq!(by_token, expected, "the token index holds exactly the users' tokens");
             let roles: Vec<CustomRole> = decoded::<CustomRole>(&tree, keys::ROLE_PREFIX).into_iter().map(|(_, r)| r).collect();
             prop_assert_eq!(&roles, &model.roles.values().cloned().collect::<Vec<_>>());
+            let changes: Vec<Change> = decoded::<Change>(&tree, keys::CHANGE_PREFIX).into_iter().map(|(_, c)| c).collect();
+            prop_assert_eq!(&changes, &model.changes.values().cloned().collect::<Vec<_>>());
+            let revisions: Vec<u64> = decoded::<u64>(&tree, b"v").into_iter().map(|(_, r)| r).collect();
+            prop_assert_eq!(&revisions, &model.order_revisions.values().cloned().collect::<Vec<_>>());
             let state = OverlayState(&mut Overlay::new(&tree));
             prop_assert_eq!(
-                (state.clock().unwrap(), state.last_stamp().unwrap(), state.next_id().unwrap()),
-                (model.clock, model.last_stamp, model.next_id)
+                (state.clock().unwrap(), state.last_stamp().unwrap(), state.next_id().unwrap(), state.revision().unwrap()),
+                (model.clock, model.last_stamp, model.next_id, model.revision)
             );
         }
     }

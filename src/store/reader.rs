@@ -21,7 +21,12 @@ pub struct OrderFilter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderPage {
     pub orders: Vec<Order>,
+    /// The revision of each order's last change, read just after the order.
+    pub revisions: Vec<u64>,
     pub total: u64,
+    /// Read before the page: every change up to it is in the page (a change feed from this
+    /// revision misses nothing the page lacks).
+    pub revision: u64,
 }
 
 /// The read side of the state machine, shared with the HTTP API. Reads wait while a snapshot
@@ -31,6 +36,8 @@ pub struct OrderReader {
     pub(super) sm: sled::Tree,
     /// Held for writing while a snapshot is loaded into `sm`.
     pub(super) install_lock: Arc<RwLock<()>>,
+    /// The newest revision applied, for the change feed's subscribers (`changes`).
+    pub(super) revision_seen: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl OrderReader {
@@ -38,24 +45,32 @@ impl OrderReader {
         OrderReader {
             sm,
             install_lock: Arc::new(RwLock::new(())),
+            revision_seen: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
     }
 
-    pub fn get(&self, id: u64) -> Result<Option<Order>, StoreError> {
+    /// An order and the revision of its last change.
+    pub fn get(&self, id: u64) -> Result<Option<(Order, u64)>, StoreError> {
         let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
-        self.get_unlocked(id)
+        self.get_with_revision(id)
     }
 
     /// `get` without waiting: `None` while a snapshot is being loaded.
-    pub fn try_get(&self, id: u64) -> Option<Result<Option<Order>, StoreError>> {
+    pub fn try_get(&self, id: u64) -> Option<Result<Option<(Order, u64)>, StoreError>> {
         match self.install_lock.try_read() {
-            Ok(_g) => Some(self.get_unlocked(id)),
+            Ok(_g) => Some(self.get_with_revision(id)),
             Err(std::sync::TryLockError::Poisoned(p)) => {
                 let _g = p.into_inner();
-                Some(self.get_unlocked(id))
+                Some(self.get_with_revision(id))
             }
             Err(std::sync::TryLockError::WouldBlock) => None,
         }
+    }
+
+    /// The revision is read first: it is at most what the order's content reflects.
+    fn get_with_revision(&self, id: u64) -> Result<Option<(Order, u64)>, StoreError> {
+        let revision = self.order_revision_unlocked(id)?;
+        Ok(self.get_unlocked(id)?.map(|o| (o, revision)))
     }
 
     fn get_unlocked(&self, id: u64) -> Result<Option<Order>, StoreError> {
@@ -78,7 +93,20 @@ impl OrderReader {
         per_page: u64,
     ) -> Result<OrderPage, StoreError> {
         let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
+        let revision = self.revision_unlocked()?;
         let skip = page.saturating_sub(1).saturating_mul(per_page);
+        let with_revisions = |orders: Vec<Order>, total: u64| -> Result<OrderPage, StoreError> {
+            let revisions = orders
+                .iter()
+                .map(|o| self.order_revision_unlocked(o.id))
+                .collect::<Result<_, _>>()?;
+            Ok(OrderPage {
+                orders,
+                revisions,
+                total,
+                revision,
+            })
+        };
 
         if filter.status.is_none() && filter.customer_id.is_none() {
             // Ids are dense (1, 2, 3, ... with no deletes), so a page starts at a known id.
@@ -92,7 +120,7 @@ impl OrderReader {
             {
                 orders.push(codec::decode(&kv?.1)?);
             }
-            return Ok(OrderPage { orders, total });
+            return with_revisions(orders, total);
         }
 
         // Walk the narrower index. A status is always checked on the loaded order too: the
@@ -121,7 +149,7 @@ impl OrderReader {
             }
             total += 1;
         }
-        Ok(OrderPage { orders, total })
+        with_revisions(orders, total)
     }
 
     /// The user whose token hashes to `hash`.

@@ -78,6 +78,8 @@ pub struct StateMachineStore {
     /// Files being received from the leader (`begin_receiving_snapshot`), found again by
     /// inode when openraft hands one back to `install_snapshot`.
     receiving: Arc<std::sync::Mutex<Vec<PathBuf>>>,
+    /// How much of the change log this node keeps (trimmed as it applies).
+    retention: super::ChangeRetention,
 }
 
 impl StateMachineStore {
@@ -85,6 +87,7 @@ impl StateMachineStore {
         db: sled::Db,
         snapshot_dir: PathBuf,
         floor: Arc<AppliedFloor>,
+        retention: super::ChangeRetention,
     ) -> Result<StateMachineStore, StoreError> {
         let sm = db.open_tree("sm")?;
         let raft = db.open_tree("raft")?;
@@ -97,6 +100,7 @@ impl StateMachineStore {
             view: Arc::new(SnapshotView::default()),
             floor,
             receiving: Default::default(),
+            retention,
         };
         if store.raft.get(keys::INSTALLING)?.is_some() {
             tracing::warn!(
@@ -106,6 +110,7 @@ impl StateMachineStore {
         }
         let (applied, _) = store.applied_state_sync()?;
         store.floor.set_applied(applied.map(|l| l.index));
+        store.reader.publish_revision()?;
         Ok(store)
     }
 
@@ -134,6 +139,7 @@ impl StateMachineStore {
             view: self.view.clone(),
             floor: self.floor.clone(),
             receiving: self.receiving.clone(),
+            retention: self.retention,
         }
     }
 
@@ -183,6 +189,7 @@ impl StateMachineStore {
         self.db.flush()?;
         self.raft.remove(keys::INSTALLING)?;
         self.db.flush()?;
+        self.reader.publish_revision()?;
         Ok(meta)
     }
 
@@ -364,12 +371,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 results.push(outcomes);
                 last = Some(entry.log_id);
             }
+            super::changes::trim(&mut ov, &self.reader.sm, self.retention)
+                .map_err(StoreError::into_write)?;
             put_encoded(&mut ov, keys::APPLIED, &last).map_err(StoreError::into_write)?;
             self.view
                 .before_write(self.sm(), ov.keys())
                 .map_err(|e| StoreError::from(e).into_write())?;
             ov.commit().map_err(|e| StoreError::from(e).into_write())?;
             self.floor.set_applied(last.map(|l| l.index));
+            self.reader
+                .publish_revision()
+                .map_err(StoreError::into_read)?;
         }
         if clamped > 0 {
             tracing::warn!(

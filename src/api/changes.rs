@@ -1,0 +1,299 @@
+//! `GET /api/orders/changes`: the change feed, as Server-Sent Events.
+//!
+//! Each event is one applied change from this node's change log (`store::changes`): `id:` its
+//! revision, `event:` `order.created` or `order.status_changed`, `data:` a `wire::ChangeJson`.
+//! Only committed, applied changes exist there, in revision order, the same on every node; a
+//! follower's stream may trail the leader's but never differs from it. A subscriber starts
+//! after `?since=` (or the `Last-Event-ID` it reconnects with), else after the newest change;
+//! `customer_id` and `status` filter (by the order as the change left it).
+//!
+//! Cost is bounded per subscriber: the stream reads the log a batch at a time, only as fast
+//! as the client takes events (a slow client is held back by its own socket, not by memory
+//! here). One that is more than `max_lag` revisions behind and took no event for longer than
+//! `lag_grace` (its socket stayed full: a consumer catching up takes events without pause)
+//! gets a final `feed.lagged` event naming the revision to resume from, and is disconnected;
+//! one whose position was trimmed meanwhile gets `feed.gone`. A node serves at most `max_subscribers` streams (503
+//! beyond). Comment lines keep idle streams alive. Streams end when the node shuts down.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::orders::{parse_query, query_value};
+use super::AppState;
+use crate::order::{Change, OrderStatus};
+use crate::store::OrderReader;
+use crate::wire::ChangeJson;
+
+/// `ordo serve`'s defaults for the feed.
+pub const DEFAULT_HEARTBEAT_MS: u64 = 15_000;
+pub const DEFAULT_MAX_SUBSCRIBERS: usize = 1000;
+pub const DEFAULT_MAX_LAG: u64 = 10_000;
+pub const DEFAULT_LAG_GRACE_MS: u64 = 30_000;
+
+/// Changes read from the store at once, per subscriber: its whole buffer.
+const READ_BATCH: usize = 256;
+
+/// The feed's settings and its subscribers, per node.
+pub struct ChangeFeed {
+    pub heartbeat: Duration,
+    pub max_subscribers: usize,
+    pub max_lag: u64,
+    pub lag_grace: Duration,
+    subscribers: AtomicUsize,
+    /// True once the node is stopping: streams end.
+    stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+impl ChangeFeed {
+    pub fn new(
+        heartbeat: Duration,
+        max_subscribers: usize,
+        max_lag: u64,
+        lag_grace: Duration,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Arc<ChangeFeed> {
+        Arc::new(ChangeFeed {
+            heartbeat,
+            max_subscribers,
+            max_lag: max_lag.max(1),
+            lag_grace,
+            subscribers: AtomicUsize::new(0),
+            stopping,
+        })
+    }
+
+    /// A subscriber slot, if one is free.
+    fn subscribe(self: &Arc<Self>) -> Option<Slot> {
+        let taken = self.subscribers.fetch_add(1, Ordering::SeqCst);
+        if taken >= self.max_subscribers {
+            self.subscribers.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        crate::telemetry::feed_subscribers(taken as f64 + 1.0);
+        Some(Slot(self.clone()))
+    }
+}
+
+/// A taken subscriber slot, given back when the stream is dropped.
+struct Slot(Arc<ChangeFeed>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let left = self.0.subscribers.fetch_sub(1, Ordering::SeqCst) - 1;
+        crate::telemetry::feed_subscribers(left as f64);
+    }
+}
+
+/// Which changes a subscriber wants.
+#[derive(Clone)]
+struct Filter {
+    customer_id: Option<String>,
+    status: Option<OrderStatus>,
+}
+
+impl Filter {
+    fn wants(&self, change: &Change) -> bool {
+        self.customer_id
+            .as_ref()
+            .is_none_or(|c| *c == change.order.customer_id)
+            && self.status.is_none_or(|s| s == change.order.status)
+    }
+}
+
+/// Parses a revision given by the client (`since`, `Last-Event-ID`).
+fn parse_revision(name: &str, raw: &str) -> Result<u64, ApiError> {
+    match raw.trim().parse::<u64>() {
+        Ok(r) if raw.trim().bytes().all(|b| b.is_ascii_digit()) => Ok(r),
+        _ => Err(ApiError::InvalidQuery(format!(
+            "{name} must be a revision (a non-negative integer), got {raw:?}"
+        ))),
+    }
+}
+
+#[utoipa::path(
+    get, path = "/api/orders/changes", tag = "orders", operation_id = "watch_orders",
+    params(super::openapi::ChangesQuery, super::openapi::LastEventIdHeader),
+    responses(
+        (status = 200, description = "An endless text/event-stream: events `order.created` and \
+            `order.status_changed` (`id:` the revision, `data:` a ChangeJson); a final \
+            `feed.lagged` (`data: {\"resume_from\": REV}`) or `feed.gone` \
+            (`data: {\"oldest_revision\": REV}`) before the node ends a stream; comment lines \
+            as heartbeats",
+         content_type = "text/event-stream", body = ChangeJson),
+        (status = 410, description = "`since` is older than the node's change log: re-list \
+            (GET /api/orders gives the revision to watch from) and watch from there \
+            (code: revision_gone; `oldest_revision` names the oldest change held)",
+         body = crate::wire::ErrorBody),
+    )
+)]
+pub async fn changes(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs = parse_query(query, &["since", "customer_id", "status"])?;
+    let last_event_id = match headers.get("last-event-id") {
+        Some(v) => Some(parse_revision(
+            "Last-Event-ID",
+            v.to_str()
+                .map_err(|_| ApiError::InvalidQuery("Last-Event-ID is not ASCII".into()))?,
+        )?),
+        None => None,
+    };
+    let since = match query_value(&pairs, "since") {
+        Some(raw) => Some(parse_revision("since", raw)?),
+        None => None,
+    };
+    let status = match query_value(&pairs, "status") {
+        None | Some("") => None,
+        Some(s) => Some(
+            OrderStatus::parse(s)
+                .ok_or_else(|| ApiError::InvalidQuery(format!("unknown status {s:?}")))?,
+        ),
+    };
+    let filter = Filter {
+        customer_id: query_value(&pairs, "customer_id")
+            .filter(|c| !c.is_empty())
+            .map(String::from),
+        status,
+    };
+    let slot = state
+        .feed
+        .subscribe()
+        .ok_or_else(|| ApiError::Unavailable("this node serves its most change-feed subscribers; retry, or watch through another node".into()))?;
+    let reader = state.reader.clone();
+    let bounds = {
+        let reader = reader.clone();
+        tokio::task::spawn_blocking(move || reader.changes_from(u64::MAX, 0))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??
+    };
+    // A reconnecting EventSource repeats its first URL: its Last-Event-ID is the newer word.
+    let after = last_event_id.or(since).unwrap_or(bounds.newest);
+    if after + 1 < bounds.oldest && after < bounds.newest {
+        return Err(ApiError::RevisionGone {
+            since: after,
+            oldest: bounds.oldest,
+        });
+    }
+    let feed = Feed {
+        reader,
+        next: after + 1,
+        filter,
+        buffer: VecDeque::new(),
+        revisions: state.reader.watch_revision(),
+        stopping: state.feed.stopping.clone(),
+        max_lag: state.feed.max_lag,
+        lag_grace: state.feed.lag_grace,
+        last_taken: tokio::time::Instant::now(),
+        done: false,
+        _slot: slot,
+    };
+    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+        let event = feed.next_event().await?;
+        Some((Ok::<Event, Infallible>(event), feed))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(state.feed.heartbeat))
+        .into_response())
+}
+
+/// One subscriber's position in the change log.
+struct Feed {
+    reader: OrderReader,
+    /// The revision to send next.
+    next: u64,
+    filter: Filter,
+    /// Read but not yet sent (at most `READ_BATCH`).
+    buffer: VecDeque<Change>,
+    revisions: tokio::sync::watch::Receiver<u64>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    max_lag: u64,
+    lag_grace: Duration,
+    /// When the client last took an event (the stream was last polled for one).
+    last_taken: tokio::time::Instant,
+    /// A final event was sent.
+    done: bool,
+    _slot: Slot,
+}
+
+impl Feed {
+    /// The next event to send, or `None` to end the stream.
+    async fn next_event(&mut self) -> Option<Event> {
+        if self.done {
+            return None;
+        }
+        // How long the client took to ask for more after the last event was handed out.
+        let waited = self.last_taken.elapsed();
+        let event = self.find_event(waited).await;
+        self.last_taken = tokio::time::Instant::now();
+        event
+    }
+
+    async fn find_event(&mut self, waited: Duration) -> Option<Event> {
+        // A client that took no event for a while, now far behind the newest change: cut
+        // it off with where to resume (it may reconnect and read on).
+        let newest = *self.revisions.borrow();
+        if waited > self.lag_grace && newest.saturating_sub(self.next) > self.max_lag {
+            return Some(self.last_words(
+                "feed.lagged",
+                serde_json::json!({ "resume_from": self.next - 1 }),
+            ));
+        }
+        loop {
+            while let Some(change) = self.buffer.pop_front() {
+                self.next = change.revision + 1;
+                if self.filter.wants(&change) {
+                    let data = ChangeJson::from(&change);
+                    return Event::default()
+                        .id(change.revision.to_string())
+                        .event(data.kind.clone())
+                        .json_data(&data)
+                        .ok();
+                }
+            }
+            if *self.stopping.borrow() {
+                return None;
+            }
+            let reader = self.reader.clone();
+            let next = self.next;
+            let page = tokio::task::spawn_blocking(move || reader.changes_from(next, READ_BATCH))
+                .await
+                .ok()?
+                .ok()?;
+            if !page.changes.is_empty() {
+                self.buffer.extend(page.changes);
+                continue;
+            }
+            if self.next <= page.newest {
+                // Its next change is no longer held: trimmed while this subscriber was behind.
+                return Some(self.last_words(
+                    "feed.gone",
+                    serde_json::json!({ "oldest_revision": page.oldest }),
+                ));
+            }
+            // Caught up: wait for a newer revision, or the node stopping.
+            let seen = self.next - 1;
+            tokio::select! {
+                changed = self.revisions.wait_for(|r| *r > seen) => {
+                    changed.ok()?;
+                }
+                _ = self.stopping.wait_for(|s| *s) => return None,
+            }
+        }
+    }
+
+    fn last_words(&mut self, name: &str, data: serde_json::Value) -> Event {
+        self.done = true;
+        Event::default().event(name).data(data.to_string())
+    }
+}

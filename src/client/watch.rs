@@ -1,0 +1,306 @@
+//! `Client::watch`: the change feed (`GET /api/orders/changes`) as a stream of changes that
+//! survives a dying node.
+//!
+//! The stream remembers the last revision it delivered. When its node fails (the connection
+//! drops, or nothing arrives, not even a heartbeat, for `idle_timeout`), or the node cuts it
+//! off for lagging, it reconnects to another node and resumes right after that revision
+//! (`Last-Event-ID`), skipping anything at or below it: no gap, no duplicate. It ends with an
+//! error when no node can be reached for the client's deadline, or when the nodes no longer
+//! hold the changes after its position (`RevisionGone`: list again, then watch from the
+//! listing's revision).
+
+use std::time::Duration;
+
+use futures_util::Stream;
+use tokio::time::Instant;
+
+use super::{error_of, with_causes, Client, ClientError};
+use crate::wire::{ChangeJson, ORDER_CREATED, ORDER_STATUS_CHANGED};
+
+/// Which changes to watch.
+#[derive(Debug, Clone, Default)]
+pub struct WatchFilter {
+    pub customer_id: Option<String>,
+    /// Only changes that leave an order in this status.
+    pub status: Option<String>,
+}
+
+/// How long a stream may stay silent (no event, no heartbeat) before the client takes its
+/// node for dead: three of the nodes' default 15 s heartbeats.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// One server-sent event, as far as the feed uses them.
+#[derive(Debug, Default)]
+struct SseEvent {
+    event: String,
+    data: String,
+}
+
+/// An open stream from one node, and the bytes of an event not yet complete.
+struct Connection {
+    response: reqwest::Response,
+    pending: Vec<u8>,
+}
+
+struct WatchState<'c> {
+    client: &'c Client,
+    /// The last revision delivered (or the starting point).
+    last: u64,
+    filter: WatchFilter,
+    idle_timeout: Duration,
+    connection: Option<Connection>,
+    /// Complete events read but not yet looked at.
+    ready: std::collections::VecDeque<SseEvent>,
+    /// Reconnects in a row without an event, for backoff.
+    failures: u32,
+    finished: bool,
+}
+
+impl Client {
+    /// Changes after revision `since` (in revision order, each once), for as long as the
+    /// stream is polled; see the module comment.
+    pub fn watch(
+        &self,
+        since: u64,
+        filter: WatchFilter,
+        idle_timeout: Duration,
+    ) -> impl Stream<Item = Result<ChangeJson, ClientError>> + '_ {
+        let state = WatchState {
+            client: self,
+            last: since,
+            filter,
+            idle_timeout,
+            connection: None,
+            ready: Default::default(),
+            failures: 0,
+            finished: false,
+        };
+        futures_util::stream::unfold(state, |mut state| async move {
+            if state.finished {
+                return None;
+            }
+            let item = state.next_change().await;
+            if item.is_err() {
+                state.finished = true;
+            }
+            Some((item, state))
+        })
+    }
+}
+
+impl WatchState<'_> {
+    async fn next_change(&mut self) -> Result<ChangeJson, ClientError> {
+        loop {
+            while let Some(event) = self.ready.pop_front() {
+                match event.event.as_str() {
+                    ORDER_CREATED | ORDER_STATUS_CHANGED => {
+                        let change: ChangeJson =
+                            serde_json::from_str(&event.data).map_err(|e| ClientError::Server {
+                                status: 200,
+                                code: "internal".into(),
+                                message: format!("undecodable change event: {e}"),
+                            })?;
+                        if change.revision > self.last {
+                            self.last = change.revision;
+                            self.failures = 0;
+                            return Ok(change);
+                        }
+                    }
+                    "feed.gone" => {
+                        let oldest = serde_json::from_str::<serde_json::Value>(&event.data)
+                            .ok()
+                            .and_then(|v| v["oldest_revision"].as_u64())
+                            .unwrap_or(0);
+                        return Err(ClientError::RevisionGone {
+                            since: self.last,
+                            oldest,
+                        });
+                    }
+                    // `feed.lagged`: the node let go of us; resume from `last` elsewhere.
+                    _ => self.connection = None,
+                }
+            }
+            if self.connection.is_none() {
+                self.connect().await?;
+            }
+            self.read_events().await;
+        }
+    }
+
+    /// Opens a stream from the next node that takes one, within the client's deadline.
+    async fn connect(&mut self) -> Result<(), ClientError> {
+        let deadline = Instant::now() + self.client.config.deadline;
+        let mut last_error = String::from("no attempt was made");
+        let mut attempts = 0;
+        while Instant::now() < deadline && attempts < 1000 {
+            attempts += 1;
+            if self.failures > 0 {
+                tokio::time::sleep(self.client.backoff(self.failures)).await;
+            }
+            self.failures += 1;
+            let node = self.client.pick(false);
+            let mut query: Vec<(&str, String)> = vec![("since", self.last.to_string())];
+            if let Some(c) = &self.filter.customer_id {
+                query.push(("customer_id", c.clone()));
+            }
+            if let Some(s) = &self.filter.status {
+                query.push(("status", s.clone()));
+            }
+            let url = format!(
+                "{}/api/orders/changes?{}",
+                self.client.config.nodes[node],
+                serde_urlencoded::to_string(&query).unwrap_or_default()
+            );
+            let mut req = self
+                .client
+                .http
+                .get(url)
+                .header("Last-Event-ID", self.last.to_string())
+                .header(reqwest::header::ACCEPT, "text/event-stream");
+            if let Some(token) = &self.client.config.token {
+                req = req.bearer_auth(token);
+            }
+            // Only the answer's head is timed here; the body is timed by `idle_timeout`.
+            let answer = tokio::time::timeout(self.client.config.attempt_timeout, req.send()).await;
+            match answer {
+                Ok(Ok(resp)) if resp.status().is_success() => {
+                    self.connection = Some(Connection {
+                        response: resp,
+                        pending: Vec::new(),
+                    });
+                    return Ok(());
+                }
+                Ok(Ok(resp)) => {
+                    let status = resp.status();
+                    let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                    if status == reqwest::StatusCode::GONE {
+                        return Err(ClientError::RevisionGone {
+                            since: self.last,
+                            oldest: body["error"]["oldest_revision"].as_u64().unwrap_or(0),
+                        });
+                    }
+                    match self.client.retry_reason(node, status, &body) {
+                        Some(reason) => last_error = reason,
+                        None => return Err(error_of(status, body)),
+                    }
+                    self.client.mark_failed(node);
+                }
+                Ok(Err(e)) => {
+                    last_error = format!("{}: {}", self.client.config.nodes[node], with_causes(&e));
+                    self.client.mark_failed(node);
+                }
+                Err(_) => {
+                    last_error = format!("{}: no answer in time", self.client.config.nodes[node]);
+                    self.client.mark_failed(node);
+                }
+            }
+        }
+        Err(ClientError::Unavailable {
+            attempts,
+            last: last_error,
+            idempotency_key: None,
+            no_connection: false,
+            last_code: None,
+        })
+    }
+
+    /// Reads from the open stream until at least one event is complete; drops the connection
+    /// when it ends, fails or stays silent past `idle_timeout`.
+    async fn read_events(&mut self) {
+        let Some(conn) = self.connection.as_mut() else {
+            return;
+        };
+        loop {
+            match tokio::time::timeout(self.idle_timeout, conn.response.chunk()).await {
+                Ok(Ok(Some(bytes))) => {
+                    conn.pending.extend_from_slice(&bytes);
+                    let found = take_events(&mut conn.pending);
+                    if !found.is_empty() || conn.pending.len() > 16 << 20 {
+                        self.ready.extend(found);
+                        if conn.pending.len() > 16 << 20 {
+                            self.connection = None; // not an event stream
+                        }
+                        return;
+                    }
+                }
+                // Ended, failed or silent: the node is gone for us.
+                _ => {
+                    self.connection = None;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Takes the complete events (each ended by a blank line) off the front of `buf`. Comment
+/// lines (heartbeats) and fields other than `event` and `data` are skipped; an incomplete
+/// event stays in `buf`.
+fn take_events(buf: &mut Vec<u8>) -> Vec<SseEvent> {
+    let mut events = Vec::new();
+    let mut event = SseEvent::default();
+    let mut any = false;
+    let mut start = 0; // where the next line begins
+    let mut consumed = 0; // bytes of the complete events
+    while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
+        let line = &buf[start..start + nl];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        start += nl + 1;
+        if line.is_empty() {
+            if any {
+                events.push(std::mem::take(&mut event));
+            }
+            any = false;
+            consumed = start;
+            continue;
+        }
+        if line.starts_with(b":") {
+            continue;
+        }
+        let line = String::from_utf8_lossy(line);
+        let (field, value) = line.split_once(':').unwrap_or((&line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => {
+                event.event = value.to_string();
+                any = true;
+            }
+            "data" => {
+                if any && !event.data.is_empty() {
+                    event.data.push('\n');
+                }
+                event.data.push_str(value);
+                any = true;
+            }
+            _ => {}
+        }
+    }
+    buf.drain(..consumed);
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_cut_at_blank_lines_and_heartbeats_skipped() {
+        let mut buf = b": heartbeat\n\nid: 3\nevent: order.created\ndata: {\"a\":1}\n\nid: 4\nevent: order.st"
+            .to_vec();
+        let events = take_events(&mut buf);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event, "order.created");
+        assert_eq!(events[0].data, "{\"a\":1}");
+        assert_eq!(
+            buf,
+            b"id: 4\nevent: order.st".to_vec(),
+            "the partial event stays"
+        );
+        buf.extend_from_slice(b"atus_changed\r\ndata: x\r\n\r\n");
+        let events = take_events(&mut buf);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event, "order.status_changed");
+        assert_eq!(events[0].data, "x");
+        assert!(buf.is_empty());
+    }
+}

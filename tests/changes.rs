@@ -1,0 +1,362 @@
+//! The change feed (`GET /api/orders/changes`), with real `ordo serve` processes: every
+//! change once and in order through a leader kill and a follower restart; retention and the
+//! 410 with list-then-watch; a consumer that falls behind is cut off with a resume revision;
+//! many filtered subscribers at once.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use ordo::client::{Client, ClientConfig, ClientError, NewOrderRequest, WatchFilter};
+use ordo::wire::{ChangeJson, OrderListJson};
+use tokio::time::Instant;
+
+fn client_for(cluster: &TestCluster) -> Client {
+    let mut config = ClientConfig::new(cluster.ids().into_iter().map(|id| cluster.url(id, "")));
+    config.deadline = Duration::from_secs(30);
+    Client::new(config)
+}
+
+/// The cluster's newest revision, from a linearizable listing.
+async fn newest_revision(client: &Client) -> u64 {
+    let q = ordo::client::ListQuery {
+        per_page: Some(1),
+        ..Default::default()
+    };
+    client
+        .list_orders(&q, ordo::client::ReadMode::Linearizable)
+        .await
+        .unwrap()
+        .value
+        .revision
+        .unwrap()
+}
+
+/// Every order, as a linearizable listing shows them.
+async fn all_listed(client: &Client) -> (Vec<ordo::wire::OrderJson>, u64) {
+    let mut orders = Vec::new();
+    let mut revision = None;
+    for page in 1..10_000 {
+        let q = ordo::client::ListQuery {
+            page: Some(page),
+            per_page: Some(100),
+            ..Default::default()
+        };
+        let list: OrderListJson = client
+            .list_orders(&q, ordo::client::ReadMode::Linearizable)
+            .await
+            .unwrap()
+            .value;
+        revision.get_or_insert(list.revision.unwrap());
+        let done = list.orders.len() < 100;
+        orders.extend(list.orders);
+        if done {
+            break;
+        }
+    }
+    (orders, revision.unwrap())
+}
+
+/// Collects a watch's changes in the background until it has seen `until` (or fails).
+fn collect(
+    client: Arc<Client>,
+    since: u64,
+    filter: WatchFilter,
+) -> (
+    Arc<Mutex<Vec<ChangeJson>>>,
+    tokio::task::JoinHandle<Option<ClientError>>,
+) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let into = seen.clone();
+    let task = tokio::spawn(async move {
+        let changes = client.watch(since, filter, Duration::from_secs(5));
+        futures_util::pin_mut!(changes);
+        while let Some(change) = changes.next().await {
+            match change {
+                Ok(c) => into.lock().unwrap().push(c),
+                Err(e) => return Some(e),
+            }
+        }
+        None
+    });
+    (seen, task)
+}
+
+async fn wait_for_revision(seen: &Mutex<Vec<ChangeJson>>, revision: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.lock().unwrap().last().map_or(0, |c| c.revision) < revision {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the watch never reached revision {revision} (at {:?})",
+            seen.lock().unwrap().last().map(|c| c.revision)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_sees_every_change_once_in_order_through_a_leader_kill_and_a_follower_restart() {
+    let mut cluster = start_cluster(3).await;
+    let client = Arc::new(client_for(&cluster));
+    let (seen, watcher) = collect(client.clone(), 0, WatchFilter::default());
+
+    // Writes: creates and status changes, through the client (which retries on failover).
+    let mut ids = Vec::new();
+    let write_round = |client: Arc<Client>, round: usize| async move {
+        let mut made = Vec::new();
+        for i in 0..15 {
+            let order = client
+                .create_order(
+                    &NewOrderRequest::new(format!("c{}", i % 3)).item("x", 1, 100),
+                    None,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("round {round} create {i}: {e}"))
+                .order;
+            if i % 2 == 0 {
+                client
+                    .set_status(order.id, "paid", None, None)
+                    .await
+                    .unwrap_or_else(|e| panic!("round {round} pay {}: {e}", order.id));
+            }
+            made.push(order.id);
+        }
+        made
+    };
+    ids.extend(write_round(client.clone(), 1).await);
+
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    cluster.kill(leader);
+    ids.extend(write_round(client.clone(), 2).await);
+
+    let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    cluster.stop(follower).await;
+    cluster.spawn(leader);
+    ids.extend(write_round(client.clone(), 3).await);
+    cluster.spawn(follower);
+    ids.extend(write_round(client.clone(), 4).await);
+
+    let newest = newest_revision(&client).await;
+    wait_for_revision(&seen, newest, "after the writes").await;
+    watcher.abort();
+    let seen = seen.lock().unwrap().clone();
+
+    // Exactly revisions 1..=newest, each once, in order.
+    let revisions: Vec<u64> = seen.iter().map(|c| c.revision).collect();
+    assert_eq!(revisions, (1..=newest).collect::<Vec<_>>());
+    // 60 creates and 4 x 8 status changes, none lost or doubled.
+    let count = |kind: &str| seen.iter().filter(|c| c.kind == kind).count();
+    assert_eq!(
+        (count("order.created"), count("order.status_changed")),
+        (ids.len(), 32)
+    );
+    assert_eq!(newest as usize, ids.len() + 32);
+    // Folding the events gives the final listing, order for order.
+    let mut folded: BTreeMap<u64, ordo::wire::OrderJson> = BTreeMap::new();
+    for c in &seen {
+        folded.insert(c.order.id, c.order.clone());
+    }
+    let (listed, _) = all_listed(&client).await;
+    assert_eq!(folded.into_values().collect::<Vec<_>>(), listed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_since_below_retention_is_410_and_list_then_watch_misses_nothing() {
+    let args = vec!["--changes-keep".to_string(), "10".to_string()];
+    let mut cluster = TestCluster::new(Path::new(BIN), 3, None, args);
+    cluster.start_all().await;
+    let client = Arc::new(client_for(&cluster));
+    for i in 0..30 {
+        client
+            .create_order(&NewOrderRequest::new("r").item("x", 1, i), None)
+            .await
+            .unwrap();
+    }
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let (status, body) = send(
+        cluster
+            .http
+            .get(cluster.url(leader, "/api/orders/changes?since=0")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 410, "{body}");
+    assert_eq!(body["error"]["code"], "revision_gone");
+    let oldest = body["error"]["oldest_revision"].as_u64().unwrap();
+    assert!((21..=30).contains(&oldest), "{body}");
+    // The client says the same, typed.
+    let (_, failed) = collect(client.clone(), 0, WatchFilter::default());
+    assert!(matches!(
+        failed.await.unwrap(),
+        Some(ClientError::RevisionGone { .. })
+    ));
+
+    // List, then watch from the listing's revision: the listing plus the events make every
+    // order, none missing.
+    let (listed, revision) = all_listed(&client).await;
+    assert_eq!((listed.len(), revision), (30, 30));
+    let (seen, watcher) = collect(client.clone(), revision, WatchFilter::default());
+    for i in 0..5 {
+        client
+            .create_order(&NewOrderRequest::new("after").item("x", 1, i), None)
+            .await
+            .unwrap();
+    }
+    wait_for_revision(&seen, 35, "list then watch").await;
+    watcher.abort();
+    let ids: Vec<u64> = seen.lock().unwrap().iter().map(|c| c.order.id).collect();
+    assert_eq!(ids, (31..=35).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_falls_behind_is_cut_off_with_where_to_resume() {
+    let args = ["--changes-max-lag", "50", "--changes-lag-grace-ms", "500"];
+    let args = args.iter().map(|s| s.to_string()).collect();
+    let mut cluster = TestCluster::new(Path::new(BIN), 3, None, args);
+    cluster.start_all().await;
+    let client = Arc::new(client_for(&cluster));
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    // Opened, then not read while 3000 changes of about 1.3 KB happen: far more than the
+    // socket buffers between the two hold, so the node's stream stalls.
+    // A raw connection with a 4 KiB receive buffer, so that not reading soon fills the path
+    // between the node and the client and the node's stream stalls (the kernel's default
+    // buffers on loopback would take megabytes first).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr = cluster.nodes[&leader].addr.parse().unwrap();
+    let mut conn = socket.connect(addr).await.unwrap();
+    conn.write_all(
+        b"GET /api/orders/changes?since=0 HTTP/1.1\r\nHost: ordo\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        conn.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let note = "n".repeat(1000);
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (client, note) = (client.clone(), note.clone());
+            tokio::spawn(async move {
+                for i in 0..375u64 {
+                    let order = NewOrderRequest::new("slow")
+                        .item("x", 1, i)
+                        .note(note.clone());
+                    client
+                        .create_order(&order, None)
+                        .await
+                        .unwrap_or_else(|e| panic!("writer {w}: {e}"));
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    // Reading now: some events, then the last words, then the end (the node closes).
+    let mut text = String::new();
+    let read_all = async {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), read_all)
+        .await
+        .expect("the node neither cut the stream off nor ended it");
+    let last = text
+        .split("\n\n")
+        .filter(|e| e.contains("event:"))
+        .last()
+        .unwrap_or_default();
+    assert!(last.contains("event: feed.lagged"), "{last}");
+    let data = last.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+    let resume: serde_json::Value = serde_json::from_str(data).unwrap();
+    let resume_from = resume["resume_from"].as_u64().unwrap();
+    // The last event it was sent is the one to resume after.
+    let sent: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: ")?.parse().ok())
+        .collect();
+    assert_eq!(sent.last().copied().unwrap_or(0), resume_from, "{sent:?}");
+    assert!(resume_from < 3000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_filtered_subscribers_get_exactly_their_changes() {
+    let cluster = start_cluster(3).await;
+    let client = Arc::new(client_for(&cluster));
+    let start = newest_revision(&client).await;
+    let customers = ["ann", "bob", "cid", "dee"];
+    let mut watchers = Vec::new();
+    for i in 0..100 {
+        let filter = WatchFilter {
+            customer_id: Some(customers[i % 4].to_string()),
+            status: (i % 2 == 1).then(|| "paid".to_string()),
+        };
+        let (seen, task) = collect(client.clone(), start, filter.clone());
+        watchers.push((filter, seen, task));
+    }
+    let mut expected: BTreeMap<(String, Option<String>), Vec<u64>> = BTreeMap::new();
+    let mut revision = start;
+    for i in 0..40u64 {
+        let customer = customers[(i % 4) as usize];
+        let order = client
+            .create_order(&NewOrderRequest::new(customer).item("x", 1, i), None)
+            .await
+            .unwrap()
+            .order;
+        revision += 1;
+        expected
+            .entry((customer.to_string(), None))
+            .or_default()
+            .push(revision);
+        if i % 3 == 0 {
+            client
+                .set_status(order.id, "paid", None, None)
+                .await
+                .unwrap();
+            revision += 1;
+            for status in [None, Some("paid".to_string())] {
+                expected
+                    .entry((customer.to_string(), status))
+                    .or_default()
+                    .push(revision);
+            }
+        }
+    }
+    assert_eq!(newest_revision(&client).await, revision);
+    for (filter, seen, task) in watchers {
+        let key = (filter.customer_id.clone().unwrap(), filter.status.clone());
+        let want = expected.get(&key).cloned().unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let got: Vec<u64> = seen.lock().unwrap().iter().map(|c| c.revision).collect();
+            if got.len() >= want.len() {
+                assert_eq!(got, want, "{key:?}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{key:?}: {got:?} of {want:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        task.abort();
+    }
+}
