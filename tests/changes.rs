@@ -17,7 +17,15 @@ use ordo::wire::{ChangeJson, OrderListJson};
 use tokio::time::Instant;
 
 fn client_for(cluster: &TestCluster) -> Client {
-    let mut config = ClientConfig::new(cluster.ids().into_iter().map(|id| cluster.url(id, "")));
+    client_starting_at(cluster, cluster.ids()[0])
+}
+
+/// A client whose first pick is node `first` (it goes round the list from there).
+fn client_starting_at(cluster: &TestCluster, first: u64) -> Client {
+    let mut ids = cluster.ids();
+    let at = ids.iter().position(|id| *id == first).unwrap();
+    ids.rotate_left(at);
+    let mut config = ClientConfig::new(ids.into_iter().map(|id| cluster.url(id, "")));
     config.deadline = Duration::from_secs(30);
     Client::new(config)
 }
@@ -74,7 +82,9 @@ fn collect(
     let seen = Arc::new(Mutex::new(Vec::new()));
     let into = seen.clone();
     let task = tokio::spawn(async move {
-        let changes = client.watch(since, filter, Duration::from_secs(5));
+        // Longer than the nodes' 15 s heartbeat: a stream that stops delivering must not be
+        // rescued by reconnecting after a silence.
+        let changes = client.watch(since, filter, Duration::from_secs(60));
         futures_util::pin_mut!(changes);
         while let Some(change) = changes.next().await {
             match change {
@@ -103,7 +113,10 @@ async fn wait_for_revision(seen: &Mutex<Vec<ChangeJson>>, revision: u64, what: &
 async fn a_watch_sees_every_change_once_in_order_through_a_leader_kill_and_a_follower_restart() {
     let mut cluster = start_cluster(3).await;
     let client = Arc::new(client_for(&cluster));
-    let (seen, watcher) = collect(client.clone(), 0, WatchFilter::default());
+    // The watch streams from the leader first, so that killing the leader kills its stream.
+    let first_leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let watching = Arc::new(client_starting_at(&cluster, first_leader));
+    let (seen, watcher) = collect(watching, 0, WatchFilter::default());
 
     // Writes: creates and status changes, through the client (which retries on failover).
     let mut ids = Vec::new();
@@ -344,19 +357,166 @@ async fn a_hundred_filtered_subscribers_get_exactly_their_changes() {
         }
     }
     assert_eq!(newest_revision(&client).await, revision);
-    for (filter, seen, task) in watchers {
+    for (filter, seen, _) in &watchers {
         let key = (filter.customer_id.clone().unwrap(), filter.status.clone());
         let want = expected.get(&key).cloned().unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let got: Vec<u64> = seen.lock().unwrap().iter().map(|c| c.revision).collect();
-            if got.len() >= want.len() {
-                assert_eq!(got, want, "{key:?}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "{key:?}: {got:?} of {want:?}");
+        while seen.lock().unwrap().len() < want.len() {
+            assert!(
+                Instant::now() < deadline,
+                "{key:?}: {:?} of {want:?}",
+                seen.lock().unwrap()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+    // Once all have their count, a last look: exactly the matching changes, each once.
+    for (filter, seen, task) in watchers {
+        let key = (filter.customer_id.clone().unwrap(), filter.status.clone());
+        let got: Vec<u64> = seen.lock().unwrap().iter().map(|c| c.revision).collect();
+        assert_eq!(
+            got,
+            expected.get(&key).cloned().unwrap_or_default(),
+            "{key:?}"
+        );
         task.abort();
     }
+}
+
+/// A filtered watch whose last match is long gone from the change log still resumes after a
+/// failover: the node tells it how far it got (progress marks), not only what matched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_watch_resumes_past_changes_it_did_not_want() {
+    let args = vec!["--changes-keep".to_string(), "20".to_string()];
+    let mut cluster = TestCluster::new(Path::new(BIN), 3, None, args);
+    cluster.start_all().await;
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    let client = Arc::new(client_for(&cluster));
+    // Watches through a follower first (killing it does not stop the writes).
+    let watching = Arc::new(client_starting_at(&cluster, follower));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (into, position_tx) = (seen.clone(), Arc::new(Mutex::new(None)));
+    let position_slot = position_tx.clone();
+    let watcher = tokio::spawn(async move {
+        let filter = WatchFilter {
+            customer_id: Some("rare".into()),
+            status: None,
+        };
+        let (changes, position) = watching.watch_with_position(0, filter, Duration::from_secs(60));
+        *position_slot.lock().unwrap() = Some(position);
+        futures_util::pin_mut!(changes);
+        while let Some(change) = changes.next().await {
+            match change {
+                Ok(c) => into.lock().unwrap().push(c),
+                Err(e) => return Some(e),
+            }
+        }
+        None
+    });
+    let rare = || NewOrderRequest::new("rare").item("x", 1, 1);
+    client.create_order(&rare(), None).await.unwrap();
+    for i in 0..60 {
+        let other = NewOrderRequest::new("other").item("x", 1, i);
+        client.create_order(&other, None).await.unwrap();
+    }
+    // The watch has passed the 60 other changes (it only got a progress mark for them)...
+    let newest = newest_revision(&client).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let at = position_tx.lock().unwrap().as_ref().map(|p| p.get());
+        if at >= Some(newest) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the watch is at {at:?}, not {newest}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ... so when its node dies, it resumes from there on another node, though its last
+    // match (revision 1) is no longer held (the nodes keep 20).
+    cluster.kill(follower);
+    client.create_order(&rare(), None).await.unwrap();
+    wait_for_revision(&seen, newest + 1, "the rare order after the failover").await;
+    assert!(
+        !watcher.is_finished(),
+        "the watch ended: {:?}",
+        watcher.await
+    );
+    watcher.abort();
+    let got: Vec<u64> = seen.lock().unwrap().iter().map(|c| c.order.id).collect();
+    assert_eq!(got, vec![1, 62]);
+}
+
+/// A client that stops reading altogether is disconnected once it has taken no bytes for
+/// `--write-stall-timeout-ms`, and its subscriber slot is free again. With one slot per node
+/// (`--changes-max-subscribers 1`), a second subscriber is refused (503) until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_and_its_slot_freed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let args = [
+        "--write-stall-timeout-ms",
+        "1000",
+        "--changes-max-subscribers",
+        "1",
+    ];
+    let args = args.iter().map(|s| s.to_string()).collect();
+    let mut cluster = TestCluster::new(Path::new(BIN), 3, None, args);
+    cluster.start_all().await;
+    let client = Arc::new(client_for(&cluster));
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket
+        .connect(cluster.nodes[&leader].addr.parse().unwrap())
+        .await
+        .unwrap();
+    conn.write_all(b"GET /api/orders/changes?since=0 HTTP/1.1\r\nHost: ordo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let second = || {
+        cluster
+            .http
+            .get(cluster.url(leader, "/api/orders/changes"))
+            .send()
+    };
+    assert_eq!(second().await.unwrap().status(), 503, "one slot, taken");
+
+    // Enough changes to fill the path to the stalled client (about 4 MB).
+    let note = "n".repeat(1000);
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, note) = (client.clone(), note.clone());
+            tokio::spawn(async move {
+                for i in 0..375u64 {
+                    let order = NewOrderRequest::new("stall")
+                        .item("x", 1, i)
+                        .note(note.clone());
+                    client.create_order(&order, None).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    // The node gives the stalled stream up and its slot with it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = second().await.unwrap().status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            Instant::now() < deadline,
+            "the stalled subscriber still holds its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(conn);
 }

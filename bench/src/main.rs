@@ -4,6 +4,11 @@
 //!
 //! Many tokio tasks share one HTTP/1.1 keep-alive client; each sends one request at a time
 //! (closed loop), spread round-robin over the target nodes.
+//!
+//! With `--feed-subscribers N` (ordo), N change-feed subscribers (`Client::watch`, spread over
+//! the nodes) follow the run: the result adds the commit-to-event latency, from a create's
+//! acknowledgement to each subscriber's event for it. `--feed-replay` instead measures how
+//! fast one subscriber takes the change log from revision 0 (events/s), with no load.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -74,6 +79,24 @@ pub struct BenchArgs {
     /// Sent as `Authorization: Bearer` on every request (ordo nodes run with --auth).
     #[arg(long, env = "ORDO_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Change-feed subscribers following the run (ordo, create workload).
+    #[arg(long, default_value_t = 0)]
+    pub feed_subscribers: usize,
+    /// Only measure one subscriber reading the change log from revision 0.
+    #[arg(long)]
+    pub feed_replay: bool,
+}
+
+/// What the feed subscribers saw.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FeedResult {
+    pub subscribers: usize,
+    pub events: u64,
+    /// From a create's acknowledgement to a subscriber's event for it (0 when the event came
+    /// first).
+    pub commit_to_event_ms: BTreeMap<String, f64>,
+    /// Creates whose event some subscriber never got by the end (should be 0).
+    pub missed: u64,
 }
 
 /// The figures of one run.
@@ -88,6 +111,8 @@ pub struct BenchResult {
     pub throughput_per_sec: f64,
     pub latency_ms: BTreeMap<String, f64>,
     pub errors: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feed: Option<FeedResult>,
 }
 
 struct Shared {
@@ -101,6 +126,8 @@ struct Shared {
     read_range: u64,
     hist: Mutex<Histogram<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
+    /// With feed subscribers: when each created order was acknowledged.
+    acked: Option<Mutex<std::collections::HashMap<u64, Instant>>>,
 }
 
 fn b64(s: &str) -> String {
@@ -160,7 +187,15 @@ impl Shared {
         })?;
         let status = resp.status();
         // Drain the body so the connection can be reused.
-        let _ = resp.bytes().await;
+        let body = resp.bytes().await;
+        if let (Some(acked), true, Ok(body)) = (&self.acked, write, &body) {
+            if let Some(id) = serde_json::from_slice::<Value>(body)
+                .ok()
+                .and_then(|v| v["id"].as_u64())
+            {
+                acked.lock().unwrap().insert(id, Instant::now());
+            }
+        }
         if status.is_success() {
             Ok(())
         } else {
@@ -263,7 +298,16 @@ pub async fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchResult> {
         read_range,
         hist: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
         errors: Mutex::new(BTreeMap::new()),
+        acked: (args.feed_subscribers > 0).then(Default::default),
     });
+    if args.feed_replay {
+        return feed_replay(args, &shared.nodes).await;
+    }
+    let feed = if args.feed_subscribers > 0 {
+        Some(Subscribers::start(args, &shared.nodes).await?)
+    } else {
+        None
+    };
     let start = Instant::now();
     let end = start + Duration::from_secs(args.duration_secs);
     let tasks: Vec<_> = (0..args.concurrency.max(1))
@@ -287,6 +331,13 @@ pub async fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchResult> {
     .collect();
     let workload = format!("{:?}", args.workload).to_lowercase();
     let errors = shared.errors.lock().unwrap().clone();
+    let feed = match feed {
+        Some(subscribers) => {
+            let acked = shared.acked.as_ref().map(|a| a.lock().unwrap().clone());
+            Some(subscribers.finish(args, acked.unwrap_or_default()).await?)
+        }
+        None => None,
+    };
     Ok(BenchResult {
         label: args
             .label
@@ -300,6 +351,168 @@ pub async fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchResult> {
         throughput_per_sec: hist.len() as f64 / seconds,
         latency_ms,
         errors,
+        feed,
+    })
+}
+
+/// A client for the change feed, starting at node `first` of `nodes`.
+fn feed_client(
+    args: &BenchArgs,
+    nodes: &[String],
+    first: usize,
+) -> anyhow::Result<ordo::client::Client> {
+    let mut rotated = nodes.to_vec();
+    rotated.rotate_left(first % nodes.len());
+    let mut config = ordo::client::ClientConfig::new(rotated);
+    config.ca_cert = args.ca_cert.clone();
+    config.token = args.token.clone();
+    config.deadline = Duration::from_secs(30);
+    Ok(ordo::client::Client::try_new(config)?)
+}
+
+/// The newest revision, from a listing.
+async fn newest_revision(client: &ordo::client::Client) -> anyhow::Result<u64> {
+    let q = ordo::client::ListQuery {
+        per_page: Some(1),
+        ..Default::default()
+    };
+    let list = client
+        .list_orders(&q, ordo::client::ReadMode::Linearizable)
+        .await?;
+    list.value
+        .revision
+        .context("the nodes do not report revisions (a build without the change feed?)")
+}
+
+/// One subscriber's create events: (order id, when the event came).
+type Arrivals = Arc<Mutex<Vec<(u64, Instant)>>>;
+
+/// Subscribers following a run.
+struct Subscribers {
+    seen: Vec<Arrivals>,
+    last: Vec<Arc<AtomicU64>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Subscribers {
+    async fn start(args: &BenchArgs, nodes: &[String]) -> anyhow::Result<Subscribers> {
+        use futures_util::StreamExt;
+        let since = newest_revision(&feed_client(args, nodes, 0)?).await?;
+        let mut subscribers = Subscribers {
+            seen: Vec::new(),
+            last: Vec::new(),
+            tasks: Vec::new(),
+        };
+        for i in 0..args.feed_subscribers {
+            let client = feed_client(args, nodes, i)?;
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let last = Arc::new(AtomicU64::new(since));
+            let (into, at) = (seen.clone(), last.clone());
+            subscribers.tasks.push(tokio::spawn(async move {
+                let changes = client.watch(since, Default::default(), Duration::from_secs(45));
+                futures_util::pin_mut!(changes);
+                while let Some(Ok(change)) = changes.next().await {
+                    if change.kind == ordo::wire::ORDER_CREATED {
+                        into.lock().unwrap().push((change.order.id, Instant::now()));
+                    }
+                    at.store(change.revision, Ordering::Relaxed);
+                }
+            }));
+            subscribers.seen.push(seen);
+            subscribers.last.push(last);
+        }
+        Ok(subscribers)
+    }
+
+    /// Waits (bounded) for every subscriber to reach the newest revision, stops them and
+    /// measures, against when each create was acknowledged.
+    async fn finish(
+        self,
+        args: &BenchArgs,
+        acked: std::collections::HashMap<u64, Instant>,
+    ) -> anyhow::Result<FeedResult> {
+        let nodes: Vec<String> = args
+            .nodes
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .collect();
+        let newest = newest_revision(&feed_client(args, &nodes, 0)?).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.last.iter().any(|l| l.load(Ordering::Relaxed) < newest)
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        let (mut events, mut missed) = (0u64, 0u64);
+        for seen in &self.seen {
+            let seen = seen.lock().unwrap();
+            events += seen.len() as u64;
+            let got: std::collections::HashSet<u64> = seen.iter().map(|(id, _)| *id).collect();
+            missed += acked.keys().filter(|id| !got.contains(id)).count() as u64;
+            for (id, at) in seen.iter() {
+                if let Some(ack) = acked.get(id) {
+                    let _ =
+                        hist.record(at.saturating_duration_since(*ack).as_micros().max(1) as u64);
+                }
+            }
+        }
+        let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+        Ok(FeedResult {
+            subscribers: self.seen.len(),
+            events,
+            commit_to_event_ms: [
+                ("p50", ms(0.5)),
+                ("p99", ms(0.99)),
+                ("max", hist.max() as f64 / 1000.0),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            missed,
+        })
+    }
+}
+
+/// One subscriber reads the change log from revision 0 to the newest: events/s.
+async fn feed_replay(args: &BenchArgs, nodes: &[String]) -> anyhow::Result<BenchResult> {
+    use futures_util::StreamExt;
+    let client = feed_client(args, nodes, 0)?;
+    let newest = newest_revision(&client).await?;
+    let start = Instant::now();
+    let mut events = 0u64;
+    {
+        let changes = client.watch(0, Default::default(), Duration::from_secs(45));
+        futures_util::pin_mut!(changes);
+        while let Some(change) = changes.next().await {
+            let change = change?;
+            events += 1;
+            if change.revision >= newest {
+                break;
+            }
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(BenchResult {
+        label: args.label.clone().unwrap_or_else(|| "feed replay".into()),
+        target: "ordo".into(),
+        workload: "feed-replay".into(),
+        concurrency: 1,
+        seconds,
+        ok: events,
+        throughput_per_sec: events as f64 / seconds,
+        latency_ms: BTreeMap::from([
+            ("p50".to_string(), 0.0),
+            ("p90".into(), 0.0),
+            ("p99".into(), 0.0),
+            ("p99.9".into(), 0.0),
+            ("max".into(), 0.0),
+        ]),
+        errors: BTreeMap::new(),
+        feed: None,
     })
 }
 
@@ -315,6 +528,13 @@ fn run(args: BenchArgs) -> anyhow::Result<()> {
         "{:<18} {:<5} {:>9.0}/s  p50 {:.2}ms p90 {:.2}ms p99 {:.2}ms p99.9 {:.2}ms max {:.2}ms  errors {:?}",
         result.label, result.target, result.throughput_per_sec, l["p50"], l["p90"], l["p99"], l["p99.9"], l["max"], result.errors
     );
+    if let Some(feed) = &result.feed {
+        let f = &feed.commit_to_event_ms;
+        println!(
+            "{:<18} feed  {} subscribers, {} events, commit-to-event p50 {:.2}ms p99 {:.2}ms max {:.2}ms, missed {}",
+            result.label, feed.subscribers, feed.events, f["p50"], f["p99"], f["max"], feed.missed
+        );
+    }
     if let Some(path) = &args.json_out {
         std::fs::write(path, serde_json::to_vec_pretty(&result)?)
             .with_context(|| format!("writing {}", path.display()))?;

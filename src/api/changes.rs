@@ -73,11 +73,12 @@ impl ChangeFeed {
 
     /// A subscriber slot, if one is free.
     fn subscribe(self: &Arc<Self>) -> Option<Slot> {
-        let taken = self.subscribers.fetch_add(1, Ordering::SeqCst);
-        if taken >= self.max_subscribers {
-            self.subscribers.fetch_sub(1, Ordering::SeqCst);
-            return None;
-        }
+        let taken = self
+            .subscribers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max_subscribers).then_some(n + 1)
+            })
+            .ok()?;
         crate::telemetry::feed_subscribers(taken as f64 + 1.0);
         Some(Slot(self.clone()))
     }
@@ -173,12 +174,17 @@ pub async fn changes(
     let reader = state.reader.clone();
     let bounds = {
         let reader = reader.clone();
-        tokio::task::spawn_blocking(move || reader.changes_from(u64::MAX, 0))
+        tokio::task::spawn_blocking(move || reader.changes_from(0, 0))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))??
     };
     // A reconnecting EventSource repeats its first URL: its Last-Event-ID is the newer word.
     let after = last_event_id.or(since).unwrap_or(bounds.newest);
+    if after == u64::MAX {
+        return Err(ApiError::InvalidQuery(
+            "no revision comes after 18446744073709551615".into(),
+        ));
+    }
     if after + 1 < bounds.oldest && after < bounds.newest {
         return Err(ApiError::RevisionGone {
             since: after,
@@ -188,6 +194,7 @@ pub async fn changes(
     let feed = Feed {
         reader,
         next: after + 1,
+        sent: after,
         filter,
         buffer: VecDeque::new(),
         revisions: state.reader.watch_revision(),
@@ -212,6 +219,8 @@ struct Feed {
     reader: OrderReader,
     /// The revision to send next.
     next: u64,
+    /// The last revision the client was told of (an event, or a progress mark).
+    sent: u64,
     filter: Filter,
     /// Read but not yet sent (at most `READ_BATCH`).
     buffer: VecDeque<Change>,
@@ -253,6 +262,7 @@ impl Feed {
             while let Some(change) = self.buffer.pop_front() {
                 self.next = change.revision + 1;
                 if self.filter.wants(&change) {
+                    self.sent = change.revision;
                     let data = ChangeJson::from(&change);
                     return Event::default()
                         .id(change.revision.to_string())
@@ -266,10 +276,20 @@ impl Feed {
             }
             let reader = self.reader.clone();
             let next = self.next;
-            let page = tokio::task::spawn_blocking(move || reader.changes_from(next, READ_BATCH))
-                .await
-                .ok()?
-                .ok()?;
+            let page =
+                match tokio::task::spawn_blocking(move || reader.changes_from(next, READ_BATCH))
+                    .await
+                {
+                    Ok(Ok(page)) => page,
+                    // The store failed (or is shutting down): say so, so that a client does not
+                    // come straight back to this node for more of the same.
+                    _ => {
+                        return Some(self.last_words(
+                            "feed.error",
+                            serde_json::json!({ "resume_from": self.next - 1 }),
+                        ))
+                    }
+                };
             if !page.changes.is_empty() {
                 self.buffer.extend(page.changes);
                 continue;
@@ -281,7 +301,14 @@ impl Feed {
                     serde_json::json!({ "oldest_revision": page.oldest }),
                 ));
             }
-            // Caught up: wait for a newer revision, or the node stopping.
+            // Caught up. A filtered stream may have passed changes it did not send: tell the
+            // client how far it got (an event with only an `id:`, which EventSource keeps as
+            // its Last-Event-ID without dispatching), so that it resumes from here.
+            if self.sent < self.next - 1 {
+                self.sent = self.next - 1;
+                return Some(Event::default().id(self.sent.to_string()));
+            }
+            // Wait for a newer revision, or the node stopping.
             let seen = self.next - 1;
             tokio::select! {
                 changed = self.revisions.wait_for(|r| *r > seen) => {

@@ -5,9 +5,12 @@
 //! through an upload kept a connection (and, on shutdown, the whole process) waiting for as
 //! long as it liked. Here every connection must send its request head within
 //! `header_read_timeout` and its whole body within `body_read_timeout` of the head (a total
-//! deadline: a trickle of bytes does not extend it); at most `max_connections` are served at
-//! once (more are closed at accept, so clients fail fast and try another node); and shutdown
-//! waits at most `shutdown_grace` for requests in flight, then drops the rest.
+//! deadline: a trickle of bytes does not extend it); a connection whose client takes none of
+//! the answer's bytes for `write_stall_timeout` is closed (a client that stops reading an
+//! answer, a backup or a change feed, held its connection, its buffers and, for the feed, a
+//! subscriber slot for ever); at most `max_connections` are served at once (more are closed
+//! at accept, so clients fail fast and try another node); and shutdown waits at most
+//! `shutdown_grace` for requests in flight, then drops the rest.
 //!
 //! With TLS, each connection's handshake runs in its own task within the header read timeout
 //! (a client that never finishes it holds one connection slot, not the accept loop), and every
@@ -39,10 +42,13 @@ pub struct ServerLimits {
     pub body_read_timeout: Duration,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
+    pub write_stall_timeout: Duration,
 }
 
-/// `ordo serve`'s defaults: `--read-timeout-ms`, `--max-connections`, `--shutdown-grace-ms`.
+/// `ordo serve`'s defaults: `--read-timeout-ms`, `--max-connections`, `--shutdown-grace-ms`,
+/// `--write-stall-timeout-ms`.
 pub const DEFAULT_READ_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_WRITE_STALL_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 5_000;
 
@@ -53,6 +59,7 @@ impl Default for ServerLimits {
             body_read_timeout: Duration::from_millis(DEFAULT_READ_TIMEOUT_MS),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             shutdown_grace: Duration::from_millis(DEFAULT_SHUTDOWN_GRACE_MS),
+            write_stall_timeout: Duration::from_millis(DEFAULT_WRITE_STALL_TIMEOUT_MS),
         }
     }
 }
@@ -106,10 +113,12 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let tls = tls.clone();
         let handshake_timeout = limits.header_read_timeout;
+        let stall = limits.write_stall_timeout;
         tokio::spawn(async move {
             let _permit = permit;
             let Some(tls) = tls else {
                 let security = ConnectionSecurity::default();
+                let tcp = StallBoundedIo::new(tcp, stall);
                 let conn = http.serve_connection(TokioIo::new(tcp), service(router, security));
                 if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -136,6 +145,7 @@ pub async fn serve(
                     .peer_certificates()
                     .is_some_and(|certs| !certs.is_empty()),
             };
+            let stream = StallBoundedIo::new(stream, stall);
             let conn = http.serve_connection(TokioIo::new(stream), service(router, security));
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -176,6 +186,96 @@ fn service(
             req
         },
     ))
+}
+
+/// A connection whose writes fail once none has made progress for `stall`: hyper then drops
+/// the connection. Every byte taken by the other side restarts the clock.
+struct StallBoundedIo<T> {
+    inner: T,
+    stall: Duration,
+    /// Armed while a write waits for the other side.
+    waiting: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> StallBoundedIo<T> {
+    fn new(inner: T, stall: Duration) -> StallBoundedIo<T> {
+        StallBoundedIo {
+            inner,
+            stall,
+            waiting: None,
+        }
+    }
+
+    /// After a write attempt: progress disarms the clock; waiting arms it, and fails the write
+    /// once it has run out.
+    fn bounded<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<R>>,
+    ) -> Poll<std::io::Result<R>> {
+        match polled {
+            Poll::Pending => {
+                let stall = self.stall;
+                let timer = self
+                    .waiting
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client took no bytes of the answer in time",
+                    )));
+                }
+                Poll::Pending
+            }
+            ready => {
+                self.waiting = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for StallBoundedIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StallBoundedIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.bounded(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.bounded(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.bounded(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// A request body that fails once its deadline passes, however the bytes trickle in (tower-

@@ -128,6 +128,10 @@ pub struct ServeArgs {
     /// Change-feed streams this node serves at once (more get 503).
     #[arg(long, env = "ORDO_CHANGES_MAX_SUBSCRIBERS", value_name = "N", default_value_t = crate::api::changes::DEFAULT_MAX_SUBSCRIBERS)]
     pub changes_max_subscribers: usize,
+    /// A connection whose client takes none of an answer's bytes for this long is closed
+    /// (a stalled client of a backup or a change feed), ms.
+    #[arg(long, env = "ORDO_WRITE_STALL_TIMEOUT_MS", value_name = "MS", default_value_t = server::DEFAULT_WRITE_STALL_TIMEOUT_MS)]
+    pub write_stall_timeout_ms: u64,
     /// A change-feed subscriber more than this many revisions behind for longer than
     /// --changes-lag-grace-ms is sent where to resume and disconnected.
     #[arg(long, env = "ORDO_CHANGES_MAX_LAG", value_name = "REVISIONS", default_value_t = crate::api::changes::DEFAULT_MAX_LAG)]
@@ -381,6 +385,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
             body_read_timeout: Duration::from_millis(args.read_timeout_ms),
             max_connections: args.max_connections.max(1),
             shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+            write_stall_timeout: Duration::from_millis(args.write_stall_timeout_ms.max(100)),
         },
         durability: if args.unsafe_no_fsync {
             Durability::UnsafeNoFsync

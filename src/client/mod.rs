@@ -19,7 +19,7 @@
 
 mod watch;
 
-pub use watch::{WatchFilter, DEFAULT_IDLE_TIMEOUT};
+pub use watch::{WatchFilter, WatchPosition, DEFAULT_IDLE_TIMEOUT};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -32,9 +32,16 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 /// One server-sent event, as far as the feed uses them.
 #[derive(Debug, Default)]
 struct SseEvent {
+    /// `id:`: the revision the stream has reached (alone: a progress mark of a filtered
+    /// stream, which passed changes it did not send).
+    id: Option<u64>,
     event: String,
     data: String,
 }
+
+/// Connections in a row that ended without an event before the watch gives up: the nodes
+/// keep accepting it and ending it (a failing store, say).
+const MAX_FRUITLESS_CONNECTIONS: u32 = 20;
 
 /// An open stream from one node, and the bytes of an event not yet complete.
 struct Connection {
@@ -42,10 +49,27 @@ struct Connection {
     pending: Vec<u8>,
 }
 
+/// How far a watch has got: the revision to resume after, including changes a filter passed
+/// over. Save it to resume there after a restart of your own.
+#[derive(Debug, Clone, Default)]
+pub struct WatchPosition(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl WatchPosition {
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn set(&self, revision: u64) {
+        self.0
+            .fetch_max(revision, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 struct WatchState<'c> {
     client: &'c Client,
-    /// The last revision delivered (or the starting point).
+    /// The last revision delivered, or passed over (or the starting point).
     last: u64,
+    position: WatchPosition,
     filter: WatchFilter,
     idle_timeout: Duration,
     connection: Option<Connection>,
@@ -53,6 +77,8 @@ struct WatchState<'c> {
     ready: std::collections::VecDeque<SseEvent>,
     /// Reconnects in a row without an event, for backoff.
     failures: u32,
+    /// Connections in a row that ended without an event.
+    fruitless: u32,
     finished: bool,
 }
 
@@ -65,17 +91,34 @@ impl Client {
         filter: WatchFilter,
         idle_timeout: Duration,
     ) -> impl Stream<Item = Result<ChangeJson, ClientError>> + '_ {
+        self.watch_with_position(since, filter, idle_timeout).0
+    }
+
+    /// `watch`, and a handle on how far it has got (`WatchPosition`).
+    pub fn watch_with_position(
+        &self,
+        since: u64,
+        filter: WatchFilter,
+        idle_timeout: Duration,
+    ) -> (
+        impl Stream<Item = Result<ChangeJson, ClientError>> + '_,
+        WatchPosition,
+    ) {
+        let position = WatchPosition::default();
+        position.set(since);
         let state = WatchState {
             client: self,
             last: since,
+            position: position.clone(),
             filter,
             idle_timeout,
             connection: None,
             ready: Default::default(),
             failures: 0,
+            fruitless: 0,
             finished: false,
         };
-        futures_util::stream::unfold(state, |mut state| async move {
+        let stream = futures_util::stream::unfold(state, |mut state| async move {
             if state.finished {
                 return None;
             }
@@ -84,7 +127,8 @@ impl Client {
                 state.finished = true;
             }
             Some((item, state))
-        })
+        });
+        (stream, position)
     }
 }
 
@@ -92,6 +136,13 @@ impl WatchState<'_> {
     async fn next_change(&mut self) -> Result<ChangeJson, ClientError> {
         loop {
             while let Some(event) = self.ready.pop_front() {
+                self.fruitless = 0;
+                if event.event.is_empty() {
+                    // A progress mark: resume after it from now on.
+                    self.last = self.last.max(event.id.unwrap_or(0));
+                    self.position.set(self.last);
+                    continue;
+                }
                 match event.event.as_str() {
                     ORDER_CREATED | ORDER_STATUS_CHANGED => {
                         let change: ChangeJson =
@@ -102,6 +153,7 @@ impl WatchState<'_> {
                             })?;
                         if change.revision > self.last {
                             self.last = change.revision;
+                            self.position.set(self.last);
                             self.failures = 0;
                             return Ok(change);
                         }
@@ -116,11 +168,22 @@ impl WatchState<'_> {
                             oldest,
                         });
                     }
-                    // `feed.lagged`: the node let go of us; resume from `last` elsewhere.
+                    // `feed.lagged`, `feed.error`: the node let go of us; resume from `last`
+                    // elsewhere.
                     _ => self.connection = None,
                 }
             }
             if self.connection.is_none() {
+                if self.fruitless >= MAX_FRUITLESS_CONNECTIONS {
+                    return Err(ClientError::Unavailable {
+                        attempts: self.fruitless,
+                        last: "the nodes keep ending the change feed without an event".into(),
+                        idempotency_key: None,
+                        no_connection: false,
+                        last_code: None,
+                    });
+                }
+                self.fruitless += 1;
                 self.connect().await?;
             }
             self.read_events().await;
@@ -234,8 +297,8 @@ impl WatchState<'_> {
 }
 
 /// Takes the complete events (each ended by a blank line) off the front of `buf`. Comment
-/// lines (heartbeats) and fields other than `event` and `data` are skipped; an incomplete
-/// event stays in `buf`.
+/// lines (heartbeats) and fields other than `id`, `event` and `data` are skipped; an
+/// incomplete event stays in `buf`.
 fn take_events(buf: &mut Vec<u8>) -> Vec<SseEvent> {
     let mut events = Vec::new();
     let mut event = SseEvent::default();
@@ -261,6 +324,10 @@ fn take_events(buf: &mut Vec<u8>) -> Vec<SseEvent> {
         let (field, value) = line.split_once(':').unwrap_or((&line, ""));
         let value = value.strip_prefix(' ').unwrap_or(value);
         match field {
+            "id" => {
+                event.id = value.trim().parse().ok();
+                any = true;
+            }
             "event" => {
                 event.event = value.to_string();
                 any = true;
@@ -302,5 +369,9 @@ mod tests {
         assert_eq!(events[0].event, "order.status_changed");
         assert_eq!(events[0].data, "x");
         assert!(buf.is_empty());
+        // A progress mark of a filtered stream: an id alone.
+        buf.extend_from_slice(b"id: 17\n\n");
+        let events = take_events(&mut buf);
+        assert_eq!((events[0].id, events[0].event.as_str()), (Some(17), ""));
     }
 }

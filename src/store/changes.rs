@@ -74,7 +74,8 @@ impl OrderReader {
         })
     }
 
-    /// Up to `max` changes from revision `from` on, if the log still holds `from`.
+    /// Up to `max` changes from revision `from` on, if the log still holds `from` (`max` 0:
+    /// only the bounds).
     pub fn changes_from(&self, from: u64, max: usize) -> Result<ChangesPage, StoreError> {
         let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
         let newest = self.revision_unlocked()?;
@@ -83,7 +84,7 @@ impl OrderReader {
             None => newest + 1,
         };
         let mut changes = Vec::new();
-        if from >= oldest {
+        if max > 0 && from >= oldest && from <= newest {
             for kv in self.sm.range(keys::change(from)..keys::change(newest + 1)) {
                 let (_, v) = kv?;
                 let change: Change = codec::decode(&v)?;

@@ -21,7 +21,8 @@ pub struct OrderFilter {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderPage {
     pub orders: Vec<Order>,
-    /// The revision of each order's last change, read just after the order.
+    /// The revision of each order's last change, read just before the order: at most what its
+    /// content reflects.
     pub revisions: Vec<u64>,
     pub total: u64,
     /// Read before the page: every change up to it is in the page (a change feed from this
@@ -95,32 +96,29 @@ impl OrderReader {
         let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
         let revision = self.revision_unlocked()?;
         let skip = page.saturating_sub(1).saturating_mul(per_page);
-        let with_revisions = |orders: Vec<Order>, total: u64| -> Result<OrderPage, StoreError> {
-            let revisions = orders
-                .iter()
-                .map(|o| self.order_revision_unlocked(o.id))
-                .collect::<Result<_, _>>()?;
-            Ok(OrderPage {
+        // Each order with its revision, read before the order: sled reads are no snapshot, and
+        // a revision read after could be newer than the content (a client skipping events up
+        // to it would then lose one).
+        let mut orders = Vec::new();
+        let mut revisions = Vec::new();
+
+        if filter.status.is_none() && filter.customer_id.is_none() {
+            // Ids are dense (1, 2, 3, ... with no deletes), so a page is a run of known ids.
+            let total = self.next_id()? - 1;
+            let first = skip.saturating_add(1);
+            let last = first.saturating_add(per_page.saturating_sub(1)).min(total);
+            for id in first..=last {
+                if let Some((order, revision)) = self.get_with_revision(id)? {
+                    orders.push(order);
+                    revisions.push(revision);
+                }
+            }
+            return Ok(OrderPage {
                 orders,
                 revisions,
                 total,
                 revision,
-            })
-        };
-
-        if filter.status.is_none() && filter.customer_id.is_none() {
-            // Ids are dense (1, 2, 3, ... with no deletes), so a page starts at a known id.
-            let total = self.next_id()? - 1;
-            let first = skip.saturating_add(1);
-            let mut orders = Vec::new();
-            for kv in self
-                .sm
-                .range(keys::order(first)..keys::order(u64::MAX))
-                .take(per_page as usize)
-            {
-                orders.push(codec::decode(&kv?.1)?);
-            }
-            return with_revisions(orders, total);
+            });
         }
 
         // Walk the narrower index. A status is always checked on the loaded order too: the
@@ -132,12 +130,16 @@ impl OrderReader {
         };
         let check_status = filter.status.is_some();
         let mut total = 0u64;
-        let mut orders = Vec::new();
         for k in self.sm.scan_prefix(&prefix).keys() {
-            let k = k?;
+            let id = keys::id_suffix(&k?);
             let on_page = total >= skip && (orders.len() as u64) < per_page;
             if check_status || on_page {
-                let Some(order) = self.get_unlocked(keys::id_suffix(&k))? else {
+                let revision = if on_page {
+                    self.order_revision_unlocked(id)?
+                } else {
+                    0
+                };
+                let Some(order) = self.get_unlocked(id)? else {
                     continue;
                 };
                 if check_status && Some(order.status) != filter.status {
@@ -145,11 +147,17 @@ impl OrderReader {
                 }
                 if on_page {
                     orders.push(order);
+                    revisions.push(revision);
                 }
             }
             total += 1;
         }
-        with_revisions(orders, total)
+        Ok(OrderPage {
+            orders,
+            revisions,
+            total,
+            revision,
+        })
     }
 
     /// The user whose token hashes to `hash`.
