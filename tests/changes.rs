@@ -520,3 +520,94 @@ async fn a_client_that_stops_reading_is_disconnected_and_its_slot_freed() {
     }
     drop(conn);
 }
+
+/// A node that catches up by installing a snapshot gets the change log with it: it serves the
+/// same window as the leader (the same oldest revision), not one that starts at the snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_installed_a_snapshot_serves_the_same_window() {
+    let args = ["--snapshot-every-logs", "100", "--changes-keep", "50"];
+    let args = args.iter().map(|s| s.to_string()).collect();
+    let mut cluster = TestCluster::new(Path::new(BIN), 3, None, args);
+    cluster.start_all().await;
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let behind = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    cluster.kill(behind);
+    // More than the 1000 entries the log keeps past a snapshot: it must get a snapshot.
+    let client = Arc::new(client_for(&cluster));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for i in 0..330u64 {
+                    let order = NewOrderRequest::new(format!("s{w}")).item("x", 1, i);
+                    client.create_order(&order, None).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    cluster.spawn(behind);
+    // One more change after it is back, so that both trim in the same apply.
+    let applied = |s: Option<serde_json::Value>| s.and_then(|s| s["last_applied"].as_u64());
+    let target = applied(cluster.status(leader).await).unwrap();
+    cluster.wait_applied(behind, target).await;
+    client
+        .create_order(&NewOrderRequest::new("last").item("x", 1, 1), None)
+        .await
+        .unwrap();
+    let target = applied(cluster.status(leader).await).unwrap();
+    cluster.wait_applied(behind, target).await;
+
+    let metrics = cluster
+        .http
+        .get(cluster.url(behind, "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let installs = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ordo_snapshot_installs_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        installs >= 1.0,
+        "node {behind} caught up without a snapshot"
+    );
+    let oldest = |id: u64| {
+        let req = cluster
+            .http
+            .get(cluster.url(id, "/api/orders/changes?since=0"));
+        async move {
+            let (status, body) = send(req).await.unwrap();
+            assert_eq!(status, 410, "{body}");
+            body["error"]["oldest_revision"].as_u64().unwrap()
+        }
+    };
+    let (on_leader, on_behind) = (oldest(leader).await, oldest(behind).await);
+    assert_eq!(on_behind, on_leader, "the windows differ");
+    assert_eq!(on_leader, 1321 - 50 + 1, "the newest 50 of 1321 changes");
+    // And it streams them, from the oldest on.
+    let mut stream = reqwest::Client::new()
+        .get(cluster.url(
+            behind,
+            &format!("/api/orders/changes?since={}", on_behind - 1),
+        ))
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(30), stream.chunk())
+            .await
+            .expect("an event")
+            .unwrap()
+            .expect("the stream goes on");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.starts_with(&format!("id: {on_behind}\n")), "{text}");
+}
