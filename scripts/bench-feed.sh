@@ -49,6 +49,6 @@ rss() { awk '/VmRSS/ {print $2}' "/proc/$(cat "$RUN_DIR/n$1/pid")/status"; }
 curl -sN --limit-rate 1 "$(scripts/cluster.sh url 2)/api/orders/changes?since=0" >/dev/null &
 stalled=$!
 before="$(rss 2) $(rss 3)"
-bench --concurrency 16 --duration-secs $((SECS * 3)) --label "writes, 1 stalled" | head -1
+target/release/ordo-bench --nodes "$NODES" --concurrency 16 --duration-secs $((SECS * 3)) --label "writes, 1 stalled" | head -1
 after="$(rss 2) $(rss 3)"
 echo "RSS before (node 2, node 3): $before; after $((SECS * 3)) s of writes: $after"

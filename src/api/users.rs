@@ -185,7 +185,7 @@ pub async fn list_roles(State(state): State<AppState>) -> Result<Json<RoleListJs
 
 /// Delete a custom role: its users keep the role's name and lose every permission.
 #[utoipa::path(delete, path = "/auth/roles/{name}", tag = "users", operation_id = "delete_role",
-    params(("name" = String, Path, description = "The role")),
+    params(("name" = String, Path, description = "The role", pattern = "^[a-z0-9._-]{1,64}$")),
     responses((status = 200, description = "Deleted", body = DeletedRoleJson)))]
 pub async fn delete_role(
     State(state): State<AppState>,
@@ -203,7 +203,7 @@ pub async fn delete_role(
 
 /// Revoke a user: its token stops working on every node.
 #[utoipa::path(delete, path = "/auth/users/{name}", tag = "users", operation_id = "revoke_user",
-    params(("name" = String, Path, description = "The user")),
+    params(("name" = String, Path, description = "The user", pattern = "^[a-z0-9._-]{1,64}$")),
     responses((status = 200, description = "Revoked", body = RevokedUserJson)))]
 pub async fn revoke(
     State(state): State<AppState>,
