@@ -36,8 +36,8 @@ done
 
 echo "== creates/s at c=64, without and with 100 subscribers ($ROUNDS rounds)"
 for ((r = 1; r <= ROUNDS; r++)); do
-  bench --concurrency 64 --label "c=64 subs=0" | head -1
-  bench --concurrency 64 --feed-subscribers 100 --label "c=64 subs=100" | head -1
+  bench --concurrency 64 --label "c=64 subs=0" | sed -n 1p
+  bench --concurrency 64 --feed-subscribers 100 --label "c=64 subs=100" | sed -n 1p
 done
 
 echo "== one subscriber replaying the change log from revision 0"
@@ -49,6 +49,6 @@ rss() { awk '/VmRSS/ {print $2}' "/proc/$(cat "$RUN_DIR/n$1/pid")/status"; }
 curl -sN --limit-rate 1 "$(scripts/cluster.sh url 2)/api/orders/changes?since=0" >/dev/null &
 stalled=$!
 before="$(rss 2) $(rss 3)"
-target/release/ordo-bench --nodes "$NODES" --concurrency 16 --duration-secs $((SECS * 3)) --label "writes, 1 stalled" | head -1
+target/release/ordo-bench --nodes "$NODES" --concurrency 16 --duration-secs $((SECS * 3)) --label "writes, 1 stalled" | sed -n 1p
 after="$(rss 2) $(rss 3)"
 echo "RSS before (node 2, node 3): $before; after $((SECS * 3)) s of writes: $after"
