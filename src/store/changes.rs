@@ -110,28 +110,34 @@ impl OrderReader {
         self.revision_seen.subscribe()
     }
 
-    /// Tells the change feed's subscribers how far the state machine has got.
+    /// Tells the change feed's subscribers how far the state machine has got, as stored (after
+    /// an open or a snapshot install).
     pub(super) fn publish_revision(&self) -> Result<(), StoreError> {
-        let revision = self.revision_unlocked()?;
+        self.publish(self.revision_unlocked()?);
+        Ok(())
+    }
+
+    /// Tells the change feed's subscribers that changes up to `revision` are applied.
+    pub(super) fn publish(&self, revision: u64) {
         self.revision_seen.send_if_modified(|seen| {
             let newer = *seen != revision;
             *seen = revision;
             newer
         });
-        Ok(())
     }
 }
 
-/// Drops records outside `retention` as part of an apply chunk. `clock` is the state
-/// machine's clock (the records' times are the leaders' stamps).
+/// Drops records outside `retention` as part of an apply chunk (ages by the state machine's
+/// clock: the records' times are the leaders' stamps). Returns the newest revision, as the
+/// chunk leaves it (0 before any change).
 pub(super) fn trim(
     ov: &mut Overlay<'_>,
     tree: &sled::Tree,
     retention: ChangeRetention,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     let newest: u64 = match ov.get(keys::REVISION)? {
         Some(v) => codec::decode(&v)?,
-        None => return Ok(()),
+        None => return Ok(0),
     };
     // Keep revisions above `newest - revisions`.
     let mut keep_from = newest.saturating_sub(retention.revisions.max(1)) + 1;
@@ -154,5 +160,5 @@ pub(super) fn trim(
         &keys::change(keep_from.min(newest)),
         TRIM_PER_CHUNK,
     )?;
-    Ok(())
+    Ok(newest)
 }

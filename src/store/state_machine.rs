@@ -371,7 +371,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 results.push(outcomes);
                 last = Some(entry.log_id);
             }
-            super::changes::trim(&mut ov, &self.reader.sm, self.retention)
+            let revision = super::changes::trim(&mut ov, &self.reader.sm, self.retention)
                 .map_err(StoreError::into_write)?;
             put_encoded(&mut ov, keys::APPLIED, &last).map_err(StoreError::into_write)?;
             self.view
@@ -379,9 +379,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .map_err(|e| StoreError::from(e).into_write())?;
             ov.commit().map_err(|e| StoreError::from(e).into_write())?;
             self.floor.set_applied(last.map(|l| l.index));
-            self.reader
-                .publish_revision()
-                .map_err(StoreError::into_read)?;
+            self.reader.publish(revision);
         }
         if clamped > 0 {
             tracing::warn!(
