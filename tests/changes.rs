@@ -70,21 +70,96 @@ async fn all_listed(client: &Client) -> (Vec<ordo::wire::OrderJson>, u64) {
     (orders, revision.unwrap())
 }
 
-/// Collects a watch's changes in the background until it has seen `until` (or fails).
-fn collect(
-    client: Arc<Client>,
-    since: u64,
-    filter: WatchFilter,
-) -> (
-    Arc<Mutex<Vec<ChangeJson>>>,
-    tokio::task::JoinHandle<Option<ClientError>>,
+/// Three nodes started with `args`, a client for them, and the leader.
+async fn start_with(args: &[&str]) -> (TestCluster, Arc<Client>, u64) {
+    let args = args.iter().map(|s| s.to_string()).collect();
+    let mut cluster = TestCluster::new(Path::new(BIN), 3, None, args);
+    cluster.start_all().await;
+    let client = Arc::new(client_for(&cluster));
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    (cluster, client, leader)
+}
+
+/// `writers` tasks each create `each` orders for `customer` (with a note of `note_bytes`).
+async fn write_orders(
+    client: &Arc<Client>,
+    writers: u64,
+    each: u64,
+    customer: &str,
+    note_bytes: usize,
 ) {
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let client = client.clone();
+            let customer = format!("{customer}{w}");
+            tokio::spawn(async move {
+                for i in 0..each {
+                    let mut order = NewOrderRequest::new(customer.as_str()).item("x", 1, i);
+                    if note_bytes > 0 {
+                        order = order.note("n".repeat(note_bytes));
+                    }
+                    client
+                        .create_order(&order, None)
+                        .await
+                        .unwrap_or_else(|e| panic!("writer {w}: {e}"));
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// A raw change-feed request to `node` on a connection with a 4 KiB receive buffer, its
+/// answer's head read (200): not reading on soon fills the path between the node and this
+/// client, and the node's stream stalls (loopback's default buffers would take megabytes).
+async fn stalling_subscriber(
+    cluster: &TestCluster,
+    node: u64,
+    request: &str,
+) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket
+        .connect(cluster.nodes[&node].addr.parse().unwrap())
+        .await
+        .unwrap();
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        conn.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    conn
+}
+
+/// The changes a watch collects in the background, how far it has got, and its task (which
+/// ends with the watch's error, if it fails).
+struct Collected {
+    seen: Arc<Mutex<Vec<ChangeJson>>>,
+    position: ordo::client::WatchPosition,
+    task: tokio::task::JoinHandle<Option<ClientError>>,
+}
+
+/// Collects a watch's changes in the background (see `Collected`).
+async fn collect(client: Arc<Client>, since: u64, filter: WatchFilter) -> Collected {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let into = seen.clone();
+    let (position_tx, position_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
         // Longer than the nodes' 15 s heartbeat: a stream that stops delivering must not be
         // rescued by reconnecting after a silence.
-        let changes = client.watch(since, filter, Duration::from_secs(60));
+        let (changes, position) =
+            client.watch_with_position(since, filter, Duration::from_secs(60));
+        let _ = position_tx.send(position);
         futures_util::pin_mut!(changes);
         while let Some(change) = changes.next().await {
             match change {
@@ -94,7 +169,12 @@ fn collect(
         }
         None
     });
-    (seen, task)
+    let position = position_rx.await.expect("the watch task starts");
+    Collected {
+        seen,
+        position,
+        task,
+    }
 }
 
 async fn wait_for_revision(seen: &Mutex<Vec<ChangeJson>>, revision: u64, what: &str) {
@@ -116,7 +196,11 @@ async fn a_watch_sees_every_change_once_in_order_through_a_leader_kill_and_a_fol
     // The watch streams from the leader first, so that killing the leader kills its stream.
     let first_leader = cluster.wait_for_leader(&cluster.ids()).await;
     let watching = Arc::new(client_starting_at(&cluster, first_leader));
-    let (seen, watcher) = collect(watching, 0, WatchFilter::default());
+    let Collected {
+        seen,
+        task: watcher,
+        ..
+    } = collect(watching, 0, WatchFilter::default()).await;
 
     // Writes: creates and status changes, through the client (which retries on failover).
     let mut ids = Vec::new();
@@ -180,10 +264,7 @@ async fn a_watch_sees_every_change_once_in_order_through_a_leader_kill_and_a_fol
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_since_below_retention_is_410_and_list_then_watch_misses_nothing() {
-    let args = vec!["--changes-keep".to_string(), "10".to_string()];
-    let mut cluster = TestCluster::new(Path::new(BIN), 3, None, args);
-    cluster.start_all().await;
-    let client = Arc::new(client_for(&cluster));
+    let (cluster, client, _) = start_with(&["--changes-keep", "10"]).await;
     for i in 0..30 {
         client
             .create_order(&NewOrderRequest::new("r").item("x", 1, i), None)
@@ -203,9 +284,9 @@ async fn a_since_below_retention_is_410_and_list_then_watch_misses_nothing() {
     let oldest = body["error"]["oldest_revision"].as_u64().unwrap();
     assert!((21..=30).contains(&oldest), "{body}");
     // The client says the same, typed.
-    let (_, failed) = collect(client.clone(), 0, WatchFilter::default());
+    let failed = collect(client.clone(), 0, WatchFilter::default()).await;
     assert!(matches!(
-        failed.await.unwrap(),
+        failed.task.await.unwrap(),
         Some(ClientError::RevisionGone { .. })
     ));
 
@@ -213,7 +294,11 @@ async fn a_since_below_retention_is_410_and_list_then_watch_misses_nothing() {
     // order, none missing.
     let (listed, revision) = all_listed(&client).await;
     assert_eq!((listed.len(), revision), (30, 30));
-    let (seen, watcher) = collect(client.clone(), revision, WatchFilter::default());
+    let Collected {
+        seen,
+        task: watcher,
+        ..
+    } = collect(client.clone(), revision, WatchFilter::default()).await;
     for i in 0..5 {
         client
             .create_order(&NewOrderRequest::new("after").item("x", 1, i), None)
@@ -228,58 +313,17 @@ async fn a_since_below_retention_is_410_and_list_then_watch_misses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_falls_behind_is_cut_off_with_where_to_resume() {
-    let args = ["--changes-max-lag", "50", "--changes-lag-grace-ms", "500"];
-    let args = args.iter().map(|s| s.to_string()).collect();
-    let mut cluster = TestCluster::new(Path::new(BIN), 3, None, args);
-    cluster.start_all().await;
-    let client = Arc::new(client_for(&cluster));
-    let leader = cluster.wait_for_leader(&cluster.ids()).await;
-    // Opened, then not read while 3000 changes of about 1.3 KB happen: far more than the
-    // socket buffers between the two hold, so the node's stream stalls.
-    // A raw connection with a 4 KiB receive buffer, so that not reading soon fills the path
-    // between the node and the client and the node's stream stalls (the kernel's default
-    // buffers on loopback would take megabytes first).
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let addr = cluster.nodes[&leader].addr.parse().unwrap();
-    let mut conn = socket.connect(addr).await.unwrap();
-    conn.write_all(
-        b"GET /api/orders/changes?since=0 HTTP/1.1\r\nHost: ordo\r\nConnection: close\r\n\r\n",
+    use tokio::io::AsyncReadExt;
+    let (cluster, client, leader) =
+        start_with(&["--changes-max-lag", "50", "--changes-lag-grace-ms", "500"]).await;
+    // Opened, then not read while 3000 changes of about 1.3 KB (about 4 MB) happen.
+    let mut conn = stalling_subscriber(
+        &cluster,
+        leader,
+        "GET /api/orders/changes?since=0 HTTP/1.1\r\nHost: ordo\r\nConnection: close\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        conn.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    let note = "n".repeat(1000);
-    let writers: Vec<_> = (0..8)
-        .map(|w| {
-            let (client, note) = (client.clone(), note.clone());
-            tokio::spawn(async move {
-                for i in 0..375u64 {
-                    let order = NewOrderRequest::new("slow")
-                        .item("x", 1, i)
-                        .note(note.clone());
-                    client
-                        .create_order(&order, None)
-                        .await
-                        .unwrap_or_else(|e| panic!("writer {w}: {e}"));
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.await.unwrap();
-    }
+    .await;
+    write_orders(&client, 8, 375, "slow", 1000).await;
     // Reading now: some events, then the last words, then the end (the node closes).
     let mut text = String::new();
     let read_all = async {
@@ -325,7 +369,7 @@ async fn a_hundred_filtered_subscribers_get_exactly_their_changes() {
             customer_id: Some(customers[i % 4].to_string()),
             status: (i % 2 == 1).then(|| "paid".to_string()),
         };
-        let (seen, task) = collect(client.clone(), start, filter.clone());
+        let Collected { seen, task, .. } = collect(client.clone(), start, filter.clone()).await;
         watchers.push((filter, seen, task));
     }
     let mut expected: BTreeMap<(String, Option<String>), Vec<u64>> = BTreeMap::new();
@@ -387,33 +431,19 @@ async fn a_hundred_filtered_subscribers_get_exactly_their_changes() {
 /// failover: the node tells it how far it got (progress marks), not only what matched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filtered_watch_resumes_past_changes_it_did_not_want() {
-    let args = vec!["--changes-keep".to_string(), "20".to_string()];
-    let mut cluster = TestCluster::new(Path::new(BIN), 3, None, args);
-    cluster.start_all().await;
-    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let (mut cluster, client, leader) = start_with(&["--changes-keep", "20"]).await;
     let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
-    let client = Arc::new(client_for(&cluster));
     // Watches through a follower first (killing it does not stop the writes).
     let watching = Arc::new(client_starting_at(&cluster, follower));
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let (into, position_tx) = (seen.clone(), Arc::new(Mutex::new(None)));
-    let position_slot = position_tx.clone();
-    let watcher = tokio::spawn(async move {
-        let filter = WatchFilter {
-            customer_id: Some("rare".into()),
-            status: None,
-        };
-        let (changes, position) = watching.watch_with_position(0, filter, Duration::from_secs(60));
-        *position_slot.lock().unwrap() = Some(position);
-        futures_util::pin_mut!(changes);
-        while let Some(change) = changes.next().await {
-            match change {
-                Ok(c) => into.lock().unwrap().push(c),
-                Err(e) => return Some(e),
-            }
-        }
-        None
-    });
+    let filter = WatchFilter {
+        customer_id: Some("rare".into()),
+        status: None,
+    };
+    let Collected {
+        seen,
+        position,
+        task: watcher,
+    } = collect(watching, 0, filter).await;
     let rare = || NewOrderRequest::new("rare").item("x", 1, 1);
     client.create_order(&rare(), None).await.unwrap();
     for i in 0..60 {
@@ -424,13 +454,13 @@ async fn a_filtered_watch_resumes_past_changes_it_did_not_want() {
     let newest = newest_revision(&client).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let at = position_tx.lock().unwrap().as_ref().map(|p| p.get());
-        if at >= Some(newest) {
+        let at = position.get();
+        if at >= newest {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the watch is at {at:?}, not {newest}"
+            "the watch is at {at}, not {newest}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -454,30 +484,19 @@ async fn a_filtered_watch_resumes_past_changes_it_did_not_want() {
 /// (`--changes-max-subscribers 1`), a second subscriber is refused (503) until then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_disconnected_and_its_slot_freed() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let args = [
+    let (cluster, client, leader) = start_with(&[
         "--write-stall-timeout-ms",
         "1000",
         "--changes-max-subscribers",
         "1",
-    ];
-    let args = args.iter().map(|s| s.to_string()).collect();
-    let mut cluster = TestCluster::new(Path::new(BIN), 3, None, args);
-    cluster.start_all().await;
-    let client = Arc::new(client_for(&cluster));
-    let leader = cluster.wait_for_leader(&cluster.ids()).await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut conn = socket
-        .connect(cluster.nodes[&leader].addr.parse().unwrap())
-        .await
-        .unwrap();
-    conn.write_all(b"GET /api/orders/changes?since=0 HTTP/1.1\r\nHost: ordo\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = [0u8; 12];
-    conn.read_exact(&mut head).await.unwrap();
-    assert_eq!(&head, b"HTTP/1.1 200");
+    ])
+    .await;
+    let conn = stalling_subscriber(
+        &cluster,
+        leader,
+        "GET /api/orders/changes?since=0 HTTP/1.1\r\nHost: ordo\r\n\r\n",
+    )
+    .await;
     let second = || {
         cluster
             .http
@@ -487,23 +506,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_its_slot_freed() {
     assert_eq!(second().await.unwrap().status(), 503, "one slot, taken");
 
     // Enough changes to fill the path to the stalled client (about 4 MB).
-    let note = "n".repeat(1000);
-    let writers: Vec<_> = (0..8)
-        .map(|_| {
-            let (client, note) = (client.clone(), note.clone());
-            tokio::spawn(async move {
-                for i in 0..375u64 {
-                    let order = NewOrderRequest::new("stall")
-                        .item("x", 1, i)
-                        .note(note.clone());
-                    client.create_order(&order, None).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.await.unwrap();
-    }
+    write_orders(&client, 8, 375, "stall", 1000).await;
     // The node gives the stalled stream up and its slot with it.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -525,29 +528,12 @@ async fn a_client_that_stops_reading_is_disconnected_and_its_slot_freed() {
 /// same window as the leader (the same oldest revision), not one that starts at the snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_installed_a_snapshot_serves_the_same_window() {
-    let args = ["--snapshot-every-logs", "100", "--changes-keep", "50"];
-    let args = args.iter().map(|s| s.to_string()).collect();
-    let mut cluster = TestCluster::new(Path::new(BIN), 3, None, args);
-    cluster.start_all().await;
-    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let (mut cluster, client, leader) =
+        start_with(&["--snapshot-every-logs", "100", "--changes-keep", "50"]).await;
     let behind = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
     cluster.kill(behind);
     // More than the 1000 entries the log keeps past a snapshot: it must get a snapshot.
-    let client = Arc::new(client_for(&cluster));
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                for i in 0..330u64 {
-                    let order = NewOrderRequest::new(format!("s{w}")).item("x", 1, i);
-                    client.create_order(&order, None).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.await.unwrap();
-    }
+    write_orders(&client, 4, 330, "s", 0).await;
     cluster.spawn(behind);
     // One more change after it is back, so that both trim in the same apply.
     let applied = |s: Option<serde_json::Value>| s.and_then(|s| s["last_applied"].as_u64());
