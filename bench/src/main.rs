@@ -334,7 +334,11 @@ pub async fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchResult> {
     let feed = match feed {
         Some(subscribers) => {
             let acked = shared.acked.as_ref().map(|a| a.lock().unwrap().clone());
-            Some(subscribers.finish(args, acked.unwrap_or_default()).await?)
+            Some(
+                subscribers
+                    .finish(args, &shared.nodes, acked.unwrap_or_default())
+                    .await?,
+            )
         }
         None => None,
     };
@@ -429,14 +433,10 @@ impl Subscribers {
     async fn finish(
         self,
         args: &BenchArgs,
+        nodes: &[String],
         acked: std::collections::HashMap<u64, Instant>,
     ) -> anyhow::Result<FeedResult> {
-        let nodes: Vec<String> = args
-            .nodes
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .collect();
-        let newest = newest_revision(&feed_client(args, &nodes, 0)?).await?;
+        let newest = newest_revision(&feed_client(args, nodes, 0)?).await?;
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.last.iter().any(|l| l.load(Ordering::Relaxed) < newest)
             && Instant::now() < deadline
