@@ -52,12 +52,7 @@ pub struct ChangesPage {
 }
 
 impl OrderReader {
-    /// The revision of the last applied change (0 before any).
-    pub fn revision(&self) -> Result<u64, StoreError> {
-        let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
-        self.revision_unlocked()
-    }
-
+    /// The revision of the last applied change (0 before any); callers hold the install lock.
     pub(super) fn revision_unlocked(&self) -> Result<u64, StoreError> {
         Ok(match self.sm.get(keys::REVISION)? {
             Some(v) => codec::decode(&v)?,
