@@ -462,7 +462,12 @@ impl ProcessCluster {
 
     /// Waits until node `id` has applied at least `index`.
     pub async fn wait_applied(&self, id: u64, index: u64) {
-        let deadline = Instant::now() + DEADLINE;
+        self.wait_applied_within(id, index, DEADLINE).await
+    }
+
+    /// `wait_applied` with its own deadline.
+    pub async fn wait_applied_within(&self, id: u64, index: u64, within: Duration) {
+        let deadline = Instant::now() + within;
         loop {
             if let Some(s) = self.status(id).await {
                 if s["last_applied"].as_u64().is_some_and(|a| a >= index) {

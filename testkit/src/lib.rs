@@ -150,6 +150,9 @@ pub fn seed_from_env(default: u64) -> u64 {
 /// Where Debian's libfaketime puts the preload library.
 pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
+/// How long every node may take to catch up with the leader after a run (see `run`).
+const FINAL_CATCH_UP: Duration = Duration::from_secs(180);
+
 impl TortureConfig {
     pub fn new(bin: PathBuf, seed: u64, duration: Duration) -> TortureConfig {
         TortureConfig {
@@ -986,8 +989,13 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
         .await
         .and_then(|s| s["last_applied"].as_u64())
         .unwrap_or(0);
+    // A node that fell far behind catches up by a snapshot; with large orders (and their
+    // change records) on a busy 2-core machine, after a run full of elections, that took
+    // just over a minute once: the deadline for it is generous.
     for id in cluster.ids() {
-        cluster.wait_applied(id, applied).await;
+        cluster
+            .wait_applied_within(id, applied, FINAL_CATCH_UP)
+            .await;
     }
     let final_invoked = shared.now_us();
     let mut final_orders: Vec<Value> = Vec::new();
