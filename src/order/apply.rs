@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::command::{
     create_order, transition, CommandOutcome, Effect, OrderCommand, OrderOp, Rejection,
 };
-use super::model::{Change, Order, OrderStatus};
+use super::model::{ChangeRecord, Order, OrderStatus};
 use super::users::{AdminOp, CustomRole, Role, User};
 use super::validate::ValidationError;
 
@@ -66,7 +66,7 @@ pub trait OrderState {
     /// The revision of the last applied change (0 before any).
     fn revision(&self) -> Result<u64, Self::Error>;
     /// Records `change`, whose revision is the next one, as its order's last change.
-    fn put_change(&mut self, change: &Change) -> Result<(), Self::Error>;
+    fn put_change(&mut self, change: &ChangeRecord) -> Result<(), Self::Error>;
 
     fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, Self::Error>;
     fn put_idempotency(&mut self, key: &str, record: &IdempotencyRecord)
@@ -204,11 +204,7 @@ fn record_change<S: OrderState>(
     previous_status: Option<OrderStatus>,
 ) -> Result<(), S::Error> {
     let revision = state.revision()? + 1;
-    state.put_change(&Change {
-        revision,
-        order: order.clone(),
-        previous_status,
-    })
+    state.put_change(&ChangeRecord::of(revision, order, previous_status))
 }
 
 fn apply_admin<S: OrderState>(

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::{
-    AdminOp, Change, CustomRole, IdempotencyRecord, LineItem, NewOrder, Order, OrderCommand,
+    AdminOp, ChangeRecord, CustomRole, IdempotencyRecord, LineItem, NewOrder, Order, OrderCommand,
     OrderOp, OrderState, OrderStatus, Permission, User,
 };
 
@@ -26,7 +26,7 @@ pub struct MemoryState {
     pub users_begun: bool,
     pub roles: BTreeMap<String, CustomRole>,
     pub revision: u64,
-    pub changes: BTreeMap<u64, Change>,
+    pub changes: BTreeMap<u64, ChangeRecord>,
     /// Order id → the revision of its last change.
     pub order_revisions: BTreeMap<u64, u64>,
 }
@@ -81,11 +81,11 @@ impl OrderState for MemoryState {
     fn revision(&self) -> Result<u64, Infallible> {
         Ok(self.revision)
     }
-    fn put_change(&mut self, change: &Change) -> Result<(), Infallible> {
+    fn put_change(&mut self, change: &ChangeRecord) -> Result<(), Infallible> {
         self.revision = change.revision;
         self.order_revisions
-            .insert(change.order.id, change.revision);
-        self.changes.insert(change.revision, change.clone());
+            .insert(change.order_id, change.revision);
+        self.changes.insert(change.revision, *change);
         Ok(())
     }
     fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, Infallible> {

@@ -16,7 +16,7 @@ pub use command::{
     create_order, transition, CommandBatch, CommandOutcome, Effect, OrderCommand, OrderOp,
     Rejection,
 };
-pub use model::{Change, LineItem, NewOrder, Order, OrderStatus};
+pub use model::{Change, ChangeRecord, LineItem, NewOrder, Order, OrderStatus};
 pub use users::{
     same_hash, token_hash, validate_role_name, validate_user_name, AdminOp, CustomRole, Permission,
     Role, User, MAX_USER_NAME,

@@ -89,7 +89,7 @@ impl std::fmt::Display for OrderStatus {
 
 /// One applied change to an order (a create or a status change), numbered by the state
 /// machine's revision counter: the same revision on every replica. The change feed is made
-/// of these.
+/// of these; the store keeps each as a `ChangeRecord` and joins it with its order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
     pub revision: u64,
@@ -97,6 +97,50 @@ pub struct Change {
     pub order: Order,
     /// Its status before a status change; `None` for a create.
     pub previous_status: Option<OrderStatus>,
+}
+
+/// A `Change` as stored: only what the change set. An order's customer, items, total, note
+/// and creation time never change after its create, so the order as any change left it is
+/// the stored order with this record's status, version and update time. Keeping the order's
+/// content once, not once per change, keeps the change log (and every snapshot, which
+/// carries it) a few dozen bytes per change even for the largest orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeRecord {
+    pub revision: u64,
+    pub order_id: u64,
+    pub status: OrderStatus,
+    pub version: u64,
+    pub updated_at_ms: i64,
+    /// The status before a status change; `None` for a create.
+    pub previous_status: Option<OrderStatus>,
+}
+
+impl ChangeRecord {
+    /// The record of the change that left `order` as it is, at `revision`.
+    pub fn of(revision: u64, order: &Order, previous_status: Option<OrderStatus>) -> Self {
+        ChangeRecord {
+            revision,
+            order_id: order.id,
+            status: order.status,
+            version: order.version,
+            updated_at_ms: order.updated_at_ms,
+            previous_status,
+        }
+    }
+
+    /// The change itself, given the order it belongs to (as stored now, or as any change
+    /// left it: only the fields a change sets differ).
+    pub fn with_order(&self, mut order: Order) -> Change {
+        debug_assert_eq!(order.id, self.order_id);
+        order.status = self.status;
+        order.version = self.version;
+        order.updated_at_ms = self.updated_at_ms;
+        Change {
+            revision: self.revision,
+            order,
+            previous_status: self.previous_status,
+        }
+    }
 }
 
 /// A stored order. Times are milliseconds since the Unix epoch, stamped by the leader that

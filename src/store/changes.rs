@@ -1,6 +1,7 @@
-//! The change log: every applied create and status change as a `Change` record under its
+//! The change log: every applied create and status change as a `ChangeRecord` under its
 //! revision (`keys::change`), written by `order::apply_command` in the same batch as the order,
-//! read here for the change feed, and trimmed to a retention window.
+//! read here for the change feed (joined with the stored order, whose content a change never
+//! alters), and trimmed to a retention window.
 //!
 //! Trimming is each node's own business (`ChangeRetention` comes from its flags): it runs in
 //! the state machine's apply loop, in the same atomic batch as the chunk's commands, so a
@@ -13,7 +14,7 @@ use super::overlay::Overlay;
 use super::reader::OrderReader;
 use super::StoreError;
 use crate::codec;
-use crate::order::Change;
+use crate::order::{Change, ChangeRecord};
 
 /// How much of the change log a node keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,12 +83,18 @@ impl OrderReader {
         if max > 0 && from >= oldest && from <= newest {
             for kv in self.sm.range(keys::change(from)..keys::change(newest + 1)) {
                 let (_, v) = kv?;
-                let change: Change = codec::decode(&v)?;
+                let record: ChangeRecord = codec::decode(&v)?;
                 // The log is contiguous; a gap would mean a lost record: stop before it.
-                if change.revision != from + changes.len() as u64 {
+                if record.revision != from + changes.len() as u64 {
                     break;
                 }
-                changes.push(change);
+                let order = self.get_unlocked(record.order_id)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "change {} names order {}, which is not stored",
+                        record.revision, record.order_id
+                    ))
+                })?;
+                changes.push(record.with_order(order));
                 if changes.len() >= max {
                     break;
                 }
@@ -143,8 +150,8 @@ pub(super) fn trim(
         // the stamps are, up to clock skew between leaders: close enough for retention).
         for kv in tree.scan_prefix(keys::CHANGE_PREFIX).take(TRIM_PER_CHUNK) {
             let (k, v) = kv?;
-            let change: Change = codec::decode(&v)?;
-            if change.order.updated_at_ms >= cutoff {
+            let record: ChangeRecord = codec::decode(&v)?;
+            if record.updated_at_ms >= cutoff {
                 break;
             }
             keep_from = keep_from.max(keys::id_suffix(&k) + 1);

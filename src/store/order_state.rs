@@ -9,7 +9,7 @@ use super::keys;
 use super::overlay::Overlay;
 use super::StoreError;
 use crate::codec;
-use crate::order::{Change, CustomRole, IdempotencyRecord, Order, OrderOp, OrderState, User};
+use crate::order::{ChangeRecord, CustomRole, IdempotencyRecord, Order, OrderOp, OrderState, User};
 
 /// The state of one apply chunk: reads see the chunk's earlier writes, and the whole chunk is
 /// committed as one sled batch by the caller.
@@ -88,9 +88,9 @@ impl OrderState for OverlayState<'_, '_> {
         Ok(self.get(keys::REVISION)?.unwrap_or(0))
     }
 
-    fn put_change(&mut self, change: &Change) -> Result<(), StoreError> {
+    fn put_change(&mut self, change: &ChangeRecord) -> Result<(), StoreError> {
         self.put(keys::REVISION.to_vec(), &change.revision)?;
-        self.put(keys::order_revision(change.order.id), &change.revision)?;
+        self.put(keys::order_revision(change.order_id), &change.revision)?;
         self.put(keys::change(change.revision), change)
     }
 
@@ -225,7 +225,7 @@ mod tests {
             prop_assert_eq!(by_token, expected, "the token index holds exactly the users' tokens");
             let roles: Vec<CustomRole> = decoded::<CustomRole>(&tree, keys::ROLE_PREFIX).into_iter().map(|(_, r)| r).collect();
             prop_assert_eq!(&roles, &model.roles.values().cloned().collect::<Vec<_>>());
-            let changes: Vec<Change> = decoded::<Change>(&tree, keys::CHANGE_PREFIX).into_iter().map(|(_, c)| c).collect();
+            let changes: Vec<ChangeRecord> = decoded::<ChangeRecord>(&tree, keys::CHANGE_PREFIX).into_iter().map(|(_, c)| c).collect();
             prop_assert_eq!(&changes, &model.changes.values().cloned().collect::<Vec<_>>());
             let revisions: Vec<u64> = decoded::<u64>(&tree, b"v").into_iter().map(|(_, r)| r).collect();
             prop_assert_eq!(&revisions, &model.order_revisions.values().cloned().collect::<Vec<_>>());

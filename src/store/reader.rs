@@ -74,7 +74,7 @@ impl OrderReader {
         Ok(self.get_unlocked(id)?.map(|o| (o, revision)))
     }
 
-    fn get_unlocked(&self, id: u64) -> Result<Option<Order>, StoreError> {
+    pub(super) fn get_unlocked(&self, id: u64) -> Result<Option<Order>, StoreError> {
         self.decoded(&keys::order(id))
     }
 
