@@ -12,6 +12,13 @@
 //! of how many entries fit, which makes openraft send smaller batches; so is a batch the peer
 //! answers 413 to. One entry is always sent, however large.
 //!
+//! The budget adapts to the peer (`AppendBudget`): a fixed one still livelocked a lagging
+//! follower on a loaded machine, where decoding, writing and fsyncing 1 MiB of large orders
+//! takes longer than the heartbeat, so every retry of the same batch timed out again (a
+//! minute-long catch-up in the real-sizes torture run). An append with entries that gets no
+//! answer in time halves the budget for that peer, down to `MIN_APPEND_BUDGET`; each answered
+//! one grows it back by a quarter of the maximum.
+//!
 //! A peer that stops answering is logged once when it goes (WARN, with the cause) and once
 //! when it answers again (INFO, with how long it was gone), not on every retry: openraft's
 //! own line per failed heartbeat is filtered out by default (see `main`). `PeerHealth` keeps
@@ -143,10 +150,84 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             addr: node.addr.clone(),
             unreachable_retry: self.unreachable_retry,
-            max_append_bytes: self.max_append_bytes,
+            append_budget: AppendBudget::new(self.max_append_bytes),
             clocks: self.clocks.clone(),
             health: self.health.clone(),
             removal: self.removal.clone(),
+        }
+    }
+}
+
+/// The smallest byte budget an append to a peer shrinks to (one entry is sent whatever it is).
+const MIN_APPEND_BUDGET: usize = 64 * 1024;
+
+/// The byte budget of appends to one peer: the configured maximum while appends are answered
+/// in time, smaller after appends with entries time out (see the module header).
+struct AppendBudget {
+    max: usize,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl AppendBudget {
+    fn new(max: usize) -> Self {
+        AppendBudget {
+            max,
+            current: std::sync::atomic::AtomicUsize::new(max),
+        }
+    }
+
+    fn get(&self) -> usize {
+        self.current.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// An append of `bytes` got no answer in time: the next ones get at most half of it.
+    fn timed_out(&self, bytes: usize) {
+        let shrunk = (bytes / 2).max(MIN_APPEND_BUDGET.min(self.max));
+        let before = self
+            .current
+            .fetch_min(shrunk, std::sync::atomic::Ordering::Relaxed);
+        if shrunk < before {
+            tracing::debug!(
+                bytes,
+                budget = shrunk,
+                "append timed out; smaller batches for a while"
+            );
+        }
+    }
+
+    /// An append with entries was answered: allow a little more again.
+    fn answered(&self) {
+        let grown = (self.get() + self.max / 4).min(self.max);
+        self.current
+            .store(grown, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Marks an append in flight; dropped unanswered (openraft's timeout drops the call's future),
+/// it shrinks the peer's budget.
+struct AppendInFlight<'a> {
+    budget: &'a AppendBudget,
+    bytes: usize,
+    settled: bool,
+}
+
+impl AppendInFlight<'_> {
+    /// How the call ended: answered (`Some(true)`), sent but not answered in time
+    /// (`Some(false)`), or neither, such as a refused connection (`None`).
+    fn settle(mut self, answered: Option<bool>) {
+        self.settled = true;
+        match answered {
+            Some(true) => self.budget.answered(),
+            Some(false) => self.budget.timed_out(self.bytes),
+            None => {}
+        }
+    }
+}
+
+impl Drop for AppendInFlight<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.budget.timed_out(self.bytes);
         }
     }
 }
@@ -157,7 +238,7 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     unreachable_retry: Duration,
-    max_append_bytes: usize,
+    append_budget: AppendBudget,
     clocks: Arc<PeerClocks>,
     health: Arc<PeerHealth>,
     removal: Arc<RemovalNotices>,
@@ -237,12 +318,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let entries = rpc.entries.len();
         let body = encoded(&rpc)?;
-        if entries > 1 && body.len() > self.max_append_bytes {
-            let hint = entries_that_fit(entries, body.len(), self.max_append_bytes);
+        let budget = self.append_budget.get();
+        if entries > 1 && body.len() > budget {
+            let hint = entries_that_fit(entries, body.len(), budget);
             tracing::debug!(
                 target = self.target,
                 entries,
                 bytes = body.len(),
+                budget,
                 hint,
                 "append batch over the byte budget; asking for a smaller one"
             );
@@ -250,15 +333,33 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 PayloadTooLarge::new_entries_hint(hint),
             ));
         }
+        // Heartbeats carry nothing to shrink; only appends with entries move the budget.
+        let in_flight = (entries > 0).then(|| AppendInFlight {
+            budget: &self.append_budget,
+            bytes: body.len(),
+            settled: false,
+        });
         let target = self.target;
-        self.rpc(APPEND_PATH, body, &option, || {
-            if entries > 1 {
-                RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint((entries / 2) as u64))
-            } else {
-                network_error(format!("peer {target} refused one log entry as too large"))
+        let sent = self
+            .rpc(APPEND_PATH, body, &option, || {
+                if entries > 1 {
+                    RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(
+                        (entries / 2) as u64,
+                    ))
+                } else {
+                    network_error(format!("peer {target} refused one log entry as too large"))
+                }
+            })
+            .await;
+        if let Some(in_flight) = in_flight {
+            match &sent {
+                Ok(_) => in_flight.settle(Some(true)),
+                // Sent and not answered in time (the client's own deadline is openraft's).
+                Err(RPCError::Network(_)) => in_flight.settle(Some(false)),
+                Err(_) => in_flight.settle(None),
             }
-        })
-        .await
+        }
+        sent
     }
 
     async fn install_snapshot(
@@ -318,10 +419,8 @@ mod tests {
         assert_eq!(entries_that_fit(10, (1 << 20) + 1, 1 << 20), 8);
     }
 
-    #[tokio::test]
-    async fn an_append_over_the_byte_budget_asks_for_fewer_entries_before_sending() {
-        use openraft::{CommittedLeaderId, EntryPayload, LogId};
-        let mut factory = PeerNetwork::new(
+    fn network(max_append_bytes: usize) -> PeerNetwork {
+        PeerNetwork::new(
             RpcClient::new(
                 None,
                 Arc::new(crate::rpc::PeerDirectory::new(1, "127.0.0.1:1".into())),
@@ -331,11 +430,13 @@ mod tests {
                 ),
             ),
             Duration::from_millis(10),
-            64 * 1024,
-        );
-        // Port 9 (discard) on loopback: nothing is sent if the budget check works; if it
-        // did not, the call would fail with a connection error instead.
-        let mut client = factory.new_client(2, &BasicNode::new("127.0.0.1:9")).await;
+            max_append_bytes,
+        )
+    }
+
+    /// An append of 20 entries of 8 large orders each, about 1.1 MB encoded.
+    fn large_append() -> AppendEntriesRequest<TypeConfig> {
+        use openraft::{CommittedLeaderId, EntryPayload, LogId};
         let leader = CommittedLeaderId::new(1, 1);
         use crate::order::{CommandBatch, LineItem, NewOrder, OrderCommand, OrderOp};
         let item = LineItem {
@@ -363,19 +464,87 @@ mod tests {
                 payload: EntryPayload::Normal(big.clone()),
             })
             .collect::<Vec<_>>();
-        let req = AppendEntriesRequest {
+        AppendEntriesRequest {
             vote: openraft::Vote::new_committed(1, 1),
             prev_log_id: None,
             leader_commit: None,
             entries,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn an_append_over_the_byte_budget_asks_for_fewer_entries_before_sending() {
+        let mut factory = network(64 * 1024);
+        // Port 9 (discard) on loopback: nothing is sent if the budget check works; if it
+        // did not, the call would fail with a connection error instead.
+        let mut client = factory.new_client(2, &BasicNode::new("127.0.0.1:9")).await;
         let option = RPCOption::new(Duration::from_millis(500));
-        match client.append_entries(req, option).await {
+        match client.append_entries(large_append(), option).await {
             Err(RPCError::PayloadTooLarge(p)) => {
                 let hint = p.entries_hint();
                 assert!((1..20).contains(&hint), "hint {hint}");
             }
             other => panic!("expected PayloadTooLarge, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn an_append_that_times_out_shrinks_the_batches_that_follow() {
+        // A peer that takes the connection and the bytes but never answers, like a follower
+        // too busy to write and fsync the batch within the heartbeat.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap().to_string();
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = silent.accept().await {
+                held.push(conn);
+            }
+        });
+        let mut factory = network(4 * 1024 * 1024);
+        let mut client = factory.new_client(2, &BasicNode::new(&addr)).await;
+        let bytes = codec::encode(&large_append()).unwrap().len();
+        assert!(bytes > 1024 * 1024 && bytes < 4 * 1024 * 1024, "{bytes}");
+
+        // openraft's heartbeat-long timeout drops the call: the batch fit the budget, was sent,
+        // and got no answer.
+        let option = RPCOption::new(Duration::from_secs(30));
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(300),
+            client.append_entries(large_append(), option.clone()),
+        )
+        .await;
+        assert!(dropped.is_err(), "the silent peer answered: {dropped:?}");
+        assert_eq!(client.append_budget.get(), bytes / 2);
+
+        // The same batch again is cut before it is sent.
+        match client.append_entries(large_append(), option).await {
+            Err(RPCError::PayloadTooLarge(p)) => {
+                let hint = p.entries_hint();
+                assert!((1..20).contains(&hint), "hint {hint}");
+            }
+            other => panic!("expected PayloadTooLarge, got {other:?}"),
+        }
+
+        // The client's own deadline (the same as openraft's) counts the same way.
+        let option = RPCOption::new(Duration::from_millis(200));
+        let mut one = large_append();
+        one.entries.truncate(1);
+        let one_bytes = codec::encode(&one).unwrap().len();
+        assert!(matches!(
+            client.append_entries(one, option).await,
+            Err(RPCError::Network(_))
+        ));
+        assert_eq!(
+            client.append_budget.get(),
+            MIN_APPEND_BUDGET.max(one_bytes / 2)
+        );
+
+        // Answered appends grow it back, a quarter of the maximum at a time.
+        client.append_budget.answered();
+        assert_eq!(
+            client.append_budget.get(),
+            MIN_APPEND_BUDGET.max(one_bytes / 2) + 1024 * 1024
+        );
+        held.abort();
     }
 }

@@ -112,10 +112,15 @@ impl ProcessCluster {
         topology: Option<Topology>,
         extra_args: Vec<String>,
     ) -> ProcessCluster {
-        let dir = tempfile::Builder::new()
+        let mut dir = tempfile::Builder::new()
             .prefix("ordo-cluster-")
             .tempdir()
             .expect("temp dir");
+        // For a post-mortem of a run that passed but looked wrong: keep the logs and data.
+        if std::env::var_os("ORDO_TEST_KEEP_DIR").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping {}", dir.path().display());
+        }
         let mut nodes = BTreeMap::new();
         for id in 1..=n {
             let addr = match &topology {
