@@ -16,8 +16,9 @@
 //! follower on a loaded machine, where decoding, writing and fsyncing 1 MiB of large orders
 //! takes longer than the heartbeat, so every retry of the same batch timed out again (a
 //! minute-long catch-up in the real-sizes torture run). An append with entries that gets no
-//! answer in time halves the budget for that peer, down to `MIN_APPEND_BUDGET`; each answered
-//! one grows it back by a quarter of the maximum.
+//! answer within its deadline halves the budget for that peer, down to `MIN_APPEND_BUDGET`;
+//! an answered one that used at least half of the budget grows it by a quarter. The budget is
+//! kept per peer across replication streams, which openraft makes anew at every election.
 //!
 //! A peer that stops answering is logged once when it goes (WARN, with the cause) and once
 //! when it answers again (INFO, with how long it was gone), not on every retry: openraft's
@@ -57,6 +58,7 @@ pub struct PeerNetwork {
     clocks: Arc<PeerClocks>,
     health: Arc<PeerHealth>,
     removal: Arc<RemovalNotices>,
+    budgets: Arc<std::sync::Mutex<std::collections::HashMap<NodeId, Arc<AppendBudget>>>>,
 }
 
 /// A peer counts as unreachable once its calls have failed for this long without one
@@ -127,6 +129,7 @@ impl PeerNetwork {
             clocks: Arc::default(),
             health: Arc::default(),
             removal: Arc::default(),
+            budgets: Arc::default(),
         }
     }
 
@@ -150,7 +153,13 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             addr: node.addr.clone(),
             unreachable_retry: self.unreachable_retry,
-            append_budget: AppendBudget::new(self.max_append_bytes),
+            append_budget: self
+                .budgets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(target)
+                .or_insert_with(|| Arc::new(AppendBudget::new(self.max_append_bytes)))
+                .clone(),
             clocks: self.clocks.clone(),
             health: self.health.clone(),
             removal: self.removal.clone(),
@@ -195,11 +204,14 @@ impl AppendBudget {
         }
     }
 
-    /// An append with entries was answered: allow a little more again.
-    fn answered(&self) {
-        let grown = (self.get() + self.max / 4).min(self.max);
-        self.current
-            .store(grown, std::sync::atomic::Ordering::Relaxed);
+    /// An append of `bytes` was answered in time: if it used most of the budget, allow more.
+    fn answered(&self, bytes: usize) {
+        let current = self.get();
+        if bytes >= current / 2 {
+            let grown = (current + (current / 4).max(MIN_APPEND_BUDGET)).min(self.max);
+            self.current
+                .fetch_max(grown, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -217,7 +229,7 @@ impl AppendInFlight<'_> {
     fn settle(mut self, answered: Option<bool>) {
         self.settled = true;
         match answered {
-            Some(true) => self.budget.answered(),
+            Some(true) => self.budget.answered(self.bytes),
             Some(false) => self.budget.timed_out(self.bytes),
             None => {}
         }
@@ -238,7 +250,7 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     unreachable_retry: Duration,
-    append_budget: AppendBudget,
+    append_budget: Arc<AppendBudget>,
     clocks: Arc<PeerClocks>,
     health: Arc<PeerHealth>,
     removal: Arc<RemovalNotices>,
@@ -340,6 +352,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             settled: false,
         });
         let target = self.target;
+        let started = std::time::Instant::now();
         let sent = self
             .rpc(APPEND_PATH, body, &option, || {
                 if entries > 1 {
@@ -354,8 +367,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         if let Some(in_flight) = in_flight {
             match &sent {
                 Ok(_) => in_flight.settle(Some(true)),
-                // Sent and not answered in time (the client's own deadline is openraft's).
-                Err(RPCError::Network(_)) => in_flight.settle(Some(false)),
+                // The client's own deadline (openraft's) ran out; other failures (a reset, a
+                // peer's 5xx) say nothing about the batch's size.
+                Err(RPCError::Network(_)) if started.elapsed() >= option.hard_ttl() * 9 / 10 => {
+                    in_flight.settle(Some(false))
+                }
                 Err(_) => in_flight.settle(None),
             }
         }
@@ -539,12 +555,20 @@ mod tests {
             MIN_APPEND_BUDGET.max(one_bytes / 2)
         );
 
-        // Answered appends grow it back, a quarter of the maximum at a time.
-        client.append_budget.answered();
+        // An answered append grows it back only if it used at least half of the budget.
+        let shrunk = MIN_APPEND_BUDGET.max(one_bytes / 2);
+        client.append_budget.answered(shrunk / 2 - 1);
+        assert_eq!(client.append_budget.get(), shrunk);
+        client.append_budget.answered(shrunk / 2);
         assert_eq!(
             client.append_budget.get(),
-            MIN_APPEND_BUDGET.max(one_bytes / 2) + 1024 * 1024
+            shrunk + MIN_APPEND_BUDGET.max(shrunk / 4)
         );
+
+        // The budget is the peer's, not the replication stream's: a new stream (a new term)
+        // starts where the last one left off.
+        let next = factory.new_client(2, &BasicNode::new(&addr)).await;
+        assert_eq!(next.append_budget.get(), client.append_budget.get());
         held.abort();
     }
 }
