@@ -83,7 +83,7 @@ impl OrderReader {
         if max > 0 && from >= oldest && from <= newest {
             for kv in self.sm.range(keys::change(from)..keys::change(newest + 1)) {
                 let (_, v) = kv?;
-                let record: ChangeRecord = codec::decode(&v)?;
+                let record = decode_record(&v)?;
                 // The log is contiguous; a gap would mean a lost record: stop before it.
                 if record.revision != from + changes.len() as u64 {
                     break;
@@ -129,6 +129,24 @@ impl OrderReader {
     }
 }
 
+/// A stored change record. The first builds with the change feed stored a whole `Change` (the
+/// order's full content once per change); a store or snapshot they wrote still holds some, read
+/// here as the record they contain. (A `Change`'s bytes never decode as a `ChangeRecord`: the
+/// decoder refuses the trailing bytes of the order's content.)
+fn decode_record(bytes: &[u8]) -> Result<ChangeRecord, StoreError> {
+    match codec::decode::<ChangeRecord>(bytes) {
+        Ok(record) => Ok(record),
+        Err(e) => match codec::decode::<Change>(bytes) {
+            Ok(old) => Ok(ChangeRecord::of(
+                old.revision,
+                &old.order,
+                old.previous_status,
+            )),
+            Err(_) => Err(e.into()),
+        },
+    }
+}
+
 /// Drops records outside `retention` as part of an apply chunk (ages by the state machine's
 /// clock: the records' times are the leaders' stamps). Returns the newest revision, as the
 /// chunk leaves it (0 before any change).
@@ -150,7 +168,7 @@ pub(super) fn trim(
         // the stamps are, up to clock skew between leaders: close enough for retention).
         for kv in tree.scan_prefix(keys::CHANGE_PREFIX).take(TRIM_PER_CHUNK) {
             let (k, v) = kv?;
-            let record: ChangeRecord = codec::decode(&v)?;
+            let record = decode_record(&v)?;
             if record.updated_at_ms >= cutoff {
                 break;
             }
@@ -163,4 +181,44 @@ pub(super) fn trim(
         TRIM_PER_CHUNK,
     )?;
     Ok(newest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::order::{LineItem, Order, OrderStatus};
+
+    #[test]
+    fn a_change_stored_whole_by_the_first_feed_builds_reads_as_its_record() {
+        let order = Order {
+            id: 7,
+            customer_id: "c".into(),
+            items: vec![LineItem {
+                sku: "s".into(),
+                quantity: 1,
+                unit_price_cents: 5,
+            }],
+            total_cents: 5,
+            note: None,
+            status: OrderStatus::Paid,
+            version: 2,
+            created_at_ms: 10,
+            updated_at_ms: 20,
+        };
+        let old = Change {
+            revision: 9,
+            order: order.clone(),
+            previous_status: Some(OrderStatus::Pending),
+        };
+        let record = ChangeRecord::of(9, &order, Some(OrderStatus::Pending));
+        assert_eq!(
+            decode_record(&codec::encode(&old).unwrap()).unwrap(),
+            record
+        );
+        assert_eq!(
+            decode_record(&codec::encode(&record).unwrap()).unwrap(),
+            record
+        );
+        assert_eq!(record.with_order(order), old);
+    }
 }
