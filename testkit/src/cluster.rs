@@ -95,12 +95,32 @@ pub struct ProcessCluster {
 }
 
 /// A loopback port nobody listens on right now.
+///
+/// Ports come from 22000-31999, below the kernel's ephemeral range (32768 and up on Linux),
+/// and each is handed out once per process. A port from `bind(0)` was ephemeral: between its
+/// release and the node's bind, a client connection could take it as its local port, or a
+/// parallel test's cluster could be given it too; once a node of another cluster served on a
+/// port this cluster's peers called, the two clusters' Raft messages met (seen in CI).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 22_000;
+    const SPAN: u32 = 10_000;
+    // Where this process starts in the span: apart from other processes' (say, a torture run
+    // beside the tests).
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}-{}", FIRST + SPAN - 1)
 }
 
 impl ProcessCluster {
