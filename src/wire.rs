@@ -373,6 +373,7 @@ impl From<&Order> for OrderJson {
 pub struct OrderListJson {
     /// This page's orders, by id.
     pub orders: Vec<OrderJson>,
+    /// The page number asked for; 0 for a page asked for by cursor (`after`).
     pub page: u64,
     pub per_page: u64,
     /// How many orders match the filter in all.
@@ -381,6 +382,10 @@ pub struct OrderListJson {
     /// from here without a gap, watch the change feed from this revision.
     #[serde(default)]
     pub revision: Option<u64>,
+    /// Pass as `after` for the next page; absent on the last page. Cursor pages cost the
+    /// same at any depth, where a numbered page skips every match before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<u64>,
 }
 
 /// What a change-feed event (`GET /api/orders/changes`) carries in its `data:`.

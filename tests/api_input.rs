@@ -364,6 +364,27 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
         ),
         case(
             "GET",
+            "/api/orders?page=2&after=10",
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
+        case(
+            "GET",
+            "/api/orders?after=-1",
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
+        case(
+            "GET",
+            "/api/orders?status=paid&after=18446744073709551616",
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
+        case(
+            "GET",
             "/api/orders?per_page=101",
             "",
             400,

@@ -41,6 +41,30 @@ async fn all_via_client(client: &Client) -> Vec<ordo::client::Order> {
         }
         out.extend(read.value.orders);
     }
+    // The same listing walked by cursor (`after`, following each page's `next_after`).
+    let mut by_cursor: Vec<ordo::client::Order> = Vec::new();
+    let mut after = Some(0);
+    for _ in 0..1000 {
+        let Some(a) = after else { break };
+        let q = ListQuery {
+            after: Some(a),
+            per_page: Some(37),
+            ..Default::default()
+        };
+        let read = client
+            .list_orders(&q, ReadMode::Linearizable)
+            .await
+            .unwrap();
+        assert_eq!(read.value.page, 0, "a cursor page has no number");
+        assert_eq!(read.value.total as usize, out.len());
+        by_cursor.extend(read.value.orders);
+        after = read.value.next_after;
+    }
+    assert_eq!(after, None, "the cursor walk ended");
+    assert_eq!(
+        by_cursor.iter().map(|o| o.id).collect::<Vec<_>>(),
+        out.iter().map(|o| o.id).collect::<Vec<_>>()
+    );
     out
 }
 

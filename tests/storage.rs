@@ -11,7 +11,7 @@ use ordo::order::{
     CommandBatch, LineItem, NewOrder, OrderCommand, OrderOp, OrderStatus, Rejection,
 };
 use ordo::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
-use ordo::store::{self, LogStore, OrderFilter, StateMachineStore, StoreConfig};
+use ordo::store::{self, LogStore, OrderFilter, PageStart, StateMachineStore, StoreConfig};
 use proptest::prelude::*;
 use tempfile::TempDir;
 
@@ -103,7 +103,9 @@ fn reopen_after_drop_keeps_log_vote_and_orders() {
         let (applied, _) = sm.applied_state().await.unwrap();
         assert_eq!(applied, Some(log_id(1, 20)));
         let reader = sm.reader();
-        let page = reader.list(&OrderFilter::default(), 2, 8).unwrap();
+        let page = reader
+            .list(&OrderFilter::default(), PageStart::Number(2), 8)
+            .unwrap();
         assert_eq!(page.total, 20);
         assert_eq!(
             page.orders.iter().map(|o| o.id).collect::<Vec<_>>(),
@@ -115,7 +117,7 @@ fn reopen_after_drop_keeps_log_vote_and_orders() {
                     customer_id: Some("c1".into()),
                     status: None,
                 },
-                1,
+                PageStart::Number(1),
                 100,
             )
             .unwrap();
@@ -192,7 +194,7 @@ fn sigkill_between_appends_loses_nothing_acknowledged() {
 fn order_count(store: &StateMachineStore) -> u64 {
     store
         .reader()
-        .list(&OrderFilter::default(), 1, 1)
+        .list(&OrderFilter::default(), PageStart::Number(1), 1)
         .unwrap()
         .total
 }
@@ -605,7 +607,7 @@ fn a_status_filtered_list_during_status_changes_lists_only_that_status() {
             };
             let mut lists = 0u32;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) || lists == 0 {
-                let page = reader.list(&pending, 1, 1000).unwrap();
+                let page = reader.list(&pending, PageStart::Number(1), 1000).unwrap();
                 for o in &page.orders {
                     assert_eq!(o.status, OrderStatus::Pending, "order {} listed", o.id);
                 }
@@ -742,5 +744,133 @@ fn a_fixed_history_leaves_the_state_it_always_did() {
             "9d3bef0ba3367f3b8531891a18139bf8cb733f9dcbde5137f11cd81fe6ffa87d",
             "the stored state of a fixed history changed"
         );
+    });
+}
+
+/// Every filter's listing, walked by cursor and by page number, against the orders themselves:
+/// the same ids in id order, `total` from the counters equal to the count, `next_after` on
+/// every page but the last.
+fn assert_listings_match(reader: &ordo::store::OrderReader, customers: &[&str]) {
+    let all = reader
+        .list(&OrderFilter::default(), PageStart::Number(1), u64::MAX)
+        .unwrap()
+        .orders;
+    let mut filters = vec![OrderFilter::default()];
+    for status in OrderStatus::ALL.map(Some).into_iter().chain([None]) {
+        for customer in customers.iter().map(|c| Some(c.to_string())).chain([None]) {
+            filters.push(OrderFilter {
+                status,
+                customer_id: customer,
+            });
+        }
+    }
+    for filter in &filters {
+        let expected: Vec<u64> = all
+            .iter()
+            .filter(|o| filter.status.is_none_or(|s| o.status == s))
+            .filter(|o| {
+                filter
+                    .customer_id
+                    .as_ref()
+                    .is_none_or(|c| &o.customer_id == c)
+            })
+            .map(|o| o.id)
+            .collect();
+        for per_page in [1, 7, 1000] {
+            let (mut by_cursor, mut by_number) = (Vec::new(), Vec::new());
+            let mut after = 0;
+            for n in 1..=expected.len() as u64 + 2 {
+                let page = reader
+                    .list(filter, PageStart::After(after), per_page)
+                    .unwrap();
+                assert_eq!(page.total, expected.len() as u64, "{filter:?}");
+                by_cursor.extend(page.orders.iter().map(|o| o.id));
+                let numbered = reader.list(filter, PageStart::Number(n), per_page).unwrap();
+                assert_eq!(numbered.total, expected.len() as u64, "{filter:?}");
+                by_number.extend(numbered.orders.iter().map(|o| o.id));
+                match page.next_after {
+                    Some(next) => {
+                        assert_eq!(Some(&next), by_cursor.last(), "{filter:?}");
+                        after = next;
+                    }
+                    None => break,
+                }
+            }
+            assert_eq!(
+                by_cursor, expected,
+                "by cursor, {filter:?}, {per_page} per page"
+            );
+            assert_eq!(
+                by_number, expected,
+                "by number, {filter:?}, {per_page} per page"
+            );
+        }
+    }
+}
+
+#[test]
+fn listing_counters_and_cursors_agree_with_the_orders_and_are_rebuilt_for_old_stores() {
+    let dir = TempDir::new().unwrap();
+    let customers = ["alice", "bob", "carol"];
+    let moves = [
+        OrderStatus::Paid,
+        OrderStatus::Shipped,
+        OrderStatus::Cancelled,
+    ];
+    rt().block_on(async {
+        let (_log, mut sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
+        let mut index = 0;
+        let mut next = |cmd| {
+            index += 1;
+            entry(index, cmd)
+        };
+        let mut entries: Vec<Entry> = (0..60)
+            .map(|i| next(create(customers[i % 3], None, i as i64)))
+            .collect();
+        // Moves along the lifecycle, some of them refused (invalid transitions count nothing).
+        for id in 1..=60u64 {
+            for status in moves.iter().take((id % 4) as usize) {
+                entries.push(next(set_status(id, *status, None, None, 100 + id as i64)));
+            }
+        }
+        sm.apply(entries).await.unwrap();
+        assert_listings_match(&sm.reader(), &customers);
+        drop(sm);
+    });
+
+    // A store as a version without the counters left it: none of them, no composite index,
+    // no mark of how far they were kept.
+    let db = {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match sled::open(dir.path().join("sled")) {
+                Ok(db) => break db,
+                Err(e) => {
+                    assert!(std::time::Instant::now() < deadline, "{e}");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        }
+    };
+    let tree = db.open_tree("sm").unwrap();
+    let derived: Vec<_> = tree
+        .iter()
+        .keys()
+        .map(|k| k.unwrap())
+        .filter(|k| k.starts_with(b"n") || k.starts_with(b"b") || &k[..] == b"m:counts_at")
+        .collect();
+    assert!(
+        derived.len() > 10,
+        "the counters and the index are stored: {derived:?}"
+    );
+    for k in derived {
+        tree.remove(k).unwrap();
+    }
+    db.flush().unwrap();
+    drop((tree, db));
+
+    rt().block_on(async {
+        let (_log, sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
+        assert_listings_match(&sm.reader(), &customers);
     });
 }

@@ -34,9 +34,13 @@ pub struct ConsistencyQuery {
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct ListQueryParams {
-    /// The page, from 1.
+    /// The page, from 1 (not with `after`).
     #[param(minimum = 1, maximum = 4294967295_u64)]
     page: Option<u64>,
+    /// Start the page just after this order id: a cursor, as cheap at any depth (pass the
+    /// last page's `next_after`; 0 starts at the beginning). Not with `page`.
+    #[param(minimum = 0)]
+    after: Option<u64>,
     /// Orders per page: 1 to 100 (default 20).
     #[param(minimum = 1, maximum = 100)]
     per_page: Option<u64>,

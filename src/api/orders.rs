@@ -13,7 +13,7 @@ use super::openapi::{ConsistencyQuery, IdempotencyKeyHeader, ListQueryParams, Or
 use super::AppState;
 use crate::order::{validate_idempotency_key, NewOrder, OrderOp, OrderStatus};
 use crate::rpc::WriteRequest;
-use crate::store::OrderFilter;
+use crate::store::{OrderFilter, PageStart};
 use crate::wire::{CreateOrderBody, OrderJson, OrderListJson, SetStatusBody};
 
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
@@ -169,18 +169,30 @@ fn parse_positive(
     default: u64,
     max: u64,
 ) -> Result<u64, ApiError> {
+    Ok(parse_within(pairs, name, 1, max)?.unwrap_or(default))
+}
+
+/// A query parameter that must be an integer from `min` to `max`, if given.
+fn parse_within(
+    pairs: &[(String, String)],
+    name: &str,
+    min: u64,
+    max: u64,
+) -> Result<Option<u64>, ApiError> {
     match query_value(pairs, name) {
-        None => Ok(default),
+        None => Ok(None),
         Some(raw) => match raw.parse::<u64>() {
-            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
             _ => Err(ApiError::InvalidQuery(format!(
-                "{name} must be an integer from 1 to {max}, got {raw:?}"
+                "{name} must be an integer from {min} to {max}, got {raw:?}"
             ))),
         },
     }
 }
 
-/// Orders by id, a page at a time, optionally filtered by status and customer.
+/// Orders by id, a page at a time, optionally filtered by status and customer. A page starts
+/// at a page number (`page`) or after an order id (`after`, a cursor: pass the last answer's
+/// `next_after`), not both.
 #[utoipa::path(
     get, path = "/api/orders", tag = "orders", operation_id = "list_orders",
     params(ListQueryParams, ConsistencyQuery),
@@ -193,9 +205,27 @@ pub async fn list(
 ) -> Result<Json<OrderListJson>, ApiError> {
     let pairs = parse_query(
         query,
-        &["page", "per_page", "status", "customer_id", "consistency"],
+        &[
+            "page",
+            "after",
+            "per_page",
+            "status",
+            "customer_id",
+            "consistency",
+        ],
     )?;
-    let page = parse_positive(&pairs, "page", 1, u32::MAX as u64)?;
+    let start = match (
+        parse_within(&pairs, "page", 1, u32::MAX as u64)?,
+        parse_within(&pairs, "after", 0, u64::MAX)?,
+    ) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::InvalidQuery(
+                "page and after cannot be combined: after starts a page at a cursor".into(),
+            ))
+        }
+        (page, None) => PageStart::Number(page.unwrap_or(1)),
+        (None, Some(after)) => PageStart::After(after),
+    };
     let per_page = parse_positive(&pairs, "per_page", DEFAULT_PER_PAGE, MAX_PER_PAGE)?;
     let status = match query_value(&pairs, "status") {
         None | Some("") => None,
@@ -208,14 +238,14 @@ pub async fn list(
         .filter(|c| !c.is_empty())
         .map(String::from);
     read_barrier(&state, &pairs, caller).await?;
-    // A filtered listing walks an index: seconds on a big store, so off the runtime threads
-    // that carry Raft traffic.
+    // A listing reads up to a page of orders, and a numbered filtered page walks the index
+    // keys before it: off the runtime threads that carry Raft traffic.
     let reader = state.reader.clone();
     let filter = OrderFilter {
         status,
         customer_id,
     };
-    let found = tokio::task::spawn_blocking(move || reader.list(&filter, page, per_page))
+    let found = tokio::task::spawn_blocking(move || reader.list(&filter, start, per_page))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     Ok(Json(OrderListJson {
@@ -225,10 +255,14 @@ pub async fn list(
             .zip(&found.revisions)
             .map(|(o, r)| OrderJson::with_revision(o, *r))
             .collect(),
-        page,
+        page: match start {
+            PageStart::Number(n) => n,
+            PageStart::After(_) => 0,
+        },
         per_page,
         total: found.total,
         revision: Some(found.revision),
+        next_after: found.next_after,
     }))
 }
 

@@ -45,7 +45,8 @@ pub enum OrderCommand {
     /// List orders by id, a page at a time.
     #[command(after_help = "Examples:\n  \
         ordo order list --customer alice\n  \
-        ordo order list --status paid --page 2 --per-page 50")]
+        ordo order list --status paid --page 2 --per-page 50\n  \
+        ordo order list --status paid --after 1234          # the page after order 1234")]
     List {
         /// Only orders in this status.
         #[arg(long, value_name = "STATUS", value_parser = STATUSES)]
@@ -54,8 +55,12 @@ pub enum OrderCommand {
         #[arg(long, value_name = "CUSTOMER_ID")]
         customer: Option<String>,
         /// The page, from 1.
-        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=u32::MAX as u64))]
-        page: u64,
+        #[arg(long, value_name = "N", conflicts_with = "after", value_parser = clap::value_parser!(u64).range(1..=u32::MAX as u64))]
+        page: Option<u64>,
+        /// Start just after this order id instead of at a page number: as fast at any depth.
+        /// Each listing prints the id to pass for the next page.
+        #[arg(long, value_name = "ORDER_ID")]
+        after: Option<u64>,
         /// Orders per page, 1 to 100.
         #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100))]
         per_page: u64,
@@ -286,13 +291,15 @@ pub async fn run(conn: &ConnArgs, command: OrderCommand) -> i32 {
             status,
             customer,
             page,
+            after,
             per_page,
             read,
         } => {
             let q = ListQuery {
                 status,
                 customer_id: customer,
-                page: Some(page),
+                page,
+                after,
                 per_page: Some(per_page),
             };
             client.list_orders(&q, read.mode()).await.map(|r| {
@@ -305,10 +312,21 @@ pub async fn run(conn: &ConnArgs, command: OrderCommand) -> i32 {
                         .revision
                         .map(|rev| format!(", at revision {rev}"))
                         .unwrap_or_default();
-                    println!(
-                        "page {} ({} per page), {} matching in all{at}",
-                        r.value.page, r.value.per_page, r.value.total
-                    );
+                    let next = r
+                        .value
+                        .next_after
+                        .map(|id| format!("; next page: --after {id}"))
+                        .unwrap_or_default();
+                    match r.value.page {
+                        0 => println!(
+                            "{} per page, {} matching in all{at}{next}",
+                            r.value.per_page, r.value.total
+                        ),
+                        page => println!(
+                            "page {page} ({} per page), {} matching in all{at}{next}",
+                            r.value.per_page, r.value.total
+                        ),
+                    }
                 }
                 stale_note(r.stale, &read);
             })

@@ -315,6 +315,8 @@ pub struct ListQuery {
     pub status: Option<String>,
     pub customer_id: Option<String>,
     pub page: Option<u64>,
+    /// Start after this order id (a cursor: the last page's `next_after`); not with `page`.
+    pub after: Option<u64>,
     pub per_page: Option<u64>,
 }
 
@@ -666,6 +668,9 @@ impl Client {
         }
         if let Some(p) = query.page {
             params.push(("page", p.to_string()));
+        }
+        if let Some(a) = query.after {
+            params.push(("after", a.to_string()));
         }
         if let Some(p) = query.per_page {
             params.push(("per_page", p.to_string()));

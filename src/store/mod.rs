@@ -10,6 +10,7 @@ pub mod backup;
 mod changes;
 mod error;
 mod keys;
+mod list_index;
 mod log_store;
 mod order_state;
 mod overlay;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 pub use changes::{ChangeRetention, ChangesPage, DEFAULT_CHANGE_RETENTION_REVISIONS};
 pub use error::StoreError;
 pub use log_store::{LogReader, LogStore};
-pub use reader::{OrderFilter, OrderPage, OrderReader};
+pub use reader::{OrderFilter, OrderPage, OrderReader, PageStart};
 pub use state_machine::{SnapshotFiles, StateMachineStore};
 
 /// How hard a log append is pushed to disk before openraft hears it is done.

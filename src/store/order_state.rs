@@ -32,6 +32,27 @@ impl OverlayState<'_, '_> {
         self.0.insert(key, codec::encode(value)?);
         Ok(())
     }
+
+    /// Puts `id` under a counted index prefix (`delta` 1) or takes it out (`delta` -1), and
+    /// moves the prefix's counter with it; a counter at zero is removed.
+    fn index_counted(&mut self, prefix: Vec<u8>, id: u64, delta: i64) -> Result<(), StoreError> {
+        let counter = keys::count(&prefix);
+        let n: u64 = self.get(&counter)?.unwrap_or(0);
+        let n = n.checked_add_signed(delta).ok_or_else(|| {
+            StoreError::Corrupt(format!("a listing counter would pass zero: {counter:?}"))
+        })?;
+        if delta > 0 {
+            self.0.insert(keys::with_id(prefix, id), Vec::new());
+        } else {
+            self.0.remove(keys::with_id(prefix, id));
+        }
+        if n == 0 {
+            self.0.remove(counter);
+            Ok(())
+        } else {
+            self.put(counter, &n)
+        }
+    }
 }
 
 impl OrderState for OverlayState<'_, '_> {
@@ -64,24 +85,25 @@ impl OrderState for OverlayState<'_, '_> {
 
     fn put_order(&mut self, order: &Order, previous: Option<&Order>) -> Result<(), StoreError> {
         self.put(keys::order(order.id), order)?;
+        let customer = &order.customer_id;
         match previous {
             None => {
-                let by_customer =
-                    keys::with_id(keys::customer_prefix(&order.customer_id), order.id);
+                let by_customer = keys::with_id(keys::customer_prefix(customer), order.id);
                 self.0.insert(by_customer, Vec::new());
             }
+            Some(previous) if previous.status == order.status => return Ok(()),
             Some(previous) => {
-                self.0.remove(keys::with_id(
-                    keys::status_prefix(previous.status),
-                    order.id,
-                ));
+                self.index_counted(keys::status_prefix(previous.status), order.id, -1)?;
+                let by_both = keys::customer_status_prefix(customer, previous.status);
+                self.index_counted(by_both, order.id, -1)?;
             }
         }
-        self.0.insert(
-            keys::with_id(keys::status_prefix(order.status), order.id),
-            Vec::new(),
-        );
-        Ok(())
+        self.index_counted(keys::status_prefix(order.status), order.id, 1)?;
+        self.index_counted(
+            keys::customer_status_prefix(customer, order.status),
+            order.id,
+            1,
+        )
     }
 
     fn revision(&self) -> Result<u64, StoreError> {
@@ -217,6 +239,17 @@ mod tests {
             let mut expected: Vec<Vec<u8>> = orders.iter().map(|o| keys::with_id(keys::customer_prefix(&o.customer_id), o.id)).collect();
             expected.sort();
             prop_assert_eq!(by_customer, expected);
+            let by_both: Vec<Vec<u8>> = tree.scan_prefix(keys::CUSTOMER_STATUS_PREFIX).keys().map(|k| k.unwrap().to_vec()).collect();
+            let mut expected: Vec<Vec<u8>> = orders.iter().map(|o| keys::with_id(keys::customer_status_prefix(&o.customer_id, o.status), o.id)).collect();
+            expected.sort();
+            prop_assert_eq!(by_both, expected);
+            let counts: Vec<(Vec<u8>, u64)> = decoded(&tree, keys::COUNT_PREFIX);
+            let mut expected = std::collections::BTreeMap::<Vec<u8>, u64>::new();
+            for o in &orders {
+                *expected.entry(keys::count(&keys::status_prefix(o.status))).or_default() += 1;
+                *expected.entry(keys::count(&keys::customer_status_prefix(&o.customer_id, o.status))).or_default() += 1;
+            }
+            prop_assert_eq!(counts, expected.into_iter().collect::<Vec<_>>(), "the listing counters count the orders");
             let users: Vec<User> = decoded::<User>(&tree, keys::USER_PREFIX).into_iter().map(|(_, u)| u).collect();
             prop_assert_eq!(&users, &model.users.values().cloned().collect::<Vec<_>>());
             let by_token: Vec<(Vec<u8>, String)> = decoded(&tree, b"t");

@@ -28,6 +28,17 @@ pub struct OrderPage {
     /// Read before the page: every change up to it is in the page (a change feed from this
     /// revision misses nothing the page lacks).
     pub revision: u64,
+    /// The id to start the next page after, when more orders may follow.
+    pub next_after: Option<u64>,
+}
+
+/// Where a page of a listing starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageStart {
+    /// The page with this number (from 1); the matches before it are skipped one by one.
+    Number(u64),
+    /// Just after the order with this id (a cursor: as cheap at any depth).
+    After(u64),
 }
 
 /// The read side of the state machine, shared with the HTTP API. Reads wait while a snapshot
@@ -86,77 +97,118 @@ impl OrderReader {
         }
     }
 
-    /// Orders matching `filter`, ordered by id; `page` counts from 1.
+    /// Orders matching `filter`, ordered by id, from `start`. The total is read from the
+    /// listing counters (`list_index`), and a filtered page walks the narrowest index from
+    /// where it starts: a cursor page costs the same however deep it is; a numbered page skips
+    /// the index keys before it.
     pub fn list(
         &self,
         filter: &OrderFilter,
-        page: u64,
+        start: PageStart,
         per_page: u64,
     ) -> Result<OrderPage, StoreError> {
         let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
-        let revision = self.revision_unlocked()?;
-        let skip = page.saturating_sub(1).saturating_mul(per_page);
-        // Each order with its revision, read before the order: sled reads are no snapshot, and
-        // a revision read after could be newer than the content (a client skipping events up
-        // to it would then lose one).
-        let mut orders = Vec::new();
-        let mut revisions = Vec::new();
+        let per_page = per_page.max(1);
+        let mut page = OrderPage {
+            orders: Vec::new(),
+            revisions: Vec::new(),
+            total: 0,
+            // Each order's revision is read before the order, and this one before them all:
+            // sled reads are no snapshot, and a revision read after could be newer than the
+            // content (a client skipping events up to it would then lose one).
+            revision: self.revision_unlocked()?,
+            next_after: None,
+        };
+        // The first id the page may hold.
+        let first = match start {
+            PageStart::Number(n) => n.saturating_sub(1).saturating_mul(per_page).checked_add(1),
+            PageStart::After(id) => id.checked_add(1),
+        };
 
         if filter.status.is_none() && filter.customer_id.is_none() {
             // Ids are dense (1, 2, 3, ... with no deletes), so a page is a run of known ids.
-            let total = self.next_id()? - 1;
-            let first = skip.saturating_add(1);
-            let last = first.saturating_add(per_page.saturating_sub(1)).min(total);
+            page.total = self.next_id()? - 1;
+            let Some(first) = first else { return Ok(page) };
+            let last = first.saturating_add(per_page - 1).min(page.total);
             for id in first..=last {
                 if let Some((order, revision)) = self.get_with_revision(id)? {
-                    orders.push(order);
-                    revisions.push(revision);
+                    page.orders.push(order);
+                    page.revisions.push(revision);
                 }
             }
-            return Ok(OrderPage {
-                orders,
-                revisions,
-                total,
-                revision,
-            });
+            if last >= first && last < page.total {
+                page.next_after = Some(last);
+            }
+            return Ok(page);
         }
 
-        // Walk the narrower index. A status is always checked on the loaded order too: the
-        // walk is not a point-in-time view, so an order may have moved on since its index key
-        // was read.
-        let prefix = match &filter.customer_id {
-            Some(c) => keys::customer_prefix(c),
-            None => keys::status_prefix(filter.status.expect("one filter is set")),
-        };
-        let check_status = filter.status.is_some();
-        let mut total = 0u64;
-        for k in self.sm.scan_prefix(&prefix).keys() {
-            let id = keys::id_suffix(&k?);
-            let on_page = total >= skip && (orders.len() as u64) < per_page;
-            if check_status || on_page {
-                let revision = if on_page {
-                    self.order_revision_unlocked(id)?
-                } else {
-                    0
-                };
-                let Some(order) = self.get_unlocked(id)? else {
-                    continue;
-                };
-                if check_status && Some(order.status) != filter.status {
-                    continue;
-                }
-                if on_page {
-                    orders.push(order);
-                    revisions.push(revision);
-                }
+        let (prefix, total) = self.index_for(filter)?;
+        page.total = total;
+        let Some(first) = first else { return Ok(page) };
+        let index_keys: Box<dyn Iterator<Item = sled::Result<sled::IVec>>> = match start {
+            PageStart::Number(_) => {
+                let skip = (first - 1).try_into().unwrap_or(usize::MAX);
+                Box::new(self.sm.scan_prefix(&prefix).keys().skip(skip))
             }
-            total += 1;
+            PageStart::After(_) => {
+                let from = keys::with_id(prefix.clone(), first);
+                let within = prefix.clone();
+                Box::new(
+                    self.sm
+                        .range(from..)
+                        .keys()
+                        .take_while(move |k| k.as_ref().map_or(true, |k| k.starts_with(&within))),
+                )
+            }
+        };
+        for k in index_keys {
+            let id = keys::id_suffix(&k?);
+            if page.orders.len() as u64 == per_page {
+                // One more index key: there is a next page (its orders may have moved on by
+                // the time it is read; a page can then be short, or empty).
+                page.next_after = page.orders.last().map(|o| o.id);
+                break;
+            }
+            let revision = self.order_revision_unlocked(id)?;
+            let Some(order) = self.get_unlocked(id)? else {
+                continue;
+            };
+            // The walk is not a point-in-time view: the order may have changed status since
+            // its index key was read.
+            if filter.status.is_some_and(|s| s != order.status) {
+                continue;
+            }
+            page.orders.push(order);
+            page.revisions.push(revision);
         }
-        Ok(OrderPage {
-            orders,
-            revisions,
-            total,
-            revision,
+        Ok(page)
+    }
+
+    /// The narrowest index for a filter (at least one of its fields set), and how many orders
+    /// it holds.
+    fn index_for(&self, filter: &OrderFilter) -> Result<(Vec<u8>, u64), StoreError> {
+        let count = |prefix: &[u8]| -> Result<u64, StoreError> {
+            Ok(self.decoded::<u64>(&keys::count(prefix))?.unwrap_or(0))
+        };
+        Ok(match (&filter.customer_id, filter.status) {
+            (Some(c), Some(s)) => {
+                let prefix = keys::customer_status_prefix(c, s);
+                let total = count(&prefix)?;
+                (prefix, total)
+            }
+            (None, Some(s)) => {
+                let prefix = keys::status_prefix(s);
+                let total = count(&prefix)?;
+                (prefix, total)
+            }
+            (Some(c), None) => {
+                let mut total = 0;
+                for s in OrderStatus::ALL {
+                    total += count(&keys::customer_status_prefix(c, s))?;
+                }
+                (keys::customer_prefix(c), total)
+            }
+            (None, None) => unreachable!("an unfiltered list walks no index"),
         })
     }
 

@@ -108,6 +108,7 @@ impl StateMachineStore {
             );
             store.load_current_snapshot()?;
         }
+        super::list_index::ensure(store.sm())?;
         let (applied, _) = store.applied_state_sync()?;
         store.floor.set_applied(applied.map(|l| l.index));
         store.reader.publish_revision()?;
@@ -186,6 +187,8 @@ impl StateMachineStore {
             .insert(keys::APPLIED, codec::encode(&meta.last_log_id)?)?;
         self.sm()
             .insert(keys::MEMBERSHIP, codec::encode(&meta.last_membership)?)?;
+        // A snapshot an older version built has no listing counters.
+        super::list_index::ensure(self.sm())?;
         self.db.flush()?;
         self.raft.remove(keys::INSTALLING)?;
         self.db.flush()?;
@@ -374,6 +377,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let revision = super::changes::trim(&mut ov, &self.reader.sm, self.retention)
                 .map_err(StoreError::into_write)?;
             put_encoded(&mut ov, keys::APPLIED, &last).map_err(StoreError::into_write)?;
+            put_encoded(&mut ov, keys::COUNTS_AT, &last).map_err(StoreError::into_write)?;
             self.view
                 .before_write(self.sm(), ov.keys())
                 .map_err(|e| StoreError::from(e).into_write())?;
