@@ -373,7 +373,7 @@ impl From<&Order> for OrderJson {
 pub struct OrderListJson {
     /// This page's orders, by id.
     pub orders: Vec<OrderJson>,
-    /// The page number asked for; 0 for a page asked for by cursor (`after`).
+    /// The page number asked for (counted from the cursor, `after`, when there is one).
     pub page: u64,
     pub per_page: u64,
     /// How many orders match the filter in all.

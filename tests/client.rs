@@ -55,7 +55,7 @@ async fn all_via_client(client: &Client) -> Vec<ordo::client::Order> {
             .list_orders(&q, ReadMode::Linearizable)
             .await
             .unwrap();
-        assert_eq!(read.value.page, 0, "a cursor page has no number");
+        assert_eq!(read.value.page, 1, "the first page after the cursor");
         assert_eq!(read.value.total as usize, out.len());
         by_cursor.extend(read.value.orders);
         after = read.value.next_after;

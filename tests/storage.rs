@@ -104,7 +104,7 @@ fn reopen_after_drop_keeps_log_vote_and_orders() {
         assert_eq!(applied, Some(log_id(1, 20)));
         let reader = sm.reader();
         let page = reader
-            .list(&OrderFilter::default(), PageStart::Number(2), 8)
+            .list(&OrderFilter::default(), PageStart::number(2), 8)
             .unwrap();
         assert_eq!(page.total, 20);
         assert_eq!(
@@ -117,7 +117,7 @@ fn reopen_after_drop_keeps_log_vote_and_orders() {
                     customer_id: Some("c1".into()),
                     status: None,
                 },
-                PageStart::Number(1),
+                PageStart::number(1),
                 100,
             )
             .unwrap();
@@ -194,7 +194,7 @@ fn sigkill_between_appends_loses_nothing_acknowledged() {
 fn order_count(store: &StateMachineStore) -> u64 {
     store
         .reader()
-        .list(&OrderFilter::default(), PageStart::Number(1), 1)
+        .list(&OrderFilter::default(), PageStart::number(1), 1)
         .unwrap()
         .total
 }
@@ -607,7 +607,7 @@ fn a_status_filtered_list_during_status_changes_lists_only_that_status() {
             };
             let mut lists = 0u32;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) || lists == 0 {
-                let page = reader.list(&pending, PageStart::Number(1), 1000).unwrap();
+                let page = reader.list(&pending, PageStart::number(1), 1000).unwrap();
                 for o in &page.orders {
                     assert_eq!(o.status, OrderStatus::Pending, "order {} listed", o.id);
                 }
@@ -752,7 +752,7 @@ fn a_fixed_history_leaves_the_state_it_always_did() {
 /// every page but the last.
 fn assert_listings_match(reader: &ordo::store::OrderReader, customers: &[&str]) {
     let all = reader
-        .list(&OrderFilter::default(), PageStart::Number(1), u64::MAX)
+        .list(&OrderFilter::default(), PageStart::number(1), u64::MAX)
         .unwrap()
         .orders;
     let mut filters = vec![OrderFilter::default()];
@@ -778,14 +778,16 @@ fn assert_listings_match(reader: &ordo::store::OrderReader, customers: &[&str]) 
             .collect();
         for per_page in [1, 7, 1000] {
             let (mut by_cursor, mut by_number) = (Vec::new(), Vec::new());
+            let mut pages: Vec<(u64, Vec<u64>)> = Vec::new(); // (cursor, ids) of each page
             let mut after = 0;
             for n in 1..=expected.len() as u64 + 2 {
                 let page = reader
-                    .list(filter, PageStart::After(after), per_page)
+                    .list(filter, PageStart::after(after), per_page)
                     .unwrap();
                 assert_eq!(page.total, expected.len() as u64, "{filter:?}");
                 by_cursor.extend(page.orders.iter().map(|o| o.id));
-                let numbered = reader.list(filter, PageStart::Number(n), per_page).unwrap();
+                pages.push((after, page.orders.iter().map(|o| o.id).collect()));
+                let numbered = reader.list(filter, PageStart::number(n), per_page).unwrap();
                 assert_eq!(numbered.total, expected.len() as u64, "{filter:?}");
                 by_number.extend(numbered.orders.iter().map(|o| o.id));
                 match page.next_after {
@@ -804,6 +806,16 @@ fn assert_listings_match(reader: &ordo::store::OrderReader, customers: &[&str]) 
                 by_number, expected,
                 "by number, {filter:?}, {per_page} per page"
             );
+            // A page number counts from the cursor: page 2 after one page's cursor is the next.
+            for pair in pages.windows(2) {
+                let start = PageStart {
+                    after: pair[0].0,
+                    page: 2,
+                };
+                let second = reader.list(filter, start, per_page).unwrap();
+                let ids: Vec<u64> = second.orders.iter().map(|o| o.id).collect();
+                assert_eq!(ids, pair[1].1, "{filter:?}, {start:?}");
+            }
         }
     }
 }

@@ -33,6 +33,16 @@ pub enum Workload {
     ReadStale,
     /// 50% creates, 50% linearizable reads.
     Mixed,
+    /// The first page of 100 orders (ordo only).
+    ListFirst,
+    /// A page of 100 pending orders by cursor, after a random id anywhere in the store: a
+    /// filtered page at any depth (ordo only).
+    ListCursor,
+    /// The same, by page number (`page=N`, skipping every match before it): what a deep
+    /// filtered page cost before cursors (ordo only).
+    ListNumbered,
+    /// The first page of one customer's pending orders, with their total (ordo only).
+    ListCustomer,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -147,8 +157,8 @@ impl Shared {
         let node = &self.nodes[(n % self.nodes.len() as u64) as usize];
         let write = match self.workload {
             Workload::Create => true,
-            Workload::Read | Workload::ReadStale => false,
             Workload::Mixed => n.is_multiple_of(2),
+            _ => false,
         };
         let read_id = 1 + (n.wrapping_mul(2654435761) % self.read_range.max(1));
         let req = match (self.target, write) {
@@ -157,12 +167,25 @@ impl Shared {
                 .post(format!("{node}/api/orders"))
                 .json(&self.create_body(n)),
             (Target::Ordo, false) => {
-                let q = if self.workload == Workload::ReadStale {
-                    "?consistency=stale"
-                } else {
-                    ""
+                // The bench never changes a status, so every order it made is pending: the
+                // numbered page 1 + read_id / 100 starts where the cursor at `read_id` does.
+                let path = match self.workload {
+                    Workload::ReadStale => format!("/api/orders/{read_id}?consistency=stale"),
+                    Workload::ListFirst => "/api/orders?per_page=100".into(),
+                    Workload::ListCursor => {
+                        format!("/api/orders?status=pending&per_page=100&after={read_id}")
+                    }
+                    Workload::ListNumbered => format!(
+                        "/api/orders?status=pending&per_page=100&page={}",
+                        1 + read_id / 100
+                    ),
+                    Workload::ListCustomer => format!(
+                        "/api/orders?status=pending&customer_id=bench-{}&per_page=100",
+                        n % 1000
+                    ),
+                    _ => format!("/api/orders/{read_id}"),
                 };
-                self.http.get(format!("{node}/api/orders/{read_id}{q}"))
+                self.http.get(format!("{node}{path}"))
             }
             (Target::Etcd, true) => {
                 let value = serde_json::to_string(&self.create_body(n)).unwrap_or_default();
@@ -280,6 +303,16 @@ pub async fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchResult> {
         http = http.default_headers(headers);
     }
     let http = http.build()?;
+    let lists = matches!(
+        args.workload,
+        Workload::ListFirst
+            | Workload::ListCursor
+            | Workload::ListNumbered
+            | Workload::ListCustomer
+    );
+    if lists && args.target == Target::Etcd {
+        bail!("the list workloads are ordo's only");
+    }
     let read_range = if args.workload == Workload::Create {
         0
     } else {

@@ -34,11 +34,12 @@ pub struct ConsistencyQuery {
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct ListQueryParams {
-    /// The page, from 1 (not with `after`).
+    /// The page, from 1, counted from `after` when it is given. Each page before it is
+    /// skipped match by match: walk deep listings by `after` instead.
     #[param(minimum = 1, maximum = 4294967295_u64)]
     page: Option<u64>,
-    /// Start the page just after this order id: a cursor, as cheap at any depth (pass the
-    /// last page's `next_after`; 0 starts at the beginning). Not with `page`.
+    /// Only orders with a higher id: a cursor, as cheap at any depth (pass the last page's
+    /// `next_after`; 0, the default, starts at the beginning).
     #[param(minimum = 0)]
     after: Option<u64>,
     /// Orders per page: 1 to 100 (default 20).

@@ -191,8 +191,8 @@ fn parse_within(
 }
 
 /// Orders by id, a page at a time, optionally filtered by status and customer. A page starts
-/// at a page number (`page`) or after an order id (`after`, a cursor: pass the last answer's
-/// `next_after`), not both.
+/// after an order id (`after`, a cursor: pass the last answer's `next_after`) and/or at a page
+/// number (`page`, counted from the cursor).
 #[utoipa::path(
     get, path = "/api/orders", tag = "orders", operation_id = "list_orders",
     params(ListQueryParams, ConsistencyQuery),
@@ -214,17 +214,9 @@ pub async fn list(
             "consistency",
         ],
     )?;
-    let start = match (
-        parse_within(&pairs, "page", 1, u32::MAX as u64)?,
-        parse_within(&pairs, "after", 0, u64::MAX)?,
-    ) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::InvalidQuery(
-                "page and after cannot be combined: after starts a page at a cursor".into(),
-            ))
-        }
-        (page, None) => PageStart::Number(page.unwrap_or(1)),
-        (None, Some(after)) => PageStart::After(after),
+    let start = PageStart {
+        after: parse_within(&pairs, "after", 0, u64::MAX)?.unwrap_or(0),
+        page: parse_positive(&pairs, "page", 1, u32::MAX as u64)?,
     };
     let per_page = parse_positive(&pairs, "per_page", DEFAULT_PER_PAGE, MAX_PER_PAGE)?;
     let status = match query_value(&pairs, "status") {
@@ -255,10 +247,7 @@ pub async fn list(
             .zip(&found.revisions)
             .map(|(o, r)| OrderJson::with_revision(o, *r))
             .collect(),
-        page: match start {
-            PageStart::Number(n) => n,
-            PageStart::After(_) => 0,
-        },
+        page: start.page,
         per_page,
         total: found.total,
         revision: Some(found.revision),

@@ -54,11 +54,11 @@ pub enum OrderCommand {
         /// Only this customer's orders.
         #[arg(long, value_name = "CUSTOMER_ID")]
         customer: Option<String>,
-        /// The page, from 1.
-        #[arg(long, value_name = "N", conflicts_with = "after", value_parser = clap::value_parser!(u64).range(1..=u32::MAX as u64))]
+        /// The page, from 1 (counted from --after when given).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=u32::MAX as u64))]
         page: Option<u64>,
-        /// Start just after this order id instead of at a page number: as fast at any depth.
-        /// Each listing prints the id to pass for the next page.
+        /// Only orders with a higher id: a cursor, as fast at any depth (where --page skips
+        /// every match before its page). Each listing prints the id to pass for the next page.
         #[arg(long, value_name = "ORDER_ID")]
         after: Option<u64>,
         /// Orders per page, 1 to 100.
@@ -317,16 +317,10 @@ pub async fn run(conn: &ConnArgs, command: OrderCommand) -> i32 {
                         .next_after
                         .map(|id| format!("; next page: --after {id}"))
                         .unwrap_or_default();
-                    match r.value.page {
-                        0 => println!(
-                            "{} per page, {} matching in all{at}{next}",
-                            r.value.per_page, r.value.total
-                        ),
-                        page => println!(
-                            "page {page} ({} per page), {} matching in all{at}{next}",
-                            r.value.per_page, r.value.total
-                        ),
-                    }
+                    println!(
+                        "page {} ({} per page), {} matching in all{at}{next}",
+                        r.value.page, r.value.per_page, r.value.total
+                    );
                 }
                 stale_note(r.stale, &read);
             })

@@ -32,13 +32,25 @@ pub struct OrderPage {
     pub next_after: Option<u64>,
 }
 
-/// Where a page of a listing starts.
+/// Where a page of a listing starts: the `page`th page (from 1) of the matches whose id is
+/// above `after`. Reaching the cursor costs nothing at any depth; each page before the wanted
+/// one is skipped match by match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PageStart {
-    /// The page with this number (from 1); the matches before it are skipped one by one.
-    Number(u64),
-    /// Just after the order with this id (a cursor: as cheap at any depth).
-    After(u64),
+pub struct PageStart {
+    pub after: u64,
+    pub page: u64,
+}
+
+impl PageStart {
+    /// The page with this number, from the first order.
+    pub fn number(page: u64) -> Self {
+        PageStart { after: 0, page }
+    }
+
+    /// The first page after the order with this id (a cursor).
+    pub fn after(id: u64) -> Self {
+        PageStart { after: id, page: 1 }
+    }
 }
 
 /// The read side of the state machine, shared with the HTTP API. Reads wait while a snapshot
@@ -119,16 +131,16 @@ impl OrderReader {
             revision: self.revision_unlocked()?,
             next_after: None,
         };
-        // The first id the page may hold.
-        let first = match start {
-            PageStart::Number(n) => n.saturating_sub(1).saturating_mul(per_page).checked_add(1),
-            PageStart::After(id) => id.checked_add(1),
-        };
+        // The first id after the cursor, and how many matches from there precede the page.
+        let first = start.after.checked_add(1);
+        let skip = start.page.saturating_sub(1).saturating_mul(per_page);
 
         if filter.status.is_none() && filter.customer_id.is_none() {
             // Ids are dense (1, 2, 3, ... with no deletes), so a page is a run of known ids.
             page.total = self.next_id()? - 1;
-            let Some(first) = first else { return Ok(page) };
+            let Some(first) = first.and_then(|f| f.checked_add(skip)) else {
+                return Ok(page);
+            };
             let last = first.saturating_add(per_page - 1).min(page.total);
             for id in first..=last {
                 if let Some((order, revision)) = self.get_with_revision(id)? {
@@ -145,22 +157,13 @@ impl OrderReader {
         let (prefix, total) = self.index_for(filter)?;
         page.total = total;
         let Some(first) = first else { return Ok(page) };
-        let index_keys: Box<dyn Iterator<Item = sled::Result<sled::IVec>>> = match start {
-            PageStart::Number(_) => {
-                let skip = (first - 1).try_into().unwrap_or(usize::MAX);
-                Box::new(self.sm.scan_prefix(&prefix).keys().skip(skip))
-            }
-            PageStart::After(_) => {
-                let from = keys::with_id(prefix.clone(), first);
-                let within = prefix.clone();
-                Box::new(
-                    self.sm
-                        .range(from..)
-                        .keys()
-                        .take_while(move |k| k.as_ref().map_or(true, |k| k.starts_with(&within))),
-                )
-            }
-        };
+        let within = prefix.clone();
+        let index_keys = self
+            .sm
+            .range(keys::with_id(prefix, first)..)
+            .keys()
+            .take_while(move |k| k.as_ref().map_or(true, |k| k.starts_with(&within)))
+            .skip(skip.try_into().unwrap_or(usize::MAX));
         for k in index_keys {
             let id = keys::id_suffix(&k?);
             if page.orders.len() as u64 == per_page {

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Listing figures at scale on a local three-node cluster (release build), for
+# docs/performance.md. Grows the store to ORDERS orders (default 1,000,000; ~200-byte orders
+# from 1000 customers, all pending), then measures on node 1 alone, SECS seconds each at c=4,
+# while creates go on at c=16 through nodes 2 and 3:
+#   list-first     the first page of 100 orders;
+#   list-cursor    100 pending orders by cursor (after=) from a random id: a filtered page at
+#                  any depth;
+#   list-numbered  the same page by number (page=N): what it costs to skip the matches before;
+#   list-customer  one customer's pending orders, first page, with their total.
+# Then each node's RSS and disk use.
+#
+#   scripts/bench-lists.sh                 # ORDERS=1000000 SECS=10
+#
+# The cluster runs on 127.0.0.1 from BENCH_LISTS_BASE_PORT+1 (default 23400) in a temporary
+# directory, stopped and removed however the script ends.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ORDERS="${ORDERS:-1000000}"
+SECS="${SECS:-10}"
+BASE_PORT="${BENCH_LISTS_BASE_PORT:-23400}"
+
+cargo build --release -p ordo --bin ordo -p ordo-bench --bin ordo-bench
+RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ordo-bench-lists.XXXXXX")
+export ORDO_BIN=target/release/ordo ORDO_BASE_PORT=$BASE_PORT ORDO_RUN_DIR=$RUN_DIR
+background=""
+cleanup() {
+  [[ -n $background ]] && kill "$background" 2>/dev/null || true
+  scripts/cluster.sh down >/dev/null 2>&1 || true
+  rm -rf "$RUN_DIR"
+}
+trap cleanup EXIT
+scripts/cluster.sh up >/dev/null
+NODES=$(scripts/cluster.sh nodes)
+N1=$(scripts/cluster.sh url 1)
+OTHERS="$(scripts/cluster.sh url 2),$(scripts/cluster.sh url 3)"
+bench() { target/release/ordo-bench "$@"; }
+
+echo "== growing the store to $ORDERS orders (creates at c=64)"
+started=$(date +%s)
+bench --nodes "$NODES" --concurrency 64 --count "$ORDERS" --label "load" | sed -n 1p
+echo "loaded in $(($(date +%s) - started)) s"
+
+echo "== lists on node 1 (c=4, $SECS s each) while creates go on at c=16 through nodes 2 and 3"
+bench --nodes "$OTHERS" --concurrency 16 --duration-secs $((SECS * 4 + 5)) \
+  --label "background creates c=16" >"$RUN_DIR/background.txt" &
+background=$!
+for workload in list-first list-cursor list-numbered list-customer; do
+  bench --nodes "$N1" --workload "$workload" --concurrency 4 --duration-secs "$SECS" \
+    --label "$workload" | sed -n 1p
+done
+wait "$background"
+background=""
+sed -n 1p "$RUN_DIR/background.txt"
+
+echo "== each node: RSS (MB) and disk (MB) at $(curl -s "$N1/api/orders?per_page=1" \
+  | sed 's/.*"total":\([0-9]*\).*/\1/') orders"
+for n in 1 2 3; do
+  rss=$(awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$(cat "$RUN_DIR/n$n/pid")/status")
+  disk=$(du -sm "$RUN_DIR/n$n" | cut -f1)
+  echo "node $n: RSS $rss MB, disk $disk MB"
+done
