@@ -40,7 +40,7 @@ pub struct ListQueryParams {
     page: Option<u64>,
     /// Only orders with a higher id: a cursor, as cheap at any depth (pass the last page's
     /// `next_after`; 0, the default, starts at the beginning).
-    #[param(minimum = 0)]
+    #[param(minimum = 0, maximum = 9223372036854775807_u64)]
     after: Option<u64>,
     /// Orders per page: 1 to 100 (default 20).
     #[param(minimum = 1, maximum = 100)]

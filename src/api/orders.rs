@@ -215,7 +215,8 @@ pub async fn list(
         ],
     )?;
     let start = PageStart {
-        after: parse_within(&pairs, "after", 0, u64::MAX)?.unwrap_or(0),
+        // Ids are int64 in the spec (as JSON numbers go); none is ever that high.
+        after: parse_within(&pairs, "after", 0, i64::MAX as u64)?.unwrap_or(0),
         page: parse_positive(&pairs, "page", 1, u32::MAX as u64)?,
     };
     let per_page = parse_positive(&pairs, "per_page", DEFAULT_PER_PAGE, MAX_PER_PAGE)?;
