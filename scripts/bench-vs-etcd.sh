@@ -8,8 +8,11 @@
 # (temp dirs, ports 24001-24003 for ordo, 24101-24103 / 24201-24203 for etcd), then:
 #  - the matrix: creates at concurrency 1, 16, 64, 256; linearizable and stale reads at 64,
 #    each point run for ordo then etcd (alternating, so machine noise hits both), one line per
-#    point ending in the throughput ratio; all load comes from `ordo-bench` (etcd through its
-#    JSON gateway: /v3/kv/put with ~200-byte values, /v3/kv/range linearizable/serializable);
+#    point ending in the throughput ratio; all load comes from `ordo-bench`: etcd through its
+#    native gRPC API (Put with ~200-byte values, Range linearizable/serializable; one
+#    connection per member; ordo-bench built with its etcd-grpc feature, which needs protoc,
+#    installed here when root), or with ETCD_API=gateway through its JSON gateway
+#    (/v3/kv/put, /v3/kv/range over HTTP/1.1), the figures before issue #17;
 #  - failover: SIGKILL of the leader → first acknowledged write through a survivor, 10 times;
 #  - recovery (ordo): a node down while RECOVERY_ORDERS orders are written, then restarted:
 #    seconds to catch up, on-disk bytes and each node's peak RSS.
@@ -39,10 +42,18 @@ MEMORY_ORDERS="${MEMORY_ORDERS:-1000000}"
 ORDO_BASELINE="${ORDO_BASELINE:-}"
 SECURE="${SECURE:-}"
 [[ -n $SECURE ]] && PARTS=matrix
-OTHER=etcd # the second system: etcd, or the baseline ordo ("base")
+ETCD_API="${ETCD_API:-grpc}"
+# The gRPC load has no TLS client: a secure run compares through the gateway.
+[[ -n $SECURE ]] && ETCD_API=gateway
+case $ETCD_API in
+  grpc) ETCD_TARGET=etcd-grpc; OTHER=etcd-grpc ;;
+  gateway) ETCD_TARGET=etcd; OTHER=etcd-gw ;;
+  *) echo "ETCD_API must be grpc or gateway" >&2; exit 1 ;;
+esac
+# OTHER names the second system: etcd (by its API), or the baseline ordo ("base").
 if [[ -n $ORDO_BASELINE ]]; then
   [[ -x $ORDO_BASELINE ]] || { echo "ORDO_BASELINE=$ORDO_BASELINE is not an executable" >&2; exit 1; }
-  OTHER=base; PARTS=matrix
+  OTHER=base; PARTS=matrix; ETCD_TARGET=ordo
 fi
 OBASE=24000; ECBASE=24100; EPBASE=24200
 
@@ -53,7 +64,23 @@ if [[ -z $ORDO_ONLY && -z $ORDO_BASELINE ]] && ! command -v etcd >/dev/null; the
 fi
 command -v curl >/dev/null || { echo "curl is needed (apt-get install -y curl)" >&2; exit 1; }
 
-cargo build --release --quiet -p ordo -p ordo-bench
+BENCH_FEATURES=()
+if [[ $ETCD_TARGET == etcd-grpc && -z $ORDO_ONLY ]]; then
+  if ! command -v protoc >/dev/null; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+      apt-get install -y -qq protobuf-compiler >/dev/null
+    else
+      echo "protoc is needed to build etcd's gRPC client: sudo apt-get install -y protobuf-compiler" >&2
+      echo "(or ETCD_API=gateway $0 for etcd through its JSON gateway)" >&2
+      exit 1
+    fi
+  fi
+  BENCH_FEATURES=(--features ordo-bench/etcd-grpc)
+fi
+# Two builds: features are unified across the packages of one build, and etcd's client must
+# not change the ordo binary under test.
+cargo build --release --quiet -p ordo-bench "${BENCH_FEATURES[@]}"
+cargo build --release --quiet -p ordo
 ORDO=target/release/ordo
 ORDO_BENCH=target/release/ordo-bench
 WORK=$(mktemp -d /tmp/ordo-bench.XXXXXX)
@@ -231,7 +258,7 @@ point() { # label workload concurrency: ROUNDS rounds of ordo then etcd, then th
     epath=""
     if [[ -z $ORDO_ONLY ]]; then
       epath="$WORK/e$r.json"
-      "$ORDO_BENCH" --target "$([[ -n $ORDO_BASELINE ]] && echo ordo || echo etcd)" --nodes "$ETCD_NODES" --workload "$workload" --concurrency "$c" \
+      "$ORDO_BENCH" --target "$ETCD_TARGET" --nodes "$ETCD_NODES" --workload "$workload" --concurrency "$c" \
         ${SECURE:+--ca-cert "$WORK/certs/ca.pem"} \
         --duration-secs "$POINT_SECS" --label "$label" --json-out "$epath" >/dev/null
     fi

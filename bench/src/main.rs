@@ -1,6 +1,7 @@
-//! `ordo-bench`: a load generator for a running cluster — ordo, or etcd through its JSON
-//! gateway with the same load shape — printing throughput, latency percentiles (hdrhistogram)
-//! and errors by kind, and writing a JSON result.
+//! `ordo-bench`: a load generator for a running cluster — ordo, or etcd with the same load
+//! shape through its native gRPC API (`etcd_grpc`, a build feature) or its JSON gateway —
+//! printing throughput, latency percentiles (hdrhistogram) and errors by kind, and writing a
+//! JSON result.
 //!
 //! Many tokio tasks share one HTTP/1.1 keep-alive client; each sends one request at a time
 //! (closed loop), spread round-robin over the target nodes.
@@ -22,6 +23,8 @@ use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::time::Instant;
+
+mod etcd_grpc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Workload {
@@ -48,7 +51,10 @@ pub enum Workload {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
     Ordo,
+    /// etcd through its JSON gateway (HTTP/1.1).
     Etcd,
+    /// etcd through its gRPC API, as its own clients use it (the `etcd-grpc` build feature).
+    EtcdGrpc,
 }
 
 #[derive(Debug, Parser)]
@@ -138,6 +144,8 @@ struct Shared {
     errors: Mutex<BTreeMap<String, u64>>,
     /// With feed subscribers: when each created order was acknowledged.
     acked: Option<Mutex<std::collections::HashMap<u64, Instant>>>,
+    /// With `--target etcd-grpc`: the connections every request goes through instead.
+    grpc: Option<etcd_grpc::EtcdGrpc>,
 }
 
 fn b64(s: &str) -> String {
@@ -152,6 +160,12 @@ impl Shared {
         json!({"customer_id": format!("bench-{}", n % 1000), "items": items})
     }
 
+    /// What etcd stores for create `n`: the order's JSON, padded to at least 200 bytes.
+    fn etcd_value(&self, n: u64) -> String {
+        let value = serde_json::to_string(&self.create_body(n)).unwrap_or_default();
+        format!("{value:<200}")
+    }
+
     /// One request of the workload; Ok on a successful answer, Err(kind) otherwise.
     async fn one(&self, n: u64) -> Result<(), String> {
         let node = &self.nodes[(n % self.nodes.len() as u64) as usize];
@@ -161,6 +175,14 @@ impl Shared {
             _ => false,
         };
         let read_id = 1 + (n.wrapping_mul(2654435761) % self.read_range.max(1));
+        if let Some(grpc) = &self.grpc {
+            return if write {
+                grpc.put(n, format!("bench/{n}"), self.etcd_value(n)).await
+            } else {
+                let serializable = self.workload == Workload::ReadStale;
+                grpc.get(n, format!("bench/{read_id}"), serializable).await
+            };
+        }
         let req = match (self.target, write) {
             (Target::Ordo, true) => self
                 .http
@@ -187,9 +209,9 @@ impl Shared {
                 };
                 self.http.get(format!("{node}{path}"))
             }
+            (Target::EtcdGrpc, _) => unreachable!("sent by the gRPC client above"),
             (Target::Etcd, true) => {
-                let value = serde_json::to_string(&self.create_body(n)).unwrap_or_default();
-                let value = format!("{value:<200}");
+                let value = self.etcd_value(n);
                 self.http
                     .post(format!("{node}/v3/kv/put"))
                     .json(&json!({"key": b64(&format!("bench/{n}")), "value": b64(&value)}))
@@ -273,7 +295,7 @@ async fn read_range(
             Ok(total)
         }
         // Keys bench/0..N written by an earlier put run; a missing key is still a full read.
-        Target::Etcd => Ok(10_000),
+        Target::Etcd | Target::EtcdGrpc => Ok(10_000),
     }
 }
 
@@ -310,7 +332,7 @@ pub async fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchResult> {
             | Workload::ListNumbered
             | Workload::ListCustomer
     );
-    if lists && args.target == Target::Etcd {
+    if lists && args.target != Target::Ordo {
         bail!("the list workloads are ordo's only");
     }
     let read_range = if args.workload == Workload::Create {
@@ -319,6 +341,10 @@ pub async fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchResult> {
         read_range(&http, args, &nodes)
             .await
             .context("finding orders to read")?
+    };
+    let grpc = match args.target {
+        Target::EtcdGrpc => Some(etcd_grpc::EtcdGrpc::connect(&nodes).await?),
+        _ => None,
     };
     let shared = Arc::new(Shared {
         http,
@@ -332,6 +358,7 @@ pub async fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchResult> {
         hist: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
         errors: Mutex::new(BTreeMap::new()),
         acked: (args.feed_subscribers > 0).then(Default::default),
+        grpc,
     });
     if args.feed_replay {
         return feed_replay(args, &shared.nodes).await;
