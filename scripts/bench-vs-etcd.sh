@@ -247,7 +247,7 @@ if [[ -n $SECURE ]]; then # the load runs as an admin, made with the bootstrap t
 fi
 
 echo "# machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; ${ORDO_BASELINE:+base = $ORDO_BASELINE; }etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}')"
-echo "# each point ${POINT_SECS}s; load from ordo-bench (HTTP/1.1 keep-alive, closed loop)"
+echo "# each point ${POINT_SECS}s; load from ordo-bench, closed loop (ordo: HTTP/1.1 keep-alive; $OTHER: $([[ $ETCD_TARGET == etcd-grpc ]] && echo 'gRPC, one HTTP/2 connection per member' || echo 'HTTP/1.1 keep-alive'))"
 
 point() { # label workload concurrency: ROUNDS rounds of ordo then etcd, then their medians
   local label=$1 workload=$2 c=$3 r epath

@@ -701,7 +701,10 @@ fn replication_reads_are_bounded_in_bytes_but_never_empty() {
 /// `order/` (commit d50d92d) until the change feed, which added each change's revision
 /// (`m:revision`, and `v` + id per order; the change records themselves are left out of the
 /// digest). With those two left out, the digest was checked to be `0db121bd...` still: the
-/// feed changed nothing else. Clusters must run one build across that change.
+/// feed changed nothing else. Clusters must run one build across that change. Then `9d3bef0b...`
+/// until the listing indexes (`c`, `s`) and counters (`n`) left the digest, being derived from
+/// the orders and laid out anew by the lists that scale (issue #17): the build before that,
+/// with `c` and `s` left out of its digest, gave `ddb19dcf...` too.
 #[test]
 fn a_fixed_history_leaves_the_state_it_always_did() {
     rt().block_on(async {
@@ -741,7 +744,7 @@ fn a_fixed_history_leaves_the_state_it_always_did() {
         }
         assert_eq!(
             sm.reader().state_digest().unwrap(),
-            "9d3bef0ba3367f3b8531891a18139bf8cb733f9dcbde5137f11cd81fe6ffa87d",
+            "ddb19dcf03275c6d1a025e8dd3e325a4517453df2342c7b068e28ff2e6efb60f",
             "the stored state of a fixed history changed"
         );
     });
@@ -850,8 +853,8 @@ fn listing_counters_and_cursors_agree_with_the_orders_and_are_rebuilt_for_old_st
         drop(sm);
     });
 
-    // A store as a version without the counters left it: none of them, no composite index,
-    // no mark of how far they were kept.
+    // A store as a version without the counters left it: none of them, empty values in the
+    // customer index, no mark of how far they were kept.
     let db = {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
@@ -869,14 +872,17 @@ fn listing_counters_and_cursors_agree_with_the_orders_and_are_rebuilt_for_old_st
         .iter()
         .keys()
         .map(|k| k.unwrap())
-        .filter(|k| k.starts_with(b"n") || k.starts_with(b"b") || &k[..] == b"m:counts_at")
+        .filter(|k| k.starts_with(b"n") || &k[..] == b"m:counts_at")
         .collect();
-    assert!(
-        derived.len() > 10,
-        "the counters and the index are stored: {derived:?}"
-    );
+    assert!(derived.len() >= 4, "the counters are stored: {derived:?}");
     for k in derived {
         tree.remove(k).unwrap();
+    }
+    let by_customer: Vec<_> = tree.scan_prefix(b"c").keys().map(|k| k.unwrap()).collect();
+    assert_eq!(by_customer.len(), 60);
+    for k in by_customer {
+        let status = tree.insert(k, Vec::new()).unwrap();
+        assert_eq!(status.map(|v| v.len()), Some(1), "a status tag");
     }
     db.flush().unwrap();
     drop((tree, db));

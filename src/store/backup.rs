@@ -180,14 +180,15 @@ pub(super) struct StateDigest(Sha256);
 impl StateDigest {
     pub(super) fn add(&mut self, k: &[u8], v: &[u8]) {
         // Raft bookkeeping, the change records each node trims to its own window, and the
-        // listing counters and composite index (derived from the orders, and rebuilt by a node
-        // that was without them: see `list_index`).
+        // listing indexes and counters (derived from the orders, and rebuilt by a node whose
+        // version laid them out otherwise: see `list_index`).
         if k == super::keys::APPLIED
             || k == super::keys::MEMBERSHIP
             || k == super::keys::COUNTS_AT
             || k.starts_with(super::keys::CHANGE_PREFIX)
             || k.starts_with(super::keys::COUNT_PREFIX)
-            || k.starts_with(super::keys::CUSTOMER_STATUS_PREFIX)
+            || k.starts_with(super::keys::CUSTOMER_PREFIX)
+            || k.starts_with(super::keys::STATUS_PREFIX)
         {
             return;
         }

@@ -3,12 +3,12 @@
 //!   bookkeeping, left out of the state digest);
 //! - `m:next_id`, `m:clock`, `m:last_stamp`: the next order id, the state machine's clock and
 //!   the stamp that last moved it (see `order::apply`); `m:users_begun`: a user has existed;
-//! - `o` + id: an order; `c` + customer + id, `s` + status + id and
-//!   `b` + customer + status + id: the listing indexes (empty values);
-//!   `n` + `s` + status and `n` + `b` + customer + status: how many orders each of the last
-//!   two holds (so a filtered list's total is a read, not a count); `m:counts_at`: the
-//!   applied log id those were last kept up to (a store written by a version without them is
-//!   rebuilt at open, see `list_index`);
+//! - `o` + id: an order; `c` + customer + id (value: the order's status tag) and `s` +
+//!   status + id (empty value): the listing indexes; `n` + `s` + status: how many orders the
+//!   status index holds (a status-filtered list's total is a read, not a count);
+//!   `m:counts_at`: the applied log id the counters and the customer index's statuses were
+//!   last kept up to (a store written by a version without them is rebuilt at open, see
+//!   `list_index`);
 //! - `i` + key: an idempotency record; `x` + expiry + key: the same key ordered by expiry;
 //! - `u` + name: a user; `t` + token hash: the user's name (the lookup of a request's token);
 //! - `r` + name: a custom role;
@@ -27,8 +27,9 @@ pub const CLOCK: &[u8] = b"m:clock";
 pub const LAST_STAMP: &[u8] = b"m:last_stamp";
 pub const REVISION: &[u8] = b"m:revision";
 pub const COUNTS_AT: &[u8] = b"m:counts_at";
-/// The prefix of the composite (customer, status) index.
-pub const CUSTOMER_STATUS_PREFIX: &[u8] = b"b";
+/// The prefixes of the listing indexes (customer, status).
+pub const CUSTOMER_PREFIX: &[u8] = b"c";
+pub const STATUS_PREFIX: &[u8] = b"s";
 /// The prefix of the listing counters.
 pub const COUNT_PREFIX: &[u8] = b"n";
 /// The prefix of the change records.
@@ -57,24 +58,17 @@ pub fn order_revision(id: u64) -> Vec<u8> {
 }
 
 pub fn customer_prefix(customer_id: &str) -> Vec<u8> {
-    let mut k = vec![b'c'];
+    let mut k = CUSTOMER_PREFIX.to_vec();
     k.extend_from_slice(&(customer_id.len() as u16).to_be_bytes());
     k.extend_from_slice(customer_id.as_bytes());
     k
 }
 
 pub fn status_prefix(status: OrderStatus) -> Vec<u8> {
-    vec![b's', status.tag()]
+    vec![STATUS_PREFIX[0], status.tag()]
 }
 
-pub fn customer_status_prefix(customer_id: &str, status: OrderStatus) -> Vec<u8> {
-    let mut k = customer_prefix(customer_id);
-    k[0] = CUSTOMER_STATUS_PREFIX[0];
-    k.push(status.tag());
-    k
-}
-
-/// The counter of an index prefix (`status_prefix` or `customer_status_prefix`).
+/// The counter of an index prefix (`status_prefix`).
 pub fn count(index_prefix: &[u8]) -> Vec<u8> {
     let mut k = COUNT_PREFIX.to_vec();
     k.extend_from_slice(index_prefix);
