@@ -44,7 +44,10 @@ SECURE="${SECURE:-}"
 [[ -n $SECURE ]] && PARTS=matrix
 ETCD_API="${ETCD_API:-grpc}"
 # The gRPC load has no TLS client: a secure run compares through the gateway.
-[[ -n $SECURE ]] && ETCD_API=gateway
+if [[ -n $SECURE && $ETCD_API != gateway ]]; then
+  echo "SECURE=1: etcd through its JSON gateway (the gRPC load has no TLS client)" >&2
+  ETCD_API=gateway
+fi
 case $ETCD_API in
   grpc) ETCD_TARGET=etcd-grpc; OTHER=etcd-grpc ;;
   gateway) ETCD_TARGET=etcd; OTHER=etcd-gw ;;
@@ -68,7 +71,7 @@ BENCH_FEATURES=()
 if [[ $ETCD_TARGET == etcd-grpc && -z $ORDO_ONLY ]]; then
   if ! command -v protoc >/dev/null; then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
-      apt-get install -y -qq protobuf-compiler >/dev/null
+      apt-get update -qq && apt-get install -y -qq protobuf-compiler
     else
       echo "protoc is needed to build etcd's gRPC client: sudo apt-get install -y protobuf-compiler" >&2
       echo "(or ETCD_API=gateway $0 for etcd through its JSON gateway)" >&2
@@ -79,7 +82,7 @@ if [[ $ETCD_TARGET == etcd-grpc && -z $ORDO_ONLY ]]; then
 fi
 # Two builds: features are unified across the packages of one build, and etcd's client must
 # not change the ordo binary under test.
-cargo build --release --quiet -p ordo-bench "${BENCH_FEATURES[@]}"
+cargo build --release --quiet -p ordo-bench ${BENCH_FEATURES[@]+"${BENCH_FEATURES[@]}"}
 cargo build --release --quiet -p ordo
 ORDO=target/release/ordo
 ORDO_BENCH=target/release/ordo-bench

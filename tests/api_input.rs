@@ -364,6 +364,13 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
         ),
         case(
             "GET",
+            &format!("/api/orders?status=paid&customer_id={}", "c".repeat(65)),
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
+        case(
+            "GET",
             "/api/orders?after=-1",
             "",
             400,

@@ -872,7 +872,7 @@ fn listing_counters_and_cursors_agree_with_the_orders_and_are_rebuilt_for_old_st
         .iter()
         .keys()
         .map(|k| k.unwrap())
-        .filter(|k| k.starts_with(b"n") || &k[..] == b"m:counts_at")
+        .filter(|k| k.starts_with(b"n") || &k[..] == b"m:listing_at")
         .collect();
     assert!(derived.len() >= 4, "the counters are stored: {derived:?}");
     for k in derived {

@@ -5,7 +5,9 @@
 
 #[cfg(feature = "etcd-grpc")]
 mod grpc {
-    use etcd_client::{Client, GetOptions, KvClient};
+    use std::time::Duration;
+
+    use etcd_client::{Client, ConnectOptions, GetOptions, KvClient};
 
     pub struct EtcdGrpc {
         members: Vec<KvClient>,
@@ -15,8 +17,12 @@ mod grpc {
         /// Connects to every member (URLs like `http://127.0.0.1:2379`).
         pub async fn connect(nodes: &[String]) -> anyhow::Result<Self> {
             let mut members = Vec::new();
+            // The HTTP targets' request timeout, so a stalled member ends a run the same way.
+            let options = ConnectOptions::new()
+                .with_connect_timeout(Duration::from_secs(2))
+                .with_timeout(Duration::from_secs(10));
             for url in nodes {
-                let client = Client::connect([url.as_str()], None).await?;
+                let client = Client::connect([url.as_str()], Some(options.clone())).await?;
                 members.push(client.kv_client());
             }
             Ok(EtcdGrpc { members })
@@ -45,10 +51,19 @@ mod grpc {
         }
     }
 
+    /// Error kinds comparable with the HTTP targets' (`timeout`, `connect`, `io`), or the
+    /// gRPC status otherwise.
     fn kind(e: etcd_client::Error) -> String {
+        use etcd_client::Error;
         match e {
-            etcd_client::Error::GRpcStatus(s) => format!("grpc_{:?}", s.code()).to_lowercase(),
-            etcd_client::Error::TransportError(_) => "connect".into(),
+            // gRPC's status codes, by number (etcd-client does not re-export tonic's `Code`):
+            // CANCELLED 1 and DEADLINE_EXCEEDED 4 are timeouts, UNAVAILABLE 14 a dead member.
+            Error::GRpcStatus(s) => match s.code() as i32 {
+                1 | 4 => "timeout".into(),
+                14 => "connect".into(),
+                _ => format!("grpc_{:?}", s.code()).to_lowercase(),
+            },
+            Error::TransportError(_) => "connect".into(),
             _ => "io".into(),
         }
     }

@@ -41,8 +41,8 @@ pub enum Workload {
     /// A page of 100 pending orders by cursor, after a random id anywhere in the store: a
     /// filtered page at any depth (ordo only).
     ListCursor,
-    /// The same, by page number (`page=N`, skipping every match before it): what a deep
-    /// filtered page cost before cursors (ordo only).
+    /// A page as deep, by page number (`page=N`, skipping every match before it): what a
+    /// deep filtered page cost before cursors (ordo only).
     ListNumbered,
     /// The first page of one customer's pending orders, with their total (ordo only).
     ListCustomer,
@@ -190,7 +190,8 @@ impl Shared {
                 .json(&self.create_body(n)),
             (Target::Ordo, false) => {
                 // The bench never changes a status, so every order it made is pending: the
-                // numbered page 1 + read_id / 100 starts where the cursor at `read_id` does.
+                // numbered page 1 + read_id / 100 is as deep as the cursor at `read_id` (it
+                // starts up to 99 orders before it).
                 let path = match self.workload {
                     Workload::ReadStale => format!("/api/orders/{read_id}?consistency=stale"),
                     Workload::ListFirst => "/api/orders?per_page=100".into(),

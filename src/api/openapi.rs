@@ -49,6 +49,7 @@ pub struct ListQueryParams {
     #[param(pattern = "^(|pending|paid|shipped|delivered|cancelled)$")]
     status: Option<String>,
     /// Only this customer's orders (empty: any).
+    #[param(max_length = 64)]
     customer_id: Option<String>,
 }
 

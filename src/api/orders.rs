@@ -11,7 +11,9 @@ use super::error::ApiError;
 use super::json::{JsonBody, PathSegment};
 use super::openapi::{ConsistencyQuery, IdempotencyKeyHeader, ListQueryParams, OrderIdPath};
 use super::AppState;
-use crate::order::{validate_idempotency_key, NewOrder, OrderOp, OrderStatus};
+use crate::order::{
+    validate_idempotency_key, NewOrder, OrderOp, OrderStatus, MAX_CUSTOMER_ID_CHARS,
+};
 use crate::rpc::WriteRequest;
 use crate::store::{OrderFilter, PageStart};
 use crate::wire::{CreateOrderBody, OrderJson, OrderListJson, SetStatusBody};
@@ -230,6 +232,14 @@ pub async fn list(
     let customer_id = query_value(&pairs, "customer_id")
         .filter(|c| !c.is_empty())
         .map(String::from);
+    if let Some(c) = &customer_id {
+        let chars = c.chars().count();
+        if chars > MAX_CUSTOMER_ID_CHARS {
+            return Err(ApiError::InvalidQuery(format!(
+                "customer_id is at most {MAX_CUSTOMER_ID_CHARS} characters, got {chars}"
+            )));
+        }
+    }
     read_barrier(&state, &pairs, caller).await?;
     // A listing reads up to a page of orders, and a numbered filtered page walks the index
     // keys before it: off the runtime threads that carry Raft traffic.

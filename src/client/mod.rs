@@ -315,7 +315,8 @@ pub struct ListQuery {
     pub status: Option<String>,
     pub customer_id: Option<String>,
     pub page: Option<u64>,
-    /// Start after this order id (a cursor: the last page's `next_after`); not with `page`.
+    /// Only orders with a higher id (a cursor: the last page's `next_after`); `page` then
+    /// counts from there.
     pub after: Option<u64>,
     pub per_page: Option<u64>,
 }

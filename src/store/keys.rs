@@ -6,7 +6,7 @@
 //! - `o` + id: an order; `c` + customer + id (value: the order's status tag) and `s` +
 //!   status + id (empty value): the listing indexes; `n` + `s` + status: how many orders the
 //!   status index holds (a status-filtered list's total is a read, not a count);
-//!   `m:counts_at`: the applied log id the counters and the customer index's statuses were
+//!   `m:listing_at`: the applied log id the counters and the customer index's statuses were
 //!   last kept up to (a store written by a version without them is rebuilt at open, see
 //!   `list_index`);
 //! - `i` + key: an idempotency record; `x` + expiry + key: the same key ordered by expiry;
@@ -26,7 +26,8 @@ pub const NEXT_ID: &[u8] = b"m:next_id";
 pub const CLOCK: &[u8] = b"m:clock";
 pub const LAST_STAMP: &[u8] = b"m:last_stamp";
 pub const REVISION: &[u8] = b"m:revision";
-pub const COUNTS_AT: &[u8] = b"m:counts_at";
+/// (Not `m:counts_at`: an unreleased build of the same branch kept another layout under it.)
+pub const COUNTS_AT: &[u8] = b"m:listing_at";
 /// The prefixes of the listing indexes (customer, status).
 pub const CUSTOMER_PREFIX: &[u8] = b"c";
 pub const STATUS_PREFIX: &[u8] = b"s";
