@@ -109,10 +109,10 @@ impl OrderReader {
         }
     }
 
-    /// Orders matching `filter`, ordered by id, from `start`. The total is read from the
-    /// listing counters (`list_index`), and a filtered page walks the narrowest index from
-    /// where it starts: a cursor page costs the same however deep it is; a numbered page skips
-    /// the index keys before it.
+    /// Orders matching `filter`, ordered by id, from `start`. A status's total is read from
+    /// its counter (`list_index`), a customer's counted on the customer's own index entries;
+    /// a filtered page walks its index from where it starts: a cursor page costs the same
+    /// however deep it is; a numbered page skips the index entries before it.
     pub fn list(
         &self,
         filter: &OrderFilter,
