@@ -469,6 +469,7 @@ pub async fn run(
         config.change_feed.max_subscribers,
         config.change_feed.max_lag,
         config.change_feed.lag_grace,
+        reader.clone(),
         stopped_rx.clone(),
     );
     let state = AppState::new(api::AppParts {

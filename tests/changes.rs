@@ -597,3 +597,71 @@ async fn a_node_that_installed_a_snapshot_serves_the_same_window() {
     }
     assert!(text.starts_with(&format!("id: {on_behind}\n")), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_gets_heartbeats_and_a_new_change_at_once() {
+    let (cluster, client, _) = start_with(&["--changes-heartbeat-ms", "300"]).await;
+    let since = newest_revision(&client).await;
+    let node = cluster.ids()[1];
+    let mut stream = reqwest::Client::new()
+        .get(cluster.url(node, &format!("/api/orders/changes?since={since}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert_eq!(
+        stream.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    // Read what arrives into `text` until `done` says enough, within a generous deadline.
+    async fn read_until(
+        stream: &mut reqwest::Response,
+        text: &mut String,
+        done: impl Fn(&str) -> bool,
+        what: &str,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done(text) {
+            let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+                .await
+                .unwrap_or_else(|_| panic!("no {what} within 60 s; got {text:?}"))
+                .unwrap()
+                .unwrap_or_else(|| panic!("the stream ended before {what}; got {text:?}"));
+            text.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+    // With nothing written, the stream carries comment lines only: heartbeats.
+    let mut text = String::new();
+    read_until(
+        &mut stream,
+        &mut text,
+        |t| t.matches(":\n\n").count() >= 3,
+        "three heartbeats",
+    )
+    .await;
+    assert!(
+        text.split("\n\n").all(|e| e.is_empty() || e == ":"),
+        "{text:?}"
+    );
+    // A change then arrives as one complete event.
+    let order = client
+        .create_order(&NewOrderRequest::new("hb").item("x", 1, 100), None)
+        .await
+        .unwrap()
+        .order;
+    text.clear();
+    read_until(
+        &mut stream,
+        &mut text,
+        |t| t.contains("\ndata: ") && t.ends_with("\n\n"),
+        "the event",
+    )
+    .await;
+    let event = text.split("\n\n").find(|e| e.contains("data: ")).unwrap();
+    let lines: Vec<&str> = event.lines().filter(|l| *l != ":").collect();
+    assert_eq!(lines[0], format!("id: {}", since + 1), "{text:?}");
+    assert_eq!(lines[1], "event: order.created", "{text:?}");
+    let change: ChangeJson =
+        serde_json::from_str(lines[2].strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!((change.revision, change.order.id), (since + 1, order.id));
+}

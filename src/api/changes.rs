@@ -7,29 +7,31 @@
 //! after `?since=` (or the `Last-Event-ID` it reconnects with), else after the newest change;
 //! `customer_id` and `status` filter (by the order as the change left it).
 //!
-//! Cost is bounded per subscriber: the stream reads the log a batch at a time, only as fast
-//! as the client takes events (a slow client is held back by its own socket, not by memory
-//! here). One that is more than `max_lag` revisions behind and took no event for longer than
+//! A stream that is caught up takes its events from the node's shared ring of serialized
+//! events (`event_ring`), several to a chunk; one behind the ring reads the log a batch at a
+//! time. Either way it goes only as fast as the client takes chunks (a slow client is held
+//! back by its own socket, not by memory here). One that is more than `max_lag` revisions behind and took no event for longer than
 //! `lag_grace` (its socket stayed full: a consumer catching up takes events without pause)
 //! gets a final `feed.lagged` event naming the revision to resume from, and is disconnected;
 //! one whose position was trimmed meanwhile gets `feed.gone`. A node serves at most `max_subscribers` streams (503
 //! beyond). Comment lines keep idle streams alive. Streams end when the node shuts down.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
 
 use super::error::ApiError;
+use super::event_ring::{format_event, EventRing, Taken};
 use super::orders::{parse_query, query_value};
 use super::AppState;
-use crate::order::{Change, OrderStatus};
+use crate::order::OrderStatus;
 use crate::store::OrderReader;
 use crate::wire::ChangeJson;
 
@@ -51,6 +53,7 @@ pub struct ChangeFeed {
     subscribers: AtomicUsize,
     /// True once the node is stopping: streams end.
     stopping: tokio::sync::watch::Receiver<bool>,
+    ring: Arc<EventRing>,
 }
 
 impl ChangeFeed {
@@ -59,9 +62,15 @@ impl ChangeFeed {
         max_subscribers: usize,
         max_lag: u64,
         lag_grace: Duration,
+        reader: OrderReader,
         stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Arc<ChangeFeed> {
+        // A store that cannot say its revision fails its first stream too; the ring then
+        // starts from the log's oldest change.
+        let newest = reader.changes_from(0, 0).map(|p| p.newest).unwrap_or(0);
+        let ring = EventRing::start(reader, newest, stopping.clone());
         Arc::new(ChangeFeed {
+            ring,
             heartbeat,
             max_subscribers,
             max_lag: max_lag.max(1),
@@ -102,11 +111,9 @@ struct Filter {
 }
 
 impl Filter {
-    fn wants(&self, change: &Change) -> bool {
-        self.customer_id
-            .as_ref()
-            .is_none_or(|c| *c == change.order.customer_id)
-            && self.status.is_none_or(|s| s == change.order.status)
+    fn wants(&self, customer_id: &str, status: OrderStatus) -> bool {
+        self.customer_id.as_ref().is_none_or(|c| c == customer_id)
+            && self.status.is_none_or(|s| s == status)
     }
 }
 
@@ -193,12 +200,13 @@ pub async fn changes(
     }
     let feed = Feed {
         reader,
+        ring: state.feed.ring.clone(),
         next: after + 1,
         sent: after,
         filter,
-        buffer: VecDeque::new(),
-        revisions: state.reader.watch_revision(),
+        head: state.feed.ring.watch_head(),
         stopping: state.feed.stopping.clone(),
+        heartbeat: state.feed.heartbeat,
         max_lag: state.feed.max_lag,
         lag_grace: state.feed.lag_grace,
         last_taken: tokio::time::Instant::now(),
@@ -206,52 +214,63 @@ pub async fn changes(
         _slot: slot,
     };
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
-        let event = feed.next_event().await?;
-        Some((Ok::<Event, Infallible>(event), feed))
+        let chunk = feed.next_chunk().await?;
+        Some((Ok::<Bytes, Infallible>(chunk), feed))
     });
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(state.feed.heartbeat))
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
         .into_response())
 }
 
 /// One subscriber's position in the change log.
 struct Feed {
     reader: OrderReader,
+    ring: Arc<EventRing>,
     /// The revision to send next.
     next: u64,
     /// The last revision the client was told of (an event, or a progress mark).
     sent: u64,
     filter: Filter,
-    /// Read but not yet sent (at most `READ_BATCH`).
-    buffer: VecDeque<Change>,
-    revisions: tokio::sync::watch::Receiver<u64>,
+    /// The ring's head: how far changes can be read.
+    head: tokio::sync::watch::Receiver<u64>,
     stopping: tokio::sync::watch::Receiver<bool>,
+    heartbeat: Duration,
     max_lag: u64,
     lag_grace: Duration,
-    /// When the client last took an event (the stream was last polled for one).
+    /// When the client last took a chunk (the stream was last polled for one).
     last_taken: tokio::time::Instant,
     /// A final event was sent.
     done: bool,
     _slot: Slot,
 }
 
+/// About this many bytes of events go out in one chunk (one socket write); a larger event
+/// goes alone.
+const CHUNK_BYTES: usize = 64 << 10;
+
 impl Feed {
-    /// The next event to send, or `None` to end the stream.
-    async fn next_event(&mut self) -> Option<Event> {
+    /// The next bytes to send (one or more whole events, or a heartbeat), or `None` to end
+    /// the stream.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
         if self.done {
             return None;
         }
-        // How long the client took to ask for more after the last event was handed out.
+        // How long the client took to ask for more after the last chunk was handed out.
         let waited = self.last_taken.elapsed();
-        let event = self.find_event(waited).await;
+        let chunk = self.find_chunk(waited).await;
         self.last_taken = tokio::time::Instant::now();
-        event
+        chunk
     }
 
-    async fn find_event(&mut self, waited: Duration) -> Option<Event> {
-        // A client that took no event for a while, now far behind the newest change: cut
-        // it off with where to resume (it may reconnect and read on).
-        let newest = *self.revisions.borrow();
+    async fn find_chunk(&mut self, waited: Duration) -> Option<Bytes> {
+        // A client that took nothing for a while, now far behind the newest change: cut it
+        // off with where to resume (it may reconnect and read on).
+        let newest = self.ring.head();
         if waited > self.lag_grace && newest.saturating_sub(self.next) > self.max_lag {
             return Some(self.last_words(
                 "feed.lagged",
@@ -259,68 +278,101 @@ impl Feed {
             ));
         }
         loop {
-            while let Some(change) = self.buffer.pop_front() {
-                self.next = change.revision + 1;
-                if self.filter.wants(&change) {
-                    self.sent = change.revision;
-                    let data = ChangeJson::from(&change);
-                    return Event::default()
-                        .id(change.revision.to_string())
-                        .event(data.kind.clone())
-                        .json_data(&data)
-                        .ok();
-                }
-            }
             if *self.stopping.borrow() {
                 return None;
             }
-            let reader = self.reader.clone();
-            let next = self.next;
-            let page =
-                match tokio::task::spawn_blocking(move || reader.changes_from(next, READ_BATCH))
-                    .await
-                {
-                    Ok(Ok(page)) => page,
-                    // The store failed (or is shutting down): say so, so that a client does not
-                    // come straight back to this node for more of the same.
-                    _ => {
-                        return Some(self.last_words(
-                            "feed.error",
-                            serde_json::json!({ "resume_from": self.next - 1 }),
-                        ))
-                    }
+            if self.next <= self.ring.head() {
+                let taken = self.ring.take(self.next, CHUNK_BYTES, |e| {
+                    self.filter.wants(&e.customer_id, e.status)
+                });
+                let (bytes, next, last_sent) = match taken {
+                    Taken::Events {
+                        bytes,
+                        next,
+                        last_sent,
+                    } => (bytes, next, last_sent),
+                    Taken::NotHeld => match self.read_log().await {
+                        Ok(read) => read,
+                        Err(last_words) => return Some(last_words),
+                    },
                 };
-            if !page.changes.is_empty() {
-                self.buffer.extend(page.changes);
+                self.next = next;
+                if let Some(sent) = last_sent {
+                    self.sent = sent;
+                }
+                if !bytes.is_empty() {
+                    return Some(bytes);
+                }
                 continue;
-            }
-            if self.next <= page.newest {
-                // Its next change is no longer held: trimmed while this subscriber was behind.
-                return Some(self.last_words(
-                    "feed.gone",
-                    serde_json::json!({ "oldest_revision": page.oldest }),
-                ));
             }
             // Caught up. A filtered stream may have passed changes it did not send: tell the
             // client how far it got (an event with only an `id:`, which EventSource keeps as
             // its Last-Event-ID without dispatching), so that it resumes from here.
             if self.sent < self.next - 1 {
                 self.sent = self.next - 1;
-                return Some(Event::default().id(self.sent.to_string()));
+                return Some(Bytes::from(format!("id: {}\n\n", self.sent)));
             }
-            // Wait for a newer revision, or the node stopping.
+            // Wait for a newer revision, the node stopping, or the time for a heartbeat.
             let seen = self.next - 1;
             tokio::select! {
-                changed = self.revisions.wait_for(|r| *r > seen) => {
+                changed = self.head.wait_for(|r| *r > seen) => {
                     changed.ok()?;
                 }
                 _ = self.stopping.wait_for(|s| *s) => return None,
+                _ = tokio::time::sleep(self.heartbeat) => return Some(Bytes::from_static(b":\n\n")),
             }
         }
     }
 
-    fn last_words(&mut self, name: &str, data: serde_json::Value) -> Event {
+    /// Changes from `next` on read from the log itself (the stream is behind the ring):
+    /// (events it wants, the revision after the last read, the last one sent); or the
+    /// stream's last words.
+    async fn read_log(&mut self) -> Result<(Bytes, u64, Option<u64>), Bytes> {
+        let reader = self.reader.clone();
+        let next = self.next;
+        let page = match tokio::task::spawn_blocking(move || reader.changes_from(next, READ_BATCH))
+            .await
+        {
+            Ok(Ok(page)) => page,
+            // The store failed (or is shutting down): say so, so that a client does not come
+            // straight back to this node for more of the same.
+            _ => {
+                return Err(self.last_words(
+                    "feed.error",
+                    serde_json::json!({ "resume_from": self.next - 1 }),
+                ))
+            }
+        };
+        if page.changes.is_empty() {
+            if self.next <= page.newest {
+                // Its next change is no longer held: trimmed while this subscriber was behind.
+                return Err(self.last_words(
+                    "feed.gone",
+                    serde_json::json!({ "oldest_revision": page.oldest }),
+                ));
+            }
+            // The log has not caught up with the ring's head yet (a snapshot being installed):
+            // wait for it as for any new change.
+            return Ok((Bytes::new(), next, None));
+        }
+        let mut out = BytesMut::new();
+        let mut last_sent = None;
+        let mut after = next;
+        for change in &page.changes {
+            after = change.revision + 1;
+            if self
+                .filter
+                .wants(&change.order.customer_id, change.order.status)
+            {
+                out.extend_from_slice(&format_event(change));
+                last_sent = Some(change.revision);
+            }
+        }
+        Ok((out.freeze(), after, last_sent))
+    }
+
+    fn last_words(&mut self, name: &str, data: serde_json::Value) -> Bytes {
         self.done = true;
-        Event::default().event(name).data(data.to_string())
+        Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
     }
 }

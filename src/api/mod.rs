@@ -10,6 +10,7 @@ pub mod auth;
 pub mod changes;
 pub mod cluster;
 pub mod error;
+mod event_ring;
 pub mod json;
 pub mod openapi;
 pub mod orders;

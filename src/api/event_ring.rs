@@ -1,0 +1,313 @@
+//! The node's recent change events, each serialized once, shared by every change-feed stream.
+//!
+//! One task per node (`EventRing::start`) follows the applied revision: it reads each new
+//! change from the change log once, writes it as a complete server-sent event (`id:`,
+//! `event:`, `data:` a `wire::ChangeJson`) and appends it to a bounded ring of the newest
+//! events. A stream that is caught up copies bytes from the ring (several events per chunk, so
+//! one socket write carries them all) and filters them by the customer and status kept beside
+//! each event, without reading the store or serializing anything itself. A stream behind the
+//! ring reads the log on its own (`format_event`), as fast as its client takes events. Without
+//! the ring, a hundred subscribers meant a hundred log reads and JSON serializations per change.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::order::{Change, OrderStatus};
+use crate::store::OrderReader;
+use crate::wire::ChangeJson;
+
+/// At most this many events are kept...
+const MAX_EVENTS: usize = 8192;
+/// ...and at most this many bytes of them (large orders make large events).
+const MAX_BYTES: usize = 16 << 20;
+/// Changes the follower task reads from the log at once.
+const READ_BATCH: usize = 512;
+
+/// One change as a complete server-sent event, with what filters look at.
+pub(super) struct RingEvent {
+    pub revision: u64,
+    pub customer_id: String,
+    pub status: OrderStatus,
+    pub bytes: Bytes,
+}
+
+impl RingEvent {
+    pub fn of(change: &Change) -> RingEvent {
+        RingEvent {
+            revision: change.revision,
+            customer_id: change.order.customer_id.clone(),
+            status: change.order.status,
+            bytes: format_event(change),
+        }
+    }
+}
+
+/// `change` as a server-sent event: `id: REV`, `event: KIND`, `data: JSON`, a blank line.
+pub(super) fn format_event(change: &Change) -> Bytes {
+    let data = ChangeJson::from(change);
+    let json = serde_json::to_vec(&data).expect("a ChangeJson always serializes");
+    let mut out = BytesMut::with_capacity(json.len() + 64);
+    out.extend_from_slice(b"id: ");
+    out.extend_from_slice(change.revision.to_string().as_bytes());
+    out.extend_from_slice(b"\nevent: ");
+    out.extend_from_slice(data.kind.as_bytes());
+    // Compact JSON has no newline in it: one `data:` line.
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(&json);
+    out.extend_from_slice(b"\n\n");
+    out.freeze()
+}
+
+/// What `EventRing::take` found for a stream.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Taken {
+    /// Events from the revision asked for on (`bytes` may be empty if a filter passed them
+    /// all over); `next` is the revision after the last one looked at, `last_sent` the last
+    /// one put in `bytes`.
+    Events {
+        bytes: Bytes,
+        next: u64,
+        last_sent: Option<u64>,
+    },
+    /// The ring no longer (or not yet) holds that revision: read the log.
+    NotHeld,
+}
+
+#[derive(Default)]
+struct Ring {
+    /// Consecutive revisions, oldest first.
+    events: VecDeque<Arc<RingEvent>>,
+    bytes: usize,
+}
+
+/// The shared ring and how far it has read; see the module comment.
+pub(super) struct EventRing {
+    ring: RwLock<Ring>,
+    /// Every revision up to this one can be read, from the ring or the log. Streams wait on
+    /// it rather than on the store's revision, so that they find new changes in the ring.
+    head: tokio::sync::watch::Sender<u64>,
+}
+
+impl EventRing {
+    /// A ring, and its follower task, starting after revision `newest`; the task ends when
+    /// the node stops.
+    pub fn start(
+        reader: OrderReader,
+        newest: u64,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Arc<EventRing> {
+        let ring = Arc::new(EventRing {
+            ring: RwLock::new(Ring::default()),
+            head: tokio::sync::watch::Sender::new(newest),
+        });
+        tokio::spawn(follow(ring.clone(), reader, newest + 1, stopping));
+        ring
+    }
+
+    pub fn head(&self) -> u64 {
+        *self.head.borrow()
+    }
+
+    pub fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    /// Events from revision `from` on that `wants` accepts, up to about `max_bytes` (always
+    /// at least one event when one is wanted and held).
+    pub fn take(&self, from: u64, max_bytes: usize, wants: impl Fn(&RingEvent) -> bool) -> Taken {
+        let ring = self.ring.read().unwrap_or_else(|p| p.into_inner());
+        let Some(first) = ring.events.front().map(|e| e.revision) else {
+            return Taken::NotHeld;
+        };
+        let last = first + ring.events.len() as u64 - 1;
+        if from < first || from > last {
+            return Taken::NotHeld;
+        }
+        let mut out = BytesMut::new();
+        let (mut next, mut last_sent) = (from, None);
+        for event in ring.events.range((from - first) as usize..) {
+            if !out.is_empty() && out.len() + event.bytes.len() > max_bytes {
+                break;
+            }
+            next = event.revision + 1;
+            if wants(event) {
+                out.extend_from_slice(&event.bytes);
+                last_sent = Some(event.revision);
+            }
+        }
+        Taken::Events {
+            bytes: out.freeze(),
+            next,
+            last_sent,
+        }
+    }
+
+    /// Appends events that follow the newest held (or starts afresh after a gap).
+    fn push(&self, events: Vec<RingEvent>) {
+        let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
+        for event in events {
+            let follows = ring
+                .events
+                .back()
+                .is_none_or(|last| last.revision + 1 == event.revision);
+            if !follows {
+                ring.events.clear();
+                ring.bytes = 0;
+            }
+            ring.bytes += event.bytes.len();
+            ring.events.push_back(Arc::new(event));
+            while ring.events.len() > MAX_EVENTS
+                || (ring.bytes > MAX_BYTES && ring.events.len() > 1)
+            {
+                let old = ring.events.pop_front().expect("not empty");
+                ring.bytes -= old.bytes.len();
+            }
+        }
+    }
+}
+
+/// The follower task: reads each newly applied change once into the ring.
+async fn follow(
+    ring: Arc<EventRing>,
+    reader: OrderReader,
+    mut next: u64,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut revisions = reader.watch_revision();
+    loop {
+        let seen = next - 1;
+        tokio::select! {
+            changed = revisions.wait_for(|r| *r > seen) => if changed.is_err() { return },
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+        loop {
+            let from = next;
+            let r = reader.clone();
+            let page =
+                match tokio::task::spawn_blocking(move || r.changes_from(from, READ_BATCH)).await {
+                    Ok(Ok(page)) => page,
+                    Ok(Err(e)) => {
+                        // Streams read the log themselves meanwhile; try again shortly.
+                        tracing::warn!(error = %e, "the change feed could not read the change log");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        break;
+                    }
+                    Err(_) => return, // the runtime is shutting down
+                };
+            if page.changes.is_empty() {
+                if next <= page.newest {
+                    // `next` is no longer held (a snapshot installed past it, or trimmed):
+                    // start afresh at the newest; streams behind read the log themselves.
+                    next = page.newest + 1;
+                    ring.head.send_replace(page.newest);
+                }
+                break;
+            }
+            let full = page.changes.len() == READ_BATCH;
+            next = page.changes.last().map(|c| c.revision + 1).unwrap_or(next);
+            ring.push(page.changes.iter().map(RingEvent::of).collect());
+            ring.head.send_replace(next - 1);
+            if !full {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(revision: u64, customer: &str, bytes: &str) -> RingEvent {
+        RingEvent {
+            revision,
+            customer_id: customer.into(),
+            status: OrderStatus::Pending,
+            bytes: Bytes::from(bytes.to_string()),
+        }
+    }
+
+    fn ring() -> EventRing {
+        EventRing {
+            ring: RwLock::new(Ring::default()),
+            head: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    fn events(taken: Taken) -> (String, u64, Option<u64>) {
+        match taken {
+            Taken::Events {
+                bytes,
+                next,
+                last_sent,
+            } => (String::from_utf8(bytes.to_vec()).unwrap(), next, last_sent),
+            Taken::NotHeld => panic!("expected events"),
+        }
+    }
+
+    #[test]
+    fn take_gives_held_events_filtered_and_cut_by_size() {
+        let r = ring();
+        assert_eq!(r.take(1, 100, |_| true), Taken::NotHeld);
+        r.push(vec![
+            event(5, "a", "e5;"),
+            event(6, "b", "e6;"),
+            event(7, "a", "e7;"),
+        ]);
+        assert_eq!(r.take(4, 100, |_| true), Taken::NotHeld, "older than held");
+        assert_eq!(r.take(8, 100, |_| true), Taken::NotHeld, "newer than held");
+        assert_eq!(
+            events(r.take(5, 100, |_| true)),
+            ("e5;e6;e7;".into(), 8, Some(7))
+        );
+        assert_eq!(
+            events(r.take(6, 100, |_| true)),
+            ("e6;e7;".into(), 8, Some(7))
+        );
+        // A filter passes events over but still moves the position past them.
+        let only_a = |e: &RingEvent| e.customer_id == "a";
+        assert_eq!(events(r.take(6, 100, only_a)), ("e7;".into(), 8, Some(7)));
+        let only_b = |e: &RingEvent| e.customer_id == "b";
+        assert_eq!(events(r.take(7, 100, only_b)), ("".into(), 8, None));
+        // A size cap stops between events, but one event always goes.
+        assert_eq!(
+            events(r.take(5, 7, |_| true)),
+            ("e5;e6;".into(), 7, Some(6))
+        );
+        assert_eq!(events(r.take(5, 1, |_| true)), ("e5;".into(), 6, Some(5)));
+    }
+
+    #[test]
+    fn the_ring_is_bounded_and_restarts_after_a_gap() {
+        let r = ring();
+        r.push(
+            (1..=MAX_EVENTS as u64 + 10)
+                .map(|n| event(n, "a", "x"))
+                .collect(),
+        );
+        assert_eq!(
+            r.take(10, 100, |_| true),
+            Taken::NotHeld,
+            "dropped from the front"
+        );
+        assert!(matches!(r.take(11, 100, |_| true), Taken::Events { .. }));
+        let newest = MAX_EVENTS as u64 + 10;
+        // A gap (a snapshot skipped revisions): the ring holds only what follows it.
+        r.push(vec![event(newest + 5, "a", "y")]);
+        assert_eq!(r.take(newest, 100, |_| true), Taken::NotHeld);
+        assert_eq!(
+            events(r.take(newest + 5, 100, |_| true)),
+            ("y".into(), newest + 6, Some(newest + 5))
+        );
+        // Bytes are bounded too, keeping at least the newest event.
+        r.push(vec![event(newest + 6, "a", &"z".repeat(MAX_BYTES + 1))]);
+        assert_eq!(r.take(newest + 5, 100, |_| true), Taken::NotHeld);
+        assert!(matches!(
+            r.take(newest + 6, 100, |_| true),
+            Taken::Events { .. }
+        ));
+    }
+}
