@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Change-feed figures on a local three-node cluster (release build), for docs/performance.md:
 #   1. commit-to-event latency (p50/p99) with 1 and with 100 subscribers, creates at c=16;
-#   2. creates/s at c=64 with 100 subscribers versus none (ROUNDS alternating rounds);
-#   3. events/s one subscriber takes, replaying the change log from revision 0;
+#   2. creates/s at c=64 with 100 subscribers versus none (ROUNDS alternating rounds), the
+#      subscribers either `Client::watch` streams or light ones (`--feed-light`: they only
+#      check each event's id, so that the figure is the nodes' cost more than the consumers'),
+#      with the nodes' CPU time per create;
+#   3. events/s one subscriber takes, replaying the change log from its oldest held change;
 #   4. the RSS of a node serving a stalled consumer (curl reading 1 byte/s) while writes go on.
 #
 #   scripts/bench-feed.sh            # ROUNDS=2, SECS=10 by default
@@ -35,20 +38,48 @@ for subs in 1 100; do
 done
 
 echo "== creates/s at c=64, without and with 100 subscribers ($ROUNDS rounds)"
+# The three nodes' CPU time (user + system, in clock ticks) from /proc.
+cpu_ticks() {
+  local total=0 n fields
+  for n in 1 2 3; do
+    read -ra fields <"/proc/$(cat "$RUN_DIR/n$n/pid")/stat"
+    total=$((total + fields[13] + fields[14]))
+  done
+  echo "$total"
+}
+point() {
+  local label=$1 before out ok
+  shift
+  before=$(cpu_ticks)
+  out=$(bench --concurrency 64 --label "$label" --json-out "$RUN_DIR/point.json" "$@")
+  ok=$(sed -n 's/^  "ok": \([0-9]*\),$/\1/p' "$RUN_DIR/point.json")
+  echo "$out" | sed -n 1p
+  echo "$out" | grep ' feed ' || true
+  awk -v t=$(($(cpu_ticks) - before)) -v hz="$(getconf CLK_TCK)" -v ok="$ok" \
+    'BEGIN { printf "   nodes: %.1f CPU-s, %.3f ms of CPU per create\n", t / hz, t / hz * 1000 / ok }'
+}
 for ((r = 1; r <= ROUNDS; r++)); do
-  bench --concurrency 64 --label "c=64 subs=0" | sed -n 1p
-  bench --concurrency 64 --feed-subscribers 100 --label "c=64 subs=100" | sed -n 1p
+  point "c=64 subs=0"
+  point "c=64 subs=100" --feed-subscribers 100
+  point "c=64 light=100" --feed-subscribers 100 --feed-light
 done
 
-echo "== one subscriber replaying the change log from revision 0"
+echo "== one subscriber replaying the change log from its oldest held change"
 target/release/ordo-bench --nodes "$NODES" --feed-replay --label "replay"
 
 echo "== a stalled consumer on node 2 while writes go on (RSS of nodes 2 and 3, in kB)"
 # Nodes 2 and 3 apply the same writes; only node 2 serves the stalled stream.
 rss() { awk '/VmRSS/ {print $2}' "/proc/$(cat "$RUN_DIR/n$1/pid")/status"; }
-curl -sN --limit-rate 1 "$(scripts/cluster.sh url 2)/api/orders/changes?since=0" >/dev/null &
+# From the newest change on (an earlier `since` may be trimmed already after the runs above,
+# and a 410 would end curl at once).
+curl -sN --limit-rate 1 "$(scripts/cluster.sh url 2)/api/orders/changes" >/dev/null &
 stalled=$!
 before="$(rss 2) $(rss 3)"
 target/release/ordo-bench --nodes "$NODES" --concurrency 16 --duration-secs $((SECS * 3)) --label "writes, 1 stalled" | sed -n 1p
 after="$(rss 2) $(rss 3)"
 echo "RSS before (node 2, node 3): $before; after $((SECS * 3)) s of writes: $after"
+if kill -0 "$stalled" 2>/dev/null; then
+  echo "the stalled stream was still open at the end"
+else
+  echo "the stalled stream had ended (cut off for lagging, or refused)"
+fi

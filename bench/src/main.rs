@@ -8,8 +8,12 @@
 //!
 //! With `--feed-subscribers N` (ordo), N change-feed subscribers (`Client::watch`, spread over
 //! the nodes) follow the run: the result adds the commit-to-event latency, from a create's
-//! acknowledgement to each subscriber's event for it. `--feed-replay` instead measures how
-//! fast one subscriber takes the change log from revision 0 (events/s), with no load.
+//! acknowledgement to each subscriber's event for it. With `--feed-light` the subscribers are
+//! raw streams that only check each event's `id:` follows the one before (no JSON decoding, no
+//! latency): the cheapest consumer, so that what the run costs is the nodes' part, not the
+//! subscribers' (which share this machine's cores with the nodes and the load).
+//! `--feed-replay` instead measures how fast one subscriber takes the change log from its
+//! oldest held change (events/s), with no load.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -98,7 +102,10 @@ pub struct BenchArgs {
     /// Change-feed subscribers following the run (ordo, create workload).
     #[arg(long, default_value_t = 0)]
     pub feed_subscribers: usize,
-    /// Only measure one subscriber reading the change log from revision 0.
+    /// The subscribers only count events and check their order (see the module comment).
+    #[arg(long)]
+    pub feed_light: bool,
+    /// Only measure one subscriber reading the change log from its oldest held change.
     #[arg(long)]
     pub feed_replay: bool,
 }
@@ -111,7 +118,8 @@ pub struct FeedResult {
     /// From a create's acknowledgement to a subscriber's event for it (0 when the event came
     /// first).
     pub commit_to_event_ms: BTreeMap<String, f64>,
-    /// Creates whose event some subscriber never got by the end (should be 0).
+    /// Creates whose event some subscriber never got by the end (should be 0); with
+    /// `--feed-light`, revisions some subscriber never reached.
     pub missed: u64,
 }
 
@@ -469,6 +477,21 @@ impl Subscribers {
             tasks: Vec::new(),
         };
         for i in 0..args.feed_subscribers {
+            if args.feed_light {
+                let url = format!(
+                    "{}/api/orders/changes?since={since}",
+                    nodes[i % nodes.len()]
+                );
+                let seen = Arc::new(Mutex::new(Vec::new()));
+                let last = Arc::new(AtomicU64::new(since));
+                let (into, at) = (seen.clone(), last.clone());
+                subscribers
+                    .tasks
+                    .push(tokio::spawn(light_subscriber(url, into, at)));
+                subscribers.seen.push(seen);
+                subscribers.last.push(last);
+                continue;
+            }
             let client = feed_client(args, nodes, i)?;
             let seen = Arc::new(Mutex::new(Vec::new()));
             let last = Arc::new(AtomicU64::new(since));
@@ -509,6 +532,19 @@ impl Subscribers {
         }
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
         let (mut events, mut missed) = (0u64, 0u64);
+        if args.feed_light {
+            // Each subscriber's record is one entry: (events taken in order, when).
+            for (seen, last) in self.seen.iter().zip(&self.last) {
+                events += seen.lock().unwrap().first().map(|(n, _)| *n).unwrap_or(0);
+                missed += newest.saturating_sub(last.load(Ordering::Relaxed));
+            }
+            return Ok(FeedResult {
+                subscribers: self.seen.len(),
+                events,
+                commit_to_event_ms: Default::default(),
+                missed,
+            });
+        }
         for seen in &self.seen {
             let seen = seen.lock().unwrap();
             events += seen.len() as u64;
@@ -538,22 +574,75 @@ impl Subscribers {
     }
 }
 
-/// One subscriber reads the change log from revision 0 to the newest: events/s.
+/// A `--feed-light` subscriber: reads the raw stream from `url`, checks that every event's
+/// `id:` follows the one before, and keeps the count of such events in `seen` (as its only
+/// entry) and the newest id in `last`. It stops at the first event out of order.
+async fn light_subscriber(url: String, seen: Arrivals, last: Arc<AtomicU64>) {
+    let Ok(mut response) = reqwest::Client::new().get(url).send().await else {
+        return;
+    };
+    let mut pending: Vec<u8> = Vec::new();
+    let mut count = 0u64;
+    let mut newest = last.load(Ordering::Relaxed);
+    while let Ok(Some(chunk)) = response.chunk().await {
+        pending.extend_from_slice(&chunk);
+        let mut used = 0;
+        while let Some(end) = memchr::memmem::find(&pending[used..], b"\n\n") {
+            let event = &pending[used..used + end];
+            used += end + 2;
+            let Some(id) = event
+                .strip_prefix(b"id: ")
+                .and_then(|rest| rest.split(|b| *b == b'\n').next())
+                .and_then(|id| std::str::from_utf8(id).ok()?.parse::<u64>().ok())
+            else {
+                continue; // a heartbeat
+            };
+            if id != newest + 1 {
+                return;
+            }
+            newest = id;
+            count += 1;
+        }
+        pending.drain(..used);
+        *seen.lock().unwrap() = vec![(count, Instant::now())];
+        last.store(newest, Ordering::Relaxed);
+    }
+}
+
+/// One subscriber reads the change log from its oldest held change (revision 0 if the log
+/// was never trimmed) to the newest: events/s.
 async fn feed_replay(args: &BenchArgs, nodes: &[String]) -> anyhow::Result<BenchResult> {
     use futures_util::StreamExt;
     let client = feed_client(args, nodes, 0)?;
     let newest = newest_revision(&client).await?;
-    let start = Instant::now();
+    let mut since = 0;
+    let mut start = Instant::now();
     let mut events = 0u64;
-    {
-        let changes = client.watch(0, Default::default(), Duration::from_secs(45));
+    // At most one restart: from the oldest change the nodes said they hold.
+    for _ in 0..2 {
+        start = Instant::now();
+        events = 0;
+        let changes = client.watch(since, Default::default(), Duration::from_secs(45));
         futures_util::pin_mut!(changes);
+        let mut trimmed = None;
         while let Some(change) = changes.next().await {
-            let change = change?;
+            let change = match change {
+                Ok(change) => change,
+                Err(ordo::client::ClientError::RevisionGone { oldest, .. }) if events == 0 => {
+                    trimmed = Some(oldest);
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            };
             events += 1;
             if change.revision >= newest {
                 break;
             }
+        }
+        match trimmed {
+            Some(oldest) if since == 0 => since = oldest.saturating_sub(1),
+            Some(_) => bail!("the change log was trimmed again while the replay began"),
+            None => break,
         }
     }
     let seconds = start.elapsed().as_secs_f64();
@@ -591,9 +680,15 @@ fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     if let Some(feed) = &result.feed {
         let f = &feed.commit_to_event_ms;
+        let latency = match (f.get("p50"), f.get("p99"), f.get("max")) {
+            (Some(p50), Some(p99), Some(max)) => {
+                format!("commit-to-event p50 {p50:.2}ms p99 {p99:.2}ms max {max:.2}ms")
+            }
+            _ => "light subscribers (no latency)".into(),
+        };
         println!(
-            "{:<18} feed  {} subscribers, {} events, commit-to-event p50 {:.2}ms p99 {:.2}ms max {:.2}ms, missed {}",
-            result.label, feed.subscribers, feed.events, f["p50"], f["p99"], f["max"], feed.missed
+            "{:<18} feed  {} subscribers, {} events, {latency}, missed {}",
+            result.label, feed.subscribers, feed.events, feed.missed
         );
     }
     if let Some(path) = &args.json_out {
