@@ -41,7 +41,7 @@ pub const DEFAULT_MAX_SUBSCRIBERS: usize = 1000;
 pub const DEFAULT_MAX_LAG: u64 = 10_000;
 pub const DEFAULT_LAG_GRACE_MS: u64 = 30_000;
 
-/// Changes read from the store at once, per subscriber: its whole buffer.
+/// Changes a stream behind the ring reads from the log at once.
 const READ_BATCH: usize = 256;
 
 /// The feed's settings and its subscribers, per node.
@@ -50,7 +50,8 @@ pub struct ChangeFeed {
     pub max_subscribers: usize,
     pub max_lag: u64,
     pub lag_grace: Duration,
-    subscribers: AtomicUsize,
+    /// Shared with the ring's follower task, which reads the log only while there are any.
+    subscribers: Arc<AtomicUsize>,
     /// True once the node is stopping: streams end.
     stopping: tokio::sync::watch::Receiver<bool>,
     ring: Arc<EventRing>,
@@ -65,17 +66,18 @@ impl ChangeFeed {
         reader: OrderReader,
         stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Arc<ChangeFeed> {
-        // A store that cannot say its revision fails its first stream too; the ring then
-        // starts from the log's oldest change.
+        // (A store that cannot say its revision fails every stream's first read too; the
+        // ring then follows from revision 1, or from the newest if 1 is no longer held.)
         let newest = reader.changes_from(0, 0).map(|p| p.newest).unwrap_or(0);
-        let ring = EventRing::start(reader, newest, stopping.clone());
+        let subscribers = Arc::new(AtomicUsize::new(0));
+        let ring = EventRing::start(reader, newest, subscribers.clone(), stopping.clone());
         Arc::new(ChangeFeed {
             ring,
             heartbeat,
             max_subscribers,
             max_lag: max_lag.max(1),
             lag_grace,
-            subscribers: AtomicUsize::new(0),
+            subscribers,
             stopping,
         })
     }
@@ -205,6 +207,7 @@ pub async fn changes(
         sent: after,
         filter,
         head: state.feed.ring.watch_head(),
+        failed: state.feed.ring.watch_failed(),
         stopping: state.feed.stopping.clone(),
         heartbeat: state.feed.heartbeat,
         max_lag: state.feed.max_lag,
@@ -238,6 +241,8 @@ struct Feed {
     filter: Filter,
     /// The ring's head: how far changes can be read.
     head: tokio::sync::watch::Receiver<u64>,
+    /// The ring's follower cannot read the log: no new event will come from this node.
+    failed: tokio::sync::watch::Receiver<bool>,
     stopping: tokio::sync::watch::Receiver<bool>,
     heartbeat: Duration,
     max_lag: u64,
@@ -303,7 +308,21 @@ impl Feed {
                 if !bytes.is_empty() {
                     return Some(bytes);
                 }
+                // A filtered stream reading a long log may pass over changes for a while:
+                // say how far it got at heartbeat pace, so that its client neither takes the
+                // node for dead nor resumes from the start.
+                if self.last_taken.elapsed() >= self.heartbeat && self.sent < self.next - 1 {
+                    self.sent = self.next - 1;
+                    return Some(Bytes::from(format!("id: {}\n\n", self.sent)));
+                }
                 continue;
+            }
+            if *self.failed.borrow() {
+                // Caught up with a ring that no longer follows the log: send the client on.
+                return Some(self.last_words(
+                    "feed.error",
+                    serde_json::json!({ "resume_from": self.next - 1 }),
+                ));
             }
             // Caught up. A filtered stream may have passed changes it did not send: tell the
             // client how far it got (an event with only an `id:`, which EventSource keeps as
@@ -319,6 +338,7 @@ impl Feed {
                     changed.ok()?;
                 }
                 _ = self.stopping.wait_for(|s| *s) => return None,
+                _ = self.failed.wait_for(|f| *f) => continue,
                 _ = tokio::time::sleep(self.heartbeat) => return Some(Bytes::from_static(b":\n\n")),
             }
         }
@@ -351,14 +371,20 @@ impl Feed {
                     serde_json::json!({ "oldest_revision": page.oldest }),
                 ));
             }
-            // The log has not caught up with the ring's head yet (a snapshot being installed):
-            // wait for it as for any new change.
-            return Ok((Bytes::new(), next, None));
+            // The log is behind the ring's head, which only ever comes from the log: should
+            // that ever be, send the client elsewhere rather than ask again at once.
+            return Err(self.last_words(
+                "feed.error",
+                serde_json::json!({ "resume_from": self.next - 1 }),
+            ));
         }
         let mut out = BytesMut::new();
         let mut last_sent = None;
         let mut after = next;
         for change in &page.changes {
+            if out.len() >= CHUNK_BYTES {
+                break; // the rest is read again for the next chunk
+            }
             after = change.revision + 1;
             if self
                 .filter

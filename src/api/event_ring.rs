@@ -8,8 +8,12 @@
 //! each event, without reading the store or serializing anything itself. A stream behind the
 //! ring reads the log on its own (`format_event`), as fast as its client takes events. Without
 //! the ring, a hundred subscribers meant a hundred log reads and JSON serializations per change.
+//! While a node has no subscriber the task only follows the revision, reading nothing. If it
+//! cannot read the log, it raises `failed` (streams then end with `feed.error`, so that their
+//! clients go to another node) and tries again.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -23,8 +27,9 @@ use crate::wire::ChangeJson;
 const MAX_EVENTS: usize = 8192;
 /// ...and at most this many bytes of them (large orders make large events).
 const MAX_BYTES: usize = 16 << 20;
-/// Changes the follower task reads from the log at once.
-const READ_BATCH: usize = 512;
+/// Changes the follower task reads from the log at once (an apply chunk's worth: orders may be
+/// large, and the page is held while it is formatted).
+const READ_BATCH: usize = 64;
 
 /// One change as a complete server-sent event, with what filters look at.
 pub(super) struct RingEvent {
@@ -89,22 +94,37 @@ pub(super) struct EventRing {
     /// Every revision up to this one can be read, from the ring or the log. Streams wait on
     /// it rather than on the store's revision, so that they find new changes in the ring.
     head: tokio::sync::watch::Sender<u64>,
+    /// True while the follower task cannot read the log (or has died): no new events come.
+    failed: tokio::sync::watch::Sender<bool>,
 }
 
 impl EventRing {
-    /// A ring, and its follower task, starting after revision `newest`; the task ends when
-    /// the node stops.
+    /// A ring, and its follower task, starting after revision `newest`; the task reads the
+    /// log only while `subscribers` is above 0, and ends when the node stops.
     pub fn start(
         reader: OrderReader,
         newest: u64,
+        subscribers: Arc<AtomicUsize>,
         stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Arc<EventRing> {
         let ring = Arc::new(EventRing {
             ring: RwLock::new(Ring::default()),
             head: tokio::sync::watch::Sender::new(newest),
+            failed: tokio::sync::watch::Sender::new(false),
         });
-        tokio::spawn(follow(ring.clone(), reader, newest + 1, stopping));
+        let follower = Follower {
+            ring: ring.clone(),
+            reader,
+            subscribers,
+            stopping,
+            stopped: false,
+        };
+        tokio::spawn(follower.run(newest + 1));
         ring
+    }
+
+    pub fn watch_failed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.failed.subscribe()
     }
 
     pub fn head(&self) -> u64 {
@@ -170,48 +190,83 @@ impl EventRing {
 }
 
 /// The follower task: reads each newly applied change once into the ring.
-async fn follow(
+struct Follower {
     ring: Arc<EventRing>,
     reader: OrderReader,
-    mut next: u64,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut revisions = reader.watch_revision();
-    loop {
-        let seen = next - 1;
-        tokio::select! {
-            changed = revisions.wait_for(|r| *r > seen) => if changed.is_err() { return },
-            _ = stopping.wait_for(|s| *s) => return,
+    subscribers: Arc<AtomicUsize>,
+    stopping: tokio::sync::watch::Receiver<bool>,
+    /// Set when the task ends because the node stops; any other end (a panic included) leaves
+    /// the ring `failed` (see `Drop`).
+    stopped: bool,
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if !self.stopped {
+            tracing::error!("the change feed's follower task ended; streams on this node end");
+            self.ring.failed.send_replace(true);
         }
+    }
+}
+
+impl Follower {
+    async fn run(mut self, mut next: u64) {
+        let mut revisions = self.reader.watch_revision();
         loop {
-            let from = next;
-            let r = reader.clone();
-            let page =
-                match tokio::task::spawn_blocking(move || r.changes_from(from, READ_BATCH)).await {
+            let seen = next - 1;
+            tokio::select! {
+                changed = revisions.wait_for(|r| *r > seen) => if changed.is_err() { return },
+                _ = self.stopping.wait_for(|s| *s) => {
+                    self.stopped = true;
+                    return;
+                }
+            }
+            if self.subscribers.load(Ordering::SeqCst) == 0 {
+                // Nobody to serve: only move the head (a stream that starts now reads the log
+                // up to it, and the ring starts afresh after it).
+                let newest = *revisions.borrow();
+                next = newest + 1;
+                self.ring.head.send_replace(newest);
+                continue;
+            }
+            loop {
+                let from = next;
+                let r = self.reader.clone();
+                let page = match tokio::task::spawn_blocking(move || {
+                    r.changes_from(from, READ_BATCH)
+                })
+                .await
+                {
                     Ok(Ok(page)) => page,
                     Ok(Err(e)) => {
-                        // Streams read the log themselves meanwhile; try again shortly.
                         tracing::warn!(error = %e, "the change feed could not read the change log");
+                        self.ring.failed.send_replace(true);
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         break;
                     }
-                    Err(_) => return, // the runtime is shutting down
+                    // The read panicked: `Drop` marks the ring failed.
+                    Err(_) => return,
                 };
-            if page.changes.is_empty() {
-                if next <= page.newest {
-                    // `next` is no longer held (a snapshot installed past it, or trimmed):
-                    // start afresh at the newest; streams behind read the log themselves.
-                    next = page.newest + 1;
-                    ring.head.send_replace(page.newest);
+                self.ring
+                    .failed
+                    .send_if_modified(|f| std::mem::replace(f, false));
+                if page.changes.is_empty() {
+                    if next <= page.newest {
+                        // `next` is no longer held (a snapshot installed past it, or trimmed):
+                        // start afresh at the newest; streams behind read the log themselves.
+                        next = page.newest + 1;
+                        self.ring.head.send_replace(page.newest);
+                    }
+                    break;
                 }
-                break;
-            }
-            let full = page.changes.len() == READ_BATCH;
-            next = page.changes.last().map(|c| c.revision + 1).unwrap_or(next);
-            ring.push(page.changes.iter().map(RingEvent::of).collect());
-            ring.head.send_replace(next - 1);
-            if !full {
-                break;
+                let full = page.changes.len() == READ_BATCH;
+                next = page.changes.last().map(|c| c.revision + 1).unwrap_or(next);
+                self.ring
+                    .push(page.changes.iter().map(RingEvent::of).collect());
+                self.ring.head.send_replace(next - 1);
+                if !full {
+                    break;
+                }
             }
         }
     }
@@ -234,6 +289,7 @@ mod tests {
         EventRing {
             ring: RwLock::new(Ring::default()),
             head: tokio::sync::watch::Sender::new(0),
+            failed: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -278,6 +334,26 @@ mod tests {
             ("e5;e6;".into(), 7, Some(6))
         );
         assert_eq!(events(r.take(5, 1, |_| true)), ("e5;".into(), 6, Some(5)));
+    }
+
+    #[tokio::test]
+    async fn a_follower_that_ends_but_for_the_node_stopping_marks_the_ring_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, sm) = crate::store::open(&crate::store::StoreConfig::new(dir.path())).unwrap();
+        let (_stop_tx, stopping) = tokio::sync::watch::channel(false);
+        for (stopped, failed) in [(true, false), (false, true)] {
+            let ring = Arc::new(ring());
+            let follower = Follower {
+                ring: ring.clone(),
+                reader: sm.reader(),
+                subscribers: Default::default(),
+                stopping: stopping.clone(),
+                stopped,
+            };
+            let mut watch = ring.watch_failed();
+            drop(follower);
+            assert_eq!(*watch.borrow_and_update(), failed, "stopped: {stopped}");
+        }
     }
 
     #[test]
