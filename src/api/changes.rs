@@ -7,15 +7,23 @@
 //! after `?since=` (or the `Last-Event-ID` it reconnects with), else after the newest change;
 //! `customer_id` and `status` filter (by the order as the change left it).
 //!
+//! A filtered stream that passed changes over says how far it got with an event that has only
+//! an `id:` (a progress mark, kept by EventSource as its Last-Event-ID), when it has caught up
+//! and at heartbeat pace while it reads a long log.
+//!
 //! A stream that is caught up takes its events from the node's shared ring of serialized
-//! events (`event_ring`), several to a chunk; one behind the ring reads the log a batch at a
-//! time. Either way it goes only as fast as the client takes chunks (a slow client is held
-//! back by its own socket, not by memory here). One that is more than `max_lag` revisions behind and took no event for longer than
-//! `lag_grace` (its socket stayed full: a consumer catching up takes events without pause)
-//! gets a final `feed.lagged` event naming the revision to resume from, and is disconnected;
-//! one whose position was trimmed meanwhile gets `feed.gone`. A node serves at most `max_subscribers` streams (503
-//! beyond). Comment lines keep idle streams alive. Streams end when the node shuts down.
+//! events (`event_ring`), several to a chunk; one behind the ring reads the log a page at a
+//! time (a page held per stream, sent in chunks of about `CHUNK_BYTES`). Either way it goes
+//! only as fast as the client takes chunks (a slow client is held back by its own socket, not
+//! by memory here). One that is more than `max_lag` revisions behind and took nothing for
+//! longer than `lag_grace` (its socket stayed full: a consumer catching up takes events
+//! without pause) gets a final `feed.lagged` event naming the revision to resume from, and is
+//! disconnected; one whose position was trimmed meanwhile gets `feed.gone`; one this node can
+//! no longer serve (its log unreadable) gets `feed.error`, to resume elsewhere. A node serves
+//! at most `max_subscribers` streams (503 beyond). Comment lines keep idle streams alive.
+//! Streams end when the node shuts down.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -31,7 +39,7 @@ use super::error::ApiError;
 use super::event_ring::{format_event, EventRing, Taken};
 use super::orders::{parse_query, query_value};
 use super::AppState;
-use crate::order::OrderStatus;
+use crate::order::{Change, OrderStatus};
 use crate::store::OrderReader;
 use crate::wire::ChangeJson;
 
@@ -67,7 +75,7 @@ impl ChangeFeed {
         stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Arc<ChangeFeed> {
         // (A store that cannot say its revision fails every stream's first read too; the
-        // ring then follows from revision 1, or from the newest if 1 is no longer held.)
+        // ring then starts from its first read.)
         let newest = reader.changes_from(0, 0).map(|p| p.newest).unwrap_or(0);
         let subscribers = Arc::new(AtomicUsize::new(0));
         let ring = EventRing::start(reader, newest, subscribers.clone(), stopping.clone());
@@ -135,9 +143,10 @@ fn parse_revision(name: &str, raw: &str) -> Result<u64, ApiError> {
     responses(
         (status = 200, description = "An endless text/event-stream: events `order.created` and \
             `order.status_changed` (`id:` the revision, `data:` a ChangeJson); a final \
-            `feed.lagged` (`data: {\"resume_from\": REV}`) or `feed.gone` \
-            (`data: {\"oldest_revision\": REV}`) before the node ends a stream; comment lines \
-            as heartbeats",
+            `feed.lagged` or `feed.error` (`data: {\"resume_from\": REV}`: resume after REV, \
+            on another node for `feed.error`) or `feed.gone` \
+            (`data: {\"oldest_revision\": REV}`) before the node ends a stream; events with \
+            only an `id:` (how far a filtered stream got); comment lines as heartbeats",
          content_type = "text/event-stream", body = ChangeJson),
         (status = 410, description = "`since` is older than the node's change log: re-list \
             (GET /api/orders gives the revision to watch from) and watch from there \
@@ -206,6 +215,7 @@ pub async fn changes(
         next: after + 1,
         sent: after,
         filter,
+        page: VecDeque::new(),
         head: state.feed.ring.watch_head(),
         failed: state.feed.ring.watch_failed(),
         stopping: state.feed.stopping.clone(),
@@ -239,6 +249,8 @@ struct Feed {
     /// The last revision the client was told of (an event, or a progress mark).
     sent: u64,
     filter: Filter,
+    /// Changes read from the log but not yet sent, from `next` on (a stream behind the ring).
+    page: VecDeque<Change>,
     /// The ring's head: how far changes can be read.
     head: tokio::sync::watch::Receiver<u64>,
     /// The ring's follower cannot read the log: no new event will come from this node.
@@ -295,7 +307,10 @@ impl Feed {
                         bytes,
                         next,
                         last_sent,
-                    } => (bytes, next, last_sent),
+                    } => {
+                        self.page.clear(); // back on the ring: a page read earlier is stale
+                        (bytes, next, last_sent)
+                    }
                     Taken::NotHeld => match self.read_log().await {
                         Ok(read) => read,
                         Err(last_words) => return Some(last_words),
@@ -348,6 +363,35 @@ impl Feed {
     /// (events it wants, the revision after the last read, the last one sent); or the
     /// stream's last words.
     async fn read_log(&mut self) -> Result<(Bytes, u64, Option<u64>), Bytes> {
+        let next = self.next;
+        if self.page.front().is_none_or(|c| c.revision != next) {
+            self.page.clear();
+            let changes = self.read_page().await?;
+            self.page.extend(changes);
+        }
+        let mut out = BytesMut::new();
+        let mut last_sent = None;
+        let mut after = next;
+        while let Some(change) = self.page.front() {
+            if out.len() >= CHUNK_BYTES {
+                break;
+            }
+            after = change.revision + 1;
+            if self
+                .filter
+                .wants(&change.order.customer_id, change.order.status)
+            {
+                out.extend_from_slice(&format_event(change));
+                last_sent = Some(change.revision);
+            }
+            self.page.pop_front();
+        }
+        Ok((out.freeze(), after, last_sent))
+    }
+
+    /// Up to `READ_BATCH` changes from `next` on, from the log (at least one); or the
+    /// stream's last words.
+    async fn read_page(&mut self) -> Result<Vec<Change>, Bytes> {
         let reader = self.reader.clone();
         let next = self.next;
         let page = match tokio::task::spawn_blocking(move || reader.changes_from(next, READ_BATCH))
@@ -371,30 +415,15 @@ impl Feed {
                     serde_json::json!({ "oldest_revision": page.oldest }),
                 ));
             }
-            // The log is behind the ring's head, which only ever comes from the log: should
-            // that ever be, send the client elsewhere rather than ask again at once.
+            // The log is behind the ring's head, which is only ever a revision the store has
+            // published once written: should that ever be, send the client elsewhere rather
+            // than ask again at once.
             return Err(self.last_words(
                 "feed.error",
                 serde_json::json!({ "resume_from": self.next - 1 }),
             ));
         }
-        let mut out = BytesMut::new();
-        let mut last_sent = None;
-        let mut after = next;
-        for change in &page.changes {
-            if out.len() >= CHUNK_BYTES {
-                break; // the rest is read again for the next chunk
-            }
-            after = change.revision + 1;
-            if self
-                .filter
-                .wants(&change.order.customer_id, change.order.status)
-            {
-                out.extend_from_slice(&format_event(change));
-                last_sent = Some(change.revision);
-            }
-        }
-        Ok((out.freeze(), after, last_sent))
+        Ok(page.changes)
     }
 
     fn last_words(&mut self, name: &str, data: serde_json::Value) -> Bytes {

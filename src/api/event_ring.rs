@@ -9,8 +9,10 @@
 //! ring reads the log on its own (`format_event`), as fast as its client takes events. Without
 //! the ring, a hundred subscribers meant a hundred log reads and JSON serializations per change.
 //! While a node has no subscriber the task only follows the revision, reading nothing. If it
-//! cannot read the log, it raises `failed` (streams then end with `feed.error`, so that their
-//! clients go to another node) and tries again.
+//! cannot read the log for `FAILED_AFTER`, or ends for any reason but the node stopping, it
+//! raises `failed`: caught-up streams then end with `feed.error`, so that their clients go to
+//! another node. It keeps trying meanwhile, and lowers `failed` again after a good read (or
+//! when the last subscriber has gone: a new stream reads the log itself first).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,6 +29,9 @@ use crate::wire::ChangeJson;
 const MAX_EVENTS: usize = 8192;
 /// ...and at most this many bytes of them (large orders make large events).
 const MAX_BYTES: usize = 16 << 20;
+/// How long the follower's reads may keep failing before streams are sent elsewhere (one
+/// failed read is retried; a stream waits meanwhile).
+const FAILED_AFTER: Duration = Duration::from_secs(2);
 /// Changes the follower task reads from the log at once (an apply chunk's worth: orders may be
 /// large, and the page is held while it is formatted).
 const READ_BATCH: usize = 64;
@@ -117,7 +122,6 @@ impl EventRing {
             reader,
             subscribers,
             stopping,
-            stopped: false,
         };
         tokio::spawn(follower.run(newest + 1));
         ring
@@ -195,14 +199,12 @@ struct Follower {
     reader: OrderReader,
     subscribers: Arc<AtomicUsize>,
     stopping: tokio::sync::watch::Receiver<bool>,
-    /// Set when the task ends because the node stops; any other end (a panic included) leaves
-    /// the ring `failed` (see `Drop`).
-    stopped: bool,
 }
 
+/// Any end of the task but the node stopping (a panic, an abort) leaves the ring `failed`.
 impl Drop for Follower {
     fn drop(&mut self) {
-        if !self.stopped {
+        if !*self.stopping.borrow() {
             tracing::error!("the change feed's follower task ended; streams on this node end");
             self.ring.failed.send_replace(true);
         }
@@ -212,14 +214,13 @@ impl Drop for Follower {
 impl Follower {
     async fn run(mut self, mut next: u64) {
         let mut revisions = self.reader.watch_revision();
+        // Since when reads have failed without a good one between.
+        let mut failing_since: Option<tokio::time::Instant> = None;
         loop {
             let seen = next - 1;
             tokio::select! {
                 changed = revisions.wait_for(|r| *r > seen) => if changed.is_err() { return },
-                _ = self.stopping.wait_for(|s| *s) => {
-                    self.stopped = true;
-                    return;
-                }
+                _ = self.stopping.wait_for(|s| *s) => return,
             }
             if self.subscribers.load(Ordering::SeqCst) == 0 {
                 // Nobody to serve: only move the head (a stream that starts now reads the log
@@ -227,6 +228,10 @@ impl Follower {
                 let newest = *revisions.borrow();
                 next = newest + 1;
                 self.ring.head.send_replace(newest);
+                failing_since = None;
+                self.ring
+                    .failed
+                    .send_if_modified(|f| std::mem::replace(f, false));
                 continue;
             }
             loop {
@@ -240,13 +245,17 @@ impl Follower {
                     Ok(Ok(page)) => page,
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "the change feed could not read the change log");
-                        self.ring.failed.send_replace(true);
+                        let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() >= FAILED_AFTER {
+                            self.ring.failed.send_replace(true);
+                        }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         break;
                     }
-                    // The read panicked: `Drop` marks the ring failed.
+                    // The read panicked, or the runtime is shutting down: `Drop` tells which.
                     Err(_) => return,
                 };
+                failing_since = None;
                 self.ring
                     .failed
                     .send_if_modified(|f| std::mem::replace(f, false));
@@ -340,20 +349,35 @@ mod tests {
     async fn a_follower_that_ends_but_for_the_node_stopping_marks_the_ring_failed() {
         let dir = tempfile::tempdir().unwrap();
         let (_log, sm) = crate::store::open(&crate::store::StoreConfig::new(dir.path())).unwrap();
-        let (_stop_tx, stopping) = tokio::sync::watch::channel(false);
-        for (stopped, failed) in [(true, false), (false, true)] {
+        let start = |stopping| {
             let ring = Arc::new(ring());
             let follower = Follower {
                 ring: ring.clone(),
                 reader: sm.reader(),
                 subscribers: Default::default(),
-                stopping: stopping.clone(),
-                stopped,
+                stopping,
             };
-            let mut watch = ring.watch_failed();
-            drop(follower);
-            assert_eq!(*watch.borrow_and_update(), failed, "stopped: {stopped}");
-        }
+            (ring, tokio::spawn(follower.run(1)))
+        };
+        // Stopped with the node: not failed.
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let (ring, task) = start(stopping);
+        stop.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the follower ends when the node stops")
+            .unwrap();
+        assert!(!*ring.watch_failed().borrow());
+        // Ended otherwise (aborted here; a panic unwinds the same way): failed.
+        let (_stop, stopping) = tokio::sync::watch::channel(false);
+        let (ring, task) = start(stopping);
+        let mut failed = ring.watch_failed();
+        assert!(!*failed.borrow_and_update());
+        task.abort();
+        tokio::time::timeout(Duration::from_secs(10), failed.wait_for(|f| *f))
+            .await
+            .expect("an aborted follower leaves the ring failed")
+            .unwrap();
     }
 
     #[test]
