@@ -94,7 +94,8 @@ pub struct ServeArgs {
     /// Build a snapshot (and purge the log) after this many applied entries.
     #[arg(long, env = "ORDO_SNAPSHOT_EVERY_LOGS", value_name = "ENTRIES", default_value_t = node::DEFAULT_SNAPSHOT_EVERY_LOGS)]
     pub snapshot_every_logs: u64,
-    /// sled page cache in MiB.
+    /// sled page cache in MiB (each MiB costs about 3.5 MB of RSS; more serves reads a little
+    /// faster).
     #[arg(long, env = "ORDO_CACHE_MIB", value_name = "MIB", default_value_t = DEFAULT_CACHE_CAPACITY_BYTES / (1024 * 1024))]
     pub cache_mib: u64,
     /// Byte budget of one append to a follower, KiB: larger batches are cut (one entry is

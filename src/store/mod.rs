@@ -42,7 +42,9 @@ pub enum Durability {
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub dir: PathBuf,
-    /// sled's page cache in bytes (sled's own default is 1 GiB; ordo's is 64 MiB).
+    /// sled's page cache in bytes (sled's own default is 1 GiB; ordo's is 16 MiB). sled counts
+    /// pages at about their stored size: each MiB here measured about 3.5 MB of a node's RSS
+    /// (docs/performance.md, "What the cache costs").
     pub cache_capacity_bytes: u64,
     pub durability: Durability,
     /// Stored bytes of log entries replication reads for one append (see `LogReader`).
@@ -51,7 +53,7 @@ pub struct StoreConfig {
     pub change_retention: ChangeRetention,
 }
 
-pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_READ_BATCH_BYTES: usize = 1024 * 1024;
 
 impl StoreConfig {
