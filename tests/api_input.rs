@@ -627,6 +627,7 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
         "/raft/vote",
         "/raft/snapshot",
         "/raft/write",
+        "/raft/write-batch",
         "/raft/read-index",
         "/raft/membership",
     ] {
@@ -851,16 +852,50 @@ async fn leader_calls_are_validated_again(cluster: &InProcessCluster, node: u64)
             "Idempotency-Key",
         ),
     ];
-    for (op, idempotency_key, field) in writes {
-        let req = WriteRequest {
-            op,
-            idempotency_key,
-        };
-        match call::<_, CommandOutcome>(cluster, node, "/raft/write", &req).await {
-            LeaderAnswer::Failed(RpcError::Invalid(v)) => assert_eq!(v.field, field, "{req:?}"),
+    let writes: Vec<(WriteRequest, &str)> = writes
+        .into_iter()
+        .map(|(op, idempotency_key, field)| {
+            let req = WriteRequest {
+                op,
+                idempotency_key,
+            };
+            (req, field)
+        })
+        .collect();
+    for (req, field) in &writes {
+        match call::<_, CommandOutcome>(cluster, node, "/raft/write", req).await {
+            LeaderAnswer::Failed(RpcError::Invalid(v)) => assert_eq!(v.field, *field, "{req:?}"),
             other => panic!("node {node}: {req:?} answered {other:?}"),
         }
     }
+    // The same in one forwarded batch: each refused in its place, nothing proposed.
+    let batch: Vec<&WriteRequest> = writes.iter().map(|(req, _)| req).collect();
+    match call::<_, Vec<LeaderAnswer<CommandOutcome>>>(cluster, node, "/raft/write-batch", &batch)
+        .await
+    {
+        LeaderAnswer::Done(answers) => {
+            assert_eq!(answers.len(), writes.len(), "{answers:?}");
+            for ((req, field), answer) in writes.iter().zip(answers) {
+                match answer {
+                    LeaderAnswer::Failed(RpcError::Invalid(v)) => {
+                        assert_eq!(v.field, *field, "{req:?}")
+                    }
+                    other => panic!("node {node}: {req:?} in a batch answered {other:?}"),
+                }
+            }
+        }
+        other => panic!("node {node}: the batch answered {other:?}"),
+    }
+    // More writes than a batch may hold: refused whole, before any is looked at.
+    let too_many = vec![&writes[0].0; ordo::rpc::MAX_FORWARD_BATCH + 1];
+    let resp = cluster
+        .http
+        .post(cluster.url(node, "/raft/write-batch"))
+        .body(ordo::codec::encode(&too_many).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400, "{:?}", resp.text().await);
     let changes = [
         (MembershipChange::SetVoters(Default::default()), "members"),
         (
@@ -895,6 +930,7 @@ async fn random_bytes_to_node_routes_never_take_a_node_down(cluster: &mut InProc
         "/raft/vote",
         "/raft/snapshot",
         "/raft/write",
+        "/raft/write-batch",
         "/raft/read-index",
         "/raft/membership",
     ];

@@ -185,25 +185,44 @@ impl RpcClient {
         req: &Req,
         deadline: Instant,
     ) -> LeaderAnswer<T> {
+        leader_answer_of(addr, self.try_call_leader(addr, path, req, deadline).await)
+    }
+
+    /// `call_leader`, with a failed call's `CallError` as it was (for a caller that treats
+    /// one of them apart).
+    pub async fn try_call_leader<Req: Serialize, T: DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        req: &Req,
+        deadline: Instant,
+    ) -> Result<LeaderAnswer<T>, CallError> {
         let body = match codec::encode(req) {
             Ok(b) => b,
-            Err(e) => return LeaderAnswer::Failed(RpcError::Internal(e.to_string())),
+            Err(e) => return Ok(LeaderAnswer::Failed(RpcError::Internal(e.to_string()))),
         };
         // A little past the deadline: the leader answers its own timeout by then.
         let timeout =
             deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(500);
-        match self
-            .post::<LeaderAnswer<T>>(addr, path, body, timeout)
+        self.post::<LeaderAnswer<T>>(addr, path, body, timeout)
             .await
-        {
-            Ok(answered) => answered.value,
-            Err(CallError::Refused(_)) => LeaderAnswer::NotLeader(None),
-            Err(e @ CallError::NoAnswer(_)) => LeaderAnswer::Failed(RpcError::Timeout(format!(
-                "forwarding to the leader at {addr}: {e}"
-            ))),
-            Err(e @ (CallError::TooLarge | CallError::Status(_))) => LeaderAnswer::Failed(
-                RpcError::Unavailable(format!("the leader at {addr} refused the request: {e}")),
-            ),
-        }
+            .map(|answered| answered.value)
+    }
+}
+
+/// A leader call's answer, or what its failure means for the caller (see `call_leader`).
+pub fn leader_answer_of<T>(
+    addr: &str,
+    result: Result<LeaderAnswer<T>, CallError>,
+) -> LeaderAnswer<T> {
+    match result {
+        Ok(answer) => answer,
+        Err(CallError::Refused(_)) => LeaderAnswer::NotLeader(None),
+        Err(e @ CallError::NoAnswer(_)) => LeaderAnswer::Failed(RpcError::Timeout(format!(
+            "forwarding to the leader at {addr}: {e}"
+        ))),
+        Err(e @ (CallError::TooLarge | CallError::Status(_))) => LeaderAnswer::Failed(
+            RpcError::Unavailable(format!("the leader at {addr} refused the request: {e}")),
+        ),
     }
 }

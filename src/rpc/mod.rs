@@ -41,14 +41,17 @@ pub const APPEND_PATH: &str = "/raft/append";
 pub const VOTE_PATH: &str = "/raft/vote";
 pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
 pub const WRITE_PATH: &str = "/raft/write";
+/// Several forwarded writes in one call (`service::forward`), each answered.
+pub const WRITE_BATCH_PATH: &str = "/raft/write-batch";
 pub const READ_INDEX_PATH: &str = "/raft/read-index";
 pub const MEMBERSHIP_PATH: &str = "/raft/membership";
 /// Every route above.
-pub const ROUTES: [&str; 6] = [
+pub const ROUTES: [&str; 7] = [
     APPEND_PATH,
     VOTE_PATH,
     SNAPSHOT_PATH,
     WRITE_PATH,
+    WRITE_BATCH_PATH,
     READ_INDEX_PATH,
     MEMBERSHIP_PATH,
 ];
@@ -60,6 +63,13 @@ pub const BODY_LIMIT_APPEND: usize = 16 * 1024 * 1024;
 pub const BODY_LIMIT_SNAPSHOT: usize = 16 * 1024 * 1024;
 /// Largest forwarded write: one order operation (~40 KB at the legal maximum).
 pub const BODY_LIMIT_WRITE: usize = 1024 * 1024;
+/// Most writes in one forwarded batch...
+pub const MAX_FORWARD_BATCH: usize = 256;
+/// ...and about their most encoded bytes (a lone larger write still goes, alone).
+pub const MAX_FORWARD_BATCH_BYTES: usize = 256 * 1024;
+/// Largest forwarded batch: one write of the largest size, or a batch up to its byte budget
+/// plus its last write.
+pub const BODY_LIMIT_WRITE_BATCH: usize = BODY_LIMIT_WRITE + MAX_FORWARD_BATCH_BYTES;
 /// Largest vote, read-index or membership request (a few log ids, ids or one address).
 pub const BODY_LIMIT_SMALL: usize = 64 * 1024;
 

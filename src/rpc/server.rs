@@ -81,6 +81,10 @@ pub fn router<L: LeaderCalls>(
         )
         .route(WRITE_PATH, limited(BODY_LIMIT_WRITE, post(write::<L>)))
         .route(
+            WRITE_BATCH_PATH,
+            limited(BODY_LIMIT_WRITE_BATCH, post(write_batch::<L>)),
+        )
+        .route(
             READ_INDEX_PATH,
             limited(BODY_LIMIT_SMALL, post(read_index::<L>)),
         )
@@ -304,6 +308,43 @@ async fn write<L: LeaderCalls>(
         },
         Err(refusal) => refusal.into_response(),
     }
+}
+
+/// Each write of the batch proposed as if it had come alone (they share log entries on the
+/// way), each answered in its place.
+async fn write_batch<L: LeaderCalls>(
+    State(state): State<RpcState<L>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let reqs = match decoded::<Vec<WriteRequest>, { BODY_LIMIT_WRITE_BATCH * CLAIM_PER_BODY_BYTE }>(
+        body,
+        BODY_LIMIT_WRITE_BATCH,
+    ) {
+        Ok(reqs) => reqs,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if reqs.len() > MAX_FORWARD_BATCH {
+        return Refusal {
+            status: StatusCode::BAD_REQUEST,
+            code: ErrorCode::BadRequest,
+            message: format!(
+                "a forwarded batch holds at most {MAX_FORWARD_BATCH} writes, not {}",
+                reqs.len()
+            ),
+        }
+        .into_response();
+    }
+    let answers = reqs.into_iter().map(|req| {
+        let leader = state.leader.clone();
+        async move {
+            match req.validate() {
+                Ok(()) => leader.write(req).await,
+                Err(e) => LeaderAnswer::Failed(RpcError::Invalid(e)),
+            }
+        }
+    });
+    let answers = futures_util::future::join_all(answers).await;
+    encoded(&LeaderAnswer::<_, RpcError>::Done(answers))
 }
 
 async fn read_index<L: LeaderCalls>(

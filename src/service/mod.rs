@@ -1,5 +1,5 @@
 //! What a node does, without HTTP: commit a write through Raft from any node (`write`,
-//! batched into log entries by `proposer`), make a read linearizable (`read`, with read-index
+//! batched into log entries by `proposer`, and into calls to the leader by `forward`), make a read linearizable (`read`, with read-index
 //! rounds shared by concurrent reads in `read_index`), change the membership (`membership`),
 //! and the errors of all of them (`error`). A node that is not the leader sends the request to
 //! the leader over `rpc`; the leader's side of those calls is `LeaderCalls` below. `api` calls
@@ -7,6 +7,7 @@
 
 pub mod backup;
 pub mod error;
+pub mod forward;
 pub mod membership;
 pub mod observer;
 pub mod proposer;
@@ -50,6 +51,8 @@ pub struct ServiceParts {
     directory: Arc<PeerDirectory>,
     /// Batches this node's writes into log entries while it leads.
     proposer: proposer::Proposer,
+    /// Batches the writes this node forwards to the leader while it follows.
+    forwarder: forward::WriteForwarder,
     /// Read-index rounds while this node leads: its own reads and the followers' requests.
     leader_reads: read_index::ReadIndexBatcher,
     /// Read-index rounds while this node follows: one request to the leader per round.
@@ -97,6 +100,7 @@ impl Service {
         Service(Arc::new(ServiceParts {
             id,
             proposer: proposer::Proposer::start(raft.clone(), clocks, request_timeout),
+            forwarder: forward::WriteForwarder::start(rpc.clone()),
             raft,
             rpc,
             directory,

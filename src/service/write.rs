@@ -1,6 +1,7 @@
 //! Getting a write committed from whichever node a request hit. On the leader it is stamped
 //! with the cluster's time and proposed to openraft (`proposer`); on a follower it is sent to
-//! the leader (`rpc::WRITE_PATH`), which does the same there. Every node that proposes a write
+//! the leader (`forward`, batched with the node's other forwarded writes), which does the
+//! same there. Every node that proposes a write
 //! validates it first, whoever sent it.
 //!
 //! Bounded by the request's deadline and a count; past it the caller gets 503 (`no_leader` /
@@ -10,7 +11,7 @@ use tokio::time::Instant;
 
 use super::{wait_for_leader, Answer, Service, ServiceError, MAX_ATTEMPTS, RETRY_PAUSE};
 use crate::order::CommandOutcome;
-use crate::rpc::{LeaderAnswer, WriteRequest, WRITE_PATH};
+use crate::rpc::{LeaderAnswer, WriteRequest};
 
 impl Service {
     /// Commits one order operation through Raft from any node and returns its outcome.
@@ -38,10 +39,7 @@ impl Service {
             let answer: Answer<CommandOutcome> = if leader == self.id {
                 self.write_as_leader(req.clone(), deadline).await
             } else {
-                self.rpc
-                    .call_leader(&addr, WRITE_PATH, &req, deadline)
-                    .await
-                    .map_err(ServiceError::from)
+                self.forwarder.forward(addr, req.clone(), deadline).await
             };
             match answer {
                 LeaderAnswer::Done(outcome) => return Ok(outcome),
