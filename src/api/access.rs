@@ -4,8 +4,10 @@
 //! The id is the caller's `X-Request-Id` when it gives a sane one (1 to 128 visible ASCII
 //! characters), else a fresh one; it is returned in the answer, set on a tracing span around
 //! the request (with the access log on, the node's own lines for the request carry it too)
-//! and carried on the calls this node makes to the leader for the request
-//! (`rpc::REQUEST_ID`), where the leader logs it again. The access log is target `ordo::access` at INFO, off unless `RUST_LOG` asks for it
+//! and carried on the calls this node makes to the leader for the request alone
+//! (`rpc::REQUEST_ID`), where the leader logs it again; a call that forwards several writes
+//! at once (`service::forward`) carries none, and the leader logs it under an id of its own.
+//! The access log is target `ordo::access` at INFO, off unless `RUST_LOG` asks for it
 //! (`RUST_LOG=info,ordo::access=info`); Raft's own traffic (appends, heartbeats, votes,
 //! snapshots) is counted but never logged.
 

@@ -132,6 +132,18 @@ impl RpcClient {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Answered<T>, CallError> {
+        self.post_bounded::<T, ANSWER_CLAIM_LIMIT>(addr, path, body, timeout)
+            .await
+    }
+
+    /// `post`, decoding an answer that may claim up to `CLAIM` bytes (see `ANSWER_CLAIM_LIMIT`).
+    pub async fn post_bounded<T: DeserializeOwned, const CLAIM: usize>(
+        &self,
+        addr: &str,
+        path: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Answered<T>, CallError> {
         let mut request = self
             .http()
             .post(format!("{}://{addr}{path}", self.scheme()))
@@ -165,7 +177,7 @@ impl RpcClient {
             .bytes()
             .await
             .map_err(|e| CallError::NoAnswer(e.to_string()))?;
-        let value = codec::decode_bounded::<T, ANSWER_CLAIM_LIMIT>(&bytes)
+        let value = codec::decode_bounded::<T, CLAIM>(&bytes)
             .map_err(|e| CallError::NoAnswer(format!("undecodable answer: {e}")))?;
         Ok(Answered {
             value,
@@ -185,12 +197,15 @@ impl RpcClient {
         req: &Req,
         deadline: Instant,
     ) -> LeaderAnswer<T> {
-        leader_answer_of(addr, self.try_call_leader(addr, path, req, deadline).await)
+        let answer = self
+            .try_call_leader::<Req, T, ANSWER_CLAIM_LIMIT>(addr, path, req, deadline)
+            .await;
+        leader_answer_of(addr, answer)
     }
 
     /// `call_leader`, with a failed call's `CallError` as it was (for a caller that treats
-    /// one of them apart).
-    pub async fn try_call_leader<Req: Serialize, T: DeserializeOwned>(
+    /// one of them apart), and an answer that may claim up to `CLAIM` bytes.
+    pub async fn try_call_leader<Req: Serialize, T: DeserializeOwned, const CLAIM: usize>(
         &self,
         addr: &str,
         path: &str,
@@ -204,7 +219,7 @@ impl RpcClient {
         // A little past the deadline: the leader answers its own timeout by then.
         let timeout =
             deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(500);
-        self.post::<LeaderAnswer<T>>(addr, path, body, timeout)
+        self.post_bounded::<LeaderAnswer<T>, CLAIM>(addr, path, body, timeout)
             .await
             .map(|answered| answered.value)
     }

@@ -70,6 +70,10 @@ pub const MAX_FORWARD_BATCH_BYTES: usize = 256 * 1024;
 /// Largest forwarded batch: one write of the largest size, or a batch up to its byte budget
 /// plus its last write.
 pub const BODY_LIMIT_WRITE_BATCH: usize = BODY_LIMIT_WRITE + MAX_FORWARD_BATCH_BYTES;
+/// What the answer to a forwarded batch may claim when decoded: each write's answer carries
+/// at most one order (about 40 KB claimed at the legal maximum), whatever the write's own size
+/// (a status change is small, the order it answers need not be).
+pub const BATCH_ANSWER_CLAIM_LIMIT: usize = MAX_FORWARD_BATCH * 64 * 1024;
 /// Largest vote, read-index or membership request (a few log ids, ids or one address).
 pub const BODY_LIMIT_SMALL: usize = 64 * 1024;
 

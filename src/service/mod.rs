@@ -1,7 +1,8 @@
 //! What a node does, without HTTP: commit a write through Raft from any node (`write`,
-//! batched into log entries by `proposer`, and into calls to the leader by `forward`), make a read linearizable (`read`, with read-index
-//! rounds shared by concurrent reads in `read_index`), change the membership (`membership`),
-//! and the errors of all of them (`error`). A node that is not the leader sends the request to
+//! batched into log entries by `proposer`, and into calls to the leader by `forward`), make
+//! a read linearizable (`read`, with read-index rounds shared by concurrent reads in
+//! `read_index`), change the membership (`membership`), and the errors of all of them
+//! (`error`). A node that is not the leader sends the request to
 //! the leader over `rpc`; the leader's side of those calls is `LeaderCalls` below. `api` calls
 //! the service from its handlers and maps `ServiceError` to HTTP; `node` starts it.
 

@@ -1,8 +1,7 @@
 //! Getting a write committed from whichever node a request hit. On the leader it is stamped
 //! with the cluster's time and proposed to openraft (`proposer`); on a follower it is sent to
 //! the leader (`forward`, batched with the node's other forwarded writes), which does the
-//! same there. Every node that proposes a write
-//! validates it first, whoever sent it.
+//! same there. Every node that proposes a write validates it first, whoever sent it.
 //!
 //! Bounded by the request's deadline and a count; past it the caller gets 503 (`no_leader` /
 //! `no_quorum`) or, once a proposal may have been appended, an unknown outcome (504).
