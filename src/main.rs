@@ -13,6 +13,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     use std::io::IsTerminal;
+    // No transparent huge pages for this process: mimalloc asks for them on its arenas, and
+    // a 2 MiB page stays resident for a few live bytes. Measured at 300k orders: peak RSS
+    // 183-187 MB with them, 143-146 MB without, the same write rate (docs/performance.md).
+    // The flag covers every mapping, sled's too, from here on.
+    #[cfg(target_os = "linux")]
+    // SAFETY: a process-wide flag, no memory is touched.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
     // Parsed first: the log format is a flag (`--log-format`, or ORDO_LOG_FORMAT).
     let cli = ordo::cli::Cli::parse();
     if !matches!(cli.command, ordo::cli::Command::Serve(_)) {
