@@ -315,13 +315,18 @@ mod tests {
         futures_util::future::join_all(sends).await
     }
 
+    /// Write `i` got the answer the fake leader gives write `i` (`answer_for`).
+    fn assert_each_answered_in_place(answers: Vec<Answer<CommandOutcome>>) {
+        for (i, answer) in answers.into_iter().enumerate() {
+            assert_eq!(answer, LeaderAnswer::NotLeader(Some(i as u64)));
+        }
+    }
+
     #[tokio::test]
     async fn queued_writes_go_in_batches_and_each_gets_its_own_answer() {
         let (addr, calls) = fake_leader(true, false, Duration::from_millis(50)).await;
         let answers = forward_all(&addr, 40).await;
-        for (i, answer) in answers.into_iter().enumerate() {
-            assert_eq!(answer, LeaderAnswer::NotLeader(Some(i as u64)));
-        }
+        assert_each_answered_in_place(answers);
         let calls = calls.lock().unwrap().clone();
         assert_eq!(calls.iter().map(|(_, n)| n).sum::<usize>(), 40, "{calls:?}");
         assert!(calls.len() <= MAX_IN_FLIGHT + 2, "40 writes took {calls:?}");
@@ -334,9 +339,7 @@ mod tests {
     async fn a_leader_without_the_batch_route_gets_the_writes_one_by_one() {
         let (addr, calls) = fake_leader(false, false, Duration::from_millis(50)).await;
         let answers = forward_all(&addr, 12).await;
-        for (i, answer) in answers.into_iter().enumerate() {
-            assert_eq!(answer, LeaderAnswer::NotLeader(Some(i as u64)));
-        }
+        assert_each_answered_in_place(answers);
         let calls = calls.lock().unwrap().clone();
         let alone = calls.iter().filter(|(path, _)| *path == WRITE_PATH).count();
         assert_eq!(alone, 12, "{calls:?}");
