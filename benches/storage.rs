@@ -1,5 +1,11 @@
 //! The storage benchmark (`cargo bench --bench storage -- --orders 20000`): appends/s of the Raft log with the fsync on (one entry per append,
 //! and batches of 64), apply throughput of the state machine, and on-disk bytes per order.
+//!
+//! `--snapshot-memory` instead measures a node's memory around its first snapshot, the peak of
+//! a million-order cluster: it appends and applies `--orders` orders (ten per log entry, as a
+//! loaded leader batches them), then builds a snapshot and purges the log as openraft does,
+//! printing RSS and the peak of each phase (Linux; the allocator and huge-page setting are
+//! the server's).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -12,6 +18,10 @@ use openraft::{CommittedLeaderId, EntryPayload};
 use ordo::order::{CommandBatch, LineItem, NewOrder, OrderCommand, OrderOp};
 use ordo::raft::{Entry, LogId};
 use ordo::store::{self, Durability, StoreConfig};
+
+// The server's allocator, so that memory figures are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,10 +47,34 @@ pub struct BenchStorageArgs {
     /// Measure the explicitly unsafe mode instead (appends not fsynced).
     #[arg(long)]
     pub unsafe_no_fsync: bool,
+    /// sled's page cache in MiB (the server's `--cache-mib`).
+    #[arg(long, default_value_t = store::DEFAULT_CACHE_CAPACITY_BYTES >> 20)]
+    pub cache_mib: u64,
+    /// Measure memory around a snapshot build and log purge of `--orders` orders instead.
+    #[arg(long)]
+    pub snapshot_memory: bool,
+    /// With `--snapshot-memory`: writes applied while the snapshot is built, as on a node
+    /// under load (orders, ten per entry).
+    #[arg(long, default_value_t = 0)]
+    pub writes_during_dump: u64,
 }
 
+/// Orders per log entry in `--snapshot-memory`.
+const ORDERS_PER_ENTRY: u64 = 10;
+
 fn sample_entry(index: u64) -> Entry {
-    let cmd = OrderCommand {
+    entry_of(index, vec![sample_command(index)])
+}
+
+fn entry_of(index: u64, commands: Vec<OrderCommand>) -> Entry {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(CommandBatch { commands }),
+    }
+}
+
+fn sample_command(index: u64) -> OrderCommand {
+    OrderCommand {
         op: OrderOp::Create(NewOrder {
             customer_id: format!("customer-{}", index % 1000),
             items: vec![
@@ -59,23 +93,141 @@ fn sample_entry(index: u64) -> Entry {
         }),
         idempotency_key: None,
         stamped_at_ms: 1_700_000_000_000 + index as i64,
-    };
-    Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(CommandBatch::one(cmd)),
     }
+}
+
+/// Entry `index` of the `--snapshot-memory` log: orders `(index-1)*10+1 ..= index*10`.
+fn batch_entry(index: u64) -> Entry {
+    let first = (index - 1) * ORDERS_PER_ENTRY + 1;
+    entry_of(
+        index,
+        (first..first + ORDERS_PER_ENTRY)
+            .map(sample_command)
+            .collect(),
+    )
+}
+
+/// This process's resident and peak resident memory in MB (Linux; zeros elsewhere).
+fn rss_mb() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Starts a new peak for `rss_mb` (Linux: writing 5 to clear_refs resets VmHWM).
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn report(phase: &str, started: Instant) {
+    let (now, peak) = rss_mb();
+    println!(
+        "{phase:<24} {:>6.1} s   RSS {now:>6.1} MB   peak {peak:>6.1} MB",
+        started.elapsed().as_secs_f64()
+    );
+    reset_peak();
 }
 
 fn main() -> anyhow::Result<()> {
-    run(BenchStorageArgs::parse())
+    #[cfg(target_os = "linux")]
+    // SAFETY: a process-wide flag, as the server sets it (src/main.rs).
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+    let args = BenchStorageArgs::parse();
+    if args.snapshot_memory {
+        return snapshot_memory(args);
+    }
+    run(args)
 }
 
-fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
-    let temp = match &args.dir {
+fn bench_dir(args: &BenchStorageArgs) -> anyhow::Result<tempfile::TempDir> {
+    match &args.dir {
         Some(d) => tempfile::TempDir::new_in(d),
         None => tempfile::TempDir::new_in(std::env::current_dir()?),
     }
-    .context("creating the bench directory")?;
+    .context("creating the bench directory")
+}
+
+/// Memory around a node's snapshot: see the file's header.
+fn snapshot_memory(args: BenchStorageArgs) -> anyhow::Result<()> {
+    use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder};
+    let temp = bench_dir(&args)?;
+    let mut config = StoreConfig::new(temp.path());
+    config.cache_capacity_bytes = args.cache_mib << 20;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let (mut log, mut sm) = store::open(&config)?;
+        println!(
+            "ordo snapshot memory bench: {} orders, {} per entry, cache {} MiB, dir {}",
+            args.orders,
+            ORDERS_PER_ENTRY,
+            config.cache_capacity_bytes >> 20,
+            temp.path().display()
+        );
+        let started = Instant::now();
+        reset_peak();
+        let entries = args.orders.div_ceil(ORDERS_PER_ENTRY);
+        let mut next = 1;
+        while next <= entries {
+            let batch: Vec<Entry> = (next..(next + 64).min(entries + 1))
+                .map(batch_entry)
+                .collect();
+            next += batch.len() as u64;
+            log.blocking_append(batch.clone()).await?;
+            sm.apply(batch).await?;
+        }
+        report("appended and applied", started);
+
+        let mut builder = sm.get_snapshot_builder().await;
+        let build = tokio::spawn(async move { builder.build_snapshot().await });
+        // Writes beside the dump, as openraft's state-machine worker goes on applying.
+        let extra = args.writes_during_dump.div_ceil(ORDERS_PER_ENTRY);
+        let mut written = 0;
+        while written < extra {
+            let batch: Vec<Entry> = (next..next + (extra - written).min(16))
+                .map(batch_entry)
+                .collect();
+            next += batch.len() as u64;
+            written += batch.len() as u64;
+            log.blocking_append(batch.clone()).await?;
+            sm.apply(batch).await?;
+        }
+        if extra > 0 {
+            println!(
+                "  ({} entries applied beside the dump, done at {:.1} s)",
+                written,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        let snapshot = build.await??;
+        report("snapshot built", started);
+
+        // openraft purges up to the snapshot, keeping the newest 1000 entries.
+        let upto = snapshot
+            .meta
+            .last_log_id
+            .expect("the snapshot covers entries")
+            .index;
+        let keep_from = upto.saturating_sub(1000);
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), keep_from))
+            .await?;
+        report("log purged", started);
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+fn run(args: BenchStorageArgs) -> anyhow::Result<()> {
+    let temp = bench_dir(&args)?;
     let mut config = StoreConfig::new(temp.path());
     if args.unsafe_no_fsync {
         config.durability = Durability::UnsafeNoFsync;
