@@ -54,8 +54,11 @@ pub fn change(revision: u64) -> Vec<u8> {
     with_id(CHANGE_PREFIX.to_vec(), revision)
 }
 
+/// The prefix of the orders' revisions.
+pub const ORDER_REVISION_PREFIX: &[u8] = b"v";
+
 pub fn order_revision(id: u64) -> Vec<u8> {
-    with_id(vec![b'v'], id)
+    with_id(ORDER_REVISION_PREFIX.to_vec(), id)
 }
 
 pub fn customer_prefix(customer_id: &str) -> Vec<u8> {
@@ -79,6 +82,36 @@ pub fn count(index_prefix: &[u8]) -> Vec<u8> {
 pub fn with_id(mut prefix: Vec<u8>, id: u64) -> Vec<u8> {
     prefix.extend_from_slice(&id.to_be_bytes());
     prefix
+}
+
+/// Where the store stood at some moment (a snapshot dump's start): the next order id and the
+/// last revision. Tells, from a key alone, that it was first written after that moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Horizon {
+    pub next_id: u64,
+    pub revision: u64,
+}
+
+impl Horizon {
+    /// Whether `key` cannot have existed at the horizon: an order's own keys (the order, its
+    /// revision, its status and customer index entries) for an id from `next_id` on, or a
+    /// change record above `revision`. Ids and revisions only grow, so such a key is new.
+    /// False for every other key, including ones it cannot parse.
+    pub fn is_past(&self, key: &[u8]) -> bool {
+        let id_keyed = |prefix_len: usize| key.len() == prefix_len + 8;
+        match key.first().copied() {
+            Some(p) if p == ORDER_PREFIX[0] || p == ORDER_REVISION_PREFIX[0] => {
+                id_keyed(1) && id_suffix(key) >= self.next_id
+            }
+            Some(p) if p == STATUS_PREFIX[0] => id_keyed(2) && id_suffix(key) >= self.next_id,
+            Some(p) if p == CUSTOMER_PREFIX[0] && key.len() >= 3 => {
+                let customer_len = u16::from_be_bytes([key[1], key[2]]) as usize;
+                id_keyed(3 + customer_len) && id_suffix(key) >= self.next_id
+            }
+            Some(p) if p == CHANGE_PREFIX[0] => id_keyed(1) && id_suffix(key) > self.revision,
+            _ => false,
+        }
+    }
 }
 
 /// The order id at the end of an order or index key.
@@ -124,4 +157,52 @@ pub fn token(hash: &[u8; 32]) -> Vec<u8> {
 /// The idempotency key an expiry key is for.
 pub fn key_of_expiry(expiry_key: &[u8]) -> String {
     String::from_utf8_lossy(&expiry_key[EXPIRY_PREFIX.len() + 8..]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_horizon_knows_an_orders_own_keys_and_newer_changes_only() {
+        let horizon = Horizon {
+            next_id: 10,
+            revision: 20,
+        };
+        let status = status_prefix(OrderStatus::Pending);
+        for (id, new) in [(9, false), (10, true), (11, true)] {
+            assert_eq!(horizon.is_past(&order(id)), new, "order {id}");
+            assert_eq!(
+                horizon.is_past(&order_revision(id)),
+                new,
+                "revision of {id}"
+            );
+            assert_eq!(
+                horizon.is_past(&with_id(status.clone(), id)),
+                new,
+                "status of {id}"
+            );
+            for customer in ["", "c", "a customer with a longer id"] {
+                let key = with_id(customer_prefix(customer), id);
+                assert_eq!(horizon.is_past(&key), new, "customer {customer:?} of {id}");
+            }
+        }
+        assert!(!horizon.is_past(&change(20)));
+        assert!(horizon.is_past(&change(21)));
+        // Keys without an order id or revision are never known to be new.
+        for key in [
+            count(&status),
+            NEXT_ID.to_vec(),
+            REVISION.to_vec(),
+            idempotency("k"),
+            expiry(i64::MAX, "k"),
+            user("u"),
+            role("r"),
+            token(&[0xff; 32]),
+            b"o".to_vec(),
+            b"c\xff\xff".to_vec(),
+        ] {
+            assert!(!horizon.is_past(&key), "{key:?}");
+        }
+    }
 }

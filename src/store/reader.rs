@@ -265,7 +265,7 @@ impl OrderReader {
         Ok(n)
     }
 
-    fn next_id(&self) -> Result<u64, StoreError> {
+    pub(super) fn next_id(&self) -> Result<u64, StoreError> {
         Ok(self.decoded(keys::NEXT_ID)?.unwrap_or(1))
     }
 

@@ -231,6 +231,14 @@ impl StateMachineStore {
     }
 
     /// The meta of a snapshot of the state machine as it is now.
+    /// Where the store stands now, for a dump beginning here (between two applies).
+    fn horizon(&self) -> Result<keys::Horizon, StoreError> {
+        Ok(keys::Horizon {
+            next_id: self.reader.next_id()?,
+            revision: self.reader.revision_unlocked()?,
+        })
+    }
+
     fn snapshot_meta(&self) -> Result<SnapshotMeta<u64, openraft::BasicNode>, StoreError> {
         let (last_log_id, last_membership) = self.applied_state_sync()?;
         let snapshot_id = match &last_log_id {
@@ -374,8 +382,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 results.push(outcomes);
                 last = Some(entry.log_id);
             }
-            let revision = super::changes::trim(&mut ov, &self.reader.sm, self.retention)
-                .map_err(StoreError::into_write)?;
+            // No trimming while a snapshot dump runs: each change record removed ahead of the
+            // dump's walk would be saved for it, value and all. The records are trimmed after
+            // (`TRIM_PER_CHUNK` per chunk is more than a chunk adds).
+            let revision = if self.view.is_dumping() {
+                super::changes::newest_revision(&ov)
+            } else {
+                super::changes::trim(&mut ov, &self.reader.sm, self.retention)
+            }
+            .map_err(StoreError::into_write)?;
             put_encoded(&mut ov, keys::APPLIED, &last).map_err(StoreError::into_write)?;
             put_encoded(&mut ov, keys::COUNTS_AT, &last).map_err(StoreError::into_write)?;
             self.view
@@ -399,7 +414,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // Only the starting point is fixed here, between two applies; the dump itself runs in
         // build_snapshot while applies go on.
         let begun = self.snapshot_meta().and_then(|meta| {
-            let dump = self.view.begin()?;
+            let dump = self.view.begin(self.horizon()?)?;
             Ok(BegunDump { meta, dump })
         });
         SnapshotBuilder {
