@@ -6,10 +6,16 @@
 //! (fsync) for all of them and only then reports them done, in order: group commit, so many
 //! appends share one fsync and none is acknowledged before it is on disk. Votes are flushed
 //! before `save_vote` returns.
+//!
+//! Purges take effect at once for readers (`first_kept`) and remove the entries from disk on a
+//! thread of their own: openraft 0.9 awaits `purge` in its core, and removing the 100,000
+//! entries a snapshot covers took 0.6-1 s on an idle machine, during which the node neither
+//! appended nor committed anything.
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -31,10 +37,16 @@ fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
+fn keyed_index(key: &[u8]) -> u64 {
+    key.try_into().map_or(0, u64::from_be_bytes)
+}
+
 /// Reads log entries; cheap to clone, shared with openraft's replication tasks.
 #[derive(Clone)]
 pub struct LogReader {
     log: sled::Tree,
+    /// Entries below this index are purged, though maybe not yet removed (`LogPurger`).
+    first_kept: Arc<AtomicU64>,
     /// What replication reads at once (`limited_get_log_entries`), in stored bytes: one
     /// AppendEntries to a lagging follower, bounded before anything is decoded or sent.
     batch_bytes: usize,
@@ -50,7 +62,8 @@ impl LogReader {
             Included(&i) => i,
             Excluded(&i) => i.saturating_add(1),
             Unbounded => 0,
-        };
+        }
+        .max(self.first_kept());
         let end = match range.end_bound() {
             Included(&i) => Some(i),
             Excluded(&0) => return Ok(Vec::new()),
@@ -71,12 +84,18 @@ impl LogReader {
 }
 
 impl LogReader {
+    fn first_kept(&self) -> u64 {
+        self.first_kept.load(Ordering::SeqCst)
+    }
+
     /// The log id of the last entry in the log (`None` when it holds none: empty, or purged
     /// up to a snapshot).
     pub fn last_log_id(&self) -> Result<Option<LogId>, StoreError> {
         match self.log.last()? {
-            Some((_, v)) => Ok(Some(codec::decode::<Entry>(&v)?.log_id)),
-            None => Ok(None),
+            Some((k, v)) if keyed_index(&k) >= self.first_kept() => {
+                Ok(Some(codec::decode::<Entry>(&v)?.log_id))
+            }
+            _ => Ok(None),
         }
     }
 }
@@ -101,7 +120,7 @@ impl RaftLogReader<TypeConfig> for LogReader {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        if end <= start {
+        if end <= start || start < self.first_kept() {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
@@ -153,10 +172,12 @@ impl LogStore {
         let handle = std::thread::Builder::new()
             .name("ordo-log-flusher".into())
             .spawn(move || run_flusher(flush_db, rx))?;
+        let first_kept = floor.purger().first_kept.clone();
         Ok(LogStore {
             db,
             reader: LogReader {
                 log,
+                first_kept,
                 batch_bytes: read_batch_bytes,
             },
             raft,
@@ -216,6 +237,9 @@ impl LogStore {
     /// from a backup, which covers the log up to there. Flushed before it returns.
     pub(super) fn start_after(&self, last: LogId) -> Result<(), StoreError> {
         self.write_meta(KEY_LAST_PURGED, &last)?;
+        self.reader
+            .first_kept
+            .fetch_max(last.index + 1, Ordering::SeqCst);
         self.remove_range(0, Some(last.index))?;
         self.db.flush()?;
         Ok(())
@@ -241,6 +265,9 @@ impl LogStore {
 
     /// The log id of the entry at `index`, if the log still holds it.
     fn entry_log_id(&self, index: u64) -> Result<Option<LogId>, StoreError> {
+        if index < self.reader.first_kept() {
+            return Ok(None);
+        }
         match self.reader.log.get(index_key(index))? {
             Some(v) => Ok(Some(codec::decode::<Entry>(&v)?.log_id)),
             None => Ok(None),
@@ -275,24 +302,50 @@ fn remove_range(log: &sled::Tree, from: u64, to_inclusive: Option<u64>) -> Resul
     Ok(())
 }
 
-/// Removes log entries up to and including `upto` and records it as the last purged id; a
-/// no-op if the log was purged that far already. Shared by `LogStore::purge` and the end of a
-/// snapshot install (a purge held back meanwhile, see `AppliedFloor`).
-#[derive(Clone)]
+/// Purges log entries up to and including `upto`: records it as the last purged id and moves
+/// `first_kept` past it at once (readers no longer see the entries), then a thread of its own
+/// removes them from disk. A no-op if the log was purged that far already. Shared by
+/// `LogStore::purge` and the end of a snapshot install (a purge held back meanwhile, see
+/// `AppliedFloor`).
+///
+/// Entries at or below a purge are never written again (they are covered by a snapshot), so
+/// the removal cannot race an append. A crash part-way leaves entries below `first_kept`:
+/// invisible, and removed by the next purge or at the next open.
 pub(super) struct LogPurger {
     log: sled::Tree,
     raft: sled::Tree,
     /// Purges come from the Raft core and from the end of an install: one at a time, so the
     /// last purged id only ever moves forwards.
-    lock: std::sync::Arc<std::sync::Mutex<()>>,
+    lock: Mutex<()>,
+    first_kept: Arc<AtomicU64>,
+    /// The removal thread and what it is to remove up to; `None` once stopped (then purges
+    /// remove their entries themselves).
+    remover: Mutex<Option<(mpsc::Sender<u64>, JoinHandle<()>)>>,
 }
 
 impl LogPurger {
     pub(super) fn new(db: &sled::Db) -> Result<LogPurger, StoreError> {
+        let log = db.open_tree("log")?;
+        let raft = db.open_tree("raft")?;
+        let last_purged: Option<LogId> = match raft.get(KEY_LAST_PURGED)? {
+            Some(v) => Some(codec::decode(&v)?),
+            None => None,
+        };
+        let (tx, rx) = mpsc::channel::<u64>();
+        let removing = log.clone();
+        let handle = std::thread::Builder::new()
+            .name("ordo-log-purger".into())
+            .spawn(move || run_remover(removing, rx))?;
+        if let Some(last) = last_purged {
+            // Whatever a crash left of the last purge.
+            let _ = tx.send(last.index);
+        }
         Ok(LogPurger {
-            log: db.open_tree("log")?,
-            raft: db.open_tree("raft")?,
-            lock: Default::default(),
+            log,
+            raft,
+            lock: Mutex::new(()),
+            first_kept: Arc::new(AtomicU64::new(last_purged.map_or(0, |l| l.index + 1))),
+            remover: Mutex::new(Some((tx, handle))),
         })
     }
 
@@ -306,7 +359,38 @@ impl LogPurger {
             return Ok(());
         }
         self.raft.insert(KEY_LAST_PURGED, codec::encode(&upto)?)?;
-        remove_range(&self.log, 0, Some(upto.index))
+        self.first_kept.fetch_max(upto.index + 1, Ordering::SeqCst);
+        let remover = self.remover.lock().unwrap_or_else(|p| p.into_inner());
+        match remover.as_ref().map(|(tx, _)| tx.send(upto.index)) {
+            Some(Ok(())) => Ok(()),
+            _ => remove_range(&self.log, 0, Some(upto.index)),
+        }
+    }
+
+    /// Stops the removal thread after it has removed what it was sent.
+    pub(super) fn stop(&self) {
+        let remover = self
+            .remover
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some((tx, handle)) = remover {
+            drop(tx);
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Removes purged entries, each time up to the furthest purge sent meanwhile.
+fn run_remover(log: sled::Tree, rx: mpsc::Receiver<u64>) {
+    while let Ok(mut upto) = rx.recv() {
+        while let Ok(further) = rx.try_recv() {
+            upto = upto.max(further);
+        }
+        if let Err(e) = remove_range(&log, 0, Some(upto)) {
+            // Left on disk, unseen; the next purge tries again from the start.
+            tracing::error!(upto, error = %e, "removing purged log entries failed");
+        }
     }
 }
 
@@ -318,6 +402,7 @@ impl Drop for LogStore {
             drop(tx);
             let _ = handle.join();
         }
+        self.floor.purger().stop();
     }
 }
 
@@ -479,5 +564,85 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .purger()
             .purge_upto(upto)
             .map_err(StoreError::into_write)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::order::{CommandBatch, OrderCommand, OrderOp, OrderStatus};
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64) -> Entry {
+        let cmd = OrderCommand {
+            op: OrderOp::SetStatus {
+                id: index,
+                status: OrderStatus::Paid,
+                expected_version: None,
+            },
+            idempotency_key: None,
+            stamped_at_ms: 0,
+        };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(CommandBatch::one(cmd)),
+        }
+    }
+
+    fn on_disk(dir: &std::path::Path) -> Vec<u64> {
+        let db = crate::store::open_sled(&crate::store::StoreConfig::new(dir)).unwrap();
+        let log = db.open_tree("log").unwrap();
+        log.iter()
+            .keys()
+            .map(|k| keyed_index(&k.unwrap()))
+            .collect()
+    }
+
+    /// A purge hides its entries at once and removes them on the purger's thread; dropping the
+    /// store waits for that, so a reopen finds them gone.
+    #[tokio::test]
+    async fn a_purge_hides_its_entries_at_once_and_removes_them_in_the_background() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut log, sm) =
+            crate::store::open(&crate::store::StoreConfig::new(dir.path())).unwrap();
+        log.blocking_append((0..3000).map(entry)).await.unwrap();
+        let upto = LogId::new(CommittedLeaderId::new(1, 1), 2499);
+        log.purge(upto).await.unwrap();
+
+        let mut reader = log.get_log_reader().await;
+        let seen: Vec<u64> = reader
+            .try_get_log_entries(0..3000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(seen, (2500..3000).collect::<Vec<_>>());
+        assert!(reader
+            .limited_get_log_entries(2000, 3000)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            reader
+                .limited_get_log_entries(2500, 2501)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(upto));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(2999));
+
+        // Purged to the end: the log is empty for readers, its last id the purged one.
+        let all = LogId::new(CommittedLeaderId::new(1, 1), 2999);
+        log.purge(all).await.unwrap();
+        assert_eq!(log.get_log_state().await.unwrap().last_log_id, Some(all));
+        assert_eq!(log.reader.last_log_id().unwrap(), None);
+
+        drop((log, sm, reader));
+        assert_eq!(on_disk(dir.path()), Vec::<u64>::new());
     }
 }
