@@ -6,8 +6,9 @@
 //! Trimming is each node's own business (`ChangeRetention` comes from its flags): it runs in
 //! the state machine's apply loop, in the same atomic batch as the chunk's commands, so a
 //! snapshot dump sees it like any other write and the log never has a hole; the records are
-//! left out of the state digest. What the log holds is always a contiguous run of revisions
-//! ending at the newest one.
+//! left out of the state digest. While a dump runs, only records its walk has passed are
+//! trimmed (the rest would be saved for it). What the log holds is always a contiguous run of
+//! revisions ending at the newest one.
 
 use super::keys;
 use super::overlay::Overlay;
@@ -148,7 +149,7 @@ fn decode_record(bytes: &[u8]) -> Result<ChangeRecord, StoreError> {
 }
 
 /// The newest revision as an apply chunk leaves it (0 before any change).
-pub(super) fn newest_revision(ov: &Overlay<'_>) -> Result<u64, StoreError> {
+fn newest_revision(ov: &Overlay<'_>) -> Result<u64, StoreError> {
     Ok(match ov.get(keys::REVISION)? {
         Some(v) => codec::decode(&v)?,
         None => 0,
@@ -156,12 +157,13 @@ pub(super) fn newest_revision(ov: &Overlay<'_>) -> Result<u64, StoreError> {
 }
 
 /// Drops records outside `retention` as part of an apply chunk (ages by the state machine's
-/// clock: the records' times are the leaders' stamps). Returns the newest revision, as the
-/// chunk leaves it (0 before any change).
+/// clock: the records' times are the leaders' stamps), none above revision `upto` if given.
+/// Returns the newest revision, as the chunk leaves it (0 before any change).
 pub(super) fn trim(
     ov: &mut Overlay<'_>,
     tree: &sled::Tree,
     retention: ChangeRetention,
+    upto: Option<u64>,
 ) -> Result<u64, StoreError> {
     let newest = newest_revision(ov)?;
     if newest == 0 {
@@ -182,6 +184,9 @@ pub(super) fn trim(
             }
             keep_from = keep_from.max(keys::id_suffix(&k) + 1);
         }
+    }
+    if let Some(upto) = upto {
+        keep_from = keep_from.min(upto.saturating_add(1));
     }
     ov.remove_lowest(
         keys::CHANGE_PREFIX,

@@ -84,6 +84,18 @@ pub fn with_id(mut prefix: Vec<u8>, id: u64) -> Vec<u8> {
     prefix
 }
 
+/// The highest revision whose change record sorts at or below `key` (0 when none does, or
+/// when `key` is a change-record key of another shape: the caller then removes none).
+pub fn last_change_upto(key: Option<&[u8]>) -> u64 {
+    match key {
+        Some(k) if k.first() > CHANGE_PREFIX.first() => u64::MAX,
+        Some(k) if k.first() == CHANGE_PREFIX.first() && k.len() == CHANGE_PREFIX.len() + 8 => {
+            id_suffix(k)
+        }
+        _ => 0,
+    }
+}
+
 /// Where the store stood at some moment (a snapshot dump's start): the next order id and the
 /// last revision. Tells, from a key alone, that it was first written after that moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -92,9 +92,13 @@ impl SnapshotView {
         Ok(())
     }
 
-    /// Whether a dump runs now.
-    pub fn is_dumping(&self) -> bool {
-        self.active.load(Ordering::SeqCst)
+    /// `None` while no dump runs; otherwise the last key its walk has handled (`Some(None)`
+    /// before the first). Writes to keys up to it are not saved.
+    pub fn walked_upto(&self) -> Option<Option<Vec<u8>>> {
+        if !self.active.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.lock().as_ref().map(|dump| dump.passed.clone())
     }
 
     /// Waits until no dump runs (a snapshot install replaces the whole tree, which the dump

@@ -230,7 +230,6 @@ impl StateMachineStore {
         Ok(temp)
     }
 
-    /// The meta of a snapshot of the state machine as it is now.
     /// Where the store stands now, for a dump beginning here (between two applies).
     fn horizon(&self) -> Result<keys::Horizon, StoreError> {
         Ok(keys::Horizon {
@@ -239,6 +238,7 @@ impl StateMachineStore {
         })
     }
 
+    /// The meta of a snapshot of the state machine as it is now.
     fn snapshot_meta(&self) -> Result<SnapshotMeta<u64, openraft::BasicNode>, StoreError> {
         let (last_log_id, last_membership) = self.applied_state_sync()?;
         let snapshot_id = match &last_log_id {
@@ -382,15 +382,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 results.push(outcomes);
                 last = Some(entry.log_id);
             }
-            // No trimming while a snapshot dump runs: each change record removed ahead of the
-            // dump's walk would be saved for it, value and all. The records are trimmed after
-            // (`TRIM_PER_CHUNK` per chunk is more than a chunk adds).
-            let revision = if self.view.is_dumping() {
-                super::changes::newest_revision(&ov)
-            } else {
-                super::changes::trim(&mut ov, &self.reader.sm, self.retention)
-            }
-            .map_err(StoreError::into_write)?;
+            // While a snapshot dump runs, only records its walk has passed are trimmed: one
+            // removed ahead of the walk would be saved for it, value and all.
+            let trim_upto = self
+                .view
+                .walked_upto()
+                .map(|k| keys::last_change_upto(k.as_deref()));
+            let revision =
+                super::changes::trim(&mut ov, &self.reader.sm, self.retention, trim_upto)
+                    .map_err(StoreError::into_write)?;
             put_encoded(&mut ov, keys::APPLIED, &last).map_err(StoreError::into_write)?;
             put_encoded(&mut ov, keys::COUNTS_AT, &last).map_err(StoreError::into_write)?;
             self.view
