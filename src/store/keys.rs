@@ -17,6 +17,10 @@
 //!   `v` + id: the revision of the order's last change.
 //!
 //! Ids and expiries are big-endian, so sled's byte order is their numeric order.
+//!
+//! Snapshot dumps rely on this layout (`Horizon`): a key that starts with `o`, `v`, `s`, `c` or
+//! `e` and has the shape of an order's own key or a change record is judged new by its id. A
+//! new kind of key must not take one of those first bytes.
 
 use crate::order::OrderStatus;
 
