@@ -120,12 +120,16 @@ impl RaftLogReader<TypeConfig> for LogReader {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry>, StorageError> {
-        if end <= start || start < self.first_kept() {
+        if end <= start {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
         let mut bytes = 0usize;
+        let purged = start < self.first_kept();
         for kv in self.log.range(index_key(start)..index_key(end)) {
+            if purged {
+                break;
+            }
             let (k, v) = kv.map_err(|e| StoreError::from(e).into_read())?;
             // Only entries that follow on from `start`: never send past a missing one.
             if k.as_ref() != index_key(start + out.len() as u64) {
@@ -363,11 +367,19 @@ impl LogPurger {
         let remover = self.remover.lock().unwrap_or_else(|p| p.into_inner());
         match remover.as_ref().map(|(tx, _)| tx.send(upto.index)) {
             Some(Ok(())) => Ok(()),
-            _ => remove_range(&self.log, 0, Some(upto.index)),
+            stopped => {
+                if matches!(stopped, Some(Err(_))) {
+                    tracing::warn!(
+                        "the log purger's thread is gone; removing purged entries in line"
+                    );
+                }
+                remove_range(&self.log, 0, Some(upto.index))
+            }
         }
     }
 
-    /// Stops the removal thread after it has removed what it was sent.
+    /// Stops the removal thread after it has removed what it was sent (also on drop: a
+    /// store that failed to open must not leave the thread holding sled's files).
     pub(super) fn stop(&self) {
         let remover = self
             .remover
@@ -376,8 +388,16 @@ impl LogPurger {
             .take();
         if let Some((tx, handle)) = remover {
             drop(tx);
-            let _ = handle.join();
+            if handle.join().is_err() {
+                tracing::error!("the log purger's thread panicked");
+            }
         }
+    }
+}
+
+impl Drop for LogPurger {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -644,5 +664,42 @@ mod tests {
 
         drop((log, sm, reader));
         assert_eq!(on_disk(dir.path()), Vec::<u64>::new());
+    }
+
+    /// Entries a crash left below the last purge stay hidden after a restart and are removed
+    /// then.
+    #[tokio::test]
+    async fn entries_a_crash_left_below_a_purge_are_hidden_and_removed_at_open() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let config = crate::store::StoreConfig::new(dir.path());
+        let (mut log, sm) = crate::store::open(&config).unwrap();
+        log.blocking_append((0..100).map(entry)).await.unwrap();
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 49))
+            .await
+            .unwrap();
+        drop((log, sm));
+        {
+            // What a crash part-way through the removal would have left.
+            let db = crate::store::open_sled(&config).unwrap();
+            let tree = db.open_tree("log").unwrap();
+            for i in 40..50 {
+                tree.insert(index_key(i), codec::encode(&entry(i)).unwrap())
+                    .unwrap();
+            }
+            db.flush().unwrap();
+        }
+        let (mut log, sm) = crate::store::open(&config).unwrap();
+        let mut reader = log.get_log_reader().await;
+        let first = reader.try_get_log_entries(0..100).await.unwrap()[0]
+            .log_id
+            .index;
+        assert_eq!(first, 50);
+        assert!(reader
+            .limited_get_log_entries(45, 60)
+            .await
+            .unwrap()
+            .is_empty());
+        drop((log, sm, reader));
+        assert_eq!(on_disk(dir.path()), (50..100).collect::<Vec<_>>());
     }
 }
