@@ -148,14 +148,6 @@ fn decode_record(bytes: &[u8]) -> Result<ChangeRecord, StoreError> {
     }
 }
 
-/// The newest revision as an apply chunk leaves it (0 before any change).
-fn newest_revision(ov: &Overlay<'_>) -> Result<u64, StoreError> {
-    Ok(match ov.get(keys::REVISION)? {
-        Some(v) => codec::decode(&v)?,
-        None => 0,
-    })
-}
-
 /// Drops records outside `retention` as part of an apply chunk (ages by the state machine's
 /// clock: the records' times are the leaders' stamps), none above revision `upto` if given.
 /// Returns the newest revision, as the chunk leaves it (0 before any change).
@@ -165,10 +157,10 @@ pub(super) fn trim(
     retention: ChangeRetention,
     upto: Option<u64>,
 ) -> Result<u64, StoreError> {
-    let newest = newest_revision(ov)?;
-    if newest == 0 {
-        return Ok(0);
-    }
+    let newest: u64 = match ov.get(keys::REVISION)? {
+        Some(v) => codec::decode(&v)?,
+        None => return Ok(0),
+    };
     // Keep revisions above `newest - revisions`.
     let mut keep_from = newest.saturating_sub(retention.revisions.max(1)) + 1;
     if let (Some(max_age), Some(clock)) = (retention.max_age_ms, ov.get(keys::CLOCK)?) {

@@ -125,11 +125,10 @@ impl RaftLogReader<TypeConfig> for LogReader {
         }
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        let purged = start < self.first_kept();
-        for kv in self.log.range(index_key(start)..index_key(end)) {
-            if purged {
-                break;
-            }
+        // Nothing below the last purge, though it may still be on disk.
+        let run =
+            (start >= self.first_kept()).then(|| self.log.range(index_key(start)..index_key(end)));
+        for kv in run.into_iter().flatten() {
             let (k, v) = kv.map_err(|e| StoreError::from(e).into_read())?;
             // Only entries that follow on from `start`: never send past a missing one.
             if k.as_ref() != index_key(start + out.len() as u64) {
@@ -214,7 +213,7 @@ impl LogStore {
     }
 
     fn log_state(&self) -> Result<LogState<TypeConfig>, StoreError> {
-        let last_purged: Option<LogId> = self.read_meta(KEY_LAST_PURGED)?;
+        let last_purged = last_purged(&self.raft)?;
         let last = self.reader.last_log_id()?.or(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
@@ -322,19 +321,15 @@ pub(super) struct LogPurger {
     /// last purged id only ever moves forwards.
     lock: Mutex<()>,
     first_kept: Arc<AtomicU64>,
-    /// The removal thread and what it is to remove up to; `None` once stopped (then purges
-    /// remove their entries themselves).
-    remover: Mutex<Option<(mpsc::Sender<u64>, JoinHandle<()>)>>,
+    /// The removal thread and what it is to remove up to (taken on drop).
+    remover: Option<(mpsc::Sender<u64>, JoinHandle<()>)>,
 }
 
 impl LogPurger {
     pub(super) fn new(db: &sled::Db) -> Result<LogPurger, StoreError> {
         let log = db.open_tree("log")?;
         let raft = db.open_tree("raft")?;
-        let last_purged: Option<LogId> = match raft.get(KEY_LAST_PURGED)? {
-            Some(v) => Some(codec::decode(&v)?),
-            None => None,
-        };
+        let last_purged = last_purged(&raft)?;
         let (tx, rx) = mpsc::channel::<u64>();
         let removing = log.clone();
         let handle = std::thread::Builder::new()
@@ -349,44 +344,31 @@ impl LogPurger {
             raft,
             lock: Mutex::new(()),
             first_kept: Arc::new(AtomicU64::new(last_purged.map_or(0, |l| l.index + 1))),
-            remover: Mutex::new(Some((tx, handle))),
+            remover: Some((tx, handle)),
         })
     }
 
     pub(super) fn purge_upto(&self, upto: LogId) -> Result<(), StoreError> {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let last_purged: Option<LogId> = match self.raft.get(KEY_LAST_PURGED)? {
-            Some(v) => Some(codec::decode(&v)?),
-            None => None,
-        };
-        if last_purged.is_some_and(|p| p.index >= upto.index) {
+        if last_purged(&self.raft)?.is_some_and(|p| p.index >= upto.index) {
             return Ok(());
         }
         self.raft.insert(KEY_LAST_PURGED, codec::encode(&upto)?)?;
         self.first_kept.fetch_max(upto.index + 1, Ordering::SeqCst);
-        let remover = self.remover.lock().unwrap_or_else(|p| p.into_inner());
-        match remover.as_ref().map(|(tx, _)| tx.send(upto.index)) {
-            Some(Ok(())) => Ok(()),
-            stopped => {
-                if matches!(stopped, Some(Err(_))) {
-                    tracing::warn!(
-                        "the log purger's thread is gone; removing purged entries in line"
-                    );
-                }
-                remove_range(&self.log, 0, Some(upto.index))
-            }
+        let sent = self.remover.as_ref().map(|(tx, _)| tx.send(upto.index));
+        if matches!(sent, Some(Ok(()))) {
+            return Ok(());
         }
+        tracing::warn!("the log purger's thread is gone; removing purged entries in line");
+        remove_range(&self.log, 0, Some(upto.index))
     }
+}
 
-    /// Stops the removal thread after it has removed what it was sent (also on drop: a
-    /// store that failed to open must not leave the thread holding sled's files).
-    pub(super) fn stop(&self) {
-        let remover = self
-            .remover
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some((tx, handle)) = remover {
+/// Stops the removal thread after it has removed what it was sent, so that sled's files are
+/// released with the stores (also those of a store that failed to open).
+impl Drop for LogPurger {
+    fn drop(&mut self) {
+        if let Some((tx, handle)) = self.remover.take() {
             drop(tx);
             if handle.join().is_err() {
                 tracing::error!("the log purger's thread panicked");
@@ -395,9 +377,11 @@ impl LogPurger {
     }
 }
 
-impl Drop for LogPurger {
-    fn drop(&mut self) {
-        self.stop();
+/// The last purged log id, as recorded in the `raft` tree.
+fn last_purged(raft: &sled::Tree) -> Result<Option<LogId>, StoreError> {
+    match raft.get(KEY_LAST_PURGED)? {
+        Some(v) => Ok(Some(codec::decode(&v)?)),
+        None => Ok(None),
     }
 }
 
@@ -422,7 +406,6 @@ impl Drop for LogStore {
             drop(tx);
             let _ = handle.join();
         }
-        self.floor.purger().stop();
     }
 }
 
