@@ -315,19 +315,21 @@ mod tests {
         futures_util::future::join_all(sends).await
     }
 
-    /// Write `i` got the answer the fake leader gives write `i` (`answer_for`).
-    fn assert_each_answered_in_place(answers: Vec<Answer<CommandOutcome>>) {
-        for (i, answer) in answers.into_iter().enumerate() {
+    /// Forwards writes 0..n to a fake leader (`batch_route`, 50 ms a call), checks that
+    /// write `i` got the answer the leader gives write `i` (`answer_for`), and returns the
+    /// calls the leader saw.
+    async fn forward_answered_in_place(batch_route: bool, n: u64) -> Vec<(&'static str, usize)> {
+        let (addr, calls) = fake_leader(batch_route, false, Duration::from_millis(50)).await;
+        for (i, answer) in forward_all(&addr, n).await.into_iter().enumerate() {
             assert_eq!(answer, LeaderAnswer::NotLeader(Some(i as u64)));
         }
+        let calls = calls.lock().unwrap().clone();
+        calls
     }
 
     #[tokio::test]
     async fn queued_writes_go_in_batches_and_each_gets_its_own_answer() {
-        let (addr, calls) = fake_leader(true, false, Duration::from_millis(50)).await;
-        let answers = forward_all(&addr, 40).await;
-        assert_each_answered_in_place(answers);
-        let calls = calls.lock().unwrap().clone();
+        let calls = forward_answered_in_place(true, 40).await;
         assert_eq!(calls.iter().map(|(_, n)| n).sum::<usize>(), 40, "{calls:?}");
         assert!(calls.len() <= MAX_IN_FLIGHT + 2, "40 writes took {calls:?}");
         assert!(calls
@@ -337,10 +339,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_leader_without_the_batch_route_gets_the_writes_one_by_one() {
-        let (addr, calls) = fake_leader(false, false, Duration::from_millis(50)).await;
-        let answers = forward_all(&addr, 12).await;
-        assert_each_answered_in_place(answers);
-        let calls = calls.lock().unwrap().clone();
+        let calls = forward_answered_in_place(false, 12).await;
         let alone = calls.iter().filter(|(path, _)| *path == WRITE_PATH).count();
         assert_eq!(alone, 12, "{calls:?}");
     }
