@@ -949,28 +949,56 @@ fn listing_counters_and_cursors_agree_with_the_orders_and_are_rebuilt_for_old_st
         drop(sm);
     });
 
-    // A store as a version without the counters left it: none of them, empty values in the
-    // customer index, no mark of how far they were kept.
-    let db = {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            match sled::open(dir.path().join("sled")) {
-                Ok(db) => break db,
-                Err(e) => {
-                    assert!(std::time::Instant::now() < deadline, "{e}");
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-            }
-        }
-    };
+    // A store as the version before the customer counters left it: none of them, and its own
+    // mark of how far the rest was kept. A stray counter of a customer without orders (no
+    // version wrote one) must go too.
+    let db = open_sled_once_released(&dir);
     let tree = db.open_tree("sm").unwrap();
+    // `c`, the customer's length (u16) and bytes, then 0xFF (an index entry: an 8-byte id).
+    let is_counters = |k: &[u8]| k.starts_with(b"c") && k.len() == 3 + k[2] as usize + 1;
+    let counters: Vec<_> = tree
+        .scan_prefix(b"c")
+        .keys()
+        .map(|k| k.unwrap())
+        .filter(|k| is_counters(k))
+        .collect();
+    assert_eq!(
+        counters.len(),
+        customers.len(),
+        "one counters key per customer"
+    );
+    for k in counters {
+        tree.remove(k).unwrap();
+    }
+    let applied = tree
+        .remove(b"m:listing_at:2")
+        .unwrap()
+        .expect("the mark is stored");
+    tree.insert(b"m:listing_at", applied).unwrap();
+    let mut stray = b"c\x00\x04dave".to_vec();
+    stray.push(0xFF);
+    // Three orders paid, in the codec's encoding of five small counts.
+    tree.insert(stray, vec![0, 3, 0, 0, 0]).unwrap();
+    db.flush().unwrap();
+    drop((tree, db));
+    let with_dave = ["alice", "bob", "carol", "dave"];
+    rt().block_on(async {
+        let (_log, sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
+        assert_listings_match(&sm.reader(), &with_dave);
+    });
+
+    // A store as a version without any counters left it: none of them, empty values in the
+    // customer index, no mark of how far they were kept.
+    let db = open_sled_once_released(&dir);
+    let tree = db.open_tree("sm").unwrap();
+    assert_eq!(tree.get(b"m:listing_at").unwrap(), None, "the old mark is gone");
     let derived: Vec<_> = tree
         .iter()
         .keys()
         .map(|k| k.unwrap())
-        .filter(|k| k.starts_with(b"n") || &k[..] == b"m:listing_at")
+        .filter(|k| k.starts_with(b"n") || is_counters(k) || &k[..] == b"m:listing_at:2")
         .collect();
-    assert!(derived.len() >= 4, "the counters are stored: {derived:?}");
+    assert!(derived.len() >= 7, "the counters are stored: {derived:?}");
     for k in derived {
         tree.remove(k).unwrap();
     }
@@ -987,4 +1015,19 @@ fn listing_counters_and_cursors_agree_with_the_orders_and_are_rebuilt_for_old_st
         let (_log, sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
         assert_listings_match(&sm.reader(), &customers);
     });
+}
+
+/// The store's sled database, opened as soon as the stores that had it open let it go (sled
+/// releases its file lock from a thread of its own).
+fn open_sled_once_released(dir: &TempDir) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match sled::open(dir.path().join("sled")) {
+            Ok(db) => return db,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "{e}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
 }

@@ -67,6 +67,11 @@ impl OrderStatus {
         }
     }
 
+    /// The status whose `tag` is `tag`.
+    pub fn from_tag(tag: u8) -> Option<OrderStatus> {
+        OrderStatus::ALL.into_iter().find(|s| s.tag() == tag)
+    }
+
     /// The only moves an order may make; everything else is an invalid transition.
     pub fn can_move_to(self, next: OrderStatus) -> bool {
         use OrderStatus::*;

@@ -5,10 +5,12 @@
 //!   the stamp that last moved it (see `order::apply`); `m:users_begun`: a user has existed;
 //! - `o` + id: an order; `c` + customer + id (value: the order's status tag) and `s` +
 //!   status + id (empty value): the listing indexes; `n` + `s` + status: how many orders the
-//!   status index holds (a status-filtered list's total is a read, not a count);
-//!   `m:listing_at`: the applied log id the counters and the customer index's statuses were
-//!   last kept up to (a store written by a version without them is rebuilt at open, see
-//!   `list_index`);
+//!   status index holds; `c` + customer + `0xFF`: how many of the customer's orders are in
+//!   each status (`list_index::CustomerCounts`; it sorts right after the customer's newest
+//!   index entry, so a create usually changes both in one sled page). A list's total is a
+//!   read, never a count. `m:listing_at:2`: the applied log id the counters and the customer
+//!   index's statuses were last kept up to (a store written by a version without them, or
+//!   without the customer counters, is rebuilt at open, see `list_index`);
 //! - `i` + key: an idempotency record; `x` + expiry + key: the same key ordered by expiry;
 //! - `u` + name: a user; `t` + token hash: the user's name (the lookup of a request's token);
 //! - `r` + name: a custom role;
@@ -30,8 +32,12 @@ pub const NEXT_ID: &[u8] = b"m:next_id";
 pub const CLOCK: &[u8] = b"m:clock";
 pub const LAST_STAMP: &[u8] = b"m:last_stamp";
 pub const REVISION: &[u8] = b"m:revision";
-/// (Not `m:counts_at`: an unreleased build of the same branch kept another layout under it.)
-pub const COUNTS_AT: &[u8] = b"m:listing_at";
+/// The layout's version is in the name: `m:listing_at` marked stores kept without the
+/// customer counters, and `m:counts_at` another layout of an unreleased build; a store marked
+/// only by one of those is rebuilt.
+pub const COUNTS_AT: &[u8] = b"m:listing_at:2";
+/// Those older marks, removed when the counters are rebuilt.
+pub const OLD_COUNTS_AT: [&[u8]; 2] = [b"m:listing_at", b"m:counts_at"];
 /// The prefixes of the listing indexes (customer, status).
 pub const CUSTOMER_PREFIX: &[u8] = b"c";
 pub const STATUS_PREFIX: &[u8] = b"s";
@@ -70,6 +76,34 @@ pub fn customer_prefix(customer_id: &str) -> Vec<u8> {
     k.extend_from_slice(&(customer_id.len() as u16).to_be_bytes());
     k.extend_from_slice(customer_id.as_bytes());
     k
+}
+
+/// The last byte of a customer's counters key: above the first byte of any order id (ids stay
+/// below 2^56), so the key sorts after all of the customer's index entries.
+const CUSTOMER_COUNTS_SUFFIX: u8 = 0xFF;
+
+/// The key of a customer's counters: not an index entry (one byte, not an id, after the
+/// customer), so `Horizon` never judges it new and an index walk ends before it.
+pub fn customer_counts(customer_id: &str) -> Vec<u8> {
+    counts_of_customer_prefix(customer_prefix(customer_id))
+}
+
+/// `customer_counts` from the customer's `customer_prefix`.
+pub fn counts_of_customer_prefix(mut prefix: Vec<u8>) -> Vec<u8> {
+    prefix.push(CUSTOMER_COUNTS_SUFFIX);
+    prefix
+}
+
+/// The customer prefix of a key under `CUSTOMER_PREFIX`, and whether the key is that
+/// customer's counters (else an index entry); None for a key too short for its length field.
+pub fn split_customer_key(key: &[u8]) -> Option<(&[u8], bool)> {
+    let len = u16::from_be_bytes([*key.get(1)?, *key.get(2)?]) as usize;
+    let prefix = key.get(..3 + len)?;
+    match key.len() - prefix.len() {
+        1 if key[key.len() - 1] == CUSTOMER_COUNTS_SUFFIX => Some((prefix, true)),
+        8 => Some((prefix, false)),
+        _ => None,
+    }
 }
 
 pub fn status_prefix(status: OrderStatus) -> Vec<u8> {
@@ -180,6 +214,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_customers_counters_sort_after_its_index_entries_and_are_told_apart_from_them() {
+        for customer in ["", "a", "a customer"] {
+            let counts = customer_counts(customer);
+            let prefix = customer_prefix(customer);
+            for id in [1, 255, 1 << 40, (1 << 56) - 1] {
+                let entry = with_id(prefix.clone(), id);
+                assert!(entry < counts, "{customer:?} {id}");
+                assert_eq!(split_customer_key(&entry), Some((&prefix[..], false)));
+            }
+            assert_eq!(split_customer_key(&counts), Some((&prefix[..], true)));
+        }
+        // The next customer's keys come after the counters.
+        assert!(customer_counts("a") < with_id(customer_prefix("b"), 1));
+        for malformed in [&b"c"[..], b"c\x00", b"c\x00\x05ab", b"c\x00\x01a\x01\x02"] {
+            assert_eq!(split_customer_key(malformed), None, "{malformed:?}");
+        }
+    }
+
+    #[test]
     fn the_horizon_knows_an_orders_own_keys_and_newer_changes_only() {
         let horizon = Horizon {
             next_id: 10,
@@ -208,6 +261,8 @@ mod tests {
         // Keys without an order id or revision are never known to be new.
         for key in [
             count(&status),
+            customer_counts("c"),
+            customer_counts(""),
             NEXT_ID.to_vec(),
             REVISION.to_vec(),
             idempotency("k"),

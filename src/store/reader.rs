@@ -6,6 +6,7 @@
 use std::sync::{Arc, RwLock};
 
 use super::keys;
+use super::list_index::CustomerCounts;
 use super::StoreError;
 use crate::codec;
 use crate::order::{CustomRole, Order, OrderStatus, User};
@@ -109,10 +110,10 @@ impl OrderReader {
         }
     }
 
-    /// Orders matching `filter`, ordered by id, from `start`. A status's total is read from
-    /// its counter (`list_index`), a customer's counted on the customer's own index entries;
-    /// a filtered page walks its index from where it starts: a cursor page costs the same
-    /// however deep it is; a numbered page skips the index entries before it.
+    /// Orders matching `filter`, ordered by id, from `start`. The total is read from a
+    /// counter (a status's, or the customer's: `list_index`); a filtered page walks its index
+    /// from where it starts: a cursor page costs the same however deep it is; a numbered page
+    /// skips the index entries before it.
     pub fn list(
         &self,
         filter: &OrderFilter,
@@ -166,23 +167,26 @@ impl OrderReader {
         // A customer index entry in the wanted status (every status index entry is).
         let in_status = move |v: &[u8]| !by_customer || wanted.is_none_or(|t| v == [t]);
         page.total = if by_customer {
-            // Counted on the customer's own entries: as many as the customer has orders.
-            let mut n = 0;
-            for kv in self.sm.scan_prefix(&prefix) {
-                if in_status(&kv?.1) {
-                    n += 1;
-                }
-            }
-            n
+            let counts = keys::counts_of_customer_prefix(prefix.clone());
+            self.decoded::<CustomerCounts>(&counts)?
+                .unwrap_or_default()
+                .total(filter.status)
         } else {
             self.decoded::<u64>(&keys::count(&prefix))?.unwrap_or(0)
         };
         let Some(first) = first else { return Ok(page) };
+        // The index entries under `prefix` (a customer's counters, right after its entries, are
+        // not one: the walk ends before them).
         let within = prefix.clone();
+        let entry_len = prefix.len() + 8;
         let entries = self
             .sm
             .range(keys::with_id(prefix, first)..)
-            .take_while(move |kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(&within)))
+            .take_while(move |kv| {
+                kv.as_ref().map_or(true, |(k, _)| {
+                    k.starts_with(&within) && k.len() == entry_len
+                })
+            })
             .filter(move |kv| kv.as_ref().map_or(true, |(_, v)| in_status(v)))
             .skip(skip.try_into().unwrap_or(usize::MAX));
         for kv in entries {
