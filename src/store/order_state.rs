@@ -91,12 +91,9 @@ impl OrderState for OverlayState<'_, '_> {
         }
         let counts_key = keys::customer_counts(&order.customer_id);
         let mut counts: CustomerCounts = self.get(&counts_key)?.unwrap_or_default();
-        match previous {
-            Some(previous) => {
-                self.index_counted(keys::status_prefix(previous.status), order.id, -1)?;
-                counts.add(previous.status, -1)?;
-            }
-            None => {}
+        if let Some(previous) = previous {
+            self.index_counted(keys::status_prefix(previous.status), order.id, -1)?;
+            counts.add(previous.status, -1)?;
         }
         self.index_counted(keys::status_prefix(order.status), order.id, 1)?;
         counts.add(order.status, 1)?;
