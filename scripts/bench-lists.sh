@@ -11,6 +11,7 @@
 # Then each node's RSS and disk use.
 #
 #   scripts/bench-lists.sh                 # ORDERS=1000000 SECS=10
+#   ORDO_BIN=/tmp/before/ordo scripts/bench-lists.sh   # another build's server, same bench
 #
 # The cluster runs on 127.0.0.1 from BENCH_LISTS_BASE_PORT+1 (default 23400) in a temporary
 # directory, stopped and removed however the script ends.
@@ -22,7 +23,7 @@ BASE_PORT="${BENCH_LISTS_BASE_PORT:-23400}"
 
 cargo build --release -p ordo --bin ordo -p ordo-bench --bin ordo-bench
 RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ordo-bench-lists.XXXXXX")
-export ORDO_BIN=target/release/ordo ORDO_BASE_PORT=$BASE_PORT ORDO_RUN_DIR=$RUN_DIR
+export ORDO_BIN="${ORDO_BIN:-target/release/ordo}" ORDO_BASE_PORT=$BASE_PORT ORDO_RUN_DIR=$RUN_DIR
 background=""
 cleanup() {
   [[ -n $background ]] && kill "$background" 2>/dev/null || true

@@ -8,7 +8,7 @@ use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder};
 use ordo::order::{
-    CommandBatch, LineItem, NewOrder, OrderCommand, OrderOp, OrderStatus, Rejection,
+    CommandBatch, LineItem, NewOrder, Order, OrderCommand, OrderOp, OrderStatus, Rejection,
 };
 use ordo::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
 use ordo::store::{self, LogStore, OrderFilter, PageStart, StateMachineStore, StoreConfig};
@@ -800,7 +800,10 @@ fn replication_reads_are_bounded_in_bytes_but_never_empty() {
 /// feed changed nothing else. Clusters must run one build across that change. Then `9d3bef0b...`
 /// until the listing indexes (`c`, `s`) and counters (`n`) left the digest, being derived from
 /// the orders and laid out anew by the lists that scale (issue #17): the build before that,
-/// with `c` and `s` left out of its digest, gave `ddb19dcf...` too.
+/// with `c` and `s` left out of its digest, gave `ddb19dcf...` too. Then `331aa7c0...` since
+/// layout 2 (`store/upgrade.rs`) moved each order's revision from `v` + id into the order's
+/// value and marked `m:layout`: the new build's state, digested with each order turned back
+/// into the two old records and the mark left out, gave `ddb19dcf...` (checked once by hand).
 #[test]
 fn a_fixed_history_leaves_the_state_it_always_did() {
     rt().block_on(async {
@@ -840,7 +843,7 @@ fn a_fixed_history_leaves_the_state_it_always_did() {
         }
         assert_eq!(
             sm.reader().state_digest().unwrap(),
-            "ddb19dcf03275c6d1a025e8dd3e325a4517453df2342c7b068e28ff2e6efb60f",
+            "331aa7c048e1c6d5c40ed161ca8f9e0d9588f7400286671540a806227b290b79",
             "the stored state of a fixed history changed"
         );
     });
@@ -977,8 +980,9 @@ fn listing_counters_and_cursors_agree_with_the_orders_and_are_rebuilt_for_old_st
     tree.insert(b"m:listing_at", applied).unwrap();
     let mut stray = b"c\x00\x04dave".to_vec();
     stray.push(0xFF);
-    // Three orders paid, in the codec's encoding of five small counts.
-    tree.insert(stray, vec![0, 3, 0, 0, 0]).unwrap();
+    // Three orders paid (the counters are five counts, by status).
+    let three_paid = ordo::codec::encode(&[0u64, 3, 0, 0, 0]).unwrap();
+    tree.insert(stray, three_paid).unwrap();
     db.flush().unwrap();
     drop((tree, db));
     let with_dave = ["alice", "bob", "carol", "dave"];
@@ -991,7 +995,11 @@ fn listing_counters_and_cursors_agree_with_the_orders_and_are_rebuilt_for_old_st
     // customer index, no mark of how far they were kept.
     let db = open_sled_once_released(&dir);
     let tree = db.open_tree("sm").unwrap();
-    assert_eq!(tree.get(b"m:listing_at").unwrap(), None, "the old mark is gone");
+    assert_eq!(
+        tree.get(b"m:listing_at").unwrap(),
+        None,
+        "the old mark is gone"
+    );
     let derived: Vec<_> = tree
         .iter()
         .keys()
@@ -1030,4 +1038,75 @@ fn open_sled_once_released(dir: &TempDir) -> sled::Db {
             }
         }
     }
+}
+
+#[test]
+fn a_store_of_the_older_layout_is_moved_at_open_and_keeps_every_orders_revision() {
+    let dir = TempDir::new().unwrap();
+    let expected: Vec<(Order, u64)> = rt().block_on(async {
+        let (_log, mut sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
+        let mut entries: Vec<Entry> = (1..=30)
+            .map(|i| entry(i, create("alice", None, i as i64)))
+            .collect();
+        for id in 1..=10u64 {
+            entries.push(entry(
+                30 + id,
+                set_status(id, OrderStatus::Paid, None, None, 100),
+            ));
+        }
+        sm.apply(entries).await.unwrap();
+        let reader = sm.reader();
+        (1..=30)
+            .map(|id| reader.get(id).unwrap().unwrap())
+            .collect()
+    });
+    assert_eq!(
+        expected[0].1, 31,
+        "order 1's last change is its status change"
+    );
+    assert_eq!(expected[29].1, 30);
+
+    // The older layout: each order's value is the order alone, its revision under `v` + id
+    // (none for order 30: last changed before revisions were kept), no layout mark. Orders
+    // 1-5 stay as they are, as if a pass had moved them and was cut short.
+    let db = open_sled_once_released(&dir);
+    let tree = db.open_tree("sm").unwrap();
+    assert!(
+        tree.remove(b"m:layout").unwrap().is_some(),
+        "the layout is marked"
+    );
+    for (order, revision) in &expected[5..] {
+        let id = order.id.to_be_bytes();
+        let key = [&b"o"[..], &id].concat();
+        tree.insert(key, ordo::codec::encode(order).unwrap())
+            .unwrap();
+        if order.id != 30 {
+            let old_revision = [&b"v"[..], &id].concat();
+            tree.insert(old_revision, ordo::codec::encode(revision).unwrap())
+                .unwrap();
+        }
+    }
+    db.flush().unwrap();
+    drop((tree, db));
+
+    rt().block_on(async {
+        let (_log, sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
+        let reader = sm.reader();
+        for (order, revision) in &expected {
+            let revision = if order.id == 30 { 0 } else { *revision };
+            assert_eq!(
+                reader.get(order.id).unwrap(),
+                Some((order.clone(), revision))
+            );
+        }
+        let page = reader
+            .list(&OrderFilter::default(), PageStart::number(1), 100)
+            .unwrap();
+        assert_eq!(page.orders.len(), 30);
+        assert_eq!(page.revisions[0], 31);
+    });
+    let db = open_sled_once_released(&dir);
+    let tree = db.open_tree("sm").unwrap();
+    assert_eq!(tree.scan_prefix(b"v").count(), 0, "no revision key is left");
+    assert!(tree.get(b"m:layout").unwrap().is_some());
 }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::command::{
     create_order, transition, CommandOutcome, Effect, OrderCommand, OrderOp, Rejection,
 };
-use super::model::{ChangeRecord, Order, OrderStatus};
+use super::model::{ChangeRecord, Order};
 use super::users::{AdminOp, CustomRole, Role, User};
 use super::validate::ValidationError;
 
@@ -60,12 +60,18 @@ pub trait OrderState {
     fn set_next_id(&mut self, next: u64) -> Result<(), Self::Error>;
 
     fn order(&self, id: u64) -> Result<Option<Order>, Self::Error>;
-    /// Stores `order`, which replaces `previous` (`None` for a new order); indexes follow.
-    fn put_order(&mut self, order: &Order, previous: Option<&Order>) -> Result<(), Self::Error>;
+    /// Stores `order`, which replaces `previous` (`None` for a new order), as last changed at
+    /// `revision`; indexes follow.
+    fn put_order(
+        &mut self,
+        order: &Order,
+        previous: Option<&Order>,
+        revision: u64,
+    ) -> Result<(), Self::Error>;
 
     /// The revision of the last applied change (0 before any).
     fn revision(&self) -> Result<u64, Self::Error>;
-    /// Records `change`, whose revision is the next one, as its order's last change.
+    /// Records `change`, whose revision is the next one, as the last applied change.
     fn put_change(&mut self, change: &ChangeRecord) -> Result<(), Self::Error>;
 
     fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, Self::Error>;
@@ -160,9 +166,8 @@ pub fn apply_command<S: OrderState>(
             let id = state.next_id()?;
             let created = create_order(id, new, stamp);
             if let Ok(order) = &created {
-                state.put_order(order, None)?;
                 state.set_next_id(id + 1)?;
-                record_change(state, order, None)?;
+                store_change(state, order, None)?;
             }
             created
         }
@@ -177,8 +182,7 @@ pub fn apply_command<S: OrderState>(
                 let at = stamp.max(order.updated_at_ms);
                 let moved = transition(&order, *status, *expected_version, at);
                 if let Ok(updated) = &moved {
-                    state.put_order(updated, Some(&order))?;
-                    record_change(state, updated, Some(order.status))?;
+                    store_change(state, updated, Some(&order))?;
                 }
                 moved
             }
@@ -197,14 +201,20 @@ pub fn apply_command<S: OrderState>(
     Ok(applied(result.map(Effect::Order), false))
 }
 
-/// Gives the change that left `order` so the next revision.
-fn record_change<S: OrderState>(
+/// Stores `order`, which replaces `previous` (`None` for a new order), as the next revision's
+/// change.
+fn store_change<S: OrderState>(
     state: &mut S,
     order: &Order,
-    previous_status: Option<OrderStatus>,
+    previous: Option<&Order>,
 ) -> Result<(), S::Error> {
     let revision = state.revision()? + 1;
-    state.put_change(&ChangeRecord::of(revision, order, previous_status))
+    state.put_order(order, previous, revision)?;
+    state.put_change(&ChangeRecord::of(
+        revision,
+        order,
+        previous.map(|p| p.status),
+    ))
 }
 
 fn apply_admin<S: OrderState>(

@@ -74,8 +74,14 @@ impl OrderState for MemoryState {
     fn order(&self, id: u64) -> Result<Option<Order>, Infallible> {
         Ok(self.orders.get(&id).cloned())
     }
-    fn put_order(&mut self, order: &Order, _previous: Option<&Order>) -> Result<(), Infallible> {
+    fn put_order(
+        &mut self,
+        order: &Order,
+        _previous: Option<&Order>,
+        revision: u64,
+    ) -> Result<(), Infallible> {
         self.orders.insert(order.id, order.clone());
+        self.order_revisions.insert(order.id, revision);
         Ok(())
     }
     fn revision(&self) -> Result<u64, Infallible> {
@@ -83,8 +89,6 @@ impl OrderState for MemoryState {
     }
     fn put_change(&mut self, change: &ChangeRecord) -> Result<(), Infallible> {
         self.revision = change.revision;
-        self.order_revisions
-            .insert(change.order_id, change.revision);
         self.changes.insert(change.revision, *change);
         Ok(())
     }

@@ -62,15 +62,6 @@ impl OrderReader {
         })
     }
 
-    /// The revision of an order's last change (0 for orders last changed before this node
-    /// kept revisions).
-    pub(super) fn order_revision_unlocked(&self, id: u64) -> Result<u64, StoreError> {
-        Ok(match self.sm.get(keys::order_revision(id))? {
-            Some(v) => codec::decode(&v)?,
-            None => 0,
-        })
-    }
-
     /// Up to `max` changes from revision `from` on, if the log still holds `from` (`max` 0:
     /// only the bounds).
     pub fn changes_from(&self, from: u64, max: usize) -> Result<ChangesPage, StoreError> {

@@ -3,8 +3,9 @@
 //!   bookkeeping, left out of the state digest);
 //! - `m:next_id`, `m:clock`, `m:last_stamp`: the next order id, the state machine's clock and
 //!   the stamp that last moved it (see `order::apply`); `m:users_begun`: a user has existed;
-//! - `o` + id: an order; `c` + customer + id (value: the order's status tag) and `s` +
-//!   status + id (empty value): the listing indexes; `n` + `s` + status: how many orders the
+//! - `o` + id: an order and the revision of its last change (`order_state::StoredOrder`;
+//!   before layout 2 the revision had a key of its own, `v` + id); `c` + customer + id
+//!   (value: the order's status tag) and `s` + status + id (empty value): the listing indexes; `n` + `s` + status: how many orders the
 //!   status index holds; `c` + customer + `0xFF`: how many of the customer's orders are in
 //!   each status (`list_index::CustomerCounts`; it sorts right after the customer's newest
 //!   index entry, so a create usually changes both in one sled page). A list's total is a
@@ -16,11 +17,12 @@
 //! - `r` + name: a custom role;
 //! - `m:revision`: the last change's revision; `e` + revision: a change record (the change
 //!   feed; trimmed by each node to its retention window, so left out of the state digest);
-//!   `v` + id: the revision of the order's last change.
+//! - `m:layout`: the layout version of the values above (`upgrade`), bookkeeping like
+//!   `m:listing_at:2`.
 //!
 //! Ids and expiries are big-endian, so sled's byte order is their numeric order.
 //!
-//! Snapshot dumps rely on this layout (`Horizon`): a key that starts with `o`, `v`, `s`, `c` or
+//! Snapshot dumps rely on this layout (`Horizon`): a key that starts with `o`, `s`, `c` or
 //! `e` and has the shape of an order's own key or a change record is judged new by its id. A
 //! new kind of key must not take one of those first bytes.
 
@@ -64,12 +66,10 @@ pub fn change(revision: u64) -> Vec<u8> {
     with_id(CHANGE_PREFIX.to_vec(), revision)
 }
 
-/// The prefix of the orders' revisions.
-pub const ORDER_REVISION_PREFIX: &[u8] = b"v";
-
-pub fn order_revision(id: u64) -> Vec<u8> {
-    with_id(ORDER_REVISION_PREFIX.to_vec(), id)
-}
+/// The layout version of the store's values (`upgrade`).
+pub const LAYOUT: &[u8] = b"m:layout";
+/// Before layout 2: the prefix of the orders' revisions, `v` + id.
+pub const OLD_ORDER_REVISION_PREFIX: &[u8] = b"v";
 
 pub fn customer_prefix(customer_id: &str) -> Vec<u8> {
     let mut k = CUSTOMER_PREFIX.to_vec();
@@ -144,15 +144,13 @@ pub struct Horizon {
 
 impl Horizon {
     /// Whether `key` cannot have existed at the horizon: an order's own keys (the order, its
-    /// revision, its status and customer index entries) for an id from `next_id` on, or a
+    /// status and customer index entries) for an id from `next_id` on, or a
     /// change record above `revision`. Ids and revisions only grow, so such a key is new.
     /// False for every other key, including ones it cannot parse.
     pub fn is_past(&self, key: &[u8]) -> bool {
         let id_keyed = |prefix_len: usize| key.len() == prefix_len + 8;
         match key.first().copied() {
-            Some(p) if p == ORDER_PREFIX[0] || p == ORDER_REVISION_PREFIX[0] => {
-                id_keyed(1) && id_suffix(key) >= self.next_id
-            }
+            Some(p) if p == ORDER_PREFIX[0] => id_keyed(1) && id_suffix(key) >= self.next_id,
             Some(p) if p == STATUS_PREFIX[0] => id_keyed(2) && id_suffix(key) >= self.next_id,
             Some(p) if p == CUSTOMER_PREFIX[0] && key.len() >= 3 => {
                 let customer_len = u16::from_be_bytes([key[1], key[2]]) as usize;
@@ -241,11 +239,6 @@ mod tests {
         let status = status_prefix(OrderStatus::Pending);
         for (id, new) in [(9, false), (10, true), (11, true)] {
             assert_eq!(horizon.is_past(&order(id)), new, "order {id}");
-            assert_eq!(
-                horizon.is_past(&order_revision(id)),
-                new,
-                "revision of {id}"
-            );
             assert_eq!(
                 horizon.is_past(&with_id(status.clone(), id)),
                 new,

@@ -17,9 +17,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::keys;
+use super::order_state::stored_order;
 use super::StoreError;
 use crate::codec;
-use crate::order::{Order, OrderStatus};
+use crate::order::OrderStatus;
 
 /// Keys written per sled batch while rebuilding.
 const REBUILD_BATCH: usize = 10_000;
@@ -77,7 +78,7 @@ pub(super) fn ensure(sm: &sled::Tree) -> Result<bool, StoreError> {
     let mut orders = 0usize;
     for kv in sm.scan_prefix(keys::ORDER_PREFIX) {
         let (_, v) = kv?;
-        let order: Order = codec::decode(&v)?;
+        let (order, _) = stored_order::decode(&v)?;
         *counts
             .entry(keys::count(&keys::status_prefix(order.status)))
             .or_default() += 1;

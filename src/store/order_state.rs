@@ -16,6 +16,20 @@ use crate::order::{ChangeRecord, CustomRole, IdempotencyRecord, Order, OrderOp, 
 /// committed as one sled batch by the caller.
 pub struct OverlayState<'o, 't>(pub &'o mut Overlay<'t>);
 
+/// The value at `keys::order`: an order and the revision of its last change together, so that
+/// one read gets both as one apply left them (layout 2; `upgrade` moves older stores to it).
+pub(super) mod stored_order {
+    use super::{codec, Order, StoreError};
+
+    pub fn encode(order: &Order, revision: u64) -> Result<Vec<u8>, StoreError> {
+        Ok(codec::encode(&(order, revision))?)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<(Order, u64), StoreError> {
+        Ok(codec::decode(bytes)?)
+    }
+}
+
 /// The fingerprint an idempotency record binds its key to: a hash of the operation's encoding.
 pub fn fingerprint(op: &OrderOp) -> Result<[u8; 32], StoreError> {
     Ok(Sha256::digest(codec::encode(op)?).into())
@@ -81,11 +95,22 @@ impl OrderState for OverlayState<'_, '_> {
     }
 
     fn order(&self, id: u64) -> Result<Option<Order>, StoreError> {
-        self.get(&keys::order(id))
+        match self.0.get(&keys::order(id))? {
+            Some(v) => Ok(Some(stored_order::decode(&v)?.0)),
+            None => Ok(None),
+        }
     }
 
-    fn put_order(&mut self, order: &Order, previous: Option<&Order>) -> Result<(), StoreError> {
-        self.put(keys::order(order.id), order)?;
+    fn put_order(
+        &mut self,
+        order: &Order,
+        previous: Option<&Order>,
+        revision: u64,
+    ) -> Result<(), StoreError> {
+        self.0.insert(
+            keys::order(order.id),
+            stored_order::encode(order, revision)?,
+        );
         if previous.is_some_and(|p| p.status == order.status) {
             return Ok(());
         }
@@ -113,7 +138,6 @@ impl OrderState for OverlayState<'_, '_> {
 
     fn put_change(&mut self, change: &ChangeRecord) -> Result<(), StoreError> {
         self.put(keys::REVISION.to_vec(), &change.revision)?;
-        self.put(keys::order_revision(change.order_id), &change.revision)?;
         self.put(keys::change(change.revision), change)
     }
 
@@ -222,8 +246,10 @@ mod tests {
                 }
                 ov.commit().unwrap();
             }
-            let orders: Vec<Order> = decoded::<Order>(&tree, b"o").into_iter().map(|(_, o)| o).collect();
+            let (orders, revisions): (Vec<Order>, Vec<u64>) = decoded::<(Order, u64)>(&tree, b"o").into_iter().map(|(_, stored)| stored).unzip();
             prop_assert_eq!(&orders, &model.orders.values().cloned().collect::<Vec<_>>());
+            prop_assert_eq!(&revisions, &model.order_revisions.values().cloned().collect::<Vec<_>>());
+            prop_assert_eq!(tree.scan_prefix(keys::OLD_ORDER_REVISION_PREFIX).count(), 0, "no revision key of the old layout");
             let records: Vec<(String, IdempotencyRecord)> = decoded(&tree, b"i")
                 .into_iter()
                 .map(|(k, r)| (String::from_utf8(k[1..].to_vec()).unwrap(), r))
@@ -272,8 +298,6 @@ mod tests {
             prop_assert_eq!(&roles, &model.roles.values().cloned().collect::<Vec<_>>());
             let changes: Vec<ChangeRecord> = decoded::<ChangeRecord>(&tree, keys::CHANGE_PREFIX).into_iter().map(|(_, c)| c).collect();
             prop_assert_eq!(&changes, &model.changes.values().cloned().collect::<Vec<_>>());
-            let revisions: Vec<u64> = decoded::<u64>(&tree, b"v").into_iter().map(|(_, r)| r).collect();
-            prop_assert_eq!(&revisions, &model.order_revisions.values().cloned().collect::<Vec<_>>());
             let state = OverlayState(&mut Overlay::new(&tree));
             prop_assert_eq!(
                 (state.clock().unwrap(), state.last_stamp().unwrap(), state.next_id().unwrap(), state.revision().unwrap()),

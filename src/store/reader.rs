@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use super::keys;
 use super::list_index::CustomerCounts;
+use super::order_state::stored_order;
 use super::StoreError;
 use crate::codec;
 use crate::order::{CustomRole, Order, OrderStatus, User};
@@ -92,14 +93,16 @@ impl OrderReader {
         }
     }
 
-    /// The revision is read first: it is at most what the order's content reflects.
+    /// The order and its revision, from one value (no install lock: callers hold it).
     fn get_with_revision(&self, id: u64) -> Result<Option<(Order, u64)>, StoreError> {
-        let revision = self.order_revision_unlocked(id)?;
-        Ok(self.get_unlocked(id)?.map(|o| (o, revision)))
+        match self.sm.get(keys::order(id))? {
+            Some(v) => Ok(Some(stored_order::decode(&v)?)),
+            None => Ok(None),
+        }
     }
 
     pub(super) fn get_unlocked(&self, id: u64) -> Result<Option<Order>, StoreError> {
-        self.decoded(&keys::order(id))
+        Ok(self.get_with_revision(id)?.map(|(order, _)| order))
     }
 
     /// The value at `key`, decoded (no install lock: callers hold it).
@@ -126,9 +129,9 @@ impl OrderReader {
             orders: Vec::new(),
             revisions: Vec::new(),
             total: 0,
-            // Each order's revision is read before the order, and this one before them all:
-            // sled reads are no snapshot, and a revision read after could be newer than the
-            // content (a client skipping events up to it would then lose one).
+            // Read before the orders: sled reads are no snapshot, and a revision read after
+            // them could be newer than their content (a client skipping events up to it would
+            // then lose one).
             revision: self.revision_unlocked()?,
             next_after: None,
         };
@@ -197,8 +200,7 @@ impl OrderReader {
                 page.next_after = page.orders.last().map(|o| o.id);
                 break;
             }
-            let revision = self.order_revision_unlocked(id)?;
-            let Some(order) = self.get_unlocked(id)? else {
+            let Some((order, revision)) = self.get_with_revision(id)? else {
                 continue;
             };
             // The walk is not a point-in-time view: the order may have changed status since

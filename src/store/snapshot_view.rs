@@ -281,7 +281,6 @@ mod tests {
         let order_keys = |id| {
             [
                 keys::order(id),
-                keys::order_revision(id),
                 keys::with_id(keys::customer_prefix("c1"), id),
                 keys::with_id(keys::status_prefix(crate::order::OrderStatus::Pending), id),
             ]

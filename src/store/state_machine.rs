@@ -108,6 +108,7 @@ impl StateMachineStore {
             );
             store.load_current_snapshot()?;
         }
+        super::upgrade::ensure(store.sm())?;
         super::list_index::ensure(store.sm())?;
         let (applied, _) = store.applied_state_sync()?;
         store.floor.set_applied(applied.map(|l| l.index));
@@ -187,7 +188,8 @@ impl StateMachineStore {
             .insert(keys::APPLIED, codec::encode(&meta.last_log_id)?)?;
         self.sm()
             .insert(keys::MEMBERSHIP, codec::encode(&meta.last_membership)?)?;
-        // A snapshot an older version built has no listing counters.
+        // A snapshot an older version built has an older layout and no listing counters.
+        super::upgrade::ensure(self.sm())?;
         super::list_index::ensure(self.sm())?;
         self.db.flush()?;
         self.raft.remove(keys::INSTALLING)?;

@@ -1,0 +1,73 @@
+//! Brings a store written by an older version to the current layout of its values, at open and
+//! after a snapshot install (a snapshot an older leader built has the older layout), before
+//! anything reads it. The layout is marked at `keys::LAYOUT` (none: layout 1).
+//!
+//! Layout 2 keeps an order's revision in the order's own value (`order_state::stored_order`):
+//! one key less per change, and one read less per order listed. Layout 1 kept it under `v` +
+//! id, and orders last changed before revisions existed had none (revision 0). The pass
+//! rewrites every order and removes its `v` key in the same batch; a crash half-way leaves the
+//! mark unset, and the pass, which skips orders already moved, runs again.
+
+use super::keys;
+use super::order_state::stored_order;
+use super::StoreError;
+use crate::codec;
+use crate::order::Order;
+
+/// The layout this version writes.
+pub const CURRENT_LAYOUT: u64 = 2;
+
+/// Orders rewritten per sled batch.
+const BATCH: usize = 10_000;
+
+/// Moves the store to `CURRENT_LAYOUT` if it is older; returns whether it moved anything.
+pub(super) fn ensure(sm: &sled::Tree) -> Result<bool, StoreError> {
+    let layout: u64 = match sm.get(keys::LAYOUT)? {
+        Some(v) => codec::decode(&v)?,
+        None => 1,
+    };
+    if layout == CURRENT_LAYOUT {
+        return Ok(false);
+    }
+    if layout > CURRENT_LAYOUT {
+        return Err(StoreError::Corrupt(format!(
+            "the store has layout {layout}, newer than this version's {CURRENT_LAYOUT}: run \
+             the newer ordo that wrote it"
+        )));
+    }
+    let started = std::time::Instant::now();
+    let mut batch = sled::Batch::default();
+    let mut moved = 0usize;
+    for kv in sm.scan_prefix(keys::ORDER_PREFIX) {
+        let (k, v) = kv?;
+        if stored_order::decode(&v).is_ok() {
+            continue; // moved by a pass that was cut short
+        }
+        let order: Order = codec::decode(&v)?;
+        let old_revision = keys::with_id(keys::OLD_ORDER_REVISION_PREFIX.to_vec(), order.id);
+        let revision: u64 = match sm.get(&old_revision)? {
+            Some(r) => codec::decode(&r)?,
+            None => 0,
+        };
+        batch.insert(k, stored_order::encode(&order, revision)?);
+        batch.remove(old_revision);
+        moved += 1;
+        if moved.is_multiple_of(BATCH) {
+            sm.apply_batch(std::mem::take(&mut batch))?;
+        }
+    }
+    // Revisions of orders that are not stored (none should be) go too.
+    for k in sm.scan_prefix(keys::OLD_ORDER_REVISION_PREFIX).keys() {
+        batch.remove(k?);
+    }
+    batch.insert(keys::LAYOUT, codec::encode(&CURRENT_LAYOUT)?);
+    sm.apply_batch(batch)?;
+    if moved > 0 {
+        tracing::info!(
+            orders = moved,
+            ms = started.elapsed().as_millis() as u64,
+            "store moved to layout {CURRENT_LAYOUT} (each order's revision in its own value)"
+        );
+    }
+    Ok(true)
+}
