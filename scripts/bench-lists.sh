@@ -8,7 +8,8 @@
 #                  any depth;
 #   list-numbered  the same page by number (page=N): what it costs to skip the matches before;
 #   list-customer  one customer's pending orders, first page, with their total.
-# Then each node's RSS and disk use.
+# Then each node's RSS and disk use, and how long node 3 takes to come back after a SIGKILL
+# (the store's reopen: until /livez answers, and until /readyz says it is caught up).
 #
 #   scripts/bench-lists.sh                 # ORDERS=1000000 SECS=10
 #   ORDO_BIN=/tmp/before/ordo scripts/bench-lists.sh   # another build's server, same bench
@@ -61,3 +62,23 @@ for n in 1 2 3; do
   disk=$(du -sm "$RUN_DIR/n$n" | cut -f1)
   echo "node $n: RSS $rss MB, disk $disk MB"
 done
+
+echo "== reopen: node 3 killed (SIGKILL) with no writes going on, then started again"
+N3=$(scripts/cluster.sh url 3)
+pid3=$(cat "$RUN_DIR/n3/pid")
+scripts/cluster.sh kill 3 >/dev/null
+for ((i = 0; i < 100; i++)); do kill -0 "$pid3" 2>/dev/null || break; sleep 0.1; done
+started=$(date +%s%N)
+scripts/cluster.sh start 3 >/dev/null
+live="" ready=""
+for ((i = 0; i < 1200 && -z $ready; i++)); do # at most ~2 minutes
+  if [[ -z $live && $(curl -s -o /dev/null -w '%{http_code}' "$N3/livez") == 200 ]]; then
+    live=$((($(date +%s%N) - started) / 1000000))
+  fi
+  if [[ -n $live && $(curl -s -o /dev/null -w '%{http_code}' "$N3/readyz") == 200 ]]; then
+    ready=$((($(date +%s%N) - started) / 1000000))
+  fi
+  [[ -z $ready ]] && sleep 0.1
+done
+echo "node 3: /livez after ${live:-(none in 2 min)} ms, /readyz after ${ready:-(none in 2 min)} ms"
+

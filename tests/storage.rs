@@ -1041,12 +1041,13 @@ fn open_sled_once_released(dir: &TempDir) -> sled::Db {
 }
 
 #[test]
-fn a_store_of_the_older_layout_is_moved_at_open_and_keeps_every_orders_revision() {
+fn a_store_as_the_release_before_left_it_is_moved_at_open_and_keeps_every_revision() {
     let dir = TempDir::new().unwrap();
+    let customers = ["alice", "bob"];
     let expected: Vec<(Order, u64)> = rt().block_on(async {
         let (_log, mut sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
         let mut entries: Vec<Entry> = (1..=30)
-            .map(|i| entry(i, create("alice", None, i as i64)))
+            .map(|i| entry(i, create(customers[i as usize % 2], None, i as i64)))
             .collect();
         for id in 1..=10u64 {
             entries.push(entry(
@@ -1066,15 +1067,31 @@ fn a_store_of_the_older_layout_is_moved_at_open_and_keeps_every_orders_revision(
     );
     assert_eq!(expected[29].1, 30);
 
-    // The older layout: each order's value is the order alone, its revision under `v` + id
-    // (none for order 30: last changed before revisions were kept), no layout mark. Orders
-    // 1-5 stay as they are, as if a pass had moved them and was cut short.
+    // The release before: each order's value is the order alone, its revision under `v` + id
+    // (none for order 30: last changed before revisions were kept), no layout mark, no
+    // customer counters and its own listing mark. Orders 1-5 stay as they are, as if a pass
+    // had moved them and was cut short.
     let db = open_sled_once_released(&dir);
     let tree = db.open_tree("sm").unwrap();
     assert!(
         tree.remove(b"m:layout").unwrap().is_some(),
         "the layout is marked"
     );
+    let listing_at = tree.remove(b"m:listing_at:2").unwrap().unwrap();
+    tree.insert(b"m:listing_at", listing_at).unwrap();
+    for customer in customers {
+        let counters = [
+            &b"c\x00"[..],
+            &[customer.len() as u8],
+            customer.as_bytes(),
+            &[0xFF],
+        ]
+        .concat();
+        assert!(
+            tree.remove(counters).unwrap().is_some(),
+            "{customer}'s counters"
+        );
+    }
     for (order, revision) in &expected[5..] {
         let id = order.id.to_be_bytes();
         let key = [&b"o"[..], &id].concat();
@@ -1104,6 +1121,7 @@ fn a_store_of_the_older_layout_is_moved_at_open_and_keeps_every_orders_revision(
             .unwrap();
         assert_eq!(page.orders.len(), 30);
         assert_eq!(page.revisions[0], 31);
+        assert_listings_match(&reader, &customers);
     });
     let db = open_sled_once_released(&dir);
     let tree = db.open_tree("sm").unwrap();

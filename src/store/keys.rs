@@ -3,7 +3,7 @@
 //!   bookkeeping, left out of the state digest);
 //! - `m:next_id`, `m:clock`, `m:last_stamp`: the next order id, the state machine's clock and
 //!   the stamp that last moved it (see `order::apply`); `m:users_begun`: a user has existed;
-//! - `o` + id: an order and the revision of its last change (`order_state::StoredOrder`;
+//! - `o` + id: an order and the revision of its last change (`order_state::stored_order`;
 //!   before layout 2 the revision had a key of its own, `v` + id); `c` + customer + id
 //!   (value: the order's status tag) and `s` + status + id (empty value): the listing indexes; `n` + `s` + status: how many orders the
 //!   status index holds; `c` + customer + `0xFF`: how many of the customer's orders are in
@@ -17,14 +17,15 @@
 //! - `r` + name: a custom role;
 //! - `m:revision`: the last change's revision; `e` + revision: a change record (the change
 //!   feed; trimmed by each node to its retention window, so left out of the state digest);
-//! - `m:layout`: the layout version of the values above (`upgrade`), bookkeeping like
-//!   `m:listing_at:2`.
+//! - `m:layout`: the layout version of the values above (`upgrade`; in the state digest, and
+//!   the same on every node of one build).
 //!
 //! Ids and expiries are big-endian, so sled's byte order is their numeric order.
 //!
 //! Snapshot dumps rely on this layout (`Horizon`): a key that starts with `o`, `s`, `c` or
 //! `e` and has the shape of an order's own key or a change record is judged new by its id. A
-//! new kind of key must not take one of those first bytes.
+//! new kind of key must not take one of those first bytes unless its length can never be that
+//! shape's (as a customer's counters: one byte after the customer, never an 8-byte id).
 
 use crate::order::OrderStatus;
 

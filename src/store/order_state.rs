@@ -124,9 +124,9 @@ impl OrderState for OverlayState<'_, '_> {
         counts.add(order.status, 1)?;
         // The customer index's value is the order's status: a customer's orders in a status
         // are found without reading the orders. (Not a second, composite index: that and a
-        // counter per customer, each in sled pages of their own, measured at about 1.4x the
-        // disk and 0.9x the write rate.) The customer's counters sort right after its newest
-        // entry, so a create usually changes one sled page for both.
+        // counter per customer in sled pages of their own measured at about 1.4x the disk and
+        // 0.9x the write rate.) The customer's counters sort right after its newest entry
+        // instead, so a create usually changes one sled page for both.
         let by_customer = keys::with_id(keys::customer_prefix(&order.customer_id), order.id);
         self.0.insert(by_customer, vec![order.status.tag()]);
         self.put(counts_key, &counts)

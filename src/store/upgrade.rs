@@ -17,8 +17,9 @@ use crate::order::Order;
 /// The layout this version writes.
 pub const CURRENT_LAYOUT: u64 = 2;
 
-/// Orders rewritten per sled batch.
-const BATCH: usize = 10_000;
+/// Orders rewritten per sled batch: sled's memory grows steeply with a batch's size (see
+/// `state_machine`), and this pass may move millions of whole orders.
+const BATCH: usize = 512;
 
 /// Moves the store to `CURRENT_LAYOUT` if it is older; returns whether it moved anything.
 pub(super) fn ensure(sm: &sled::Tree) -> Result<bool, StoreError> {
