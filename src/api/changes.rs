@@ -114,7 +114,6 @@ impl Drop for Slot {
 }
 
 /// Which changes a subscriber wants.
-#[derive(Clone)]
 struct Filter {
     customer_id: Option<String>,
     status: Option<OrderStatus>,
@@ -287,7 +286,7 @@ impl Feed {
     async fn find_chunk(&mut self, waited: Duration) -> Option<Bytes> {
         // A client that took nothing for a while, now far behind the newest change: cut it
         // off with where to resume (it may reconnect and read on).
-        let newest = self.ring.head();
+        let newest = *self.head.borrow();
         if waited > self.lag_grace && newest.saturating_sub(self.next) > self.max_lag {
             return Some(self.last_words(
                 "feed.lagged",
@@ -298,7 +297,7 @@ impl Feed {
             if *self.stopping.borrow() {
                 return None;
             }
-            if self.next <= self.ring.head() {
+            if self.next <= *self.head.borrow() {
                 let taken = self.ring.take(self.next, CHUNK_BYTES, |e| {
                     self.filter.wants(&e.customer_id, e.status)
                 });

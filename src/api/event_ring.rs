@@ -131,10 +131,6 @@ impl EventRing {
         self.failed.subscribe()
     }
 
-    pub fn head(&self) -> u64 {
-        *self.head.borrow()
-    }
-
     pub fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
         self.head.subscribe()
     }
