@@ -544,6 +544,20 @@ async fn cli_commands_print_and_exit_as_documented() {
     assert_ne!(out.status.code(), Some(101), "{err}");
 }
 
+/// A node that takes the connection but never answers (a listener that never accepts: the
+/// kernel completes the handshake): the CLI gives up at its deadline and says so, rather than
+/// that nothing listens there (a write sent there may have been applied).
+#[test]
+fn a_cli_whose_node_never_answers_says_it_gave_no_answer_not_that_none_listened() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let (code, _, err) = ordo_cli(&url, &["order", "get", "1", "--timeout-ms", "1500"]);
+    assert_eq!(code, 6, "{err}");
+    assert!(!err.contains("no node accepted a connection"), "{err}");
+    assert!(err.contains("gave no answer in time"), "{err}");
+    drop(silent);
+}
+
 /// Nothing listens where the CLI is pointed: the error keeps its cause and says what to do.
 #[test]
 fn a_cli_pointed_at_no_cluster_says_why_and_what_to_do() {

@@ -48,7 +48,13 @@ pub enum ClusterCommand {
 }
 
 pub async fn run(conn: &ConnArgs, command: ClusterCommand) -> i32 {
-    let client = match conn.client() {
+    let client = match command {
+        ClusterCommand::Status => conn.client(),
+        ClusterCommand::AddLearner { .. } | ClusterCommand::Members { .. } => {
+            conn.membership_client()
+        }
+    };
+    let client = match client {
         Ok(client) => client,
         Err(e) => return super::report_error(conn, &e),
     };

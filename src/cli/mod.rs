@@ -24,6 +24,11 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::client::{Client, ClientConfig, ClientError, DEFAULT_NODES};
 
+/// How long a command may take, retries included, without `--timeout-ms`.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same for a membership change: above the leader's own minute of waiting for it.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(75);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ordo",
@@ -112,9 +117,11 @@ pub struct ConnArgs {
     /// Print what the HTTP API answers, as JSON (errors: the API's error body).
     #[arg(long, global = true)]
     pub json: bool,
-    /// Give up (exit 6) after this many milliseconds, retries included.
-    #[arg(long, default_value_t = 10_000, value_name = "MS", global = true)]
-    pub timeout_ms: u64,
+    /// Give up (exit 6) after this many milliseconds, retries included [default: 10000;
+    /// 75000 for `cluster add-learner` and `cluster members`, which wait for the change to
+    /// commit and for a new learner to catch up].
+    #[arg(long, value_name = "MS", global = true)]
+    pub timeout_ms: Option<u64>,
     /// The CA certificate (PEM) that signed the nodes' certificates, for https:// nodes.
     #[arg(long, env = "ORDO_CA_CERT", value_name = "FILE", global = true)]
     pub ca_cert: Option<std::path::PathBuf>,
@@ -159,12 +166,28 @@ impl ConnArgs {
 
     /// A client for these node URLs, with this command's TLS, token and timeouts.
     fn client_for(&self, nodes: Vec<String>) -> Result<Client, ClientError> {
-        let mut config = ClientConfig::new(nodes);
-        config.deadline = Duration::from_millis(self.timeout_ms);
+        let mut config = self.config_for(nodes, DEFAULT_TIMEOUT);
         config.attempt_timeout = config.attempt_timeout.min(config.deadline);
+        Client::try_new(config)
+    }
+
+    /// A client for membership changes: the leader waits up to a minute for one to commit
+    /// (and for a new learner to catch up, which takes a while for a large store), so one
+    /// attempt gets the whole deadline rather than being cut and sent again elsewhere.
+    fn membership_client(&self) -> Result<Client, ClientError> {
+        let mut config = self.config_for(self.node_urls(), MEMBERSHIP_TIMEOUT);
+        config.attempt_timeout = config.deadline;
+        Client::try_new(config)
+    }
+
+    fn config_for(&self, nodes: Vec<String>, default_timeout: Duration) -> ClientConfig {
+        let mut config = ClientConfig::new(nodes);
+        config.deadline = self
+            .timeout_ms
+            .map_or(default_timeout, Duration::from_millis);
         config.ca_cert = self.ca_cert.clone();
         config.token = self.token.clone();
-        Client::try_new(config)
+        config
     }
 }
 
@@ -231,6 +254,13 @@ fn hint(conn: &ConnArgs, e: &ClientError) -> Option<String> {
              export)",
             conn.node_urls().join(",")
         )),
+        ClientError::Unavailable {
+            last_code: None, ..
+        } => Some(
+            "a node took the request but gave no answer in time (stalled or overloaded?): see \
+             `ordo cluster status`, or allow more time with --timeout-ms"
+                .into(),
+        ),
         ClientError::Unavailable { .. } => Some(
             "the nodes answer but cannot serve this now (no leader or no quorum?): see \
              `ordo cluster status`; reads can use --stale or --allow-stale"

@@ -474,6 +474,9 @@ impl Client {
             }
             match req.send().await {
                 Err(e) => {
+                    // Past the connect, the node had the request (a write may have been
+                    // applied): only a failed connect leaves `no_connection`.
+                    connected |= !e.is_connect();
                     last = format!("{}: {}", self.config.nodes[node], with_causes(&e));
                     last_code = None;
                     self.mark_failed(node);
@@ -565,6 +568,7 @@ impl Client {
             let mut resp = match req.send().await {
                 Ok(resp) => resp,
                 Err(e) => {
+                    connected |= !e.is_connect();
                     last = failed(&e);
                     self.mark_failed(node);
                     continue;

@@ -500,12 +500,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Only while a purge is held back for an install can an append leave a hole.
         if let Some(first) = entries.peek().filter(|_| self.floor.purge_deferred()) {
             let first_index = first.log_id.index;
+            // The last entry the log shows (none below a purge, even while the background
+            // removal has not reached it).
             let last_stored = self
                 .reader
-                .log
-                .last()
-                .map_err(|e| openraft::StorageIOError::write_logs(&e))?
-                .map(|(k, _)| u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])));
+                .last_log_id()
+                .map_err(StoreError::into_write)?
+                .map(|l| l.index);
             self.floor
                 .wait_unless_hole_closed(first_index, last_stored)
                 .await;
