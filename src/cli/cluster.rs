@@ -48,23 +48,29 @@ pub enum ClusterCommand {
 }
 
 pub async fn run(conn: &ConnArgs, command: ClusterCommand) -> i32 {
-    let client = match command {
-        ClusterCommand::Status => conn.client(),
-        ClusterCommand::AddLearner { .. } | ClusterCommand::Members { .. } => {
-            conn.membership_client()
-        }
-    };
-    let client = match client {
-        Ok(client) => client,
-        Err(e) => return super::report_error(conn, &e),
-    };
     match command {
-        ClusterCommand::Status => status(conn, client).await,
-        ClusterCommand::AddLearner { id, addr } => {
-            finish(conn, client.add_learner(id, &addr).await)
-        }
-        ClusterCommand::Members { ids } => finish(conn, client.change_members(&ids).await),
+        ClusterCommand::Status => match conn.client() {
+            Ok(client) => status(conn, client).await,
+            Err(e) => report_error(conn, &e),
+        },
+        ClusterCommand::AddLearner { id, addr } => match membership_client(conn).await {
+            Ok(client) => finish(conn, client.add_learner(id, &addr).await),
+            Err(e) => report_error(conn, &e),
+        },
+        ClusterCommand::Members { ids } => match membership_client(conn).await {
+            Ok(client) => finish(conn, client.change_members(&ids).await),
+            Err(e) => report_error(conn, &e),
+        },
     }
+}
+
+/// The client for a membership call, which waits up to its whole deadline on one node: every
+/// node's status is asked first (2 s at most), so that the call goes to the leader they name,
+/// not to a node that takes connections but does not answer (that one is skipped a while).
+async fn membership_client(conn: &ConnArgs) -> Result<Arc<Client>, ClientError> {
+    let client = Arc::new(conn.membership_client()?);
+    poll_all(client.clone()).await;
+    Ok(client)
 }
 
 fn finish(
@@ -174,6 +180,7 @@ async fn status(conn: &ConnArgs, client: Client) -> i32 {
                     last: "not asked: no client address known".into(),
                     idempotency_key: None,
                     no_connection: true,
+                    unanswered: false,
                     last_code: None,
                 }),
             ),

@@ -255,7 +255,7 @@ fn hint(conn: &ConnArgs, e: &ClientError) -> Option<String> {
             conn.node_urls().join(",")
         )),
         ClientError::Unavailable {
-            last_code: None, ..
+            unanswered: true, ..
         } => Some(
             "a node took the request but gave no answer in time (stalled or overloaded?): see \
              `ordo cluster status`, or allow more time with --timeout-ms"

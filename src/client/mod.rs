@@ -123,6 +123,8 @@ pub enum ClientError {
     /// outcome is unknown: `idempotency_key` is the key it carried, to retry it safely (a
     /// retry with the same key and body is applied at most once). `no_connection`: no
     /// attempt reached a node at all (nothing listens there, or the network is down).
+    /// `unanswered`: the last attempt reached a node but got no answer in time (or lost the
+    /// connection before one), so a write it carried may have been applied there.
     #[error(
         "unavailable after {attempts} attempts: {last}{}",
         retry_hint(idempotency_key)
@@ -132,6 +134,7 @@ pub enum ClientError {
         last: String,
         idempotency_key: Option<String>,
         no_connection: bool,
+        unanswered: bool,
         /// The `error.code` of the last answer, if a node answered (`timeout`: a write's
         /// outcome is unknown; `no_quorum`, `storage_failed`, ...).
         last_code: Option<String>,
@@ -448,7 +451,7 @@ impl Client {
         let mut last = String::from("no attempt was made");
         let mut last_code = None;
         let mut attempts = 0u32;
-        let mut connected = false;
+        let (mut connected, mut unanswered) = (false, false);
         while attempts < 1000 {
             let node = fixed_node.unwrap_or_else(|| self.pick(is_write));
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -476,13 +479,14 @@ impl Client {
                 Err(e) => {
                     // Past the connect, the node had the request (a write may have been
                     // applied): only a failed connect leaves `no_connection`.
-                    connected |= !e.is_connect();
+                    unanswered = !e.is_connect();
+                    connected |= unanswered;
                     last = format!("{}: {}", self.config.nodes[node], with_causes(&e));
                     last_code = None;
                     self.mark_failed(node);
                 }
                 Ok(resp) => {
-                    connected = true;
+                    (connected, unanswered) = (true, false);
                     self.learn_leader(&resp);
                     let status = resp.status();
                     let body: Value = resp.json().await.unwrap_or(Value::Null);
@@ -506,6 +510,7 @@ impl Client {
             last,
             idempotency_key: idempotency_key.map(String::from),
             no_connection: !connected,
+            unanswered,
             last_code,
         })
     }
@@ -549,7 +554,7 @@ impl Client {
         let deadline = Instant::now() + within;
         let mut last = String::from("no attempt was made");
         let mut attempts = 0u32;
-        let mut connected = false;
+        let (mut connected, mut unanswered) = (false, false);
         while attempts < 2 * self.config.nodes.len() as u32 + 2 {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -568,13 +573,14 @@ impl Client {
             let mut resp = match req.send().await {
                 Ok(resp) => resp,
                 Err(e) => {
-                    connected |= !e.is_connect();
+                    unanswered = !e.is_connect();
+                    connected |= unanswered;
                     last = failed(&e);
                     self.mark_failed(node);
                     continue;
                 }
             };
-            connected = true;
+            (connected, unanswered) = (true, false);
             let status = resp.status();
             if !status.is_success() {
                 let body: Value = resp.json().await.unwrap_or(Value::Null);
@@ -596,16 +602,20 @@ impl Client {
             let mut file = tokio::fs::File::create(out)
                 .await
                 .map_err(|e| ClientError::Config(format!("{}: {e}", out.display())))?;
-            let copied: Result<(), String> = async {
-                while let Some(chunk) = resp.chunk().await.map_err(|e| failed(&e))? {
-                    file.write_all(&chunk).await.map_err(|e| failed(&e))?;
+            // Err((whether the node cut the file off, why)); else the local file failed.
+            let copied: Result<(), (bool, String)> = async {
+                while let Some(chunk) = resp.chunk().await.map_err(|e| (true, failed(&e)))? {
+                    file.write_all(&chunk)
+                        .await
+                        .map_err(|e| (false, failed(&e)))?;
                 }
-                file.sync_all().await.map_err(|e| failed(&e))
+                file.sync_all().await.map_err(|e| (false, failed(&e)))
             }
             .await;
             match copied {
                 Ok(()) => return Ok(index),
-                Err(e) => {
+                Err((cut_off, e)) => {
+                    unanswered = cut_off;
                     last = e;
                     self.mark_failed(node);
                 }
@@ -616,6 +626,7 @@ impl Client {
             last,
             idempotency_key: None,
             no_connection: !connected,
+            unanswered,
             last_code: None,
         })
     }

@@ -180,6 +180,7 @@ impl WatchState<'_> {
                         last: "the nodes keep ending the change feed without an event".into(),
                         idempotency_key: None,
                         no_connection: false,
+                        unanswered: false,
                         last_code: None,
                     });
                 }
@@ -263,6 +264,7 @@ impl WatchState<'_> {
             last: last_error,
             idempotency_key: None,
             no_connection: false,
+            unanswered: false,
             last_code: None,
         })
     }
