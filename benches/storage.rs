@@ -147,6 +147,18 @@ fn main() -> anyhow::Result<()> {
     run(args)
 }
 
+/// Appends `entries` of the `--snapshot-memory` log and applies them, as a node does.
+async fn append_and_apply(
+    log: &mut store::LogStore,
+    sm: &mut store::StateMachineStore,
+    entries: std::ops::Range<u64>,
+) -> anyhow::Result<()> {
+    let batch: Vec<Entry> = entries.map(batch_entry).collect();
+    log.blocking_append(batch.clone()).await?;
+    sm.apply(batch).await?;
+    Ok(())
+}
+
 fn bench_dir(args: &BenchStorageArgs) -> anyhow::Result<tempfile::TempDir> {
     match &args.dir {
         Some(d) => tempfile::TempDir::new_in(d),
@@ -179,12 +191,9 @@ fn snapshot_memory(args: BenchStorageArgs) -> anyhow::Result<()> {
         let entries = args.orders.div_ceil(ORDERS_PER_ENTRY);
         let mut next = 1;
         while next <= entries {
-            let batch: Vec<Entry> = (next..(next + 64).min(entries + 1))
-                .map(batch_entry)
-                .collect();
-            next += batch.len() as u64;
-            log.blocking_append(batch.clone()).await?;
-            sm.apply(batch).await?;
+            let to = (next + 64).min(entries + 1);
+            append_and_apply(&mut log, &mut sm, next..to).await?;
+            next = to;
         }
         report("appended and applied", started);
 
@@ -192,20 +201,15 @@ fn snapshot_memory(args: BenchStorageArgs) -> anyhow::Result<()> {
         let build = tokio::spawn(async move { builder.build_snapshot().await });
         // Writes beside the dump, as openraft's state-machine worker goes on applying.
         let extra = args.writes_during_dump.div_ceil(ORDERS_PER_ENTRY);
-        let mut written = 0;
-        while written < extra {
-            let batch: Vec<Entry> = (next..next + (extra - written).min(16))
-                .map(batch_entry)
-                .collect();
-            next += batch.len() as u64;
-            written += batch.len() as u64;
-            log.blocking_append(batch.clone()).await?;
-            sm.apply(batch).await?;
+        let end = next + extra;
+        while next < end {
+            let to = (next + 16).min(end);
+            append_and_apply(&mut log, &mut sm, next..to).await?;
+            next = to;
         }
         if extra > 0 {
             println!(
-                "  ({} entries applied beside the dump, done at {:.1} s)",
-                written,
+                "  ({extra} entries applied beside the dump, done at {:.1} s)",
                 started.elapsed().as_secs_f64()
             );
         }

@@ -53,11 +53,11 @@ pub async fn run(conn: &ConnArgs, command: ClusterCommand) -> i32 {
             Ok(client) => status(conn, client).await,
             Err(e) => report_error(conn, &e),
         },
-        ClusterCommand::AddLearner { id, addr } => match membership_client(conn).await {
+        ClusterCommand::AddLearner { id, addr } => match client_at_leader(conn).await {
             Ok(client) => finish(conn, client.add_learner(id, &addr).await),
             Err(e) => report_error(conn, &e),
         },
-        ClusterCommand::Members { ids } => match membership_client(conn).await {
+        ClusterCommand::Members { ids } => match client_at_leader(conn).await {
             Ok(client) => finish(conn, client.change_members(&ids).await),
             Err(e) => report_error(conn, &e),
         },
@@ -67,7 +67,7 @@ pub async fn run(conn: &ConnArgs, command: ClusterCommand) -> i32 {
 /// The client for a membership call, which waits up to its whole deadline on one node: every
 /// node's status is asked first (2 s at most), so that the call goes to the leader they name,
 /// not to a node that takes connections but does not answer (that one is skipped a while).
-async fn membership_client(conn: &ConnArgs) -> Result<Arc<Client>, ClientError> {
+async fn client_at_leader(conn: &ConnArgs) -> Result<Arc<Client>, ClientError> {
     let client = Arc::new(conn.membership_client()?);
     poll_all(client.clone()).await;
     Ok(client)

@@ -148,15 +148,13 @@ fn rebuild_customer_counts(sm: &sled::Tree) -> Result<(), StoreError> {
         } else {
             if !same {
                 finish(&mut batch, current.take())?;
-                current = Some((prefix.to_vec(), CustomerCounts::default()));
             }
             let status = v
                 .first()
                 .and_then(|t| OrderStatus::from_tag(*t))
                 .ok_or_else(|| StoreError::Corrupt(format!("no status in {k:?}")))?;
-            if let Some((_, counts)) = current.as_mut() {
-                counts.add(status, 1)?;
-            }
+            let (_, counts) = current.get_or_insert_with(|| (prefix.to_vec(), Default::default()));
+            counts.add(status, 1)?;
         }
         pending += 1;
         if pending.is_multiple_of(REBUILD_BATCH) {
