@@ -34,6 +34,8 @@ pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 3000;
 pub const DEFAULT_SNAPSHOT_EVERY_LOGS: u64 = 100_000;
 pub const DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_STORAGE_FAILURE_EXIT_AFTER_MS: u64 = 5_000;
+/// How often a node looks whether its Raft core stopped on a storage error.
+const STORAGE_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// What a node with an empty store does (`--initial-cluster-state`, as etcd has it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -538,16 +540,21 @@ pub async fn run(
 /// that load balancers and clients move on before it goes. Why exit rather than wait for the
 /// disk: openraft's core does not restart after a storage error, and a fresh start re-reads
 /// the store from disk, which is what was acknowledged.
+///
+/// It looks every `STORAGE_CHECK_EVERY` rather than on each change of Raft's metrics: those
+/// change several times per write, and waking a task that often cost every write a thread
+/// wake-up for nothing (see docs/performance.md, "Wake-ups per write").
 async fn storage_failure(raft: &Raft, config: &NodeConfig) {
-    let mut metrics = raft.metrics();
+    let metrics = raft.metrics();
     let cause = loop {
         if let Some(cause) = crate::service::storage_failure(raft) {
             break cause;
         }
-        if metrics.changed().await.is_err() {
+        if metrics.has_changed().is_err() {
             // The core is gone without a storage error: a shutdown we asked for.
             return std::future::pending().await;
         }
+        tokio::time::sleep(STORAGE_CHECK_EVERY).await;
     };
     tracing::error!(
         data_dir = %config.data_dir.display(),

@@ -141,11 +141,20 @@ async fn a_full_disk_fails_the_node_loudly_and_loses_no_acknowledged_order() {
     let (status, body) = get(&cluster, 1, "/readyz").await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["checks"]["storage"]["ok"], false, "{body}");
-    let log = std::fs::read_to_string(&cluster.nodes[&1].log_path).unwrap();
-    let said = log
-        .lines()
-        .filter(|l| l.contains("STORAGE FAILED"))
-        .collect::<Vec<_>>();
+    // The node looks for a failed core every 100 ms: the line may follow the first 503.
+    let deadline = Instant::now() + DEADLINE;
+    let said = loop {
+        let log = std::fs::read_to_string(&cluster.nodes[&1].log_path).unwrap();
+        let said = log
+            .lines()
+            .filter(|l| l.contains("STORAGE FAILED"))
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        if !said.is_empty() || Instant::now() > deadline {
+            break said;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(said.len(), 1, "said once, at ERROR: {said:?}");
     assert!(said[0].contains("ERROR") && said[0].contains(&data_dir.display().to_string()));
 

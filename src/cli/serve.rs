@@ -407,7 +407,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         force_new_cluster: args.force_new_cluster,
     };
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-    match rt.block_on(node::serve(config))? {
+    // The node runs as a task on the runtime's workers, not on this thread: whatever the
+    // node's top future waits on would otherwise wake this (non-worker) thread, a context
+    // switch of its own each time.
+    let stopped = rt.block_on(async { tokio::spawn(node::serve(config)).await });
+    match stopped.context("the node's task panicked")?? {
         node::Stopped::Asked => Ok(0),
         node::Stopped::StorageFailed => Ok(STORAGE_FAILED_EXIT_CODE),
     }

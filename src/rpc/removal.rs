@@ -81,7 +81,9 @@ impl RemovalWatch {
     }
 
     async fn run(self) {
-        let mut metrics = self.raft.metrics();
+        // The server metrics change only with the vote, the role, the leader or the
+        // membership; the full metrics change several times per write.
+        let mut metrics = self.raft.server_metrics();
         let mut removed_by: Option<(NodeId, u64)> = None;
         // The removing entry did reach this node: openraft keeps a non-member from
         // campaigning by itself; only say why.

@@ -127,7 +127,7 @@ async fn watch_raft(raft: Raft) {
 const SCAN_COST_FACTOR: u32 = 50;
 
 async fn sample_store(raft: Raft, reader: OrderReader, data_dir: PathBuf) {
-    let mut metrics_rx = raft.metrics();
+    let metrics_rx = raft.metrics();
     let mut next_scan = tokio::time::Instant::now();
     loop {
         let (reader, dir) = (reader.clone(), data_dir.clone());
@@ -152,13 +152,11 @@ async fn sample_store(raft: Raft, reader: OrderReader, data_dir: PathBuf) {
                 next_scan = tokio::time::Instant::now() + took * SCAN_COST_FACTOR;
             }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(SAMPLE_STORE_EVERY) => {}
-            // Ends with the Raft core (its metrics channel closes).
-            closed = async { while metrics_rx.changed().await.is_ok() {} } => {
-                let () = closed;
-                return;
-            }
+        tokio::time::sleep(SAMPLE_STORE_EVERY).await;
+        // Ends with the Raft core (its metrics channel closes). Checked after each sample,
+        // not by waiting on the channel: its value changes several times per write.
+        if metrics_rx.has_changed().is_err() {
+            return;
         }
     }
 }
