@@ -34,8 +34,6 @@ pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 3000;
 pub const DEFAULT_SNAPSHOT_EVERY_LOGS: u64 = 100_000;
 pub const DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_STORAGE_FAILURE_EXIT_AFTER_MS: u64 = 5_000;
-/// How often a node looks whether its Raft core stopped on a storage error.
-const STORAGE_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// What a node with an empty store does (`--initial-cluster-state`, as etcd has it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -541,21 +539,17 @@ pub async fn run(
 /// disk: openraft's core does not restart after a storage error, and a fresh start re-reads
 /// the store from disk, which is what was acknowledged.
 ///
-/// It looks every `STORAGE_CHECK_EVERY` rather than on each change of Raft's metrics: those
-/// change several times per write, and waking a task that often cost every write a thread
-/// wake-up for nothing (see docs/performance.md, "Wake-ups per write").
+/// It waits on openraft's server metrics (vote, role, leader, membership), which change
+/// rarely, and not on the full metrics, which change several times per write: waking on each
+/// of those cost every write a thread wake-up (docs/performance.md, "Wake-ups per write").
+/// Both channels close when the core stops, after it has put the reason in the full metrics.
+/// This future is dropped before the node's own shutdown stops the core (`serve`), so a core
+/// that stops while it waits stopped on its own: a storage error, or a panic.
 async fn storage_failure(raft: &Raft, config: &NodeConfig) {
-    let metrics = raft.metrics();
-    let cause = loop {
-        if let Some(cause) = crate::service::storage_failure(raft) {
-            break cause;
-        }
-        if metrics.has_changed().is_err() {
-            // The core is gone without a storage error: a shutdown we asked for.
-            return std::future::pending().await;
-        }
-        tokio::time::sleep(STORAGE_CHECK_EVERY).await;
-    };
+    let mut server = raft.server_metrics();
+    while server.changed().await.is_ok() {}
+    let cause = crate::service::storage_failure(raft)
+        .unwrap_or_else(|| "the Raft core stopped by itself (it may have panicked)".into());
     tracing::error!(
         data_dir = %config.data_dir.display(),
         cause = %cause,

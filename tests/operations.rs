@@ -141,7 +141,7 @@ async fn a_full_disk_fails_the_node_loudly_and_loses_no_acknowledged_order() {
     let (status, body) = get(&cluster, 1, "/readyz").await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["checks"]["storage"]["ok"], false, "{body}");
-    // The node looks for a failed core every 100 ms: the line may follow the first 503.
+    // Said once the core has stopped, which may be just after the first refusal.
     let deadline = Instant::now() + DEADLINE;
     let said = loop {
         let log = std::fs::read_to_string(&cluster.nodes[&1].log_path).unwrap();

@@ -127,7 +127,7 @@ async fn watch_raft(raft: Raft) {
 const SCAN_COST_FACTOR: u32 = 50;
 
 async fn sample_store(raft: Raft, reader: OrderReader, data_dir: PathBuf) {
-    let metrics_rx = raft.metrics();
+    let mut server_rx = raft.server_metrics();
     let mut next_scan = tokio::time::Instant::now();
     loop {
         let (reader, dir) = (reader.clone(), data_dir.clone());
@@ -152,11 +152,12 @@ async fn sample_store(raft: Raft, reader: OrderReader, data_dir: PathBuf) {
                 next_scan = tokio::time::Instant::now() + took * SCAN_COST_FACTOR;
             }
         }
-        tokio::time::sleep(SAMPLE_STORE_EVERY).await;
-        // Ends with the Raft core (its metrics channel closes). Checked after each sample,
-        // not by waiting on the channel: its value changes several times per write.
-        if metrics_rx.has_changed().is_err() {
-            return;
+        tokio::select! {
+            _ = tokio::time::sleep(SAMPLE_STORE_EVERY) => {}
+            // Ends with the Raft core, when its metrics channels close. The server metrics
+            // (vote, role, leader, membership) change rarely; the full metrics change
+            // several times per write, and waking on each cost a thread wake-up.
+            _ = async { while server_rx.changed().await.is_ok() {} } => return,
         }
     }
 }
