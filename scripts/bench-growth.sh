@@ -32,7 +32,7 @@ mkdir -p "$OUT"
 
 cargo build --release -p ordo --bin ordo -p ordo-bench --bin ordo-bench
 RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ordo-bench-growth.XXXXXX")
-need_mb=$(((ORDERS + CATCHUP) / 1000000 * 3 * 1400 + 3000))
+need_mb=$(((ORDERS + CATCHUP) * 3 * 1400 / 1000000 + 3000))
 free_mb=$(df -Pm "$RUN_DIR" | awk 'NR == 2 {print $4}')
 if ((free_mb < need_mb)); then
   echo "need about $need_mb MB free for $ORDERS + $CATCHUP orders on three nodes; $RUN_DIR has $free_mb MB" >&2
@@ -145,7 +145,11 @@ for ((i = 0; i < 12000; i++)); do # at most ~20 minutes
 done
 if [[ -n $caught ]]; then caught="after $caught ms"; else caught="not within 20 min"; fi
 echo "node 3: applied the leader's index $target $caught" | tee -a "$OUT/catchup.txt"
-grep -h -E "installed snapshot|snapshot" "$RUN_DIR/n3/node.log" | tail -n 3 | cut -c1-240 | tee -a "$OUT/catchup.txt"
+# How it caught up: a snapshot installed since its last start (the log read backwards to
+# that start), or else from the leader's log.
+installed=$(tac "$RUN_DIR/n3/node.log" | sed '/node serving/q' | grep "installed snapshot" | cut -c1-240 || true)
+[[ -n $installed ]] || installed="node 3 installed no snapshot: it caught up from the leader's log"
+echo "$installed" | tee -a "$OUT/catchup.txt"
 for n in 1 2 3; do echo "node $n: RSS $(rss_mb "$n") MB, disk $(disk_mb "$n") MB"; done | tee -a "$OUT/catchup.txt"
 
 python3 - "$OUT/growth.csv" "$OUT/growth.svg" <<'PY'

@@ -200,9 +200,9 @@ pub fn open(config: &StoreConfig) -> Result<(LogStore, StateMachineStore), Store
     std::fs::create_dir_all(&config.dir)?;
     let started = std::time::Instant::now();
     let db = open_sled(config)?;
-    // A large store takes a while to open (a node at ten million orders started serving
-    // 19 s after a SIGKILL, docs/performance.md): said, with sled's share, so that a slow
-    // start is not taken for a hang and the next study knows where the time went.
+    // The first open after a long run takes a while at scale (sled replays its file: 19 s at
+    // ten million orders, docs/performance.md): said, with sled's share, so that a slow
+    // start is not taken for a hang.
     let sled_ms = started.elapsed().as_millis() as u64;
     let floor = Arc::new(AppliedFloor::new(log_store::LogPurger::new(&db)?));
     let sm = StateMachineStore::open(
