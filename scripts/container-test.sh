@@ -86,7 +86,8 @@ leader_of() { # the leader id node $1 reports, if any
   curl -fsS --max-time 2 "$(url "$1")/cluster/status" 2>/dev/null \
     | python3 -c 'import json,sys; l=json.load(sys.stdin)["leader_id"]; print(l if l else "")' 2>/dev/null
 }
-wait_leader() { # among nodes "$@": prints the leader once all of them agree on one
+wait_leader() { # among nodes "$@": prints the leader once all of them agree on one of them
+  # (one of them: just after the leader stops, the survivors still name it until they elect)
   local i n l agreed
   for ((i = 0; i < 300; i++)); do
     agreed=""
@@ -95,7 +96,7 @@ wait_leader() { # among nodes "$@": prints the leader once all of them agree on 
       [[ -n $l && ( -z $agreed || $agreed == "$l" ) ]] || { agreed=""; break; }
       agreed=$l
     done
-    [[ -n $agreed ]] && { echo "$agreed"; return 0; }
+    [[ -n $agreed && " $* " == *" $agreed "* ]] && { echo "$agreed"; return 0; }
     sleep 0.2
   done
   echo "no leader agreed among nodes $* within 60 s" >&2
@@ -129,8 +130,7 @@ echo "order $first written through node2, read through node3"
 echo "stopping the leader's container (node$leader)"
 podman stop -t 5 "$PREFIX-node$leader" >/dev/null
 survivors=(); for n in 1 2 3; do [[ $n == "$leader" ]] || survivors+=("$n"); done
-new_leader=$(wait_leader "${survivors[@]}")
-[[ $new_leader != "$leader" ]] || { echo "leader did not change" >&2; exit 1; }
+new_leader=$(wait_leader "${survivors[@]}") # fails unless a survivor leads within 60 s
 second=$(create_retrying "${survivors[0]}" after-failover)
 for id in "$first" "$second"; do
   curl -fsS "$(url "${survivors[1]}")/api/orders/$id" >/dev/null \
