@@ -71,8 +71,6 @@ pub struct NodeConfig {
     pub election_timeout_max_ms: u64,
     pub request_timeout: Duration,
     pub snapshot_every_logs: u64,
-    /// The snapshot dump's nice increment (`StoreConfig::snapshot_nice`).
-    pub snapshot_nice: i32,
     pub cache_capacity_bytes: u64,
     /// Byte budget of one AppendEntries body (see `rpc::network`).
     pub max_append_bytes: usize,
@@ -143,7 +141,6 @@ impl NodeConfig {
             election_timeout_max_ms: DEFAULT_ELECTION_TIMEOUT_MAX_MS,
             request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
             snapshot_every_logs: DEFAULT_SNAPSHOT_EVERY_LOGS,
-            snapshot_nice: crate::store::DEFAULT_SNAPSHOT_NICE,
             cache_capacity_bytes: crate::store::DEFAULT_CACHE_CAPACITY_BYTES,
             max_append_bytes: crate::rpc::network::DEFAULT_MAX_APPEND_BYTES,
             install_snapshot_timeout_ms: DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS,
@@ -382,7 +379,6 @@ pub async fn run(
         // encoded size (PayloadTooLarge), which this makes rare.
         read_batch_bytes: config.max_append_bytes,
         change_retention: config.change_feed.retention,
-        snapshot_nice: config.snapshot_nice,
     };
     if config.durability == Durability::UnsafeNoFsync {
         tracing::warn!("UNSAFE: log appends are acknowledged before fsync; a crash can lose acknowledged orders");

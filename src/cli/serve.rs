@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::api::server::{self, ServerLimits};
 use crate::node::{self, InitialClusterState, NodeConfig};
 use crate::rpc::network::DEFAULT_MAX_APPEND_BYTES;
-use crate::store::{Durability, DEFAULT_CACHE_CAPACITY_BYTES, DEFAULT_SNAPSHOT_NICE};
+use crate::store::{Durability, DEFAULT_CACHE_CAPACITY_BYTES};
 use crate::tls::TlsFiles;
 
 #[derive(Debug, Args, Serialize)]
@@ -94,10 +94,6 @@ pub struct ServeArgs {
     /// Build a snapshot (and purge the log) after this many applied entries.
     #[arg(long, env = "ORDO_SNAPSHOT_EVERY_LOGS", value_name = "ENTRIES", default_value_t = node::DEFAULT_SNAPSHOT_EVERY_LOGS)]
     pub snapshot_every_logs: u64,
-    /// How much lower the snapshot dump's CPU priority is than the node's (added to its nice
-    /// value; 0 = the same, 19 = the lowest): a dump then takes what writes leave of the cores.
-    #[arg(long, env = "ORDO_SNAPSHOT_NICE", value_name = "0-19", default_value_t = DEFAULT_SNAPSHOT_NICE, value_parser = clap::value_parser!(i32).range(0..=19))]
-    pub snapshot_nice: i32,
     /// sled page cache in MiB (each MiB costs about 3.5 MB of RSS; more serves reads a little
     /// faster).
     #[arg(long, env = "ORDO_CACHE_MIB", value_name = "MIB", default_value_t = DEFAULT_CACHE_CAPACITY_BYTES / (1024 * 1024))]
@@ -369,7 +365,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         election_timeout_max_ms: args.election_timeout_max_ms,
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         snapshot_every_logs: args.snapshot_every_logs,
-        snapshot_nice: args.snapshot_nice,
         cache_capacity_bytes: args.cache_mib * 1024 * 1024,
         // Peers refuse append bodies over 16 MiB: keep batches well under that.
         max_append_bytes: (args.max_append_kib.clamp(1, 8192) * 1024) as usize,

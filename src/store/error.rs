@@ -19,9 +19,6 @@ pub enum StoreError {
     /// `build_snapshot` called again on a builder whose dump was already taken (a bug).
     #[error("this snapshot builder was used already")]
     BuilderUsed,
-    /// The snapshot dump's thread ended without an answer (it panicked).
-    #[error("the snapshot dump's thread ended without an answer")]
-    DumpThreadFailed,
     /// Work moved to tokio's blocking pool panicked or was cancelled.
     #[error("a blocking task failed: {0}")]
     TaskFailed(#[from] tokio::task::JoinError),

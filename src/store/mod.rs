@@ -52,17 +52,10 @@ pub struct StoreConfig {
     pub read_batch_bytes: usize,
     /// How much of the change log this node keeps (`changes`).
     pub change_retention: ChangeRetention,
-    /// How much lower than the node's the CPU priority of a snapshot dump is: added to the
-    /// dump thread's nice value (0 = the same; see `state_machine::run_dump`).
-    pub snapshot_nice: i32,
 }
 
 pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_READ_BATCH_BYTES: usize = 1024 * 1024;
-/// The dump thread's nice increment. At 10, the kernel gives a busy dump about a tenth of a
-/// core that applies and replication also want (CFS weights 110 against 1024), and all of an
-/// idle one.
-pub const DEFAULT_SNAPSHOT_NICE: i32 = 10;
 
 impl StoreConfig {
     pub fn new(dir: impl AsRef<Path>) -> Self {
@@ -72,7 +65,6 @@ impl StoreConfig {
             durability: Durability::Fsync,
             read_batch_bytes: DEFAULT_READ_BATCH_BYTES,
             change_retention: ChangeRetention::default(),
-            snapshot_nice: DEFAULT_SNAPSHOT_NICE,
         }
     }
 }
@@ -218,7 +210,6 @@ pub fn open(config: &StoreConfig) -> Result<(LogStore, StateMachineStore), Store
         config.dir.join("snapshots"),
         floor.clone(),
         config.change_retention,
-        config.snapshot_nice,
     )?;
     let log = LogStore::open(db, config.durability, floor, config.read_batch_bytes)?;
     tracing::info!(

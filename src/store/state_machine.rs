@@ -80,8 +80,6 @@ pub struct StateMachineStore {
     receiving: Arc<std::sync::Mutex<Vec<PathBuf>>>,
     /// How much of the change log this node keeps (trimmed as it applies).
     retention: super::ChangeRetention,
-    /// The nice increment of the snapshot dump thread (`run_dump`).
-    snapshot_nice: i32,
 }
 
 impl StateMachineStore {
@@ -90,7 +88,6 @@ impl StateMachineStore {
         snapshot_dir: PathBuf,
         floor: Arc<AppliedFloor>,
         retention: super::ChangeRetention,
-        snapshot_nice: i32,
     ) -> Result<StateMachineStore, StoreError> {
         let sm = db.open_tree("sm")?;
         let raft = db.open_tree("raft")?;
@@ -104,7 +101,6 @@ impl StateMachineStore {
             floor,
             receiving: Default::default(),
             retention,
-            snapshot_nice,
         };
         if store.raft.get(keys::INSTALLING)?.is_some() {
             tracing::warn!(
@@ -146,7 +142,6 @@ impl StateMachineStore {
             floor: self.floor.clone(),
             receiving: self.receiving.clone(),
             retention: self.retention,
-            snapshot_nice: self.snapshot_nice,
         }
     }
 
@@ -299,54 +294,6 @@ fn snapshot_done(event: SnapshotEvent, id: &str, bytes: u64, started: std::time:
     tracing::info!(snapshot_id = %id, bytes, ms = took.as_millis() as u64, "{what}");
 }
 
-/// Runs a snapshot dump on a thread of its own whose nice value is `nice` above the node's,
-/// and waits for it without holding a runtime worker.
-///
-/// At ten million orders a dump walks 1.26 GB for minutes. At the node's own priority it took
-/// its full share of the cores from applies and replication, and writes ran at half to two
-/// thirds of their rate while one was built (docs/performance.md). Lower, it gets what they
-/// leave, and all of an idle core. A new thread each time rather than tokio's blocking pool:
-/// an unprivileged thread cannot raise its priority again, and the pool's threads go on to
-/// serve file I/O.
-async fn run_dump<T: Send + 'static>(
-    nice: i32,
-    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    let (done, result) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("ordo-snapshot".into())
-        .spawn(move || {
-            lower_thread_priority(nice);
-            let _ = done.send(work());
-        })?;
-    result.await.map_err(|_| StoreError::DumpThreadFailed)?
-}
-
-/// Adds `by` to the calling thread's nice value (on Linux, `nice` and `setpriority` with
-/// `PRIO_PROCESS` and 0 act on the calling thread only). A failure only costs the priority:
-/// logged, and the dump goes on. Elsewhere nice values are per process: left alone.
-#[cfg(not(target_os = "linux"))]
-fn lower_thread_priority(_by: i32) {}
-
-#[cfg(target_os = "linux")]
-fn lower_thread_priority(by: i32) {
-    if by <= 0 {
-        return;
-    }
-    // SAFETY: plain libc calls on the calling thread; errno is thread-local.
-    let failed = unsafe {
-        *libc::__errno_location() = 0;
-        libc::nice(by) == -1 && *libc::__errno_location() != 0
-    };
-    if failed {
-        tracing::warn!(
-            nice = by,
-            error = %std::io::Error::last_os_error(),
-            "could not lower the snapshot dump's priority; it runs at the node's"
-        );
-    }
-}
-
 /// A snapshot's starting point: what it will cover, and the dump's hold on that state.
 struct BegunDump {
     meta: SnapshotMeta<u64, openraft::BasicNode>,
@@ -363,16 +310,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .unwrap_or(Err(StoreError::BuilderUsed))
             .map_err(err)?;
         let started = std::time::Instant::now();
-        // Seconds to minutes of disk I/O and CPU for a big store: on a thread of its own, at
-        // a lower priority than the node's work.
+        // Seconds of disk I/O for a big store: on the blocking pool.
         let store = self.store.blocking_handle();
         let written = meta.clone();
-        let path = run_dump(self.store.snapshot_nice, move || {
+        let path = tokio::task::spawn_blocking(move || {
             let path = store.snapshots.temp_path("building");
             snapshot_file::write(&path, &written, dump.records(store.sm()))?;
-            Ok(path)
+            Ok::<_, StoreError>(path)
         })
         .await
+        .map_err(|e| err(e.into()))?
         .map_err(err)?;
         let (current, file) = self
             .store
@@ -554,45 +501,5 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         self.open_current_snapshot().map_err(StoreError::into_read)
-    }
-}
-
-#[cfg(all(test, target_os = "linux"))]
-mod tests {
-    use super::*;
-
-    /// The calling thread's nice value (on Linux, `getpriority` with 0 reads this thread's).
-    fn own_nice() -> i32 {
-        // SAFETY: a plain libc call; -1 is a valid answer, and no error is possible for 0.
-        unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
-    }
-
-    #[tokio::test]
-    async fn a_dump_runs_on_its_own_thread_at_a_lower_priority() {
-        let caller = own_nice();
-        let (nice, name) = run_dump(5, || {
-            let name = std::thread::current().name().map(str::to_owned);
-            Ok((own_nice(), name))
-        })
-        .await
-        .unwrap();
-        assert_eq!(nice, (caller + 5).min(19));
-        assert_eq!(name.as_deref(), Some("ordo-snapshot"));
-        // Only the dump's thread: the caller's priority is untouched.
-        assert_eq!(own_nice(), caller);
-
-        let (same, _) = run_dump(0, || Ok((own_nice(), ()))).await.unwrap();
-        assert_eq!(same, caller);
-    }
-
-    #[tokio::test]
-    async fn a_dump_that_fails_or_panics_is_an_error_not_a_hang() {
-        let failed = run_dump::<()>(5, || Err(StoreError::Corrupt("cut".into()))).await;
-        assert!(matches!(failed, Err(StoreError::Corrupt(_))), "{failed:?}");
-        let panicked = run_dump::<()>(5, || panic!("dump bug")).await;
-        assert!(
-            matches!(panicked, Err(StoreError::DumpThreadFailed)),
-            "{panicked:?}"
-        );
     }
 }
