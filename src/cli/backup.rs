@@ -22,7 +22,7 @@ pub struct BackupArgs {
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Give up after this many milliseconds (a backup of millions of orders takes a while).
-    #[arg(long, default_value_t = 600_000, value_name = "MS")]
+    #[arg(long, default_value_t = 1_800_000, value_name = "MS")]
     pub within_ms: u64,
 }
 
