@@ -32,6 +32,9 @@ pub const DEFAULT_ELECTION_TIMEOUT_MIN_MS: u64 = 100;
 pub const DEFAULT_ELECTION_TIMEOUT_MAX_MS: u64 = 200;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 3000;
 pub const DEFAULT_SNAPSHOT_EVERY_LOGS: u64 = 100_000;
+/// Six snapshots by a million entries where a fixed interval makes ten; the log between two
+/// stays under a third of all entries.
+pub const DEFAULT_SNAPSHOT_GROWTH_PERCENT: u64 = 50;
 pub const DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_STORAGE_FAILURE_EXIT_AFTER_MS: u64 = 5_000;
 
@@ -71,6 +74,9 @@ pub struct NodeConfig {
     pub election_timeout_max_ms: u64,
     pub request_timeout: Duration,
     pub snapshot_every_logs: u64,
+    /// And at least this share (%) of the entries the last snapshot covers
+    /// (`service::snapshot_schedule`; 0: every `snapshot_every_logs` entries).
+    pub snapshot_growth_percent: u64,
     pub cache_capacity_bytes: u64,
     /// Byte budget of one AppendEntries body (see `rpc::network`).
     pub max_append_bytes: usize,
@@ -141,6 +147,7 @@ impl NodeConfig {
             election_timeout_max_ms: DEFAULT_ELECTION_TIMEOUT_MAX_MS,
             request_timeout: Duration::from_millis(DEFAULT_REQUEST_TIMEOUT_MS),
             snapshot_every_logs: DEFAULT_SNAPSHOT_EVERY_LOGS,
+            snapshot_growth_percent: DEFAULT_SNAPSHOT_GROWTH_PERCENT,
             cache_capacity_bytes: crate::store::DEFAULT_CACHE_CAPACITY_BYTES,
             max_append_bytes: crate::rpc::network::DEFAULT_MAX_APPEND_BYTES,
             install_snapshot_timeout_ms: DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS,
@@ -285,7 +292,8 @@ impl NodeConfig {
             heartbeat_interval: self.heartbeat_ms,
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_logs),
+            // `service::snapshot_schedule` asks for each snapshot.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: 1000,
             // sled's memory grows steeply with batch size; 256 entries per append stays modest.
             max_payload_entries: 256,
@@ -435,6 +443,11 @@ pub async fn run(
 
     crate::telemetry::handle();
     crate::service::observer::spawn(raft.clone(), reader.clone(), config.data_dir.clone());
+    crate::service::snapshot_schedule::SnapshotSchedule {
+        every_logs: config.snapshot_every_logs,
+        growth_percent: config.snapshot_growth_percent,
+    }
+    .spawn(raft.clone());
     let service = Service::start(
         config.id,
         raft.clone(),

@@ -528,8 +528,15 @@ async fn a_client_that_stops_reading_is_disconnected_and_its_slot_freed() {
 /// same window as the leader (the same oldest revision), not one that starts at the snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_installed_a_snapshot_serves_the_same_window() {
-    let (mut cluster, client, leader) =
-        start_with(&["--snapshot-every-logs", "100", "--changes-keep", "50"]).await;
+    let (mut cluster, client, leader) = start_with(&[
+        "--snapshot-every-logs",
+        "100",
+        "--snapshot-growth-percent",
+        "0",
+        "--changes-keep",
+        "50",
+    ])
+    .await;
     let behind = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
     cluster.kill(behind);
     // More than the 1000 entries the log keeps past a snapshot: it must get a snapshot.

@@ -91,9 +91,15 @@ pub struct ServeArgs {
     /// How long a request waits for a leader, commit or read index before 503/504.
     #[arg(long, env = "ORDO_REQUEST_TIMEOUT_MS", value_name = "MS", default_value_t = node::DEFAULT_REQUEST_TIMEOUT_MS)]
     pub request_timeout_ms: u64,
-    /// Build a snapshot (and purge the log) after this many applied entries.
+    /// Build a snapshot (and purge the log) once at least this many entries have been applied
+    /// since the last one...
     #[arg(long, env = "ORDO_SNAPSHOT_EVERY_LOGS", value_name = "ENTRIES", default_value_t = node::DEFAULT_SNAPSHOT_EVERY_LOGS)]
     pub snapshot_every_logs: u64,
+    /// ...and at least this percentage of the entries the last snapshot covers: the interval
+    /// grows with the store, so dumping it costs each write about the same at any size
+    /// (0: exactly every --snapshot-every-logs entries).
+    #[arg(long, env = "ORDO_SNAPSHOT_GROWTH_PERCENT", value_name = "PERCENT", default_value_t = node::DEFAULT_SNAPSHOT_GROWTH_PERCENT)]
+    pub snapshot_growth_percent: u64,
     /// sled page cache in MiB (each MiB costs about 3.5 MB of RSS; more serves reads a little
     /// faster).
     #[arg(long, env = "ORDO_CACHE_MIB", value_name = "MIB", default_value_t = DEFAULT_CACHE_CAPACITY_BYTES / (1024 * 1024))]
@@ -365,6 +371,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         election_timeout_max_ms: args.election_timeout_max_ms,
         request_timeout: Duration::from_millis(args.request_timeout_ms),
         snapshot_every_logs: args.snapshot_every_logs,
+        snapshot_growth_percent: args.snapshot_growth_percent,
         cache_capacity_bytes: args.cache_mib * 1024 * 1024,
         // Peers refuse append bodies over 16 MiB: keep batches well under that.
         max_append_bytes: (args.max_append_kib.clamp(1, 8192) * 1024) as usize,

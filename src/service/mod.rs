@@ -1,8 +1,8 @@
 //! What a node does, without HTTP: commit a write through Raft from any node (`write`,
 //! batched into log entries by `proposer`, and into calls to the leader by `forward`), make
 //! a read linearizable (`read`, with read-index rounds shared by concurrent reads in
-//! `read_index`), change the membership (`membership`), and the errors of all of them
-//! (`error`). A node that is not the leader sends the request to
+//! `read_index`), change the membership (`membership`), decide when to snapshot
+//! (`snapshot_schedule`), and the errors of all of them (`error`). A node that is not the leader sends the request to
 //! the leader over `rpc`; the leader's side of those calls is `LeaderCalls` below. `api` calls
 //! the service from its handlers and maps `ServiceError` to HTTP; `node` starts it.
 
@@ -14,6 +14,7 @@ pub mod observer;
 pub mod proposer;
 pub mod read;
 pub mod read_index;
+pub mod snapshot_schedule;
 pub mod write;
 
 use std::sync::Arc;

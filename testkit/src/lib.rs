@@ -123,8 +123,9 @@ pub struct TortureConfig {
     /// Quiet time between faults, and how long a fault lasts.
     pub quiet: Duration,
     pub hold: Duration,
-    /// Nodes build a snapshot after this many applied entries (`None`: ordo's default). Small
-    /// values make snapshot builds, and installs on nodes that fell behind, part of the run.
+    /// Nodes build a snapshot every this many applied entries, exactly (`None`: ordo's default,
+    /// an interval that grows with the store). Small values make snapshot builds, and installs
+    /// on nodes that fell behind, part of the run.
     pub snapshot_every_logs: Option<u64>,
     /// Voters in the cluster (3 or 5, say).
     pub nodes: u64,
@@ -827,7 +828,15 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
         .filter(|f| topology.is_some() || !f.needs_network())
         .collect();
     let mut node_args = match config.snapshot_every_logs {
-        Some(n) => vec!["--snapshot-every-logs".to_string(), n.to_string()],
+        // That often exactly: snapshots under the faults all along the run.
+        Some(n) => [
+            "--snapshot-every-logs",
+            &n.to_string(),
+            "--snapshot-growth-percent",
+            "0",
+        ]
+        .map(String::from)
+        .to_vec(),
         None => Vec::new(),
     };
     // Secure mode: users too. The bootstrap token makes the admin the workload runs as.
