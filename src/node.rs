@@ -33,7 +33,7 @@ pub const DEFAULT_ELECTION_TIMEOUT_MAX_MS: u64 = 200;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 3000;
 pub const DEFAULT_SNAPSHOT_EVERY_LOGS: u64 = 100_000;
 /// Six snapshots by a million entries where a fixed interval makes ten; the log between two
-/// stays under a third of all entries.
+/// grows to about a third of all entries (plus what is written while one is built).
 pub const DEFAULT_SNAPSHOT_GROWTH_PERCENT: u64 = 50;
 pub const DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_STORAGE_FAILURE_EXIT_AFTER_MS: u64 = 5_000;

@@ -2,9 +2,10 @@
 //! batched into log entries by `proposer`, and into calls to the leader by `forward`), make
 //! a read linearizable (`read`, with read-index rounds shared by concurrent reads in
 //! `read_index`), change the membership (`membership`), decide when to snapshot
-//! (`snapshot_schedule`), and the errors of all of them (`error`). A node that is not the leader sends the request to
-//! the leader over `rpc`; the leader's side of those calls is `LeaderCalls` below. `api` calls
-//! the service from its handlers and maps `ServiceError` to HTTP; `node` starts it.
+//! (`snapshot_schedule`), and the errors of all of them (`error`). A node that is not the
+//! leader sends the request to the leader over `rpc`; the leader's side of those calls is
+//! `LeaderCalls` below. `api` calls the service from its handlers and maps `ServiceError` to
+//! HTTP; `node` starts it.
 
 pub mod backup;
 pub mod error;

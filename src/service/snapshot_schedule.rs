@@ -9,15 +9,20 @@
 //! least `growth_percent` % of the entries the last snapshot covers have been applied since
 //! it. Small stores snapshot every `every_logs` entries as before; past `100 / growth_percent`
 //! intervals the intervals grow geometrically, so the total dumping work stays proportional to
-//! the store, and the log kept between two snapshots stays under that share of it. 0 % is the
-//! fixed interval. openraft runs with `SnapshotPolicy::Never`, and this task asks for each
-//! snapshot (`trigger().snapshot()`; openraft ignores the call while it builds one).
+//! the store, and the log kept between two snapshots stays about that share of it (plus what is
+//! written while one is built). 0 % is the fixed interval. openraft runs with
+//! `SnapshotPolicy::Never`, and this task asks for each snapshot (`trigger().snapshot()`;
+//! openraft ignores the call while it builds one).
+//!
+//! It asks at most once per snapshot it has seen: openraft publishes its metrics a moment
+//! after a build ends, and a second ask in that moment would start a whole second dump.
 
 use std::time::Duration;
 
 use crate::raft::{LogId, Raft};
 
-/// At most this often the rule is checked (while the applied index moves at all).
+/// At most this often the rule is checked (openraft's metrics change with every write and
+/// every tick of its core).
 const CHECK_EVERY: Duration = Duration::from_millis(200);
 
 /// The rule (`ordo serve --snapshot-every-logs`, `--snapshot-growth-percent`).
@@ -34,7 +39,10 @@ impl SnapshotSchedule {
     /// next one is due.
     pub fn interval_after(&self, covered: u64) -> u64 {
         let grown = u128::from(covered) * u128::from(self.growth_percent) / 100;
+        // At least one entry: with none, a snapshot would be due again at once, a whole dump
+        // every check for nothing new.
         self.every_logs
+            .max(1)
             .max(u64::try_from(grown).unwrap_or(u64::MAX))
     }
 
@@ -51,16 +59,25 @@ impl SnapshotSchedule {
     pub fn spawn(self, raft: Raft) {
         tokio::spawn(async move {
             let mut metrics = raft.metrics();
+            // The snapshot (by its next index) after which a snapshot was last asked for.
+            let mut asked_after: Option<u64> = None;
             loop {
-                let due = {
+                let (due, covered) = {
                     let m = metrics.borrow_and_update();
-                    self.due(m.last_applied.as_ref(), m.snapshot.as_ref())
+                    let covered = m.snapshot.map_or(0, |l| l.index.saturating_add(1));
+                    (
+                        self.due(m.last_applied.as_ref(), m.snapshot.as_ref()),
+                        covered,
+                    )
                 };
-                if due && raft.trigger().snapshot().await.is_err() {
-                    return;
+                // Asked already since this snapshot: the build that started (or the one
+                // already running, if openraft ignored the ask) ends with a new snapshot.
+                if due && asked_after != Some(covered) {
+                    if raft.trigger().snapshot().await.is_err() {
+                        return;
+                    }
+                    asked_after = Some(covered);
                 }
-                // The metrics change with every append and apply: looked at a few times a
-                // second at most.
                 tokio::time::sleep(CHECK_EVERY).await;
                 if metrics.changed().await.is_err() {
                     return;
@@ -120,6 +137,17 @@ mod tests {
             taken,
             [100_000, 200_000, 300_000, 450_000, 675_000, 1_012_500]
         );
+    }
+
+    #[test]
+    fn never_due_again_with_nothing_new_even_at_zero_entries() {
+        let zero = SnapshotSchedule {
+            every_logs: 0,
+            growth_percent: 0,
+        };
+        assert!(!zero.due(None, None));
+        assert!(!zero.due(Some(&at(7)), Some(&at(7))));
+        assert!(zero.due(Some(&at(8)), Some(&at(7))));
     }
 
     #[test]

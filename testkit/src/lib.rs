@@ -123,8 +123,8 @@ pub struct TortureConfig {
     /// Quiet time between faults, and how long a fault lasts.
     pub quiet: Duration,
     pub hold: Duration,
-    /// Nodes build a snapshot every this many applied entries, exactly (`None`: ordo's default,
-    /// an interval that grows with the store). Small values make snapshot builds, and installs
+    /// Nodes build a snapshot every this many applied entries, a fixed interval (`None`: ordo's
+    /// default, an interval that grows with the store). Small values make snapshot builds, and installs
     /// on nodes that fell behind, part of the run.
     pub snapshot_every_logs: Option<u64>,
     /// Voters in the cluster (3 or 5, say).
