@@ -97,7 +97,7 @@ pub struct ServeArgs {
     pub snapshot_every_logs: u64,
     /// ...and at least this percentage of the entries the last snapshot covers: the interval
     /// grows with the store, so dumping it costs each write about the same at any size
-    /// (0: exactly every --snapshot-every-logs entries).
+    /// (0: a fixed interval of --snapshot-every-logs entries).
     #[arg(long, env = "ORDO_SNAPSHOT_GROWTH_PERCENT", value_name = "PERCENT", default_value_t = node::DEFAULT_SNAPSHOT_GROWTH_PERCENT)]
     pub snapshot_growth_percent: u64,
     /// sled page cache in MiB (each MiB costs about 3.5 MB of RSS; more serves reads a little

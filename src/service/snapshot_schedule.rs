@@ -19,7 +19,9 @@
 
 use std::time::Duration;
 
-use crate::raft::{LogId, Raft};
+use openraft::LogIdOptionExt;
+
+use crate::raft::Raft;
 
 /// At most this often the rule is checked (openraft's metrics change with every write and
 /// every tick of its core).
@@ -46,12 +48,11 @@ impl SnapshotSchedule {
             .max(u64::try_from(grown).unwrap_or(u64::MAX))
     }
 
-    /// Whether a snapshot is due with `applied` applied and the last snapshot at `snapshot`
-    /// (counted as openraft's `LogsSinceLast` counts: by next index).
-    pub fn due(&self, applied: Option<&LogId>, snapshot: Option<&LogId>) -> bool {
-        let next = |l: Option<&LogId>| l.map_or(0, |l| l.index.saturating_add(1));
-        let covered = next(snapshot);
-        next(applied) >= covered.saturating_add(self.interval_after(covered))
+    /// Whether a snapshot is due with the log applied up to next index `applied` and the last
+    /// snapshot covering the first `covered` entries (both openraft's `next_index()`, which its
+    /// `LogsSinceLast` counts by too).
+    pub fn due(&self, applied: u64, covered: u64) -> bool {
+        applied >= covered.saturating_add(self.interval_after(covered))
     }
 
     /// Follows this node's applied index and asks for a snapshot whenever one is due, until
@@ -62,14 +63,11 @@ impl SnapshotSchedule {
             // The snapshot (by its next index) after which a snapshot was last asked for.
             let mut asked_after: Option<u64> = None;
             loop {
-                let (due, covered) = {
+                let (applied, covered) = {
                     let m = metrics.borrow_and_update();
-                    let covered = m.snapshot.map_or(0, |l| l.index.saturating_add(1));
-                    (
-                        self.due(m.last_applied.as_ref(), m.snapshot.as_ref()),
-                        covered,
-                    )
+                    (m.last_applied.next_index(), m.snapshot.next_index())
                 };
+                let due = self.due(applied, covered);
                 // Asked already since this snapshot: the build that started (or the one
                 // already running, if openraft ignored the ask) ends with a new snapshot.
                 if due && asked_after != Some(covered) {
@@ -90,41 +88,39 @@ impl SnapshotSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::CommittedLeaderId;
 
-    fn at(index: u64) -> LogId {
-        LogId::new(CommittedLeaderId::new(1, 1), index)
+    fn rule(every_logs: u64, growth_percent: u64) -> SnapshotSchedule {
+        SnapshotSchedule {
+            every_logs,
+            growth_percent,
+        }
     }
+
+    // Indices below are next indices: `Some(log id at 98).next_index()` is 99, `None`'s is 0.
 
     #[test]
     fn a_fixed_interval_at_zero_percent_as_openraft_counts_it() {
-        let every = SnapshotSchedule {
-            every_logs: 100,
-            growth_percent: 0,
-        };
+        let every = rule(100, 0);
         // openraft's LogsSinceLast(100): due once the applied next index reaches the
         // snapshot's next index + 100.
-        assert!(!every.due(None, None));
-        assert!(!every.due(Some(&at(98)), None));
-        assert!(every.due(Some(&at(99)), None));
-        assert!(!every.due(Some(&at(1_000_098)), Some(&at(999_999))));
-        assert!(every.due(Some(&at(1_000_099)), Some(&at(999_999))));
+        assert!(!every.due(0, 0));
+        assert!(!every.due(99, 0));
+        assert!(every.due(100, 0));
+        assert!(!every.due(1_000_099, 1_000_000));
+        assert!(every.due(1_000_100, 1_000_000));
     }
 
     #[test]
     fn the_interval_grows_with_the_store_past_the_floor() {
-        let grows = SnapshotSchedule {
-            every_logs: 100_000,
-            growth_percent: 50,
-        };
+        let grows = rule(100_000, 50);
         // Small stores: the floor.
         assert_eq!(grows.interval_after(0), 100_000);
         assert_eq!(grows.interval_after(200_000), 100_000);
         // Then half of what the last snapshot covers.
         assert_eq!(grows.interval_after(300_000), 150_000);
         assert_eq!(grows.interval_after(1_000_000), 500_000);
-        assert!(!grows.due(Some(&at(1_499_998)), Some(&at(999_999))));
-        assert!(grows.due(Some(&at(1_499_999)), Some(&at(999_999))));
+        assert!(!grows.due(1_499_999, 1_000_000));
+        assert!(grows.due(1_500_000, 1_000_000));
         // The snapshots a growing store gets: 100k, 200k, 300k, 450k, 675k, 1.01M entries
         // (six where a fixed interval makes ten by a million).
         let mut covered = 0;
@@ -141,22 +137,16 @@ mod tests {
 
     #[test]
     fn never_due_again_with_nothing_new_even_at_zero_entries() {
-        let zero = SnapshotSchedule {
-            every_logs: 0,
-            growth_percent: 0,
-        };
-        assert!(!zero.due(None, None));
-        assert!(!zero.due(Some(&at(7)), Some(&at(7))));
-        assert!(zero.due(Some(&at(8)), Some(&at(7))));
+        let zero = rule(0, 0);
+        assert!(!zero.due(0, 0));
+        assert!(!zero.due(8, 8));
+        assert!(zero.due(9, 8));
     }
 
     #[test]
     fn no_overflow_at_the_ends() {
-        let huge = SnapshotSchedule {
-            every_logs: u64::MAX,
-            growth_percent: 1000,
-        };
+        let huge = rule(u64::MAX, 1000);
         assert_eq!(huge.interval_after(u64::MAX), u64::MAX);
-        assert!(!huge.due(Some(&at(1 << 62)), Some(&at(5))));
+        assert!(!huge.due(1 << 62, 6));
     }
 }
