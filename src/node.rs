@@ -27,9 +27,9 @@ use crate::store::{self, Durability, StoreConfig};
 use crate::tls::{NodeTls, TlsFiles};
 
 /// `ordo serve`'s defaults (the flags say why each is what it is).
-pub const DEFAULT_HEARTBEAT_MS: u64 = 30;
-pub const DEFAULT_ELECTION_TIMEOUT_MIN_MS: u64 = 100;
-pub const DEFAULT_ELECTION_TIMEOUT_MAX_MS: u64 = 200;
+pub const DEFAULT_HEARTBEAT_MS: u64 = 50;
+pub const DEFAULT_ELECTION_TIMEOUT_MIN_MS: u64 = 300;
+pub const DEFAULT_ELECTION_TIMEOUT_MAX_MS: u64 = 600;
 pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 3000;
 pub const DEFAULT_SNAPSHOT_EVERY_LOGS: u64 = 100_000;
 /// Six snapshots by a million entries where a fixed interval makes ten; the log between two

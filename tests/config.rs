@@ -66,7 +66,7 @@ insecure = true
     let expect = [
         ("id", "2"),                        // file
         ("listen", "\"localhost:7002\""),   // file
-        ("heartbeat-ms", "40"),             // file over the default (30)
+        ("heartbeat-ms", "40"),             // file over the default (50)
         ("election-timeout-min-ms", "160"), // environment over the file
         ("election-timeout-max-ms", "500"), // flag over environment and file
         ("request-timeout-ms", "3000"),     // default

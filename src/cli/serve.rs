@@ -74,11 +74,14 @@ pub struct ServeArgs {
         default_value = ""
     )]
     pub peers: String,
-    // How fast a dead leader is replaced. openraft 0.9 lets a follower start an election only
-    // after `election_timeout_max` (its leader lease) plus its own timeout, drawn once from
-    // [min, max), checked every 1.5 heartbeats: 200 + 100..200 ms here, so a survivor votes
-    // 300-400 ms after the last heartbeat (it was 450-675 ms with 50/150/300). Raise them on
-    // machines whose pauses exceed ~300 ms, or elections will start spuriously.
+    // How fast a dead leader is replaced, against how long a pause a live one survives.
+    // openraft 0.9 lets a follower start an election only after `election_timeout_max` (its
+    // leader lease) plus its own timeout, drawn once from [min, max), checked every 1.5
+    // heartbeats: 600 + 300..600 ms here, so a survivor votes 0.9-1.2 s after the last
+    // heartbeat. A leader sends no heartbeat while it waits for its log's fsync (openraft 0.9's
+    // core awaits it), and under load fsyncs of 0.3-1 s are common on shared disks: with
+    // 30/100/200 (a vote after 300-400 ms) such pauses deposed healthy leaders every minute or
+    // so (docs/performance.md). Lower them for faster failover on disks that never pause.
     /// Leader heartbeat interval, ms.
     #[arg(long, env = "ORDO_HEARTBEAT_MS", value_name = "MS", default_value_t = node::DEFAULT_HEARTBEAT_MS)]
     pub heartbeat_ms: u64,
