@@ -153,7 +153,7 @@ async fn a_wiped_node_restarted_with_its_old_flags_forms_no_second_cluster() {
     let intruder = id_file(1);
     assert_ne!(intruder, original, "the wiped node made a new cluster id");
 
-    // Nodes 2 and 3 keep their leader and term while node 1 campaigns (every ~300 ms) for
+    // Nodes 2 and 3 keep their leader and term while node 1 campaigns (every 300-600 ms) for
     // three seconds; it never leads, and writes go on.
     let leader = cluster.wait_for_leader(&[2, 3]).await;
     let term = cluster.status(leader).await.unwrap()["term"].clone();

@@ -2,7 +2,7 @@
 //!
 //! Every setting is a flag, an `ORDO_*` environment variable (the flag's name in capitals:
 //! `--heartbeat-ms` is `ORDO_HEARTBEAT_MS`) and a key of the TOML file `--config` names (the
-//! flag without its dashes: `heartbeat-ms = 30`). A flag beats the environment, which beats
+//! flag without its dashes: `heartbeat-ms = 100`). A flag beats the environment, which beats
 //! the file, which beats the default. The file is read by turning its keys into flags placed
 //! before the real ones (so clap checks every type, and the real ones win); a key whose
 //! variable is set in the environment is left out (so the environment wins over it). An

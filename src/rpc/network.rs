@@ -2,8 +2,9 @@
 //!
 //! Calls go through the node's one `RpcClient`. A refused connection is reported as
 //! `Unreachable`, which makes openraft back off from a dead peer instead of hammering it, for
-//! `unreachable_retry` between attempts: openraft's default of 500 ms is longer than a restarted peer waits before it
-//! campaigns itself, so the peer would depose a healthy leader with a stale log.
+//! `unreachable_retry` between attempts (half the shortest election timeout): openraft's default
+//! of 500 ms was longer than a restarted peer waited before it campaigned itself with the
+//! timings of the time, and the peer deposed a healthy leader with a stale log.
 //!
 //! Appends are bounded in bytes, not only in entries: openraft 0.9 gives every AppendEntries
 //! (heartbeats included) a timeout of one heartbeat interval, so a lagging follower sent

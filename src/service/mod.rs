@@ -32,8 +32,10 @@ use crate::rpc::{LeaderAnswer, MembershipChange, PeerDirectory, WriteRequest};
 use crate::store::LogReader;
 pub use error::{Answer, ServiceError};
 
-/// Upper bound on leader look-ups / forwards for one request, whatever the deadline.
-const MAX_ATTEMPTS: u32 = 100;
+/// Upper bound on leader look-ups / forwards for one request, whatever the deadline: with
+/// `RETRY_PAUSE`, over 5 s of asking, past the default request deadline (3 s) and an election
+/// (0.9-2 s), during which a follower still naming the dead leader is refused at once.
+const MAX_ATTEMPTS: u32 = 200;
 /// Pause before asking again when the leader moved or is not yet known.
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
 
