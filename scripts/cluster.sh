@@ -84,6 +84,13 @@ start_node() { # N [new]: `new` lets the node form the cluster if its data direc
   local n=$1 state=existing
   [[ ${2:-} == new ]] && state=new
   if pid=$(running_pid "$n"); then echo "node $n already running (pid $pid)"; return 0; fi
+  # Something this script did not start (a node of another ORDO_BIN, another program) holding
+  # the port would answer in the new node's place while the new node exits.
+  if timeout 2 bash -c ": </dev/tcp/127.0.0.1/$(port "$n")" 2>/dev/null; then
+    echo "$(addr "$n") is already taken, not by a node this script recorded for $BIN;" >&2
+    echo "stop it first (a node started with another ORDO_BIN: ORDO_BIN=... $0 down)" >&2
+    exit 1
+  fi
   mkdir -p "$RUN_DIR/n$n"
   # shellcheck disable=SC2046 # tls_flags is a list of flags (paths without spaces)
   nohup "$BIN" serve --id "$n" --listen "$(addr "$n")" --data-dir "$RUN_DIR/n$n/data" \
