@@ -54,7 +54,7 @@ done
 RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ordo-api-fuzz.XXXXXX")
 REPORT_DIR=target/api-fuzz/report # kept after the run (JUnit XML)
 # Slow elections: this run checks how the API answers input, not failover. With the timeouts
-# of the time (a campaign 300-400 ms after the last heartbeat; 0.9-1.2 s now) a disk stall on a
+# of the time (a campaign 300-400 ms after the last heartbeat; 0.9-1.3 s now) a disk stall on a
 # loaded CI machine once made an election mid-run, and a generated write got the 504 a write in flight gets
 # when the leader changes: correct, but a failure in schemathesis' eyes.
 export ORDO_HEARTBEAT_MS=100 ORDO_ELECTION_TIMEOUT_MIN_MS=1500 ORDO_ELECTION_TIMEOUT_MAX_MS=3000

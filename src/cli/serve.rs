@@ -77,7 +77,7 @@ pub struct ServeArgs {
     // How fast a dead leader is replaced, against how long a pause a live one survives.
     // openraft 0.9 lets a follower start an election only after `election_timeout_max` (its
     // leader lease) plus its own timeout, drawn once from [min, max), checked every 1.5
-    // heartbeats: 600 + 300..600 ms here, so a survivor votes 0.9-1.2 s after the last
+    // heartbeats (75 ms): 600 + 300..600 ms here, so a survivor votes 0.9-1.3 s after the last
     // heartbeat. A leader sends no heartbeat while it waits for its log's fsync (openraft 0.9's
     // core awaits it), and under load fsyncs of 0.3-1 s are common on shared disks: with
     // 30/100/200 (a vote after 300-400 ms) such pauses deposed healthy leaders every minute or
