@@ -74,7 +74,7 @@ pub struct NodeConfig {
     pub election_timeout_max_ms: u64,
     pub request_timeout: Duration,
     pub snapshot_every_logs: u64,
-    /// And at least this share (%) of the entries the last snapshot covers
+    /// Or this share (%) of the entries the last snapshot covers, once that is more
     /// (`service::snapshot_schedule`; 0: every `snapshot_every_logs` entries).
     pub snapshot_growth_percent: u64,
     pub cache_capacity_bytes: u64,

@@ -94,13 +94,13 @@ pub struct ServeArgs {
     /// How long a request waits for a leader, commit or read index before 503/504.
     #[arg(long, env = "ORDO_REQUEST_TIMEOUT_MS", value_name = "MS", default_value_t = node::DEFAULT_REQUEST_TIMEOUT_MS)]
     pub request_timeout_ms: u64,
-    /// Build a snapshot (and purge the log) once at least this many entries have been applied
-    /// since the last one...
+    /// Build a snapshot (and purge the log) every this many entries... (the nodes take turns
+    /// within each interval, so they do not all dump at once)
     #[arg(long, env = "ORDO_SNAPSHOT_EVERY_LOGS", value_name = "ENTRIES", default_value_t = node::DEFAULT_SNAPSHOT_EVERY_LOGS)]
     pub snapshot_every_logs: u64,
-    /// ...and at least this percentage of the entries the last snapshot covers: the interval
-    /// grows with the store, so dumping it costs each write about the same at any size
-    /// (0: a fixed interval of --snapshot-every-logs entries).
+    /// ...or every this percentage of the entries the last one covers, once that is more: the
+    /// interval grows with the store, so dumping it costs each write about the same at any
+    /// size (0: a fixed interval of --snapshot-every-logs entries).
     #[arg(long, env = "ORDO_SNAPSHOT_GROWTH_PERCENT", value_name = "PERCENT", default_value_t = node::DEFAULT_SNAPSHOT_GROWTH_PERCENT)]
     pub snapshot_growth_percent: u64,
     /// sled page cache in MiB (each MiB costs about 3.5 MB of RSS; more serves reads a little
