@@ -78,6 +78,8 @@ pub struct NodeConfig {
     /// (`service::snapshot_schedule`; 0: every `snapshot_every_logs` entries).
     pub snapshot_growth_percent: u64,
     pub cache_capacity_bytes: u64,
+    /// Compress a new store's pages on disk (`StoreConfig::compress`).
+    pub compress_store: bool,
     /// Byte budget of one AppendEntries body (see `rpc::network`).
     pub max_append_bytes: usize,
     pub install_snapshot_timeout_ms: u64,
@@ -149,6 +151,7 @@ impl NodeConfig {
             snapshot_every_logs: DEFAULT_SNAPSHOT_EVERY_LOGS,
             snapshot_growth_percent: DEFAULT_SNAPSHOT_GROWTH_PERCENT,
             cache_capacity_bytes: crate::store::DEFAULT_CACHE_CAPACITY_BYTES,
+            compress_store: false,
             max_append_bytes: crate::rpc::network::DEFAULT_MAX_APPEND_BYTES,
             install_snapshot_timeout_ms: DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS,
             storage_failure_exit_after: Duration::from_millis(
@@ -387,6 +390,7 @@ pub async fn run(
         // encoded size (PayloadTooLarge), which this makes rare.
         read_batch_bytes: config.max_append_bytes,
         change_retention: config.change_feed.retention,
+        compress: config.compress_store,
     };
     if config.durability == Durability::UnsafeNoFsync {
         tracing::warn!("UNSAFE: log appends are acknowledged before fsync; a crash can lose acknowledged orders");

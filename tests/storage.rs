@@ -15,19 +15,35 @@ use ordo::store::{self, LogStore, OrderFilter, PageStart, StateMachineStore, Sto
 use proptest::prelude::*;
 use tempfile::TempDir;
 
-struct SledBuilder;
+struct SledBuilder {
+    compress: bool,
+}
+
+const PLAIN: SledBuilder = SledBuilder { compress: false };
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = TempDir::new().expect("temp dir");
-        let (log, sm) = store::open(&StoreConfig::new(dir.path())).expect("open store");
+        let (log, sm) = store::open(&compressed(dir.path(), self.compress)).expect("open store");
         Ok((dir, log, sm))
+    }
+}
+
+fn compressed(dir: &std::path::Path, compress: bool) -> StoreConfig {
+    StoreConfig {
+        compress,
+        ..StoreConfig::new(dir)
     }
 }
 
 #[test]
 fn openraft_conformance_suite() {
-    Suite::test_all(SledBuilder).expect("openraft storage suite");
+    Suite::test_all(PLAIN).expect("openraft storage suite");
+}
+
+#[test]
+fn openraft_conformance_suite_on_a_compressed_store() {
+    Suite::test_all(SledBuilder { compress: true }).expect("openraft storage suite");
 }
 
 fn log_id(term: u64, index: u64) -> LogId {
@@ -199,6 +215,39 @@ fn order_count(store: &StateMachineStore) -> u64 {
         .total
 }
 
+/// `--compress-store`: the same orders take far less disk in a compressed store, and a store
+/// keeps the setting it was created with, whatever a later open asks for (sled refuses to
+/// open a store with the other one).
+#[test]
+fn a_compressed_store_is_smaller_and_keeps_its_setting() {
+    let (plain, packed) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let orders = 30_000;
+    rt().block_on(async {
+        for (dir, compress) in [(&plain, false), (&packed, true)] {
+            let (mut log, mut sm) = store::open(&compressed(dir.path(), compress)).unwrap();
+            let entries: Vec<Entry> = (1..=orders)
+                .map(|i| entry(i, create(&format!("customer-{}", i % 100), None, i as i64)))
+                .collect();
+            for chunk in entries.chunks(500) {
+                log.blocking_append(chunk.to_vec()).await.unwrap();
+                sm.apply(chunk.to_vec()).await.unwrap();
+            }
+        }
+        let plain_bytes = store::disk_usage_bytes(plain.path());
+        let packed_bytes = store::disk_usage_bytes(packed.path());
+        assert!(
+            packed_bytes * 2 < plain_bytes,
+            "compressed {packed_bytes} bytes, plain {plain_bytes} bytes"
+        );
+        for (dir, asked) in [(&plain, true), (&packed, false)] {
+            let (mut log, sm) = store::open(&compressed(dir.path(), asked)).unwrap();
+            assert_eq!(order_count(&sm), orders);
+            let state = log.get_log_state().await.unwrap();
+            assert_eq!(state.last_log_id, Some(log_id(1, orders)));
+        }
+    });
+}
+
 /// Sends a snapshot to another node's store the way openraft does: receive, copy, install.
 async fn install(follower: &mut StateMachineStore, snap: ordo::raft::Snapshot) {
     let mut incoming = follower.begin_receiving_snapshot().await.unwrap();
@@ -221,8 +270,8 @@ fn a_snapshot_dumped_while_applies_go_on_is_the_state_where_it_began() {
         .build()
         .unwrap()
         .block_on(async {
-            let (_d1, _l1, mut leader) = SledBuilder.build().await.unwrap();
-            let (_d2, _l2, mut follower) = SledBuilder.build().await.unwrap();
+            let (_d1, _l1, mut leader) = PLAIN.build().await.unwrap();
+            let (_d2, _l2, mut follower) = PLAIN.build().await.unwrap();
             let base = 20_000u64;
             for chunk in (1..=base).collect::<Vec<_>>().chunks(500) {
                 let entries: Vec<Entry> = chunk
@@ -370,8 +419,8 @@ fn the_change_log_is_trimmed_behind_a_dump_and_caught_up_after_it() {
 #[test]
 fn snapshot_carries_orders_to_another_node() {
     rt().block_on(async {
-        let (_d1, _l1, mut leader) = SledBuilder.build().await.unwrap();
-        let (_d2, _l2, mut follower) = SledBuilder.build().await.unwrap();
+        let (_d1, _l1, mut leader) = PLAIN.build().await.unwrap();
+        let (_d2, _l2, mut follower) = PLAIN.build().await.unwrap();
         let entries: Vec<Entry> = (1..=2500)
             .map(|i| entry(i, create("snap", Some(&format!("k{i}")), i as i64)))
             .collect();
@@ -419,7 +468,7 @@ fn snapshot_carries_orders_to_another_node() {
 #[test]
 fn idempotency_replays_rejects_reuse_and_expires() {
     rt().block_on(async {
-        let (_d, _l, mut sm) = SledBuilder.build().await.unwrap();
+        let (_d, _l, mut sm) = PLAIN.build().await.unwrap();
         let day = 24 * 60 * 60 * 1000;
         let out = sm
             .apply([
@@ -576,8 +625,8 @@ proptest! {
             payload: EntryPayload::Normal(CommandBatch { commands: chunk.to_vec() }),
         }).collect();
         rt().block_on(async {
-            let (_da, _la, mut a) = SledBuilder.build().await.unwrap();
-            let (_db, _lb, mut b) = SledBuilder.build().await.unwrap();
+            let (_da, _la, mut a) = PLAIN.build().await.unwrap();
+            let (_db, _lb, mut b) = PLAIN.build().await.unwrap();
             let mut ra = Vec::new();
             for chunk in single.chunks(cut_a) { ra.extend(a.apply(chunk.to_vec()).await.unwrap()); }
             let rb = b.apply(grouped.clone()).await.unwrap();
@@ -639,7 +688,7 @@ fn a_purge_during_a_snapshot_install_never_passes_the_state_machine() {
 fn a_purge_held_during_an_install_is_done_when_the_install_is() {
     let dir = TempDir::new().unwrap();
     rt().block_on(async {
-        let (_d, _l, mut leader) = SledBuilder.build().await.unwrap();
+        let (_d, _l, mut leader) = PLAIN.build().await.unwrap();
         let all: Vec<Entry> = (1..=200)
             .map(|i| entry(i, create("c", None, i as i64)))
             .collect();
@@ -807,7 +856,7 @@ fn replication_reads_are_bounded_in_bytes_but_never_empty() {
 #[test]
 fn a_fixed_history_leaves_the_state_it_always_did() {
     rt().block_on(async {
-        let (_d, _l, mut sm) = SledBuilder.build().await.unwrap();
+        let (_d, _l, mut sm) = PLAIN.build().await.unwrap();
         let mut x: u64 = 0x5eed;
         let mut next = |n: u64| {
             x = x

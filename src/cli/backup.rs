@@ -44,6 +44,10 @@ pub struct RestoreArgs {
     /// A new (absent or empty) data directory for the first node of the new cluster.
     #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
+    /// Compress the restored store on disk, as `ordo serve --compress-store` does for a new
+    /// one (the store keeps this for good).
+    #[arg(long)]
+    pub compress_store: bool,
 }
 
 fn describe(v: &VerifiedBackup) -> String {
@@ -149,7 +153,7 @@ pub fn restore(conn: &ConnArgs, args: RestoreArgs) -> anyhow::Result<i32> {
         std::fs::remove_dir_all(&building)
             .with_context(|| format!("removing the leftover {}", building.display()))?;
     }
-    let verified = match backup::restore(&args.from, &building) {
+    let verified = match backup::restore(&args.from, &building, args.compress_store) {
         Ok(v) => v,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&building);

@@ -107,6 +107,11 @@ pub struct ServeArgs {
     /// faster).
     #[arg(long, env = "ORDO_CACHE_MIB", value_name = "MIB", default_value_t = DEFAULT_CACHE_CAPACITY_BYTES / (1024 * 1024))]
     pub cache_mib: u64,
+    /// Compress the store's pages on disk (zstd): about a quarter of the disk per order, at
+    /// about half the write rate and +50 MB of RSS on two cores. Taken when the data dir is
+    /// created; an existing store keeps what it was created with.
+    #[arg(long, env = "ORDO_COMPRESS_STORE")]
+    pub compress_store: bool,
     /// Byte budget of one append to a follower, KiB: larger batches are cut (one entry is
     /// always sent whole). Each append must be written and fsynced by the follower within
     /// one heartbeat interval, openraft's timeout for it. At most 8192.
@@ -376,6 +381,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         snapshot_every_logs: args.snapshot_every_logs,
         snapshot_growth_percent: args.snapshot_growth_percent,
         cache_capacity_bytes: args.cache_mib * 1024 * 1024,
+        compress_store: args.compress_store,
         // Peers refuse append bodies over 16 MiB: keep batches well under that.
         max_append_bytes: (args.max_append_kib.clamp(1, 8192) * 1024) as usize,
         install_snapshot_timeout_ms: args.install_snapshot_timeout_ms,

@@ -206,8 +206,8 @@ impl StateDigest {
 /// Restores the backup at `from` into the empty directory `dir`: the snapshot becomes the
 /// node's current snapshot and its state machine; the log starts after it. The node started
 /// there still holds the old cluster's membership: the caller makes it a one-node cluster
-/// (`force_single_member`, on its first start).
-pub fn restore(from: &Path, dir: &Path) -> Result<VerifiedBackup, StoreError> {
+/// (`force_single_member`, on its first start). `compress`: `StoreConfig::compress`.
+pub fn restore(from: &Path, dir: &Path, compress: bool) -> Result<VerifiedBackup, StoreError> {
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         return Err(StoreError::Corrupt(format!(
             "{} is not empty: restore only into a new directory",
@@ -229,7 +229,10 @@ pub fn restore(from: &Path, dir: &Path) -> Result<VerifiedBackup, StoreError> {
     // failure leaves a directory the caller throws away).
     snapshots.publish(&temp)?;
     drop(snapshots);
-    let (log, sm) = super::open(&super::StoreConfig::new(dir))?;
+    let (log, sm) = super::open(&super::StoreConfig {
+        compress,
+        ..super::StoreConfig::new(dir)
+    })?;
     let meta = sm.load_current_snapshot()?;
     let last = meta
         .last_log_id
