@@ -235,8 +235,10 @@ fn a_compressed_store_is_smaller_and_keeps_its_setting() {
         }
         let plain_bytes = store::disk_usage_bytes(plain.path());
         let packed_bytes = store::disk_usage_bytes(packed.path());
+        // About half here (sled's segments make small stores lumpy: 0.48-0.51 seen); the
+        // same bytes written twice without compression come out about equal.
         assert!(
-            packed_bytes * 2 < plain_bytes,
+            packed_bytes * 3 < plain_bytes * 2,
             "compressed {packed_bytes} bytes, plain {plain_bytes} bytes"
         );
         for (dir, asked) in [(&plain, true), (&packed, false)] {
@@ -244,6 +246,14 @@ fn a_compressed_store_is_smaller_and_keeps_its_setting() {
             assert_eq!(order_count(&sm), orders);
             let state = log.get_log_state().await.unwrap();
             assert_eq!(state.last_log_id, Some(log_id(1, orders)));
+            // sled's own record of the setting (sled 0.34's `conf`) is the store's, not the
+            // one asked for.
+            let conf = std::fs::read(dir.path().join("sled/conf")).unwrap();
+            let conf = String::from_utf8_lossy(&conf);
+            assert!(
+                conf.contains(&format!("use_compression: {}", !asked)),
+                "{conf}"
+            );
         }
     });
 }

@@ -22,7 +22,9 @@
 //! answer quickly: on one machine the three dumps stalled the disk for seconds, and on three
 //! machines the leader and both followers would be slow at once. So the rule's points are fixed
 //! (those it gives from an empty store: 100k, 200k, 300k, 450k, ... entries), and the node that
-//! is k-th of n in the membership (by id) dumps k/n of the way into each interval. With the
+//! is k-th of n in the membership (by id, from 0; learners too) dumps k/n of the way into each
+//! interval. Turns are spaced in entries, so a dump longer than its share of an interval still
+//! overlaps the next node's; a membership change shifts them (at most an early dump). With the
 //! defaults and three nodes, past a million entries one node dumps every ~170k entries or more,
 //! each in turn, where all three dumped every 500k entries at once. The points do not
 //! depend on when a node last dumped, so the turns survive restarts; a node whose last snapshot

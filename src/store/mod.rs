@@ -263,9 +263,21 @@ fn open_sled(config: &StoreConfig) -> Result<sled::Db, StoreError> {
                      (--compress-store only applies to new data dirs)"
                 );
             }
-            other => return Ok(other?),
+            Ok(db) => {
+                sync_sled_conf(&config.dir.join("sled"))?;
+                return Ok(db);
+            }
+            Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// sled writes its `conf` file, which holds the compression setting, without an fsync. Were it
+/// lost in a crash soon after the store was made, sled would take the next start's setting for
+/// the store's and fail to read its own pages; so it is made durable on every open.
+fn sync_sled_conf(sled_dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(sled_dir.join("conf"))?.sync_all()?;
+    std::fs::File::open(sled_dir)?.sync_all()
 }
 
 /// Bytes the store occupies on disk (sled files and snapshots).
