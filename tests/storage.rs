@@ -24,12 +24,13 @@ const PLAIN: SledBuilder = SledBuilder { compress: false };
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = TempDir::new().expect("temp dir");
-        let (log, sm) = store::open(&compressed(dir.path(), self.compress)).expect("open store");
+        let (log, sm) = store::open(&store_config(dir.path(), self.compress)).expect("open store");
         Ok((dir, log, sm))
     }
 }
 
-fn compressed(dir: &std::path::Path, compress: bool) -> StoreConfig {
+/// The default store config in `dir`, compressed on disk or not (`--compress-store`).
+fn store_config(dir: &std::path::Path, compress: bool) -> StoreConfig {
     StoreConfig {
         compress,
         ..StoreConfig::new(dir)
@@ -224,7 +225,7 @@ fn a_compressed_store_is_smaller_and_keeps_its_setting() {
     let orders = 30_000;
     rt().block_on(async {
         for (dir, compress) in [(&plain, false), (&packed, true)] {
-            let (mut log, mut sm) = store::open(&compressed(dir.path(), compress)).unwrap();
+            let (mut log, mut sm) = store::open(&store_config(dir.path(), compress)).unwrap();
             let entries: Vec<Entry> = (1..=orders)
                 .map(|i| entry(i, create(&format!("customer-{}", i % 100), None, i as i64)))
                 .collect();
@@ -242,7 +243,7 @@ fn a_compressed_store_is_smaller_and_keeps_its_setting() {
             "compressed {packed_bytes} bytes, plain {plain_bytes} bytes"
         );
         for (dir, asked) in [(&plain, true), (&packed, false)] {
-            let (mut log, sm) = store::open(&compressed(dir.path(), asked)).unwrap();
+            let (mut log, sm) = store::open(&store_config(dir.path(), asked)).unwrap();
             assert_eq!(order_count(&sm), orders);
             let state = log.get_log_state().await.unwrap();
             assert_eq!(state.last_log_id, Some(log_id(1, orders)));
