@@ -11,6 +11,11 @@ pub(super) struct Overlay<'a> {
     /// is removed in this overlay, so the next scan starts after it instead of walking past
     /// every key removed so far (which made a batch of expiries quadratic).
     cursors: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Per prefix, a bound below which `remove_lowest` has taken every committed key under the
+    /// prefix. The committed tree does not change while the overlay lives, so later scans of
+    /// the tree start there. Expiries are looked for once per command and almost always find
+    /// nothing; each look used to walk down the tree again (3% of a loaded leader's CPU).
+    swept: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 impl<'a> Overlay<'a> {
@@ -19,6 +24,7 @@ impl<'a> Overlay<'a> {
             tree,
             writes: BTreeMap::new(),
             cursors: BTreeMap::new(),
+            swept: BTreeMap::new(),
         }
     }
 
@@ -61,18 +67,33 @@ impl<'a> Overlay<'a> {
             return Ok(Vec::new());
         }
         let mut keys = std::collections::BTreeSet::new();
-        for kv in self.tree.range(start.clone()..upper.to_vec()).keys() {
-            let k = kv?;
-            if keys.len() >= limit {
-                break;
-            }
-            if !matches!(self.writes.get(k.as_ref()), Some(None)) {
-                keys.insert(k.to_vec());
+        let tree_from = match self.swept.get(prefix) {
+            Some(bound) if *bound > start => bound.clone(),
+            _ => start.clone(),
+        };
+        let mut tree_done = true;
+        if tree_from.as_slice() < upper {
+            for kv in self.tree.range(tree_from..upper.to_vec()).keys() {
+                let k = kv?;
+                if keys.len() >= limit {
+                    tree_done = false;
+                    break;
+                }
+                if !matches!(self.writes.get(k.as_ref()), Some(None)) {
+                    keys.insert(k.to_vec());
+                }
             }
         }
         for (k, v) in self.writes.range(start..upper.to_vec()) {
             if v.is_some() {
                 keys.insert(k.clone());
+            }
+        }
+        if tree_done && keys.len() <= limit {
+            // Every committed key below `upper` is taken now (or was before).
+            let bound = self.swept.entry(prefix.to_vec()).or_default();
+            if bound.as_slice() < upper {
+                *bound = upper.to_vec();
             }
         }
         let keys: Vec<Vec<u8>> = keys.into_iter().take(limit).collect();
@@ -134,5 +155,38 @@ mod tests {
         );
         assert_eq!(ov.get(&[b'x', 10]).unwrap(), None);
         assert!(ov.get(b"y").unwrap().is_some());
+    }
+
+    #[test]
+    fn remove_lowest_with_a_rising_bound_takes_each_key_once_and_sees_later_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("t").unwrap();
+        for i in (0..20u8).step_by(2) {
+            tree.insert([b'x', i], vec![]).unwrap();
+        }
+        let mut ov = Overlay::new(&tree);
+        let x = |i: u8| vec![b'x', i];
+        // Nothing below the bound yet, then the keys below each new bound, each once.
+        assert!(ov.remove_lowest(b"x", &x(0), 100).unwrap().is_empty());
+        assert_eq!(
+            ov.remove_lowest(b"x", &x(5), 100).unwrap(),
+            [x(0), x(2), x(4)]
+        );
+        assert!(ov.remove_lowest(b"x", &x(5), 100).unwrap().is_empty());
+        assert!(ov.remove_lowest(b"x", &x(3), 100).unwrap().is_empty());
+        // A limit leaves the rest for the next call.
+        assert_eq!(ov.remove_lowest(b"x", &x(13), 2).unwrap(), [x(6), x(8)]);
+        assert_eq!(ov.remove_lowest(b"x", &x(13), 100).unwrap(), [x(10), x(12)]);
+        // Keys the overlay writes below the swept bound, committed ones above it.
+        ov.insert(x(1), vec![]);
+        ov.insert(x(13), vec![]);
+        assert_eq!(
+            ov.remove_lowest(b"x", &x(17), 100).unwrap(),
+            [x(1), x(13), x(14), x(16)]
+        );
+        assert_eq!(ov.remove_lowest(b"x", &x(255), 100).unwrap(), [x(18)]);
+        ov.commit().unwrap();
+        assert_eq!(tree.scan_prefix(b"x").count(), 0);
     }
 }
