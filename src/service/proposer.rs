@@ -20,11 +20,10 @@ use crate::rpc::clock::{wall_clock_ms, PeerClocks};
 use crate::rpc::{LeaderAnswer, WriteRequest};
 use crate::telemetry;
 
-/// Proposals in flight at once. One: openraft 0.9's core appends entries one at a time and
-/// waits for each fsync, so a second proposal in flight overlaps little and splits the queue
-/// into smaller entries (more fsyncs, appends and apply chunks per order). Measured against 2
-/// and 4 in
-/// docs/performance.md ("One proposal at a time").
+/// Proposals in flight at once. One: a second proposal would overlap the first one's
+/// replication, commit and apply, but it splits the queue into smaller entries (more fsyncs,
+/// appends and apply chunks per order), and on a CPU-bound node that cost more than the
+/// overlap gave (A/B against 2 and 4 in docs/performance.md, "One proposal at a time").
 const MAX_IN_FLIGHT: usize = 1;
 /// Commands per log entry, at most.
 const MAX_BATCH: usize = 256;
@@ -43,6 +42,8 @@ const QUEUE: usize = 4096;
 struct Pending {
     req: WriteRequest,
     reply: oneshot::Sender<Answer<CommandOutcome>>,
+    /// When the caller stops waiting for the answer.
+    deadline: Instant,
 }
 
 /// The handle the API proposes writes through.
@@ -61,11 +62,27 @@ impl Proposer {
     }
 
     /// Proposes one write (stamped by this leader) and waits for its outcome until
-    /// `deadline`; past it the outcome is unknown (504).
+    /// `deadline`; past it the outcome is unknown (504). A write that cannot even join the
+    /// queue by then was never proposed: 503, safe to retry.
     pub async fn propose(&self, req: WriteRequest, deadline: Instant) -> Answer<CommandOutcome> {
         let (reply, answer) = oneshot::channel();
-        if self.tx.send(Pending { req, reply }).await.is_err() {
-            return LeaderAnswer::Failed(ServiceError::Unavailable("node is shutting down".into()));
+        let pending = Pending {
+            req,
+            reply,
+            deadline,
+        };
+        match tokio::time::timeout_at(deadline, self.tx.send(pending)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                return LeaderAnswer::Failed(ServiceError::Unavailable(
+                    "node is shutting down".into(),
+                ))
+            }
+            Err(_) => {
+                return LeaderAnswer::Failed(ServiceError::Unavailable(
+                    "too many writes are waiting on this leader; retry".into(),
+                ))
+            }
         }
         match tokio::time::timeout_at(deadline, answer).await {
             Ok(Ok(answer)) => answer,
@@ -153,9 +170,9 @@ async fn run(
         // A caller that gave up (its deadline passed while queued) has been told the outcome
         // is unknown; proposing its write now would only make that answer come true late.
         batch.retain(|p| !p.reply.is_closed());
-        if batch.is_empty() {
+        let Some(latest) = batch.iter().map(|p| p.deadline).max() else {
             continue;
-        }
+        };
         let Some(stamped_at_ms) = wait_cluster_time_ms(&raft, &clocks, &mut last_warned).await
         else {
             // Not proposed: no quorum's clocks, and very likely no quorum either.
@@ -197,9 +214,12 @@ async fn run(
                 .collect();
             metrics::counter!(telemetry::PROPOSALS).increment(1);
             metrics::histogram!(telemetry::PROPOSAL_BATCH).record(keyed.len() as f64);
+            // Not past the last caller's deadline: then every caller has been told the outcome
+            // is unknown, and the one proposal slot would only keep the writes queued behind
+            // this one waiting (a leader cut off from its followers answers nothing).
+            let until = latest.min(Instant::now() + commit_timeout);
             let written =
-                tokio::time::timeout(commit_timeout, raft.client_write(CommandBatch { commands }))
-                    .await;
+                tokio::time::timeout_at(until, raft.client_write(CommandBatch { commands })).await;
             let answers = answers_for(written, &keyed);
             for (reply, answer) in replies.into_iter().zip(answers) {
                 let _ = reply.send(answer);

@@ -189,4 +189,28 @@ mod tests {
         ov.commit().unwrap();
         assert_eq!(tree.scan_prefix(b"x").count(), 0);
     }
+
+    #[test]
+    fn remove_lowest_keeps_scanning_the_tree_when_overlay_writes_filled_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let x = |i: u8| vec![b'x', i];
+        for i in [0, 2, 4] {
+            tree.insert(x(i), vec![]).unwrap();
+        }
+        let mut ov = Overlay::new(&tree);
+        ov.insert(x(1), vec![]);
+        ov.insert(x(3), vec![]);
+        // The tree's keys below x5 were all seen, but the limit left x4 in the tree.
+        assert_eq!(
+            ov.remove_lowest(b"x", &x(5), 3).unwrap(),
+            [x(0), x(1), x(2)]
+        );
+        assert_eq!(ov.remove_lowest(b"x", &x(5), 10).unwrap(), [x(3), x(4)]);
+        // Below a swept bound only overlay writes are left to find.
+        ov.insert(x(2), vec![]);
+        assert_eq!(ov.remove_lowest(b"x", &x(3), 10).unwrap(), [x(2)]);
+        assert!(ov.remove_lowest(b"x", &x(5), 10).unwrap().is_empty());
+    }
 }
