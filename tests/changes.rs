@@ -539,8 +539,11 @@ async fn a_node_that_installed_a_snapshot_serves_the_same_window() {
     .await;
     let behind = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
     cluster.kill(behind);
-    // More than the 1000 entries the log keeps past a snapshot: it must get a snapshot.
-    write_orders(&client, 4, 330, "s", 0).await;
+    // More than the 1000 entries the log keeps past a snapshot, so it must get a snapshot:
+    // one writer, so that each order is an entry of its own (the leader puts concurrent
+    // writes into one entry).
+    const WRITTEN: u64 = 1300;
+    write_orders(&client, 1, WRITTEN, "s", 0).await;
     cluster.spawn(behind);
     let applied = |s: Option<serde_json::Value>| s.and_then(|s| s["last_applied"].as_u64());
     let target = applied(cluster.status(leader).await).unwrap();
@@ -577,7 +580,7 @@ async fn a_node_that_installed_a_snapshot_serves_the_same_window() {
     // One more change after it is back, so that both trim in the same apply. A snapshot dump
     // running on a node at that apply holds the node's trim back until its next apply
     // (`store::changes`): then one more change, a bounded number of times.
-    let mut newest = 4 * 330;
+    let mut newest = WRITTEN;
     let (mut on_leader, mut on_behind) = (0, 0);
     for _ in 0..3 {
         client
