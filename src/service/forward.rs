@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 use super::error::{Answer, ServiceError};
+use super::{queue_and_wait, QueueWords};
 use crate::order::CommandOutcome;
 use crate::rpc::client::{leader_answer_of, CallError, RpcClient};
 use crate::rpc::{
@@ -76,28 +77,13 @@ impl WriteForwarder {
             request_id: REQUEST_ID.try_with(Clone::clone).ok(),
             reply,
         };
-        match tokio::time::timeout_at(deadline, self.tx.send(forward)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                return LeaderAnswer::Failed(ServiceError::Unavailable(
-                    "node is shutting down".into(),
-                ))
-            }
-            Err(_) => {
-                return LeaderAnswer::Failed(ServiceError::Unavailable(
-                    "no room to forward the write to the leader before its deadline".into(),
-                ))
-            }
-        }
-        match tokio::time::timeout_at(deadline + ANSWER_GRACE, answer).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => LeaderAnswer::Failed(ServiceError::OutcomeUnknown(
-                "the forwarded write's answer was lost".into(),
-            )),
-            Err(_) => LeaderAnswer::Failed(ServiceError::OutcomeUnknown(
-                "the leader did not answer the forwarded write in time".into(),
-            )),
-        }
+        let words = QueueWords {
+            full: "no room to forward the write to the leader before its deadline",
+            lost: "the forwarded write's answer was lost",
+            late: "the leader did not answer the forwarded write in time",
+        };
+        let answer_by = deadline + ANSWER_GRACE;
+        queue_and_wait(&self.tx, forward, answer, deadline, answer_by, words).await
     }
 }
 

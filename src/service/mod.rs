@@ -237,3 +237,36 @@ impl LeaderCalls for Service {
             .map_err(Into::into)
     }
 }
+
+/// What the caller of a batching queue (`proposer`, `forward`) is told when its write does not
+/// get an answer: it could not join the queue by its deadline (`full`: never sent, 503, safe
+/// to retry), the queue's task dropped it (`lost`), or no answer came in time (`late`); the
+/// last two leave the outcome unknown (504).
+struct QueueWords {
+    full: &'static str,
+    lost: &'static str,
+    late: &'static str,
+}
+
+/// Puts `item` on a batching task's queue by `deadline`, then waits until `answer_by` for the
+/// answer the task sends on `answer`.
+async fn queue_and_wait<T>(
+    queue: &tokio::sync::mpsc::Sender<T>,
+    item: T,
+    answer: tokio::sync::oneshot::Receiver<Answer<CommandOutcome>>,
+    deadline: Instant,
+    answer_by: Instant,
+    words: QueueWords,
+) -> Answer<CommandOutcome> {
+    let failed = |e: ServiceError| LeaderAnswer::Failed(e);
+    match tokio::time::timeout_at(deadline, queue.send(item)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return failed(ServiceError::Unavailable("node is shutting down".into())),
+        Err(_) => return failed(ServiceError::Unavailable(words.full.into())),
+    }
+    match tokio::time::timeout_at(answer_by, answer).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(_)) => failed(ServiceError::OutcomeUnknown(words.lost.into())),
+        Err(_) => failed(ServiceError::OutcomeUnknown(words.late.into())),
+    }
+}

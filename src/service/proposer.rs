@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 use super::error::{Answer, ServiceError};
+use super::{queue_and_wait, QueueWords};
 use crate::order::{CommandBatch, CommandOutcome, OrderCommand};
 use crate::raft::{NodeId, Raft, TypeConfig};
 use crate::rpc::clock::{wall_clock_ms, PeerClocks};
@@ -71,28 +72,12 @@ impl Proposer {
             reply,
             deadline,
         };
-        match tokio::time::timeout_at(deadline, self.tx.send(pending)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                return LeaderAnswer::Failed(ServiceError::Unavailable(
-                    "node is shutting down".into(),
-                ))
-            }
-            Err(_) => {
-                return LeaderAnswer::Failed(ServiceError::Unavailable(
-                    "too many writes are waiting on this leader; retry".into(),
-                ))
-            }
-        }
-        match tokio::time::timeout_at(deadline, answer).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => LeaderAnswer::Failed(ServiceError::OutcomeUnknown(
-                "the write's outcome was lost".into(),
-            )),
-            Err(_) => LeaderAnswer::Failed(ServiceError::OutcomeUnknown(
-                "write was not committed in time".into(),
-            )),
-        }
+        let words = QueueWords {
+            full: "too many writes are waiting on this leader; retry",
+            lost: "the write's outcome was lost",
+            late: "write was not committed in time",
+        };
+        queue_and_wait(&self.tx, pending, answer, deadline, deadline, words).await
     }
 }
 
