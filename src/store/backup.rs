@@ -188,7 +188,8 @@ impl StateDigest {
             || k.starts_with(super::keys::CHANGE_PREFIX)
             || k.starts_with(super::keys::COUNT_PREFIX)
             || k.starts_with(super::keys::CUSTOMER_PREFIX)
-            || k.starts_with(super::keys::STATUS_PREFIX)
+            || k.starts_with(super::keys::STATUS_BITS_PREFIX)
+            || k.starts_with(super::keys::OLD_STATUS_PREFIX)
         {
             return;
         }

@@ -5,10 +5,12 @@
 //!   the stamp that last moved it (see `order::apply`); `m:users_begun`: a user has existed;
 //! - `o` + id: an order and the revision of its last change (`order_state::stored_order`;
 //!   before layout 2 the revision had a key of its own, `v` + id); `c` + customer + id
-//!   (value: the order's status tag) and `s` + status + id (empty value): the listing indexes; `n` + `s` + status: how many orders the
-//!   status index holds; `c` + customer + `0xFF`: how many of the customer's orders are in
-//!   each status (`list_index::CustomerCounts`; it sorts right after the customer's newest
-//!   index entry, so a create usually changes both in one sled page). A list's total is a
+//!   (value: the order's status tag) and `b` + status + id / 64 (value: a map of which of those
+//!   64 ids are in that status, `status_index`; before layout 3, `s` + status + id with an
+//!   empty value): the listing indexes; `n` + `s` + status: how many orders are in the
+//!   status; `c` + customer + `0xFF`: how many of the customer's orders are in each status
+//!   (`list_index::CustomerCounts`; it sorts right after the customer's newest index entry,
+//!   so a create usually changes both in one sled page). A list's total is a
 //!   read, never a count. `m:listing_at:2`: the applied log id the counters and the customer
 //!   index's statuses were last kept up to (a store written by a version without them, or
 //!   without the customer counters, is rebuilt at open, see `list_index`);
@@ -22,10 +24,11 @@
 //!
 //! Ids and expiries are big-endian, so sled's byte order is their numeric order.
 //!
-//! Snapshot dumps rely on this layout (`Horizon`): a key that starts with `o`, `s`, `c` or
-//! `e` and has the shape of an order's own key or a change record is judged new by its id. A
-//! new kind of key must not take one of those first bytes unless its length can never be that
-//! shape's (as a customer's counters: one byte after the customer, never an 8-byte id).
+//! Snapshot dumps rely on this layout (`Horizon`): a key that starts with `o`, `b`, `c` or
+//! `e` and has the shape of an order's own key, a status map or a change record is judged new
+//! by its id (a map by the lowest id it can hold). A new kind of key must not take one of
+//! those first bytes unless its length can never be that shape's (as a customer's counters:
+//! one byte after the customer, never an 8-byte id).
 
 use crate::order::OrderStatus;
 
@@ -43,7 +46,9 @@ pub const COUNTS_AT: &[u8] = b"m:listing_at:2";
 pub const OLD_COUNTS_AT: [&[u8]; 2] = [b"m:listing_at", b"m:counts_at"];
 /// The prefixes of the listing indexes (customer, status).
 pub const CUSTOMER_PREFIX: &[u8] = b"c";
-pub const STATUS_PREFIX: &[u8] = b"s";
+pub const STATUS_BITS_PREFIX: &[u8] = b"b";
+/// Before layout 3: the status index as one key per order, `s` + status tag + id.
+pub const OLD_STATUS_PREFIX: &[u8] = b"s";
 /// The prefix of the listing counters.
 pub const COUNT_PREFIX: &[u8] = b"n";
 /// The prefix of the change records.
@@ -107,15 +112,16 @@ pub fn split_customer_key(key: &[u8]) -> Option<(&[u8], bool)> {
     }
 }
 
-pub fn status_prefix(status: OrderStatus) -> Vec<u8> {
-    vec![STATUS_PREFIX[0], status.tag()]
+/// The prefix of a status's maps in the status index (`status_index`); the key of a map is
+/// this + the 64 ids' group (`status_index::locate`).
+pub fn status_bits_prefix(status: OrderStatus) -> Vec<u8> {
+    vec![STATUS_BITS_PREFIX[0], status.tag()]
 }
 
-/// The counter of an index prefix (`status_prefix`).
-pub fn count(index_prefix: &[u8]) -> Vec<u8> {
-    let mut k = COUNT_PREFIX.to_vec();
-    k.extend_from_slice(index_prefix);
-    k
+/// The counter of the orders in `status` (its key predates layout 3's maps, and kept the old
+/// index's prefix: `n` + `s` + tag).
+pub fn status_count(status: OrderStatus) -> Vec<u8> {
+    vec![COUNT_PREFIX[0], OLD_STATUS_PREFIX[0], status.tag()]
 }
 
 pub fn with_id(mut prefix: Vec<u8>, id: u64) -> Vec<u8> {
@@ -145,14 +151,20 @@ pub struct Horizon {
 
 impl Horizon {
     /// Whether `key` cannot have existed at the horizon: an order's own keys (the order, its
-    /// status and customer index entries) for an id from `next_id` on, or a
-    /// change record above `revision`. Ids and revisions only grow, so such a key is new.
-    /// False for every other key, including ones it cannot parse.
+    /// customer index entry) for an id from `next_id` on, a status map whose every id is from
+    /// `next_id` on, or a change record above `revision`. Ids and revisions only grow, so
+    /// such a key is new. (A map holding older ids too may have existed: it is saved before
+    /// it changes, as any other key.) False for every other key, including ones it cannot
+    /// parse.
     pub fn is_past(&self, key: &[u8]) -> bool {
         let id_keyed = |prefix_len: usize| key.len() == prefix_len + 8;
         match key.first().copied() {
             Some(p) if p == ORDER_PREFIX[0] => id_keyed(1) && id_suffix(key) >= self.next_id,
-            Some(p) if p == STATUS_PREFIX[0] => id_keyed(2) && id_suffix(key) >= self.next_id,
+            Some(p) if p == STATUS_BITS_PREFIX[0] => {
+                id_keyed(2)
+                    && id_suffix(key).saturating_mul(super::status_index::IDS_PER_KEY)
+                        >= self.next_id
+            }
             Some(p) if p == CUSTOMER_PREFIX[0] && key.len() >= 3 => {
                 let customer_len = u16::from_be_bytes([key[1], key[2]]) as usize;
                 id_keyed(3 + customer_len) && id_suffix(key) >= self.next_id
@@ -237,14 +249,9 @@ mod tests {
             next_id: 10,
             revision: 20,
         };
-        let status = status_prefix(OrderStatus::Pending);
+        let status = status_bits_prefix(OrderStatus::Pending);
         for (id, new) in [(9, false), (10, true), (11, true)] {
             assert_eq!(horizon.is_past(&order(id)), new, "order {id}");
-            assert_eq!(
-                horizon.is_past(&with_id(status.clone(), id)),
-                new,
-                "status of {id}"
-            );
             for customer in ["", "c", "a customer with a longer id"] {
                 let key = with_id(customer_prefix(customer), id);
                 assert_eq!(horizon.is_past(&key), new, "customer {customer:?} of {id}");
@@ -252,9 +259,31 @@ mod tests {
         }
         assert!(!horizon.is_past(&change(20)));
         assert!(horizon.is_past(&change(21)));
+        // A status map is new only if every id it can hold is: ids 64-127 for map 1.
+        for (next_id, map, new) in [
+            (10, 0, false),
+            (10, 1, true),
+            (64, 1, true),
+            (65, 1, false),
+            (127, 1, false),
+            (128, 1, false),
+            (128, 2, true),
+            (u64::MAX, u64::MAX, true),
+        ] {
+            let horizon = Horizon {
+                next_id,
+                revision: 0,
+            };
+            assert_eq!(
+                horizon.is_past(&with_id(status.clone(), map)),
+                new,
+                "map {map} at next id {next_id}"
+            );
+        }
         // Keys without an order id or revision are never known to be new.
         for key in [
-            count(&status),
+            status_count(OrderStatus::Pending),
+            with_id(vec![OLD_STATUS_PREFIX[0], OrderStatus::Pending.tag()], 11),
             customer_counts("c"),
             customer_counts(""),
             NEXT_ID.to_vec(),

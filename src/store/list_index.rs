@@ -1,4 +1,4 @@
-//! The listing indexes' derived parts: the status counters (`keys::count`), each customer's
+//! The listing indexes' derived parts: the status counters (`keys::status_count`), each customer's
 //! counters by status (`CustomerCounts`) and the statuses in the customer index's values,
 //! kept by `order_state` on every apply and rebuilt here for a store that was written without
 //! them.
@@ -79,9 +79,7 @@ pub(super) fn ensure(sm: &sled::Tree) -> Result<bool, StoreError> {
     for kv in sm.scan_prefix(keys::ORDER_PREFIX) {
         let (_, v) = kv?;
         let (order, _) = stored_order::decode(&v)?;
-        *counts
-            .entry(keys::count(&keys::status_prefix(order.status)))
-            .or_default() += 1;
+        *counts.entry(keys::status_count(order.status)).or_default() += 1;
         batch.insert(
             keys::with_id(keys::customer_prefix(&order.customer_id), order.id),
             vec![order.status.tag()],

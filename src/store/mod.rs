@@ -18,6 +18,7 @@ mod reader;
 mod snapshot_file;
 mod snapshot_view;
 mod state_machine;
+mod status_index;
 mod upgrade;
 
 use std::path::{Path, PathBuf};

@@ -8,9 +8,12 @@ use sha2::{Digest, Sha256};
 use super::keys;
 use super::list_index::CustomerCounts;
 use super::overlay::Overlay;
+use super::status_index;
 use super::StoreError;
 use crate::codec;
-use crate::order::{ChangeRecord, CustomRole, IdempotencyRecord, Order, OrderOp, OrderState, User};
+use crate::order::{
+    ChangeRecord, CustomRole, IdempotencyRecord, Order, OrderOp, OrderState, OrderStatus, User,
+};
 
 /// The state of one apply chunk: reads see the chunk's earlier writes, and the whole chunk is
 /// committed as one sled batch by the caller.
@@ -48,19 +51,26 @@ impl OverlayState<'_, '_> {
         Ok(())
     }
 
-    /// Puts `id` under a counted index prefix (the status index: `delta` 1) or takes it out
-    /// (`delta` -1), and moves the prefix's counter with it; a counter at zero is removed.
-    fn index_counted(&mut self, prefix: Vec<u8>, id: u64, delta: i64) -> Result<(), StoreError> {
-        let counter = keys::count(&prefix);
+    /// Puts `id` in the status index under `status` (`delta` 1) or takes it out (`delta` -1),
+    /// and moves the status's counter with it; a map or counter at zero is removed.
+    fn index_status(&mut self, status: OrderStatus, id: u64, delta: i64) -> Result<(), StoreError> {
+        let (group, bit) = status_index::locate(id);
+        let map = keys::with_id(keys::status_bits_prefix(status), group);
+        let bits = match self.0.get(&map)? {
+            Some(v) => status_index::decode(&v)?,
+            None => 0,
+        };
+        let bits = if delta > 0 { bits | bit } else { bits & !bit };
+        if bits == 0 {
+            self.0.remove(map);
+        } else {
+            self.0.insert(map, status_index::encode(bits));
+        }
+        let counter = keys::status_count(status);
         let n: u64 = self.get(&counter)?.unwrap_or(0);
         let n = n.checked_add_signed(delta).ok_or_else(|| {
             StoreError::Corrupt(format!("a listing counter would pass zero: {counter:?}"))
         })?;
-        if delta > 0 {
-            self.0.insert(keys::with_id(prefix, id), Vec::new());
-        } else {
-            self.0.remove(keys::with_id(prefix, id));
-        }
         if n == 0 {
             self.0.remove(counter);
             Ok(())
@@ -117,10 +127,10 @@ impl OrderState for OverlayState<'_, '_> {
         let counts_key = keys::customer_counts(&order.customer_id);
         let mut counts: CustomerCounts = self.get(&counts_key)?.unwrap_or_default();
         if let Some(previous) = previous {
-            self.index_counted(keys::status_prefix(previous.status), order.id, -1)?;
+            self.index_status(previous.status, order.id, -1)?;
             counts.add(previous.status, -1)?;
         }
-        self.index_counted(keys::status_prefix(order.status), order.id, 1)?;
+        self.index_status(order.status, order.id, 1)?;
         counts.add(order.status, 1)?;
         // The customer index's value is the order's status: a customer's orders in a status
         // are found without reading the orders. (Not a second, composite index: that and a
@@ -258,10 +268,14 @@ mod tests {
             let expiries: Vec<Vec<u8>> = tree.scan_prefix(keys::EXPIRY_PREFIX).keys().map(|k| k.unwrap().to_vec()).collect();
             let expected: Vec<Vec<u8>> = model.expiries.iter().map(|(at, key)| keys::expiry(*at, key)).collect();
             prop_assert_eq!(expiries, expected);
-            let by_status: Vec<Vec<u8>> = tree.scan_prefix(b"s").keys().map(|k| k.unwrap().to_vec()).collect();
-            let mut expected: Vec<Vec<u8>> = orders.iter().map(|o| keys::with_id(keys::status_prefix(o.status), o.id)).collect();
-            expected.sort();
-            prop_assert_eq!(by_status, expected);
+            prop_assert_eq!(tree.scan_prefix(keys::OLD_STATUS_PREFIX).count(), 0, "no status key of the old layout");
+            for status in OrderStatus::ALL {
+                let by_status: Vec<u64> = status_index::ids_from(&tree, status, 0).map(Result::unwrap).collect();
+                let expected: Vec<u64> = orders.iter().filter(|o| o.status == status).map(|o| o.id).collect();
+                prop_assert_eq!(by_status, expected, "the status index of {}", status);
+            }
+            let maps = tree.scan_prefix(keys::STATUS_BITS_PREFIX).values().map(|v| status_index::decode(&v.unwrap()).unwrap());
+            prop_assert!(maps.into_iter().all(|bits| bits != 0), "no empty map is kept");
             let by_customer: Vec<Vec<u8>> = tree.scan_prefix(b"c").keys().map(|k| k.unwrap().to_vec()).filter(|k| keys::split_customer_key(k).is_some_and(|(_, counts)| !counts)).collect();
             let mut expected: Vec<Vec<u8>> = orders.iter().map(|o| keys::with_id(keys::customer_prefix(&o.customer_id), o.id)).collect();
             expected.sort();
@@ -276,7 +290,7 @@ mod tests {
             let counts: Vec<(Vec<u8>, u64)> = decoded(&tree, keys::COUNT_PREFIX);
             let mut expected = std::collections::BTreeMap::<Vec<u8>, u64>::new();
             for o in &orders {
-                *expected.entry(keys::count(&keys::status_prefix(o.status))).or_default() += 1;
+                *expected.entry(keys::status_count(o.status)).or_default() += 1;
             }
             prop_assert_eq!(counts, expected.into_iter().collect::<Vec<_>>(), "the listing counters count the orders");
             let customer_counts: Vec<(Vec<u8>, CustomerCounts)> = tree.scan_prefix(b"c").filter_map(|kv| {

@@ -8,6 +8,7 @@ use std::sync::{Arc, RwLock};
 use super::keys;
 use super::list_index::CustomerCounts;
 use super::order_state::stored_order;
+use super::status_index;
 use super::StoreError;
 use crate::codec;
 use crate::order::{CustomRole, Order, OrderStatus, User};
@@ -159,41 +160,24 @@ impl OrderReader {
         }
 
         // A customer's orders come from the customer index, whose values are their statuses;
-        // the others from the status index.
-        let prefix = match (&filter.customer_id, filter.status) {
-            (Some(c), _) => keys::customer_prefix(c),
-            (None, Some(s)) => keys::status_prefix(s),
+        // the others from the status index's maps.
+        page.total = match (&filter.customer_id, filter.status) {
+            (Some(c), _) => self
+                .decoded::<CustomerCounts>(&keys::customer_counts(c))?
+                .unwrap_or_default()
+                .total(filter.status),
+            (None, Some(s)) => self.decoded::<u64>(&keys::status_count(s))?.unwrap_or(0),
             (None, None) => unreachable!("an unfiltered list walks no index"),
         };
-        let by_customer = filter.customer_id.is_some();
-        let wanted = filter.status.map(|s| s.tag());
-        // A customer index entry in the wanted status (every status index entry is).
-        let in_status = move |v: &[u8]| !by_customer || wanted.is_none_or(|t| v == [t]);
-        page.total = if by_customer {
-            let counts = keys::counts_of_customer_prefix(prefix.clone());
-            self.decoded::<CustomerCounts>(&counts)?
-                .unwrap_or_default()
-                .total(filter.status)
-        } else {
-            self.decoded::<u64>(&keys::count(&prefix))?.unwrap_or(0)
-        };
         let Some(first) = first else { return Ok(page) };
-        // The index entries under `prefix` (a customer's counters, right after its entries, are
-        // not one: the walk ends before them).
-        let within = prefix.clone();
-        let entry_len = prefix.len() + 8;
-        let entries = self
-            .sm
-            .range(keys::with_id(prefix, first)..)
-            .take_while(move |kv| {
-                kv.as_ref().map_or(true, |(k, _)| {
-                    k.starts_with(&within) && k.len() == entry_len
-                })
-            })
-            .filter(move |kv| kv.as_ref().map_or(true, |(_, v)| in_status(v)))
-            .skip(skip.try_into().unwrap_or(usize::MAX));
-        for kv in entries {
-            let id = keys::id_suffix(&kv?.0);
+        let ids: Box<dyn Iterator<Item = Result<u64, StoreError>>> =
+            match (&filter.customer_id, filter.status) {
+                (Some(c), status) => Box::new(self.customer_ids(c, status, first)),
+                (None, Some(s)) => Box::new(status_index::ids_from(&self.sm, s, first)),
+                (None, None) => unreachable!("an unfiltered list walks no index"),
+            };
+        for id in ids.skip(skip.try_into().unwrap_or(usize::MAX)) {
+            let id = id?;
             if page.orders.len() as u64 == per_page {
                 // One more index entry: there is a next page (its orders may have moved on by
                 // the time it is read; a page can then be short, or empty).
@@ -212,6 +196,32 @@ impl OrderReader {
             page.revisions.push(revision);
         }
         Ok(page)
+    }
+
+    /// The ids of `customer`'s orders from `first` on, in `status` if one is given, from the
+    /// customer index (whose values are the statuses; the customer's counters, right after its
+    /// entries, are not one: the walk ends before them).
+    fn customer_ids(
+        &self,
+        customer: &str,
+        status: Option<OrderStatus>,
+        first: u64,
+    ) -> impl Iterator<Item = Result<u64, StoreError>> {
+        let prefix = keys::customer_prefix(customer);
+        let entry_len = prefix.len() + 8;
+        let wanted = status.map(|s| s.tag());
+        self.sm
+            .range(keys::with_id(prefix.clone(), first)..)
+            .take_while(move |kv| {
+                kv.as_ref().map_or(true, |(k, _)| {
+                    k.starts_with(&prefix) && k.len() == entry_len
+                })
+            })
+            .filter(move |kv| {
+                kv.as_ref()
+                    .map_or(true, |(_, v)| wanted.is_none_or(|t| v[..] == [t]))
+            })
+            .map(|kv| Ok(keys::id_suffix(&kv?.0)))
     }
 
     /// The user whose token hashes to `hash`.

@@ -275,6 +275,7 @@ mod tests {
 
     #[test]
     fn keys_created_past_the_horizon_are_neither_saved_nor_dumped() {
+        use crate::order::OrderStatus;
         use crate::store::keys;
         let db = sled::Config::new().temporary(true).open().unwrap();
         let tree = db.open_tree("sm").unwrap();
@@ -283,14 +284,18 @@ mod tests {
             [
                 keys::order(id),
                 keys::with_id(keys::customer_prefix("c1"), id),
-                keys::with_id(keys::status_prefix(crate::order::OrderStatus::Pending), id),
             ]
         };
+        // Status maps: of ids 0-63 (which existed before the horizon) and of ids 64-127.
+        let map = |status, group| keys::with_id(keys::status_bits_prefix(status), group);
+        let (pending, paid) = (OrderStatus::Pending, OrderStatus::Paid);
         for id in 1..=50 {
             for k in order_keys(id).into_iter().chain([keys::change(id)]) {
                 tree.insert(k, b"v0".as_slice()).unwrap();
             }
         }
+        tree.insert(map(pending, 0), b"v0".as_slice()).unwrap();
+        tree.insert(map(paid, 0), b"v0".as_slice()).unwrap();
         let before = contents(&tree);
 
         let dump = view
@@ -301,10 +306,7 @@ mod tests {
             .unwrap();
         let mut records = dump.records(&tree);
         let (first, _) = records.next().unwrap().unwrap();
-        assert_eq!(
-            first.as_ref(),
-            keys::with_id(keys::customer_prefix("c1"), 1)
-        );
+        assert_eq!(first.as_ref(), map(pending, 0));
         // New orders and their changes (past the horizon), then a change to order 30 (not).
         for id in 51..=60 {
             let puts: Vec<_> = order_keys(id)
@@ -314,13 +316,19 @@ mod tests {
                 .collect();
             write_keys(&view, &tree, &puts, &[]);
         }
+        // The maps: one the dump has passed, one past the horizon, one it has still to reach.
+        let maps = [map(pending, 0), map(pending, 1), map(paid, 0)].map(|k| (k, "new"));
+        write_keys(&view, &tree, &maps, &[]);
         write_keys(
             &view,
             &tree,
             &[(keys::order(30), "paid")],
             &[keys::change(1)],
         );
-        assert_eq!(saved_keys(&view), vec![keys::change(1), keys::order(30)]);
+        assert_eq!(
+            saved_keys(&view),
+            vec![map(paid, 0), keys::change(1), keys::order(30)]
+        );
 
         let mut dumped = vec![(first.to_vec(), b"v0".to_vec())];
         dumped.extend(records.map(|r| {

@@ -7,15 +7,20 @@
 //! id, and orders last changed before revisions existed had none (revision 0). The pass
 //! rewrites every order and removes its `v` key in the same batch; a crash half-way leaves the
 //! mark unset, and the pass, which skips orders already moved, runs again.
+//!
+//! Layout 3 keeps the status index as one map per 64 ids (`status_index`) instead of one key
+//! per order: a create writes one key less. Its pass turns the old keys into maps (safe to
+//! run again after a crash, see `status_index::move_from_old_layout`).
 
 use super::keys;
 use super::order_state::stored_order;
+use super::status_index;
 use super::StoreError;
 use crate::codec;
 use crate::order::Order;
 
 /// The layout this version writes.
-pub const CURRENT_LAYOUT: u64 = 2;
+pub const CURRENT_LAYOUT: u64 = 3;
 
 /// Orders rewritten per sled batch: sled's memory grows steeply with a batch's size (see
 /// `state_machine`), and this pass may move millions of whole orders.
@@ -37,6 +42,29 @@ pub(super) fn ensure(sm: &sled::Tree) -> Result<bool, StoreError> {
         )));
     }
     let started = std::time::Instant::now();
+    let orders = if layout < 2 {
+        move_revisions_into_orders(sm)?
+    } else {
+        0
+    };
+    let status_entries = status_index::move_from_old_layout(sm, BATCH)?;
+    sm.insert(keys::LAYOUT, codec::encode(&CURRENT_LAYOUT)?)?;
+    if orders > 0 || status_entries > 0 {
+        tracing::info!(
+            from = layout,
+            orders,
+            status_entries,
+            ms = started.elapsed().as_millis() as u64,
+            "store moved to layout {CURRENT_LAYOUT} (each order's revision in its own value, \
+             the status index in maps of 64 ids)"
+        );
+    }
+    Ok(true)
+}
+
+/// Layout 1 to 2: each order's revision from `v` + id into the order's value. Returns how
+/// many orders it rewrote.
+fn move_revisions_into_orders(sm: &sled::Tree) -> Result<usize, StoreError> {
     let mut batch = sled::Batch::default();
     let mut moved = 0usize;
     for kv in sm.scan_prefix(keys::ORDER_PREFIX) {
@@ -61,14 +89,6 @@ pub(super) fn ensure(sm: &sled::Tree) -> Result<bool, StoreError> {
     for k in sm.scan_prefix(keys::OLD_ORDER_REVISION_PREFIX).keys() {
         batch.remove(k?);
     }
-    batch.insert(keys::LAYOUT, codec::encode(&CURRENT_LAYOUT)?);
     sm.apply_batch(batch)?;
-    if moved > 0 {
-        tracing::info!(
-            orders = moved,
-            ms = started.elapsed().as_millis() as u64,
-            "store moved to layout {CURRENT_LAYOUT} (each order's revision in its own value)"
-        );
-    }
-    Ok(true)
+    Ok(moved)
 }
