@@ -162,8 +162,9 @@ impl Horizon {
             Some(p) if p == ORDER_PREFIX[0] => id_keyed(1) && id_suffix(key) >= self.next_id,
             Some(p) if p == STATUS_BITS_PREFIX[0] => {
                 id_keyed(2)
-                    && id_suffix(key).saturating_mul(super::status_index::IDS_PER_KEY)
-                        >= self.next_id
+                    && id_suffix(key)
+                        .checked_mul(super::status_index::IDS_PER_KEY)
+                        .is_some_and(|lowest| lowest >= self.next_id)
             }
             Some(p) if p == CUSTOMER_PREFIX[0] && key.len() >= 3 => {
                 let customer_len = u16::from_be_bytes([key[1], key[2]]) as usize;
@@ -268,7 +269,8 @@ mod tests {
             (127, 1, false),
             (128, 1, false),
             (128, 2, true),
-            (u64::MAX, u64::MAX, true),
+            // A map no id could be in (corrupt) is not known to be new.
+            (10, u64::MAX, false),
         ] {
             let horizon = Horizon {
                 next_id,

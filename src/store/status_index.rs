@@ -49,19 +49,23 @@ pub fn ids_from(
             })
         });
     maps.flat_map(move |kv| {
-        let ids: Box<dyn Iterator<Item = Result<u64, StoreError>>> = match kv
-            .map_err(StoreError::from)
-            .and_then(|(k, v)| Ok((keys::id_suffix(&k), decode(&v)?)))
-        {
-            Ok((group, bits)) => Box::new(
-                (0..IDS_PER_KEY)
-                    .filter(move |bit| bits & (1 << bit) != 0)
-                    .map(move |bit| group * IDS_PER_KEY + bit)
-                    .filter(move |id| *id >= first)
-                    .map(Ok),
-            ),
-            Err(e) => Box::new(std::iter::once(Err(e))),
-        };
+        let ids: Box<dyn Iterator<Item = Result<u64, StoreError>>> =
+            match kv.map_err(StoreError::from).and_then(|(k, v)| {
+                let group = keys::id_suffix(&k);
+                let lowest = group.checked_mul(IDS_PER_KEY).ok_or_else(|| {
+                    StoreError::Corrupt(format!("a status map past the last id: {k:?}"))
+                })?;
+                Ok((lowest, decode(&v)?))
+            }) {
+                Ok((lowest, bits)) => Box::new(
+                    (0..IDS_PER_KEY)
+                        .filter(move |bit| bits & (1 << bit) != 0)
+                        .map(move |bit| lowest + bit)
+                        .filter(move |id| *id >= first)
+                        .map(Ok),
+                ),
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            };
         ids
     })
 }
@@ -165,8 +169,13 @@ mod tests {
     }
 
     #[test]
-    fn a_map_of_the_wrong_size_is_an_error_not_a_panic() {
+    fn a_map_of_the_wrong_size_or_past_the_last_id_is_an_error_not_a_panic() {
         let sm = tree();
+        let past_the_end =
+            keys::with_id(keys::status_bits_prefix(OrderStatus::Cancelled), u64::MAX);
+        sm.insert(past_the_end, encode(1 << 63)).unwrap();
+        let got: Vec<_> = ids_from(&sm, OrderStatus::Cancelled, 0).collect();
+        assert!(matches!(got[..], [Err(StoreError::Corrupt(_))]), "{got:?}");
         sm.insert(
             keys::with_id(keys::status_bits_prefix(OrderStatus::Paid), 0),
             &b"abc"[..],
