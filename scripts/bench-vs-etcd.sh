@@ -25,6 +25,9 @@
 # as the second cluster, on etcd's ports, and prints as "base"): before/after in one run,
 #   git worktree add /tmp/before HEAD~3 && (cd /tmp/before && cargo build --release -p ordo)
 #   ORDO_BASELINE=/tmp/before/target/release/ordo ROUNDS=3 scripts/bench-vs-etcd.sh
+# ORDO_UNDER_TEST=/path/to/ordo: the first cluster's binary (default: this tree's release
+# build); with ORDO_BASELINE, swapping the two checks that a difference is not the order the
+# clusters run in.
 # SECURE=1: both sides over TLS (development certificates from `ordo dev-certs`, also for
 # etcd's client and peer ports), ordo with --auth too (the load runs as an admin user); the
 # matrix only.
@@ -84,7 +87,7 @@ fi
 # not change the ordo binary under test.
 cargo build --release --quiet -p ordo-bench ${BENCH_FEATURES[@]+"${BENCH_FEATURES[@]}"}
 cargo build --release --quiet -p ordo
-ORDO=target/release/ordo
+ORDO="${ORDO_UNDER_TEST:-target/release/ordo}"
 ORDO_BENCH=target/release/ordo-bench
 WORK=$(mktemp -d /tmp/ordo-bench.XXXXXX)
 declare -A OPID EPID
