@@ -8,7 +8,8 @@ use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder};
 use ordo::order::{
-    CommandBatch, LineItem, NewOrder, Order, OrderCommand, OrderOp, OrderStatus, Rejection,
+    Change, ChangeRecord, CommandBatch, LineItem, NewOrder, Order, OrderCommand, OrderOp,
+    OrderStatus, Rejection,
 };
 use ordo::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
 use ordo::store::{self, LogStore, OrderFilter, PageStart, StateMachineStore, StoreConfig};
@@ -412,7 +413,7 @@ fn the_change_log_is_trimmed_behind_a_dump_and_caught_up_after_it() {
         assert_eq!(bounds(&leader), (4001, 7000));
 
         let snap = builder.build_snapshot().await.unwrap();
-        // Done: each chunk trims up to 512 records more than it adds, until the window holds.
+        // Done: each chunk trims up to 64 pages of 64 records, until the window holds.
         for _ in 0..10 {
             leader.apply(apply(1)).await.unwrap();
         }
@@ -866,7 +867,9 @@ fn replication_reads_are_bounded_in_bytes_but_never_empty() {
 /// into the two old records and the mark left out, gave `ddb19dcf...` (checked once by hand).
 /// Then `7a7b009e...` since layout 3 (the status index in maps of 64 ids, left out of the
 /// digest like the rest of the listing indexes): with the mark written as 2, the new build
-/// gave `331aa7c0...` (checked once, by changing the mark the upgrade writes).
+/// gave `331aa7c0...` (checked once, by changing the mark the upgrade writes). Then
+/// `6866dc22...` since layout 4 (the change log in pages of 64 revisions, out of the digest
+/// like the records before): with the mark written as 3, `7a7b009e...` (checked the same way).
 #[test]
 fn a_fixed_history_leaves_the_state_it_always_did() {
     rt().block_on(async {
@@ -906,7 +909,7 @@ fn a_fixed_history_leaves_the_state_it_always_did() {
         }
         assert_eq!(
             sm.reader().state_digest().unwrap(),
-            "7a7b009e5de544eba6b7ce3bf026586a93e91fec97282ae048a64d0fd020c686",
+            "6866dc22c661517fb889b749db12f55e7ab4fe54348513d8f3045e49ff8c7546",
             "the stored state of a fixed history changed"
         );
     });
@@ -1107,7 +1110,7 @@ fn open_sled_once_released(dir: &TempDir) -> sled::Db {
 fn a_store_as_the_release_before_left_it_is_moved_at_open_and_keeps_every_revision() {
     let dir = TempDir::new().unwrap();
     let customers = ["alice", "bob"];
-    let expected: Vec<(Order, u64)> = rt().block_on(async {
+    let (expected, changes): (Vec<(Order, u64)>, Vec<Change>) = rt().block_on(async {
         let (_log, mut sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
         let mut entries: Vec<Entry> = (1..=30)
             .map(|i| entry(i, create(customers[i as usize % 2], None, i as i64)))
@@ -1120,9 +1123,12 @@ fn a_store_as_the_release_before_left_it_is_moved_at_open_and_keeps_every_revisi
         }
         sm.apply(entries).await.unwrap();
         let reader = sm.reader();
-        (1..=30)
+        let changes = reader.changes_from(1, 100).unwrap().changes;
+        assert_eq!(changes.len(), 40);
+        let orders = (1..=30)
             .map(|id| reader.get(id).unwrap().unwrap())
-            .collect()
+            .collect();
+        (orders, changes)
     });
     assert_eq!(
         expected[0].1, 31,
@@ -1132,8 +1138,9 @@ fn a_store_as_the_release_before_left_it_is_moved_at_open_and_keeps_every_revisi
 
     // The release before: each order's value is the order alone, its revision under `v` + id
     // (none for order 30: last changed before revisions were kept), no layout mark, no
-    // customer counters, its own listing mark, and the status index as one key per order.
-    // Orders 1-5 stay as they are, as if a pass had moved them and was cut short.
+    // customer counters, its own listing mark, the status index as one key per order and the
+    // change log as one key per record. Orders 1-5 stay as they are, as if a pass had moved
+    // them and was cut short.
     let db = open_sled_once_released(&dir);
     let tree = db.open_tree("sm").unwrap();
     assert!(
@@ -1164,6 +1171,23 @@ fn a_store_as_the_release_before_left_it_is_moved_at_open_and_keeps_every_revisi
         let old_status_key = [&b"s"[..], &[order.status.tag()], &order.id.to_be_bytes()].concat();
         tree.insert(old_status_key, &[][..]).unwrap();
     }
+    // A change log page is its records, each a 2-byte length and its encoding.
+    let pages: Vec<_> = tree.scan_prefix(b"f").map(Result::unwrap).collect();
+    assert_eq!(pages.len(), 1, "40 changes are one page");
+    let mut old_records = 0;
+    for (key, page) in pages {
+        let mut rest = &page[..];
+        while !rest.is_empty() {
+            let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+            let record: ChangeRecord = ordo::codec::decode(&rest[2..2 + len]).unwrap();
+            let old_key = [&b"e"[..], &record.revision.to_be_bytes()].concat();
+            tree.insert(old_key, &rest[2..2 + len]).unwrap();
+            old_records += 1;
+            rest = &rest[2 + len..];
+        }
+        tree.remove(key).unwrap();
+    }
+    assert_eq!(old_records, 40);
     for (order, revision) in &expected[5..] {
         let id = order.id.to_be_bytes();
         let key = [&b"o"[..], &id].concat();
@@ -1194,6 +1218,10 @@ fn a_store_as_the_release_before_left_it_is_moved_at_open_and_keeps_every_revisi
         assert_eq!(page.orders.len(), 30);
         assert_eq!(page.revisions[0], 31);
         assert_listings_match(&reader, &customers);
+        assert_eq!(reader.changes_from(1, 100).unwrap().changes, changes);
+        let from_the_middle = reader.changes_from(17, 5).unwrap();
+        assert_eq!(from_the_middle.changes, changes[16..21]);
+        assert_eq!((from_the_middle.oldest, from_the_middle.newest), (1, 40));
     });
     let db = open_sled_once_released(&dir);
     let tree = db.open_tree("sm").unwrap();
@@ -1202,6 +1230,11 @@ fn a_store_as_the_release_before_left_it_is_moved_at_open_and_keeps_every_revisi
         tree.scan_prefix(b"s").count(),
         0,
         "no status key of one order is left"
+    );
+    assert_eq!(
+        tree.scan_prefix(b"e").count(),
+        0,
+        "no change record key is left"
     );
     assert!(tree.get(b"m:layout").unwrap().is_some());
 }

@@ -185,7 +185,8 @@ impl StateDigest {
         if k == super::keys::APPLIED
             || k == super::keys::MEMBERSHIP
             || k == super::keys::COUNTS_AT
-            || k.starts_with(super::keys::CHANGE_PREFIX)
+            || k.starts_with(super::keys::CHANGE_PAGE_PREFIX)
+            || k.starts_with(super::keys::OLD_CHANGE_PREFIX)
             || k.starts_with(super::keys::COUNT_PREFIX)
             || k.starts_with(super::keys::CUSTOMER_PREFIX)
             || k.starts_with(super::keys::STATUS_BITS_PREFIX)

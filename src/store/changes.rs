@@ -1,7 +1,14 @@
-//! The change log: every applied create and status change as a `ChangeRecord` under its
-//! revision (`keys::change`), written by `order::apply_command` in the same batch as the order,
-//! read here for the change feed (joined with the stored order, whose content a change never
-//! alters), and trimmed to a retention window.
+//! The change log: every applied create and status change as a `ChangeRecord`, written by
+//! `order::apply_command` in the same batch as the order, read here for the change feed
+//! (joined with the stored order, whose content a change never alters), and trimmed to a
+//! retention window.
+//!
+//! The records are kept in pages of 64 revisions (`keys::change_page`, layout 4): a page's
+//! value is its records in revision order, each a 2-byte length and its encoding. A change
+//! appends to the newest page instead of adding a sled key; trimming removes the pages below
+//! the window and rewrites the one the window starts in, once per apply chunk instead of a
+//! key per change. (Before layout 4 each record had its own key, `e` + revision;
+//! `move_from_old_layout` pages them.)
 //!
 //! Trimming is each node's own business (`ChangeRetention` comes from its flags): it runs in
 //! the state machine's apply loop, in the same atomic batch as the chunk's commands, so a
@@ -38,9 +45,54 @@ impl Default for ChangeRetention {
     }
 }
 
-/// At most this many records are trimmed per apply chunk: bounded work, and still more than
+/// Revisions per page of the change log.
+pub(super) const REVISIONS_PER_PAGE: u64 = 64;
+
+/// At most this many pages are trimmed per apply chunk: bounded work, and still more than
 /// a chunk adds.
-const TRIM_PER_CHUNK: usize = 512;
+const TRIM_PER_CHUNK: usize = 64;
+
+/// At most this many of the oldest pages are read per apply chunk to find the records past
+/// their age.
+const AGE_SCAN_PAGES: usize = 8;
+
+/// The page that holds `revision`.
+pub(super) fn page_of(revision: u64) -> u64 {
+    revision / REVISIONS_PER_PAGE
+}
+
+/// Appends `record` to the bytes of its page.
+pub(super) fn append_to_page(page: &mut Vec<u8>, record: &ChangeRecord) -> Result<(), StoreError> {
+    let bytes = codec::encode(record)?;
+    let len = u16::try_from(bytes.len())
+        .map_err(|_| StoreError::Corrupt(format!("a change record of {} bytes", bytes.len())))?;
+    page.extend_from_slice(&len.to_be_bytes());
+    page.extend_from_slice(&bytes);
+    Ok(())
+}
+
+/// The records of a page, in revision order.
+pub(super) fn page_records(page: &[u8]) -> Result<Vec<ChangeRecord>, StoreError> {
+    let mut records = Vec::new();
+    let mut rest = page;
+    while !rest.is_empty() {
+        let (record, after) = next_record(rest)?;
+        records.push(record);
+        rest = after;
+    }
+    Ok(records)
+}
+
+/// The first record of `page` and the bytes after it.
+fn next_record(page: &[u8]) -> Result<(ChangeRecord, &[u8]), StoreError> {
+    let truncated = || StoreError::Corrupt("a change log page ends inside a record".into());
+    let len = match page {
+        [a, b, ..] => u16::from_be_bytes([*a, *b]) as usize,
+        _ => return Err(truncated()),
+    };
+    let body = page.get(2..2 + len).ok_or_else(truncated)?;
+    Ok((codec::decode(body)?, &page[2 + len..]))
+}
 
 /// A run of change records, and the log's bounds when it was read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,15 +119,32 @@ impl OrderReader {
     pub fn changes_from(&self, from: u64, max: usize) -> Result<ChangesPage, StoreError> {
         let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
         let newest = self.revision_unlocked()?;
-        let oldest = match self.sm.scan_prefix(keys::CHANGE_PREFIX).keys().next() {
-            Some(k) => keys::id_suffix(&k?),
+        let oldest = match self
+            .sm
+            .scan_prefix(keys::CHANGE_PAGE_PREFIX)
+            .values()
+            .next()
+        {
+            Some(page) => next_record(&page?)?.0.revision,
             None => newest + 1,
         };
         let mut changes = Vec::new();
         if max > 0 && from >= oldest && from <= newest {
-            for kv in self.sm.range(keys::change(from)..keys::change(newest + 1)) {
-                let (_, v) = kv?;
-                let record = decode_record(&v)?;
+            let pages = keys::change_page(page_of(from))..keys::change_page(page_of(newest) + 1);
+            let records = self.sm.range(pages).values().flat_map(|page| {
+                match page
+                    .map_err(StoreError::from)
+                    .and_then(|p| page_records(&p))
+                {
+                    Ok(records) => records.into_iter().map(Ok).collect::<Vec<_>>(),
+                    Err(e) => vec![Err(e)],
+                }
+            });
+            for record in records {
+                let record = record?;
+                if record.revision < from {
+                    continue;
+                }
                 // The log is contiguous; a gap would mean a lost record: stop before it.
                 if record.revision != from + changes.len() as u64 {
                     break;
@@ -121,9 +190,9 @@ impl OrderReader {
     }
 }
 
-/// A stored change record. The first builds with the change feed stored a whole `Change` (the
-/// order's full content once per change); a store or snapshot they wrote still holds some, read
-/// here as the record they contain. (A `Change`'s bytes never decode as a `ChangeRecord`: the
+/// A change record stored under its own key (before layout 4). The first builds with the
+/// change feed stored a whole `Change` (the order's full content once per change); a store or
+/// snapshot they wrote still holds some, read here as the record they contain. (A `Change`'s bytes never decode as a `ChangeRecord`: the
 /// decoder refuses the trailing bytes of the order's content.)
 fn decode_record(bytes: &[u8]) -> Result<ChangeRecord, StoreError> {
     match codec::decode::<ChangeRecord>(bytes) {
@@ -137,6 +206,63 @@ fn decode_record(bytes: &[u8]) -> Result<ChangeRecord, StoreError> {
             Err(_) => Err(e.into()),
         },
     }
+}
+
+/// Moves the change log from one key per record (`keys::OLD_CHANGE_PREFIX` + revision: layouts
+/// 1 to 3) into pages, in batches that each hold whole pages, so a crash half-way leaves every
+/// record either under its old key or in its page. Run again, it merges what is left into the
+/// pages already written. Returns how many records it moved.
+pub(super) fn move_from_old_layout(
+    sm: &sled::Tree,
+    batch_records: usize,
+) -> Result<u64, StoreError> {
+    let mut batch = sled::Batch::default();
+    let mut in_batch = 0usize;
+    let mut moved = 0u64;
+    // The page being gathered, and its records so far.
+    let mut current: Option<(u64, Vec<ChangeRecord>)> = None;
+    let finish = |batch: &mut sled::Batch, done: Option<(u64, Vec<ChangeRecord>)>| {
+        if let Some((page, records)) = done {
+            let key = keys::change_page(page);
+            let mut all = match sm.get(&key)? {
+                Some(v) => page_records(&v)?,
+                None => Vec::new(),
+            };
+            all.extend(records);
+            all.sort_by_key(|r| r.revision);
+            all.dedup_by_key(|r| r.revision);
+            let mut bytes = Vec::new();
+            for record in &all {
+                append_to_page(&mut bytes, record)?;
+            }
+            batch.insert(key, bytes);
+        }
+        Ok::<_, StoreError>(())
+    };
+    for kv in sm.scan_prefix(keys::OLD_CHANGE_PREFIX) {
+        let (k, v) = kv?;
+        if k.len() != keys::OLD_CHANGE_PREFIX.len() + 8 {
+            return Err(StoreError::Corrupt(format!(
+                "a malformed change record key of the old layout: {k:?}"
+            )));
+        }
+        let record = decode_record(&v)?;
+        let page = page_of(record.revision);
+        if current.as_ref().is_some_and(|(p, _)| *p != page) {
+            finish(&mut batch, current.take())?;
+            if in_batch >= batch_records {
+                sm.apply_batch(std::mem::take(&mut batch))?;
+                in_batch = 0;
+            }
+        }
+        current.get_or_insert((page, Vec::new())).1.push(record);
+        batch.remove(k);
+        in_batch += 1;
+        moved += 1;
+    }
+    finish(&mut batch, current.take())?;
+    sm.apply_batch(batch)?;
+    Ok(moved)
 }
 
 /// Drops records outside `retention` as part of an apply chunk (ages by the state machine's
@@ -159,23 +285,45 @@ pub(super) fn trim(
         let cutoff = clock.saturating_sub(max_age);
         // The first of the oldest records still young enough (they are in time order, as
         // the stamps are, up to clock skew between leaders: close enough for retention).
-        for kv in tree.scan_prefix(keys::CHANGE_PREFIX).take(TRIM_PER_CHUNK) {
-            let (k, v) = kv?;
-            let record = decode_record(&v)?;
-            if record.updated_at_ms >= cutoff {
-                break;
+        'pages: for page in tree
+            .scan_prefix(keys::CHANGE_PAGE_PREFIX)
+            .values()
+            .take(AGE_SCAN_PAGES)
+        {
+            for record in page_records(&page?)? {
+                if record.updated_at_ms >= cutoff {
+                    break 'pages;
+                }
+                keep_from = keep_from.max(record.revision + 1);
             }
-            keep_from = keep_from.max(keys::id_suffix(&k) + 1);
         }
     }
     if let Some(upto) = upto {
         keep_from = keep_from.min(upto.saturating_add(1));
     }
-    ov.remove_lowest(
-        keys::CHANGE_PREFIX,
-        &keys::change(keep_from.min(newest)),
-        TRIM_PER_CHUNK,
-    )?;
+    // Pages below the one holding `keep_from` go whole (the newest record always stays)...
+    let keep_from = keep_from.min(newest);
+    let first_kept = keys::change_page(page_of(keep_from));
+    let removed = ov.remove_lowest(keys::CHANGE_PAGE_PREFIX, &first_kept, TRIM_PER_CHUNK)?;
+    // ...and that page keeps its records from `keep_from` on, once no older page is left
+    // (the log stays contiguous).
+    if removed.len() < TRIM_PER_CHUNK {
+        if let Some(page) = ov.get(&first_kept)? {
+            if next_record(&page)?.0.revision < keep_from {
+                let mut kept = Vec::with_capacity(page.len());
+                for record in page_records(&page)? {
+                    if record.revision >= keep_from {
+                        append_to_page(&mut kept, &record)?;
+                    }
+                }
+                if kept.is_empty() {
+                    ov.remove(first_kept);
+                } else {
+                    ov.insert(first_kept, kept);
+                }
+            }
+        }
+    }
     Ok(newest)
 }
 
@@ -183,6 +331,70 @@ pub(super) fn trim(
 mod tests {
     use super::*;
     use crate::order::{LineItem, Order, OrderStatus};
+
+    fn record(revision: u64) -> ChangeRecord {
+        ChangeRecord {
+            revision,
+            order_id: revision / 2 + 1,
+            status: OrderStatus::Pending,
+            version: 1,
+            updated_at_ms: revision as i64,
+            previous_status: None,
+        }
+    }
+
+    #[test]
+    fn a_page_reads_back_its_records_and_a_cut_page_is_an_error_not_a_panic() {
+        let mut page = Vec::new();
+        for r in 64..70 {
+            append_to_page(&mut page, &record(r)).unwrap();
+        }
+        let records: Vec<_> = (64..70).map(record).collect();
+        assert_eq!(page_records(&page).unwrap(), records);
+        assert_eq!(page_records(&[]).unwrap(), vec![]);
+        for cut in [1, 2, 3, page.len() - 1] {
+            assert!(
+                matches!(page_records(&page[..cut]), Err(StoreError::Corrupt(_))),
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(page_of(63), 0);
+        assert_eq!(page_of(64), 1);
+    }
+
+    #[test]
+    fn old_records_move_into_pages_also_when_a_pass_was_cut_short() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let sm = db.open_tree("sm").unwrap();
+        let old_key = |r: u64| keys::with_id(keys::OLD_CHANGE_PREFIX.to_vec(), r);
+        // Revisions 10-200, as a trimmed log of one key per record leaves them.
+        for r in 10..=200 {
+            sm.insert(old_key(r), codec::encode(&record(r)).unwrap())
+                .unwrap();
+        }
+        // A pass cut short: the page of 64-127 already written, its old keys gone.
+        let mut page = Vec::new();
+        for r in 64..128 {
+            append_to_page(&mut page, &record(r)).unwrap();
+            sm.remove(old_key(r)).unwrap();
+        }
+        sm.insert(keys::change_page(1), page).unwrap();
+
+        assert_eq!(move_from_old_layout(&sm, 2).unwrap(), 191 - 64);
+        assert_eq!(sm.scan_prefix(keys::OLD_CHANGE_PREFIX).count(), 0);
+        let all: Vec<ChangeRecord> = sm
+            .scan_prefix(keys::CHANGE_PAGE_PREFIX)
+            .values()
+            .flat_map(|p| page_records(&p.unwrap()).unwrap())
+            .collect();
+        assert_eq!(all, (10..=200).map(record).collect::<Vec<_>>());
+        assert_eq!(sm.scan_prefix(keys::CHANGE_PAGE_PREFIX).count(), 4);
+        assert_eq!(
+            move_from_old_layout(&sm, 2).unwrap(),
+            0,
+            "nothing left to move"
+        );
+    }
 
     #[test]
     fn a_change_stored_whole_by_the_first_feed_builds_reads_as_its_record() {

@@ -17,16 +17,18 @@
 //! - `i` + key: an idempotency record; `x` + expiry + key: the same key ordered by expiry;
 //! - `u` + name: a user; `t` + token hash: the user's name (the lookup of a request's token);
 //! - `r` + name: a custom role;
-//! - `m:revision`: the last change's revision; `e` + revision: a change record (the change
-//!   feed; trimmed by each node to its retention window, so left out of the state digest);
+//! - `m:revision`: the last change's revision; `f` + revision / 64: a page of the change log,
+//!   the change records of those 64 revisions that are kept (`changes`; before layout 4, `e` +
+//!   revision per record; trimmed by each node to its retention window, so left out of the
+//!   state digest);
 //! - `m:layout`: the layout version of the values above (`upgrade`; in the state digest, and
 //!   the same on every node of one build).
 //!
 //! Ids and expiries are big-endian, so sled's byte order is their numeric order.
 //!
 //! Snapshot dumps rely on this layout (`Horizon`): a key that starts with `o`, `b`, `c` or
-//! `e` and has the shape of an order's own key, a status map or a change record is judged new
-//! by its id (a map by the lowest id it can hold). A new kind of key must not take one of
+//! `f` and has the shape of an order's own key, a status map or a change log page is judged
+//! new by its id or revision (a map or page by the lowest it can hold). A new kind of key must not take one of
 //! those first bytes unless its length can never be that shape's (as a customer's counters:
 //! one byte after the customer, never an 8-byte id).
 
@@ -51,8 +53,10 @@ pub const STATUS_BITS_PREFIX: &[u8] = b"b";
 pub const OLD_STATUS_PREFIX: &[u8] = b"s";
 /// The prefix of the listing counters.
 pub const COUNT_PREFIX: &[u8] = b"n";
-/// The prefix of the change records.
-pub const CHANGE_PREFIX: &[u8] = b"e";
+/// The prefix of the change log's pages (`changes`).
+pub const CHANGE_PAGE_PREFIX: &[u8] = b"f";
+/// Before layout 4: one change record per key, `e` + revision.
+pub const OLD_CHANGE_PREFIX: &[u8] = b"e";
 /// Set when the first user is created, never cleared (the bootstrap token's end).
 pub const USERS_BEGUN: &[u8] = b"m:users_begun";
 /// In the `raft` tree: set while a snapshot is being loaded into the state machine.
@@ -68,8 +72,9 @@ pub fn order(id: u64) -> Vec<u8> {
     with_id(ORDER_PREFIX.to_vec(), id)
 }
 
-pub fn change(revision: u64) -> Vec<u8> {
-    with_id(CHANGE_PREFIX.to_vec(), revision)
+/// The key of the change log's page `page` (`changes::page_of`).
+pub fn change_page(page: u64) -> Vec<u8> {
+    with_id(CHANGE_PAGE_PREFIX.to_vec(), page)
 }
 
 /// The layout version of the store's values (`upgrade`).
@@ -129,13 +134,20 @@ pub fn with_id(mut prefix: Vec<u8>, id: u64) -> Vec<u8> {
     prefix
 }
 
-/// The highest revision whose change record sorts at or below `key` (0 when none does, or
-/// when `key` is a change-record key of another shape: the caller then removes none).
+/// The highest revision whose change log page sorts at or below `key` (the last a page there
+/// can hold; 0 when none does, or when `key` is a page key of another shape: the caller then
+/// removes none).
 pub fn last_change_upto(key: Option<&[u8]>) -> u64 {
+    const PER_PAGE: u64 = super::changes::REVISIONS_PER_PAGE;
     match key {
-        Some(k) if k.first() > CHANGE_PREFIX.first() => u64::MAX,
-        Some(k) if k.first() == CHANGE_PREFIX.first() && k.len() == CHANGE_PREFIX.len() + 8 => {
+        Some(k) if k.first() > CHANGE_PAGE_PREFIX.first() => u64::MAX,
+        Some(k)
+            if k.first() == CHANGE_PAGE_PREFIX.first()
+                && k.len() == CHANGE_PAGE_PREFIX.len() + 8 =>
+        {
             id_suffix(k)
+                .saturating_mul(PER_PAGE)
+                .saturating_add(PER_PAGE - 1)
         }
         _ => 0,
     }
@@ -152,9 +164,9 @@ pub struct Horizon {
 impl Horizon {
     /// Whether `key` cannot have existed at the horizon: an order's own keys (the order, its
     /// customer index entry) for an id from `next_id` on, a status map whose every id is from
-    /// `next_id` on, or a change record above `revision`. Ids and revisions only grow, so
-    /// such a key is new. (A map holding older ids too may have existed: it is saved before
-    /// it changes, as any other key.) False for every other key, including ones it cannot
+    /// `next_id` on, or a change log page whose every revision is above `revision`. Ids and
+    /// revisions only grow, so such a key is new. (A map or page that can hold older ones too
+    /// may have existed: it is saved before it changes, as any other key.) False for every other key, including ones it cannot
     /// parse.
     pub fn is_past(&self, key: &[u8]) -> bool {
         let id_keyed = |prefix_len: usize| key.len() == prefix_len + 8;
@@ -170,7 +182,12 @@ impl Horizon {
                 let customer_len = u16::from_be_bytes([key[1], key[2]]) as usize;
                 id_keyed(3 + customer_len) && id_suffix(key) >= self.next_id
             }
-            Some(p) if p == CHANGE_PREFIX[0] => id_keyed(1) && id_suffix(key) > self.revision,
+            Some(p) if p == CHANGE_PAGE_PREFIX[0] => {
+                id_keyed(1)
+                    && id_suffix(key)
+                        .checked_mul(super::changes::REVISIONS_PER_PAGE)
+                        .is_some_and(|lowest| lowest > self.revision)
+            }
             _ => false,
         }
     }
@@ -245,6 +262,17 @@ mod tests {
     }
 
     #[test]
+    fn a_dump_past_a_page_has_passed_every_revision_it_can_hold() {
+        assert_eq!(last_change_upto(None), 0);
+        assert_eq!(last_change_upto(Some(&customer_counts("c"))), 0);
+        assert_eq!(last_change_upto(Some(&change_page(0))), 63);
+        assert_eq!(last_change_upto(Some(&change_page(2))), 191);
+        assert_eq!(last_change_upto(Some(&change_page(u64::MAX))), u64::MAX);
+        assert_eq!(last_change_upto(Some(b"f\x00")), 0, "not a page key");
+        assert_eq!(last_change_upto(Some(&order(1))), u64::MAX);
+    }
+
+    #[test]
     fn the_horizon_knows_an_orders_own_keys_and_newer_changes_only() {
         let horizon = Horizon {
             next_id: 10,
@@ -258,8 +286,27 @@ mod tests {
                 assert_eq!(horizon.is_past(&key), new, "customer {customer:?} of {id}");
             }
         }
-        assert!(!horizon.is_past(&change(20)));
-        assert!(horizon.is_past(&change(21)));
+        // A page is new only if every revision it can hold is: 64-127 for page 1.
+        for (revision, page, new) in [
+            (20, 0, false),
+            (20, 1, true),
+            (63, 1, true),
+            (64, 1, false),
+            (127, 1, false),
+            (127, 2, true),
+            (20, u64::MAX, false),
+        ] {
+            let horizon = Horizon {
+                next_id: 1,
+                revision,
+            };
+            assert_eq!(
+                horizon.is_past(&change_page(page)),
+                new,
+                "page {page} at revision {revision}"
+            );
+        }
+        assert!(!horizon.is_past(&with_id(OLD_CHANGE_PREFIX.to_vec(), 21)));
         // A status map is new only if every id it can hold is: ids 64-127 for map 1.
         for (next_id, map, new) in [
             (10, 0, false),

@@ -5,6 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::changes;
 use super::keys;
 use super::list_index::CustomerCounts;
 use super::overlay::Overlay;
@@ -148,7 +149,11 @@ impl OrderState for OverlayState<'_, '_> {
 
     fn put_change(&mut self, change: &ChangeRecord) -> Result<(), StoreError> {
         self.put(keys::REVISION.to_vec(), &change.revision)?;
-        self.put(keys::change(change.revision), change)
+        let key = keys::change_page(changes::page_of(change.revision));
+        let mut page = self.0.get(&key)?.unwrap_or_default();
+        changes::append_to_page(&mut page, change)?;
+        self.0.insert(key, page);
+        Ok(())
     }
 
     fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
@@ -310,7 +315,7 @@ mod tests {
             prop_assert_eq!(by_token, expected, "the token index holds exactly the users' tokens");
             let roles: Vec<CustomRole> = decoded::<CustomRole>(&tree, keys::ROLE_PREFIX).into_iter().map(|(_, r)| r).collect();
             prop_assert_eq!(&roles, &model.roles.values().cloned().collect::<Vec<_>>());
-            let changes: Vec<ChangeRecord> = decoded::<ChangeRecord>(&tree, keys::CHANGE_PREFIX).into_iter().map(|(_, c)| c).collect();
+            let changes: Vec<ChangeRecord> = tree.scan_prefix(keys::CHANGE_PAGE_PREFIX).values().flat_map(|page| changes::page_records(&page.unwrap()).unwrap()).collect();
             prop_assert_eq!(&changes, &model.changes.values().cloned().collect::<Vec<_>>());
             let state = OverlayState(&mut Overlay::new(&tree));
             prop_assert_eq!(

@@ -290,11 +290,13 @@ mod tests {
         let map = |status, group| keys::with_id(keys::status_bits_prefix(status), group);
         let (pending, paid) = (OrderStatus::Pending, OrderStatus::Paid);
         for id in 1..=50 {
-            for k in order_keys(id).into_iter().chain([keys::change(id)]) {
+            for k in order_keys(id) {
                 tree.insert(k, b"v0".as_slice()).unwrap();
             }
         }
         tree.insert(map(pending, 0), b"v0".as_slice()).unwrap();
+        // The change log's page of revisions 0-63 (50 changes so far).
+        tree.insert(keys::change_page(0), b"v0".as_slice()).unwrap();
         tree.insert(map(paid, 0), b"v0".as_slice()).unwrap();
         let before = contents(&tree);
 
@@ -307,15 +309,13 @@ mod tests {
         let mut records = dump.records(&tree);
         let (first, _) = records.next().unwrap().unwrap();
         assert_eq!(first.as_ref(), map(pending, 0));
-        // New orders and their changes (past the horizon), then a change to order 30 (not).
+        // New orders and the page of revisions 64-127 (past the horizon), then a change to
+        // order 30 (not).
         for id in 51..=60 {
-            let puts: Vec<_> = order_keys(id)
-                .into_iter()
-                .chain([keys::change(id)])
-                .map(|k| (k, "new"))
-                .collect();
+            let puts: Vec<_> = order_keys(id).into_iter().map(|k| (k, "new")).collect();
             write_keys(&view, &tree, &puts, &[]);
         }
+        write_keys(&view, &tree, &[(keys::change_page(1), "new")], &[]);
         // The maps: one the dump has passed, one past the horizon, one it has still to reach.
         let maps = [map(pending, 0), map(pending, 1), map(paid, 0)].map(|k| (k, "new"));
         write_keys(&view, &tree, &maps, &[]);
@@ -323,11 +323,11 @@ mod tests {
             &view,
             &tree,
             &[(keys::order(30), "paid")],
-            &[keys::change(1)],
+            &[keys::change_page(0)],
         );
         assert_eq!(
             saved_keys(&view),
-            vec![map(paid, 0), keys::change(1), keys::order(30)]
+            vec![map(paid, 0), keys::change_page(0), keys::order(30)]
         );
 
         let mut dumped = vec![(first.to_vec(), b"v0".to_vec())];

@@ -11,7 +11,12 @@
 //! Layout 3 keeps the status index as one map per 64 ids (`status_index`) instead of one key
 //! per order: a create writes one key less. Its pass turns the old keys into maps (safe to
 //! run again after a crash, see `status_index::move_from_old_layout`).
+//!
+//! Layout 4 keeps the change log in pages of 64 revisions (`changes`) instead of one key per
+//! record: a change writes one key less, and trimming removes a page per 64 changes instead of
+//! a key per change. Its pass pages the old records (safe to run again likewise).
 
+use super::changes;
 use super::keys;
 use super::order_state::stored_order;
 use super::status_index;
@@ -20,7 +25,7 @@ use crate::codec;
 use crate::order::Order;
 
 /// The layout this version writes.
-pub const CURRENT_LAYOUT: u64 = 3;
+pub const CURRENT_LAYOUT: u64 = 4;
 
 /// Orders rewritten per sled batch: sled's memory grows steeply with a batch's size (see
 /// `state_machine`), and this pass may move millions of whole orders.
@@ -48,15 +53,17 @@ pub(super) fn ensure(sm: &sled::Tree) -> Result<bool, StoreError> {
         0
     };
     let status_entries = status_index::move_from_old_layout(sm, BATCH)?;
+    let change_records = changes::move_from_old_layout(sm, BATCH)?;
     sm.insert(keys::LAYOUT, codec::encode(&CURRENT_LAYOUT)?)?;
-    if orders > 0 || status_entries > 0 {
+    if orders > 0 || status_entries > 0 || change_records > 0 {
         tracing::info!(
             from = layout,
             orders,
             status_entries,
+            change_records,
             ms = started.elapsed().as_millis() as u64,
             "store moved to layout {CURRENT_LAYOUT} (each order's revision in its own value, \
-             the status index in maps of 64 ids)"
+             the status index in maps of 64 ids, the change log in pages of 64 revisions)"
         );
     }
     Ok(true)
