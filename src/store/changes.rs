@@ -145,6 +145,11 @@ impl OrderReader {
                 if record.revision < from {
                     continue;
                 }
+                // A chunk applied since `newest` was read may have added to its page: stop at
+                // `newest`, which callers take as the page's upper bound.
+                if record.revision > newest {
+                    break;
+                }
                 // The log is contiguous; a gap would mean a lost record: stop before it.
                 if record.revision != from + changes.len() as u64 {
                     break;
@@ -290,11 +295,15 @@ pub(super) fn trim(
             .values()
             .take(AGE_SCAN_PAGES)
         {
-            for record in page_records(&page?)? {
+            let page = page?;
+            let mut rest = &page[..];
+            while !rest.is_empty() {
+                let (record, after) = next_record(rest)?;
                 if record.updated_at_ms >= cutoff {
                     break 'pages;
                 }
-                keep_from = keep_from.max(record.revision + 1);
+                keep_from = keep_from.max(record.revision.saturating_add(1));
+                rest = after;
             }
         }
     }
