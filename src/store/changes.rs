@@ -214,60 +214,33 @@ fn decode_record(bytes: &[u8]) -> Result<ChangeRecord, StoreError> {
 }
 
 /// Moves the change log from one key per record (`keys::OLD_CHANGE_PREFIX` + revision: layouts
-/// 1 to 3) into pages, in batches that each hold whole pages, so a crash half-way leaves every
-/// record either under its old key or in its page. Run again, it merges what is left into the
-/// pages already written. Returns how many records it moved.
+/// 1 to 3) into pages (`upgrade::regroup`: safe to run again after a crash). Returns how many
+/// records it moved.
 pub(super) fn move_from_old_layout(
     sm: &sled::Tree,
     batch_records: usize,
 ) -> Result<u64, StoreError> {
-    let mut batch = sled::Batch::default();
-    let mut in_batch = 0usize;
-    let mut moved = 0u64;
-    // The page being gathered, and its records so far.
-    let mut current: Option<(u64, Vec<ChangeRecord>)> = None;
-    let finish = |batch: &mut sled::Batch, done: Option<(u64, Vec<ChangeRecord>)>| {
-        if let Some((page, records)) = done {
-            let key = keys::change_page(page);
-            let mut all = match sm.get(&key)? {
-                Some(v) => page_records(&v)?,
-                None => Vec::new(),
-            };
-            all.extend(records);
-            all.sort_by_key(|r| r.revision);
-            all.dedup_by_key(|r| r.revision);
-            let mut bytes = Vec::new();
-            for record in &all {
-                append_to_page(&mut bytes, record)?;
-            }
-            batch.insert(key, bytes);
-        }
-        Ok::<_, StoreError>(())
-    };
-    for kv in sm.scan_prefix(keys::OLD_CHANGE_PREFIX) {
-        let (k, v) = kv?;
+    let place = |k: &[u8], v: &[u8]| {
         if k.len() != keys::OLD_CHANGE_PREFIX.len() + 8 {
             return Err(StoreError::Corrupt(format!(
                 "a malformed change record key of the old layout: {k:?}"
             )));
         }
-        let record = decode_record(&v)?;
-        let page = page_of(record.revision);
-        if current.as_ref().is_some_and(|(p, _)| *p != page) {
-            finish(&mut batch, current.take())?;
-            if in_batch >= batch_records {
-                sm.apply_batch(std::mem::take(&mut batch))?;
-                in_batch = 0;
-            }
+        let record = decode_record(v)?;
+        Ok((keys::change_page(page_of(record.revision)), record))
+    };
+    let merge = |already: Option<&[u8]>, records: Vec<ChangeRecord>| {
+        let mut all = already.map(page_records).transpose()?.unwrap_or_default();
+        all.extend(records);
+        all.sort_by_key(|r| r.revision);
+        all.dedup_by_key(|r| r.revision);
+        let mut page = Vec::new();
+        for record in &all {
+            append_to_page(&mut page, record)?;
         }
-        current.get_or_insert((page, Vec::new())).1.push(record);
-        batch.remove(k);
-        in_batch += 1;
-        moved += 1;
-    }
-    finish(&mut batch, current.take())?;
-    sm.apply_batch(batch)?;
-    Ok(moved)
+        Ok(page)
+    };
+    super::upgrade::regroup(sm, keys::OLD_CHANGE_PREFIX, batch_records, place, merge)
 }
 
 /// Drops records outside `retention` as part of an apply chunk (ages by the state machine's

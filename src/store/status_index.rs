@@ -71,27 +71,10 @@ pub fn ids_from(
 }
 
 /// Moves a store's status index from one key per order (`keys::OLD_STATUS_PREFIX`, then the
-/// status tag and the id, with empty values: layouts 1 and 2) to maps, in batches that each hold whole maps, so a
-/// crash half-way leaves every id either in an old key or in a map. Run again, it merges what
-/// is left into the maps already written.
+/// status tag and the id, with empty values: layouts 1 and 2) to maps (`upgrade::regroup`:
+/// safe to run again after a crash). Returns how many old keys it moved.
 pub(super) fn move_from_old_layout(sm: &sled::Tree, batch_keys: usize) -> Result<u64, StoreError> {
-    let mut batch = sled::Batch::default();
-    let mut in_batch = 0usize;
-    let mut moved = 0u64;
-    // The map being gathered: its key and bits.
-    let mut current: Option<(Vec<u8>, u64)> = None;
-    let finish = |batch: &mut sled::Batch, done: Option<(Vec<u8>, u64)>| {
-        if let Some((key, bits)) = done {
-            let already = match sm.get(&key)? {
-                Some(v) => decode(&v)?,
-                None => 0,
-            };
-            batch.insert(key, encode(already | bits));
-        }
-        Ok::<_, StoreError>(())
-    };
-    for k in sm.scan_prefix(keys::OLD_STATUS_PREFIX).keys() {
-        let k = k?;
+    let place = |k: &[u8], _: &[u8]| {
         let status = match (k.len(), k.get(1).copied().and_then(OrderStatus::from_tag)) {
             (10, Some(status)) => status,
             _ => {
@@ -100,23 +83,14 @@ pub(super) fn move_from_old_layout(sm: &sled::Tree, batch_keys: usize) -> Result
                 )))
             }
         };
-        let (group, bit) = locate(keys::id_suffix(&k));
-        let key = keys::with_id(keys::status_bits_prefix(status), group);
-        if current.as_ref().is_some_and(|(c, _)| *c != key) {
-            finish(&mut batch, current.take())?;
-            if in_batch >= batch_keys {
-                sm.apply_batch(std::mem::take(&mut batch))?;
-                in_batch = 0;
-            }
-        }
-        current.get_or_insert((key, 0)).1 |= bit;
-        batch.remove(k);
-        in_batch += 1;
-        moved += 1;
-    }
-    finish(&mut batch, current.take())?;
-    sm.apply_batch(batch)?;
-    Ok(moved)
+        let (group, bit) = locate(keys::id_suffix(k));
+        Ok((keys::with_id(keys::status_bits_prefix(status), group), bit))
+    };
+    let merge = |already: Option<&[u8]>, bits: Vec<u64>| {
+        let already = already.map(decode).transpose()?.unwrap_or(0);
+        Ok(encode(bits.into_iter().fold(already, |map, bit| map | bit)))
+    };
+    super::upgrade::regroup(sm, keys::OLD_STATUS_PREFIX, batch_keys, place, merge)
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //!
 //! Layout 3 keeps the status index as one map per 64 ids (`status_index`) instead of one key
 //! per order: a create writes one key less. Its pass turns the old keys into maps (safe to
-//! run again after a crash, see `status_index::move_from_old_layout`).
+//! run again after a crash, see `regroup`).
 //!
 //! Layout 4 keeps the change log in pages of 64 revisions (`changes`) instead of one key per
 //! record: a change writes one key less, and trimming removes a page per 64 changes instead of
@@ -67,6 +67,55 @@ pub(super) fn ensure(sm: &sled::Tree) -> Result<bool, StoreError> {
         );
     }
     Ok(true)
+}
+
+/// Moves records kept one per key under `old_prefix` into keys that each gather several (the
+/// passes of layouts 3 and 4): `place` names an old record's new key and what it carries there
+/// (the old keys of one new key must be consecutive), `merge` writes a new key's value from the
+/// value it has (if a pass cut short wrote it) and what was gathered for it. Each sled batch
+/// holds whole new keys with the removal of their old ones, so a crash half-way leaves every
+/// record either under its old key or in its new one, and a pass run again merges the rest.
+/// Returns how many old records it moved.
+pub(super) fn regroup<T>(
+    sm: &sled::Tree,
+    old_prefix: &[u8],
+    batch_records: usize,
+    place: impl Fn(&[u8], &[u8]) -> Result<(Vec<u8>, T), StoreError>,
+    merge: impl Fn(Option<&[u8]>, Vec<T>) -> Result<Vec<u8>, StoreError>,
+) -> Result<u64, StoreError> {
+    let mut batch = sled::Batch::default();
+    let mut in_batch = 0usize;
+    let mut moved = 0u64;
+    // The new key being gathered, and what it gathered so far.
+    let mut current: Option<(Vec<u8>, Vec<T>)> = None;
+    let finish = |batch: &mut sled::Batch, done: Option<(Vec<u8>, Vec<T>)>| {
+        if let Some((key, gathered)) = done {
+            let value = merge(sm.get(&key)?.as_deref(), gathered)?;
+            batch.insert(key, value);
+        }
+        Ok::<_, StoreError>(())
+    };
+    for kv in sm.scan_prefix(old_prefix) {
+        let (k, v) = kv?;
+        let (key, item) = place(&k, &v)?;
+        if current.as_ref().is_some_and(|(c, _)| *c != key) {
+            finish(&mut batch, current.take())?;
+            if in_batch >= batch_records {
+                sm.apply_batch(std::mem::take(&mut batch))?;
+                in_batch = 0;
+            }
+        }
+        current
+            .get_or_insert_with(|| (key, Vec::new()))
+            .1
+            .push(item);
+        batch.remove(k);
+        in_batch += 1;
+        moved += 1;
+    }
+    finish(&mut batch, current.take())?;
+    sm.apply_batch(batch)?;
+    Ok(moved)
 }
 
 /// Layout 1 to 2: each order's revision from `v` + id into the order's value. Returns how
