@@ -354,15 +354,19 @@ mod tests {
             sm.insert(old_key(r), codec::encode(&record(r)).unwrap())
                 .unwrap();
         }
-        // A pass cut short: the page of 64-127 already written, its old keys gone.
-        let mut page = Vec::new();
-        for r in 64..128 {
-            append_to_page(&mut page, &record(r)).unwrap();
-            sm.remove(old_key(r)).unwrap();
+        // A pass cut short: the page of 64-127 already written, its old keys gone; and (as no
+        // pass of whole pages leaves it, but the merge must not lose it) 128-130 in the page
+        // of 128-191 whose other records are still under old keys.
+        for (page_no, records) in [(1, 64..128), (2, 128..131)] {
+            let mut page = Vec::new();
+            for r in records {
+                append_to_page(&mut page, &record(r)).unwrap();
+                sm.remove(old_key(r)).unwrap();
+            }
+            sm.insert(keys::change_page(page_no), page).unwrap();
         }
-        sm.insert(keys::change_page(1), page).unwrap();
 
-        assert_eq!(move_from_old_layout(&sm, 2).unwrap(), 191 - 64);
+        assert_eq!(move_from_old_layout(&sm, 2).unwrap(), 191 - 64 - 3);
         assert_eq!(sm.scan_prefix(keys::OLD_CHANGE_PREFIX).count(), 0);
         let all: Vec<ChangeRecord> = sm
             .scan_prefix(keys::CHANGE_PAGE_PREFIX)
