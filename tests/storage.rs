@@ -870,6 +870,8 @@ fn replication_reads_are_bounded_in_bytes_but_never_empty() {
 /// gave `331aa7c0...` (checked once, by changing the mark the upgrade writes). Then
 /// `6866dc22...` since layout 4 (the change log in pages of 64 revisions, out of the digest
 /// like the records before): with the mark written as 3, `7a7b009e...` (checked the same way).
+/// Then `8507bd1b...` since layout 5 (the customer index in heads and runs, out of the digest
+/// as before): with the mark written as 4, `6866dc22...` (checked the same way).
 #[test]
 fn a_fixed_history_leaves_the_state_it_always_did() {
     rt().block_on(async {
@@ -909,7 +911,7 @@ fn a_fixed_history_leaves_the_state_it_always_did() {
         }
         assert_eq!(
             sm.reader().state_digest().unwrap(),
-            "6866dc22c661517fb889b749db12f55e7ab4fe54348513d8f3045e49ff8c7546",
+            "8507bd1b5683b65e7d41db854b7311a89428fb6a147666bafe49d0a8d72ca53b",
             "the stored state of a fixed history changed"
         );
     });
@@ -988,6 +990,43 @@ fn assert_listings_match(reader: &ordo::store::OrderReader, customers: &[&str]) 
     }
 }
 
+/// The `c` keys of the store's customer index: (heads, runs).
+fn customer_index_keys(tree: &sled::Tree) -> (usize, usize) {
+    // `c`, the customer's length (u16) and bytes, then 0xFF (a head) or an 8-byte id (a run).
+    let is_head = |k: &[u8]| k.len() == 3 + u16::from_be_bytes([k[1], k[2]]) as usize + 1;
+    let keys: Vec<_> = tree.scan_prefix(b"c").keys().map(Result::unwrap).collect();
+    let heads = keys.iter().filter(|k| is_head(k)).count();
+    (heads, keys.len() - heads)
+}
+
+/// Rewrites the store's customer index as layout 4 and the versions before it kept it: an
+/// entry per order, `c` + customer + id, whose value is the order's status tag (empty with
+/// `statuses` false, as before the statuses were kept there), and with `counters` each
+/// customer's counts by status at `c` + customer + 0xFF. Marks the store as layout 4.
+fn write_old_customer_index(tree: &sled::Tree, statuses: bool, counters: bool) {
+    for k in tree.scan_prefix(b"c").keys() {
+        tree.remove(k.unwrap()).unwrap();
+    }
+    let mut counts = std::collections::BTreeMap::<Vec<u8>, [u64; 5]>::new();
+    for v in tree.scan_prefix(b"o").values() {
+        let (order, _revision): (Order, u64) = ordo::codec::decode(&v.unwrap()).unwrap();
+        let customer = order.customer_id.as_bytes();
+        let prefix = [&b"c"[..], &(customer.len() as u16).to_be_bytes(), customer].concat();
+        let tag = order.status.tag();
+        let value = if statuses { vec![tag] } else { Vec::new() };
+        tree.insert([&prefix[..], &order.id.to_be_bytes()].concat(), value)
+            .unwrap();
+        counts.entry([&prefix[..], &[0xFF]].concat()).or_default()[usize::from(tag - 1)] += 1;
+    }
+    if counters {
+        for (k, c) in counts {
+            tree.insert(k, ordo::codec::encode(&c).unwrap()).unwrap();
+        }
+    }
+    tree.insert(b"m:layout", ordo::codec::encode(&4u64).unwrap())
+        .unwrap();
+}
+
 #[test]
 fn listing_counters_and_cursors_agree_with_the_orders_and_are_rebuilt_for_old_stores() {
     let dir = TempDir::new().unwrap();
@@ -997,6 +1036,9 @@ fn listing_counters_and_cursors_agree_with_the_orders_and_are_rebuilt_for_old_st
         OrderStatus::Shipped,
         OrderStatus::Cancelled,
     ];
+    // 50 orders per customer: a run of its older orders and a head of its newest.
+    let orders = 150u64;
+    let expected_index = (customers.len(), customers.len());
     rt().block_on(async {
         let (_log, mut sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
         let mut index = 0;
@@ -1004,11 +1046,11 @@ fn listing_counters_and_cursors_agree_with_the_orders_and_are_rebuilt_for_old_st
             index += 1;
             entry(index, cmd)
         };
-        let mut entries: Vec<Entry> = (0..60)
+        let mut entries: Vec<Entry> = (0..orders as usize)
             .map(|i| next(create(customers[i % 3], None, i as i64)))
             .collect();
         // Moves along the lifecycle, some of them refused (invalid transitions count nothing).
-        for id in 1..=60u64 {
+        for id in 1..=orders {
             for status in moves.iter().take((id % 4) as usize) {
                 entries.push(next(set_status(id, *status, None, None, 100 + id as i64)));
             }
@@ -1017,28 +1059,31 @@ fn listing_counters_and_cursors_agree_with_the_orders_and_are_rebuilt_for_old_st
         assert_listings_match(&sm.reader(), &customers);
         drop(sm);
     });
+    let db = open_sled_once_released(&dir);
+    let tree = db.open_tree("sm").unwrap();
+    assert_eq!(customer_index_keys(&tree), expected_index);
+
+    // A store as layout 4 left it: an entry per order with its status, and the counters, all
+    // kept up to the applied entry (so only the layout says that they are to be rebuilt).
+    write_old_customer_index(&tree, true, true);
+    db.flush().unwrap();
+    drop((tree, db));
+    rt().block_on(async {
+        let (_log, sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
+        assert_listings_match(&sm.reader(), &customers);
+    });
+    let db = open_sled_once_released(&dir);
+    let tree = db.open_tree("sm").unwrap();
+    assert_eq!(
+        customer_index_keys(&tree),
+        expected_index,
+        "no entry of one order is left"
+    );
 
     // A store as the version before the customer counters left it: none of them, and its own
     // mark of how far the rest was kept. A stray counter of a customer without orders (no
     // version wrote one) must go too.
-    let db = open_sled_once_released(&dir);
-    let tree = db.open_tree("sm").unwrap();
-    // `c`, the customer's length (u16) and bytes, then 0xFF (an index entry: an 8-byte id).
-    let is_counters = |k: &[u8]| k.starts_with(b"c") && k.len() == 3 + k[2] as usize + 1;
-    let counters: Vec<_> = tree
-        .scan_prefix(b"c")
-        .keys()
-        .map(|k| k.unwrap())
-        .filter(|k| is_counters(k))
-        .collect();
-    assert_eq!(
-        counters.len(),
-        customers.len(),
-        "one counters key per customer"
-    );
-    for k in counters {
-        tree.remove(k).unwrap();
-    }
+    write_old_customer_index(&tree, true, false);
     let applied = tree
         .remove(b"m:listing_at:2")
         .unwrap()
@@ -1062,6 +1107,11 @@ fn listing_counters_and_cursors_agree_with_the_orders_and_are_rebuilt_for_old_st
     let db = open_sled_once_released(&dir);
     let tree = db.open_tree("sm").unwrap();
     assert_eq!(
+        customer_index_keys(&tree),
+        expected_index,
+        "dave's counters are gone"
+    );
+    assert_eq!(
         tree.get(b"m:listing_at").unwrap(),
         None,
         "the old mark is gone"
@@ -1070,18 +1120,13 @@ fn listing_counters_and_cursors_agree_with_the_orders_and_are_rebuilt_for_old_st
         .iter()
         .keys()
         .map(|k| k.unwrap())
-        .filter(|k| k.starts_with(b"n") || is_counters(k) || &k[..] == b"m:listing_at:2")
+        .filter(|k| k.starts_with(b"n") || &k[..] == b"m:listing_at:2")
         .collect();
-    assert!(derived.len() >= 7, "the counters are stored: {derived:?}");
+    assert!(derived.len() >= 4, "the counters are stored: {derived:?}");
     for k in derived {
         tree.remove(k).unwrap();
     }
-    let by_customer: Vec<_> = tree.scan_prefix(b"c").keys().map(|k| k.unwrap()).collect();
-    assert_eq!(by_customer.len(), 60);
-    for k in by_customer {
-        let status = tree.insert(k, Vec::new()).unwrap();
-        assert_eq!(status.map(|v| v.len()), Some(1), "a status tag");
-    }
+    write_old_customer_index(&tree, false, false);
     db.flush().unwrap();
     drop((tree, db));
 
@@ -1137,9 +1182,9 @@ fn a_store_as_the_release_before_left_it_is_moved_at_open_and_keeps_every_revisi
     assert_eq!(expected[29].1, 30);
 
     // The release before: each order's value is the order alone, its revision under `v` + id
-    // (none for order 30: last changed before revisions were kept), no layout mark, no
-    // customer counters, its own listing mark, the status index as one key per order and the
-    // change log as one key per record. Orders 1-5 stay as they are, as if a pass had moved
+    // (none for order 30: last changed before revisions were kept), no layout mark, the
+    // customer index as one key per order and no customer counters, its own listing mark, the
+    // status index as one key per order and the change log as one key per record. Orders 1-5 stay as they are, as if a pass had moved
     // them and was cut short.
     let db = open_sled_once_released(&dir);
     let tree = db.open_tree("sm").unwrap();
@@ -1149,19 +1194,8 @@ fn a_store_as_the_release_before_left_it_is_moved_at_open_and_keeps_every_revisi
     );
     let listing_at = tree.remove(b"m:listing_at:2").unwrap().unwrap();
     tree.insert(b"m:listing_at", listing_at).unwrap();
-    for customer in customers {
-        let counters = [
-            &b"c\x00"[..],
-            &[customer.len() as u8],
-            customer.as_bytes(),
-            &[0xFF],
-        ]
-        .concat();
-        assert!(
-            tree.remove(counters).unwrap().is_some(),
-            "{customer}'s counters"
-        );
-    }
+    write_old_customer_index(&tree, true, false);
+    tree.remove(b"m:layout").unwrap();
     let maps: Vec<_> = tree.scan_prefix(b"b").keys().map(Result::unwrap).collect();
     assert!(!maps.is_empty(), "the status index is in maps");
     for map in maps {
@@ -1235,6 +1269,11 @@ fn a_store_as_the_release_before_left_it_is_moved_at_open_and_keeps_every_revisi
         tree.scan_prefix(b"e").count(),
         0,
         "no change record key is left"
+    );
+    assert_eq!(
+        customer_index_keys(&tree),
+        (customers.len(), 0),
+        "a head per customer, and no customer index key of one order is left"
     );
     assert!(tree.get(b"m:layout").unwrap().is_some());
 }

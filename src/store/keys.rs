@@ -4,16 +4,16 @@
 //! - `m:next_id`, `m:clock`, `m:last_stamp`: the next order id, the state machine's clock and
 //!   the stamp that last moved it (see `order::apply`); `m:users_begun`: a user has existed;
 //! - `o` + id: an order and the revision of its last change (`order_state::stored_order`;
-//!   before layout 2 the revision had a key of its own, `v` + id); `c` + customer + id
-//!   (value: the order's status tag) and `b` + status + id / 64 (value: a map of which of those
-//!   64 ids are in that status, `status_index`; before layout 3, `s` + status + id with an
-//!   empty value): the listing indexes; `n` + `s` + status: how many orders are in the
-//!   status; `c` + customer + `0xFF`: how many of the customer's orders are in each status
-//!   (`list_index::CustomerCounts`; it sorts right after the customer's newest index entry,
-//!   so a create usually changes both in one sled page). A list's total is a
-//!   read, never a count. `m:listing_at:2`: the applied log id the counters and the customer
-//!   index's statuses were last kept up to (a store written by a version without them, or
-//!   without the customer counters, is rebuilt at open, see `list_index`);
+//!   before layout 2 the revision had a key of its own, `v` + id);
+//! - the listing indexes: `c` + customer + `0xFF`, the customer's head (its counters by
+//!   status and its newest orders' ids and statuses), and `c` + customer + id, a run of its
+//!   older orders from that id on (`customer_index`; before layout 5, one key per order, `c` +
+//!   customer + id with the status tag, beside the counters at the head's key); `b` + status +
+//!   id / 64 (a map of which of those 64 ids are in that status, `status_index`; before layout
+//!   3, `s` + status + id with an empty value); `n` + `s` + status: how many orders are in
+//!   the status. A list's total is a read, never a count. `m:listing_at:2`: the applied log
+//!   id the counters and the customer index were last kept up to (a store written by a
+//!   version without them is rebuilt at open, see `list_index`);
 //! - `i` + key: an idempotency record; `x` + expiry + key: the same key ordered by expiry;
 //! - `u` + name: a user; `t` + token hash: the user's name (the lookup of a request's token);
 //! - `r` + name: a custom role;
@@ -27,10 +27,10 @@
 //! Ids and expiries are big-endian, so sled's byte order is their numeric order.
 //!
 //! Snapshot dumps rely on this layout (`Horizon`): a key that starts with `o`, `b`, `c` or
-//! `f` and has the shape of an order's own key, a status map or a change log page is judged
-//! new by its id or revision (a map or page by the lowest it can hold). A new kind of key must not take one of
-//! those first bytes unless its length can never be that shape's (as a customer's counters:
-//! one byte after the customer, never an 8-byte id).
+//! `f` and has the shape of an order's own key, a customer's run, a status map or a change log
+//! page is judged new by its id or revision (a run, map or page by the lowest it can hold). A
+//! new kind of key must not take one of those first bytes unless its length can never be that
+//! shape's (as a customer's head: one byte after the customer, never an 8-byte id).
 
 use crate::order::OrderStatus;
 
@@ -89,29 +89,29 @@ pub fn customer_prefix(customer_id: &str) -> Vec<u8> {
     k
 }
 
-/// The last byte of a customer's counters key: above the first byte of any order id (ids stay
-/// below 2^56), so the key sorts after all of the customer's index entries.
-const CUSTOMER_COUNTS_SUFFIX: u8 = 0xFF;
+/// The last byte of a customer's head key: above the first byte of any order id (ids stay
+/// below 2^56), so the head sorts after all of the customer's runs.
+const CUSTOMER_HEAD_SUFFIX: u8 = 0xFF;
 
-/// The key of a customer's counters: not an index entry (one byte, not an id, after the
-/// customer), so `Horizon` never judges it new and an index walk ends before it.
-pub fn customer_counts(customer_id: &str) -> Vec<u8> {
-    counts_of_customer_prefix(customer_prefix(customer_id))
+/// The key of a customer's head (`customer_index`): one byte, not an id, after the customer,
+/// so `Horizon` never judges it new, and it sorts after the customer's runs.
+pub fn customer_head(customer_id: &str) -> Vec<u8> {
+    head_of_customer_prefix(customer_prefix(customer_id))
 }
 
-/// `customer_counts` from the customer's `customer_prefix`.
-pub fn counts_of_customer_prefix(mut prefix: Vec<u8>) -> Vec<u8> {
-    prefix.push(CUSTOMER_COUNTS_SUFFIX);
+/// `customer_head` from the customer's `customer_prefix`.
+pub fn head_of_customer_prefix(mut prefix: Vec<u8>) -> Vec<u8> {
+    prefix.push(CUSTOMER_HEAD_SUFFIX);
     prefix
 }
 
 /// The customer prefix of a key under `CUSTOMER_PREFIX`, and whether the key is that
-/// customer's counters (else an index entry); None for a key too short for its length field.
+/// customer's head (else a run: `with_id(prefix, lowest id)`); None for a malformed key.
 pub fn split_customer_key(key: &[u8]) -> Option<(&[u8], bool)> {
     let len = u16::from_be_bytes([*key.get(1)?, *key.get(2)?]) as usize;
     let prefix = key.get(..3 + len)?;
     match key.len() - prefix.len() {
-        1 if key[key.len() - 1] == CUSTOMER_COUNTS_SUFFIX => Some((prefix, true)),
+        1 if key[key.len() - 1] == CUSTOMER_HEAD_SUFFIX => Some((prefix, true)),
         8 => Some((prefix, false)),
         _ => None,
     }
@@ -162,12 +162,12 @@ pub struct Horizon {
 }
 
 impl Horizon {
-    /// Whether `key` cannot have existed at the horizon: an order's own keys (the order, its
-    /// customer index entry) for an id from `next_id` on, a status map whose every id is from
-    /// `next_id` on, or a change log page whose every revision is above `revision`. Ids and
-    /// revisions only grow, so such a key is new. (A map or page that can hold older ones too
-    /// may have existed: it is saved before it changes, as any other key.) False for every other key, including ones it cannot
-    /// parse.
+    /// Whether `key` cannot have existed at the horizon: an order for an id from `next_id`
+    /// on, a customer's run or a status map whose every id is from `next_id` on, or a change
+    /// log page whose every revision is above `revision`. Ids and revisions only grow, so such
+    /// a key is new. (A run, map or page that can hold older ones too may have existed: it is
+    /// saved before it changes, as any other key.) False for every other key, including ones
+    /// it cannot parse.
     pub fn is_past(&self, key: &[u8]) -> bool {
         let id_keyed = |prefix_len: usize| key.len() == prefix_len + 8;
         match key.first().copied() {
@@ -243,19 +243,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_customers_counters_sort_after_its_index_entries_and_are_told_apart_from_them() {
+    fn a_customers_head_sorts_after_its_runs_and_is_told_apart_from_them() {
         for customer in ["", "a", "a customer"] {
-            let counts = customer_counts(customer);
+            let head = customer_head(customer);
             let prefix = customer_prefix(customer);
             for id in [1, 255, 1 << 40, (1 << 56) - 1] {
-                let entry = with_id(prefix.clone(), id);
-                assert!(entry < counts, "{customer:?} {id}");
-                assert_eq!(split_customer_key(&entry), Some((&prefix[..], false)));
+                let run = with_id(prefix.clone(), id);
+                assert!(run < head, "{customer:?} {id}");
+                assert_eq!(split_customer_key(&run), Some((&prefix[..], false)));
             }
-            assert_eq!(split_customer_key(&counts), Some((&prefix[..], true)));
+            assert_eq!(split_customer_key(&head), Some((&prefix[..], true)));
         }
-        // The next customer's keys come after the counters.
-        assert!(customer_counts("a") < with_id(customer_prefix("b"), 1));
+        // The next customer's keys come after the head.
+        assert!(customer_head("a") < with_id(customer_prefix("b"), 1));
         for malformed in [&b"c"[..], b"c\x00", b"c\x00\x05ab", b"c\x00\x01a\x01\x02"] {
             assert_eq!(split_customer_key(malformed), None, "{malformed:?}");
         }
@@ -264,7 +264,7 @@ mod tests {
     #[test]
     fn a_dump_past_a_page_has_passed_every_revision_it_can_hold() {
         assert_eq!(last_change_upto(None), 0);
-        assert_eq!(last_change_upto(Some(&customer_counts("c"))), 0);
+        assert_eq!(last_change_upto(Some(&customer_head("c"))), 0);
         assert_eq!(last_change_upto(Some(&change_page(0))), 63);
         assert_eq!(last_change_upto(Some(&change_page(2))), 191);
         assert_eq!(last_change_upto(Some(&change_page(u64::MAX))), u64::MAX);
@@ -333,8 +333,8 @@ mod tests {
         for key in [
             status_count(OrderStatus::Pending),
             with_id(vec![OLD_STATUS_PREFIX[0], OrderStatus::Pending.tag()], 11),
-            customer_counts("c"),
-            customer_counts(""),
+            customer_head("c"),
+            customer_head(""),
             NEXT_ID.to_vec(),
             REVISION.to_vec(),
             idempotency("k"),

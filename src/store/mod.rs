@@ -8,6 +8,7 @@
 
 pub mod backup;
 mod changes;
+mod customer_index;
 mod error;
 mod keys;
 mod list_index;

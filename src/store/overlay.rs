@@ -4,6 +4,9 @@
 
 use std::collections::BTreeMap;
 
+/// A key and its value.
+pub(super) type KeyValue = (Vec<u8>, Vec<u8>);
+
 pub(super) struct Overlay<'a> {
     tree: &'a sled::Tree,
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
@@ -44,6 +47,34 @@ impl<'a> Overlay<'a> {
 
     pub fn remove(&mut self, key: Vec<u8>) {
         self.writes.insert(key, None);
+    }
+
+    /// The greatest key from `low` to `high` (both included) and its value, as the batch now
+    /// sees them.
+    pub fn last_at_or_below(
+        &self,
+        low: &[u8],
+        high: &[u8],
+    ) -> Result<Option<KeyValue>, sled::Error> {
+        let mut in_tree = None;
+        for kv in self.tree.range(low..=high).rev() {
+            let (k, v) = kv?;
+            match self.writes.get(k.as_ref()) {
+                Some(None) => continue, // removed by this batch
+                Some(Some(written)) => in_tree = Some((k.to_vec(), written.clone())),
+                None => in_tree = Some((k.to_vec(), v.to_vec())),
+            }
+            break;
+        }
+        let written = self
+            .writes
+            .range(low.to_vec()..=high.to_vec())
+            .rev()
+            .find_map(|(k, v)| Some((k.clone(), v.clone()?)));
+        Ok(match (in_tree, written) {
+            (Some(t), Some(w)) => Some(if w.0 >= t.0 { w } else { t }),
+            (t, w) => t.or(w),
+        })
     }
 
     /// Removes and returns the lowest `limit` keys under `prefix` that sort below `upper`, as
@@ -131,6 +162,32 @@ impl<'a> Overlay<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn last_at_or_below_sees_the_batchs_writes_and_removals() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let x = |i: u8| vec![b'x', i];
+        for i in [2, 4, 6] {
+            tree.insert(x(i), vec![i]).unwrap();
+        }
+        tree.insert(b"y", vec![]).unwrap();
+        let mut ov = Overlay::new(&tree);
+        let last = |ov: &Overlay, high: u8| ov.last_at_or_below(b"x", &x(high)).unwrap();
+        assert_eq!(last(&ov, 5), Some((x(4), vec![4])));
+        assert_eq!(last(&ov, 1), None);
+        ov.insert(x(5), vec![50]);
+        ov.insert(x(4), vec![40]);
+        assert_eq!(last(&ov, 5), Some((x(5), vec![50])));
+        assert_eq!(last(&ov, 4), Some((x(4), vec![40])));
+        ov.remove(x(4));
+        ov.remove(x(2));
+        assert_eq!(last(&ov, 4), None);
+        assert_eq!(last(&ov, 9), Some((x(6), vec![6])));
+        ov.insert(x(9), vec![90]);
+        assert_eq!(last(&ov, 255), Some((x(9), vec![90])));
+    }
 
     #[test]
     fn remove_lowest_takes_keys_in_order_across_calls_and_sees_overlay_writes() {

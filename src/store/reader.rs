@@ -5,8 +5,8 @@
 
 use std::sync::{Arc, RwLock};
 
+use super::customer_index;
 use super::keys;
-use super::list_index::CustomerCounts;
 use super::order_state::stored_order;
 use super::status_index;
 use super::StoreError;
@@ -115,7 +115,7 @@ impl OrderReader {
     }
 
     /// Orders matching `filter`, ordered by id, from `start`. The total is read from a
-    /// counter (a status's, or the customer's: `list_index`); a filtered page walks its index
+    /// counter (a status's, or the customer's head); a filtered page walks its index
     /// from where it starts: a cursor page costs the same however deep it is; a numbered page
     /// skips the index entries before it.
     pub fn list(
@@ -159,20 +159,19 @@ impl OrderReader {
             return Ok(page);
         }
 
-        // A customer's orders come from the customer index, whose values are their statuses;
+        // A customer's orders come from the customer index, which holds their statuses;
         // the others from the status index's maps.
         page.total = match (&filter.customer_id, filter.status) {
-            (Some(c), _) => self
-                .decoded::<CustomerCounts>(&keys::customer_counts(c))?
-                .unwrap_or_default()
-                .total(filter.status),
+            (Some(c), _) => customer_index::counts(&self.sm, c)?.total(filter.status),
             (None, Some(s)) => self.decoded::<u64>(&keys::status_count(s))?.unwrap_or(0),
             (None, None) => unreachable!("an unfiltered list walks no index"),
         };
         let Some(first) = first else { return Ok(page) };
         let ids: Box<dyn Iterator<Item = Result<u64, StoreError>>> =
             match (&filter.customer_id, filter.status) {
-                (Some(c), status) => Box::new(self.customer_ids(c, status, first)),
+                (Some(c), status) => {
+                    Box::new(customer_index::ids_from(&self.sm, c, status, first)?)
+                }
                 (None, Some(s)) => Box::new(status_index::ids_from(&self.sm, s, first)),
                 (None, None) => unreachable!("an unfiltered list walks no index"),
             };
@@ -196,32 +195,6 @@ impl OrderReader {
             page.revisions.push(revision);
         }
         Ok(page)
-    }
-
-    /// The ids of `customer`'s orders from `first` on, in `status` if one is given, from the
-    /// customer index (whose values are the statuses; the customer's counters, right after its
-    /// entries, are not one: the walk ends before them).
-    fn customer_ids(
-        &self,
-        customer: &str,
-        status: Option<OrderStatus>,
-        first: u64,
-    ) -> impl Iterator<Item = Result<u64, StoreError>> {
-        let prefix = keys::customer_prefix(customer);
-        let entry_len = prefix.len() + 8;
-        let wanted = status.map(|s| s.tag());
-        self.sm
-            .range(keys::with_id(prefix.clone(), first)..)
-            .take_while(move |kv| {
-                kv.as_ref().map_or(true, |(k, _)| {
-                    k.starts_with(&prefix) && k.len() == entry_len
-                })
-            })
-            .filter(move |kv| {
-                kv.as_ref()
-                    .map_or(true, |(_, v)| wanted.is_none_or(|t| v[..] == [t]))
-            })
-            .map(|kv| Ok(keys::id_suffix(&kv?.0)))
     }
 
     /// The user whose token hashes to `hash`.

@@ -15,6 +15,11 @@
 //! Layout 4 keeps the change log in pages of 64 revisions (`changes`) instead of one key per
 //! record: a change writes one key less, and trimming removes a page per 64 changes instead of
 //! a key per change. Its pass pages the old records (safe to run again likewise).
+//!
+//! Layout 5 keeps the customer index as a head per customer (its counters and newest orders)
+//! and runs of older orders (`customer_index`) instead of an entry per order beside the
+//! counters: a create writes one key less. The index is derived from the orders, so its pass
+//! is `list_index`'s rebuild: this one only clears the rebuild's mark, and marks the layout.
 
 use super::changes;
 use super::keys;
@@ -25,7 +30,7 @@ use crate::codec;
 use crate::order::Order;
 
 /// The layout this version writes.
-pub const CURRENT_LAYOUT: u64 = 4;
+pub const CURRENT_LAYOUT: u64 = 5;
 
 /// Orders rewritten per sled batch: sled's memory grows steeply with a batch's size (see
 /// `state_machine`), and this pass may move millions of whole orders.
@@ -54,6 +59,10 @@ pub(super) fn ensure(sm: &sled::Tree) -> Result<bool, StoreError> {
     };
     let status_entries = status_index::move_from_old_layout(sm, BATCH)?;
     let change_records = changes::move_from_old_layout(sm, BATCH)?;
+    if layout < 5 {
+        // `list_index::ensure`, next, then builds the customer index anew.
+        sm.remove(keys::COUNTS_AT)?;
+    }
     sm.insert(keys::LAYOUT, codec::encode(&CURRENT_LAYOUT)?)?;
     if orders > 0 || status_entries > 0 || change_records > 0 {
         tracing::info!(
@@ -63,7 +72,8 @@ pub(super) fn ensure(sm: &sled::Tree) -> Result<bool, StoreError> {
             change_records,
             ms = started.elapsed().as_millis() as u64,
             "store moved to layout {CURRENT_LAYOUT} (each order's revision in its own value, \
-             the status index in maps of 64 ids, the change log in pages of 64 revisions)"
+             the status index in maps of 64 ids, the change log in pages of 64 revisions; \
+             the customer index is rebuilt next)"
         );
     }
     Ok(true)
