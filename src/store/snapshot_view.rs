@@ -17,7 +17,7 @@
 //! saved as "did not exist": about a hundred bytes each, 100 MB for 150k creates during one
 //! dump of a million-order store. The dump's `Horizon` (the next order id and the revision when
 //! it began) recognises those keys by their id instead: they are neither saved nor dumped. (A
-//! customer's counters are saved like any other key: one per customer written to.)
+//! customer's head is saved like any other key: one per customer written to.)
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

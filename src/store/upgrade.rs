@@ -59,11 +59,13 @@ pub(super) fn ensure(sm: &sled::Tree) -> Result<bool, StoreError> {
     };
     let status_entries = status_index::move_from_old_layout(sm, BATCH)?;
     let change_records = changes::move_from_old_layout(sm, BATCH)?;
+    let mut mark = sled::Batch::default();
     if layout < 5 {
         // `list_index::ensure`, next, then builds the customer index anew.
-        sm.remove(keys::COUNTS_AT)?;
+        mark.remove(keys::COUNTS_AT);
     }
-    sm.insert(keys::LAYOUT, codec::encode(&CURRENT_LAYOUT)?)?;
+    mark.insert(keys::LAYOUT, codec::encode(&CURRENT_LAYOUT)?);
+    sm.apply_batch(mark)?;
     if orders > 0 || status_entries > 0 || change_records > 0 {
         tracing::info!(
             from = layout,
