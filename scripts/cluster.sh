@@ -17,7 +17,8 @@
 # kill   SIGKILL, stop SIGTERM, pause SIGSTOP, resume SIGCONT; start restarts a node.
 # Each node keeps its data, log and pid under $ORDO_RUN_DIR/nN/ (default .ordo-cluster/).
 # `up` records the base port there, so later commands (in any shell) use the cluster's ports.
-# ORDO_BIN: the ordo binary to run (default target/release/ordo, built by `up`).
+# ORDO_BIN: the ordo binary to run (default target/release/ordo, built by `up`); each node
+# remembers the binary it was started from, so `down` stops it whatever ORDO_BIN says then.
 # Only processes this script started (by the pid it recorded) are ever signalled.
 set -euo pipefail
 
@@ -41,6 +42,9 @@ port() { echo $((BASE_PORT + $1)); }
 addr() { echo "127.0.0.1:$(port "$1")"; }
 peers() { local p="" n; for n in "${NODES[@]}"; do p+="${p:+,}$n=$(addr "$n")"; done; echo "$p"; }
 pidfile() { echo "$RUN_DIR/n$1/pid"; }
+# The binary node N was started from: `down` and the others find the node by it, whatever
+# ORDO_BIN says now.
+binfile() { echo "$RUN_DIR/n$1/bin"; }
 secure() { [[ -f $RUN_DIR/secure ]]; }
 scheme() { if secure; then echo https; else echo http; fi; }
 url() { echo "$(scheme)://$(addr "$1")"; }
@@ -68,8 +72,9 @@ running_pid() {
   [[ -f $f ]] || return 1
   local pid; pid=$(cat "$f")
   [[ -n $pid && -d /proc/$pid ]] || return 1
-  # The kernel keeps the first 15 bytes of the binary's name (ORDO_BIN may name another).
-  local comm; comm=$(basename "$BIN"); comm=${comm:0:15}
+  # The kernel keeps the first 15 bytes of the binary's name.
+  local bin; bin=$(cat "$(binfile "$1")" 2>/dev/null) || bin=$BIN
+  local comm; comm=$(basename "$bin"); comm=${comm:0:15}
   [[ "$(cat /proc/"$pid"/comm 2>/dev/null)" == "$comm" ]] || return 1
   # A killed node that nobody has reaped yet is a zombie: it is not running.
   [[ "$(awk '{print $3}' /proc/"$pid"/stat 2>/dev/null)" != Z ]] || return 1
@@ -87,8 +92,8 @@ start_node() { # N [new]: `new` lets the node form the cluster if its data direc
   # Something this script did not start (a node of another ORDO_BIN, another program) holding
   # the port would answer in the new node's place while the new node exits.
   if timeout 2 bash -c ": </dev/tcp/127.0.0.1/$(port "$n")" 2>/dev/null; then
-    echo "$(addr "$n") is already taken, not by a node this script recorded for $BIN;" >&2
-    echo "stop it first (a node started with another ORDO_BIN: ORDO_BIN=... $0 down)" >&2
+    echo "$(addr "$n") is already taken, not by a node this script recorded in $RUN_DIR;" >&2
+    echo "stop it first (or choose another ORDO_BASE_PORT and ORDO_RUN_DIR)" >&2
     exit 1
   fi
   mkdir -p "$RUN_DIR/n$n"
@@ -97,6 +102,7 @@ start_node() { # N [new]: `new` lets the node form the cluster if its data direc
     --peers "$(peers)" --initial-cluster-state "$state" $(tls_flags "$n") \
     >>"$RUN_DIR/n$n/node.log" 2>&1 </dev/null &
   echo $! >"$(pidfile "$n")"
+  echo "$BIN" >"$(binfile "$n")"
   echo "node $n started (pid $!, $(url "$n"), log $RUN_DIR/n$n/node.log)"
 }
 
