@@ -73,7 +73,8 @@ running_pid() {
   local pid; pid=$(cat "$f")
   [[ -n $pid && -d /proc/$pid ]] || return 1
   # The kernel keeps the first 15 bytes of the binary's name.
-  local bin; bin=$(cat "$(binfile "$1")" 2>/dev/null) || bin=$BIN
+  local bin=$BIN
+  [[ -s $(binfile "$1") ]] && bin=$(cat "$(binfile "$1")")
   local comm; comm=$(basename "$bin"); comm=${comm:0:15}
   [[ "$(cat /proc/"$pid"/comm 2>/dev/null)" == "$comm" ]] || return 1
   # A killed node that nobody has reaped yet is a zombie: it is not running.
@@ -92,8 +93,9 @@ start_node() { # N [new]: `new` lets the node form the cluster if its data direc
   # Something this script did not start (a node of another ORDO_BIN, another program) holding
   # the port would answer in the new node's place while the new node exits.
   if timeout 2 bash -c ": </dev/tcp/127.0.0.1/$(port "$n")" 2>/dev/null; then
-    echo "$(addr "$n") is already taken, not by a node this script recorded in $RUN_DIR;" >&2
-    echo "stop it first (or choose another ORDO_BASE_PORT and ORDO_RUN_DIR)" >&2
+    echo "$(addr "$n") is already taken, not by a node this script knows in $RUN_DIR;" >&2
+    echo "stop it first (a node an older version of this script started with another" >&2
+    echo "ORDO_BIN: ORDO_BIN=<that binary> $0 down), or choose another ORDO_BASE_PORT" >&2
     exit 1
   fi
   mkdir -p "$RUN_DIR/n$n"
@@ -101,8 +103,8 @@ start_node() { # N [new]: `new` lets the node form the cluster if its data direc
   nohup "$BIN" serve --id "$n" --listen "$(addr "$n")" --data-dir "$RUN_DIR/n$n/data" \
     --peers "$(peers)" --initial-cluster-state "$state" $(tls_flags "$n") \
     >>"$RUN_DIR/n$n/node.log" 2>&1 </dev/null &
-  echo $! >"$(pidfile "$n")"
   echo "$BIN" >"$(binfile "$n")"
+  echo $! >"$(pidfile "$n")"
   echo "node $n started (pid $!, $(url "$n"), log $RUN_DIR/n$n/node.log)"
 }
 
@@ -214,10 +216,20 @@ case "$cmd" in
         kill -CONT "$pid" 2>/dev/null || true # a paused node must run to hear SIGTERM
       fi
     done
+    left=0
     for n in "${NODES[@]}"; do
       if ! wait_stopped "$n"; then signal_node "$n" KILL "killed after 10 s"; fi
-      rm -f "$(pidfile "$n")"
+      pid=$(cat "$(pidfile "$n")" 2>/dev/null) || pid=""
+      if [[ -n $pid && ! -s $(binfile "$n") && -d /proc/$pid && "$(awk '{print $3}' /proc/"$pid"/stat 2>/dev/null)" != Z ]]; then
+        # Started by an older version of this script, from another binary than $BIN: keep
+        # its record rather than lose the only way to stop it.
+        echo "node $n (pid $pid) is not $BIN: left running; ORDO_BIN=<its binary> $0 down" >&2
+        left=1
+      else
+        rm -f "$(pidfile "$n")"
+      fi
     done
+    ((left == 0)) || exit 1
     echo "cluster stopped (data kept in $RUN_DIR; rm -rf it for a fresh start)"
     ;;
   status) status_table ;;
