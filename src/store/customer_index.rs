@@ -1,8 +1,8 @@
-//! The customer index (layout 5): per customer, one head key (`keys::customer_head`) whose
-//! value holds the customer's counters by status and its newest orders, and runs of its older
-//! orders (`keys::customer_run`, named by the lowest id in the run). Each order is an entry of
-//! its id and its status, so that a customer's list filtered by status reads no order it does
-//! not return, and its total is one read.
+//! The customer index (layout 5): per customer, one head key
+//! (`keys::head_of_customer_prefix`) whose value holds the customer's counters by status and
+//! its newest orders, and runs of its older orders (`c` + customer + the lowest id in the run:
+//! `run_key`). Each order is an entry of its id and its status, so that a customer's list
+//! filtered by status reads no order it does not return, and its total comes with the walk.
 //!
 //! Why not one key per order, as before: a create wrote its order, an index entry and the
 //! counters, three sled keys, and sled's apply and leaf splits cost per key. Now a create
@@ -13,6 +13,8 @@
 //!
 //! Ids only grow, so a customer's runs, in key order, and then its head hold its orders in id
 //! order, and the run holding an id is the last run key at or below that id.
+
+use std::collections::{hash_map, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -102,6 +104,11 @@ impl CustomerHead {
     }
 }
 
+/// The key of the run whose lowest id is `lowest`, from the customer's `keys::customer_prefix`.
+fn run_key(prefix: Vec<u8>, lowest: u64) -> Vec<u8> {
+    keys::with_id(prefix, lowest)
+}
+
 fn decode_head(value: Option<&[u8]>) -> Result<CustomerHead, StoreError> {
     Ok(value.map(codec::decode).transpose()?.unwrap_or_default())
 }
@@ -121,7 +128,7 @@ pub(super) fn put(
     match previous {
         None => {
             if let Some(run) = head.add_new(id, status)? {
-                ov.insert(keys::with_id(prefix, run[0].id), codec::encode(&run)?);
+                ov.insert(run_key(prefix, run[0].id), codec::encode(&run)?);
             }
         }
         Some(previous) => {
@@ -130,7 +137,7 @@ pub(super) fn put(
             if let Some(entry) = head.newest.iter_mut().find(|e| e.id == id) {
                 entry.status = status.tag();
             } else {
-                let at = keys::with_id(prefix.clone(), id);
+                let at = run_key(prefix.clone(), id);
                 let not_indexed =
                     || StoreError::Corrupt(format!("order {id} is not in its customer's index"));
                 let (run_key, run) = ov.last_at_or_below(&prefix, &at)?.ok_or_else(not_indexed)?;
@@ -148,25 +155,27 @@ pub(super) fn put(
     Ok(())
 }
 
-/// The customer's counters (all zero for a customer without orders).
-pub(super) fn counts(sm: &sled::Tree, customer: &str) -> Result<CustomerCounts, StoreError> {
-    Ok(decode_head(sm.get(keys::customer_head(customer))?.as_deref())?.counts)
-}
-
-/// The ids of `customer`'s orders from `first` on, in `status` if one is given, ascending.
+/// A customer's counters (all zero for a customer without orders), and the ids of its orders
+/// from `first` on, in `status` if one is given, ascending.
 ///
-/// The head is read first, then the runs below the head's first entry as the iterator goes
-/// (one sled read per run), then the head's entries: a walk beside applies misses no order
-/// the customer had when it began, and gives each once. A run sealed meanwhile holds entries
-/// of that head from its first on, so it is never read. (Read the other way round, with the
-/// head last, such a run could be missed together with its entries: sled's iterator keeps the
-/// leaf it read last.)
-pub(super) fn ids_from(
+/// The head is read once, first; then the runs below the head's first entry as the iterator
+/// goes (one sled read per run), then the head's entries: a walk beside applies misses no
+/// order the customer had when it began, and gives each once. A run sealed meanwhile holds
+/// entries of that head from its first on, so it is never read. (Read the other way round,
+/// with the head last, such a run could be missed together with its entries: sled's iterator
+/// keeps the leaf it read last.)
+pub(super) fn list(
     sm: &sled::Tree,
     customer: &str,
     status: Option<OrderStatus>,
     first: u64,
-) -> Result<impl Iterator<Item = Result<u64, StoreError>>, StoreError> {
+) -> Result<
+    (
+        CustomerCounts,
+        impl Iterator<Item = Result<u64, StoreError>>,
+    ),
+    StoreError,
+> {
     let prefix = keys::customer_prefix(customer);
     let head = decode_head(
         sm.get(keys::head_of_customer_prefix(prefix.clone()))?
@@ -174,21 +183,21 @@ pub(super) fn ids_from(
     )?;
     // The runs that existed when the head was read: every one of them is below its first
     // entry (none without one: a customer's first order starts its head).
-    let runs_end = keys::with_id(prefix.clone(), head.newest.first().map_or(0, |e| e.id));
+    let runs_end = run_key(prefix.clone(), head.newest.first().map_or(0, |e| e.id));
     // The run that may hold `first` starts at or below it.
     let start = match sm
-        .range(prefix.clone()..=keys::with_id(prefix.clone(), first))
+        .range(prefix.clone()..=run_key(prefix.clone(), first))
         .next_back()
     {
         Some(kv) => kv?.0.to_vec(),
         None => prefix,
     };
-    let runs = sm.range(start.min(runs_end.clone())..runs_end).map(|kv| {
-        let (k, v) = kv?;
-        entries_of(&k, &v)
-    });
+    let runs = sm
+        .range(start.min(runs_end.clone())..runs_end)
+        .values()
+        .map(|run| Ok(codec::decode::<Vec<Entry>>(&run?)?));
     let wanted = status.map(|s| s.tag());
-    Ok(runs
+    let ids = runs
         .chain(std::iter::once(Ok(head.newest)))
         .flat_map(move |entries| {
             let ids: Vec<Result<u64, StoreError>> = match entries {
@@ -200,18 +209,8 @@ pub(super) fn ids_from(
                 Err(e) => vec![Err(e)],
             };
             ids
-        }))
-}
-
-/// The entries a customer index key holds (a run's, or the head's newest).
-pub(super) fn entries_of(key: &[u8], value: &[u8]) -> Result<Vec<Entry>, StoreError> {
-    match keys::split_customer_key(key) {
-        Some((_, true)) => Ok(codec::decode::<CustomerHead>(value)?.newest),
-        Some((_, false)) => Ok(codec::decode(value)?),
-        None => Err(StoreError::Corrupt(format!(
-            "a malformed customer index key: {key:?}"
-        ))),
-    }
+        });
+    Ok((head.counts, ids))
 }
 
 /// Builds the whole index again from the orders, which `orders` yields in id order as
@@ -223,11 +222,10 @@ pub(super) fn rebuild(
     orders: impl Iterator<Item = Result<(String, u64, OrderStatus), StoreError>>,
     batch_orders: usize,
 ) -> Result<usize, StoreError> {
-    let mut heads: std::collections::HashMap<Vec<u8>, CustomerHead> = Default::default();
+    let mut heads: HashMap<Vec<u8>, CustomerHead> = HashMap::new();
     let mut batch = sled::Batch::default();
     let mut n = 0usize;
-    let write = |heads: &mut std::collections::HashMap<Vec<u8>, CustomerHead>,
-                 mut batch: sled::Batch| {
+    let write = |heads: &mut HashMap<Vec<u8>, CustomerHead>, mut batch: sled::Batch| {
         for (prefix, head) in heads.drain() {
             batch.insert(keys::head_of_customer_prefix(prefix), codec::encode(&head)?);
         }
@@ -238,14 +236,14 @@ pub(super) fn rebuild(
         let (customer, id, status) = order?;
         let prefix = keys::customer_prefix(&customer);
         let head = match heads.entry(prefix.clone()) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
+            hash_map::Entry::Occupied(e) => e.into_mut(),
+            hash_map::Entry::Vacant(e) => {
                 let key = keys::head_of_customer_prefix(prefix.clone());
                 e.insert(decode_head(sm.get(key)?.as_deref())?)
             }
         };
         if let Some(run) = head.add_new(id, status)? {
-            batch.insert(keys::with_id(prefix, run[0].id), codec::encode(&run)?);
+            batch.insert(run_key(prefix, run[0].id), codec::encode(&run)?);
         }
         n += 1;
         if n.is_multiple_of(batch_orders) {
@@ -263,6 +261,19 @@ mod tests {
     fn tree() -> sled::Tree {
         let db = sled::Config::new().temporary(true).open().unwrap();
         db.open_tree("sm").unwrap()
+    }
+
+    fn ids_from(
+        sm: &sled::Tree,
+        customer: &str,
+        status: Option<OrderStatus>,
+        first: u64,
+    ) -> Result<impl Iterator<Item = Result<u64, StoreError>>, StoreError> {
+        list(sm, customer, status, first).map(|(_, ids)| ids)
+    }
+
+    fn counts(sm: &sled::Tree, customer: &str) -> Result<CustomerCounts, StoreError> {
+        list(sm, customer, None, 0).map(|(counts, _)| counts)
     }
 
     fn ids(sm: &sled::Tree, customer: &str, status: Option<OrderStatus>, first: u64) -> Vec<u64> {
@@ -310,10 +321,7 @@ mod tests {
             let runs = sm
                 .scan_prefix(keys::customer_prefix("a"))
                 .keys()
-                .filter(|k| {
-                    keys::split_customer_key(k.as_ref().unwrap())
-                        == Some((&keys::customer_prefix("a")[..], false))
-                })
+                .filter(|k| k.as_ref().unwrap().len() == keys::customer_prefix("a").len() + 8)
                 .count();
             assert_eq!(runs, (a_ids.len() - 1) / RUN_LEN, "chunk {chunk}");
             let paid: Vec<u64> = a_ids

@@ -93,28 +93,12 @@ pub fn customer_prefix(customer_id: &str) -> Vec<u8> {
 /// below 2^56), so the head sorts after all of the customer's runs.
 const CUSTOMER_HEAD_SUFFIX: u8 = 0xFF;
 
-/// The key of a customer's head (`customer_index`): one byte, not an id, after the customer,
-/// so `Horizon` never judges it new, and it sorts after the customer's runs.
-pub fn customer_head(customer_id: &str) -> Vec<u8> {
-    head_of_customer_prefix(customer_prefix(customer_id))
-}
-
-/// `customer_head` from the customer's `customer_prefix`.
+/// The key of a customer's head (`customer_index`), from the customer's `customer_prefix`:
+/// one byte, not an id, after the customer, so `Horizon` never judges it new, and it sorts
+/// after the customer's runs.
 pub fn head_of_customer_prefix(mut prefix: Vec<u8>) -> Vec<u8> {
     prefix.push(CUSTOMER_HEAD_SUFFIX);
     prefix
-}
-
-/// The customer prefix of a key under `CUSTOMER_PREFIX`, and whether the key is that
-/// customer's head (else a run: `with_id(prefix, lowest id)`); None for a malformed key.
-pub fn split_customer_key(key: &[u8]) -> Option<(&[u8], bool)> {
-    let len = u16::from_be_bytes([*key.get(1)?, *key.get(2)?]) as usize;
-    let prefix = key.get(..3 + len)?;
-    match key.len() - prefix.len() {
-        1 if key[key.len() - 1] == CUSTOMER_HEAD_SUFFIX => Some((prefix, true)),
-        8 => Some((prefix, false)),
-        _ => None,
-    }
 }
 
 /// The prefix of a status's maps in the status index (`status_index`); the key of a map is
@@ -242,23 +226,22 @@ pub fn key_of_expiry(expiry_key: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    fn customer_head(customer: &str) -> Vec<u8> {
+        head_of_customer_prefix(customer_prefix(customer))
+    }
+
     #[test]
-    fn a_customers_head_sorts_after_its_runs_and_is_told_apart_from_them() {
+    fn a_customers_head_sorts_after_its_runs() {
         for customer in ["", "a", "a customer"] {
             let head = customer_head(customer);
             let prefix = customer_prefix(customer);
             for id in [1, 255, 1 << 40, (1 << 56) - 1] {
                 let run = with_id(prefix.clone(), id);
                 assert!(run < head, "{customer:?} {id}");
-                assert_eq!(split_customer_key(&run), Some((&prefix[..], false)));
             }
-            assert_eq!(split_customer_key(&head), Some((&prefix[..], true)));
         }
         // The next customer's keys come after the head.
         assert!(customer_head("a") < with_id(customer_prefix("b"), 1));
-        for malformed in [&b"c"[..], b"c\x00", b"c\x00\x05ab", b"c\x00\x01a\x01\x02"] {
-            assert_eq!(split_customer_key(malformed), None, "{malformed:?}");
-        }
     }
 
     #[test]

@@ -279,12 +279,12 @@ mod tests {
             let customers: std::collections::BTreeSet<&str> = orders.iter().map(|o| o.customer_id.as_str()).collect();
             for customer in customers {
                 let theirs: Vec<&Order> = orders.iter().filter(|o| o.customer_id == customer).collect();
-                let ids: Vec<u64> = customer_index::ids_from(&tree, customer, None, 0).unwrap().map(Result::unwrap).collect();
+                let (counts, ids) = customer_index::list(&tree, customer, None, 0).unwrap();
+                let ids: Vec<u64> = ids.map(Result::unwrap).collect();
                 prop_assert_eq!(ids, theirs.iter().map(|o| o.id).collect::<Vec<_>>(), "the index of {}", customer);
-                let counts = customer_index::counts(&tree, customer).unwrap();
                 prop_assert_eq!(counts.total(None), theirs.len() as u64);
                 for status in OrderStatus::ALL {
-                    let ids: Vec<u64> = customer_index::ids_from(&tree, customer, Some(status), 0).unwrap().map(Result::unwrap).collect();
+                    let ids: Vec<u64> = customer_index::list(&tree, customer, Some(status), 0).unwrap().1.map(Result::unwrap).collect();
                     let expected: Vec<u64> = theirs.iter().filter(|o| o.status == status).map(|o| o.id).collect();
                     prop_assert_eq!(counts.total(Some(status)), expected.len() as u64, "{}'s {} counter", customer, status);
                     prop_assert_eq!(ids, expected, "{}'s orders in {}", customer, status);

@@ -159,22 +159,26 @@ impl OrderReader {
             return Ok(page);
         }
 
-        // A customer's orders come from the customer index, which holds their statuses;
-        // the others from the status index's maps.
-        page.total = match (&filter.customer_id, filter.status) {
-            (Some(c), _) => customer_index::counts(&self.sm, c)?.total(filter.status),
-            (None, Some(s)) => self.decoded::<u64>(&keys::status_count(s))?.unwrap_or(0),
-            (None, None) => unreachable!("an unfiltered list walks no index"),
-        };
-        let Some(first) = first else { return Ok(page) };
-        let ids: Box<dyn Iterator<Item = Result<u64, StoreError>>> =
+        // A customer's orders and their total come from the customer index, which holds
+        // their statuses; the others from the status index's maps and a status's counter.
+        // (With no first id, after the last one, the walk is empty and not read.)
+        let walk_from = first.unwrap_or(u64::MAX);
+        let (total, ids): (u64, Box<dyn Iterator<Item = Result<u64, StoreError>>>) =
             match (&filter.customer_id, filter.status) {
                 (Some(c), status) => {
-                    Box::new(customer_index::ids_from(&self.sm, c, status, first)?)
+                    let (counts, ids) = customer_index::list(&self.sm, c, status, walk_from)?;
+                    (counts.total(status), Box::new(ids))
                 }
-                (None, Some(s)) => Box::new(status_index::ids_from(&self.sm, s, first)),
+                (None, Some(s)) => (
+                    self.decoded::<u64>(&keys::status_count(s))?.unwrap_or(0),
+                    Box::new(status_index::ids_from(&self.sm, s, walk_from)),
+                ),
                 (None, None) => unreachable!("an unfiltered list walks no index"),
             };
+        page.total = total;
+        if first.is_none() {
+            return Ok(page);
+        }
         for id in ids.skip(skip.try_into().unwrap_or(usize::MAX)) {
             let id = id?;
             if page.orders.len() as u64 == per_page {
