@@ -1066,12 +1066,7 @@ fn listing_counters_and_cursors_agree_with_the_orders_and_are_rebuilt_for_old_st
     // A store as layout 4 left it: an entry per order with its status, and the counters, all
     // kept up to the applied entry (so only the layout says that they are to be rebuilt).
     write_old_customer_index(&tree, true, true);
-    db.flush().unwrap();
-    drop((tree, db));
-    rt().block_on(async {
-        let (_log, sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
-        assert_listings_match(&sm.reader(), &customers);
-    });
+    reopened_listings_match(&dir, (tree, db), &customers);
     let db = open_sled_once_released(&dir);
     let tree = db.open_tree("sm").unwrap();
     assert_eq!(
@@ -1094,13 +1089,8 @@ fn listing_counters_and_cursors_agree_with_the_orders_and_are_rebuilt_for_old_st
     // Three orders paid (the counters are five counts, by status).
     let three_paid = ordo::codec::encode(&[0u64, 3, 0, 0, 0]).unwrap();
     tree.insert(stray, three_paid).unwrap();
-    db.flush().unwrap();
-    drop((tree, db));
     let with_dave = ["alice", "bob", "carol", "dave"];
-    rt().block_on(async {
-        let (_log, sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
-        assert_listings_match(&sm.reader(), &with_dave);
-    });
+    reopened_listings_match(&dir, (tree, db), &with_dave);
 
     // A store as a version without any counters left it: none of them, empty values in the
     // customer index, no mark of how far they were kept.
@@ -1127,12 +1117,17 @@ fn listing_counters_and_cursors_agree_with_the_orders_and_are_rebuilt_for_old_st
         tree.remove(k).unwrap();
     }
     write_old_customer_index(&tree, false, false);
+    reopened_listings_match(&dir, (tree, db), &customers);
+}
+
+/// Flushes and closes the store's sled database (as a test edited it), opens the store (its
+/// open-time passes run) and checks every listing against the orders.
+fn reopened_listings_match(dir: &TempDir, (tree, db): (sled::Tree, sled::Db), customers: &[&str]) {
     db.flush().unwrap();
     drop((tree, db));
-
     rt().block_on(async {
         let (_log, sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
-        assert_listings_match(&sm.reader(), &customers);
+        assert_listings_match(&sm.reader(), customers);
     });
 }
 

@@ -197,8 +197,9 @@ impl OrderReader {
 
 /// A change record stored under its own key (before layout 4). The first builds with the
 /// change feed stored a whole `Change` (the order's full content once per change); a store or
-/// snapshot they wrote still holds some, read here as the record they contain. (A `Change`'s bytes never decode as a `ChangeRecord`: the
-/// decoder refuses the trailing bytes of the order's content.)
+/// snapshot they wrote still holds some, read here as the record they contain. (A `Change`'s
+/// bytes never decode as a `ChangeRecord`: the decoder refuses the trailing bytes of the
+/// order's content.)
 fn decode_record(bytes: &[u8]) -> Result<ChangeRecord, StoreError> {
     match codec::decode::<ChangeRecord>(bytes) {
         Ok(record) => Ok(record),
