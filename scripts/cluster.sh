@@ -66,19 +66,22 @@ script_token() {
   if [[ -s $RUN_DIR/admin-token ]]; then cat "$RUN_DIR/admin-token"; else cat "$RUN_DIR/bootstrap-token"; fi
 }
 
+# Whether process $1 exists and is not a zombie (killed, and nobody has reaped it yet).
+process_alive() {
+  [[ -n $1 && -d /proc/$1 && "$(awk '{print $3}' /proc/"$1"/stat 2>/dev/null)" != Z ]]
+}
+
 running_pid() {
   # Prints the node's pid if the process recorded in its pid file is still an ordo process.
   local f; f=$(pidfile "$1")
   [[ -f $f ]] || return 1
   local pid; pid=$(cat "$f")
-  [[ -n $pid && -d /proc/$pid ]] || return 1
+  process_alive "$pid" || return 1
   # The kernel keeps the first 15 bytes of the binary's name.
   local bin=$BIN
   [[ -s $(binfile "$1") ]] && bin=$(cat "$(binfile "$1")")
   local comm; comm=$(basename "$bin"); comm=${comm:0:15}
   [[ "$(cat /proc/"$pid"/comm 2>/dev/null)" == "$comm" ]] || return 1
-  # A killed node that nobody has reaped yet is a zombie: it is not running.
-  [[ "$(awk '{print $3}' /proc/"$pid"/stat 2>/dev/null)" != Z ]] || return 1
   echo "$pid"
 }
 
@@ -220,7 +223,7 @@ case "$cmd" in
     for n in "${NODES[@]}"; do
       if ! wait_stopped "$n"; then signal_node "$n" KILL "killed after 10 s"; fi
       pid=$(cat "$(pidfile "$n")" 2>/dev/null) || pid=""
-      if [[ -n $pid && ! -s $(binfile "$n") && -d /proc/$pid && "$(awk '{print $3}' /proc/"$pid"/stat 2>/dev/null)" != Z ]]; then
+      if [[ ! -s $(binfile "$n") ]] && process_alive "$pid"; then
         # Started by an older version of this script, from another binary than $BIN: keep
         # its record rather than lose the only way to stop it.
         echo "node $n (pid $pid) is not $BIN: left running; ORDO_BIN=<its binary> $0 down" >&2
