@@ -321,8 +321,9 @@ pub struct OrderJson {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
     /// The revision of the order's last change (see the change feed), on reads and in change
-    /// events; a write's answer does not carry it. 0: last changed before the node kept
-    /// revisions.
+    /// events; in a write's answer, the revision of that write's change (a replay: of the
+    /// first request's change; absent for a key used before store layout 6). 0: last changed
+    /// before the node kept revisions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<u64>,
 }

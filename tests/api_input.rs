@@ -764,12 +764,11 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
         leader_calls_are_validated_again(&cluster, node).await;
     }
 
-    // Nothing above was written: still exactly the seed order, unchanged, at revision 1 (a
-    // read carries the revision; the create's answer does not).
+    // Nothing above was written: still exactly the seed order, unchanged, at revision 1, as
+    // the create answered.
+    assert_eq!(order["revision"], 1);
     let all = all_orders(&cluster, leader, false).await;
-    let mut seed = order.clone();
-    seed["revision"] = 1.into();
-    assert_eq!(all, vec![seed]);
+    assert_eq!(all, vec![order.clone()]);
 
     random_bytes_to_node_routes_never_take_a_node_down(&mut cluster).await;
 }
@@ -982,6 +981,11 @@ async fn idempotent_create_and_status_change_over_http() {
         .unwrap();
     assert!(s2 == 200 || s2 == 201);
     assert_eq!(again["id"], first["id"]);
+    // The answers carry the create's revision, the follower's forwarded one and the replay's.
+    assert_eq!(
+        (&first["revision"], &again["revision"]),
+        (&json!(1), &json!(1))
+    );
     let (s3, reused) = create(&cluster, leader, "other", Some("key-1"), "x")
         .await
         .unwrap();
@@ -1001,10 +1005,17 @@ async fn idempotent_create_and_status_change_over_http() {
         )
         .await
         .unwrap();
-        assert_eq!((s, &body["version"]), (200, &json!(2)), "{body}");
+        assert_eq!(
+            (s, &body["version"], &body["revision"]),
+            (200, &json!(2), &json!(2)),
+            "{body}"
+        );
     }
     let all = all_orders(&cluster, follower, false).await;
     assert_eq!(all.len(), 1);
     assert_eq!(all[0]["status"], "paid");
-    assert_eq!(all[0]["version"], 2);
+    assert_eq!(
+        (&all[0]["version"], &all[0]["revision"]),
+        (&json!(2), &json!(2))
+    );
 }

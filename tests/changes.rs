@@ -299,16 +299,28 @@ async fn a_since_below_retention_is_410_and_list_then_watch_misses_nothing() {
         task: watcher,
         ..
     } = collect(client.clone(), revision, WatchFilter::default()).await;
+    // Each write answers with its change's revision: the id of its event.
+    let mut answered = Vec::new();
     for i in 0..5 {
-        client
+        let created = client
             .create_order(&NewOrderRequest::new("after").item("x", 1, i), None)
             .await
             .unwrap();
+        answered.push((created.order.id, created.order.revision));
     }
-    wait_for_revision(&seen, 35, "list then watch").await;
+    let paid = client.set_status(31, "paid", None, None).await.unwrap();
+    answered.push((paid.id, paid.revision));
+    wait_for_revision(&seen, 36, "list then watch").await;
     watcher.abort();
-    let ids: Vec<u64> = seen.lock().unwrap().iter().map(|c| c.order.id).collect();
-    assert_eq!(ids, (31..=35).collect::<Vec<_>>());
+    let events: Vec<(u64, Option<u64>)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| (c.order.id, Some(c.revision)))
+        .collect();
+    assert_eq!(events, answered);
+    let ids: Vec<u64> = events.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, [31, 32, 33, 34, 35, 31]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

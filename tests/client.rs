@@ -238,12 +238,9 @@ async fn without_quorum_reads_degrade_to_stale_and_writes_are_unavailable() {
         .await
         .unwrap();
     assert!(read.stale, "without a quorum the answer is marked stale");
-    // A read carries the order's revision, a create's answer does not.
-    let unrevised = |o: ordo::wire::OrderJson| ordo::wire::OrderJson {
-        revision: None,
-        ..o
-    };
-    assert_eq!(unrevised(read.value), known[2]);
+    // As the create answered, its revision included (the order has not changed since).
+    assert!(known[2].revision.is_some());
+    assert_eq!(read.value, known[2]);
     let list = client
         .list_orders(
             &ListQuery {
@@ -255,8 +252,7 @@ async fn without_quorum_reads_degrade_to_stale_and_writes_are_unavailable() {
         .await
         .unwrap();
     assert!(list.stale);
-    let listed: Vec<_> = list.value.orders.into_iter().map(unrevised).collect();
-    assert_eq!(listed, known);
+    assert_eq!(list.value.orders, known);
 
     let started = std::time::Instant::now();
     let err = client
@@ -347,8 +343,8 @@ async fn cli_commands_print_and_exit_as_documented() {
     // --json prints exactly what the API answers: the order itself.
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let order: ordo::wire::OrderJson = serde_json::from_value(v.clone()).unwrap();
-    assert_eq!(order.total_cents, 2599);
-    assert_eq!(v.as_object().unwrap().len(), 8, "{v}");
+    assert_eq!((order.total_cents, order.revision), (2599, Some(1)));
+    assert_eq!(v.as_object().unwrap().len(), 9, "{v}");
     let id = order.id.to_string();
 
     let (code, out, _) = cli(vec!["order", "get", &id]).await.unwrap();

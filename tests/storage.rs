@@ -8,8 +8,8 @@ use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder};
 use ordo::order::{
-    Change, ChangeRecord, CommandBatch, LineItem, NewOrder, Order, OrderCommand, OrderOp,
-    OrderStatus, Rejection,
+    Change, ChangeRecord, CommandBatch, IdempotencyRecord, LineItem, NewOrder, Order, OrderCommand,
+    OrderOp, OrderStatus, Rejection,
 };
 use ordo::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
 use ordo::store::{self, LogStore, OrderFilter, PageStart, StateMachineStore, StoreConfig};
@@ -516,6 +516,10 @@ fn idempotency_replays_rejects_reuse_and_expires() {
             "status change retried with its key is not applied twice"
         );
         assert_eq!(out[4].clone().order().unwrap().version, 2);
+        // A write answers with its change's revision; a replay with the first one's; a
+        // refused write with none.
+        let revisions: Vec<Option<u64>> = out.iter().map(|o| o.revision).collect();
+        assert_eq!(revisions, [Some(1), Some(1), None, Some(2), Some(2), None]);
         assert_eq!(
             out[5].result,
             Err(Rejection::VersionConflict {
@@ -871,7 +875,10 @@ fn replication_reads_are_bounded_in_bytes_but_never_empty() {
 /// `6866dc22...` since layout 4 (the change log in pages of 64 revisions, out of the digest
 /// like the records before): with the mark written as 3, `7a7b009e...` (checked the same way).
 /// Then `8507bd1b...` since layout 5 (the customer index in heads and runs, out of the digest
-/// as before): with the mark written as 4, `6866dc22...` (checked the same way).
+/// as before): with the mark written as 4, `6866dc22...` (checked the same way). Then
+/// `28579f1a...` since layout 6 (each idempotency record ends with its change's revision):
+/// with the mark written as 5 and the records in their old shape, `8507bd1b...` (checked the
+/// same way).
 #[test]
 fn a_fixed_history_leaves_the_state_it_always_did() {
     rt().block_on(async {
@@ -911,7 +918,7 @@ fn a_fixed_history_leaves_the_state_it_always_did() {
         }
         assert_eq!(
             sm.reader().state_digest().unwrap(),
-            "8507bd1b5683b65e7d41db854b7311a89428fb6a147666bafe49d0a8d72ca53b",
+            "28579f1a8c9901d7de5c22f048ef4a68204d4c5b32e7d3ef006172130b5495ea",
             "the stored state of a fixed history changed"
         );
     });
@@ -1118,6 +1125,75 @@ fn listing_counters_and_cursors_agree_with_the_orders_and_are_rebuilt_for_old_st
     }
     write_old_customer_index(&tree, false, false);
     reopened_listings_match(&dir, (tree, db), &customers);
+}
+
+/// A store written before layout 6 holds idempotency records without the revision of their
+/// change. They are not rewritten: a replay of one answers with no revision, records written
+/// since answer with theirs, and the store is marked with layout 6 (which builds before it
+/// refuse to open).
+#[test]
+fn idempotency_records_from_before_layout_6_still_replay() {
+    let dir = TempDir::new().unwrap();
+    rt().block_on(async {
+        let (_log, mut sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
+        let out = sm
+            .apply([
+                entry(1, create("a", Some("old-create"), 1_000)),
+                entry(
+                    2,
+                    set_status(1, OrderStatus::Paid, None, Some("old-pay"), 2_000),
+                ),
+            ])
+            .await
+            .unwrap();
+        assert_eq!((out[0][0].revision, out[1][0].revision), (Some(1), Some(2)));
+    });
+    let db = open_sled_once_released(&dir);
+    let tree = db.open_tree("sm").unwrap();
+    // The old shape: the same fields, less the revision at the end.
+    for key in ["old-create", "old-pay"] {
+        let k = [&b"i"[..], key.as_bytes()].concat();
+        let record: IdempotencyRecord =
+            ordo::codec::decode(&tree.get(&k).unwrap().unwrap()).unwrap();
+        let old = (record.fingerprint, record.result, record.expires_at_ms);
+        tree.insert(k, ordo::codec::encode(&old).unwrap()).unwrap();
+    }
+    tree.insert(b"m:layout", ordo::codec::encode(&5u64).unwrap())
+        .unwrap();
+    db.flush().unwrap();
+    drop((tree, db));
+    rt().block_on(async {
+        let (_log, mut sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
+        let out = sm
+            .apply([
+                entry(3, create("a", Some("old-create"), 3_000)),
+                entry(
+                    4,
+                    set_status(1, OrderStatus::Paid, None, Some("old-pay"), 4_000),
+                ),
+                entry(5, create("b", Some("new"), 5_000)),
+                entry(6, create("b", Some("new"), 6_000)),
+            ])
+            .await
+            .unwrap();
+        let out: Vec<_> = out.into_iter().map(|mut o| o.remove(0)).collect();
+        assert!(out[0].replayed && out[1].replayed && out[3].replayed);
+        assert_eq!(out[0].clone().order().unwrap().id, 1);
+        assert_eq!(out[1].clone().order().unwrap().version, 2);
+        let revisions: Vec<Option<u64>> = out.iter().map(|o| o.revision).collect();
+        assert_eq!(revisions, [None, None, Some(3), Some(3)]);
+        assert_eq!(order_count(&sm), 2, "no replay applied again");
+    });
+    let db = open_sled_once_released(&dir);
+    let layout: u64 = ordo::codec::decode(
+        &db.open_tree("sm")
+            .unwrap()
+            .get(b"m:layout")
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(layout, 6);
 }
 
 /// Flushes and closes the store's sled database (as a test edited it), opens the store (its

@@ -12,7 +12,7 @@ use super::json::{JsonBody, PathSegment};
 use super::openapi::{ConsistencyQuery, IdempotencyKeyHeader, ListQueryParams, OrderIdPath};
 use super::AppState;
 use crate::order::{
-    validate_idempotency_key, NewOrder, OrderOp, OrderStatus, MAX_CUSTOMER_ID_CHARS,
+    validate_idempotency_key, NewOrder, Order, OrderOp, OrderStatus, MAX_CUSTOMER_ID_CHARS,
 };
 use crate::rpc::WriteRequest;
 use crate::store::{OrderFilter, PageStart};
@@ -129,9 +129,9 @@ pub async fn create(
             idempotency_key,
         })
         .await?;
-    let replayed = outcome.replayed;
+    let (replayed, revision) = (outcome.replayed, outcome.revision);
     let order = outcome.order().map_err(ApiError::Rejected)?;
-    Ok(order_created(OrderJson::from(&order), replayed))
+    Ok(order_created(written(&order, revision), replayed))
 }
 
 /// One order, linearizable unless `consistency=stale`.
@@ -294,6 +294,15 @@ pub async fn set_status(
             idempotency_key,
         })
         .await?;
+    let revision = outcome.revision;
     let order = outcome.order().map_err(ApiError::Rejected)?;
-    Ok(Json(OrderJson::from(&order)))
+    Ok(Json(written(&order, revision)))
+}
+
+/// A write's answer: the order, with the revision of the change when the write knows it.
+fn written(order: &Order, revision: Option<u64>) -> OrderJson {
+    OrderJson {
+        revision,
+        ..OrderJson::from(order)
+    }
 }

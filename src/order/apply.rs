@@ -43,6 +43,9 @@ pub struct IdempotencyRecord {
     pub fingerprint: [u8; 32],
     pub result: Result<Order, Rejection>,
     pub expires_at_ms: i64,
+    /// The revision of the change the request made (`None` for a rejection). Appended in the
+    /// store's layout 6: the store reads a record stored before as one with `None` here.
+    pub revision: Option<u64>,
 }
 
 /// The state a command is applied to. Reads see the writes of earlier commands.
@@ -136,23 +139,27 @@ pub fn apply_command<S: OrderState>(
         now
     };
     state.expire_idempotency(now, EXPIRE_PER_COMMAND)?;
-    let applied = |result, replayed| Applied {
-        outcome: CommandOutcome { result, replayed },
+    let applied = |result, replayed, revision| Applied {
+        outcome: CommandOutcome {
+            result,
+            replayed,
+            revision,
+        },
         clock_clamped,
     };
 
     // Changes to the users carry no idempotency key (validation refuses one).
     if let OrderOp::Admin(op) = &cmd.op {
-        return Ok(applied(apply_admin(state, op)?, false));
+        return Ok(applied(apply_admin(state, op)?, false, None));
     }
 
     if let Some(key) = &cmd.idempotency_key {
         if let Some(record) = state.idempotency(key)? {
             if record.expires_at_ms > now {
                 return Ok(if record.fingerprint == fingerprint {
-                    applied(record.result.map(Effect::Order), true)
+                    applied(record.result.map(Effect::Order), true, record.revision)
                 } else {
-                    applied(Err(Rejection::IdempotencyKeyReused), false)
+                    applied(Err(Rejection::IdempotencyKeyReused), false, None)
                 });
             }
             state.remove_idempotency(key, &record)?;
@@ -161,13 +168,14 @@ pub fn apply_command<S: OrderState>(
 
     // An order's own times are the leader's stamp (the cluster's median clock), not the
     // bounded clock above: after an idle night that clock lags real time.
+    let mut revision = None;
     let result = match &cmd.op {
         OrderOp::Create(new) => {
             let id = state.next_id()?;
             let created = create_order(id, new, stamp);
             if let Ok(order) = &created {
                 state.set_next_id(id + 1)?;
-                store_change(state, order, None)?;
+                revision = Some(store_change(state, order, None)?);
             }
             created
         }
@@ -182,7 +190,7 @@ pub fn apply_command<S: OrderState>(
                 let at = stamp.max(order.updated_at_ms);
                 let moved = transition(&order, *status, *expected_version, at);
                 if let Ok(updated) = &moved {
-                    store_change(state, updated, Some(&order))?;
+                    revision = Some(store_change(state, updated, Some(&order))?);
                 }
                 moved
             }
@@ -195,26 +203,28 @@ pub fn apply_command<S: OrderState>(
             fingerprint,
             result: result.clone(),
             expires_at_ms: now.saturating_add(IDEMPOTENCY_TTL_MS),
+            revision,
         };
         state.put_idempotency(key, &record)?;
     }
-    Ok(applied(result.map(Effect::Order), false))
+    Ok(applied(result.map(Effect::Order), false, revision))
 }
 
 /// Stores `order`, which replaces `previous` (`None` for a new order), as the next revision's
-/// change.
+/// change; returns that revision.
 fn store_change<S: OrderState>(
     state: &mut S,
     order: &Order,
     previous: Option<&Order>,
-) -> Result<(), S::Error> {
+) -> Result<u64, S::Error> {
     let revision = state.revision()? + 1;
     state.put_order(order, previous, revision)?;
     state.put_change(&ChangeRecord::of(
         revision,
         order,
         previous.map(|p| p.status),
-    ))
+    ))?;
+    Ok(revision)
 }
 
 fn apply_admin<S: OrderState>(

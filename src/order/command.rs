@@ -140,6 +140,11 @@ pub struct CommandOutcome {
     /// True when an idempotency key matched an earlier identical request and its first result
     /// was returned without applying again.
     pub replayed: bool,
+    /// The revision of the change the command made, or for a replay the one the first request
+    /// made: where a watch that must see this change and everything after starts (`since` one
+    /// less). `None` when no order changed (a rejection, a user or role change), and for a
+    /// replay of a record stored before layout 6.
+    pub revision: Option<u64>,
 }
 
 impl CommandOutcome {

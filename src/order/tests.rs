@@ -221,8 +221,40 @@ mod apply_properties {
                     } else {
                         prop_assert!(again.outcome.replayed);
                         prop_assert_eq!(&again.outcome.result, &first.outcome.result);
+                        // The first request's revision, even if the order changed since.
+                        prop_assert_eq!(again.outcome.revision, first.outcome.revision);
                     }
                     prop_assert_eq!(&(s.orders.clone(), s.next_id), &orders);
+                }
+            }
+        }
+
+        /// A write that changed an order answers with the revision of its change: the next
+        /// one, recorded with the order as the write left it. Anything else (a rejection, a
+        /// change to users or roles) answers with none and takes no revision.
+        #[test]
+        fn a_write_answers_with_the_revision_of_its_change(h in history(60)) {
+            let mut s = MemoryState::default();
+            for sent in &h {
+                for _ in 0..sent.times {
+                    let before = s.revision;
+                    let applied = apply(&mut s, &sent.command);
+                    if applied.outcome.replayed {
+                        prop_assert_eq!(s.revision, before);
+                        continue;
+                    }
+                    match &applied.outcome.result {
+                        Ok(Effect::Order(order)) => {
+                            prop_assert_eq!(applied.outcome.revision, Some(before + 1));
+                            prop_assert_eq!(s.revision, before + 1);
+                            let change = s.changes[&(before + 1)].with_order(order.clone());
+                            prop_assert_eq!(&change.order, order);
+                        }
+                        _ => {
+                            prop_assert_eq!(applied.outcome.revision, None);
+                            prop_assert_eq!(s.revision, before);
+                        }
+                    }
                 }
             }
         }

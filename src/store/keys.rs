@@ -14,7 +14,8 @@
 //!   the status. A list's total is a read, never a count. `m:listing_at:2`: the applied log
 //!   id the counters and the customer index were last kept up to (a store written by a
 //!   version without them is rebuilt at open, see `list_index`);
-//! - `i` + key: an idempotency record; `x` + expiry + key: the same key ordered by expiry;
+//! - `i` + key: an idempotency record (with its change's revision since layout 6,
+//!   `order_state::stored_record`); `x` + expiry + key: the same key ordered by expiry;
 //! - `u` + name: a user; `t` + token hash: the user's name (the lookup of a request's token);
 //! - `r` + name: a custom role;
 //! - `m:revision`: the last change's revision; `f` + revision / 64: a page of the change log,

@@ -34,6 +34,40 @@ pub(super) mod stored_order {
     }
 }
 
+/// The value at `keys::idempotency`. Layout 6 appended the revision of the change the request
+/// made; records stored before are not rewritten (they expire within a day like any other) and
+/// read as having none. Exactly one shape decodes a value: the codec refuses both a value cut
+/// short and trailing bytes.
+pub(super) mod stored_record {
+    use serde::Deserialize;
+
+    use super::{codec, IdempotencyRecord, Order, StoreError};
+    use crate::order::Rejection;
+
+    /// A record as layouts 1 to 5 stored it.
+    #[derive(Deserialize)]
+    struct BeforeLayout6 {
+        fingerprint: [u8; 32],
+        result: Result<Order, Rejection>,
+        expires_at_ms: i64,
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<IdempotencyRecord, StoreError> {
+        match codec::decode::<IdempotencyRecord>(bytes) {
+            Ok(record) => Ok(record),
+            Err(current) => match codec::decode::<BeforeLayout6>(bytes) {
+                Ok(old) => Ok(IdempotencyRecord {
+                    fingerprint: old.fingerprint,
+                    result: old.result,
+                    expires_at_ms: old.expires_at_ms,
+                    revision: None,
+                }),
+                Err(_) => Err(current.into()),
+            },
+        }
+    }
+}
+
 /// The fingerprint an idempotency record binds its key to: a hash of the operation's encoding.
 pub fn fingerprint(op: &OrderOp) -> Result<[u8; 32], StoreError> {
     Ok(Sha256::digest(codec::encode(op)?).into())
@@ -152,7 +186,10 @@ impl OrderState for OverlayState<'_, '_> {
     }
 
     fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
-        self.get(&keys::idempotency(key))
+        match self.0.get(&keys::idempotency(key))? {
+            Some(v) => Ok(Some(stored_record::decode(&v)?)),
+            None => Ok(None),
+        }
     }
 
     fn put_idempotency(&mut self, key: &str, record: &IdempotencyRecord) -> Result<(), StoreError> {

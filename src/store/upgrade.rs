@@ -20,6 +20,11 @@
 //! and runs of older orders (`customer_index`) instead of an entry per order beside the
 //! counters: a create writes one key less. The index is derived from the orders, so its pass
 //! is `list_index`'s rebuild: this one only clears the rebuild's mark, and marks the layout.
+//!
+//! Layout 6 appends to each idempotency record the revision of the change its request made
+//! (a replayed write answers with it). Its pass is the mark alone: records stored before are
+//! read as having no revision (`order_state::stored_record`) and expire within a day. The
+//! mark keeps a build before 6, which cannot read the new records, from opening the store.
 
 use super::changes;
 use super::keys;
@@ -30,7 +35,7 @@ use crate::codec;
 use crate::order::Order;
 
 /// The layout this version writes.
-pub const CURRENT_LAYOUT: u64 = 5;
+pub const CURRENT_LAYOUT: u64 = 6;
 
 /// Orders rewritten per sled batch: sled's memory grows steeply with a batch's size (see
 /// `state_machine`), and this pass may move millions of whole orders.
