@@ -31,16 +31,6 @@ pub fn order_body(customer: &str, note: &str) -> Value {
     })
 }
 
-/// An order as a write's answer shows it: reads add `revision` (the revision of its last
-/// change), which a write's answer does not carry.
-pub fn unrevised(order: &Value) -> Value {
-    let mut order = order.clone();
-    if let Some(o) = order.as_object_mut() {
-        o.remove("revision");
-    }
-    order
-}
-
 /// Sends a request; Err only when no HTTP answer came back (connection refused, timeout).
 pub async fn send(req: reqwest::RequestBuilder) -> Result<(u16, Value), String> {
     let resp = req.send().await.map_err(|e| e.to_string())?;
