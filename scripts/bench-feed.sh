@@ -4,7 +4,8 @@
 #   2. creates/s at c=64 with 100 subscribers versus none (ROUNDS alternating rounds), the
 #      subscribers either `Client::watch` streams or light ones (`--feed-light`: they only
 #      check each event's id, so that the figure is the nodes' cost more than the consumers'),
-#      with the nodes' CPU time per create;
+#      light ones also with `batch_ms=$BATCH_MS` (the nodes gather changes for that long), with
+#      the nodes' CPU time per create and the bench process's own (the subscribers' share);
 #   3. events/s one subscriber takes, replaying the change log from its oldest held change;
 #   4. the RSS of a node serving a stalled consumer (curl reading 1 byte/s) while writes go on.
 #
@@ -16,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${ROUNDS:-2}"
 SECS="${SECS:-10}"
+BATCH_MS="${BATCH_MS:-20}"
 BASE_PORT="${BENCH_FEED_BASE_PORT:-23300}"
 
 cargo build --release -p ordo --bin ordo -p ordo-bench --bin ordo-bench
@@ -36,6 +38,8 @@ echo "== commit-to-event latency, creates at c=16"
 for subs in 1 100; do
   bench --concurrency 16 --feed-subscribers "$subs" --label "c=16 subs=$subs" | grep feed
 done
+bench --concurrency 16 --feed-subscribers 100 --feed-batch-ms "$BATCH_MS" \
+  --label "c=16 subs=100 batch=${BATCH_MS}ms" | grep feed
 
 echo "== creates/s at c=64, without and with 100 subscribers ($ROUNDS rounds)"
 # The three nodes' CPU time (user + system, in clock ticks) from /proc.
@@ -48,20 +52,23 @@ cpu_ticks() {
   echo "$total"
 }
 point() {
-  local label=$1 before out ok
+  local label=$1 before out ok own
   shift
   before=$(cpu_ticks)
-  out=$(bench --concurrency 64 --label "$label" --json-out "$RUN_DIR/point.json" "$@")
+  out=$( (TIMEFORMAT='%U %S' && time bench --concurrency 64 --label "$label" \
+    --json-out "$RUN_DIR/point.json" "$@") 2>"$RUN_DIR/time.txt")
+  own=$(tail -1 "$RUN_DIR/time.txt")
   ok=$(sed -n 's/^  "ok": \([0-9]*\),$/\1/p' "$RUN_DIR/point.json")
   echo "$out" | sed -n 1p
   echo "$out" | grep ' feed ' || true
-  awk -v t=$(($(cpu_ticks) - before)) -v hz="$(getconf CLK_TCK)" -v ok="$ok" \
-    'BEGIN { printf "   nodes: %.1f CPU-s, %.3f ms of CPU per create\n", t / hz, t / hz * 1000 / ok }'
+  awk -v t=$(($(cpu_ticks) - before)) -v hz="$(getconf CLK_TCK)" -v ok="$ok" -v own="$own" \
+    'BEGIN { split(own, b, " "); printf "   nodes: %.1f CPU-s, %.3f ms of CPU per create; bench process: %.3f ms per create\n", t / hz, t / hz * 1000 / ok, (b[1] + b[2]) * 1000 / ok }'
 }
 for ((r = 1; r <= ROUNDS; r++)); do
   point "c=64 subs=0"
   point "c=64 subs=100" --feed-subscribers 100
   point "c=64 light=100" --feed-subscribers 100 --feed-light
+  point "c=64 light=100 batch=${BATCH_MS}ms" --feed-subscribers 100 --feed-light --feed-batch-ms "$BATCH_MS"
 done
 
 echo "== one subscriber replaying the change log from its oldest held change"

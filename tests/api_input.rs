@@ -295,6 +295,20 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
             400,
             ErrorCode::InvalidQuery.as_str(),
         ),
+        case(
+            "GET",
+            "/api/orders/changes?batch_ms=1001",
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
+        case(
+            "GET",
+            "/api/orders/changes?batch_ms=%2B5",
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
         {
             let mut c = case(
                 "GET",

@@ -380,6 +380,8 @@ async fn a_hundred_filtered_subscribers_get_exactly_their_changes() {
         let filter = WatchFilter {
             customer_id: Some(customers[i % 4].to_string()),
             status: (i % 2 == 1).then(|| "paid".to_string()),
+            // A third gather changes for 50 ms: the same events, in fewer chunks.
+            batch_ms: (i % 3 == 0).then_some(50),
         };
         let Collected { seen, task, .. } = collect(client.clone(), start, filter.clone()).await;
         watchers.push((filter, seen, task));
@@ -450,6 +452,7 @@ async fn a_filtered_watch_resumes_past_changes_it_did_not_want() {
     let filter = WatchFilter {
         customer_id: Some("rare".into()),
         status: None,
+        batch_ms: None,
     };
     let Collected {
         seen,

@@ -105,6 +105,9 @@ pub struct BenchArgs {
     /// The subscribers only count events and check their order (see the module comment).
     #[arg(long)]
     pub feed_light: bool,
+    /// The subscribers ask the nodes to gather changes for this long (the feed's `batch_ms`).
+    #[arg(long, value_name = "MS")]
+    pub feed_batch_ms: Option<u64>,
     /// Only measure one subscriber reading the change log from its oldest held change.
     #[arg(long)]
     pub feed_replay: bool,
@@ -478,8 +481,11 @@ impl Subscribers {
         };
         for i in 0..args.feed_subscribers {
             if args.feed_light {
+                let batch = args
+                    .feed_batch_ms
+                    .map_or(String::new(), |ms| format!("&batch_ms={ms}"));
                 let url = format!(
-                    "{}/api/orders/changes?since={since}",
+                    "{}/api/orders/changes?since={since}{batch}",
                     nodes[i % nodes.len()]
                 );
                 let seen = Arc::new(Mutex::new(Vec::new()));
@@ -496,8 +502,13 @@ impl Subscribers {
             let seen = Arc::new(Mutex::new(Vec::new()));
             let last = Arc::new(AtomicU64::new(since));
             let (into, at) = (seen.clone(), last.clone());
+            let batch_ms = args.feed_batch_ms;
             subscribers.tasks.push(tokio::spawn(async move {
-                let changes = client.watch(since, Default::default(), Duration::from_secs(45));
+                let filter = ordo::client::WatchFilter {
+                    batch_ms,
+                    ..Default::default()
+                };
+                let changes = client.watch(since, filter, Duration::from_secs(45));
                 futures_util::pin_mut!(changes);
                 while let Some(Ok(change)) = changes.next().await {
                     if change.kind == ordo::wire::ORDER_CREATED {

@@ -77,6 +77,12 @@ pub struct ChangesQuery {
     /// Only changes that leave an order in this status.
     #[param(pattern = "^(|pending|paid|shipped|delivered|cancelled)$")]
     status: Option<String>,
+    /// Milliseconds (0 to 1000, default 0) to gather changes for once caught up: the changes
+    /// applied within that time of the last chunk go out together. Fewer, larger writes cost
+    /// the node and the consumer less CPU on a busy feed; each event may come up to this
+    /// much later.
+    #[param(minimum = 0, maximum = 1000)]
+    batch_ms: Option<u64>,
 }
 
 /// `Last-Event-ID` on a change feed (EventSource sends it when it reconnects).

@@ -210,6 +210,7 @@ async fn watch(
     let filter = crate::client::WatchFilter {
         customer_id: customer,
         status,
+        batch_ms: None,
     };
     let changes = client.watch(since, filter, crate::client::DEFAULT_IDLE_TIMEOUT);
     futures_util::pin_mut!(changes);
