@@ -55,9 +55,10 @@ point() {
   local label=$1 before out ok own
   shift
   before=$(cpu_ticks)
-  out=$( (TIMEFORMAT='%U %S' && time bench --concurrency 64 --label "$label" \
-    --json-out "$RUN_DIR/point.json" "$@") 2>"$RUN_DIR/time.txt")
-  own=$(tail -1 "$RUN_DIR/time.txt")
+  # `time` reports to the file; the bench's own errors still reach stderr (fd 3).
+  out=$({ TIMEFORMAT='%U %S' && time bench --concurrency 64 --label "$label" \
+    --json-out "$RUN_DIR/point.json" "$@" 2>&3; } 3>&2 2>"$RUN_DIR/time.txt")
+  own=$(cat "$RUN_DIR/time.txt")
   ok=$(sed -n 's/^  "ok": \([0-9]*\),$/\1/p' "$RUN_DIR/point.json")
   echo "$out" | sed -n 1p
   echo "$out" | grep ' feed ' || true

@@ -304,6 +304,13 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
         ),
         case(
             "GET",
+            "/api/orders/changes?batch_ms=",
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
+        case(
+            "GET",
             "/api/orders/changes?batch_ms=%2B5",
             "",
             400,

@@ -22,9 +22,9 @@
 //! no longer serve (its log unreadable) gets `feed.error`, to resume elsewhere. A node serves
 //! at most `max_subscribers` streams (503 beyond). Comment lines keep idle streams alive.
 //! Streams end when the node shuts down. With `batch_ms`, a caught-up stream woken by a new
-//! change first waits until that long after its last chunk, so that a busy feed goes out in
-//! fewer, larger chunks: the per-chunk costs (a wake-up, a socket write on each side) are most
-//! of what a subscriber costs the node.
+//! change first waits until that long after its last chunk (or until about a chunk's worth of
+//! revisions came), so that a busy feed goes out in fewer, larger chunks: the per-chunk costs
+//! (a wake-up, a socket write on each side) are most of what a subscriber costs the node.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -54,6 +54,10 @@ pub const DEFAULT_LAG_GRACE_MS: u64 = 30_000;
 
 /// The most `batch_ms` a subscriber may ask for.
 pub const MAX_BATCH_MS: u64 = 1000;
+/// A gathering stream stops waiting once this many revisions have come (about a chunk of
+/// events): waiting longer would only split them into chunks anyway, and a stream must take
+/// its changes long before the ring (`event_ring::MAX_EVENTS`) lets them go.
+const BATCH_FULL: u64 = 128;
 
 /// Changes a stream behind the ring reads from the log at once.
 const READ_BATCH: usize = 256;
@@ -185,7 +189,7 @@ pub async fn changes(
         ),
     };
     let batch = match query_value(&pairs, "batch_ms") {
-        None | Some("") => Duration::ZERO,
+        None => Duration::ZERO,
         Some(raw) => match raw.parse::<u64>() {
             Ok(ms) if ms <= MAX_BATCH_MS && raw.bytes().all(|b| b.is_ascii_digit()) => {
                 Duration::from_millis(ms)
@@ -380,9 +384,12 @@ impl Feed {
             // Only here, caught up and woken by a change: a stream with changes waiting sends
             // at once, so gathering never slows one that is catching up.
             if !self.batch.is_zero() {
+                let full = seen + BATCH_FULL;
                 tokio::select! {
                     _ = tokio::time::sleep_until(self.last_taken + self.batch) => {}
+                    _ = self.head.wait_for(|r| *r >= full) => {}
                     _ = self.stopping.wait_for(|s| *s) => return None,
+                    _ = self.failed.wait_for(|f| *f) => {}
                 }
             }
         }
