@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use ordo::client::{Client, ClientConfig, ClientError, ListQuery, NewOrderRequest, ReadMode};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 
 fn client_for(cluster: &TestCluster, ids: &[u64]) -> Client {
@@ -397,6 +397,52 @@ async fn cli_commands_print_and_exit_as_documented() {
     .unwrap();
     assert_eq!(code, 0);
     assert!(out.contains("\"paid\""));
+    // `order watch` prints each change as a JSON line, here the two above (gathered by the
+    // node for up to 20 ms), and runs until stopped.
+    let mut watch = tokio::process::Command::new(BIN)
+        .args([
+            "order",
+            "watch",
+            "--since",
+            "0",
+            "--json",
+            "--batch-ms",
+            "20",
+        ])
+        .env("ORDO_NODES", nodes)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut changes = Vec::new();
+    while changes.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("order watch printed both changes within 60 s")
+            .unwrap()
+            .expect("order watch ended early");
+        changes.push(serde_json::from_str::<ordo::wire::ChangeJson>(&line).unwrap());
+    }
+    watch.kill().await.unwrap();
+    let seen: Vec<_> = changes
+        .iter()
+        .map(|c| {
+            (
+                c.revision,
+                c.kind.as_str(),
+                c.order.id,
+                c.previous_status.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1, "order.created", order.id, None),
+            (2, "order.status_changed", order.id, Some("pending"))
+        ]
+    );
     // Errors say it once, in words (not "not found: order 987654 not found").
     let (code, _, err) = cli(vec!["order", "get", "987654"]).await.unwrap();
     assert_eq!(code, 3, "not found");
