@@ -128,8 +128,21 @@ impl SnapshotDir {
     }
 }
 
-/// Writes a snapshot file at `path` from the records and fsyncs it.
+/// Writes a snapshot file at `path` from the records and fsyncs it. On failure the part written
+/// is removed: builds that keep failing (a full disk, a store read error) must not each leave
+/// one behind until the next restart.
 pub(super) fn write<I>(path: &Path, meta: &SnapshotMeta, records: I) -> Result<(), StoreError>
+where
+    I: IntoIterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>>,
+{
+    let written = write_whole(path, meta, records);
+    if written.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    written
+}
+
+fn write_whole<I>(path: &Path, meta: &SnapshotMeta, records: I) -> Result<(), StoreError>
 where
     I: IntoIterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>>,
 {
@@ -437,6 +450,25 @@ mod tests {
 
     fn header_of(mut file: File) -> SnapshotMeta {
         read_header(&mut BufReader::new(&mut file)).unwrap()
+    }
+
+    #[test]
+    fn a_build_that_fails_leaves_no_part_behind() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = SnapshotDir::open(tmp.path().to_path_buf()).unwrap();
+        let path = dir.temp_path("test");
+        // Enough records that part of the file reached the disk before the failing read.
+        let records = (0..200_000u64)
+            .map(|i| Ok((i.to_be_bytes().to_vec(), vec![7u8; 64])))
+            .chain([Err(StoreError::Corrupt(
+                "a record could not be read".into(),
+            ))]);
+        assert!(write(&path, &meta(1), records).is_err());
+        assert!(!path.exists(), "the part written was removed");
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+        // An unreadable destination is an error too, and leaves nothing.
+        let missing = tmp.path().join("no-such-dir").join("x.tmp");
+        assert!(write(&missing, &meta(1), [Ok((b"k".to_vec(), b"v".to_vec()))]).is_err());
     }
 
     #[test]

@@ -220,15 +220,23 @@ impl StateMachineStore {
             .cloned())
     }
 
-    /// Copies a snapshot file into a new, fsynced temp file of the snapshot directory.
+    /// Copies a snapshot file into a new, fsynced temp file of the snapshot directory (removed
+    /// again if the copy fails).
     async fn copy_to_temp(&self, mut file: Box<tokio::fs::File>) -> Result<PathBuf, StoreError> {
         use tokio::io::{AsyncSeekExt, AsyncWriteExt};
         let temp = self.snapshots.temp_path("installing");
-        file.seek(std::io::SeekFrom::Start(0)).await?;
-        let mut out = tokio::fs::File::create(&temp).await?;
-        tokio::io::copy(&mut *file, &mut out).await?;
-        out.flush().await?;
-        out.sync_all().await?;
+        let copied = async {
+            file.seek(std::io::SeekFrom::Start(0)).await?;
+            let mut out = tokio::fs::File::create(&temp).await?;
+            tokio::io::copy(&mut *file, &mut out).await?;
+            out.flush().await?;
+            out.sync_all().await
+        }
+        .await;
+        if let Err(e) = copied {
+            let _ = tokio::fs::remove_file(&temp).await;
+            return Err(e.into());
+        }
         Ok(temp)
     }
 
