@@ -397,8 +397,9 @@ async fn cli_commands_print_and_exit_as_documented() {
     .unwrap();
     assert_eq!(code, 0);
     assert!(out.contains("\"paid\""));
-    // `order watch` prints each change as a JSON line, here the two above (gathered by the
-    // node for up to 20 ms), and runs until stopped.
+    // `order watch` prints each change as a JSON line, here the two above, and runs until
+    // stopped. (`--batch-ms` goes to the node as `batch_ms`; from 0 the stream starts behind,
+    // so nothing is held back.)
     let mut watch = tokio::process::Command::new(BIN)
         .args([
             "order",

@@ -99,9 +99,16 @@ pub(super) struct EventRing {
     /// Every revision up to this one can be read, from the ring or the log. Streams wait on
     /// it rather than on the store's revision, so that they find new changes in the ring.
     head: tokio::sync::watch::Sender<u64>,
+    /// The head again, sent only when it has moved into the next `HEAD_STEP` revisions: a
+    /// stream gathering changes (`batch_ms`) waits on this one, so that it is not woken by
+    /// every change.
+    head_in_steps: tokio::sync::watch::Sender<u64>,
     /// True while the follower task cannot read the log (or has died): no new events come.
     failed: tokio::sync::watch::Sender<bool>,
 }
+
+/// How far the head moves between sends of `head_in_steps`.
+pub(super) const HEAD_STEP: u64 = 256;
 
 impl EventRing {
     /// A ring, and its follower task, starting after revision `newest`; the task reads the
@@ -115,6 +122,7 @@ impl EventRing {
         let ring = Arc::new(EventRing {
             ring: RwLock::new(Ring::default()),
             head: tokio::sync::watch::Sender::new(newest),
+            head_in_steps: tokio::sync::watch::Sender::new(newest),
             failed: tokio::sync::watch::Sender::new(false),
         });
         let follower = Follower {
@@ -133,6 +141,22 @@ impl EventRing {
 
     pub fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
         self.head.subscribe()
+    }
+
+    pub fn watch_head_in_steps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.head_in_steps.subscribe()
+    }
+
+    /// Every revision up to `newest` can now be read.
+    fn set_head(&self, newest: u64) {
+        self.head.send_replace(newest);
+        self.head_in_steps.send_if_modified(|sent| {
+            let moved = newest / HEAD_STEP != *sent / HEAD_STEP;
+            if moved {
+                *sent = newest;
+            }
+            moved
+        });
     }
 
     /// Events from revision `from` on that `wants` accepts, up to about `max_bytes` (always
@@ -223,7 +247,7 @@ impl Follower {
                 // up to it, and the ring starts afresh after it).
                 let newest = *revisions.borrow();
                 next = newest + 1;
-                self.ring.head.send_replace(newest);
+                self.ring.set_head(newest);
                 failing_since = None;
                 self.ring
                     .failed
@@ -260,7 +284,7 @@ impl Follower {
                         // `next` is no longer held (a snapshot installed past it, or trimmed):
                         // start afresh at the newest; streams behind read the log themselves.
                         next = page.newest + 1;
-                        self.ring.head.send_replace(page.newest);
+                        self.ring.set_head(page.newest);
                     }
                     break;
                 }
@@ -268,7 +292,7 @@ impl Follower {
                 next = page.changes.last().map(|c| c.revision + 1).unwrap_or(next);
                 self.ring
                     .push(page.changes.iter().map(RingEvent::of).collect());
-                self.ring.head.send_replace(next - 1);
+                self.ring.set_head(next - 1);
                 if !full {
                     break;
                 }
@@ -294,8 +318,31 @@ mod tests {
         EventRing {
             ring: RwLock::new(Ring::default()),
             head: tokio::sync::watch::Sender::new(0),
+            head_in_steps: tokio::sync::watch::Sender::new(0),
             failed: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    #[test]
+    fn the_head_in_steps_is_sent_only_when_it_moves_into_another_step() {
+        let r = ring();
+        let mut steps = r.watch_head_in_steps();
+        for newest in 1..HEAD_STEP {
+            r.set_head(newest);
+        }
+        assert_eq!(*r.watch_head().borrow(), HEAD_STEP - 1);
+        assert!(
+            !steps.has_changed().unwrap(),
+            "nothing sent within the first step"
+        );
+        r.set_head(HEAD_STEP + 3);
+        assert!(steps.has_changed().unwrap());
+        assert_eq!(*steps.borrow_and_update(), HEAD_STEP + 3);
+        r.set_head(2 * HEAD_STEP - 1);
+        assert!(!steps.has_changed().unwrap());
+        // A jump (the ring starting afresh after a snapshot install) is a move too.
+        r.set_head(10 * HEAD_STEP);
+        assert_eq!(*steps.borrow_and_update(), 10 * HEAD_STEP);
     }
 
     fn events(taken: Taken) -> (String, u64, Option<u64>) {

@@ -87,7 +87,7 @@ pub enum OrderCommand {
         status: Option<String>,
         /// Let the node gather changes for up to this long before sending them (the feed's
         /// `batch_ms`): less CPU on both ends for a busy feed, each change up to this much later.
-        #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=1000))]
+        #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=crate::api::changes::MAX_BATCH_MS))]
         batch_ms: Option<u64>,
     },
     /// Move an order to a new status: pending → paid or cancelled, paid → shipped or

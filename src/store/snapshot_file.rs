@@ -129,8 +129,8 @@ impl SnapshotDir {
 }
 
 /// Writes a snapshot file at `path` from the records and fsyncs it. On failure the part written
-/// is removed: builds that keep failing (a full disk, a store read error) must not each leave
-/// one behind until the next restart.
+/// is removed at once, not at the next start (`SnapshotDir::open`): on a full disk it is the
+/// space the node needs. (openraft 0.9 stops the node on a failed build anyway.)
 pub(super) fn write<I>(path: &Path, meta: &SnapshotMeta, records: I) -> Result<(), StoreError>
 where
     I: IntoIterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>>,
@@ -466,9 +466,6 @@ mod tests {
         assert!(write(&path, &meta(1), records).is_err());
         assert!(!path.exists(), "the part written was removed");
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
-        // An unreadable destination is an error too, and leaves nothing.
-        let missing = tmp.path().join("no-such-dir").join("x.tmp");
-        assert!(write(&missing, &meta(1), [Ok((b"k".to_vec(), b"v".to_vec()))]).is_err());
     }
 
     #[test]

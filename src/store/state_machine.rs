@@ -221,7 +221,7 @@ impl StateMachineStore {
     }
 
     /// Copies a snapshot file into a new, fsynced temp file of the snapshot directory (removed
-    /// again if the copy fails).
+    /// at once if the copy fails, as a failed build's is).
     async fn copy_to_temp(&self, mut file: Box<tokio::fs::File>) -> Result<PathBuf, StoreError> {
         use tokio::io::{AsyncSeekExt, AsyncWriteExt};
         let temp = self.snapshots.temp_path("installing");
