@@ -329,10 +329,11 @@ pub struct OrderJson {
 }
 
 impl OrderJson {
-    /// The order with the revision of its last change.
-    pub fn with_revision(order: &Order, revision: u64) -> OrderJson {
+    /// The order with the revision of its last change (a write's answer: of the write's
+    /// change, when it knows it).
+    pub fn with_revision(order: &Order, revision: impl Into<Option<u64>>) -> OrderJson {
         OrderJson {
-            revision: Some(revision),
+            revision: revision.into(),
             ..OrderJson::from(order)
         }
     }

@@ -1134,18 +1134,19 @@ fn listing_counters_and_cursors_agree_with_the_orders_and_are_rebuilt_for_old_st
 #[test]
 fn idempotency_records_from_before_layout_6_still_replay() {
     let dir = TempDir::new().unwrap();
+    // Two keyed writes, as log entries `index` and `index + 1`, stamped from `at` on.
+    let keyed_writes = |index: u64, at: i64| {
+        [
+            entry(index, create("a", Some("old-create"), at)),
+            entry(
+                index + 1,
+                set_status(1, OrderStatus::Paid, None, Some("old-pay"), at + 1_000),
+            ),
+        ]
+    };
     rt().block_on(async {
         let (_log, mut sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
-        let out = sm
-            .apply([
-                entry(1, create("a", Some("old-create"), 1_000)),
-                entry(
-                    2,
-                    set_status(1, OrderStatus::Paid, None, Some("old-pay"), 2_000),
-                ),
-            ])
-            .await
-            .unwrap();
+        let out = sm.apply(keyed_writes(1, 1_000)).await.unwrap();
         assert_eq!((out[0][0].revision, out[1][0].revision), (Some(1), Some(2)));
     });
     let db = open_sled_once_released(&dir);
@@ -1164,18 +1165,11 @@ fn idempotency_records_from_before_layout_6_still_replay() {
     drop((tree, db));
     rt().block_on(async {
         let (_log, mut sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
-        let out = sm
-            .apply([
-                entry(3, create("a", Some("old-create"), 3_000)),
-                entry(
-                    4,
-                    set_status(1, OrderStatus::Paid, None, Some("old-pay"), 4_000),
-                ),
-                entry(5, create("b", Some("new"), 5_000)),
-                entry(6, create("b", Some("new"), 6_000)),
-            ])
-            .await
-            .unwrap();
+        // The same two writes retried, then a new keyed create and its retry.
+        let mut entries = keyed_writes(3, 3_000).to_vec();
+        entries.push(entry(5, create("b", Some("new"), 5_000)));
+        entries.push(entry(6, create("b", Some("new"), 6_000)));
+        let out = sm.apply(entries).await.unwrap();
         let out: Vec<_> = out.into_iter().map(|mut o| o.remove(0)).collect();
         assert!(out[0].replayed && out[1].replayed && out[3].replayed);
         assert_eq!(out[0].clone().order().unwrap().id, 1);

@@ -140,10 +140,11 @@ impl Filter {
 /// A non-negative integer in decimal digits only (`parse` alone would take a leading `+`).
 fn parse_digits(raw: &str) -> Option<u64> {
     let raw = raw.trim();
-    raw.bytes()
-        .all(|b| b.is_ascii_digit())
-        .then(|| raw.parse().ok())
-        .flatten()
+    if raw.bytes().all(|b| b.is_ascii_digit()) {
+        raw.parse().ok()
+    } else {
+        None
+    }
 }
 
 /// Parses a revision given by the client (`since`, `Last-Event-ID`).

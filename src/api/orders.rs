@@ -12,7 +12,7 @@ use super::json::{JsonBody, PathSegment};
 use super::openapi::{ConsistencyQuery, IdempotencyKeyHeader, ListQueryParams, OrderIdPath};
 use super::AppState;
 use crate::order::{
-    validate_idempotency_key, NewOrder, Order, OrderOp, OrderStatus, MAX_CUSTOMER_ID_CHARS,
+    validate_idempotency_key, NewOrder, OrderOp, OrderStatus, MAX_CUSTOMER_ID_CHARS,
 };
 use crate::rpc::WriteRequest;
 use crate::store::{OrderFilter, PageStart};
@@ -131,7 +131,10 @@ pub async fn create(
         .await?;
     let (replayed, revision) = (outcome.replayed, outcome.revision);
     let order = outcome.order().map_err(ApiError::Rejected)?;
-    Ok(order_created(written(&order, revision), replayed))
+    Ok(order_created(
+        OrderJson::with_revision(&order, revision),
+        replayed,
+    ))
 }
 
 /// One order, linearizable unless `consistency=stale`.
@@ -296,13 +299,5 @@ pub async fn set_status(
         .await?;
     let revision = outcome.revision;
     let order = outcome.order().map_err(ApiError::Rejected)?;
-    Ok(Json(written(&order, revision)))
-}
-
-/// A write's answer: the order, with the revision of the change when the write knows it.
-fn written(order: &Order, revision: Option<u64>) -> OrderJson {
-    OrderJson {
-        revision,
-        ..OrderJson::from(order)
-    }
+    Ok(Json(OrderJson::with_revision(&order, revision)))
 }
