@@ -239,25 +239,7 @@ pub async fn changes(
             oldest: bounds.oldest,
         });
     }
-    let feed = Feed {
-        reader,
-        ring: state.feed.ring.clone(),
-        next: after + 1,
-        sent: after,
-        filter,
-        page: VecDeque::new(),
-        head: state.feed.ring.watch_head(),
-        failed: state.feed.ring.watch_failed(),
-        stopping: state.feed.stopping.clone(),
-        heartbeat: state.feed.heartbeat,
-        max_lag: state.feed.max_lag,
-        lag_grace: state.feed.lag_grace,
-        gather,
-        head_in_steps: state.feed.ring.watch_head_in_steps(),
-        last_taken: tokio::time::Instant::now(),
-        done: false,
-        _slot: slot,
-    };
+    let feed = Feed::new(slot, reader, after, filter, gather);
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         let chunk = feed.next_chunk().await?;
         Some((Ok::<Bytes, Infallible>(chunk), feed))
@@ -307,6 +289,30 @@ struct Feed {
 const CHUNK_BYTES: usize = 64 << 10;
 
 impl Feed {
+    /// A stream in `slot` of its node's feed, from the change after `after` on.
+    fn new(slot: Slot, reader: OrderReader, after: u64, filter: Filter, gather: Duration) -> Feed {
+        let feed = &slot.0;
+        Feed {
+            reader,
+            ring: feed.ring.clone(),
+            next: after + 1,
+            sent: after,
+            filter,
+            page: VecDeque::new(),
+            head: feed.ring.watch_head(),
+            failed: feed.ring.watch_failed(),
+            stopping: feed.stopping.clone(),
+            heartbeat: feed.heartbeat,
+            max_lag: feed.max_lag,
+            lag_grace: feed.lag_grace,
+            gather,
+            head_in_steps: feed.ring.watch_head_in_steps(),
+            last_taken: tokio::time::Instant::now(),
+            done: false,
+            _slot: slot,
+        }
+    }
+
     /// The next bytes to send (one or more whole events, or a heartbeat), or `None` to end
     /// the stream.
     async fn next_chunk(&mut self) -> Option<Bytes> {
@@ -476,5 +482,114 @@ impl Feed {
     fn last_words(&mut self, name: &str, data: serde_json::Value) -> Bytes {
         self.done = true;
         Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+
+    use futures_util::FutureExt;
+
+    use super::super::event_ring::RingEvent;
+    use super::*;
+
+    /// A node's feed over an empty store, whose ring the test fills itself; the node stops
+    /// when the sender is dropped.
+    fn change_feed(reader: OrderReader) -> (Arc<ChangeFeed>, tokio::sync::watch::Sender<bool>) {
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let feed = ChangeFeed::new(
+            Duration::from_secs(15),
+            10,
+            DEFAULT_MAX_LAG,
+            Duration::from_millis(DEFAULT_LAG_GRACE_MS),
+            reader,
+            stopping,
+        );
+        (feed, stop)
+    }
+
+    /// Changes `from..=to` (each event's bytes: `eREV;`).
+    fn events(from: u64, to: u64) -> Vec<RingEvent> {
+        (from..=to)
+            .map(|revision| RingEvent {
+                revision,
+                customer_id: "c".into(),
+                status: OrderStatus::Pending,
+                bytes: Bytes::from(format!("e{revision};")),
+            })
+            .collect()
+    }
+
+    /// A stream caught up at revision 1, gathering changes for `gather`.
+    fn caught_up_stream(feed: &Arc<ChangeFeed>, reader: OrderReader, gather: Duration) -> Feed {
+        feed.ring.append(events(1, 1));
+        let filter = Filter {
+            customer_id: None,
+            status: None,
+        };
+        let slot = feed.subscribe().expect("a free slot");
+        Feed::new(slot, reader, 1, filter, gather)
+    }
+
+    /// Polls `chunk` once: its bytes, if ready.
+    fn ready(chunk: Pin<&mut impl Future<Output = Option<Bytes>>>) -> Option<String> {
+        let bytes = chunk.now_or_never()?.expect("the stream goes on");
+        Some(String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gathering_stream_sends_its_windows_changes_in_one_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, sm) = crate::store::open(&crate::store::StoreConfig::new(dir.path())).unwrap();
+        let (feed, _stop) = change_feed(sm.reader());
+        let mut stream = caught_up_stream(&feed, sm.reader(), Duration::from_millis(50));
+        let chunk = stream.next_chunk();
+        tokio::pin!(chunk);
+        assert_eq!(ready(chunk.as_mut()), None, "nothing to send yet");
+        feed.ring.append(events(2, 2));
+        assert_eq!(ready(chunk.as_mut()), None, "the first change waits");
+        tokio::time::advance(Duration::from_millis(20)).await;
+        feed.ring.append(events(3, 3));
+        tokio::time::advance(Duration::from_millis(20)).await;
+        feed.ring.append(events(4, 4));
+        assert_eq!(ready(chunk.as_mut()), None, "40 ms into the window");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert_eq!(ready(chunk.as_mut()).as_deref(), Some("e2;e3;e4;"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_does_not_gather_sends_each_change_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, sm) = crate::store::open(&crate::store::StoreConfig::new(dir.path())).unwrap();
+        let (feed, _stop) = change_feed(sm.reader());
+        let mut stream = caught_up_stream(&feed, sm.reader(), Duration::ZERO);
+        let chunk = stream.next_chunk();
+        tokio::pin!(chunk);
+        assert_eq!(ready(chunk.as_mut()), None);
+        feed.ring.append(events(2, 2));
+        assert_eq!(ready(chunk.as_mut()).as_deref(), Some("e2;"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gathering_stream_stops_waiting_once_enough_changes_came() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, sm) = crate::store::open(&crate::store::StoreConfig::new(dir.path())).unwrap();
+        let (feed, _stop) = change_feed(sm.reader());
+        let mut stream = caught_up_stream(&feed, sm.reader(), Duration::from_millis(MAX_BATCH_MS));
+        let chunk = stream.next_chunk();
+        tokio::pin!(chunk);
+        assert_eq!(ready(chunk.as_mut()), None);
+        // Within the step the head was last sent in: the stream goes on waiting.
+        feed.ring.append(events(2, 200));
+        assert_eq!(ready(chunk.as_mut()), None);
+        // Past `GATHER_AT_MOST` revisions (in the next step): it sends them all, with no time
+        // gone by.
+        let last = 1 + GATHER_AT_MOST + 10;
+        feed.ring.append(events(201, last));
+        let sent = ready(chunk.as_mut()).expect("sent without waiting out the window");
+        let expected: String = (2..=last).map(|r| format!("e{r};")).collect();
+        assert_eq!(sent, expected);
     }
 }

@@ -213,6 +213,18 @@ impl EventRing {
     }
 }
 
+#[cfg(test)]
+impl EventRing {
+    /// Appends events and moves the head to the last one, as the follower task does.
+    pub(super) fn append(&self, events: Vec<RingEvent>) {
+        let last = events.last().map(|e| e.revision);
+        self.push(events);
+        if let Some(last) = last {
+            self.set_head(last);
+        }
+    }
+}
+
 /// The follower task: reads each newly applied change once into the ring.
 struct Follower {
     ring: Arc<EventRing>,
