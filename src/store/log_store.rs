@@ -595,7 +595,9 @@ mod tests {
     }
 
     fn on_disk(dir: &std::path::Path) -> Vec<u64> {
-        let db = crate::store::open_sled(&crate::store::StoreConfig::new(dir)).unwrap();
+        let config = crate::store::StoreConfig::new(dir);
+        let (db, _) =
+            crate::store::open_sled(&dir.join("sled"), config.cache_capacity_bytes, false).unwrap();
         let log = db.open_tree("log").unwrap();
         log.iter()
             .keys()
@@ -664,7 +666,10 @@ mod tests {
         drop((log, sm));
         {
             // What a crash part-way through the removal would have left.
-            let db = crate::store::open_sled(&config).unwrap();
+            let sled_dir = config.dir.join("sled");
+            let (db, _) =
+                crate::store::open_sled(&sled_dir, config.cache_capacity_bytes, config.compress)
+                    .unwrap();
             let tree = db.open_tree("log").unwrap();
             for i in 40..50 {
                 tree.insert(index_key(i), codec::encode(&entry(i)).unwrap())

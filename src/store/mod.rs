@@ -9,6 +9,7 @@
 pub mod backup;
 mod changes;
 mod customer_index;
+mod defrag;
 mod error;
 mod keys;
 mod list_index;
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use changes::{ChangeRetention, ChangesPage, DEFAULT_CHANGE_RETENTION_REVISIONS};
+pub use defrag::{defrag, DefragReport};
 pub use error::StoreError;
 pub use log_store::{LogReader, LogStore};
 pub use reader::{OrderFilter, OrderPage, OrderReader, PageStart};
@@ -205,8 +207,13 @@ impl AppliedFloor {
 /// database. A state machine left half-way through a snapshot install is finished here.
 pub fn open(config: &StoreConfig) -> Result<(LogStore, StateMachineStore), StoreError> {
     std::fs::create_dir_all(&config.dir)?;
+    defrag::finish_interrupted(&config.dir)?;
     let started = std::time::Instant::now();
-    let db = open_sled(config)?;
+    let (db, _) = open_sled(
+        &config.dir.join("sled"),
+        config.cache_capacity_bytes,
+        config.compress,
+    )?;
     // The first open after a long run takes a while at scale (sled replays its file: 19 s at
     // ten million orders, docs/performance.md): said, with sled's share, so that a slow
     // start is not taken for a hang.
@@ -235,13 +242,20 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// writes, on the write path.
 const COMPRESSION_LEVEL: i32 = 3;
 
-fn open_sled(config: &StoreConfig) -> Result<sled::Db, StoreError> {
+/// Opens (or creates) the sled database in `sled_dir`, compressed if it is new and `compress`
+/// says so; returns it and whether it compresses.
+fn open_sled(
+    sled_dir: &Path,
+    cache_capacity_bytes: u64,
+    compress: bool,
+) -> Result<(sled::Db, bool), StoreError> {
     let started = std::time::Instant::now();
-    let mut compress = config.compress;
+    let asked = compress;
+    let mut compress = compress;
     loop {
         let opened = sled::Config::new()
-            .path(config.dir.join("sled"))
-            .cache_capacity(config.cache_capacity_bytes)
+            .path(sled_dir)
+            .cache_capacity(cache_capacity_bytes)
             .use_compression(compress)
             .compression_factor(COMPRESSION_LEVEL)
             .open();
@@ -255,19 +269,19 @@ fn open_sled(config: &StoreConfig) -> Result<sled::Db, StoreError> {
             // sled fixes compression when it creates its files and refuses another setting
             // later: a store keeps what it was created with.
             Err(sled::Error::Unsupported(why))
-                if why.contains("use_compression") && compress == config.compress =>
+                if why.contains("use_compression") && compress == asked =>
             {
                 compress = !compress;
                 tracing::warn!(
-                    data_dir = %config.dir.display(),
+                    data_dir = %sled_dir.parent().unwrap_or(sled_dir).display(),
                     compressed = compress,
                     "this store keeps the compression it was created with \
                      (--compress-store only applies to new data dirs)"
                 );
             }
             Ok(db) => {
-                sync_sled_conf(&config.dir.join("sled"))?;
-                return Ok(db);
+                sync_sled_conf(sled_dir)?;
+                return Ok((db, compress));
             }
             Err(e) => return Err(e.into()),
         }
