@@ -527,6 +527,55 @@ fn ordo_cli(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).output().expect("run ordo")
 }
 
+/// A rolling defrag, as operations.md tells it: `ordo defrag` refuses a running node's data
+/// dir; on a follower stopped with SIGTERM it rewrites the store, and the restarted follower
+/// catches up with the writes made meanwhile and ends with the leader's digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_defragmented_while_the_others_serve_catches_up() {
+    let mut cluster = start_cluster(3).await;
+    let ids = cluster.ids();
+    for i in 0..100 {
+        create_until_acked(&cluster, &ids, "defrag", &format!("before-{i}")).await;
+    }
+    let leader = cluster.wait_for_leader(&ids).await;
+    let follower = *ids.iter().find(|&&id| id != leader).unwrap();
+    let data_dir = cluster.nodes[&follower].data_dir.clone();
+    let data_dir = data_dir.to_str().unwrap();
+
+    let refused = ordo_cli(&["defrag", "--data-dir", data_dir]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("in use"),
+        "{said}"
+    );
+
+    cluster.stop(follower).await;
+    let done = ordo_cli(&["--json", "defrag", "--data-dir", data_dir]);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let report: Value = serde_json::from_slice(&done.stdout).expect("a JSON report");
+    assert!(report["keys"].as_u64().unwrap() > 100, "{report}");
+    assert!(report["bytes_after"].as_u64().unwrap() > 0, "{report}");
+
+    let others: Vec<u64> = ids.iter().copied().filter(|&id| id != follower).collect();
+    for i in 0..20 {
+        create_until_acked(&cluster, &others, "defrag", &format!("during-{i}")).await;
+    }
+    cluster.spawn(follower);
+    let applied = cluster.status(leader).await.unwrap()["last_applied"]
+        .as_u64()
+        .unwrap();
+    cluster.wait_applied(follower, applied).await;
+    assert_eq!(
+        cluster.digest(follower).await["digest"],
+        cluster.digest(leader).await["digest"]
+    );
+    assert_eq!(all_orders(&cluster, follower, true).await.len(), 120);
+}
+
 /// A backup taken while writes go on holds every write acknowledged before it began, no
 /// write it does not show in full, and restores into a new cluster whose digest is the
 /// backup's; that cluster takes writes and members. A changed byte makes the file refused.
