@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 
+use super::durable::DurableFlush;
 use super::{AppliedFloor, Durability, PurgePlan, StoreError};
 use crate::codec;
 use crate::raft::{Entry, LogId, StorageError, TypeConfig, Vote};
@@ -152,7 +153,8 @@ impl RaftLogReader<TypeConfig> for LogReader {
 
 /// The Raft log store of one node.
 pub struct LogStore {
-    db: sled::Db,
+    /// Flushes that reach the disk (`durable`).
+    durable: Arc<DurableFlush>,
     pub(super) reader: LogReader,
     raft: sled::Tree,
     durability: Durability,
@@ -164,6 +166,7 @@ pub struct LogStore {
 impl LogStore {
     pub(super) fn open(
         db: sled::Db,
+        durable: Arc<DurableFlush>,
         durability: Durability,
         floor: std::sync::Arc<AppliedFloor>,
         read_batch_bytes: usize,
@@ -171,13 +174,13 @@ impl LogStore {
         let log = db.open_tree("log")?;
         let raft = db.open_tree("raft")?;
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
-        let flush_db = db.clone();
+        let flush_to_disk = durable.clone();
         let handle = std::thread::Builder::new()
             .name("ordo-log-flusher".into())
-            .spawn(move || run_flusher(flush_db, rx))?;
+            .spawn(move || run_flusher(&flush_to_disk, rx))?;
         let first_kept = floor.purger().first_kept.clone();
         Ok(LogStore {
-            db,
+            durable,
             reader: LogReader {
                 log,
                 first_kept,
@@ -207,7 +210,7 @@ impl LogStore {
 
     async fn flush(&self) -> Result<(), StoreError> {
         if self.durability == Durability::Fsync {
-            self.db.flush_async().await?;
+            self.durable.flush_async().await?;
         }
         Ok(())
     }
@@ -244,7 +247,7 @@ impl LogStore {
             .first_kept
             .fetch_max(last.index + 1, Ordering::SeqCst);
         self.remove_range(0, Some(last.index))?;
-        self.db.flush()?;
+        self.durable.flush()?;
         Ok(())
     }
 
@@ -262,7 +265,7 @@ impl LogStore {
             .log
             .insert(index_key(entry.log_id.index), codec::encode(entry)?)?;
         self.write_meta(KEY_VOTE, vote)?;
-        self.db.flush()?;
+        self.durable.flush()?;
         Ok(())
     }
 
@@ -414,13 +417,13 @@ impl Drop for LogStore {
 /// It does not linger for more: measured, a 500 µs wait before each fsync under back-to-back
 /// appends cut throughput from ~4000 to ~1200 creates/s — the appends that follow wait on
 /// this fsync, so the fastest fsync wins.
-fn run_flusher(db: sled::Db, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn run_flusher(durable: &DurableFlush, rx: mpsc::Receiver<LogFlushed<TypeConfig>>) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());
         metrics::histogram!(telemetry::GROUP_COMMIT).record(waiting.len() as f64);
         let started = std::time::Instant::now();
-        let flushed = db.flush();
+        let flushed = durable.flush();
         metrics::histogram!(telemetry::FSYNC_DURATION).record(started.elapsed().as_secs_f64());
         match flushed {
             Ok(_) => waiting

@@ -10,6 +10,7 @@ pub mod backup;
 mod changes;
 mod customer_index;
 mod defrag;
+mod durable;
 mod error;
 mod keys;
 mod list_index;
@@ -209,11 +210,9 @@ pub fn open(config: &StoreConfig) -> Result<(LogStore, StateMachineStore), Store
     std::fs::create_dir_all(&config.dir)?;
     defrag::finish_interrupted(&config.dir)?;
     let started = std::time::Instant::now();
-    let (db, _) = open_sled(
-        &config.dir.join("sled"),
-        config.cache_capacity_bytes,
-        config.compress,
-    )?;
+    let sled_dir = config.dir.join("sled");
+    let (db, _) = open_sled(&sled_dir, config.cache_capacity_bytes, config.compress)?;
+    let durable = durable::DurableFlush::new(db.clone(), &sled_dir)?;
     // The first open after a long run takes a while at scale (sled replays its file: 19 s at
     // ten million orders, docs/performance.md): said, with sled's share, so that a slow
     // start is not taken for a hang.
@@ -221,11 +220,18 @@ pub fn open(config: &StoreConfig) -> Result<(LogStore, StateMachineStore), Store
     let floor = Arc::new(AppliedFloor::new(log_store::LogPurger::new(&db)?));
     let sm = StateMachineStore::open(
         db.clone(),
+        durable.clone(),
         config.dir.join("snapshots"),
         floor.clone(),
         config.change_retention,
     )?;
-    let log = LogStore::open(db, config.durability, floor, config.read_batch_bytes)?;
+    let log = LogStore::open(
+        db,
+        durable,
+        config.durability,
+        floor,
+        config.read_batch_bytes,
+    )?;
     tracing::info!(
         sled_ms,
         total_ms = started.elapsed().as_millis() as u64,

@@ -15,6 +15,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, SnapshotMeta};
 use serde::Serialize;
 
+use super::durable::DurableFlush;
 use super::keys;
 use super::order_state::{fingerprint, OverlayState};
 use super::overlay::Overlay;
@@ -69,6 +70,8 @@ impl SnapshotFiles {
 /// The order state machine of one node, implementing openraft's `RaftStateMachine`.
 pub struct StateMachineStore {
     db: sled::Db,
+    /// Flushes that reach the disk (`durable`).
+    durable: Arc<DurableFlush>,
     raft: sled::Tree,
     reader: OrderReader,
     snapshots: Arc<SnapshotDir>,
@@ -85,6 +88,7 @@ pub struct StateMachineStore {
 impl StateMachineStore {
     pub(super) fn open(
         db: sled::Db,
+        durable: Arc<DurableFlush>,
         snapshot_dir: PathBuf,
         floor: Arc<AppliedFloor>,
         retention: super::ChangeRetention,
@@ -94,6 +98,7 @@ impl StateMachineStore {
         let snapshots = Arc::new(SnapshotDir::open(snapshot_dir)?);
         let store = StateMachineStore {
             db,
+            durable,
             raft,
             reader: OrderReader::new(sm),
             snapshots,
@@ -135,6 +140,7 @@ impl StateMachineStore {
     fn blocking_handle(&self) -> StateMachineStore {
         StateMachineStore {
             db: self.db.clone(),
+            durable: self.durable.clone(),
             raft: self.raft.clone(),
             reader: self.reader.clone(),
             snapshots: self.snapshots.clone(),
@@ -170,7 +176,7 @@ impl StateMachineStore {
             .write()
             .unwrap_or_else(|p| p.into_inner());
         self.raft.insert(keys::INSTALLING, &[1u8][..])?;
-        self.db.flush()?;
+        self.durable.flush()?;
         self.sm().clear()?;
         let mut batch = sled::Batch::default();
         let mut n = 0usize;
@@ -191,9 +197,9 @@ impl StateMachineStore {
         // A snapshot an older version built has an older layout and no listing counters.
         super::upgrade::ensure(self.sm())?;
         super::list_index::ensure(self.sm())?;
-        self.db.flush()?;
+        self.durable.flush()?;
         self.raft.remove(keys::INSTALLING)?;
-        self.db.flush()?;
+        self.durable.flush()?;
         self.reader.publish_revision()?;
         Ok(meta)
     }
