@@ -246,11 +246,13 @@ fn defrag_keeps_the_store_in_fewer_bytes() {
             log.purge(log_id(1, 2 * orders)).await.unwrap();
             stored_state(&mut log, &mut sm).await
         });
-        let refused = store::defrag(&config).expect_err("the store is open");
+        // As the CLI does: the store's own compression, whatever the config says.
+        let defrag_config = StoreConfig::new(dir.path());
+        let refused = store::defrag(&defrag_config).expect_err("the store is open");
         assert!(refused.to_string().contains("in use"), "{refused}");
         drop((log, sm));
 
-        let report = store::defrag(&config).unwrap();
+        let report = store::defrag(&defrag_config).unwrap();
         assert!(report.trees >= 3 && report.keys > orders, "{report:?}");
         assert!(
             report.bytes_after < report.bytes_before,

@@ -15,7 +15,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{disk_usage_bytes, open_sled, StoreConfig, StoreError};
+use super::{
+    disk_usage_bytes, open_sled, stored_compression, sync_dir, DataDirLock, StoreConfig, StoreError,
+};
 
 /// Keys per sled batch while copying (sled's memory grows steeply with a batch's size).
 const COPY_BATCH: usize = 512;
@@ -27,7 +29,6 @@ struct Paths {
     copy: PathBuf,
     old: PathBuf,
     done: PathBuf,
-    dir: PathBuf,
 }
 
 impl Paths {
@@ -37,7 +38,6 @@ impl Paths {
             copy: dir.join("sled.defrag"),
             old: dir.join("sled.old"),
             done: dir.join("defrag.done"),
-            dir: dir.to_path_buf(),
         }
     }
 }
@@ -53,29 +53,41 @@ pub struct DefragReport {
     pub trees: usize,
 }
 
-/// Rewrites the store in `config.dir` into fresh files holding only its live keys. The node
-/// must be stopped: a store open elsewhere is refused (sled's file lock). A failure leaves
-/// the store as it was.
+/// Rewrites the store in `config.dir` into fresh files holding only its live keys. Its node
+/// must be stopped: a data dir in use is refused at once. Needs free space for the copy (about
+/// the live data) and memory for two open stores. A failure before the swap leaves the store
+/// as it was; one after it (an error finishing the swap) is finished by the next open.
 pub fn defrag(config: &StoreConfig) -> Result<DefragReport, StoreError> {
-    let paths = Paths::of(&config.dir);
-    finish_interrupted(&config.dir)?;
+    let dir = &config.dir;
+    let paths = Paths::of(dir);
+    if ![&paths.live, &paths.copy, &paths.old]
+        .iter()
+        .any(|p| p.exists())
+    {
+        return Err(StoreError::NotAStore(dir.clone()));
+    }
+    let _lock = DataDirLock::take(dir, std::time::Duration::ZERO)?;
+    finish_interrupted(dir)?;
     if !paths.live.join("conf").exists() {
-        return Err(StoreError::Corrupt(format!(
-            "no store in {}",
-            config.dir.display()
-        )));
+        return Err(StoreError::NotAStore(dir.clone()));
     }
     let bytes_before = disk_usage_bytes(&paths.live);
     let (keys, trees) = match copy(config, &paths) {
         Ok(counts) => counts,
         Err(e) => {
+            // The copy is this run's own (the lock is held), and unmarked.
             let _ = std::fs::remove_dir_all(&paths.copy);
             return Err(e);
         }
     };
-    sync_file(&std::fs::File::create(&paths.done)?)?;
-    sync_dir(&paths.dir)?;
-    finish_interrupted(&config.dir)?;
+    std::fs::File::create(&paths.done)?.sync_all()?;
+    sync_dir(dir)?;
+    finish_interrupted(dir).map_err(|e| {
+        StoreError::Corrupt(format!(
+            "the copy is whole, but swapping it in failed ({e}); the next start of the node \
+             (or `ordo defrag`) finishes the swap"
+        ))
+    })?;
     Ok(DefragReport {
         bytes_before,
         bytes_after: disk_usage_bytes(&paths.live),
@@ -84,20 +96,12 @@ pub fn defrag(config: &StoreConfig) -> Result<DefragReport, StoreError> {
     })
 }
 
-/// Copies every tree of the live store into `paths.copy`, with the same compression, and
-/// checks the copy; returns (keys, trees).
+/// Copies every tree of the live store into `paths.copy`, with the same compression, checks
+/// the copy as read back from its files, and makes all of it durable; returns (keys, trees).
 fn copy(config: &StoreConfig, paths: &Paths) -> Result<(u64, usize), StoreError> {
     let cache = config.cache_capacity_bytes;
-    let (old, compressed) =
-        open_sled(&paths.live, cache, config.compress).map_err(|e| match e {
-            StoreError::Sled(sled::Error::Io(io)) if io.to_string().contains("acquire lock") => {
-                StoreError::Corrupt(format!(
-                    "{} is in use (is its node running? stop it first)",
-                    paths.live.display()
-                ))
-            }
-            e => e,
-        })?;
+    let compress = stored_compression(&paths.live).unwrap_or(config.compress);
+    let (old, compressed) = open_sled(&paths.live, cache, compress)?;
     if paths.copy.exists() {
         std::fs::remove_dir_all(&paths.copy)?;
     }
@@ -120,8 +124,24 @@ fn copy(config: &StoreConfig, paths: &Paths) -> Result<(u64, usize), StoreError>
         }
         to.apply_batch(batch)?;
         keys += in_batch as u64;
-        // Nothing else writes either store: the two must hold the same pairs.
-        if !same_pairs(&from, &to)? {
+    }
+    new.flush()?;
+    drop(new);
+    // Opened again, from its files (sled also writes the page table it replays at start now,
+    // not at the node's next start), and checked against the original: nothing else writes
+    // either store meanwhile, so they must hold the same trees and pairs.
+    let (new, _) = open_sled(&paths.copy, cache, compressed)?;
+    let mut new_names = new.tree_names();
+    let mut old_names = names.clone();
+    new_names.sort();
+    old_names.sort();
+    if new_names != old_names {
+        return Err(StoreError::Corrupt(
+            "the copy's trees differ from the store's".into(),
+        ));
+    }
+    for name in &names {
+        if !same_pairs(&old.open_tree(name)?, &new.open_tree(name)?)? {
             return Err(StoreError::Corrupt(format!(
                 "the copy of tree {:?} differs from the original",
                 String::from_utf8_lossy(name)
@@ -131,9 +151,9 @@ fn copy(config: &StoreConfig, paths: &Paths) -> Result<(u64, usize), StoreError>
     new.flush()?;
     drop(new);
     drop(old);
-    // Opened once more so that sled writes its page table now, not at the node's next start.
-    let (reopened, _) = open_sled(&paths.copy, cache, compressed)?;
-    reopened.flush()?;
+    // sled's flush leaves file sizes and blob files to the file system's own time: every file
+    // and directory of the copy is fsynced before the marker says it is whole.
+    sync_all_under(&paths.copy)?;
     Ok((keys, names.len()))
 }
 
@@ -149,38 +169,58 @@ fn same_pairs(a: &sled::Tree, b: &sled::Tree) -> Result<bool, StoreError> {
     }
 }
 
+/// Fsyncs every file and directory under `dir`, and `dir`.
+fn sync_all_under(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            sync_all_under(&entry.path())?;
+        } else {
+            std::fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    sync_dir(dir)
+}
+
 /// Completes a defragmentation that a crash cut short, or drops a copy that was never
-/// finished; does nothing when there was none.
+/// finished; does nothing when there was none. Callers hold the data dir's lock.
 pub(super) fn finish_interrupted(dir: &Path) -> Result<(), StoreError> {
     let p = Paths::of(dir);
     if p.done.exists() {
         // The copy is whole: whichever renames are left, then the old files and the marker.
         if p.copy.exists() {
             if p.live.exists() {
+                if p.old.exists() {
+                    std::fs::remove_dir_all(&p.old)?; // a stale one, in the way of the rename
+                }
                 std::fs::rename(&p.live, &p.old)?;
             }
             std::fs::rename(&p.copy, &p.live)?;
-            sync_dir(&p.dir)?;
+            sync_dir(dir)?;
         }
         if p.old.exists() {
             std::fs::remove_dir_all(&p.old)?;
+            sync_dir(dir)?;
         }
         std::fs::remove_file(&p.done)?;
-        sync_dir(&p.dir)?;
+        sync_dir(dir)?;
         tracing::info!(dir = %dir.display(), "store defragmented: the new files are in use");
-    } else if p.copy.exists() {
+        return Ok(());
+    }
+    if p.copy.exists() {
         std::fs::remove_dir_all(&p.copy)?;
         tracing::info!(dir = %dir.display(), "an unfinished defragmentation copy was removed");
     }
+    if p.old.exists() {
+        // Only a swap leaves it, and a swap has a marker: put back or left over by hand.
+        if p.live.exists() {
+            std::fs::remove_dir_all(&p.old)?;
+        } else {
+            std::fs::rename(&p.old, &p.live)?;
+        }
+        sync_dir(dir)?;
+    }
     Ok(())
-}
-
-fn sync_file(file: &std::fs::File) -> std::io::Result<()> {
-    file.sync_all()
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -232,5 +272,60 @@ mod tests {
         // Nothing to do.
         finish_interrupted(dir.path()).unwrap();
         assert_eq!(which(&p.live), "old");
+    }
+
+    /// An old store left beside the live one goes, whether or not a swap was under way; one
+    /// left without a live store is put back.
+    #[test]
+    fn a_stale_old_store_is_removed_or_put_back() {
+        // In the way of a marked swap.
+        let dir = tempfile::tempdir().unwrap();
+        let p = Paths::of(dir.path());
+        make(&p.live, "old");
+        make(&p.copy, "copy");
+        make(&p.old, "stale");
+        std::fs::File::create(&p.done).unwrap();
+        finish_interrupted(dir.path()).unwrap();
+        assert_eq!(which(&p.live), "copy");
+        assert!(!p.old.exists() && !p.done.exists());
+        // Left over beside a live store, no swap.
+        make(&p.old, "stale");
+        finish_interrupted(dir.path()).unwrap();
+        assert_eq!(which(&p.live), "copy");
+        assert!(!p.old.exists());
+        // The only store there is.
+        std::fs::rename(&p.live, &p.old).unwrap();
+        finish_interrupted(dir.path()).unwrap();
+        assert_eq!(which(&p.live), "copy");
+        assert!(!p.old.exists());
+    }
+
+    /// While another holds the data dir (a node, or another defrag), defrag refuses at once and
+    /// touches nothing; a directory without a store is refused as such.
+    #[test]
+    fn a_data_dir_in_use_or_without_a_store_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            defrag(&StoreConfig::new(dir.path())),
+            Err(StoreError::NotAStore(_))
+        ));
+        let p = Paths::of(dir.path());
+        make(&p.live, "old");
+        make(&p.copy, "someone else's copy");
+        let held = DataDirLock::take(dir.path(), std::time::Duration::ZERO).unwrap();
+        assert!(matches!(
+            DataDirLock::take(dir.path(), std::time::Duration::ZERO),
+            Err(StoreError::InUse(_))
+        ));
+        assert!(matches!(
+            defrag(&StoreConfig::new(dir.path())),
+            Err(StoreError::InUse(_))
+        ));
+        assert_eq!(which(&p.copy), "someone else's copy");
+        drop(held);
+        let report = defrag(&StoreConfig::new(dir.path())).unwrap();
+        assert_eq!((report.keys, report.trees), (1, 1));
+        assert_eq!(which(&p.live), "old");
+        assert!(!p.copy.exists());
     }
 }

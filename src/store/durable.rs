@@ -16,7 +16,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::StoreError;
+use super::{DataDirLock, StoreError};
 
 /// A sled database and the files behind it, flushed durably.
 pub(crate) struct DurableFlush {
@@ -26,17 +26,25 @@ pub(crate) struct DurableFlush {
     blobs: PathBuf,
     /// The blob files fsynced so far that sled still has (it removes those it no longer needs).
     synced_blobs: Mutex<HashSet<OsString>>,
+    /// The data dir's lock: both halves of an open store hold this, so the lock goes when the
+    /// store is closed.
+    _dir_lock: DataDirLock,
 }
 
 impl DurableFlush {
     /// For `db`, whose files are in `sled_dir`. Fsyncs the blob files already there: written
     /// before this start, they may never have been.
-    pub fn new(db: sled::Db, sled_dir: &Path) -> Result<Arc<DurableFlush>, StoreError> {
+    pub fn new(
+        db: sled::Db,
+        sled_dir: &Path,
+        dir_lock: DataDirLock,
+    ) -> Result<Arc<DurableFlush>, StoreError> {
         let durable = DurableFlush {
             db,
             file: File::open(sled_dir.join("db"))?,
             blobs: sled_dir.join("blobs"),
             synced_blobs: Mutex::new(HashSet::new()),
+            _dir_lock: dir_lock,
         };
         durable.sync_new_blobs()?;
         Ok(Arc::new(durable))
@@ -94,7 +102,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sled_dir = dir.path().join("sled");
         let (db, _) = super::super::open_sled(&sled_dir, 1 << 20, false).unwrap();
-        let durable = DurableFlush::new(db.clone(), &sled_dir).unwrap();
+        let lock = DataDirLock::take(dir.path(), std::time::Duration::ZERO).unwrap();
+        let durable = DurableFlush::new(db.clone(), &sled_dir, lock).unwrap();
         let synced = || durable.synced_blobs.lock().unwrap().clone();
         assert!(synced().is_empty());
         db.insert("large", vec![7u8; 300 << 10]).unwrap();

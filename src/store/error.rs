@@ -13,6 +13,12 @@ pub enum StoreError {
     Codec(#[from] CodecError),
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// Another process holds the data dir (a running node, or `ordo defrag`).
+    #[error("{0} is in use by another process (a running node?): stop it first")]
+    InUse(std::path::PathBuf),
+    /// An offline command pointed at a directory with no store in it.
+    #[error("{0} holds no ordo store")]
+    NotAStore(std::path::PathBuf),
     /// openraft builds one snapshot at a time; a second dump beginning means a bug.
     #[error("a snapshot dump is already running")]
     DumpRunning,

@@ -208,11 +208,12 @@ impl AppliedFloor {
 /// database. A state machine left half-way through a snapshot install is finished here.
 pub fn open(config: &StoreConfig) -> Result<(LogStore, StateMachineStore), StoreError> {
     std::fs::create_dir_all(&config.dir)?;
+    let dir_lock = DataDirLock::take(&config.dir, LOCK_WAIT)?;
     defrag::finish_interrupted(&config.dir)?;
     let started = std::time::Instant::now();
     let sled_dir = config.dir.join("sled");
     let (db, _) = open_sled(&sled_dir, config.cache_capacity_bytes, config.compress)?;
-    let durable = durable::DurableFlush::new(db.clone(), &sled_dir)?;
+    let durable = durable::DurableFlush::new(db.clone(), &sled_dir, dir_lock)?;
     // The first open after a long run takes a while at scale (sled replays its file: 19 s at
     // ten million orders, docs/performance.md): said, with sled's share, so that a slow
     // start is not taken for a hang.
@@ -294,12 +295,62 @@ fn open_sled(
     }
 }
 
+/// An exclusive lock on a data dir (`flock` on its `lock` file), held by an open store for
+/// as long as it is open and by `ordo defrag` while it runs: sled's own lock covers only its
+/// files, not the work around them (an interrupted defrag finished at open, or a copy made
+/// beside them).
+pub(crate) struct DataDirLock {
+    /// Locked while open.
+    _file: std::fs::File,
+}
+
+impl DataDirLock {
+    /// Takes the lock of `dir`, waiting up to `wait` for another holder to let it go.
+    pub(crate) fn take(dir: &Path, wait: std::time::Duration) -> Result<DataDirLock, StoreError> {
+        use std::os::unix::io::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))?;
+        let started = std::time::Instant::now();
+        loop {
+            // SAFETY: flock on a descriptor this function owns; no memory is involved.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(DataDirLock { _file: file });
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(e.into());
+            }
+            if started.elapsed() >= wait {
+                return Err(StoreError::InUse(dir.to_path_buf()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
 /// sled writes its `conf` file, which holds the compression setting, without an fsync. Were it
 /// lost in a crash soon after the store was made, sled would take the next start's setting for
 /// the store's and fail to read its own pages; so it is made durable on every open.
 fn sync_sled_conf(sled_dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(sled_dir.join("conf"))?.sync_all()?;
-    std::fs::File::open(sled_dir)?.sync_all()
+    sync_dir(sled_dir)
+}
+
+/// Fsyncs a directory: makes the names in it durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Whether the sled store in `sled_dir` compresses its pages, from the `conf` file sled keeps
+/// its fixed settings in (`use_compression: true`); `None` without one.
+fn stored_compression(sled_dir: &Path) -> Option<bool> {
+    let conf = std::fs::read_to_string(sled_dir.join("conf")).ok()?;
+    conf.lines()
+        .find_map(|l| l.strip_prefix("use_compression:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Bytes the store occupies on disk (sled files and snapshots).
