@@ -9,6 +9,11 @@
 //! in a power failure or a kernel crash, though not when only the process dies. `flush` here
 //! follows sled's with an `fdatasync` of its file (data, size and a cache flush), and an
 //! fsync of each blob file written since the last one, and of their directory.
+//!
+//! sled writes a blob file while it reserves the entry's place, which can be during a flush
+//! here: a file listed by one flush may be half written. It is fsynced then, and once more by
+//! the next flush, whose sled flush began after the listing and so waited for that write to
+//! end. Flushes run one at a time, so "the next" is well defined.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -24,8 +29,8 @@ pub(crate) struct DurableFlush {
     /// sled's one data file (`db`), opened only to fsync it.
     file: File,
     blobs: PathBuf,
-    /// The blob files fsynced so far that sled still has (it removes those it no longer needs).
-    synced_blobs: Mutex<HashSet<OsString>>,
+    /// Blob files as flushes have seen them; the mutex also runs flushes one at a time.
+    blobs_seen: Mutex<BlobsSeen>,
     /// The data dir's lock: both halves of an open store hold this, so the lock goes when the
     /// store is closed.
     _dir_lock: DataDirLock,
@@ -43,18 +48,25 @@ impl DurableFlush {
             db,
             file: File::open(sled_dir.join("db"))?,
             blobs: sled_dir.join("blobs"),
-            synced_blobs: Mutex::new(HashSet::new()),
+            blobs_seen: Mutex::new(BlobsSeen::default()),
             _dir_lock: dir_lock,
         };
-        durable.sync_new_blobs()?;
+        // Nothing writes yet: what is there is whole once fsynced.
+        let mut seen = durable.blobs_seen.lock().unwrap_or_else(|p| p.into_inner());
+        durable.sync_new_blobs(&mut seen)?;
+        let listed = std::mem::take(&mut seen.listed_once);
+        seen.whole.extend(listed);
+        drop(seen);
         Ok(Arc::new(durable))
     }
 
     /// Flushes sled and makes everything it wrote before durable.
     pub fn flush(&self) -> Result<(), StoreError> {
+        let mut seen = self.blobs_seen.lock().unwrap_or_else(|p| p.into_inner());
         self.db.flush()?;
         self.file.sync_data()?;
-        self.sync_new_blobs()
+        self.sync_new_blobs(&mut seen)?;
+        Ok(())
     }
 
     /// `flush` on tokio's blocking pool.
@@ -63,9 +75,9 @@ impl DurableFlush {
         tokio::task::spawn_blocking(move || this.flush()).await?
     }
 
-    /// Fsyncs the blob files not fsynced yet, then their directory (for their names).
-    fn sync_new_blobs(&self) -> Result<(), StoreError> {
-        let mut synced = self.synced_blobs.lock().unwrap_or_else(|p| p.into_inner());
+    /// Fsyncs the blob files listed for the first time, and again those listed first by the
+    /// flush before (whole by now), then their directory; returns the files it fsynced.
+    fn sync_new_blobs(&self, seen: &mut BlobsSeen) -> Result<Vec<OsString>, StoreError> {
         let present = match std::fs::read_dir(&self.blobs) {
             Ok(entries) => entries
                 .map(|e| e.map(|e| e.file_name()))
@@ -73,49 +85,89 @@ impl DurableFlush {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashSet::new(),
             Err(e) => return Err(e.into()),
         };
-        let mut any = false;
-        for name in present.difference(&synced) {
+        let mut fsynced = Vec::new();
+        for name in present.difference(&seen.whole) {
             match File::open(self.blobs.join(name)) {
                 Ok(blob) => blob.sync_all()?,
                 // Removed by sled meanwhile: nothing to keep.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e.into()),
             }
-            any = true;
+            fsynced.push(name.clone());
         }
-        if any {
+        if !fsynced.is_empty() {
             File::open(&self.blobs)?.sync_all()?;
         }
-        *synced = present;
-        Ok(())
+        let newly: HashSet<OsString> = present
+            .iter()
+            .filter(|n| !seen.whole.contains(*n) && !seen.listed_once.contains(*n))
+            .cloned()
+            .collect();
+        // Those listed by the last flush were whole before this one's sled flush returned.
+        seen.whole
+            .extend(seen.listed_once.drain().filter(|n| present.contains(n)));
+        seen.whole.retain(|n| present.contains(n));
+        seen.listed_once = newly;
+        Ok(fsynced)
     }
+}
+
+/// The blob files flushes have seen (sled removes those it no longer needs; so are they here).
+#[derive(Default)]
+struct BlobsSeen {
+    /// Fsynced after they were whole: done.
+    whole: HashSet<OsString>,
+    /// Listed by the last flush only: maybe half written then, fsynced again by the next.
+    listed_once: HashSet<OsString>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A value over sled's blob threshold goes to a blob file of its own, which the flush
-    /// finds and fsyncs; one sled no longer has is forgotten.
+    fn durable_store(dir: &Path) -> (sled::Db, Arc<DurableFlush>) {
+        let sled_dir = dir.join("sled");
+        let (db, _) = super::super::open_sled(&sled_dir, 1 << 20, false).unwrap();
+        let lock = DataDirLock::take(dir, std::time::Duration::ZERO).unwrap();
+        (db.clone(), DurableFlush::new(db, &sled_dir, lock).unwrap())
+    }
+
+    /// A value over sled's blob threshold goes to a blob file of its own, which flushes find
+    /// and fsync.
     #[test]
     fn a_flush_fsyncs_the_blob_files_sled_wrote() {
         let dir = tempfile::tempdir().unwrap();
-        let sled_dir = dir.path().join("sled");
-        let (db, _) = super::super::open_sled(&sled_dir, 1 << 20, false).unwrap();
-        let lock = DataDirLock::take(dir.path(), std::time::Duration::ZERO).unwrap();
-        let durable = DurableFlush::new(db.clone(), &sled_dir, lock).unwrap();
-        let synced = || durable.synced_blobs.lock().unwrap().clone();
-        assert!(synced().is_empty());
+        let (db, durable) = durable_store(dir.path());
         db.insert("large", vec![7u8; 300 << 10]).unwrap();
         durable.flush().unwrap();
-        let blobs: HashSet<OsString> = std::fs::read_dir(sled_dir.join("blobs"))
+        let blobs: HashSet<OsString> = std::fs::read_dir(dir.path().join("sled/blobs"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         assert!(!blobs.is_empty(), "sled kept the value in a blob file");
-        assert_eq!(synced(), blobs);
-        std::fs::remove_file(sled_dir.join("blobs").join(blobs.iter().next().unwrap())).unwrap();
-        durable.sync_new_blobs().unwrap();
-        assert_eq!(synced().len(), blobs.len() - 1);
+        let seen = durable.blobs_seen.lock().unwrap();
+        assert_eq!(seen.listed_once, blobs, "fsynced, and to be once more");
+    }
+
+    /// A blob file a flush lists may be half written: it is fsynced then, again by the next
+    /// flush (whole by then), and not after; one sled removed is forgotten.
+    #[test]
+    fn a_blob_file_is_fsynced_again_by_the_flush_after_it_was_first_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_db, durable) = durable_store(dir.path());
+        let blob = dir.path().join("sled/blobs/123");
+        std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+        std::fs::write(&blob, b"half").unwrap();
+        let sync = || {
+            let mut seen = durable.blobs_seen.lock().unwrap();
+            durable.sync_new_blobs(&mut seen).unwrap()
+        };
+        assert_eq!(sync(), vec![OsString::from("123")]);
+        std::fs::write(&blob, b"half and the rest").unwrap();
+        assert_eq!(sync(), vec![OsString::from("123")], "again, now whole");
+        assert!(sync().is_empty(), "done");
+        std::fs::remove_file(&blob).unwrap();
+        assert!(sync().is_empty());
+        assert!(durable.blobs_seen.lock().unwrap().whole.is_empty());
     }
 }

@@ -14,7 +14,7 @@ pub enum StoreError {
     #[error("corrupt store: {0}")]
     Corrupt(String),
     /// Another process holds the data dir (a running node, or `ordo defrag`).
-    #[error("{0} is in use by another process (a running node?): stop it first")]
+    #[error("{0} is in use: still open (by a running node, or in this process); stop it first")]
     InUse(std::path::PathBuf),
     /// An offline command pointed at a directory with no store in it.
     #[error("{0} holds no ordo store")]

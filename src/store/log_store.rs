@@ -530,7 +530,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     cb.log_io_completed(Err(std::io::Error::other("log flusher stopped")));
                 }
             }
-            _ => callback.log_io_completed(Ok(())),
+            // Only while the store is being dropped: never acknowledged without a flush.
+            (Durability::Fsync, None) => {
+                callback.log_io_completed(Err(std::io::Error::other("log flusher stopped")))
+            }
+            (Durability::UnsafeNoFsync, _) => callback.log_io_completed(Ok(())),
         }
         Ok(())
     }

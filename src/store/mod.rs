@@ -288,6 +288,10 @@ fn open_sled(
             }
             Ok(db) => {
                 sync_sled_conf(sled_dir)?;
+                // The name of sled's directory too (made with the data dir on a first start).
+                if let Some(parent) = sled_dir.parent() {
+                    sync_dir(parent)?;
+                }
                 return Ok((db, compress));
             }
             Err(e) => return Err(e.into()),
