@@ -95,7 +95,7 @@ pub enum Command {
     Restore(backup::RestoreArgs),
     /// Rewrite a stopped node's store into fresh files holding only its live data (sled keeps
     /// superseded versions in its files): less disk, and a quicker next start. Needs free disk
-    /// for the copy (about the live data: ~350 MB per million orders) and about 20-30 s per
+    /// for the copy (about the live data: 250-350 MB per million orders) and about 20-40 s per
     /// million orders on a small machine.
     Defrag(defrag::DefragArgs),
     /// Print a shell completion script: `source <(ordo completion bash)`, or save it where the
