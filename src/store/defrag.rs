@@ -15,9 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{
-    disk_usage_bytes, open_sled, stored_compression, sync_dir, DataDirLock, StoreConfig, StoreError,
-};
+use super::{disk_usage_bytes, open_sled, sync_dir, DataDirLock, StoreConfig, StoreError};
 
 /// Keys per sled batch while copying (sled's memory grows steeply with a batch's size).
 const COPY_BATCH: usize = 512;
@@ -100,8 +98,7 @@ pub fn defrag(config: &StoreConfig) -> Result<DefragReport, StoreError> {
 /// the copy as read back from its files, and makes all of it durable; returns (keys, trees).
 fn copy(config: &StoreConfig, paths: &Paths) -> Result<(u64, usize), StoreError> {
     let cache = config.cache_capacity_bytes;
-    let compress = stored_compression(&paths.live).unwrap_or(config.compress);
-    let (old, compressed) = open_sled(&paths.live, cache, compress)?;
+    let (old, compressed) = open_sled(&paths.live, cache, config.compress)?;
     if paths.copy.exists() {
         std::fs::remove_dir_all(&paths.copy)?;
     }

@@ -602,9 +602,12 @@ mod tests {
     }
 
     fn on_disk(dir: &std::path::Path) -> Vec<u64> {
-        let config = crate::store::StoreConfig::new(dir);
-        let (db, _) =
-            crate::store::open_sled(&dir.join("sled"), config.cache_capacity_bytes, false).unwrap();
+        let (db, _) = crate::store::open_sled(
+            &dir.join("sled"),
+            crate::store::DEFAULT_CACHE_CAPACITY_BYTES,
+            false,
+        )
+        .unwrap();
         let log = db.open_tree("log").unwrap();
         log.iter()
             .keys()

@@ -212,7 +212,15 @@ pub fn open(config: &StoreConfig) -> Result<(LogStore, StateMachineStore), Store
     defrag::finish_interrupted(&config.dir)?;
     let started = std::time::Instant::now();
     let sled_dir = config.dir.join("sled");
-    let (db, _) = open_sled(&sled_dir, config.cache_capacity_bytes, config.compress)?;
+    let (db, compressed) = open_sled(&sled_dir, config.cache_capacity_bytes, config.compress)?;
+    if compressed != config.compress {
+        tracing::warn!(
+            data_dir = %config.dir.display(),
+            compressed,
+            "this store keeps the compression it was created with \
+             (--compress-store only applies to new data dirs)"
+        );
+    }
     let durable = durable::DurableFlush::new(db.clone(), &sled_dir, dir_lock)?;
     // The first open after a long run takes a while at scale (sled replays its file: 19 s at
     // ten million orders, docs/performance.md): said, with sled's share, so that a slow
@@ -249,16 +257,17 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// writes, on the write path.
 const COMPRESSION_LEVEL: i32 = 3;
 
-/// Opens (or creates) the sled database in `sled_dir`, compressed if it is new and `compress`
-/// says so; returns it and whether it compresses.
+/// Opens (or creates) the sled database in `sled_dir`, compressed if it is new and
+/// `compress_if_new` says so; returns it and whether it compresses. sled fixes compression when
+/// it creates its files and refuses another setting later: a store keeps what it was created
+/// with, which its `conf` says.
 fn open_sled(
     sled_dir: &Path,
     cache_capacity_bytes: u64,
-    compress: bool,
+    compress_if_new: bool,
 ) -> Result<(sled::Db, bool), StoreError> {
     let started = std::time::Instant::now();
-    let asked = compress;
-    let mut compress = compress;
+    let compress = stored_compression(sled_dir).unwrap_or(compress_if_new);
     loop {
         let opened = sled::Config::new()
             .path(sled_dir)
@@ -272,19 +281,6 @@ fn open_sled(
                     && started.elapsed() < LOCK_WAIT =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            // sled fixes compression when it creates its files and refuses another setting
-            // later: a store keeps what it was created with.
-            Err(sled::Error::Unsupported(why))
-                if why.contains("use_compression") && compress == asked =>
-            {
-                compress = !compress;
-                tracing::warn!(
-                    data_dir = %sled_dir.parent().unwrap_or(sled_dir).display(),
-                    compressed = compress,
-                    "this store keeps the compression it was created with \
-                     (--compress-store only applies to new data dirs)"
-                );
             }
             Ok(db) => {
                 sync_sled_conf(sled_dir)?;
@@ -349,10 +345,12 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Whether the sled store in `sled_dir` compresses its pages, from the `conf` file sled keeps
-/// its fixed settings in (`use_compression: true`); `None` without one.
+/// its fixed settings in (lines such as `use_compression: true`, then a binary checksum);
+/// `None` without one.
 fn stored_compression(sled_dir: &Path) -> Option<bool> {
-    let conf = std::fs::read_to_string(sled_dir.join("conf")).ok()?;
-    conf.lines()
+    let conf = std::fs::read(sled_dir.join("conf")).ok()?;
+    String::from_utf8_lossy(&conf)
+        .lines()
         .find_map(|l| l.strip_prefix("use_compression:"))
         .and_then(|v| v.trim().parse().ok())
 }
