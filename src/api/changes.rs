@@ -495,19 +495,36 @@ mod tests {
     use super::super::event_ring::RingEvent;
     use super::*;
 
-    /// A node's feed over an empty store, whose ring the test fills itself; the node stops
-    /// when the sender is dropped.
-    fn change_feed(reader: OrderReader) -> (Arc<ChangeFeed>, tokio::sync::watch::Sender<bool>) {
+    /// A node's feed over an empty store, whose ring the test fills itself, and what it needs
+    /// kept (the store, and the sender whose drop would stop the node).
+    struct Node {
+        feed: Arc<ChangeFeed>,
+        reader: OrderReader,
+        _kept: (
+            tempfile::TempDir,
+            crate::store::LogStore,
+            crate::store::StateMachineStore,
+            tokio::sync::watch::Sender<bool>,
+        ),
+    }
+
+    fn node() -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, sm) = crate::store::open(&crate::store::StoreConfig::new(dir.path())).unwrap();
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let feed = ChangeFeed::new(
             Duration::from_secs(15),
             10,
             DEFAULT_MAX_LAG,
             Duration::from_millis(DEFAULT_LAG_GRACE_MS),
-            reader,
+            sm.reader(),
             stopping,
         );
-        (feed, stop)
+        Node {
+            feed,
+            reader: sm.reader(),
+            _kept: (dir, log, sm, stop),
+        }
     }
 
     /// Changes `from..=to` (each event's bytes: `eREV;`).
@@ -523,14 +540,14 @@ mod tests {
     }
 
     /// A stream caught up at revision 1, gathering changes for `gather`.
-    fn caught_up_stream(feed: &Arc<ChangeFeed>, reader: OrderReader, gather: Duration) -> Feed {
-        feed.ring.append(events(1, 1));
+    fn caught_up_stream(node: &Node, gather: Duration) -> Feed {
+        node.feed.ring.append(events(1, 1));
         let filter = Filter {
             customer_id: None,
             status: None,
         };
-        let slot = feed.subscribe().expect("a free slot");
-        Feed::new(slot, reader, 1, filter, gather)
+        let slot = node.feed.subscribe().expect("a free slot");
+        Feed::new(slot, node.reader.clone(), 1, filter, gather)
     }
 
     /// Polls `chunk` once: its bytes, if ready.
@@ -541,19 +558,17 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_gathering_stream_sends_its_windows_changes_in_one_chunk() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_log, sm) = crate::store::open(&crate::store::StoreConfig::new(dir.path())).unwrap();
-        let (feed, _stop) = change_feed(sm.reader());
-        let mut stream = caught_up_stream(&feed, sm.reader(), Duration::from_millis(50));
+        let node = node();
+        let mut stream = caught_up_stream(&node, Duration::from_millis(50));
         let chunk = stream.next_chunk();
         tokio::pin!(chunk);
         assert_eq!(ready(chunk.as_mut()), None, "nothing to send yet");
-        feed.ring.append(events(2, 2));
+        node.feed.ring.append(events(2, 2));
         assert_eq!(ready(chunk.as_mut()), None, "the first change waits");
         tokio::time::advance(Duration::from_millis(20)).await;
-        feed.ring.append(events(3, 3));
+        node.feed.ring.append(events(3, 3));
         tokio::time::advance(Duration::from_millis(20)).await;
-        feed.ring.append(events(4, 4));
+        node.feed.ring.append(events(4, 4));
         assert_eq!(ready(chunk.as_mut()), None, "40 ms into the window");
         tokio::time::advance(Duration::from_millis(10)).await;
         assert_eq!(ready(chunk.as_mut()).as_deref(), Some("e2;e3;e4;"));
@@ -561,33 +576,29 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stream_that_does_not_gather_sends_each_change_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_log, sm) = crate::store::open(&crate::store::StoreConfig::new(dir.path())).unwrap();
-        let (feed, _stop) = change_feed(sm.reader());
-        let mut stream = caught_up_stream(&feed, sm.reader(), Duration::ZERO);
+        let node = node();
+        let mut stream = caught_up_stream(&node, Duration::ZERO);
         let chunk = stream.next_chunk();
         tokio::pin!(chunk);
         assert_eq!(ready(chunk.as_mut()), None);
-        feed.ring.append(events(2, 2));
+        node.feed.ring.append(events(2, 2));
         assert_eq!(ready(chunk.as_mut()).as_deref(), Some("e2;"));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_gathering_stream_stops_waiting_once_enough_changes_came() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_log, sm) = crate::store::open(&crate::store::StoreConfig::new(dir.path())).unwrap();
-        let (feed, _stop) = change_feed(sm.reader());
-        let mut stream = caught_up_stream(&feed, sm.reader(), Duration::from_millis(MAX_BATCH_MS));
+        let node = node();
+        let mut stream = caught_up_stream(&node, Duration::from_millis(MAX_BATCH_MS));
         let chunk = stream.next_chunk();
         tokio::pin!(chunk);
         assert_eq!(ready(chunk.as_mut()), None);
         // Within the step the head was last sent in: the stream goes on waiting.
-        feed.ring.append(events(2, 200));
+        node.feed.ring.append(events(2, 200));
         assert_eq!(ready(chunk.as_mut()), None);
         // Past `GATHER_AT_MOST` revisions (in the next step): it sends them all, with no time
         // gone by.
         let last = 1 + GATHER_AT_MOST + 10;
-        feed.ring.append(events(201, last));
+        node.feed.ring.append(events(201, last));
         let sent = ready(chunk.as_mut()).expect("sent without waiting out the window");
         let expected: String = (2..=last).map(|r| format!("e{r};")).collect();
         assert_eq!(sent, expected);
