@@ -216,10 +216,7 @@ async fn without_quorum_reads_degrade_to_stale_and_writes_are_unavailable() {
     let leader = cluster.wait_for_leader(&cluster.ids()).await;
     let survivor = cluster.ids().into_iter().find(|n| *n != leader).unwrap();
     // Let the survivor apply everything before the others die (a stale read shows what it has).
-    let applied = cluster.status(leader).await.unwrap()["last_applied"]
-        .as_u64()
-        .unwrap();
-    cluster.wait_applied(survivor, applied).await;
+    cluster.wait_caught_up(survivor, leader).await;
     for id in cluster.ids().into_iter().filter(|n| *n != survivor) {
         cluster.kill(id);
     }

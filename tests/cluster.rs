@@ -98,10 +98,7 @@ async fn leader_sigkill_under_writes_loses_and_duplicates_nothing() {
 
     // The killed node comes back, catches up and serves the same data.
     cluster.spawn(leader);
-    let applied = cluster.status(new_leader).await.unwrap()["last_applied"]
-        .as_u64()
-        .unwrap();
-    cluster.wait_applied(leader, applied).await;
+    cluster.wait_caught_up(leader, new_leader).await;
     assert_eq!(
         cluster.digest(leader).await["digest"],
         cluster.digest(new_leader).await["digest"]
@@ -123,10 +120,7 @@ async fn majority_down_fails_with_503_stale_reads_answer_and_recovery() {
     // Kill one follower and the leader; the other follower is alone. It must hold `first`
     // before: an acknowledgement needs only the leader and one follower to have it.
     let (alone, other) = (followers[0], followers[1]);
-    let applied = cluster.status(leader).await.unwrap()["last_applied"]
-        .as_u64()
-        .unwrap();
-    cluster.wait_applied(alone, applied).await;
+    cluster.wait_caught_up(alone, leader).await;
     cluster.kill(other);
     cluster.kill(leader);
     let before = all_orders(&cluster, alone, true).await;

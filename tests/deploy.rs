@@ -41,10 +41,7 @@ async fn a_cluster_runs_with_host_names_as_addresses() {
     create_until_acked(&cluster, &survivors, "named", "after-failover").await;
     cluster.spawn(leader);
     cluster.wait_for_leader(&cluster.ids()).await;
-    let applied = cluster.status(survivors[0]).await.unwrap()["last_applied"]
-        .as_u64()
-        .unwrap();
-    cluster.wait_applied(leader, applied).await;
+    cluster.wait_caught_up(leader, survivors[0]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,10 +216,7 @@ async fn a_wiped_node_restarted_with_its_old_flags_forms_no_second_cluster() {
             .unwrap();
         assert_eq!(status, 200, "{path}: {answer}");
     }
-    let applied = cluster.status(2).await.unwrap()["last_applied"]
-        .as_u64()
-        .unwrap();
-    cluster.wait_applied(1, applied).await;
+    cluster.wait_caught_up(1, 2).await;
     assert_eq!(
         id_file(1),
         original,

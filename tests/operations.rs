@@ -565,10 +565,7 @@ async fn a_follower_defragmented_while_the_others_serve_catches_up() {
         create_until_acked(&cluster, &others, "defrag", &format!("during-{i}")).await;
     }
     cluster.spawn(follower);
-    let applied = cluster.status(leader).await.unwrap()["last_applied"]
-        .as_u64()
-        .unwrap();
-    cluster.wait_applied(follower, applied).await;
+    cluster.wait_caught_up(follower, leader).await;
     assert_eq!(
         cluster.digest(follower).await["digest"],
         cluster.digest(leader).await["digest"]
@@ -749,10 +746,7 @@ async fn a_backup_under_writes_restores_into_a_new_cluster() {
     .await
     .unwrap();
     assert_eq!(status, 200, "{body}");
-    let applied = restored.status(1).await.unwrap()["last_applied"]
-        .as_u64()
-        .unwrap();
-    restored.wait_applied(2, applied).await;
+    restored.wait_caught_up(2, 1).await;
     assert_eq!(
         restored.digest(2).await["digest"],
         restored.digest(1).await["digest"]
@@ -814,10 +808,7 @@ async fn force_new_cluster_brings_back_a_writable_cluster_after_losing_a_majorit
         .into_iter()
         .filter(|&id| id != survivor)
         .collect();
-    let applied = cluster.status(leader).await.unwrap()["last_applied"]
-        .as_u64()
-        .unwrap();
-    cluster.wait_applied(survivor, applied).await;
+    cluster.wait_caught_up(survivor, leader).await;
     for &id in &lost {
         cluster.kill(id);
     }
@@ -877,10 +868,7 @@ async fn force_new_cluster_brings_back_a_writable_cluster_after_losing_a_majorit
     .await
     .unwrap();
     assert_eq!(status, 200, "{body}");
-    let applied = cluster.status(survivor).await.unwrap()["last_applied"]
-        .as_u64()
-        .unwrap();
-    cluster.wait_applied(back, applied).await;
+    cluster.wait_caught_up(back, survivor).await;
     assert_eq!(
         cluster.digest(back).await["digest"],
         cluster.digest(survivor).await["digest"]

@@ -485,6 +485,17 @@ impl ProcessCluster {
         }
     }
 
+    /// Waits (bounded) until node `id` has applied what node `reference` has applied now.
+    pub async fn wait_caught_up(&self, id: u64, reference: u64) {
+        let applied = self
+            .status(reference)
+            .await
+            .expect("the reference node answers")["last_applied"]
+            .as_u64()
+            .expect("last_applied");
+        self.wait_applied(id, applied).await;
+    }
+
     /// Waits until node `id` has applied at least `index`.
     pub async fn wait_applied(&self, id: u64, index: u64) {
         self.wait_applied_within(id, index, DEADLINE).await
