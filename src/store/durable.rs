@@ -69,6 +69,12 @@ impl DurableFlush {
         Ok(())
     }
 
+    /// Holds every flush back until the guard is dropped (tests of what waits for one).
+    #[cfg(test)]
+    pub(crate) fn hold_flushes(&self) -> std::sync::MutexGuard<'_, impl Sized> {
+        self.blobs_seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// `flush` on tokio's blocking pool.
     pub async fn flush_async(self: &Arc<Self>) -> Result<(), StoreError> {
         let this = self.clone();

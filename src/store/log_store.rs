@@ -686,6 +686,41 @@ mod tests {
         assert_eq!(on_disk(dir.path()), Vec::<u64>::new());
     }
 
+    /// openraft hears of an append only after its durable flush (sled's, then the fdatasync):
+    /// while no flush can run the append stays unacknowledged, and it is acknowledged once one
+    /// can.
+    #[tokio::test]
+    // Holding the flushes' lock across the waits is the point: the flusher thread waits on it.
+    #[allow(clippy::await_holding_lock)]
+    async fn an_append_is_acknowledged_only_after_its_durable_flush() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut log, sm) =
+            crate::store::open(&crate::store::StoreConfig::new(dir.path())).unwrap();
+        let durable = log.durable.clone();
+        let held = durable.hold_flushes();
+        let append = tokio::spawn(async move {
+            log.blocking_append([entry(1)]).await.unwrap();
+            log
+        });
+        // A window for an acknowledgement that did not wait for the flush to arrive in (it
+        // would within microseconds); nothing can make this one come, so nothing to poll for.
+        let window = tokio::time::Instant::now() + std::time::Duration::from_millis(300);
+        let mut early = false;
+        while !early && tokio::time::Instant::now() < window {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            early = append.is_finished();
+        }
+        // Let the flusher go before asserting: a panic with flushes held would hang the drop.
+        drop(held);
+        assert!(!early, "acknowledged before any flush could run");
+        let log = tokio::time::timeout(std::time::Duration::from_secs(30), append)
+            .await
+            .expect("acknowledged once the flush could run")
+            .unwrap();
+        drop((log, sm, durable));
+        assert_eq!(on_disk(dir.path()), vec![1]);
+    }
+
     /// Entries a crash left below the last purge stay hidden after a restart and are removed
     /// then.
     #[tokio::test]
