@@ -228,7 +228,7 @@ fn snapshot_memory(args: BenchStorageArgs) -> anyhow::Result<()> {
         report("log purged", started);
         // Closing the store waits for the purged entries' removal, on the purger's thread.
         drop((log, sm));
-        report("purged entries removed", started);
+        report("closed (removal done)", started);
         let mb = |sub: &str| store::disk_usage_bytes(&temp.path().join(sub)) as f64 / 1e6;
         println!(
             "on disk after closing: sled {:.0} MB (state machine and the newest 1000 entries), \

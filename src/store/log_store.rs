@@ -306,10 +306,10 @@ fn remove_range(log: &sled::Tree, from: u64, to_inclusive: Option<u64>) -> Resul
         return Ok(());
     };
     // A purge, often of a hundred thousand entries or more: each batch's entries are found
-    // just before they are removed, not all of them first. Reading them all first left up to
-    // one large log page resident in each of sled's 256 cache shards (a shard never evicts
-    // its only page, however far over its share of the cache): +40-50 MB of RSS at the peak
-    // of a snapshot at a million orders (docs/performance.md).
+    // just before they are removed, so each log page read is emptied at once. Reading them all
+    // first left large log pages resident in sled's cache, far past its size (its 256 shards
+    // evict late, and never a shard's only page): 40-50 MB of a node's heap at the peak of a
+    // snapshot at a million orders (docs/performance.md).
     let mut from = from;
     loop {
         let keys = log
