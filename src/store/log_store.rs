@@ -297,11 +297,7 @@ fn remove_range(log: &sled::Tree, from: u64, to_inclusive: Option<u64>) -> Resul
             .keys()
             .collect::<Result<Vec<_>, _>>()?;
         for chunk in keys.rchunks(REMOVE_BATCH_KEYS) {
-            let mut batch = sled::Batch::default();
-            for k in chunk.iter().rev() {
-                batch.remove(k.clone());
-            }
-            log.apply_batch(batch)?;
+            remove_keys(log, chunk.iter().rev().cloned())?;
         }
         return Ok(());
     };
@@ -320,16 +316,25 @@ fn remove_range(log: &sled::Tree, from: u64, to_inclusive: Option<u64>) -> Resul
         let Some(last) = keys.last().map(|k| keyed_index(k)) else {
             return Ok(());
         };
-        let mut batch = sled::Batch::default();
-        for k in keys {
-            batch.remove(k);
-        }
-        log.apply_batch(batch)?;
+        remove_keys(log, keys)?;
         match last.checked_add(1) {
             Some(next) if next <= to => from = next,
             _ => return Ok(()),
         }
     }
+}
+
+/// Removes `keys` from the log in one sled batch.
+fn remove_keys(
+    log: &sled::Tree,
+    keys: impl IntoIterator<Item = sled::IVec>,
+) -> Result<(), StoreError> {
+    let mut batch = sled::Batch::default();
+    for k in keys {
+        batch.remove(k);
+    }
+    log.apply_batch(batch)?;
+    Ok(())
 }
 
 /// Purges log entries up to and including `upto`: records it as the last purged id and moves
