@@ -5,7 +5,9 @@
 //! callback to a flusher thread. The flusher takes every callback waiting, runs one sled flush
 //! (fsync) for all of them and only then reports them done, in order: group commit, so many
 //! appends share one fsync and none is acknowledged before it is on disk. Votes are flushed
-//! before `save_vote` returns.
+//! before `save_vote` returns. An append first waits (100 ms at most) while the state machine
+//! trails the commit by more than 256 entries (`apply_lag`), which bounds the decoded entries
+//! openraft queues for it.
 //!
 //! Purges take effect at once for readers (`first_kept`) and remove the entries from disk on a
 //! thread of their own: openraft 0.9 awaits `purge` in its core, and removing the 100,000
@@ -21,6 +23,7 @@ use std::thread::JoinHandle;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 
+use super::apply_lag::LagWait;
 use super::durable::DurableFlush;
 use super::{AppliedFloor, Durability, PurgePlan, StoreError};
 use crate::codec;
@@ -508,6 +511,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some(c) = &committed {
             metrics::gauge!(telemetry::RAFT_COMMITTED_INDEX).set(c.index as f64);
         }
+        self.floor
+            .apply_lag()
+            .set_committed(committed.map(|c| c.index));
         self.write_meta(KEY_COMMITTED, &committed)
             .map_err(StoreError::into_write)
     }
@@ -528,6 +534,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        if self.floor.apply_lag().wait_for_applies().await == LagWait::GaveUp {
+            tracing::debug!("applies still far behind the commit; appending anyway");
+        }
         let mut entries = entries.into_iter().peekable();
         // Only while a purge is held back for an install can an append leave a hole.
         if let Some(first) = entries.peek().filter(|_| self.floor.purge_deferred()) {
@@ -724,6 +733,53 @@ mod tests {
             .unwrap();
         drop((log, sm, durable));
         assert_eq!(on_disk(dir.path()), vec![1]);
+    }
+
+    /// While the state machine trails the commit by far, an append waits before writing
+    /// anything; the state machine's applies let it go.
+    #[tokio::test]
+    async fn an_append_waits_while_the_state_machine_trails_the_commit() {
+        use openraft::storage::RaftStateMachine;
+        use std::future::Future;
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut log, mut sm) =
+            crate::store::open(&crate::store::StoreConfig::new(dir.path())).unwrap();
+        log.blocking_append((0..1000).map(entry)).await.unwrap();
+        log.save_committed(Some(LogId::new(CommittedLeaderId::new(1, 1), 999)))
+            .await
+            .unwrap();
+        let floor = log.floor.clone();
+        let mut reader = log.reader.clone();
+        {
+            let append = log.blocking_append([entry(1000)]);
+            tokio::pin!(append);
+            let waker = std::task::Waker::noop();
+            let first = append
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(waker));
+            assert!(first.is_pending());
+            assert!(
+                reader
+                    .try_get_log_entries(1000..1001)
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "written while 1000 committed entries were not applied"
+            );
+
+            let mut source = reader.clone();
+            let entries = source.try_get_log_entries(0..1000).await.unwrap();
+            sm.apply(entries).await.unwrap();
+            assert_eq!(floor.apply_lag().lag(), 0);
+            tokio::time::timeout(std::time::Duration::from_secs(30), append)
+                .await
+                .expect("the append goes once the state machine has caught up")
+                .unwrap();
+        }
+        assert_eq!(
+            reader.try_get_log_entries(1000..1001).await.unwrap().len(),
+            1
+        );
     }
 
     /// Entries a crash left below the last purge stay hidden after a restart and are removed

@@ -6,6 +6,7 @@
 //! appends only after sled has flushed them (group commit on a flusher thread); the state
 //! machine writes each applied batch as one atomic sled batch.
 
+mod apply_lag;
 pub mod backup;
 mod changes;
 mod customer_index;
@@ -88,6 +89,8 @@ impl StoreConfig {
 /// state machine's applied index, and the rest is purged as soon as the install is done
 /// (before any entry after the snapshot arrives, so the log never has a hole). Outside
 /// installs openraft purges only what a snapshot covers, never past the applied index.
+///
+/// It also carries the applied index against the commit (`apply_lag`), for appends to wait on.
 pub(crate) struct AppliedFloor {
     /// One lock for all of it: deciding how far a purge may go and holding back the rest
     /// must be one step with respect to the end of an install.
@@ -95,6 +98,8 @@ pub(crate) struct AppliedFloor {
     /// Signalled when an install is done (appends that would leave a hole wait for it).
     installed: tokio::sync::Notify,
     purger: log_store::LogPurger,
+    /// The same applied index against the commit: appends wait while it trails far behind.
+    lag: apply_lag::ApplyLag,
 }
 
 #[derive(Debug, Default)]
@@ -123,6 +128,7 @@ impl AppliedFloor {
             state: Default::default(),
             installed: tokio::sync::Notify::new(),
             purger,
+            lag: apply_lag::ApplyLag::new(),
         }
     }
 
@@ -156,6 +162,7 @@ impl AppliedFloor {
             st.receiving = false;
             st.deferred.take()
         };
+        self.lag.set_applied(snapshot_last.map(|l| l.index));
         let purged = match (deferred, snapshot_last) {
             (Some(d), Some(s)) => self.purger.purge_upto(d.min(s)),
             _ => Ok(()),
@@ -197,6 +204,11 @@ impl AppliedFloor {
 
     fn set_applied(&self, index: Option<u64>) {
         self.lock().applied = index;
+        self.lag.set_applied(index);
+    }
+
+    fn apply_lag(&self) -> &apply_lag::ApplyLag {
+        &self.lag
     }
 
     fn begin_receiving(&self) {

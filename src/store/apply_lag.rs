@@ -1,0 +1,152 @@
+//! Back-pressure from the state machine to the log: an append waits, briefly, while the
+//! applies lag far behind the commit.
+//!
+//! openraft 0.9's core reads each newly committed range whole and queues it, decoded, on the
+//! state-machine worker's unbounded channel (`RaftCore::apply_to_state_machine`). A follower
+//! catching up appends and commits faster than it applies, so decoded entries pile up: a
+//! follower that missed a million orders peaked at 319 MB, about 80 MB of it queued entries
+//! (docs/performance.md). Holding each append until the applies are within `LAG_LIMIT`
+//! entries of the commit keeps that queue to about `LAG_LIMIT` plus one append's entries. The
+//! leader sees slower answers and shrinks its append budget for the peer (`rpc::network`),
+//! which paces it to the follower's applies.
+//!
+//! The wait is bounded (`MAX_WAIT`): openraft's core awaits `append`, and a core held for an
+//! election timeout would start a campaign when it wakes. It cannot deadlock either way:
+//! openraft saves the commit index and hands the range up to it to the state machine in one
+//! step (`Command::Commit`), so whatever a later append waits for is already on its way.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Committed but unapplied entries above which an append waits. One append is at most 256
+/// entries (`max_payload_entries`), so the queue holds about two appends' worth.
+const LAG_LIMIT: u64 = 256;
+
+/// The longest one append waits: well inside the shortest election timeout a node may run
+/// with, so the core still answers its leader in time to stay a follower.
+const MAX_WAIT: Duration = Duration::from_millis(100);
+
+/// How far the state machine trails the commit, as the log store and the state machine see it.
+pub(super) struct ApplyLag {
+    /// One past the last committed index (0: nothing committed).
+    committed_end: AtomicU64,
+    /// One past the last applied index (0: nothing applied).
+    applied_end: AtomicU64,
+    applied_moved: tokio::sync::Notify,
+    max_wait: Duration,
+}
+
+/// What a wait for applies came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LagWait {
+    /// The applies were within the limit (at once or after a while).
+    WithinLimit,
+    /// Still behind after the longest wait; the append goes ahead anyway.
+    GaveUp,
+}
+
+impl ApplyLag {
+    pub(super) fn new() -> ApplyLag {
+        ApplyLag::with_max_wait(MAX_WAIT)
+    }
+
+    pub(super) fn with_max_wait(max_wait: Duration) -> ApplyLag {
+        ApplyLag {
+            committed_end: AtomicU64::new(0),
+            applied_end: AtomicU64::new(0),
+            applied_moved: tokio::sync::Notify::new(),
+            max_wait,
+        }
+    }
+
+    pub(super) fn set_committed(&self, index: Option<u64>) {
+        self.committed_end
+            .store(index.map_or(0, |i| i + 1), Ordering::Release);
+    }
+
+    pub(super) fn set_applied(&self, index: Option<u64>) {
+        self.applied_end
+            .store(index.map_or(0, |i| i + 1), Ordering::Release);
+        self.applied_moved.notify_waiters();
+    }
+
+    /// Committed entries not applied yet.
+    pub(super) fn lag(&self) -> u64 {
+        self.committed_end
+            .load(Ordering::Acquire)
+            .saturating_sub(self.applied_end.load(Ordering::Acquire))
+    }
+
+    /// Waits until the applies are within `LAG_LIMIT` of the commit, or `max_wait` has passed.
+    pub(super) async fn wait_for_applies(&self) -> LagWait {
+        if self.lag() <= LAG_LIMIT {
+            return LagWait::WithinLimit;
+        }
+        let deadline = tokio::time::Instant::now() + self.max_wait;
+        loop {
+            // Made before the check, so an apply between the check and the wait still wakes it.
+            let moved = self.applied_moved.notified();
+            if self.lag() <= LAG_LIMIT {
+                return LagWait::WithinLimit;
+            }
+            if tokio::time::timeout_at(deadline, moved).await.is_err() {
+                return if self.lag() <= LAG_LIMIT {
+                    LagWait::WithinLimit
+                } else {
+                    LagWait::GaveUp
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+        f.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    }
+
+    #[tokio::test]
+    async fn an_append_goes_at_once_while_applies_keep_up() {
+        let lag = ApplyLag::with_max_wait(Duration::from_secs(600));
+        assert_eq!(lag.wait_for_applies().await, LagWait::WithinLimit);
+        lag.set_committed(Some(LAG_LIMIT - 1));
+        assert_eq!(lag.wait_for_applies().await, LagWait::WithinLimit);
+        lag.set_committed(Some(10_000));
+        lag.set_applied(Some(10_000 - LAG_LIMIT));
+        assert_eq!(lag.wait_for_applies().await, LagWait::WithinLimit);
+    }
+
+    /// Far behind, the wait lasts until an apply brings the lag within the limit, and not
+    /// longer: applies that leave it over the limit keep it waiting.
+    #[tokio::test]
+    async fn an_append_waits_until_the_applies_are_within_the_limit() {
+        let lag = ApplyLag::with_max_wait(Duration::from_secs(600));
+        lag.set_committed(Some(10_000));
+        lag.set_applied(Some(100));
+        let wait = lag.wait_for_applies();
+        tokio::pin!(wait);
+        assert!(poll_once(wait.as_mut()).is_pending());
+        lag.set_applied(Some(10_000 - LAG_LIMIT - 1));
+        assert!(poll_once(wait.as_mut()).is_pending());
+        lag.set_applied(Some(10_000 - LAG_LIMIT));
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(60), wait)
+                .await
+                .expect("the wait ends once the applies are within the limit"),
+            LagWait::WithinLimit
+        );
+    }
+
+    /// With the applies stalled, an append still goes after the longest wait.
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_is_bounded() {
+        let lag = ApplyLag::with_max_wait(Duration::from_millis(100));
+        lag.set_committed(Some(10_000));
+        let started = tokio::time::Instant::now();
+        assert_eq!(lag.wait_for_applies().await, LagWait::GaveUp);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+    }
+}
