@@ -306,6 +306,14 @@ impl NodeConfig {
         config.validate().context("invalid raft timing options")
     }
 
+    /// How long an append may wait for this node's applies (`StoreConfig::apply_lag_wait`):
+    /// two heartbeats, so that a leader outrunning them sees a timeout and sends less, but a
+    /// third of the shortest election timeout at most, so that the waiting core still hears its
+    /// leader in time.
+    fn apply_lag_wait(&self) -> Duration {
+        Duration::from_millis((2 * self.heartbeat_ms).min(self.election_timeout_min_ms / 3))
+    }
+
     /// How long to wait before trying an unreachable peer again: half the shortest election
     /// timeout, so a restarted peer is contacted before it would campaign.
     fn unreachable_retry(&self) -> Duration {
@@ -391,6 +399,7 @@ pub async fn run(
         read_batch_bytes: config.max_append_bytes,
         change_retention: config.change_feed.retention,
         compress: config.compress_store,
+        apply_lag_wait: config.apply_lag_wait(),
     };
     if config.durability == Durability::UnsafeNoFsync {
         tracing::warn!("UNSAFE: log appends are acknowledged before fsync; a crash can lose acknowledged orders");

@@ -38,6 +38,8 @@ pub const READ_INDEX_WAITERS: &str = "ordo_read_index_round_waiters";
 // Storage (store).
 pub const FSYNC_DURATION: &str = "ordo_log_fsync_duration_seconds";
 pub const GROUP_COMMIT: &str = "ordo_log_group_commit_appends";
+/// Label `outcome`: `caught_up` (the applies came within the limit) or `gave_up` (the wait ran out).
+pub const APPLY_LAG_WAITS: &str = "ordo_log_apply_lag_waits_total";
 pub const SNAPSHOT_BUILDS: &str = "ordo_snapshot_builds_total";
 pub const SNAPSHOT_BUILD_DURATION: &str = "ordo_snapshot_build_duration_seconds";
 pub const SNAPSHOT_INSTALLS: &str = "ordo_snapshot_installs_total";
@@ -160,6 +162,10 @@ fn describe() {
     );
     describe_histogram!(FSYNC_DURATION, Unit::Seconds, "Duration of one log fsync.");
     describe_histogram!(GROUP_COMMIT, "Log appends acknowledged by one fsync.");
+    describe_counter!(
+        APPLY_LAG_WAITS,
+        "Log appends that waited for the state machine to come within 256 entries of the commit."
+    );
     describe_counter!(SNAPSHOT_BUILDS, "Snapshots built.");
     describe_histogram!(
         SNAPSHOT_BUILD_DURATION,

@@ -114,7 +114,8 @@ pub struct ServeArgs {
     pub compress_store: bool,
     /// Byte budget of one append to a follower, KiB: larger batches are cut (one entry is
     /// always sent whole). Each append must be written and fsynced by the follower within
-    /// one heartbeat interval, openraft's timeout for it. At most 8192.
+    /// one heartbeat interval, openraft's timeout for it; a timed-out one halves the budget
+    /// for that peer for a while. At most 8192.
     #[arg(long, env = "ORDO_MAX_APPEND_KIB", value_name = "KIB", default_value_t = (DEFAULT_MAX_APPEND_BYTES / 1024) as u64)]
     pub max_append_kib: u64,
     /// How long the leader waits for one snapshot chunk, ms; the last chunk's wait includes

@@ -6,25 +6,26 @@
 //! catching up appends and commits faster than it applies, so decoded entries pile up: a
 //! follower that missed a million orders peaked at 319 MB, about 80 MB of it queued entries
 //! (docs/performance.md). Holding each append until the applies are within `LAG_LIMIT`
-//! entries of the commit keeps that queue to about `LAG_LIMIT` plus one append's entries. The
-//! leader sees slower answers and shrinks its append budget for the peer (`rpc::network`),
-//! which paces it to the follower's applies.
+//! entries of the commit keeps that queue to about `LAG_LIMIT` plus one append's entries.
 //!
-//! The wait is bounded (`MAX_WAIT`): openraft's core awaits `append`, and a core held for an
-//! election timeout would start a campaign when it wakes. It cannot deadlock either way:
-//! openraft saves the commit index and hands the range up to it to the state machine in one
-//! step (`Command::Commit`), so whatever a later append waits for is already on its way.
+//! The wait is bounded (`StoreConfig::apply_lag_wait`, 100 ms with the default timings):
+//! openraft's core awaits `append`, and a core held for an election timeout would start a
+//! campaign when it wakes. So the limit is soft: applies that stall for longer let appends go
+//! on, and `ordo_log_apply_lag_waits_total{outcome="gave_up"}` counts them. The leader is
+//! paced by its AppendEntries deadline (one heartbeat, half the wait): an answer held past it
+//! times out and halves that peer's append budget (`rpc::network`), so batches shrink until
+//! the follower's applies make room for one in time. No deadlock: openraft saves the commit
+//! index and hands the range up to it to the state machine in one step (`Command::Commit`),
+//! so whatever a later append waits for is already on its way.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::telemetry;
+
 /// Committed but unapplied entries above which an append waits. One append is at most 256
 /// entries (`max_payload_entries`), so the queue holds about two appends' worth.
 const LAG_LIMIT: u64 = 256;
-
-/// The longest one append waits: well inside the shortest election timeout a node may run
-/// with, so the core still answers its leader in time to stay a follower.
-const MAX_WAIT: Duration = Duration::from_millis(100);
 
 /// How far the state machine trails the commit, as the log store and the state machine see it.
 pub(super) struct ApplyLag {
@@ -46,11 +47,7 @@ pub(super) enum LagWait {
 }
 
 impl ApplyLag {
-    pub(super) fn new() -> ApplyLag {
-        ApplyLag::with_max_wait(MAX_WAIT)
-    }
-
-    pub(super) fn with_max_wait(max_wait: Duration) -> ApplyLag {
+    pub(super) fn new(max_wait: Duration) -> ApplyLag {
         ApplyLag {
             committed_end: AtomicU64::new(0),
             applied_end: AtomicU64::new(0),
@@ -82,6 +79,16 @@ impl ApplyLag {
         if self.lag() <= LAG_LIMIT {
             return LagWait::WithinLimit;
         }
+        let outcome = self.wait_over_limit().await;
+        let label = match outcome {
+            LagWait::WithinLimit => "caught_up",
+            LagWait::GaveUp => "gave_up",
+        };
+        metrics::counter!(telemetry::APPLY_LAG_WAITS, "outcome" => label).increment(1);
+        outcome
+    }
+
+    async fn wait_over_limit(&self) -> LagWait {
         let deadline = tokio::time::Instant::now() + self.max_wait;
         loop {
             // Made before the check, so an apply between the check and the wait still wakes it.
@@ -110,7 +117,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_append_goes_at_once_while_applies_keep_up() {
-        let lag = ApplyLag::with_max_wait(Duration::from_secs(600));
+        let lag = ApplyLag::new(Duration::from_secs(600));
         assert_eq!(lag.wait_for_applies().await, LagWait::WithinLimit);
         lag.set_committed(Some(LAG_LIMIT - 1));
         assert_eq!(lag.wait_for_applies().await, LagWait::WithinLimit);
@@ -123,7 +130,7 @@ mod tests {
     /// longer: applies that leave it over the limit keep it waiting.
     #[tokio::test]
     async fn an_append_waits_until_the_applies_are_within_the_limit() {
-        let lag = ApplyLag::with_max_wait(Duration::from_secs(600));
+        let lag = ApplyLag::new(Duration::from_secs(600));
         lag.set_committed(Some(10_000));
         lag.set_applied(Some(100));
         let wait = lag.wait_for_applies();
@@ -143,7 +150,7 @@ mod tests {
     /// With the applies stalled, an append still goes after the longest wait.
     #[tokio::test(start_paused = true)]
     async fn the_wait_is_bounded() {
-        let lag = ApplyLag::with_max_wait(Duration::from_millis(100));
+        let lag = ApplyLag::new(Duration::from_millis(100));
         lag.set_committed(Some(10_000));
         let started = tokio::time::Instant::now();
         assert_eq!(lag.wait_for_applies().await, LagWait::GaveUp);

@@ -736,14 +736,18 @@ mod tests {
     }
 
     /// While the state machine trails the commit by far, an append waits before writing
-    /// anything; the state machine's applies let it go.
+    /// anything; the state machine's applies let it go (the wait's bound is far off here, so
+    /// only they can).
     #[tokio::test]
     async fn an_append_waits_while_the_state_machine_trails_the_commit() {
         use openraft::storage::RaftStateMachine;
         use std::future::Future;
         let dir = tempfile::TempDir::new().unwrap();
-        let (mut log, mut sm) =
-            crate::store::open(&crate::store::StoreConfig::new(dir.path())).unwrap();
+        let (mut log, mut sm) = crate::store::open(&crate::store::StoreConfig {
+            apply_lag_wait: std::time::Duration::from_secs(3600),
+            ..crate::store::StoreConfig::new(dir.path())
+        })
+        .unwrap();
         log.blocking_append((0..1000).map(entry)).await.unwrap();
         log.save_committed(Some(LogId::new(CommittedLeaderId::new(1, 1), 999)))
             .await

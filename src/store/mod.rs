@@ -62,10 +62,17 @@ pub struct StoreConfig {
     /// the disk, at about half the write rate on two cores (docs/performance.md, "A
     /// compressed store"). Fixed when the store is created; an existing store keeps its own.
     pub compress: bool,
+    /// The longest a log append waits for the state machine to come within 256 entries of the
+    /// commit (`apply_lag`). openraft's core waits with it: keep it well inside an election
+    /// timeout, and above one heartbeat, so that a leader sending faster than this node applies
+    /// sees its appends time out and sends smaller ones (`Node` derives it from the timings).
+    pub apply_lag_wait: std::time::Duration,
 }
 
 pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_READ_BATCH_BYTES: usize = 1024 * 1024;
+/// Twice the default heartbeat, a third of the default shortest election timeout.
+pub const DEFAULT_APPLY_LAG_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl StoreConfig {
     pub fn new(dir: impl AsRef<Path>) -> Self {
@@ -76,6 +83,7 @@ impl StoreConfig {
             read_batch_bytes: DEFAULT_READ_BATCH_BYTES,
             change_retention: ChangeRetention::default(),
             compress: false,
+            apply_lag_wait: DEFAULT_APPLY_LAG_WAIT,
         }
     }
 }
@@ -123,12 +131,12 @@ enum PurgePlan {
 const HOLE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl AppliedFloor {
-    fn new(purger: log_store::LogPurger) -> AppliedFloor {
+    fn new(purger: log_store::LogPurger, apply_lag_wait: std::time::Duration) -> AppliedFloor {
         AppliedFloor {
             state: Default::default(),
             installed: tokio::sync::Notify::new(),
             purger,
-            lag: apply_lag::ApplyLag::new(),
+            lag: apply_lag::ApplyLag::new(apply_lag_wait),
         }
     }
 
@@ -238,7 +246,10 @@ pub fn open(config: &StoreConfig) -> Result<(LogStore, StateMachineStore), Store
     // ten million orders, docs/performance.md): said, with sled's share, so that a slow
     // start is not taken for a hang.
     let sled_ms = started.elapsed().as_millis() as u64;
-    let floor = Arc::new(AppliedFloor::new(log_store::LogPurger::new(&db)?));
+    let floor = Arc::new(AppliedFloor::new(
+        log_store::LogPurger::new(&db)?,
+        config.apply_lag_wait,
+    ));
     let sm = StateMachineStore::open(
         db.clone(),
         durable.clone(),
