@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A follower catching up from the log, at real sizes: a fresh three-node ordo cluster on
 # 127.0.0.1 (ports 25011-25013, temp dirs); a follower is stopped (SIGTERM), ORDERS orders
-# (default 1,000,000) are created through the other two by ordo-bench at concurrency 64, and
-# the follower is started again. Until its applied index reaches what the others had applied
+# (default 1,000,000; ITEMS line items each, default 2, at most 100) are created through the
+# other two by ordo-bench at concurrency 64, and the follower is started again. Until its applied index reaches what the others had applied
 # (bounded: 30 minutes), the RSS of every node is sampled every half second. Prints the load's
 # result line, the follower's peak RSS and the time it took to catch up, the others' peaks
 # meanwhile, the follower's RSS 10 s later, and the leader's AppendEntries timeouts to it and
@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ORDERS="${ORDERS:-1000000}"
+ITEMS="${ITEMS:-2}"
 BASE=25010
 # ORDO_BIN / ORDO_BENCH_BIN: binaries to compare instead of this checkout's release build.
 if [[ -z ${ORDO_BIN:-} ]]; then cargo build --release --quiet -p ordo -p ordo-bench; fi
@@ -65,7 +66,7 @@ wait "${PID[$F]}" 2>/dev/null || true
 
 t=$(now_ms)
 "$BENCH" --nodes "$(url "${OTHERS[0]}"),$(url "${OTHERS[1]}")" --workload create --concurrency 64 \
-  --count "$ORDERS" --label "load, node $F down"
+  --count "$ORDERS" --items "$ITEMS" --label "load, node $F down"
 echo "load: $ORDERS requests in $(secs_since "$t") s"
 target=0
 for n in "${OTHERS[@]}"; do a=$(metric "$n" ordo_raft_applied_index); ((${a:-0} > target)) && target=$a; done
