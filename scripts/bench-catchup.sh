@@ -3,7 +3,7 @@
 # 127.0.0.1 (ports 25011-25013, temp dirs); a follower is stopped (SIGTERM), ORDERS orders
 # (default 1,000,000; ITEMS line items each, default 2, at most 100) are created through the
 # other two by ordo-bench at concurrency 64, and the follower is started again. Until its applied index reaches what the others had applied
-# (bounded: 30 minutes), the RSS of every node is sampled every half second. Prints the load's
+# (bounded: 30 minutes), the RSS (MiB) of every node is sampled every half second. Prints the load's
 # result line, the follower's peak RSS and the time it took to catch up, the others' peaks
 # meanwhile, the follower's RSS 10 s later, and the leader's AppendEntries timeouts to it and
 # the follower's appends that waited for its applies (RUST_LOG below makes them visible).
@@ -30,7 +30,7 @@ trap cleanup EXIT
 url() { echo "http://127.0.0.1:$((BASE + $1))"; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 secs_since() { python3 -c "print(f'{($(now_ms) - $1) / 1000:.1f}')"; }
-rss_mb() { echo $(($(ps -o rss= -p "${PID[$1]}" 2>/dev/null || echo 0) / 1024)); }
+rss_mb() { echo $(($(ps -o rss= -p "${PID[$1]}" 2>/dev/null || echo 0) / 1024)); } # MiB
 metric() { # N NAME: node N's value of the metric line NAME (empty if it does not answer)
   { curl -fsS --max-time 2 "$(url "$1")/metrics" 2>/dev/null || true; } |
     awk -v m="$2" '$1 == m { print int($2) }'
@@ -61,7 +61,11 @@ F=3
 [[ $leader == 3 ]] && F=2
 OTHERS=()
 for n in 1 2 3; do [[ $n != "$F" ]] && OTHERS+=("$n"); done
+echo "leader: node $leader; stopping node $F"
 kill -TERM "${PID[$F]}"
+deadline=$((SECONDS + 30))
+while kill -0 "${PID[$F]}" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+kill -9 "${PID[$F]}" 2>/dev/null || true
 wait "${PID[$F]}" 2>/dev/null || true
 
 t=$(now_ms)
@@ -70,7 +74,7 @@ t=$(now_ms)
 echo "load: $ORDERS requests in $(secs_since "$t") s"
 target=0
 for n in "${OTHERS[@]}"; do a=$(metric "$n" ordo_raft_applied_index); ((${a:-0} > target)) && target=$a; done
-echo "to catch up: node $F, up to index $target"
+echo "to catch up: node $F, up to index $target; RSS before: $(for n in "${OTHERS[@]}"; do printf 'node %s %s MiB ' "$n" "$(rss_mb "$n")"; done)"
 
 t=$(now_ms)
 start "$F"
@@ -92,6 +96,6 @@ echo "node $F's appends that waited for its applies: ${waited:-none}"
 # heartbeat, reports a network error).
 shrinks=$(cat "$WORK"/n*.log | grep -c "smaller batches for a while" || true)
 timeouts=$(cat "$WORK"/n*.log | grep "error replication to target=$F" | grep -c "timeout after" || true)
-echo "budget halvings for node $F (appends unanswered within the heartbeat): $shrinks ($timeouts logged by openraft as timeouts)"
+echo "append budget halvings (all peers; only node $F lags): $shrinks ($timeouts appends to node $F logged by openraft as timeouts)"
 sleep 10
 echo "10 s later: node 1 $(rss_mb 1) MB, node 2 $(rss_mb 2) MB, node 3 $(rss_mb 3) MB"

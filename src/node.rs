@@ -309,7 +309,8 @@ impl NodeConfig {
     /// How long an append may wait for this node's applies (`StoreConfig::apply_lag_wait`):
     /// two heartbeats, so that a leader outrunning them sees a timeout and sends less, but a
     /// third of the shortest election timeout at most, so that the waiting core still hears its
-    /// leader in time.
+    /// leader in time. (With an election timeout under three heartbeats the cap falls below one
+    /// heartbeat, and the leader is not paced: the timings are then tight anyway.)
     fn apply_lag_wait(&self) -> Duration {
         Duration::from_millis((2 * self.heartbeat_ms).min(self.election_timeout_min_ms / 3))
     }

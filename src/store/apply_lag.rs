@@ -4,17 +4,18 @@
 //! openraft 0.9's core reads each newly committed range whole and queues it, decoded, on the
 //! state-machine worker's unbounded channel (`RaftCore::apply_to_state_machine`). A follower
 //! catching up appends and commits faster than it applies, so decoded entries pile up: a
-//! follower that missed a million orders peaked at 319 MB, about 80 MB of it queued entries
-//! (docs/performance.md). Holding each append until the applies are within `LAG_LIMIT`
+//! follower that missed a million orders peaked at 293-319 MB (in a heaptrack of such a
+//! catch-up, about 80 MB of a 172 MB heap were queued entries; docs/performance.md). Holding each append until the applies are within `LAG_LIMIT`
 //! entries of the commit keeps that queue to about `LAG_LIMIT` plus one append's entries.
 //!
 //! The wait is bounded (`StoreConfig::apply_lag_wait`, 100 ms with the default timings):
 //! openraft's core awaits `append`, and a core held for an election timeout would start a
 //! campaign when it wakes. So the limit is soft: applies that stall for longer let appends go
 //! on, and `ordo_log_apply_lag_waits_total{outcome="gave_up"}` counts them. The leader is
-//! paced by its AppendEntries deadline (one heartbeat, half the wait): an answer held past it
-//! times out and halves that peer's append budget (`rpc::network`), so batches shrink until
-//! the follower's applies make room for one in time. No deadlock: openraft saves the commit
+//! paced by its AppendEntries deadline (one heartbeat; half the wait with the defaults): an
+//! answer held past it times out and halves that peer's append budget (`rpc::network`), so
+//! batches shrink until the follower's applies make room for one in time. A wait capped below
+//! one heartbeat (an election timeout under three heartbeats) does not pace the leader. No deadlock: openraft saves the commit
 //! index and hands the range up to it to the state machine in one step (`Command::Commit`),
 //! so whatever a later append waits for is already on its way.
 

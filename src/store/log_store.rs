@@ -5,9 +5,9 @@
 //! callback to a flusher thread. The flusher takes every callback waiting, runs one sled flush
 //! (fsync) for all of them and only then reports them done, in order: group commit, so many
 //! appends share one fsync and none is acknowledged before it is on disk. Votes are flushed
-//! before `save_vote` returns. An append first waits (100 ms at most) while the state machine
-//! trails the commit by more than 256 entries (`apply_lag`), which bounds the decoded entries
-//! openraft queues for it.
+//! before `save_vote` returns. An append first waits (`StoreConfig::apply_lag_wait` at most,
+//! 100 ms by default) while the state machine trails the commit by more than 256 entries
+//! (`apply_lag`), which bounds the decoded entries openraft queues for it.
 //!
 //! Purges take effect at once for readers (`first_kept`) and remove the entries from disk on a
 //! thread of their own: openraft 0.9 awaits `purge` in its core, and removing the 100,000
