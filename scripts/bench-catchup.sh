@@ -56,7 +56,13 @@ start() { # N
 for n in 1 2 3; do start "$n"; done
 for n in 1 2 3; do wait_ready "$n"; done
 # The follower to stop: node 3 unless it leads.
-leader=$(metric 1 ordo_raft_leader_id)
+leader=""
+deadline=$((SECONDS + 60))
+while ((SECONDS < deadline)); do
+  leader=$(metric 1 ordo_raft_leader_id)
+  [[ -n $leader && $leader != 0 ]] && break
+  sleep 0.2
+done
 F=3
 [[ $leader == 3 ]] && F=2
 OTHERS=()
@@ -88,7 +94,7 @@ while ((SECONDS < deadline)); do
   sleep 0.5
 done
 [[ -n $caught_up ]] || { echo "node $F did not catch up within 30 minutes" >&2; exit 1; }
-echo "node $F caught up in $caught_up s; peak RSS: node 1 ${PEAK[1]} MB, node 2 ${PEAK[2]} MB, node 3 ${PEAK[3]} MB"
+echo "node $F caught up in $caught_up s; peak RSS: node 1 ${PEAK[1]} MiB, node 2 ${PEAK[2]} MiB, node 3 ${PEAK[3]} MiB"
 waited=$(curl -fsS --max-time 2 "$(url "$F")/metrics" 2>/dev/null | grep '^ordo_log_apply_lag_waits_total' || true)
 echo "node $F's appends that waited for its applies: ${waited:-none}"
 # An append left unanswered past the deadline halves the budget (logged when it shrinks it);
@@ -98,4 +104,4 @@ shrinks=$(cat "$WORK"/n*.log | grep -c "smaller batches for a while" || true)
 timeouts=$(cat "$WORK"/n*.log | grep "error replication to target=$F" | grep -c "timeout after" || true)
 echo "append budget halvings (all peers; only node $F lags): $shrinks ($timeouts appends to node $F logged by openraft as timeouts)"
 sleep 10
-echo "10 s later: node 1 $(rss_mb 1) MB, node 2 $(rss_mb 2) MB, node 3 $(rss_mb 3) MB"
+echo "10 s later: node 1 $(rss_mb 1) MiB, node 2 $(rss_mb 2) MiB, node 3 $(rss_mb 3) MiB"
