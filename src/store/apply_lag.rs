@@ -5,8 +5,9 @@
 //! state-machine worker's unbounded channel (`RaftCore::apply_to_state_machine`). A follower
 //! catching up appends and commits faster than it applies, so decoded entries pile up: a
 //! follower that missed a million orders peaked at 293-319 MB (in a heaptrack of such a
-//! catch-up, about 80 MB of a 172 MB heap were queued entries; docs/performance.md). Holding each append until the applies are within `LAG_LIMIT`
-//! entries of the commit keeps that queue to about `LAG_LIMIT` plus one append's entries.
+//! catch-up, about 80 MB of a 172 MB heap were queued entries; docs/performance.md). Holding
+//! each append until the applies are within `LAG_LIMIT` entries of the commit keeps that queue
+//! to about `LAG_LIMIT` plus one append's entries.
 //!
 //! The wait is bounded (`StoreConfig::apply_lag_wait`, 100 ms with the default timings):
 //! openraft's core awaits `append`, and a core held for an election timeout would start a
@@ -15,9 +16,11 @@
 //! paced by its AppendEntries deadline (one heartbeat; half the wait with the defaults): an
 //! answer held past it times out and halves that peer's append budget (`rpc::network`), so
 //! batches shrink until the follower's applies make room for one in time. A wait capped below
-//! one heartbeat (an election timeout under three heartbeats) does not pace the leader. No deadlock: openraft saves the commit
-//! index and hands the range up to it to the state machine in one step (`Command::Commit`),
-//! so whatever a later append waits for is already on its way.
+//! one heartbeat (an election timeout under three heartbeats) does not pace the leader.
+//!
+//! No deadlock: openraft saves the commit index and hands the range up to it to the state
+//! machine in one step (`Command::Commit`), so whatever a later append waits for is already on
+//! its way.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
