@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 
 ORDERS="${ORDERS:-1000000}"
 ITEMS="${ITEMS:-2}"
+AFTER_READS_SECS="${AFTER_READS_SECS:-30}"
 BASE=25010
 # ORDO_BIN / ORDO_BENCH_BIN: binaries to compare instead of this checkout's release build.
 if [[ -z ${ORDO_BIN:-} ]]; then cargo build --release --quiet -p ordo -p ordo-bench; fi
@@ -105,3 +106,11 @@ timeouts=$(cat "$WORK"/n*.log | grep "error replication to target=$F" | grep -c 
 echo "append budget halvings (all peers; only node $F lags): $shrinks ($timeouts appends to node $F logged by openraft as timeouts)"
 sleep 10
 echo "10 s later: node 1 $(rss_mb 1) MiB, node 2 $(rss_mb 2) MiB, node 3 $(rss_mb 3) MiB"
+# sled's cache weighs what a node reads only once enough other pages are touched after it
+# (docs/performance.md, "What sled's cache holds"), so an idle node keeps what the catch-up read.
+# Reads of random orders on every node, as a live cluster would serve, touch those pages.
+if ((AFTER_READS_SECS > 0)); then
+  "$BENCH" --nodes "$(url 1),$(url 2),$(url 3)" --workload read-stale --concurrency 16 \
+    --duration-secs "$AFTER_READS_SECS" --label "reads after the catch-up" >/dev/null
+  echo "after $AFTER_READS_SECS s of stale reads on every node: node 1 $(rss_mb 1) MiB, node 2 $(rss_mb 2) MiB, node 3 $(rss_mb 3) MiB"
+fi

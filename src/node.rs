@@ -78,6 +78,8 @@ pub struct NodeConfig {
     /// (`service::snapshot_schedule`; 0: every `snapshot_every_logs` entries).
     pub snapshot_growth_percent: u64,
     pub cache_capacity_bytes: u64,
+    /// How often sled's cache is swept to its capacity (`StoreConfig::cache_sweep_every`).
+    pub cache_sweep_every: Option<Duration>,
     /// Compress a new store's pages on disk (`StoreConfig::compress`).
     pub compress_store: bool,
     /// Byte budget of one AppendEntries body (see `rpc::network`).
@@ -151,6 +153,7 @@ impl NodeConfig {
             snapshot_every_logs: DEFAULT_SNAPSHOT_EVERY_LOGS,
             snapshot_growth_percent: DEFAULT_SNAPSHOT_GROWTH_PERCENT,
             cache_capacity_bytes: crate::store::DEFAULT_CACHE_CAPACITY_BYTES,
+            cache_sweep_every: Some(crate::store::DEFAULT_CACHE_SWEEP_EVERY),
             compress_store: false,
             max_append_bytes: crate::rpc::network::DEFAULT_MAX_APPEND_BYTES,
             install_snapshot_timeout_ms: DEFAULT_INSTALL_SNAPSHOT_TIMEOUT_MS,
@@ -401,6 +404,7 @@ pub async fn run(
         change_retention: config.change_feed.retention,
         compress: config.compress_store,
         apply_lag_wait: config.apply_lag_wait(),
+        cache_sweep_every: config.cache_sweep_every,
     };
     if config.durability == Durability::UnsafeNoFsync {
         tracing::warn!("UNSAFE: log appends are acknowledged before fsync; a crash can lose acknowledged orders");

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::api::server::{self, ServerLimits};
 use crate::node::{self, InitialClusterState, NodeConfig};
 use crate::rpc::network::DEFAULT_MAX_APPEND_BYTES;
-use crate::store::{Durability, DEFAULT_CACHE_CAPACITY_BYTES};
+use crate::store::{Durability, DEFAULT_CACHE_CAPACITY_BYTES, DEFAULT_CACHE_SWEEP_EVERY};
 use crate::tls::TlsFiles;
 
 #[derive(Debug, Args, Serialize)]
@@ -107,6 +107,12 @@ pub struct ServeArgs {
     /// faster).
     #[arg(long, env = "ORDO_CACHE_MIB", value_name = "MIB", default_value_t = DEFAULT_CACHE_CAPACITY_BYTES / (1024 * 1024))]
     pub cache_mib: u64,
+    /// How often, in ms, to sweep sled's cache down to --cache-mib (0: never). sled lets go
+    /// of pages past its capacity only as reads queue up in each of its 256 shards, so a node
+    /// that read much and went quiet (a follower caught up from its log, a snapshot sent)
+    /// could hold hundreds of MB more; a sweep costs ~15 ms of one core.
+    #[arg(long, env = "ORDO_CACHE_SWEEP_MS", value_name = "MS", default_value_t = DEFAULT_CACHE_SWEEP_EVERY.as_millis() as u64)]
+    pub cache_sweep_ms: u64,
     /// Compress the store's pages on disk (zstd): about a quarter of the disk per order, at
     /// about half the write rate and +50 MB of RSS on two cores. Taken when the data dir is
     /// created; an existing store keeps what it was created with.
@@ -382,6 +388,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         snapshot_every_logs: args.snapshot_every_logs,
         snapshot_growth_percent: args.snapshot_growth_percent,
         cache_capacity_bytes: args.cache_mib * 1024 * 1024,
+        cache_sweep_every: (args.cache_sweep_ms > 0)
+            .then(|| Duration::from_millis(args.cache_sweep_ms)),
         compress_store: args.compress_store,
         // Peers refuse append bodies over 16 MiB: keep batches well under that.
         max_append_bytes: (args.max_append_kib.clamp(1, 8192) * 1024) as usize,

@@ -24,6 +24,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 
 use super::apply_lag::LagWait;
+use super::cache_sweep::CacheSweep;
 use super::durable::DurableFlush;
 use super::{AppliedFloor, Durability, PurgePlan, StoreError};
 use crate::codec;
@@ -164,6 +165,9 @@ pub struct LogStore {
     flusher: Option<(mpsc::Sender<LogFlushed<TypeConfig>>, JoinHandle<()>)>,
     /// While a snapshot comes in, purges stop at what the state machine covers.
     floor: std::sync::Arc<AppliedFloor>,
+    /// Held for the database's lifetime in the node: the log's reads for lagging followers are
+    /// what it most often has to let go of.
+    _sweep: Option<CacheSweep>,
 }
 
 impl LogStore {
@@ -173,6 +177,7 @@ impl LogStore {
         durability: Durability,
         floor: std::sync::Arc<AppliedFloor>,
         read_batch_bytes: usize,
+        sweep: Option<CacheSweep>,
     ) -> Result<LogStore, StoreError> {
         let log = db.open_tree("log")?;
         let raft = db.open_tree("raft")?;
@@ -193,6 +198,7 @@ impl LogStore {
             durability,
             flusher: Some((tx, handle)),
             floor,
+            _sweep: sweep,
         })
     }
 
