@@ -1,5 +1,5 @@
-//! The Raft log over sled: entries keyed by big-endian index in the `log` tree; vote, committed
-//! and last-purged log ids in the `raft` tree.
+//! The Raft log over sled: entries keyed by big-endian index in the `log` tree, an entry over
+//! 7 KiB in chunks (`CHUNK_BYTES`); vote, committed and last-purged log ids in the `raft` tree.
 //!
 //! Durability: `append` writes the entries to sled (readable at once) and hands openraft's
 //! callback to a flusher thread. The flusher takes every callback waiting, runs one sled flush
@@ -35,15 +35,103 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
 
-/// Keys per sled batch when removing many entries.
+/// Keys per sled batch when removing many entries (more to finish an entry's chunks).
 const REMOVE_BATCH_KEYS: usize = 256;
+
+/// The most bytes of an entry one log key holds. sled stores a page of over a quarter of its 512
+/// KiB segment as a blob file, and its cache weighs a blob at a few bytes, so it never lets go
+/// of one for its size: a leader that read 190 MB of log for a lagging follower kept it
+/// (docs/performance.md, "What sled's cache holds"). A log leaf splits past 16 keys, so 17 of
+/// these with their keys stay under that. An entry over it (a batch of many or large orders) is
+/// stored as its first chunk under `index_key` and the rest under `chunk_key`, which sorts
+/// after it and before the next entry.
+const CHUNK_BYTES: usize = 7 * 1024;
 
 fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
+/// The key of chunk `n` (from 1) of entry `index` after its first.
+fn chunk_key(index: u64, n: u16) -> [u8; 10] {
+    let mut key = [0u8; 10];
+    key[..8].copy_from_slice(&index_key(index));
+    key[8..].copy_from_slice(&n.to_be_bytes());
+    key
+}
+
+/// The index of the entry an entry's key, or one of its chunks' keys, belongs to.
 fn keyed_index(key: &[u8]) -> u64 {
-    key.try_into().map_or(0, u64::from_be_bytes)
+    key.get(..8)
+        .and_then(|k| k.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// Adds to `batch` what stores `bytes` as entry `index`: its chunks, and the removal of any
+/// chunks beyond them an entry stored there before left.
+fn write_entry(
+    log: &sled::Tree,
+    batch: &mut sled::Batch,
+    index: u64,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    for old in log
+        .range(chunk_key(index, 1)..=chunk_key(index, u16::MAX))
+        .keys()
+    {
+        batch.remove(old?);
+    }
+    let mut chunks = bytes.chunks(CHUNK_BYTES);
+    batch.insert(&index_key(index), chunks.next().unwrap_or_default());
+    for (n, chunk) in (1..).zip(chunks) {
+        let n = u16::try_from(n)
+            .map_err(|_| StoreError::Corrupt(format!("log entry {index} is too large to store")))?;
+        batch.insert(&chunk_key(index, n), chunk);
+    }
+    Ok(())
+}
+
+/// Stored entries in key order, each with its chunks joined: (index, its stored bytes).
+struct StoredEntries {
+    keys: std::iter::Peekable<sled::Iter>,
+}
+
+impl StoredEntries {
+    fn new(keys: sled::Iter) -> StoredEntries {
+        StoredEntries {
+            keys: keys.peekable(),
+        }
+    }
+}
+
+impl Iterator for StoredEntries {
+    type Item = Result<(u64, sled::IVec), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (key, first) = match self.keys.next()? {
+            Ok(kv) => kv,
+            Err(e) => return Some(Err(e.into())),
+        };
+        if key.len() != 8 {
+            return Some(Err(StoreError::Corrupt(format!(
+                "log chunk of entry {} without the entry's first",
+                keyed_index(&key)
+            ))));
+        }
+        let mut joined: Option<Vec<u8>> = None;
+        // An error peeked at is returned by the next call.
+        while let Some(Ok((next, _))) = self.keys.peek() {
+            if next.len() == 8 || next.get(..8) != Some(&key[..]) {
+                break;
+            }
+            if let Some(Ok((_, chunk))) = self.keys.next() {
+                joined
+                    .get_or_insert_with(|| first.to_vec())
+                    .extend_from_slice(&chunk);
+            }
+        }
+        let bytes = joined.map_or(first, sled::IVec::from);
+        Some(Ok((keyed_index(&key), bytes)))
+    }
 }
 
 /// Reads log entries; cheap to clone, shared with openraft's replication tasks.
@@ -69,22 +157,21 @@ impl LogReader {
             Unbounded => 0,
         }
         .max(self.first_kept());
-        let end = match range.end_bound() {
-            Included(&i) => Some(i),
-            Excluded(&0) => return Ok(Vec::new()),
-            Excluded(&i) => Some(i - 1),
+        // The first key past the range: the next entry's (its last entry's chunks sort before).
+        let past = match range.end_bound() {
+            Included(&i) if i < start => return Ok(Vec::new()),
+            Included(&i) => i.checked_add(1),
+            Excluded(&i) if i <= start => return Ok(Vec::new()),
+            Excluded(&i) => Some(i),
             Unbounded => None,
         };
-        let iter = match end {
-            Some(end) if end < start => return Ok(Vec::new()),
-            Some(end) => self.log.range(index_key(start)..=index_key(end)),
+        let keys = match past {
+            Some(past) => self.log.range(index_key(start)..index_key(past)),
             None => self.log.range(index_key(start)..),
         };
-        iter.map(|kv| {
-            let (_, v) = kv?;
-            Ok(codec::decode::<Entry>(&v)?)
-        })
-        .collect()
+        StoredEntries::new(keys)
+            .map(|stored| Ok(codec::decode::<Entry>(&stored?.1)?))
+            .collect()
     }
 }
 
@@ -97,11 +184,14 @@ impl LogReader {
     /// up to a snapshot).
     pub fn last_log_id(&self) -> Result<Option<LogId>, StoreError> {
         match self.log.last()? {
-            Some((k, v)) if keyed_index(&k) >= self.first_kept() => {
-                Ok(Some(codec::decode::<Entry>(&v)?.log_id))
-            }
-            _ => Ok(None),
+            Some((k, _)) => self.log_id_at(keyed_index(&k)),
+            None => Ok(None),
         }
+    }
+
+    /// The log id of the entry at `index`, if the log holds it (and it is not purged).
+    fn log_id_at(&self, index: u64) -> Result<Option<LogId>, StoreError> {
+        Ok(self.entries(index..=index)?.pop().map(|e| e.log_id))
     }
 }
 
@@ -133,10 +223,10 @@ impl RaftLogReader<TypeConfig> for LogReader {
         // Nothing below the last purge, though it may still be on disk.
         let run =
             (start >= self.first_kept()).then(|| self.log.range(index_key(start)..index_key(end)));
-        for kv in run.into_iter().flatten() {
-            let (k, v) = kv.map_err(|e| StoreError::from(e).into_read())?;
+        for stored in run.into_iter().flat_map(StoredEntries::new) {
+            let (index, v) = stored.map_err(StoreError::into_read)?;
             // Only entries that follow on from `start`: never send past a missing one.
-            if k.as_ref() != index_key(start + out.len() as u64) {
+            if index != start + out.len() as u64 {
                 break;
             }
             if !out.is_empty() && bytes + v.len() > self.batch_bytes {
@@ -270,9 +360,10 @@ impl LogStore {
                 entry.log_id.index
             )));
         }
-        self.reader
-            .log
-            .insert(index_key(entry.log_id.index), codec::encode(entry)?)?;
+        let log = &self.reader.log;
+        let mut batch = sled::Batch::default();
+        write_entry(log, &mut batch, entry.log_id.index, &codec::encode(entry)?)?;
+        log.apply_batch(batch)?;
         self.write_meta(KEY_VOTE, vote)?;
         self.durable.flush()?;
         Ok(())
@@ -280,13 +371,7 @@ impl LogStore {
 
     /// The log id of the entry at `index`, if the log still holds it.
     fn entry_log_id(&self, index: u64) -> Result<Option<LogId>, StoreError> {
-        if index < self.reader.first_kept() {
-            return Ok(None);
-        }
-        match self.reader.log.get(index_key(index))? {
-            Some(v) => Ok(Some(codec::decode::<Entry>(&v)?.log_id)),
-            None => Ok(None),
-        }
+        self.reader.log_id_at(index)
     }
 
     fn remove_range(&self, from: u64, to_inclusive: Option<u64>) -> Result<(), StoreError> {
@@ -294,10 +379,10 @@ impl LogStore {
     }
 }
 
-/// Removes entries `from..=to_inclusive` (to the end with `None`) in small batches: one
-/// big sled batch costs memory out of all proportion (see `state_machine`). The order
-/// keeps the log without holes if a crash stops it half-way: a truncation removes from the
-/// end backwards, a purge from the start forwards.
+/// Removes entries `from..=to_inclusive` (to the end with `None`) in small batches, each of
+/// whole entries (all their chunks or none): one big sled batch costs memory out of all
+/// proportion (see `state_machine`). The order keeps the log without holes if a crash stops it
+/// half-way: a truncation removes from the end backwards, a purge from the start forwards.
 fn remove_range(log: &sled::Tree, from: u64, to_inclusive: Option<u64>) -> Result<(), StoreError> {
     let Some(to) = to_inclusive else {
         // A truncation: the few entries after a conflict.
@@ -305,8 +390,19 @@ fn remove_range(log: &sled::Tree, from: u64, to_inclusive: Option<u64>) -> Resul
             .range(index_key(from)..)
             .keys()
             .collect::<Result<Vec<_>, _>>()?;
-        for chunk in keys.rchunks(REMOVE_BATCH_KEYS) {
-            remove_keys(log, chunk.iter().rev().cloned())?;
+        let mut batches: Vec<&[sled::IVec]> = Vec::new();
+        let mut rest = &keys[..];
+        while !rest.is_empty() {
+            let mut len = rest.len().min(REMOVE_BATCH_KEYS);
+            while len < rest.len() && rest[len].len() != 8 {
+                len += 1;
+            }
+            let (batch, after) = rest.split_at(len);
+            batches.push(batch);
+            rest = after;
+        }
+        for batch in batches.into_iter().rev() {
+            remove_keys(log, batch.iter().cloned())?;
         }
         return Ok(());
     };
@@ -315,21 +411,28 @@ fn remove_range(log: &sled::Tree, from: u64, to_inclusive: Option<u64>) -> Resul
     // first left large log pages resident in sled's cache, far past its size (its 256 shards
     // evict late, and never a shard's only page): 40-50 MB of a node's heap at the peak of a
     // snapshot at a million orders (docs/performance.md).
-    let mut from = from;
+    let past = to.checked_add(1).map(index_key);
+    let mut from = index_key(from).to_vec();
     loop {
-        let keys = log
-            .range(index_key(from)..=index_key(to))
-            .keys()
-            .take(REMOVE_BATCH_KEYS)
-            .collect::<Result<Vec<_>, _>>()?;
-        let Some(last) = keys.last().map(|k| keyed_index(k)) else {
+        let keys = match past {
+            Some(past) => log.range(from.as_slice()..&past[..]),
+            None => log.range(from.as_slice()..),
+        };
+        let mut batch = Vec::new();
+        for key in keys.keys() {
+            let key = key?;
+            if batch.len() >= REMOVE_BATCH_KEYS && key.len() == 8 {
+                break;
+            }
+            batch.push(key);
+        }
+        let Some(last) = batch.last() else {
             return Ok(());
         };
-        remove_keys(log, keys)?;
-        match last.checked_add(1) {
-            Some(next) if next <= to => from = next,
-            _ => return Ok(()),
-        }
+        // The key right after the last one removed.
+        from = last.to_vec();
+        from.push(0);
+        remove_keys(log, batch)?;
     }
 }
 
@@ -562,7 +665,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             let bytes =
                 codec::encode(&entry).map_err(|e| openraft::StorageIOError::write_logs(&e))?;
-            batch.insert(&index_key(entry.log_id.index), bytes);
+            write_entry(&self.reader.log, &mut batch, entry.log_id.index, &bytes)
+                .map_err(StoreError::into_write)?;
         }
         self.reader
             .log
@@ -645,7 +749,28 @@ mod tests {
         }
     }
 
-    fn on_disk(dir: &std::path::Path) -> Vec<u64> {
+    /// Entry `index` with `commands` commands, each about 60 bytes stored: over `CHUNK_BYTES`
+    /// from about 120 commands.
+    fn entry_of(index: u64, commands: usize) -> Entry {
+        let one = |n: usize| OrderCommand {
+            op: OrderOp::SetStatus {
+                id: index * 10_000 + n as u64,
+                status: OrderStatus::Paid,
+                expected_version: None,
+            },
+            idempotency_key: Some(format!("key-{index}-{n:032}")),
+            stamped_at_ms: n as i64,
+        };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(CommandBatch {
+                commands: (0..commands).map(one).collect(),
+            }),
+        }
+    }
+
+    /// Every key of the log tree, as (entry index, chunk number or 0 for an entry's first).
+    fn keys_on_disk(dir: &std::path::Path) -> Vec<(u64, u16)> {
         let (db, _) = crate::store::open_sled(
             &dir.join("sled"),
             crate::store::DEFAULT_CACHE_CAPACITY_BYTES,
@@ -655,8 +780,126 @@ mod tests {
         let log = db.open_tree("log").unwrap();
         log.iter()
             .keys()
-            .map(|k| keyed_index(&k.unwrap()))
+            .map(|k| {
+                let k = k.unwrap();
+                let n = match k.len() {
+                    8 => 0,
+                    _ => u16::from_be_bytes(k[8..].try_into().unwrap()),
+                };
+                (keyed_index(&k), n)
+            })
             .collect()
+    }
+
+    /// Entries over a chunk are stored in chunks and read back whole by every reader, and the
+    /// chunks go with their entry when it is truncated, overwritten or purged.
+    #[tokio::test]
+    async fn large_entries_are_stored_in_chunks_and_read_back_whole() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let config = crate::store::StoreConfig::new(dir.path());
+        let stored = |e: &Entry| codec::encode(e).unwrap().len();
+        // The most commands entry `i` holds within one chunk; one more is a chunk and a bit.
+        let fits = |i: u64| {
+            (1..1000)
+                .take_while(|&n| stored(&entry_of(i, n)) <= CHUNK_BYTES)
+                .last()
+                .unwrap()
+        };
+        // Sizes from one command to ~15 chunks, the largest last.
+        let sizes = |i: u64| match i % 6 {
+            0 | 2 => 1,
+            1 => 200,
+            3 => 2000,
+            4 => fits(i),
+            _ => fits(i) + 1,
+        };
+        let written: Vec<Entry> = (0..60).map(|i| entry_of(i, sizes(i))).collect();
+        assert!(stored(&written[3]) > 10 * CHUNK_BYTES);
+        assert!(stored(&written[4]) <= CHUNK_BYTES && stored(&written[5]) > CHUNK_BYTES);
+        {
+            let (mut log, _sm) = crate::store::open(&config).unwrap();
+            log.blocking_append(written.clone()).await.unwrap();
+            let mut reader = log.get_log_reader().await;
+            assert_eq!(reader.try_get_log_entries(0..60).await.unwrap(), written);
+            assert_eq!(
+                reader.try_get_log_entries(3..=5).await.unwrap(),
+                written[3..=5]
+            );
+            assert_eq!(log.reader.last_log_id().unwrap(), Some(written[59].log_id));
+            // Replication's reads: up to the byte budget (at least one), whole entries only.
+            let budget = log.reader.batch_bytes;
+            let sent = reader.limited_get_log_entries(3, 60).await.unwrap();
+            assert_eq!(sent[..], written[3..3 + sent.len()]);
+            let sent_bytes: usize = sent.iter().map(stored).sum();
+            assert!(
+                sent_bytes <= budget.max(stored(&sent[0])),
+                "{sent_bytes} > {budget}"
+            );
+            assert_eq!(
+                reader.limited_get_log_entries(9, 10).await.unwrap(),
+                written[9..10]
+            );
+
+            // A truncation inside the large entries takes their chunks too.
+            log.truncate(written[45].log_id).await.unwrap();
+            assert_eq!(log.reader.last_log_id().unwrap(), Some(written[44].log_id));
+            // An entry written over one with more chunks leaves none of the old ones behind.
+            log.blocking_append([entry_of(45, 2000)]).await.unwrap();
+            log.blocking_append([entry_of(45, 300)]).await.unwrap();
+            assert_eq!(
+                reader.try_get_log_entries(45..).await.unwrap(),
+                [entry_of(45, 300)]
+            );
+            // A purge to the middle of the large entries.
+            log.purge(written[21].log_id).await.unwrap();
+            assert_eq!(
+                reader.try_get_log_entries(0..30).await.unwrap(),
+                written[22..30]
+            );
+        }
+        let keys = keys_on_disk(dir.path());
+        assert_eq!(keys.first(), Some(&(22, 0)));
+        assert_eq!(keys.last().map(|k| k.0), Some(45));
+        // Every entry left is all there: its first key, then its chunks 1, 2, ... in order.
+        for entry in written[22..45].iter().chain([&entry_of(45, 300)]) {
+            let index = entry.log_id.index;
+            let mine: Vec<u16> = keys.iter().filter(|k| k.0 == index).map(|k| k.1).collect();
+            let chunks = stored(entry).div_ceil(CHUNK_BYTES) as u16;
+            assert_eq!(mine, (0..chunks).collect::<Vec<_>>(), "entry {index}");
+        }
+    }
+
+    /// No log page grows into one of sled's blob files, however large the entries: the
+    /// reason for the chunks (see `CHUNK_BYTES`).
+    #[tokio::test]
+    async fn a_log_of_large_entries_makes_no_blob_files() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut log, _sm) =
+            crate::store::open(&crate::store::StoreConfig::new(dir.path())).unwrap();
+        // ~50 KB each, as a batch of 26 orders of 100 line items is.
+        for i in 0..200 {
+            log.blocking_append([entry_of(i, 800)]).await.unwrap();
+        }
+        let blobs = std::fs::read_dir(dir.path().join("sled").join("blobs"))
+            .map_or(0, |files| files.count());
+        assert_eq!(blobs, 0, "sled wrote log pages as blob files");
+    }
+
+    fn on_disk(dir: &std::path::Path) -> Vec<u64> {
+        let (db, _) = crate::store::open_sled(
+            &dir.join("sled"),
+            crate::store::DEFAULT_CACHE_CAPACITY_BYTES,
+            false,
+        )
+        .unwrap();
+        let log = db.open_tree("log").unwrap();
+        let mut indexes: Vec<u64> = log
+            .iter()
+            .keys()
+            .map(|k| keyed_index(&k.unwrap()))
+            .collect();
+        indexes.dedup();
+        indexes
     }
 
     /// A purge hides its entries at once and removes them on the purger's thread; dropping the
