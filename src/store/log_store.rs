@@ -90,7 +90,17 @@ fn write_entry(
     Ok(())
 }
 
-/// Stored entries in key order, each with its chunks joined: (index, its stored bytes).
+/// One entry as read: its index and its chunks joined (`None`: chunks without the first).
+struct StoredEntry {
+    index: u64,
+    bytes: Option<sled::IVec>,
+}
+
+/// Stored entries in key order, each with its chunks joined.
+///
+/// sled reads a range a leaf at a time, so a read of an entry whose chunks span two leaves
+/// can meet a removal of that entry (one batch) between them and see only part of it;
+/// `LogReader::decode` tells that from corruption.
 struct StoredEntries {
     keys: std::iter::Peekable<sled::Iter>,
 }
@@ -104,24 +114,25 @@ impl StoredEntries {
 }
 
 impl Iterator for StoredEntries {
-    type Item = Result<(u64, sled::IVec), StoreError>;
+    type Item = Result<StoredEntry, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         let (key, first) = match self.keys.next()? {
             Ok(kv) => kv,
             Err(e) => return Some(Err(e.into())),
         };
-        if key.len() != 8 {
-            return Some(Err(StoreError::Corrupt(format!(
-                "log chunk of entry {} without the entry's first",
-                keyed_index(&key)
-            ))));
-        }
+        let index = keyed_index(&key);
         let mut joined: Option<Vec<u8>> = None;
-        // An error peeked at is returned by the next call.
-        while let Some(Ok((next, _))) = self.keys.peek() {
-            if next.len() == 8 || next.get(..8) != Some(&key[..]) {
-                break;
+        loop {
+            match self.keys.peek() {
+                Some(Ok((next, _))) if next.len() != 8 && next.get(..8) == key.get(..8) => {}
+                Some(Err(_)) => {
+                    if let Some(Err(e)) = self.keys.next() {
+                        return Some(Err(e.into()));
+                    }
+                    break;
+                }
+                _ => break,
             }
             if let Some(Ok((_, chunk))) = self.keys.next() {
                 joined
@@ -129,8 +140,8 @@ impl Iterator for StoredEntries {
                     .extend_from_slice(&chunk);
             }
         }
-        let bytes = joined.map_or(first, sled::IVec::from);
-        Some(Ok((keyed_index(&key), bytes)))
+        let bytes = (key.len() == 8).then(|| joined.map_or(first, sled::IVec::from));
+        Some(Ok(StoredEntry { index, bytes }))
     }
 }
 
@@ -169,8 +180,9 @@ impl LogReader {
             Some(past) => self.log.range(index_key(start)..index_key(past)),
             None => self.log.range(index_key(start)..),
         };
+        // An entry purged while being read is left out, as one purged before would be.
         StoredEntries::new(keys)
-            .map(|stored| Ok(codec::decode::<Entry>(&stored?.1)?))
+            .filter_map(|stored| stored.and_then(|s| self.decode(s)).transpose())
             .collect()
     }
 }
@@ -178,6 +190,24 @@ impl LogReader {
 impl LogReader {
     fn first_kept(&self) -> u64 {
         self.first_kept.load(Ordering::SeqCst)
+    }
+
+    /// The entry read, or `None` if it was purged while it was read (`StoredEntries`): a purge
+    /// moves `first_kept` past its entries before it removes any. Any other entry that is not
+    /// whole is an error.
+    fn decode(&self, stored: StoredEntry) -> Result<Option<Entry>, StoreError> {
+        let decoded = match &stored.bytes {
+            Some(bytes) => codec::decode::<Entry>(bytes).map_err(StoreError::from),
+            None => Err(StoreError::Corrupt(format!(
+                "log chunks of entry {} without the entry's first",
+                stored.index
+            ))),
+        };
+        match decoded {
+            Ok(entry) => Ok(Some(entry)),
+            Err(_) if stored.index < self.first_kept() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The log id of the last entry in the log (`None` when it holds none: empty, or purged
@@ -224,16 +254,21 @@ impl RaftLogReader<TypeConfig> for LogReader {
         let run =
             (start >= self.first_kept()).then(|| self.log.range(index_key(start)..index_key(end)));
         for stored in run.into_iter().flat_map(StoredEntries::new) {
-            let (index, v) = stored.map_err(StoreError::into_read)?;
+            let stored = stored.map_err(StoreError::into_read)?;
             // Only entries that follow on from `start`: never send past a missing one.
-            if index != start + out.len() as u64 {
+            if stored.index != start + out.len() as u64 {
                 break;
             }
-            if !out.is_empty() && bytes + v.len() > self.batch_bytes {
+            let size = stored.bytes.as_ref().map_or(0, |b| b.len());
+            if !out.is_empty() && bytes + size > self.batch_bytes {
                 break;
             }
-            bytes += v.len();
-            out.push(codec::decode::<Entry>(&v).map_err(|e| StoreError::from(e).into_read())?);
+            bytes += size;
+            // Purged while it was read: the rest are too.
+            match self.decode(stored).map_err(StoreError::into_read)? {
+                Some(entry) => out.push(entry),
+                None => break,
+            }
         }
         if out.is_empty() {
             tracing::warn!(
@@ -867,6 +902,45 @@ mod tests {
             let chunks = stored(entry).div_ceil(CHUNK_BYTES) as u16;
             assert_eq!(mine, (0..chunks).collect::<Vec<_>>(), "entry {index}");
         }
+    }
+
+    /// A read that meets a purge between two leaves of an entry's chunks sees part of it: left
+    /// out if the entry is below the purge (which moves `first_kept` before removing), an
+    /// error otherwise (a log cut short).
+    #[tokio::test]
+    async fn an_entry_read_in_part_is_purged_below_the_first_kept_and_corrupt_above() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut log, _sm) =
+            crate::store::open(&crate::store::StoreConfig::new(dir.path())).unwrap();
+        log.blocking_append((0..10).map(|i| entry_of(i, if i == 5 { 500 } else { 1 })))
+            .await
+            .unwrap();
+        let tree = log.reader.log.clone();
+        assert!(tree.get(chunk_key(5, 2)).unwrap().is_some());
+        // What such a read sees: the first chunk and the one after, not the rest.
+        tree.remove(chunk_key(5, 2)).unwrap();
+        let read = |from: u64| {
+            let mut stored = StoredEntries::new(tree.range(index_key(from)..index_key(from + 1)));
+            stored.next().unwrap().unwrap()
+        };
+        let part = read(5);
+        assert_eq!(part.index, 5);
+        assert!(matches!(log.reader.decode(part), Err(StoreError::Codec(_))));
+        // A chunk without its entry's first, as the next read would meet it.
+        tree.remove(index_key(5)).unwrap();
+        assert!(read(5).bytes.is_none());
+        assert!(matches!(
+            log.reader.decode(read(5)),
+            Err(StoreError::Corrupt(_))
+        ));
+        let mut reader = log.get_log_reader().await;
+        assert!(reader.try_get_log_entries(0..10).await.is_err());
+
+        log.reader.first_kept.store(6, Ordering::SeqCst);
+        assert!(log.reader.decode(read(5)).unwrap().is_none());
+        assert_eq!(log.reader.decode(read(6)).unwrap(), Some(entry_of(6, 1)));
+        let seen = reader.try_get_log_entries(0..10).await.unwrap();
+        assert_eq!(seen, (6..10).map(|i| entry_of(i, 1)).collect::<Vec<_>>());
     }
 
     /// No log page grows into one of sled's blob files, however large the entries: the

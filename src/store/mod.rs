@@ -1,10 +1,11 @@
 //! Everything a node keeps on disk, behind openraft's storage traits.
 //!
-//! One sled database per node holds three trees: `log` (Raft entries by big-endian index),
-//! `raft` (vote, committed and purged log ids, the snapshot-install marker) and `sm` (the order
-//! state machine). Snapshots are single files under `snapshots/`. The log store acknowledges
-//! appends only after sled has flushed them (group commit on a flusher thread); the state
-//! machine writes each applied batch as one atomic sled batch.
+//! One sled database per node holds four trees: `log` (Raft entries by big-endian index),
+//! `raft` (vote, committed and purged log ids, the snapshot-install marker), `sm` (the order
+//! state machine) and `cache_sweep` (keys read to keep sled's cache within its size).
+//! Snapshots are single files under `snapshots/`. The log store acknowledges appends only
+//! after sled has flushed them (group commit on a flusher thread); the state machine writes
+//! each applied batch as one atomic sled batch.
 
 mod apply_lag;
 pub mod backup;

@@ -25,6 +25,11 @@
 //! (a replayed write answers with it). Its pass is the mark alone: records stored before are
 //! read as having no revision (`order_state::stored_record`) and expire within a day. The
 //! mark keeps a build before 6, which cannot read the new records, from opening the store.
+//!
+//! Layout 7 stores Raft log entries over 7 KiB in chunks (`log_store::CHUNK_BYTES`). The state
+//! machine is as in 6 and an older log reads as it is, so its pass is the mark alone. The mark
+//! keeps a build before 7 from opening the store: it would take a chunk's key for entry 0 and
+//! could report a shorter log than the node holds (and vote on it) instead of failing.
 
 use super::changes;
 use super::keys;
@@ -35,7 +40,7 @@ use crate::codec;
 use crate::order::Order;
 
 /// The layout this version writes.
-pub const CURRENT_LAYOUT: u64 = 6;
+pub const CURRENT_LAYOUT: u64 = 7;
 
 /// Orders rewritten per sled batch: sled's memory grows steeply with a batch's size (see
 /// `state_machine`), and this pass may move millions of whole orders.
