@@ -107,11 +107,11 @@ pub struct ServeArgs {
     /// faster).
     #[arg(long, env = "ORDO_CACHE_MIB", value_name = "MIB", default_value_t = DEFAULT_CACHE_CAPACITY_BYTES / (1024 * 1024))]
     pub cache_mib: u64,
-    /// How often, in ms, to sweep sled's cache down to --cache-mib (0: never). sled lets go
-    /// of pages past its capacity only as reads queue up in each of its 256 shards, so a node
+    /// How often, in ms, to sweep sled's cache so that it lets go of pages past its capacity
+    /// (0: never). sled does that only as reads queue up in each of its 256 shards, so a node
     /// that read much and went quiet (a follower caught up from its log, a snapshot sent)
-    /// could hold hundreds of MB more for as long as it stayed quiet; a sweep costs under 10 ms
-    /// of one core.
+    /// could hold hundreds of MB more for as long as it stayed quiet; a sweep costs ~8 ms of
+    /// one core.
     #[arg(long, env = "ORDO_CACHE_SWEEP_MS", value_name = "MS", default_value_t = DEFAULT_CACHE_SWEEP_EVERY.as_millis() as u64)]
     pub cache_sweep_ms: u64,
     /// Compress the store's pages on disk (zstd): about a quarter of the disk per order, at

@@ -7,15 +7,15 @@
 //! queues that never fill, and stay in memory, weighed by nothing: a node that sent a follower
 //! 190 MB of log kept it all (docs/performance.md, "What sled's cache holds"). A shard's queue
 //! fills as well with pages of no use: this sweep reads every key of a small tree of its own,
-//! `cache_sweep`, whose ~1,000 leaves fall in every shard, so that each shard takes its queue in
-//! about once per sweep (queues carry over, so every one at least every other sweep) and evicts
-//! what it holds past its share.
+//! `cache_sweep`, whose leaves fall in every shard, so that a shard takes its queue in about
+//! once per sweep (64 reads per shard on average; a queue short of that carries over to the
+//! next) and evicts what it holds past its share.
 //!
-//! A sweep reads ~16,000 keys already in memory: under 10 ms of one core. Not more often than
-//! every few seconds: a node sweeping every second ran the write benchmark 10-15 % slower
-//! (docs/performance.md), as it kept the cache to its size under load, where reads fill the
-//! queues of the shards in use anyway. The tree (~0.5 MB) is written when missing and never
-//! flushed on its own: it is rebuilt if a crash loses it.
+//! A sweep reads ~16,000 keys already in memory: ~8 ms of one core (estimated). Not more often
+//! than every few seconds: sweeping every second measured up to ~15 % off c=256 creates in
+//! one A/B and nothing in another (docs/performance.md); under load, reads fill the queues of
+//! the shards in use anyway. The tree (~0.5 MB) is written when missing and never flushed on
+//! its own: it is rebuilt if a crash loses it.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;

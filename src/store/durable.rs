@@ -4,7 +4,7 @@
 //! but not the file's metadata: as sled's file grows, its new size and blocks are only
 //! recorded on disk by the file system's next journal commit (sled's own `sync_all` comes from
 //! a background thread every 500 ms). It does not flush the disk's write cache either. And
-//! sled writes values over about 128 KiB (large log entries and pages) to separate blob files
+//! sled writes pages over about 128 KiB (log leaves of large entries before layout 7) to blob files
 //! that it never fsyncs. A log append acknowledged after sled's flush alone could so be lost
 //! in a power failure or a kernel crash, though not when only the process dies. `flush` here
 //! follows sled's with an `fdatasync` of its file (data, size and a cache flush), and an

@@ -79,8 +79,8 @@ pub const DEFAULT_CACHE_CAPACITY_BYTES: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_READ_BATCH_BYTES: usize = 1024 * 1024;
 /// Twice the default heartbeat, a third of the default shortest election timeout.
 pub const DEFAULT_APPLY_LAG_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
-/// A node's cache sweep interval (a sweep costs under 10 ms of one core; see `cache_sweep` for
-/// why not more often).
+/// A node's cache sweep interval (a sweep costs ~8 ms of one core; see `cache_sweep` for why
+/// not more often).
 pub const DEFAULT_CACHE_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl StoreConfig {
