@@ -425,18 +425,10 @@ fn remove_range(log: &sled::Tree, from: u64, to_inclusive: Option<u64>) -> Resul
             .range(index_key(from)..)
             .keys()
             .collect::<Result<Vec<_>, _>>()?;
-        let mut batches: Vec<&[sled::IVec]> = Vec::new();
-        let mut rest = &keys[..];
-        while !rest.is_empty() {
-            let mut len = rest.len().min(REMOVE_BATCH_KEYS);
-            while len < rest.len() && rest[len].len() != 8 {
-                len += 1;
-            }
-            let (batch, after) = rest.split_at(len);
-            batches.push(batch);
-            rest = after;
-        }
-        for batch in batches.into_iter().rev() {
+        for batch in whole_entry_batches(&keys, REMOVE_BATCH_KEYS)
+            .into_iter()
+            .rev()
+        {
             remove_keys(log, batch.iter().cloned())?;
         }
         return Ok(());
@@ -469,6 +461,23 @@ fn remove_range(log: &sled::Tree, from: u64, to_inclusive: Option<u64>) -> Resul
         from.push(0);
         remove_keys(log, batch)?;
     }
+}
+
+/// `keys` (in order) cut into batches of `size` keys or a few more: each ends where an entry
+/// ends, so no batch holds part of an entry's chunks.
+fn whole_entry_batches(keys: &[sled::IVec], size: usize) -> Vec<&[sled::IVec]> {
+    let mut batches = Vec::new();
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let mut len = rest.len().min(size.max(1));
+        while len < rest.len() && rest[len].len() != 8 {
+            len += 1;
+        }
+        let (batch, after) = rest.split_at(len);
+        batches.push(batch);
+        rest = after;
+    }
+    batches
 }
 
 /// Removes `keys` from the log in one sled batch.
@@ -941,6 +950,34 @@ mod tests {
         assert_eq!(log.reader.decode(read(6)).unwrap(), Some(entry_of(6, 1)));
         let seen = reader.try_get_log_entries(0..10).await.unwrap();
         assert_eq!(seen, (6..10).map(|i| entry_of(i, 1)).collect::<Vec<_>>());
+    }
+
+    /// A truncation's batches each hold whole entries: a crash between two leaves no entry
+    /// cut short (they are removed from the last batch backwards).
+    #[test]
+    fn removal_batches_end_where_an_entry_ends() {
+        // Entries 0..20, every third with 4 chunks after its first.
+        let keys: Vec<sled::IVec> = (0..20u64)
+            .flat_map(|i| {
+                let chunks = if i % 3 == 0 { 4 } else { 0 };
+                std::iter::once(sled::IVec::from(&index_key(i)[..]))
+                    .chain((1..=chunks).map(move |n| sled::IVec::from(&chunk_key(i, n)[..])))
+            })
+            .collect();
+        for size in [1, 2, 3, 5, 7, keys.len(), keys.len() + 1] {
+            let batches = whole_entry_batches(&keys, size);
+            assert_eq!(
+                batches.concat(),
+                keys,
+                "size {size}: every key once, in order"
+            );
+            for batch in &batches {
+                assert_eq!(batch[0].len(), 8, "size {size}: a batch starts at an entry");
+                // A batch is as large as asked, or stops at the first entry's end after that.
+                let whole = batch.len() <= size || batch[size..].iter().all(|k| k.len() == 10);
+                assert!(whole, "size {size}: {} keys", batch.len());
+            }
+        }
     }
 
     /// No log page grows into one of sled's blob files, however large the entries: the
