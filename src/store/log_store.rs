@@ -996,19 +996,9 @@ mod tests {
         assert_eq!(blobs, 0, "sled wrote log pages as blob files");
     }
 
+    /// The entry indexes the log tree holds keys of, each once.
     fn on_disk(dir: &std::path::Path) -> Vec<u64> {
-        let (db, _) = crate::store::open_sled(
-            &dir.join("sled"),
-            crate::store::DEFAULT_CACHE_CAPACITY_BYTES,
-            false,
-        )
-        .unwrap();
-        let log = db.open_tree("log").unwrap();
-        let mut indexes: Vec<u64> = log
-            .iter()
-            .keys()
-            .map(|k| keyed_index(&k.unwrap()))
-            .collect();
+        let mut indexes: Vec<u64> = keys_on_disk(dir).into_iter().map(|k| k.0).collect();
         indexes.dedup();
         indexes
     }
