@@ -15,9 +15,12 @@
 //! appended nor committed anything.
 //!
 //! Reads run beside writes (replication tasks read while the core appends), and sled reads a
-//! range a leaf at a time: a read can meet an entry half removed or half rewritten. Below a
-//! purge it is left out; after a truncation or append counted in `rewrites` the read stops
-//! there, as at the end of the log; anything else is corruption, an error.
+//! range a leaf at a time: a read can meet an entry half removed or half rewritten, or read
+//! the old log's entries up to a truncation and the new log's after it. An entry below a purge
+//! is left out; one torn while an append or truncation ran (`LogWrites`) ends the read there;
+//! a read a truncation ran beside returns nothing (an old leader's replication would otherwise
+//! send a log that was never the log); anything else that is not whole is corruption, an
+//! error.
 
 use std::fmt::Debug;
 use std::ops::RangeBounds;
@@ -156,10 +159,8 @@ pub struct LogReader {
     log: sled::Tree,
     /// Entries below this index are purged, though maybe not yet removed (`LogPurger`).
     first_kept: Arc<AtomicU64>,
-    /// Counts the log store's writes to entries a read may be reading (appends, truncations):
-    /// odd while one is under way. A read that meets a torn entry checks it to tell a rewrite
-    /// from corruption. The store's writes are serial (`&mut self`), so one count suffices.
-    rewrites: Arc<AtomicU64>,
+    /// The store's appends and truncations, counted for reads running beside them.
+    writes: Arc<LogWrites>,
     /// What replication reads at once (`limited_get_log_entries`), in stored bytes: one
     /// AppendEntries to a lagging follower, bounded before anything is decoded or sent.
     batch_bytes: usize,
@@ -185,23 +186,84 @@ impl LogReader {
             Excluded(&i) => Some(i),
             Unbounded => None,
         };
-        let seen = self.rewrites.load(Ordering::SeqCst);
+        let seen = self.writes.seen();
         let keys = match past {
             Some(past) => self.log.range(index_key(start)..index_key(past)),
             None => self.log.range(index_key(start)..),
         };
+        self.collect(StoredEntries::new(keys), seen)
+    }
+
+    /// The entries `stored` reads, for a read that began with the store's writes at `seen`.
+    fn collect(&self, stored: StoredEntries, seen: WritesSeen) -> Result<Vec<Entry>, StoreError> {
         let mut out = Vec::new();
-        for stored in StoredEntries::new(keys) {
+        for stored in stored {
             match self.decode(stored?, seen)? {
                 Decoded::Entry(entry) => out.push(entry),
                 // Left out, as one purged before would be.
                 Decoded::Purged => {}
-                // The log changed from here on while it was read: what follows is not the log
-                // the read began on.
+                // Written while it was read: what follows may not be whole either.
                 Decoded::Rewritten => break,
             }
         }
+        // What was read before a truncation and after it is no one log.
+        if self.writes.truncated_since(seen) {
+            return Ok(Vec::new());
+        }
         Ok(out)
+    }
+}
+
+/// Counts of the log store's changes to stored entries, each odd while one is under way, for
+/// reads running beside them. The Raft core makes these changes one at a time (`&mut self`;
+/// `force_append` runs before the core starts): with two at once, a count could be even and
+/// unchanged while one of them tore a read.
+#[derive(Default)]
+struct LogWrites {
+    /// Appends and truncations.
+    any: AtomicU64,
+    /// Truncations alone.
+    truncations: AtomicU64,
+}
+
+/// The counts a read began with.
+#[derive(Clone, Copy)]
+struct WritesSeen {
+    any: u64,
+    truncations: u64,
+}
+
+impl LogWrites {
+    fn seen(&self) -> WritesSeen {
+        WritesSeen {
+            any: self.any.load(Ordering::SeqCst),
+            truncations: self.truncations.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Whether an append or truncation ran since `seen` was taken, or was under way then.
+    fn changed_since(&self, seen: WritesSeen) -> bool {
+        !seen.any.is_multiple_of(2) || self.any.load(Ordering::SeqCst) != seen.any
+    }
+
+    /// Whether a truncation ran since `seen` was taken, or was under way then.
+    fn truncated_since(&self, seen: WritesSeen) -> bool {
+        !seen.truncations.is_multiple_of(2)
+            || self.truncations.load(Ordering::SeqCst) != seen.truncations
+    }
+
+    /// Runs `write`, an append (or a truncation, with `truncation`), counted.
+    fn counted<T>(&self, truncation: bool, write: impl FnOnce() -> T) -> T {
+        let bump = || {
+            self.any.fetch_add(1, Ordering::SeqCst);
+            if truncation {
+                self.truncations.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        bump();
+        let done = write();
+        bump();
+        done
     }
 }
 
@@ -220,10 +282,10 @@ impl LogReader {
     }
 
     /// The entry read, or why it was not whole (`StoredEntries`): purged (a purge moves
-    /// `first_kept` past its entries before it removes any), or rewritten by a write that
-    /// began after `seen` (the read's `rewrites` when it began) or was under way then. Any
-    /// other entry that is not whole is an error.
-    fn decode(&self, stored: StoredEntry, seen: u64) -> Result<Decoded, StoreError> {
+    /// `first_kept` past its entries before it removes any), or written by an append or
+    /// truncation that ran since the read began (`seen`). Any other entry that is not whole is
+    /// an error.
+    fn decode(&self, stored: StoredEntry, seen: WritesSeen) -> Result<Decoded, StoreError> {
         let decoded = match &stored.bytes {
             Some(bytes) => codec::decode::<Entry>(bytes).map_err(StoreError::from),
             None => Err(StoreError::Corrupt(format!(
@@ -234,19 +296,9 @@ impl LogReader {
         match decoded {
             Ok(entry) => Ok(Decoded::Entry(entry)),
             Err(_) if stored.index < self.first_kept() => Ok(Decoded::Purged),
-            Err(_) if !seen.is_multiple_of(2) || self.rewrites.load(Ordering::SeqCst) != seen => {
-                Ok(Decoded::Rewritten)
-            }
+            Err(_) if self.writes.changed_since(seen) => Ok(Decoded::Rewritten),
             Err(e) => Err(e),
         }
-    }
-
-    /// Runs `write`, a change to stored entries, counted in `rewrites`.
-    fn rewriting<T>(&self, write: impl FnOnce() -> T) -> T {
-        self.rewrites.fetch_add(1, Ordering::SeqCst);
-        let done = write();
-        self.rewrites.fetch_add(1, Ordering::SeqCst);
-        done
     }
 
     /// The log id of the last entry in the log (`None` when it holds none: empty, or purged
@@ -287,14 +339,28 @@ impl RaftLogReader<TypeConfig> for LogReader {
         if end <= start {
             return Ok(Vec::new());
         }
+        let seen = self.writes.seen();
+        // Nothing below the last purge, though it may still be on disk.
+        let run = (start >= self.first_kept())
+            .then(|| StoredEntries::new(self.log.range(index_key(start)..index_key(end))));
+        self.collect_to_send(run, start, seen)
+            .map_err(StoreError::into_read)
+    }
+}
+
+impl LogReader {
+    /// What `limited_get_log_entries` sends: the entries `run` reads from `start` on, whole
+    /// and in a row, within the byte budget, for a read that began with the writes at `seen`.
+    fn collect_to_send(
+        &self,
+        run: Option<StoredEntries>,
+        start: u64,
+        seen: WritesSeen,
+    ) -> Result<Vec<Entry>, StoreError> {
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        let seen = self.rewrites.load(Ordering::SeqCst);
-        // Nothing below the last purge, though it may still be on disk.
-        let run =
-            (start >= self.first_kept()).then(|| self.log.range(index_key(start)..index_key(end)));
-        for stored in run.into_iter().flat_map(StoredEntries::new) {
-            let stored = stored.map_err(StoreError::into_read)?;
+        for stored in run.into_iter().flatten() {
+            let stored = stored?;
             // Only entries that follow on from `start`: never send past a missing one.
             if stored.index != start + out.len() as u64 {
                 break;
@@ -305,15 +371,25 @@ impl RaftLogReader<TypeConfig> for LogReader {
             }
             bytes += size;
             // Purged while it was read (the rest are too), or rewritten (the rest may be).
-            match self.decode(stored, seen).map_err(StoreError::into_read)? {
+            match self.decode(stored, seen)? {
                 Decoded::Entry(entry) => out.push(entry),
                 Decoded::Purged | Decoded::Rewritten => break,
             }
         }
+        // An old leader's replication, reading while the new leader's entries replace its
+        // log's tail: what it read is no one log, and must not be sent.
+        if self.writes.truncated_since(seen) {
+            tracing::info!(
+                start,
+                "the log was truncated while entries to replicate were read: none sent this time"
+            );
+            return Ok(Vec::new());
+        }
         if out.is_empty() {
             tracing::warn!(
                 start,
-                "log entry to replicate is not in the log (purged meanwhile?): none sent this time"
+                "log entry to replicate is not in the log (purged or rewritten meanwhile?): none \
+                 sent this time"
             );
         }
         Ok(out)
@@ -357,7 +433,7 @@ impl LogStore {
             reader: LogReader {
                 log,
                 first_kept,
-                rewrites: Arc::new(AtomicU64::new(0)),
+                writes: Arc::default(),
                 batch_bytes: read_batch_bytes,
             },
             raft,
@@ -439,7 +515,9 @@ impl LogStore {
         let log = &self.reader.log;
         let mut batch = sled::Batch::default();
         write_entry(log, &mut batch, entry.log_id.index, &codec::encode(entry)?)?;
-        self.reader.rewriting(|| log.apply_batch(batch))?;
+        self.reader
+            .writes
+            .counted(false, || log.apply_batch(batch))?;
         self.write_meta(KEY_VOTE, vote)?;
         self.durable.flush()?;
         Ok(())
@@ -753,9 +831,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             write_entry(&self.reader.log, &mut batch, entry.log_id.index, &bytes)
                 .map_err(StoreError::into_write)?;
         }
-        // Counted even at new indexes: a read begun before a truncation may reach them.
+        // Counted even at new indexes: a read that began after a truncation may hold a leaf
+        // read before this append and then meet this entry's later chunks without its first.
         self.reader
-            .rewriting(|| self.reader.log.apply_batch(batch))
+            .writes
+            .counted(false, || self.reader.log.apply_batch(batch))
             .map_err(|e| openraft::StorageIOError::write_logs(&e))?;
         match (self.durability, &self.flusher) {
             (Durability::Fsync, Some((tx, _))) => {
@@ -774,7 +854,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.reader
-            .rewriting(|| self.remove_range(log_id.index, None))
+            .writes
+            .counted(true, || self.remove_range(log_id.index, None))
             .map_err(StoreError::into_write)?;
         self.flush().await.map_err(StoreError::into_write)
     }
@@ -877,8 +958,9 @@ mod tests {
             .collect()
     }
 
-    /// Entry `index` as term `term` writes it: each term's entries differ in size and content,
-    /// so a read that joined chunks of two versions would not match either.
+    /// Entry `index` as term `term` writes it: terms of one parity hold 1,100 commands, the
+    /// others 1,500 (the same commands, more of them), so that joined chunks of two versions
+    /// fail to decode. A read across versions of whole entries is caught by its terms.
     fn version_of(index: u64, term: u64) -> Entry {
         let mut entry = entry_of(index, if term.is_multiple_of(2) { 1500 } else { 1100 });
         entry.log_id = LogId::new(CommittedLeaderId::new(term, 1), index);
@@ -887,9 +969,10 @@ mod tests {
 
     /// A reader that races the truncation and rewriting of entries it reads (a deposed
     /// leader's replication task, still reading while the new leader's appends replace the
-    /// tail of its log) never fails and never returns part of an entry: what it meets half
-    /// rewritten, it leaves out. Before, a torn chunked entry was a read error, which openraft
-    /// 0.9 takes for a storage failure and stops the node's Raft core for.
+    /// tail of its log) never fails and never returns part of an entry, nor entries of two
+    /// versions of the log. Before, a torn chunked entry was a read error, which openraft 0.9
+    /// takes for a storage failure and stops the node's Raft core for; and a read across a
+    /// truncation could return the old log's entries followed by the new log's.
     #[test]
     fn reads_racing_a_rewrite_of_chunked_entries_never_fail_or_tear() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -917,11 +1000,21 @@ mod tests {
                     let by_budget = rt.block_on(reader.limited_get_log_entries(1, LAST + 1));
                     let whole = reader.entries(1..=LAST).map_err(StoreError::into_read);
                     for read in [by_budget, whole] {
-                        for e in read.expect("a read racing a rewrite") {
-                            let index = e.log_id.index;
+                        let read = read.expect("a read racing a rewrite");
+                        for (e, index) in read.iter().zip(1..) {
                             let term = e.log_id.leader_id.term;
-                            assert_eq!(e, version_of(index, term), "entry {index} read torn");
+                            assert_eq!(e, &version_of(index, term), "entry {index} read torn");
                         }
+                        // Every round writes entries KEPT+1.. in one term.
+                        let terms: Vec<u64> = read
+                            .iter()
+                            .filter(|e| e.log_id.index > KEPT)
+                            .map(|e| e.log_id.leader_id.term)
+                            .collect();
+                        assert!(
+                            terms.windows(2).all(|t| t[0] == t[1]),
+                            "entries of two versions of the log in one read: terms {terms:?}"
+                        );
                         reads += 1;
                     }
                 }
@@ -1044,14 +1137,15 @@ mod tests {
         };
         let part = read(5);
         assert_eq!(part.index, 5);
-        let now = log.reader.rewrites.load(Ordering::SeqCst);
-        assert!(now.is_multiple_of(2));
+        let now = log.reader.writes.seen();
+        assert!(now.any.is_multiple_of(2));
         assert!(matches!(
             log.reader.decode(part, now),
             Err(StoreError::Codec(_))
         ));
         // Read from a log being written (an odd count), or written since: a rewrite.
-        for seen in [now - 1, now - 2] {
+        for any in [now.any - 1, now.any - 2] {
+            let seen = WritesSeen { any, ..now };
             assert!(matches!(
                 log.reader.decode(read(5), seen),
                 Ok(Decoded::Rewritten)
@@ -1077,6 +1171,79 @@ mod tests {
         );
         let seen = reader.try_get_log_entries(0..10).await.unwrap();
         assert_eq!(seen, (6..10).map(|i| entry_of(i, 1)).collect::<Vec<_>>());
+    }
+
+    /// A read that a truncation and the new leader's appends overtake mid-way holds the old
+    /// log's first leaf and reads the new log's after it. The premise is checked on a raw read
+    /// (it mixes terms); both readers return nothing from such a read.
+    #[tokio::test]
+    async fn a_read_overtaken_by_a_truncation_returns_no_mix_of_two_logs() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut log, _sm) =
+            crate::store::open(&crate::store::StoreConfig::new(dir.path())).unwrap();
+        let in_term = |term: u64, index: u64| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            ..entry(index)
+        };
+        log.blocking_append((0..200).map(|i| in_term(1, i)))
+            .await
+            .unwrap();
+        let tree = log.reader.log.clone();
+        // Three reads begin and take their first leaf, then the log is replaced from 4 on.
+        let seen = log.reader.writes.seen();
+        let mut reads: Vec<StoredEntries> = (0..3)
+            .map(|_| StoredEntries::new(tree.range(index_key(0)..index_key(200))))
+            .collect();
+        for read in &mut reads {
+            assert!(read.keys.peek().is_some());
+        }
+        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 4))
+            .await
+            .unwrap();
+        log.blocking_append((4..200).map(|i| in_term(2, i)))
+            .await
+            .unwrap();
+        let raw = reads.pop().unwrap();
+        let terms: std::collections::BTreeSet<u64> = raw
+            .map(|s| codec::decode::<Entry>(&s.unwrap().bytes.unwrap()).unwrap())
+            .filter(|e| e.log_id.index >= 4)
+            .map(|e| e.log_id.leader_id.term)
+            .collect();
+        assert_eq!(
+            terms,
+            [1, 2].into(),
+            "the premise: a raw read mixes the two logs"
+        );
+        let to_send = log.reader.collect_to_send(reads.pop(), 0, seen).unwrap();
+        assert_eq!(to_send, Vec::new());
+        let collected = log.reader.collect(reads.pop().unwrap(), seen).unwrap();
+        assert_eq!(collected, Vec::new());
+        // A read begun now reads the new log.
+        let now = log.reader.entries(0..200).unwrap();
+        assert_eq!(now.len(), 200);
+        assert!(now[4..].iter().all(|e| e.log_id.leader_id.term == 2));
+    }
+
+    /// Appends and truncations are counted for the reads beside them; only truncations make a
+    /// read's entries no one log.
+    #[tokio::test]
+    async fn appends_and_truncations_are_counted_for_reads_beside_them() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut log, _sm) =
+            crate::store::open(&crate::store::StoreConfig::new(dir.path())).unwrap();
+        let writes = log.reader.writes.clone();
+        let before = writes.seen();
+        log.blocking_append((0..4).map(entry)).await.unwrap();
+        assert!(writes.changed_since(before));
+        assert!(!writes.truncated_since(before));
+        let appended = writes.seen();
+        assert!(!writes.changed_since(appended));
+        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 2))
+            .await
+            .unwrap();
+        assert!(writes.changed_since(appended));
+        assert!(writes.truncated_since(appended));
+        assert!(!writes.truncated_since(writes.seen()));
     }
 
     /// A truncation's batches each hold whole entries: a crash between two leaves no entry
