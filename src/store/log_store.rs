@@ -194,11 +194,21 @@ impl LogReader {
         self.collect(StoredEntries::new(keys), seen)
     }
 
-    /// The entries `stored` reads, for a read that began with the store's writes at `seen`.
+    /// The entries `stored` reads, in a row, for a read that began with the store's writes at
+    /// `seen`.
     fn collect(&self, stored: StoredEntries, seen: WritesSeen) -> Result<Vec<Entry>, StoreError> {
-        let mut out = Vec::new();
+        let mut out: Vec<Entry> = Vec::new();
         for stored in stored {
-            match self.decode(stored?, seen)? {
+            let stored = stored?;
+            // sled's iterator may pass over keys an append put into a leaf after it took its
+            // copy of that leaf: never read on past a missing entry.
+            if out
+                .last()
+                .is_some_and(|last| stored.index != last.log_id.index + 1)
+            {
+                break;
+            }
+            match self.decode(stored, seen)? {
                 Decoded::Entry(entry) => out.push(entry),
                 // Left out, as one purged before would be.
                 Decoded::Purged => {}
@@ -327,8 +337,9 @@ impl RaftLogReader<TypeConfig> for LogReader {
     /// Entries from `start` until `end` or until `batch_bytes` of them are read (at least
     /// one): the batch a lagging follower is sent stays within the append byte budget.
     ///
-    /// Nothing at all when entry `start` is not there: a purge can remove it between
-    /// openraft's decision to send it and this read. openraft 0.9 treats an empty batch as a
+    /// Nothing at all when entry `start` is not there, or when a truncation ran beside the
+    /// read (`collect_to_send`): a purge can remove it between openraft's decision to send it
+    /// and this read. openraft 0.9 treats an empty batch as a
     /// heartbeat and decides again (a snapshot, once it sees the purge); an error here would
     /// be a storage error, which stops the node's Raft core for good (seen in a torture run).
     async fn limited_get_log_entries(
@@ -832,7 +843,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(StoreError::into_write)?;
         }
         // Counted even at new indexes: a read that began after a truncation may hold a leaf
-        // read before this append and then meet this entry's later chunks without its first.
+        // read before this append and then meet this entry's later chunks without its first
+        // (or pass over whole entries, which the readers' in-a-row checks stop at).
         self.reader
             .writes
             .counted(false, || self.reader.log.apply_batch(batch))
