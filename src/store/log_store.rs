@@ -339,9 +339,9 @@ impl RaftLogReader<TypeConfig> for LogReader {
     ///
     /// Nothing at all when entry `start` is not there, or when a truncation ran beside the
     /// read (`collect_to_send`): a purge can remove it between openraft's decision to send it
-    /// and this read. openraft 0.9 treats an empty batch as a
-    /// heartbeat and decides again (a snapshot, once it sees the purge); an error here would
-    /// be a storage error, which stops the node's Raft core for good (seen in a torture run).
+    /// and this read. openraft 0.9 treats an empty batch as a heartbeat and decides again (a
+    /// snapshot, once it sees the purge); an error here would be a storage error, which stops
+    /// the node's Raft core for good (seen in a torture run).
     async fn limited_get_log_entries(
         &mut self,
         start: u64,
@@ -974,9 +974,18 @@ mod tests {
     /// others 1,500 (the same commands, more of them), so that joined chunks of two versions
     /// fail to decode. A read across versions of whole entries is caught by its terms.
     fn version_of(index: u64, term: u64) -> Entry {
-        let mut entry = entry_of(index, if term.is_multiple_of(2) { 1500 } else { 1100 });
-        entry.log_id = LogId::new(CommittedLeaderId::new(term, 1), index);
-        entry
+        in_term(
+            term,
+            entry_of(index, if term.is_multiple_of(2) { 1500 } else { 1100 }),
+        )
+    }
+
+    /// `entry` as a leader of term `term` writes it.
+    fn in_term(term: u64, entry: Entry) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), entry.log_id.index),
+            ..entry
+        }
     }
 
     /// A reader that races the truncation and rewriting of entries it reads (a deposed
@@ -1000,7 +1009,15 @@ mod tests {
         const LAST: u64 = 8;
         rt.block_on(log.blocking_append((1..=LAST).map(|i| version_of(i, 1))))
             .unwrap();
+        // Set on every way out of this test, a failing one too, so the reader always ends.
+        struct Stop(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Stop {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = Stop(stop.clone());
         let reading = {
             let (mut reader, stop) = (log.reader(), stop.clone());
             std::thread::spawn(move || {
@@ -1044,7 +1061,7 @@ mod tests {
                     .unwrap();
             });
         }
-        stop.store(true, Ordering::SeqCst);
+        drop(stopping);
         let reads = reading.join().expect("the reader thread");
         assert!(reads > 0);
     }
@@ -1193,11 +1210,7 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let (mut log, _sm) =
             crate::store::open(&crate::store::StoreConfig::new(dir.path())).unwrap();
-        let in_term = |term: u64, index: u64| Entry {
-            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-            ..entry(index)
-        };
-        log.blocking_append((0..200).map(|i| in_term(1, i)))
+        log.blocking_append((0..200).map(|i| in_term(1, entry(i))))
             .await
             .unwrap();
         let tree = log.reader.log.clone();
@@ -1212,7 +1225,7 @@ mod tests {
         log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 4))
             .await
             .unwrap();
-        log.blocking_append((4..200).map(|i| in_term(2, i)))
+        log.blocking_append((4..200).map(|i| in_term(2, entry(i))))
             .await
             .unwrap();
         let raw = reads.pop().unwrap();
