@@ -6,7 +6,7 @@
 //! had when the dump began — only for keys the dump has not passed yet, and only the first
 //! time. The dump walks the tree in key order and, for a key with a saved value, writes the
 //! saved value (or skips the key if it did not exist then); saved values of keys the walk
-//! never met (removed meanwhile) are written at the end.
+//! never met (removed meanwhile) are written in their place in key order.
 //!
 //! Why that is exact: a key's saved value is taken under the same lock in which the dump
 //! records how far it has got, and before the apply commits. Either the dump reaches the key
@@ -127,47 +127,66 @@ pub(super) struct DumpGuard {
 }
 
 impl DumpGuard {
-    /// The tree's records as they were when the dump began, in key order, then those removed
-    /// since.
+    /// The tree's records as they were when the dump began, in key order. Keys removed since
+    /// (which the walk no longer meets) come from their saved values, in their place: the
+    /// file stays sorted, so a backup's digest, taken in file order, is the state's.
     pub fn records(
         &self,
         tree: &sled::Tree,
     ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_ {
         let mut walk = tree.iter();
-        let mut removed: Option<std::vec::IntoIter<(Vec<u8>, Vec<u8>)>> = None;
+        let mut walked_all = false;
+        let mut ready = std::collections::VecDeque::new();
         std::iter::from_fn(move || loop {
-            if let Some(rest) = removed.as_mut() {
-                return rest.next().map(Ok);
+            if let Some(record) = ready.pop_front() {
+                return Some(Ok(record));
             }
-            match walk.next() {
-                Some(Ok((k, v))) => {
-                    let mut guard = self.view.lock();
-                    let dump = guard.as_mut().expect("the dump runs while its guard lives");
-                    dump.passed = Some(k.to_vec());
-                    if dump.horizon.is_past(&k) {
-                        continue;
-                    }
-                    match dump.saved.get_mut(k.as_ref()) {
-                        None => return Some(Ok((k.to_vec(), v.to_vec()))),
-                        Some((then, used)) => {
-                            *used = true;
-                            if let Some(then) = then {
-                                return Some(Ok((k.to_vec(), then.to_vec())));
-                            }
-                        }
-                    }
-                }
+            if walked_all {
+                return None;
+            }
+            let next = match walk.next() {
+                Some(Ok((k, v))) => Some((k, v)),
                 Some(Err(e)) => return Some(Err(e.into())),
-                None => {
-                    let guard = self.view.lock();
-                    let dump = guard.as_ref().expect("the dump runs while its guard lives");
-                    let rest: Vec<_> = dump
-                        .saved
-                        .iter()
-                        .filter(|(_, (_, used))| !used)
-                        .filter_map(|(k, (then, _))| then.as_ref().map(|v| (k.clone(), v.to_vec())))
-                        .collect();
-                    removed = Some(rest.into_iter());
+                None => None,
+            };
+            let mut guard = self.view.lock();
+            let dump = guard.as_mut().expect("the dump runs while its guard lives");
+            // Saved keys between the last key walked and this one, which the walk did not
+            // meet: removed since the dump began (none can be saved behind the walk).
+            use std::ops::Bound;
+            let from = dump
+                .passed
+                .clone()
+                .map_or(Bound::Unbounded, Bound::Excluded);
+            let to = next
+                .as_ref()
+                .map_or(Bound::Unbounded, |(k, _)| Bound::Excluded(k.to_vec()));
+            // (sled's walk only goes up; an empty range would make `range_mut` panic.)
+            let empty = matches!((&from, &to), (Bound::Excluded(a), Bound::Excluded(b)) if a >= b);
+            let between = (!empty).then(|| dump.saved.range_mut((from, to)));
+            for (key, (then, used)) in between.into_iter().flatten() {
+                if std::mem::replace(used, true) {
+                    continue;
+                }
+                if let Some(then) = then {
+                    ready.push_back((key.clone(), then.to_vec()));
+                }
+            }
+            let Some((k, v)) = next else {
+                walked_all = true;
+                continue;
+            };
+            dump.passed = Some(k.to_vec());
+            if dump.horizon.is_past(&k) {
+                continue;
+            }
+            match dump.saved.get_mut(k.as_ref()) {
+                None => ready.push_back((k.to_vec(), v.to_vec())),
+                Some((then, used)) => {
+                    *used = true;
+                    if let Some(then) = then {
+                        ready.push_back((k.to_vec(), then.to_vec()));
+                    }
                 }
             }
         })
@@ -260,6 +279,10 @@ mod tests {
         write(&view, &tree, &[(199, "created")], &[]);
         dumped.extend(records.map(Result::unwrap));
         assert_eq!(dumped.len(), before.len(), "no key twice, none missing");
+        assert!(
+            dumped.windows(2).all(|w| w[0].0 < w[1].0),
+            "in key order, removed keys in their place"
+        );
         assert_eq!(dumped.into_iter().collect::<State>(), before);
         drop(dump);
 
@@ -336,6 +359,7 @@ mod tests {
             (k.to_vec(), v.to_vec())
         }));
         assert_eq!(dumped.len(), before.len(), "no key twice, none missing");
+        assert!(dumped.windows(2).all(|w| w[0].0 < w[1].0), "in key order");
         assert_eq!(dumped.into_iter().collect::<State>(), before);
     }
 
