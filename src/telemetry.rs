@@ -38,8 +38,8 @@ pub const READ_INDEX_WAITERS: &str = "ordo_read_index_round_waiters";
 // Storage (store).
 pub const FSYNC_DURATION: &str = "ordo_log_fsync_duration_seconds";
 pub const GROUP_COMMIT: &str = "ordo_log_group_commit_appends";
-/// Label `outcome`: `caught_up` (the applies came within the limit) or `gave_up` (the wait
-/// ran out).
+/// Label `outcome`: `caught_up` (the applies came within the limit), `gave_up` (the wait
+/// ran out) or `skipped` (no wait: one gave up a moment ago).
 pub const APPLY_LAG_WAITS: &str = "ordo_log_apply_lag_waits_total";
 pub const SNAPSHOT_BUILDS: &str = "ordo_snapshot_builds_total";
 pub const SNAPSHOT_BUILD_DURATION: &str = "ordo_snapshot_build_duration_seconds";

@@ -12,7 +12,11 @@
 //! The wait is bounded (`StoreConfig::apply_lag_wait`, 100 ms with the default timings):
 //! openraft's core awaits `append`, and a core held for an election timeout would start a
 //! campaign when it wakes. So the limit is soft: applies that stall for longer let appends go
-//! on, and `ordo_log_apply_lag_waits_total{outcome="gave_up"}` counts them. The leader is
+//! on, and `ordo_log_apply_lag_waits_total{outcome="gave_up"}` counts them. The bound holds
+//! for the core, not only for one append: the core can run many appends back to back (a
+//! leader's queued client writes), and waits of 100 ms each would hold it, heartbeats and
+//! all, for their sum. So after a wait gives up, appends go without waiting (`skipped`) for
+//! as long again, and the core is held for at most half the time of a stall. The leader is
 //! paced by its AppendEntries deadline (one heartbeat; half the wait with the defaults): an
 //! answer held past it times out and halves that peer's append budget (`rpc::network`), so
 //! batches shrink until the follower's applies make room for one in time. A wait capped below
@@ -39,6 +43,8 @@ pub(super) struct ApplyLag {
     applied_end: AtomicU64,
     applied_moved: tokio::sync::Notify,
     max_wait: Duration,
+    /// After a wait that gave up: appends go without waiting until then.
+    free_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// What a wait for applies came to.
@@ -48,6 +54,8 @@ pub(super) enum LagWait {
     WithinLimit,
     /// Still behind after the longest wait; the append goes ahead anyway.
     GaveUp,
+    /// Still behind, but a wait gave up a moment ago: the append goes without waiting.
+    Skipped,
 }
 
 impl ApplyLag {
@@ -57,6 +65,7 @@ impl ApplyLag {
             applied_end: AtomicU64::new(0),
             applied_moved: tokio::sync::Notify::new(),
             max_wait,
+            free_until: std::sync::Mutex::new(None),
         }
     }
 
@@ -78,15 +87,26 @@ impl ApplyLag {
             .saturating_sub(self.applied_end.load(Ordering::Acquire))
     }
 
-    /// Waits until the applies are within `LAG_LIMIT` of the commit, or `max_wait` has passed.
+    /// Waits until the applies are within `LAG_LIMIT` of the commit, or `max_wait` has passed;
+    /// not at all for `max_wait` after a wait that gave up.
     pub(super) async fn wait_for_applies(&self) -> LagWait {
         if self.lag() <= LAG_LIMIT {
             return LagWait::WithinLimit;
         }
-        let outcome = self.wait_over_limit().await;
+        let free_until = || self.free_until.lock().unwrap_or_else(|p| p.into_inner());
+        let outcome = if free_until().is_some_and(|t| tokio::time::Instant::now() < t) {
+            LagWait::Skipped
+        } else {
+            let outcome = self.wait_over_limit().await;
+            if outcome == LagWait::GaveUp {
+                *free_until() = Some(tokio::time::Instant::now() + self.max_wait);
+            }
+            outcome
+        };
         let label = match outcome {
             LagWait::WithinLimit => "caught_up",
             LagWait::GaveUp => "gave_up",
+            LagWait::Skipped => "skipped",
         };
         metrics::counter!(telemetry::APPLY_LAG_WAITS, "outcome" => label).increment(1);
         outcome
@@ -159,5 +179,30 @@ mod tests {
         let started = tokio::time::Instant::now();
         assert_eq!(lag.wait_for_applies().await, LagWait::GaveUp);
         assert!(started.elapsed() >= Duration::from_millis(100));
+    }
+
+    /// Appends the core runs back to back during a stall do not wait 100 ms each (five would
+    /// hold a leader's heartbeats for half a second): after a wait gives up, they go at once
+    /// for as long again, and then one waits again.
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_holds_the_core_for_at_most_half_its_time() {
+        let max = Duration::from_millis(100);
+        let lag = ApplyLag::new(max);
+        lag.set_committed(Some(10_000));
+        let started = tokio::time::Instant::now();
+        let mut outcomes = Vec::new();
+        for _ in 0..5 {
+            outcomes.push(lag.wait_for_applies().await);
+        }
+        assert_eq!(outcomes[0], LagWait::GaveUp);
+        assert!(outcomes[1..].iter().all(|o| *o == LagWait::Skipped));
+        assert_eq!(started.elapsed(), max, "only the first append waited");
+
+        tokio::time::advance(max).await;
+        assert_eq!(lag.wait_for_applies().await, LagWait::GaveUp);
+        assert_eq!(started.elapsed(), 3 * max);
+        // Once the applies are within the limit, appends go at once as ever.
+        lag.set_applied(Some(10_000 - LAG_LIMIT));
+        assert_eq!(lag.wait_for_applies().await, LagWait::WithinLimit);
     }
 }
