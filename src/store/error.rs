@@ -25,6 +25,10 @@ pub enum StoreError {
     /// `build_snapshot` called again on a builder whose dump was already taken (a bug).
     #[error("this snapshot builder was used already")]
     BuilderUsed,
+    /// An append waited for a snapshot install to close the hole it would leave, and the
+    /// install failed.
+    #[error("the snapshot install this append waited for failed")]
+    InstallFailed,
     /// Work moved to tokio's blocking pool panicked or was cancelled.
     #[error("a blocking task failed: {0}")]
     TaskFailed(#[from] tokio::task::JoinError),

@@ -262,18 +262,26 @@ impl LogWrites {
             || self.truncations.load(Ordering::SeqCst) != seen.truncations
     }
 
-    /// Runs `write`, an append (or a truncation, with `truncation`), counted.
+    fn bump(&self, truncation: bool) {
+        self.any.fetch_add(1, Ordering::SeqCst);
+        if truncation {
+            self.truncations.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Runs `write`, an append (or a truncation, with `truncation`), counted. The second
+    /// count comes from a drop guard, so a `write` that panics does not leave a count odd,
+    /// which would excuse every later torn entry as rewritten.
     fn counted<T>(&self, truncation: bool, write: impl FnOnce() -> T) -> T {
-        let bump = || {
-            self.any.fetch_add(1, Ordering::SeqCst);
-            if truncation {
-                self.truncations.fetch_add(1, Ordering::SeqCst);
+        struct Ended<'a>(&'a LogWrites, bool);
+        impl Drop for Ended<'_> {
+            fn drop(&mut self) {
+                self.0.bump(self.1);
             }
-        };
-        bump();
-        let done = write();
-        bump();
-        done
+        }
+        self.bump(truncation);
+        let _ended = Ended(self, truncation);
+        write()
     }
 }
 
@@ -470,11 +478,20 @@ impl LogStore {
         Ok(())
     }
 
+    /// A flush as the durability asked for: none with `UnsafeNoFsync`.
     async fn flush(&self) -> Result<(), StoreError> {
         if self.durability == Durability::Fsync {
             self.durable.flush_async().await?;
         }
         Ok(())
+    }
+
+    /// A flush even with `UnsafeNoFsync`, for writes that are rare and whose loss is worse
+    /// than losing orders: a vote forgotten in a crash lets the node vote twice in one term
+    /// (two leaders), and a purge ahead of a state machine not on disk leaves a node that
+    /// cannot rebuild its state.
+    async fn flush_always(&self) -> Result<(), StoreError> {
+        self.durable.flush_async().await
     }
 
     fn log_state(&self) -> Result<LogState<TypeConfig>, StoreError> {
@@ -777,7 +794,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         self.write_meta(KEY_VOTE, vote)
             .map_err(|e| openraft::StorageIOError::write_vote(&e))?;
-        self.flush()
+        self.flush_always()
             .await
             .map_err(|e| openraft::StorageIOError::write_vote(&e))?;
         Ok(())
@@ -833,7 +850,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map(|l| l.index);
             self.floor
                 .wait_unless_hole_closed(first_index, last_stored)
-                .await;
+                .await
+                .map_err(StoreError::into_write)?;
         }
         let mut batch = sled::Batch::default();
         for entry in entries {
@@ -877,7 +895,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // makes its state durable before the entries that could rebuild it are gone; read
         // the limit first, so what it allows is covered by this flush. See `AppliedFloor`.
         let plan = self.floor.plan_purge(log_id);
-        self.flush().await.map_err(StoreError::into_write)?;
+        self.flush_always().await.map_err(StoreError::into_write)?;
         let upto = match plan {
             PurgePlan::All => log_id,
             PurgePlan::HeldAt(applied) => {
@@ -1271,6 +1289,25 @@ mod tests {
         assert!(!writes.truncated_since(writes.seen()));
     }
 
+    /// A write that panics still ends its count: a count left odd would excuse every later
+    /// torn entry as rewritten.
+    #[test]
+    fn a_write_that_panics_still_ends_its_count() {
+        let writes = LogWrites::default();
+        let before = writes.seen();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            writes.counted(true, || panic!("sled failed inside the write"))
+        }));
+        assert!(panicked.is_err());
+        let after = writes.seen();
+        assert!(writes.changed_since(before) && writes.truncated_since(before));
+        assert!(!writes.changed_since(after), "an append count left odd");
+        assert!(
+            !writes.truncated_since(after),
+            "a truncation count left odd"
+        );
+    }
+
     /// A truncation's batches each hold whole entries: a crash between two leaves no entry
     /// cut short (they are removed from the last batch backwards).
     #[test]
@@ -1402,6 +1439,82 @@ mod tests {
             .unwrap();
         drop((log, sm, durable));
         assert_eq!(on_disk(dir.path()), vec![1]);
+    }
+
+    /// Even with `UnsafeNoFsync`, a vote is saved only once a flush has run: a vote lost in a
+    /// crash would let the node vote twice in one term.
+    #[tokio::test]
+    #[allow(clippy::await_holding_lock)]
+    async fn a_vote_waits_for_its_flush_even_without_fsync() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let config = crate::store::StoreConfig {
+            durability: Durability::UnsafeNoFsync,
+            ..crate::store::StoreConfig::new(dir.path())
+        };
+        let (mut log, _sm) = crate::store::open(&config).unwrap();
+        let durable = log.durable.clone();
+        let held = durable.hold_flushes();
+        let vote = tokio::spawn(async move {
+            log.save_vote(&Vote::new(2, 1)).await.unwrap();
+        });
+        // As in the append's test above: a window for a save that did not wait.
+        let window = tokio::time::Instant::now() + std::time::Duration::from_millis(300);
+        let mut early = false;
+        while !early && tokio::time::Instant::now() < window {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            early = vote.is_finished();
+        }
+        drop(held);
+        assert!(!early, "the vote was saved before any flush could run");
+        tokio::time::timeout(std::time::Duration::from_secs(30), vote)
+            .await
+            .expect("saved once the flush could run")
+            .unwrap();
+    }
+
+    /// An append that would leave a hole after a purge held back for an install waits for
+    /// the install however long it takes (it used to give up after 60 s and write the hole,
+    /// which a crash before the install's end made unreadable), and fails if the install does.
+    #[tokio::test(start_paused = true)]
+    async fn an_append_across_a_hole_waits_for_the_install_to_end() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let (mut log, _sm) =
+            crate::store::open(&crate::store::StoreConfig::new(dir.path())).unwrap();
+        let floor = log.floor.clone();
+        log.blocking_append((0..10).map(entry)).await.unwrap();
+        floor.set_applied(Some(9));
+        // A snapshot up to 100 comes in; openraft purges up to it, held at what is applied.
+        floor.begin_receiving();
+        let snapshot_last = LogId::new(CommittedLeaderId::new(1, 1), 100);
+        log.purge(snapshot_last).await.unwrap();
+        let purged = Some(LogId::new(CommittedLeaderId::new(1, 1), 9));
+        assert_eq!(log.get_log_state().await.unwrap().last_log_id, purged);
+
+        let append_101 = |mut log: LogStore| {
+            tokio::spawn(async move {
+                let appended = log.blocking_append([entry(101)]).await;
+                (log, appended)
+            })
+        };
+        let long = std::time::Duration::from_secs(3600);
+        let waiting = append_101(log);
+        tokio::time::sleep(long).await;
+        assert!(!waiting.is_finished(), "appended across the hole");
+        floor.install_failed();
+        let (mut log, appended) = waiting.await.unwrap();
+        assert!(appended.is_err(), "the install failed, so does the append");
+        assert_eq!(log.get_log_state().await.unwrap().last_log_id, purged);
+
+        floor.begin_receiving();
+        let waiting = append_101(log);
+        tokio::time::sleep(long).await;
+        assert!(!waiting.is_finished(), "appended across the hole");
+        floor.install_done(Some(snapshot_last)).unwrap();
+        let (mut log, appended) = waiting.await.unwrap();
+        appended.unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(snapshot_last));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(101));
     }
 
     /// While the state machine trails the commit by far, an append waits before writing

@@ -43,7 +43,8 @@ pub enum Durability {
     /// The default: an append is acknowledged after sled's flush (fsync) covers it.
     Fsync,
     /// UNSAFE: acknowledge appends before they reach disk. A crash of a majority can lose
-    /// acknowledged orders. Only for benchmarks that say they use it.
+    /// acknowledged orders. Only for benchmarks that say they use it. Votes and purges are
+    /// still flushed (see `LogStore::flush_always`).
     UnsafeNoFsync,
 }
 
@@ -126,6 +127,9 @@ struct FloorState {
     receiving: bool,
     /// A purge held back while a snapshot came in.
     deferred: Option<crate::raft::LogId>,
+    /// The install failed: appends waiting for it fail too (the Raft core stops on the
+    /// install's error anyway, but it may be waiting in one of them).
+    install_failed: bool,
 }
 
 /// How far a purge may go now.
@@ -137,8 +141,9 @@ enum PurgePlan {
     HeldAt(Option<u64>),
 }
 
-/// How long an append that would leave a hole in the log waits for the install to end.
-const HOLE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often an append that would leave a hole in the log says it is still waiting for the
+/// install to end.
+const HOLE_WAIT_WARNING: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl AppliedFloor {
     fn new(purger: log_store::LogPurger, apply_lag_wait: std::time::Duration) -> AppliedFloor {
@@ -195,29 +200,52 @@ impl AppliedFloor {
         st.receiving && st.deferred.is_some()
     }
 
-    /// Waits (bounded) while writing entries from `first_index` on would leave a hole after
+    /// Waits while writing entries from `first_index` on would leave a hole after
     /// `last_stored`: a purge is held back for an install still running, and a new leader
-    /// already sends the entries after the snapshot.
-    async fn wait_unless_hole_closed(&self, first_index: u64, last_stored: Option<u64>) {
-        let deadline = tokio::time::Instant::now() + HOLE_WAIT;
+    /// already sends the entries after the snapshot. Without a deadline: an append across
+    /// the hole would be acknowledged, and after a crash before the install's end the log
+    /// could not be read back. An install ends on its own, done or failed.
+    async fn wait_unless_hole_closed(
+        &self,
+        first_index: u64,
+        last_stored: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let started = tokio::time::Instant::now();
+        let mut warn_at = started + HOLE_WAIT_WARNING;
+        let mut said = false;
         loop {
             let notified = self.installed.notified();
             {
                 let st = self.lock();
+                if st.install_failed {
+                    return Err(StoreError::InstallFailed);
+                }
                 let gap = last_stored.map_or(first_index > 0, |l| first_index > l + 1);
                 if !(st.receiving && st.deferred.is_some() && gap) {
-                    return;
+                    return Ok(());
                 }
             }
-            tracing::info!(
-                first_index,
-                "append after a snapshot still being installed: waiting for the install"
-            );
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                tracing::warn!("snapshot install still running after {HOLE_WAIT:?}; appending");
-                return;
+            if !std::mem::replace(&mut said, true) {
+                tracing::info!(
+                    first_index,
+                    "append after a snapshot still being installed: waiting for the install"
+                );
+            }
+            if tokio::time::timeout_at(warn_at, notified).await.is_err() {
+                tracing::warn!(
+                    first_index,
+                    waited_s = started.elapsed().as_secs(),
+                    "an append is still waiting for a snapshot install to end"
+                );
+                warn_at += HOLE_WAIT_WARNING;
             }
         }
+    }
+
+    /// The install failed: an append waiting for it fails too, instead of waiting forever.
+    fn install_failed(&self) {
+        self.lock().install_failed = true;
+        self.installed.notify_waiters();
     }
 
     fn set_applied(&self, index: Option<u64>) {
@@ -230,7 +258,9 @@ impl AppliedFloor {
     }
 
     fn begin_receiving(&self) {
-        self.lock().receiving = true;
+        let mut st = self.lock();
+        st.receiving = true;
+        st.install_failed = false;
     }
 }
 

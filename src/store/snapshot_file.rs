@@ -113,7 +113,6 @@ impl SnapshotDir {
     }
 
     /// The current snapshot's meta, if there is one.
-    #[cfg(test)]
     pub fn current_meta(&self) -> Result<Option<SnapshotMeta>, StoreError> {
         let _guard = self.publish_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.read_current_meta()

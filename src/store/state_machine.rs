@@ -112,6 +112,16 @@ impl StateMachineStore {
                 "a snapshot install was interrupted; loading the current snapshot again"
             );
             store.load_current_snapshot()?;
+        } else if let Some(ahead) = store.snapshot_ahead()? {
+            // A received snapshot is renamed into place before its load is marked: a crash
+            // between the two leaves it ahead of the state machine. openraft would take it for
+            // what this node holds (and refuse it when sent again), so it is loaded now.
+            tracing::warn!(
+                snapshot = %ahead,
+                "the current snapshot is ahead of the state machine (an install interrupted \
+                 before its load began); loading it"
+            );
+            store.load_current_snapshot()?;
         }
         super::upgrade::ensure(store.sm())?;
         super::list_index::ensure(store.sm())?;
@@ -154,15 +164,29 @@ impl StateMachineStore {
     pub(super) fn applied_state_sync(
         &self,
     ) -> Result<(Option<LogId>, StoredMembership), StoreError> {
-        let applied = match self.sm().get(keys::APPLIED)? {
-            Some(v) => codec::decode::<Option<LogId>>(&v)?,
-            None => None,
-        };
+        let applied = self.applied_sync()?;
         let membership = match self.sm().get(keys::MEMBERSHIP)? {
             Some(v) => codec::decode(&v)?,
             None => StoredMembership::default(),
         };
         Ok((applied, membership))
+    }
+
+    /// The current snapshot's last log id, if it is past what the state machine has applied.
+    /// Only a received snapshot can be: one this node built covers what it had applied.
+    fn snapshot_ahead(&self) -> Result<Option<LogId>, StoreError> {
+        let Some(meta) = self.snapshots.current_meta()? else {
+            return Ok(None);
+        };
+        let applied = self.applied_sync()?;
+        Ok(meta.last_log_id.filter(|&last| Some(last) > applied))
+    }
+
+    fn applied_sync(&self) -> Result<Option<LogId>, StoreError> {
+        Ok(match self.sm().get(keys::APPLIED)? {
+            Some(v) => codec::decode::<Option<LogId>>(&v)?,
+            None => None,
+        })
     }
 
     /// Replaces the state machine with the current snapshot file. Marked in the `raft` tree
@@ -202,6 +226,67 @@ impl StateMachineStore {
         self.durable.flush()?;
         self.reader.publish_revision()?;
         Ok(meta)
+    }
+
+    /// `install_snapshot`'s work (which tells appends waiting for it when it fails).
+    async fn install_received(
+        &mut self,
+        meta: &SnapshotMeta<u64, openraft::BasicNode>,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let err = |e: StoreError| {
+            StorageError::from(openraft::StorageIOError::write_snapshot(
+                Some(meta.signature()),
+                &e,
+            ))
+        };
+        let started = std::time::Instant::now();
+        // The received file itself becomes the snapshot (no copy): make it durable, check it
+        // is whole (its checksum) and is the one we were told about, rename it over the
+        // current one, load it.
+        let path = match self.received_path(&snapshot).await.map_err(err)? {
+            Some(path) => {
+                snapshot
+                    .sync_all()
+                    .await
+                    .map_err(|e| err(StoreError::from(e)))?;
+                path
+            }
+            // Handed some other file (openraft's storage suite does): copy it first.
+            None => self.copy_to_temp(snapshot).await.map_err(err)?,
+        };
+        let checked = path.clone();
+        // Its layout too: a snapshot this version cannot load must fail here, while the
+        // current snapshot and the state machine are still whole.
+        let header = tokio::task::spawn_blocking(move || {
+            snapshot_file::read(&checked, |k, v| {
+                if k == keys::LAYOUT {
+                    super::upgrade::readable_layout(Some(&v))?;
+                }
+                Ok(())
+            })
+        })
+        .await
+        .map_err(|e| err(e.into()))?
+        .map_err(err)?;
+        if header.last_log_id != meta.last_log_id {
+            return Err(err(StoreError::Corrupt(format!(
+                "snapshot file covers {:?}, expected {:?}",
+                header.last_log_id, meta.last_log_id
+            ))));
+        }
+        // A dump of this node's own snapshot may still be walking the tree this replaces.
+        self.view.wait_idle().await;
+        self.snapshots.publish(&path).map_err(err)?;
+        let this = self.blocking_handle();
+        tokio::task::spawn_blocking(move || this.load_current_snapshot())
+            .await
+            .map_err(|e| err(e.into()))?
+            .map_err(err)?;
+        self.floor.install_done(meta.last_log_id).map_err(err)?;
+        let bytes = std::fs::metadata(self.snapshots.current_path()).map_or(0, |m| m.len());
+        snapshot_done(SnapshotEvent::Installed, &meta.snapshot_id, bytes, started);
+        Ok(())
     }
 
     fn open_current_snapshot(&self) -> Result<Option<Snapshot>, StoreError> {
@@ -471,54 +556,57 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta<u64, openraft::BasicNode>,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let err = |e: StoreError| {
-            StorageError::from(openraft::StorageIOError::write_snapshot(
-                Some(meta.signature()),
-                &e,
-            ))
-        };
-        let started = std::time::Instant::now();
-        // The received file itself becomes the snapshot (no copy): make it durable, check it
-        // is whole (its checksum) and is the one we were told about, rename it over the
-        // current one, load it.
-        let path = match self.received_path(&snapshot).await.map_err(err)? {
-            Some(path) => {
-                snapshot
-                    .sync_all()
-                    .await
-                    .map_err(|e| err(StoreError::from(e)))?;
-                path
-            }
-            // Handed some other file (openraft's storage suite does): copy it first.
-            None => self.copy_to_temp(snapshot).await.map_err(err)?,
-        };
-        let checked = path.clone();
-        let header =
-            tokio::task::spawn_blocking(move || snapshot_file::read(&checked, |_, _| Ok(())))
-                .await
-                .map_err(|e| err(e.into()))?
-                .map_err(err)?;
-        if header.last_log_id != meta.last_log_id {
-            return Err(err(StoreError::Corrupt(format!(
-                "snapshot file covers {:?}, expected {:?}",
-                header.last_log_id, meta.last_log_id
-            ))));
+        let installed = self.install_received(meta, snapshot).await;
+        if installed.is_err() {
+            self.floor.install_failed();
         }
-        // A dump of this node's own snapshot may still be walking the tree this replaces.
-        self.view.wait_idle().await;
-        self.snapshots.publish(&path).map_err(err)?;
-        let this = self.blocking_handle();
-        tokio::task::spawn_blocking(move || this.load_current_snapshot())
-            .await
-            .map_err(|e| err(e.into()))?
-            .map_err(err)?;
-        self.floor.install_done(meta.last_log_id).map_err(err)?;
-        let bytes = std::fs::metadata(self.snapshots.current_path()).map_or(0, |m| m.len());
-        snapshot_done(SnapshotEvent::Installed, &meta.snapshot_id, bytes, started);
-        Ok(())
+        installed
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         self.open_current_snapshot().map_err(StoreError::into_read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    fn blank(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// A received snapshot this version cannot load (a newer layout) is refused while the
+    /// current snapshot and the state machine are still whole: found only while loading, it
+    /// left the node with a cleared state machine that every restart failed to load again.
+    #[tokio::test]
+    async fn a_snapshot_of_a_newer_layout_is_refused_before_it_replaces_anything() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let config = crate::store::StoreConfig::new(dir.path());
+        let (log, mut sm) = crate::store::open(&config).unwrap();
+        sm.apply((1..=3).map(blank)).await.unwrap();
+        let applied = Some(blank(3).log_id);
+
+        let meta = SnapshotMeta {
+            last_log_id: Some(blank(10).log_id),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "newer".into(),
+        };
+        let newer = super::super::upgrade::CURRENT_LAYOUT + 1;
+        let file = sm.snapshots.temp_path("test");
+        let records = [Ok((keys::LAYOUT.to_vec(), codec::encode(&newer).unwrap()))];
+        snapshot_file::write(&file, &meta, records).unwrap();
+        let received = Box::new(tokio::fs::File::open(&file).await.unwrap());
+        assert!(sm.install_snapshot(&meta, received).await.is_err());
+        assert!(sm.snapshots.current_meta().unwrap().is_none());
+        assert_eq!(sm.applied_state_sync().unwrap().0, applied);
+
+        drop((log, sm));
+        let (_log, sm) = crate::store::open(&config).unwrap();
+        assert_eq!(sm.applied_state_sync().unwrap().0, applied);
     }
 }

@@ -46,20 +46,27 @@ pub const CURRENT_LAYOUT: u64 = 7;
 /// `state_machine`), and this pass may move millions of whole orders.
 const BATCH: usize = 512;
 
-/// Moves the store to `CURRENT_LAYOUT` if it is older; returns whether it moved anything.
-pub(super) fn ensure(sm: &sled::Tree) -> Result<bool, StoreError> {
-    let layout: u64 = match sm.get(keys::LAYOUT)? {
-        Some(v) => codec::decode(&v)?,
+/// The layout a store (or a snapshot) marked with `mark` at `keys::LAYOUT` has, if this
+/// version can read it: an error for a newer one, or a mark that does not decode.
+pub(super) fn readable_layout(mark: Option<&[u8]>) -> Result<u64, StoreError> {
+    let layout: u64 = match mark {
+        Some(v) => codec::decode(v)?,
         None => 1,
     };
-    if layout == CURRENT_LAYOUT {
-        return Ok(false);
-    }
     if layout > CURRENT_LAYOUT {
         return Err(StoreError::Corrupt(format!(
             "the store has layout {layout}, newer than this version's {CURRENT_LAYOUT}: run \
              the newer ordo that wrote it"
         )));
+    }
+    Ok(layout)
+}
+
+/// Moves the store to `CURRENT_LAYOUT` if it is older; returns whether it moved anything.
+pub(super) fn ensure(sm: &sled::Tree) -> Result<bool, StoreError> {
+    let layout = readable_layout(sm.get(keys::LAYOUT)?.as_deref())?;
+    if layout == CURRENT_LAYOUT {
+        return Ok(false);
     }
     let started = std::time::Instant::now();
     let orders = if layout < 2 {
