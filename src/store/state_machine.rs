@@ -269,10 +269,12 @@ impl StateMachineStore {
         .await
         .map_err(|e| err(e.into()))?
         .map_err(err)?;
-        if header.last_log_id != meta.last_log_id {
+        // The membership too: the state machine takes it from the file, openraft from `meta`.
+        if header.last_log_id != meta.last_log_id || header.last_membership != meta.last_membership
+        {
             return Err(err(StoreError::Corrupt(format!(
-                "snapshot file covers {:?}, expected {:?}",
-                header.last_log_id, meta.last_log_id
+                "snapshot file covers {:?} with membership {:?}, expected {:?} with {:?}",
+                header.last_log_id, header.last_membership, meta.last_log_id, meta.last_membership
             ))));
         }
         // A dump of this node's own snapshot may still be walking the tree this replaces.
@@ -580,9 +582,10 @@ mod tests {
         }
     }
 
-    /// A received snapshot this version cannot load (a newer layout) is refused while the
-    /// current snapshot and the state machine are still whole: found only while loading, it
-    /// left the node with a cleared state machine that every restart failed to load again.
+    /// A received snapshot this version cannot load (a newer layout), or whose header does
+    /// not match what openraft was told, is refused while the current snapshot and the state
+    /// machine are still whole: a newer layout, found only while loading, left the node with a
+    /// cleared state machine that every restart failed to load again.
     #[tokio::test]
     async fn a_snapshot_of_a_newer_layout_is_refused_before_it_replaces_anything() {
         let dir = tempfile::TempDir::new().unwrap();
@@ -602,6 +605,22 @@ mod tests {
         snapshot_file::write(&file, &meta, records).unwrap();
         let received = Box::new(tokio::fs::File::open(&file).await.unwrap());
         assert!(sm.install_snapshot(&meta, received).await.is_err());
+        assert!(sm.snapshots.current_meta().unwrap().is_none());
+        assert_eq!(sm.applied_state_sync().unwrap().0, applied);
+
+        // A file whose header says another membership than openraft was told: refused too.
+        let file = sm.snapshots.temp_path("test");
+        let records = std::iter::empty::<Result<(Vec<u8>, Vec<u8>), StoreError>>();
+        snapshot_file::write(&file, &meta, records).unwrap();
+        let told = SnapshotMeta {
+            last_membership: StoredMembership::new(
+                Some(blank(2).log_id),
+                openraft::Membership::new(vec![[1u64].into()], ()),
+            ),
+            ..meta.clone()
+        };
+        let received = Box::new(tokio::fs::File::open(&file).await.unwrap());
+        assert!(sm.install_snapshot(&told, received).await.is_err());
         assert!(sm.snapshots.current_meta().unwrap().is_none());
         assert_eq!(sm.applied_state_sync().unwrap().0, applied);
 
