@@ -157,7 +157,7 @@ impl RpcClient {
         if let Ok(id) = super::REQUEST_ID.try_with(Clone::clone) {
             request = request.header(super::REQUEST_ID_HEADER, id);
         }
-        let resp = request.body(body).send().await.map_err(|e| {
+        let mut resp = request.body(body).send().await.map_err(|e| {
             if e.is_connect() {
                 CallError::Refused(e)
             } else {
@@ -173,10 +173,7 @@ impl RpcClient {
             reqwest::StatusCode::PAYLOAD_TOO_LARGE => return Err(CallError::TooLarge),
             s => return Err(CallError::Status(s.as_u16())),
         }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| CallError::NoAnswer(e.to_string()))?;
+        let bytes = read_capped(&mut resp, CLAIM).await?;
         let value = codec::decode_bounded::<T, CLAIM>(&bytes)
             .map_err(|e| CallError::NoAnswer(format!("undecodable answer: {e}")))?;
         Ok(Answered {
@@ -225,6 +222,28 @@ impl RpcClient {
     }
 }
 
+/// The answer's body, read up to `cap` bytes: whatever answers at a peer's address may claim
+/// or stream gigabytes. (An answer's encoding is never longer than the memory it may claim
+/// decoded, so `CLAIM` bounds it too.)
+async fn read_capped(resp: &mut reqwest::Response, cap: usize) -> Result<Vec<u8>, CallError> {
+    let too_long = |n| CallError::NoAnswer(format!("an answer of {n} bytes or more, over {cap}"));
+    if let Some(n) = resp.content_length().filter(|&n| n > cap as u64) {
+        return Err(too_long(n as usize));
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| CallError::NoAnswer(e.to_string()))?
+    {
+        if bytes.len() + chunk.len() > cap {
+            return Err(too_long(bytes.len() + chunk.len()));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
 /// A leader call's answer, or what its failure means for the caller (see `call_leader`).
 pub fn leader_answer_of<T>(
     addr: &str,
@@ -236,8 +255,87 @@ pub fn leader_answer_of<T>(
         Err(e @ CallError::NoAnswer(_)) => LeaderAnswer::Failed(RpcError::Timeout(format!(
             "forwarding to the leader at {addr}: {e}"
         ))),
+        // A 5xx may come after the leader acted (a failure to encode its answer): unknown.
+        Err(e @ CallError::Status(500..)) => LeaderAnswer::Failed(RpcError::Timeout(format!(
+            "forwarding to the leader at {addr}: {e}"
+        ))),
         Err(e @ (CallError::TooLarge | CallError::Status(_))) => LeaderAnswer::Failed(
             RpcError::Unavailable(format!("the leader at {addr} refused the request: {e}")),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server on loopback that answers each request with `head`, then `body_bytes` zeros.
+    async fn answering(head: &'static str, body_bytes: usize) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0u8; 4096];
+                    let _ = conn.read(&mut request).await;
+                    conn.write_all(head.as_bytes()).await?;
+                    let zeros = vec![0u8; 64 * 1024];
+                    let mut sent = 0;
+                    while sent < body_bytes {
+                        let n = zeros.len().min(body_bytes - sent);
+                        conn.write_all(&zeros[..n]).await?;
+                        sent += n;
+                    }
+                    std::io::Result::Ok(())
+                });
+            }
+        });
+        addr
+    }
+
+    fn client() -> RpcClient {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = Arc::new(ClusterId::load(dir.path()).unwrap());
+        let directory = Arc::new(PeerDirectory::new(1, "127.0.0.1:1".into()));
+        RpcClient::new(None, directory, cluster)
+    }
+
+    /// Whatever answers at a peer's address cannot make this node read more than the
+    /// answer's limit, whether it says how long its answer is or streams it.
+    #[tokio::test]
+    async fn an_answer_past_its_limit_is_not_read_whole() {
+        let client = client();
+        let timeout = Duration::from_secs(30);
+        let said = answering("HTTP/1.1 200 OK\r\ncontent-length: 8589934592\r\n\r\n", 0).await;
+        let streamed = answering(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: identity\r\nconnection: close\r\n\r\n",
+            ANSWER_CLAIM_LIMIT + 1024 * 1024,
+        )
+        .await;
+        for addr in [said, streamed] {
+            let answer = client
+                .post::<u64>(&addr, "/raft/vote", vec![], timeout)
+                .await;
+            match answer {
+                Err(CallError::NoAnswer(e)) => assert!(e.contains("over"), "{e}"),
+                other => panic!("{addr}: {:?}", other.map(|a| a.value)),
+            }
+        }
+    }
+
+    /// A 5xx from the leader may come after it acted: the outcome is unknown, not "refused".
+    #[test]
+    fn a_leader_s_5xx_is_an_unknown_outcome_and_a_4xx_a_refusal() {
+        let unknown = leader_answer_of::<()>("l", Err(CallError::Status(500)));
+        assert!(matches!(
+            unknown,
+            LeaderAnswer::Failed(RpcError::Timeout(_))
+        ));
+        let refused = leader_answer_of::<()>("l", Err(CallError::Status(409)));
+        assert!(matches!(
+            refused,
+            LeaderAnswer::Failed(RpcError::Unavailable(_))
+        ));
     }
 }
