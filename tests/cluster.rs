@@ -1,5 +1,6 @@
 //! Cluster tests with real `ordo` processes: election, forwarding, failover under writes,
-//! loss of quorum, a paused leader, full restart, and membership changes.
+//! loss of quorum, a paused leader (and a follower's reads meanwhile), full restart, and
+//! membership changes.
 
 mod common;
 
@@ -221,6 +222,35 @@ async fn resumed_paused_leader_serves_no_stale_read_and_loses_no_write() {
         .await
         .unwrap();
     assert_eq!((status, &body["status"]), (200, &json!("paid")));
+}
+
+/// A linearizable read on a follower whose leader froze (SIGSTOP: its connections stay
+/// open and answer nothing) is answered once another leader is known: the follower gives up
+/// its read-index call to the frozen leader then, not at the request's deadline (20 s here,
+/// far past an election; the test's HTTP client gives up at 20 s too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_s_read_moves_on_from_a_frozen_leader() {
+    let args = ["--request-timeout-ms", "20000"];
+    let mut cluster = TestCluster::new(
+        std::path::Path::new(BIN),
+        3,
+        None,
+        args.iter().map(|s| s.to_string()).collect(),
+    );
+    cluster.start_all().await;
+    let order = create_until_acked(&cluster, &cluster.ids(), "f", "frozen-1").await;
+    let path = format!("/api/orders/{}", order["id"]);
+    let old = cluster.wait_for_leader(&cluster.ids()).await;
+    let follower = cluster.ids().into_iter().find(|n| *n != old).unwrap();
+    // A read through the leader first, so the follower holds a connection to it.
+    let (status, body) = get(&cluster, follower, &path).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    cluster.pause(old);
+    let read = get(&cluster, follower, &path).await;
+    cluster.resume(old);
+    let (status, body) = read.unwrap();
+    assert_eq!((status, &body["note"]), (200, &json!("frozen-1")), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

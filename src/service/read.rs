@@ -43,8 +43,14 @@ impl Service {
                             ServiceError::Unavailable("this node could not catch up in time".into())
                         });
                 }
-                // A quorum check can fail on a slow round; retry until the deadline.
-                LeaderAnswer::Failed(ServiceError::NoQuorum) => last_err = ServiceError::NoQuorum,
+                // A quorum check can fail on a slow round, a call to the leader on a
+                // connection it dropped (killed mid-call) or on its refusal: a read index has
+                // no side effects, so retry until the deadline.
+                LeaderAnswer::Failed(
+                    e @ (ServiceError::NoQuorum
+                    | ServiceError::Timeout(_)
+                    | ServiceError::Unavailable(_)),
+                ) => last_err = e,
                 LeaderAnswer::Failed(e) => return Err(e),
                 LeaderAnswer::NotLeader(_) | LeaderAnswer::Deposed(_) => {
                     last_err = ServiceError::NoLeader
@@ -76,7 +82,9 @@ pub(super) async fn read_index_as_leader(raft: &Raft, deadline: Instant) -> Read
 }
 
 /// One read-index round on a follower: ask the leader (one request for every read waiting
-/// for this round). Runs in `forwarded_reads`.
+/// for this round). Runs in `forwarded_reads`. The round ends as soon as another leader is
+/// known: against a leader that hangs, the call would hold every read waiting for the round
+/// until its deadline, after a failover too.
 pub(super) async fn read_index_from_leader(
     raft: &Raft,
     rpc: &RpcClient,
@@ -86,10 +94,29 @@ pub(super) async fn read_index_from_leader(
     match wait_for_leader(raft, deadline).await {
         // This node leads now: its reads go through `leader_reads` on the next attempt.
         Ok((leader, _)) if leader == id => LeaderAnswer::NotLeader(Some(id)),
-        Ok((_, addr)) => rpc
-            .call_leader(&addr, READ_INDEX_PATH, &(), deadline)
-            .await
-            .map_err(ServiceError::from),
+        Ok((leader, addr)) => {
+            let call = rpc.call_leader(&addr, READ_INDEX_PATH, &(), deadline);
+            tokio::select! {
+                answer = call => answer.map_err(ServiceError::from),
+                now = another_leader(raft, leader) => LeaderAnswer::NotLeader(now),
+            }
+        }
         Err(e) => LeaderAnswer::Failed(e),
+    }
+}
+
+/// Returns once this node knows of another leader than `leader`, or of none (never, if the
+/// node stops).
+async fn another_leader(raft: &Raft, leader: NodeId) -> Option<NodeId> {
+    // The server metrics change only with the vote, the role, the leader or the membership.
+    let mut server = raft.server_metrics();
+    loop {
+        let now = server.borrow_and_update().current_leader;
+        if now != Some(leader) {
+            return now;
+        }
+        if server.changed().await.is_err() {
+            return std::future::pending().await;
+        }
     }
 }
