@@ -14,8 +14,13 @@
 //! being sent (nothing was done), and a caller waits for a sent write's answer at most a
 //! little past it (then its outcome is unknown). A batch call waits for the latest deadline
 //! among its writes.
+//!
+//! Each leader address has a batching task and call slots of its own: after a failover,
+//! writes for the new leader do not wait behind calls still out to the old one (a frozen
+//! leader holds them until their deadlines).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -37,6 +42,9 @@ const QUEUE: usize = 4096;
 /// How long past its deadline a caller waits for a sent write's answer: the call itself gives
 /// up half a second past the deadline (`call_leader`).
 const ANSWER_GRACE: Duration = Duration::from_secs(1);
+/// Leader addresses with a batching task; past it, the tasks are let go (each ends once its
+/// queue is empty). Leaders are the cluster's members: a handful.
+const MAX_LEADER_QUEUES: usize = 16;
 
 struct Forward {
     /// The leader's peer address, as the caller found it.
@@ -51,15 +59,34 @@ struct Forward {
 /// The handle `write` forwards through.
 #[derive(Clone)]
 pub struct WriteForwarder {
-    tx: mpsc::Sender<Forward>,
+    rpc: RpcClient,
+    /// Each leader address's batching task (started by the first write for it).
+    queues: Arc<Mutex<HashMap<String, mpsc::Sender<Forward>>>>,
 }
 
 impl WriteForwarder {
-    /// Starts the batching task on the current runtime.
-    pub fn start(rpc: RpcClient) -> WriteForwarder {
+    /// A forwarder whose batching tasks run on the runtime of the writes that start them.
+    pub fn new(rpc: RpcClient) -> WriteForwarder {
+        WriteForwarder {
+            rpc,
+            queues: Default::default(),
+        }
+    }
+
+    /// The queue of `addr`'s batching task, started if there is none.
+    fn queue_for(&self, addr: &str) -> mpsc::Sender<Forward> {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(queue) = queues.get(addr) {
+            return queue.clone();
+        }
+        if queues.len() >= MAX_LEADER_QUEUES {
+            // Only the senders go: each task answers what it has queued, then ends.
+            queues.clear();
+        }
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(rpc, rx));
-        WriteForwarder { tx }
+        tokio::spawn(run(self.rpc.clone(), rx));
+        queues.insert(addr.to_string(), tx.clone());
+        tx
     }
 
     /// Sends `req` to the leader at `addr` and waits for its answer (as `call_leader` does).
@@ -83,21 +110,18 @@ impl WriteForwarder {
             late: "the leader did not answer the forwarded write in time",
         };
         let answer_by = deadline + ANSWER_GRACE;
-        queue_and_wait(&self.tx, forward, answer, deadline, answer_by, words).await
+        let queue = self.queue_for(&forward.addr);
+        queue_and_wait(&queue, forward, answer, deadline, answer_by, words).await
     }
 }
 
+/// The batching task of one leader address: ends once every sender is gone and its queue is
+/// empty.
 async fn run(rpc: RpcClient, mut rx: mpsc::Receiver<Forward>) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    // A write for another leader than the batch before it starts the next batch.
-    let mut carried: Option<Forward> = None;
     loop {
-        let first = match carried.take() {
-            Some(f) => f,
-            None => match rx.recv().await {
-                Some(f) => f,
-                None => return,
-            },
+        let Some(first) = rx.recv().await else {
+            return;
         };
         // Waiting for a free slot is what lets the next batch grow; not past the first
         // write's deadline, though (the ones behind it are looked at as they come up).
@@ -114,10 +138,6 @@ async fn run(rpc: RpcClient, mut rx: mpsc::Receiver<Forward>) {
         let mut batch = vec![first];
         while batch.len() < MAX_FORWARD_BATCH && bytes < MAX_FORWARD_BATCH_BYTES {
             let Ok(next) = rx.try_recv() else { break };
-            if next.addr != batch[0].addr {
-                carried = Some(next);
-                break;
-            }
             bytes += next.req.approx_encoded_len();
             batch.push(next);
         }
@@ -283,7 +303,7 @@ mod tests {
     }
 
     fn forwarder() -> WriteForwarder {
-        WriteForwarder::start(RpcClient::new(
+        WriteForwarder::new(RpcClient::new(
             None,
             Arc::new(crate::rpc::PeerDirectory::new(2, "127.0.0.1:1".into())),
             Arc::new(
@@ -390,5 +410,40 @@ mod tests {
             MAX_IN_FLIGHT,
             "the late write was not sent"
         );
+    }
+
+    /// After a failover, a write for the new leader goes at once, though every slot of the
+    /// old leader (frozen: its calls are held until their deadlines) is taken. It used to
+    /// wait behind them and be answered unsent at its deadline.
+    #[tokio::test]
+    async fn a_write_for_a_new_leader_does_not_wait_behind_calls_to_the_old_one() {
+        let (old, old_calls) = fake_leader(true, false, Duration::from_secs(10)).await;
+        let (new, _) = fake_leader(true, false, Duration::ZERO).await;
+        let forwarder = forwarder();
+        let later = Instant::now() + Duration::from_secs(20);
+        let mut held = Vec::new();
+        for i in 0..MAX_IN_FLIGHT as u64 {
+            let (forwarder, old) = (forwarder.clone(), old.clone());
+            held.push(tokio::spawn(async move {
+                forwarder.forward(old, write(i), later).await
+            }));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while old_calls.lock().unwrap().len() <= i as usize {
+                assert!(
+                    Instant::now() < deadline,
+                    "call {i} never reached the leader"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let answer = forwarder
+            .forward(new, write(9), Instant::now() + Duration::from_secs(2))
+            .await;
+        assert_eq!(
+            answer,
+            LeaderAnswer::NotLeader(Some(9)),
+            "answered by the new leader"
+        );
+        held.into_iter().for_each(|t| t.abort());
     }
 }

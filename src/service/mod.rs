@@ -105,7 +105,7 @@ impl Service {
         Service(Arc::new(ServiceParts {
             id,
             proposer: proposer::Proposer::start(raft.clone(), clocks, request_timeout),
-            forwarder: forward::WriteForwarder::start(rpc.clone()),
+            forwarder: forward::WriteForwarder::new(rpc.clone()),
             raft,
             rpc,
             directory,
