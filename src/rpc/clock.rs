@@ -5,8 +5,11 @@
 //! record at once, and retried writes would apply twice. Every append a follower answers carries
 //! the follower's wall clock (`CLOCK_HEADER`); the leader keeps an offset per peer, and stamps
 //! with the median clock of a quorum of voters (itself included). One wrong clock, the
-//! leader's or a follower's, then cannot move the cluster's time; a leader far off the others
-//! says so in its log.
+//! leader's or a follower's, then cannot move the cluster's time forwards; a leader far off
+//! the others says so in its log. With an even number of fresh readings (two of three voters,
+//! one down) the lower of the two middle clocks counts: one clock behind then holds the stamps
+//! back (orders dated late; the state machine's clock never goes back), which is the harmless
+//! direction, since a clock ahead is what expires idempotency records early.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
