@@ -49,9 +49,13 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     decode_bounded::<T, STORED_LIMIT>(bytes)
 }
 
-/// Decodes bytes that came over the network: the value may claim at most `LIMIT` bytes of
-/// memory (bincode counts the claimed size of strings and containers before allocating them),
-/// so a lying length prefix is a `Decode` error, never an allocation.
+/// Decodes bytes that came over the network: strings and byte strings may claim at most
+/// `LIMIT` bytes of memory in all (bincode counts their claimed size before allocating them),
+/// so a lying length prefix on one is a `Decode` error, never an allocation. bincode 2's serde
+/// path does not count sequences and maps: their elements are decoded one at a time (serde
+/// preallocates at most 1 MiB), each from at least one byte of input, so a lying length ends
+/// the input instead; but a body of many tiny elements decodes to its length times the
+/// largest element's size in memory (tens of times its length for Raft log entries).
 pub fn decode_bounded<T: DeserializeOwned, const LIMIT: usize>(
     bytes: &[u8],
 ) -> Result<T, CodecError> {

@@ -4,9 +4,11 @@
 //! `LeaderCalls` (the service; this layer sits below it and only knows the trait).
 //!
 //! Each route bounds its body twice: by size (`BODY_LIMIT_*`, 413 past it) and by what the
-//! decoded value may claim in memory (`decode_bounded`), so no byte sequence can make a node
-//! allocate more than a few times its largest legal request. A body that does not decode is
-//! a 400. Both are the API's one JSON error shape (`wire::ErrorBody`), so a confused client
+//! decoded value's strings may claim in memory (`decode_bounded`). Sequences are not counted
+//! (see `decode_bounded`): a body of many tiny elements, such as an append of millions of
+//! empty entries, decodes to tens of times its size (~0.4 GB for 16 MiB). These routes serve
+//! only peers (with TLS, the cluster CA's certificates), so that is left as it is. A body
+//! that does not decode is a 400. Both are the API's one JSON error shape (`wire::ErrorBody`), so a confused client
 //! that hits these routes learns what happened.
 
 use std::future::Future;
