@@ -101,8 +101,9 @@ pub struct NodeConfig {
     /// otherwise).
     pub insecure: bool,
     /// Make this node the only voter of its cluster, with its data (`--force-new-cluster`),
-    /// to recover from the loss of a majority.
-    pub force_new_cluster: bool,
+    /// to recover from the loss of a majority: the id of the cluster to force (`none` for
+    /// one without an id), which must be this node's.
+    pub force_new_cluster: Option<String>,
     /// The change feed: how much of the change log to keep, and its streams' settings.
     pub change_feed: ChangeFeedConfig,
 }
@@ -166,7 +167,7 @@ impl NodeConfig {
             auth: false,
             bootstrap_token_file: None,
             insecure: false,
-            force_new_cluster: false,
+            force_new_cluster: None,
             change_feed: ChangeFeedConfig::default(),
         }
     }
@@ -598,9 +599,12 @@ pub const FORCE_NEW_CLUSTER_PENDING: &str = "force-new-cluster";
 const FORCE_NEW_CLUSTER_DONE: &str = "forced-new-cluster";
 
 /// `--force-new-cluster` (or a restore's first start): before the Raft core starts, make
-/// this node the only voter, keeping its data. Idempotent while the node is still alone; once
-/// members have been added back, a flag left on the command line is refused (applying it
-/// again would throw them out).
+/// this node the only voter, keeping its data, and give it a new cluster id. The flag names
+/// the cluster it forces (its id), so a flag left set afterwards no longer matches and the
+/// node refuses to start: applied again once members were added back, it would throw them
+/// out (a one-node cluster beside a majority of the old membership). The steps can be
+/// repeated after a crash in between: the membership first (skipped once this node is the
+/// only voter), then the new id, then the marker.
 fn force_new_cluster_if_asked(
     config: &NodeConfig,
     log: &mut store::LogStore,
@@ -610,7 +614,15 @@ fn force_new_cluster_if_asked(
     let pending = config.data_dir.join(FORCE_NEW_CLUSTER_PENDING);
     let done = config.data_dir.join(FORCE_NEW_CLUSTER_DONE);
     let restoring = pending.exists();
-    if !config.force_new_cluster && !restoring {
+    let sync_dir = || std::fs::File::open(&config.data_dir)?.sync_all();
+    if restoring && done.exists() {
+        // A restore's force ran, and the pending file's removal did not reach the disk.
+        std::fs::remove_file(&pending)
+            .and_then(|_| sync_dir())
+            .with_context(|| format!("removing {}", pending.display()))?;
+        return Ok(());
+    }
+    if config.force_new_cluster.is_none() && !restoring {
         return Ok(());
     }
     let voters = store::backup::voters(log, sm)?;
@@ -621,37 +633,50 @@ fn force_new_cluster_if_asked(
              own. Remove the flag"
         );
     }
-    if !restoring {
-        if voters == BTreeSet::from([config.id]) {
-            tracing::warn!(
-                "--force-new-cluster: this node is already the only voter; nothing to do \
-                 (remove the flag)"
-            );
-            return Ok(());
-        }
-        if done.exists() {
+    if let (Some(asked), false) = (&config.force_new_cluster, restoring) {
+        let ours = cluster_id.get().unwrap_or_else(|| "none".into());
+        if *asked != ours {
             anyhow::bail!(
-                "--force-new-cluster was applied on an earlier start and members have been \
-                 added since (voters {voters:?}): remove the flag; applying it again would \
-                 throw them out of the cluster"
+                "--force-new-cluster {asked}: this node belongs to cluster {ours} (voters \
+                 {voters:?}). A force gives the node a new cluster id, so a flag left set after \
+                 one names the old cluster: remove the flag. (To force this node, give its \
+                 cluster id, from {}.)",
+                config.data_dir.join("cluster-id").display()
             );
         }
     }
+    let entry = if !restoring && voters == BTreeSet::from([config.id]) {
+        // Done before a crash, or a cluster of one: only the new id is left to make.
+        tracing::warn!("--force-new-cluster: this node is already the only voter");
+        None
+    } else {
+        Some(
+            store::backup::force_single_member(log, sm, config.id, config.peer_address())
+                .context("--force-new-cluster: rewriting the membership")?,
+        )
+    };
     if !restoring {
-        // A new identity (first: a crash after it only makes the next start do it again):
-        // nodes of the old cluster, a "lost" majority that was only cut off, are refused if
-        // they come back, instead of truncating this node's log.
+        // A new identity: nodes of the old cluster (a "lost" majority that was only cut
+        // off) are refused if they come back, instead of truncating this node's log; and the
+        // flag, once it has done its work, names a cluster this node is no longer in.
         cluster_id.create()?;
     }
-    let entry = store::backup::force_single_member(log, sm, config.id, config.peer_address())
-        .context("--force-new-cluster: rewriting the membership")?;
-    std::fs::write(&done, format!("{}\n", entry.index))
-        .and_then(|_| std::fs::File::open(&config.data_dir)?.sync_all())
+    std::fs::write(&done, format!("{}\n", entry.map_or(0, |e| e.index)))
+        .and_then(|_| sync_dir())
         .with_context(|| format!("writing {}", done.display()))?;
     if restoring {
         std::fs::remove_file(&pending)
+            .and_then(|_| sync_dir())
             .with_context(|| format!("removing {}", pending.display()))?;
     }
+    let Some(entry) = entry else {
+        tracing::warn!(
+            id = config.id,
+            cluster_id = cluster_id.get().as_deref().unwrap_or("(none)"),
+            "FORCED A NEW CLUSTER: this node is the only voter, with a new cluster id"
+        );
+        return Ok(());
+    };
     tracing::warn!(
         id = config.id,
         old_voters = ?voters,

@@ -792,8 +792,9 @@ async fn a_backup_under_writes_restores_into_a_new_cluster() {
 }
 
 /// The lost-quorum procedure: two of three nodes are gone for good; the survivor, restarted
-/// with --force-new-cluster, leads a one-node cluster with every order it had, takes writes,
-/// and takes a wiped node back as a member. Left on afterwards, the flag is refused.
+/// with --force-new-cluster and its cluster's id, leads a one-node cluster with every order it
+/// had, takes writes, and takes a wiped node back as a member. Left on afterwards, the flag
+/// names the old cluster and is refused, on the survivor and on the node added back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_new_cluster_brings_back_a_writable_cluster_after_losing_a_majority() {
     let mut cluster = start_cluster(3).await;
@@ -824,10 +825,20 @@ async fn force_new_cluster_brings_back_a_writable_cluster_after_losing_a_majorit
     let id_file = cluster.nodes[&survivor].data_dir.join("cluster-id");
     let old_id = std::fs::read_to_string(&id_file).unwrap();
     cluster.kill(survivor);
-    cluster.set_env(
+    // The flag names the cluster to force: another id is refused, and the node keeps its own.
+    let flag = |id: &str| vec![("ORDO_FORCE_NEW_CLUSTER".to_string(), id.trim().to_string())];
+    cluster.set_env(survivor, flag("0123456789abcdef0123456789abcdef"));
+    cluster.spawn(survivor);
+    let code = wait_exit(
+        &mut cluster,
         survivor,
-        vec![("ORDO_FORCE_NEW_CLUSTER".into(), "true".into())],
-    );
+        DEADLINE,
+        "a force of another cluster",
+    )
+    .await;
+    assert_ne!(code, Some(0));
+    assert_eq!(std::fs::read_to_string(&id_file).unwrap(), old_id);
+    cluster.set_env(survivor, flag(&old_id));
     cluster.spawn(survivor);
     cluster.wait_for_leader(&[survivor]).await;
     let status = cluster.status(survivor).await.unwrap();
@@ -874,19 +885,26 @@ async fn force_new_cluster_brings_back_a_writable_cluster_after_losing_a_majorit
         cluster.digest(survivor).await["digest"]
     );
 
-    // Restarted with the flag still set, the survivor refuses to start (and says why).
-    cluster.kill(survivor);
-    cluster.spawn(survivor);
-    let code = wait_exit(
-        &mut cluster,
-        survivor,
-        DEADLINE,
-        "the survivor started with a stale --force-new-cluster",
-    )
-    .await;
-    assert_ne!(code, Some(0));
-    let log = std::fs::read_to_string(&cluster.nodes[&survivor].log_path).unwrap();
-    assert!(log.contains("remove the flag"), "no reason given");
+    // Restarted with the flag still set, the survivor refuses to start (and says why), and so
+    // does the node added back if it is given the same flag (a shared environment file).
+    for node in [survivor, back] {
+        cluster.kill(node);
+        cluster.set_env(node, flag(&old_id));
+        cluster.spawn(node);
+        let code = wait_exit(
+            &mut cluster,
+            node,
+            DEADLINE,
+            "a node started with a stale --force-new-cluster",
+        )
+        .await;
+        assert_ne!(code, Some(0));
+        let log = std::fs::read_to_string(&cluster.nodes[&node].log_path).unwrap();
+        assert!(
+            log.contains("remove the flag"),
+            "node {node}: no reason given"
+        );
+    }
 }
 
 /// `--force-new-cluster` on a node without data (a wiped node given the flag by mistake)
@@ -894,7 +912,7 @@ async fn force_new_cluster_brings_back_a_writable_cluster_after_losing_a_majorit
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn force_new_cluster_refuses_an_empty_node() {
     let mut cluster = TestCluster::new(Path::new(BIN), 1, None, Vec::new());
-    cluster.set_env(1, vec![("ORDO_FORCE_NEW_CLUSTER".into(), "true".into())]);
+    cluster.set_env(1, vec![("ORDO_FORCE_NEW_CLUSTER".into(), "none".into())]);
     cluster.spawn_to_join(1);
     let code = wait_exit(
         &mut cluster,

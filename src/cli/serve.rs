@@ -198,10 +198,12 @@ pub struct ServeArgs {
     #[arg(long, env = "ORDO_INSECURE")]
     pub insecure: bool,
     /// Recover from a lost quorum: make this node the only voter of its cluster, keeping its
-    /// data (etcd's flag of the same name). Remove the flag once the node runs; see
+    /// data (etcd's flag of the same name). The value is the cluster's id (the data dir's
+    /// `cluster-id` file; `none` for a cluster formed before ids), which the force changes:
+    /// a flag left set afterwards no longer matches and the node refuses to start. See
     /// docs/operations.md.
-    #[arg(long, env = "ORDO_FORCE_NEW_CLUSTER")]
-    pub force_new_cluster: bool,
+    #[arg(long, env = "ORDO_FORCE_NEW_CLUSTER", value_name = "CLUSTER_ID")]
+    pub force_new_cluster: Option<String>,
 }
 
 fn parse_peers(raw: &str) -> anyhow::Result<BTreeMap<u64, String>> {
