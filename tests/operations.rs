@@ -666,13 +666,15 @@ async fn a_backup_under_writes_restores_into_a_new_cluster() {
     // Restore into a new one-node cluster.
     let mut restored = TestCluster::new(Path::new(BIN), 1, None, Vec::new());
     let data_dir = restored.nodes[&1].data_dir.clone();
+    // With a trailing slash, as a shell completes a directory: the restore is built beside
+    // it, not inside.
     let out = ordo_cli(&[
         "restore",
         "--json",
         "--from",
         file.to_str().unwrap(),
         "--data-dir",
-        data_dir.to_str().unwrap(),
+        &format!("{}/", data_dir.display()),
     ]);
     assert!(
         out.status.success(),

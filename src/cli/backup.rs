@@ -2,7 +2,7 @@
 //! data directory from one, for the first node of a new cluster). The file format and the
 //! checks are `store::backup`'s; see docs/operations.md for the procedure.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -145,10 +145,14 @@ pub fn restore(conn: &ConnArgs, args: RestoreArgs) -> anyhow::Result<i32> {
         );
     }
     // Everything is made in a directory beside it and renamed into place once whole: a
-    // restore that fails half-way leaves nothing a node could start from.
-    let mut building = dir.clone().into_os_string();
-    building.push(".restoring");
-    let building = PathBuf::from(building);
+    // restore that fails half-way leaves nothing a node could start from. (Beside it by name:
+    // `dir/` with a slash, as a shell completes it, must not put it inside.)
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        anyhow::bail!("{} names no directory to restore into", dir.display());
+    };
+    let mut building_name = name.to_os_string();
+    building_name.push(".restoring");
+    let building = parent.join(building_name);
     if building.exists() {
         std::fs::remove_dir_all(&building)
             .with_context(|| format!("removing the leftover {}", building.display()))?;
@@ -174,6 +178,14 @@ pub fn restore(conn: &ConnArgs, args: RestoreArgs) -> anyhow::Result<i32> {
     }
     std::fs::rename(&building, dir)
         .with_context(|| format!("{} -> {}", building.display(), dir.display()))?;
+    // The rename reaches the disk before "restored" is said: a power loss after it must not
+    // leave the directory missing (a node would then start an empty store there).
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    std::fs::File::open(parent)?.sync_all()?;
     if conn.json {
         let mut v = serde_json::to_value(&verified).expect("serializable");
         v["new_cluster_id"] = cluster_id.clone().into();
