@@ -704,3 +704,38 @@ async fn an_idle_stream_gets_heartbeats_and_a_new_change_at_once() {
         serde_json::from_str(lines[2].strip_prefix("data: ").unwrap()).unwrap();
     assert_eq!((change.revision, change.order.id), (since + 1, order.id));
 }
+
+/// A node cut off from its cluster (both others gone: it knows no leader) ends its caught-up
+/// streams with `feed.error` and where to resume, so that their clients watch through another
+/// node; before, it sent heartbeats for ever, and a client never learnt of the changes the
+/// rest of the cluster made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_its_cluster_sends_its_watchers_on() {
+    let (mut cluster, client, _) = start_with(&["--changes-heartbeat-ms", "300"]).await;
+    let since = newest_revision(&client).await;
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let watched = cluster.ids().into_iter().find(|n| *n != leader).unwrap();
+    let mut stream = reqwest::Client::new()
+        .get(cluster.url(watched, &format!("/api/orders/changes?since={since}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    for other in cluster.ids().into_iter().filter(|n| *n != watched) {
+        cluster.kill(other);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut text = String::new();
+    while !text.contains("event: feed.error") {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("still streaming after 60 s: {text:?}"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("the stream ended without saying why: {text:?}"));
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(
+        text.contains(&format!("\"resume_from\":{since}")),
+        "{text:?}"
+    );
+}

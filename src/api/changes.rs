@@ -65,6 +65,9 @@ const READ_BATCH: usize = 256;
 
 /// The feed's settings and its subscribers, per node.
 pub struct ChangeFeed {
+    /// This node's Raft server state (its leader and membership), for streams to notice the
+    /// node cut off from its cluster.
+    cluster: ClusterView,
     pub heartbeat: Duration,
     pub max_subscribers: usize,
     pub max_lag: u64,
@@ -84,6 +87,7 @@ impl ChangeFeed {
         lag_grace: Duration,
         reader: OrderReader,
         stopping: tokio::sync::watch::Receiver<bool>,
+        cluster: ClusterView,
     ) -> Arc<ChangeFeed> {
         // (A store that cannot say its revision fails every stream's first read too; the
         // ring then starts from its first read.)
@@ -91,6 +95,7 @@ impl ChangeFeed {
         let subscribers = Arc::new(AtomicUsize::new(0));
         let ring = EventRing::start(reader, newest, subscribers.clone(), stopping.clone());
         Arc::new(ChangeFeed {
+            cluster,
             ring,
             heartbeat,
             max_subscribers,
@@ -111,6 +116,70 @@ impl ChangeFeed {
             .ok()?;
         crate::telemetry::feed_subscribers(taken as f64 + 1.0);
         Some(Slot(self.clone()))
+    }
+}
+
+/// How long a node may know no leader (or be out of the membership) before its caught-up
+/// streams end with `feed.error`, so that their clients watch through another node: a
+/// failover takes a second or two, a node cut off from the cluster stays so.
+const CUT_OFF_GRACE: Duration = Duration::from_secs(5);
+
+/// What a stream needs of this node's Raft state: who it is, and openraft's server metrics
+/// (they change only with the vote, the role, the leader or the membership).
+#[derive(Clone)]
+pub struct ClusterView {
+    id: crate::raft::NodeId,
+    server: ServerMetrics,
+    /// When a stream first saw the node cut off (each stream has its own copy).
+    cut_off_since: Option<tokio::time::Instant>,
+}
+
+type ServerMetrics = tokio::sync::watch::Receiver<
+    openraft::metrics::RaftServerMetrics<crate::raft::NodeId, openraft::BasicNode>,
+>;
+
+impl ClusterView {
+    /// Node `id`'s view, from its Raft's `server_metrics()`.
+    pub fn new(id: crate::raft::NodeId, server: ServerMetrics) -> ClusterView {
+        ClusterView {
+            id,
+            server,
+            cut_off_since: None,
+        }
+    }
+
+    fn cut_off(&self) -> bool {
+        let m = self.server.borrow();
+        let membership = &m.membership_config;
+        let removed = membership.log_id().is_some()
+            && !membership
+                .membership()
+                .nodes()
+                .any(|(id, _)| *id == self.id);
+        m.current_leader.is_none() || removed
+    }
+
+    /// Returns once this node has been cut off from its cluster for `grace` on end (never if
+    /// the Raft core has stopped: the node is stopping then). Since when is kept across calls:
+    /// a stream's wait for it is cut short by every heartbeat.
+    async fn cut_off_for(&mut self, grace: Duration) {
+        loop {
+            let changed = if self.cut_off() {
+                let since = *self
+                    .cut_off_since
+                    .get_or_insert_with(tokio::time::Instant::now);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(since + grace) => return,
+                    changed = self.server.changed() => changed,
+                }
+            } else {
+                self.cut_off_since = None;
+                self.server.changed().await
+            };
+            if changed.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 }
 
@@ -269,6 +338,7 @@ struct Feed {
     head: tokio::sync::watch::Receiver<u64>,
     /// The ring's follower cannot read the log: no new event will come from this node.
     failed: tokio::sync::watch::Receiver<bool>,
+    cluster: ClusterView,
     stopping: tokio::sync::watch::Receiver<bool>,
     heartbeat: Duration,
     max_lag: u64,
@@ -301,6 +371,7 @@ impl Feed {
             page: VecDeque::new(),
             head: feed.ring.watch_head(),
             failed: feed.ring.watch_failed(),
+            cluster: feed.cluster.clone(),
             stopping: feed.stopping.clone(),
             heartbeat: feed.heartbeat,
             max_lag: feed.max_lag,
@@ -388,15 +459,25 @@ impl Feed {
                 self.sent = self.next - 1;
                 return Some(Bytes::from(format!("id: {}\n\n", self.sent)));
             }
-            // Wait for a newer revision, the node stopping, or the time for a heartbeat.
+            // Wait for a newer revision, the node stopping, the node cut off from its cluster
+            // (no change will come: send the client to another node), or the time for a
+            // heartbeat.
             let seen = self.next - 1;
+            let mut cut_off = false;
             tokio::select! {
                 changed = self.head.wait_for(|r| *r > seen) => {
                     changed.ok()?;
                 }
                 _ = self.stopping.wait_for(|s| *s) => return None,
                 _ = self.failed.wait_for(|f| *f) => continue,
+                _ = self.cluster.cut_off_for(CUT_OFF_GRACE) => cut_off = true,
                 _ = tokio::time::sleep(self.heartbeat) => return Some(Bytes::from_static(b":\n\n")),
+            }
+            if cut_off {
+                return Some(self.last_words(
+                    "feed.error",
+                    serde_json::json!({ "resume_from": self.next - 1 }),
+                ));
             }
             // Only here, caught up and woken by a change: a stream with changes waiting sends
             // at once, so gathering never slows one that is catching up.
@@ -519,6 +600,15 @@ mod tests {
             Duration::from_millis(DEFAULT_LAG_GRACE_MS),
             sm.reader(),
             stopping,
+            // A follower of node 1 (the sender goes: nothing changes it).
+            ClusterView::new(
+                2,
+                tokio::sync::watch::channel(openraft::metrics::RaftServerMetrics {
+                    current_leader: Some(1),
+                    ..Default::default()
+                })
+                .1,
+            ),
         );
         Node {
             feed,
