@@ -289,11 +289,19 @@ pub async fn changes(
         .subscribe()
         .ok_or_else(|| ApiError::Unavailable("this node serves its most change-feed subscribers; retry, or watch through another node".into()))?;
     let reader = state.reader.clone();
+    // A node that cannot read its change log answers 503, as a stream it cannot feed ends
+    // with `feed.error`: the client watches through another node (a 500 would end its watch).
+    let unreadable = |e: String| {
+        ApiError::Unavailable(format!(
+            "this node cannot read its change log ({e}); watch through another node"
+        ))
+    };
     let bounds = {
         let reader = reader.clone();
         tokio::task::spawn_blocking(move || reader.changes_from(0, 0))
             .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??
+            .map_err(|e| unreadable(e.to_string()))?
+            .map_err(|e| unreadable(e.to_string()))?
     };
     // A reconnecting EventSource repeats its first URL: its Last-Event-ID is the newer word.
     let after = last_event_id.or(since).unwrap_or(bounds.newest);
