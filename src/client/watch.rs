@@ -51,6 +51,8 @@ const MAX_FRUITLESS_CONNECTIONS: u32 = 20;
 struct Connection {
     response: reqwest::Response,
     pending: Vec<u8>,
+    /// The node it is to (its index in the client's list).
+    node: usize,
 }
 
 /// How far a watch has got: the revision to resume after, including changes a filter passed
@@ -140,9 +142,9 @@ impl WatchState<'_> {
     async fn next_change(&mut self) -> Result<ChangeJson, ClientError> {
         loop {
             while let Some(event) = self.ready.pop_front() {
-                self.fruitless = 0;
                 if event.event.is_empty() {
                     // A progress mark: resume after it from now on.
+                    self.fruitless = 0;
                     self.last = self.last.max(event.id.unwrap_or(0));
                     self.position.set(self.last);
                     continue;
@@ -155,6 +157,7 @@ impl WatchState<'_> {
                                 code: "internal".into(),
                                 message: format!("undecodable change event: {e}"),
                             })?;
+                        self.fruitless = 0;
                         if change.revision > self.last {
                             self.last = change.revision;
                             self.position.set(self.last);
@@ -172,8 +175,14 @@ impl WatchState<'_> {
                             oldest,
                         });
                     }
-                    // `feed.lagged`, `feed.error`: the node let go of us; resume from `last`
-                    // elsewhere.
+                    // `feed.error`: the node cannot feed us; resume from `last` on another
+                    // (a connection that ends this way brought nothing: it counts as fruitless).
+                    "feed.error" => {
+                        if let Some(conn) = self.connection.take() {
+                            self.client.mark_failed(conn.node);
+                        }
+                    }
+                    // `feed.lagged`: the node let go of us; resume from `last`.
                     _ => self.connection = None,
                 }
             }
@@ -238,6 +247,7 @@ impl WatchState<'_> {
                     self.connection = Some(Connection {
                         response: resp,
                         pending: Vec::new(),
+                        node,
                     });
                     return Ok(());
                 }
@@ -357,7 +367,51 @@ fn take_events(buf: &mut Vec<u8>) -> Vec<SseEvent> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ClientConfig;
     use super::*;
+    use futures_util::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A node whose every stream ends at once with `feed.error` (its ring failed) does not
+    /// keep a watch reconnecting for ever: the `feed.error` event itself used to count as
+    /// progress.
+    #[tokio::test]
+    async fn a_watch_gives_up_on_nodes_that_only_end_their_streams() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut request = [0u8; 4096];
+                    let _ = conn.read(&mut request).await;
+                    let body = "event: feed.error\ndata: {\"resume_from\":0}\n\n";
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    conn.write_all(head.as_bytes()).await?;
+                    conn.write_all(body.as_bytes()).await?;
+                    std::io::Result::Ok(())
+                });
+            }
+        });
+        let mut config = ClientConfig::new([format!("http://{addr}")]);
+        config.base_backoff = Duration::from_millis(1);
+        config.max_backoff = Duration::from_millis(5);
+        config.cool_down = Duration::from_millis(1);
+        let client = Client::new(config);
+        let (changes, _) =
+            client.watch_with_position(0, WatchFilter::default(), Duration::from_secs(30));
+        futures_util::pin_mut!(changes);
+        let first = tokio::time::timeout(Duration::from_secs(60), changes.next())
+            .await
+            .expect("the watch gave up in time");
+        assert!(
+            matches!(first, Some(Err(ClientError::Unavailable { .. }))),
+            "{first:?}"
+        );
+    }
 
     #[test]
     fn events_are_cut_at_blank_lines_and_heartbeats_skipped() {
