@@ -117,6 +117,15 @@ async fn take(conn: &ConnArgs, out: PathBuf, within: Duration) -> i32 {
         eprintln!("error: {} -> {}: {e}", partial.display(), out.display());
         return 1;
     }
+    // The rename reaches the disk before the backup is reported written.
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        eprintln!("error: syncing {}: {e}", dir.display());
+        return 1;
+    }
     let bytes = std::fs::metadata(&out).map_or(0, |m| m.len());
     let secs = started.elapsed().as_secs_f64();
     if conn.json {
