@@ -831,6 +831,45 @@ fn a_purge_held_during_an_install_is_done_when_the_install_is() {
     });
 }
 
+/// A page of changes read for a stream stops at a byte budget (each change carries its whole
+/// order, tens of KB for the largest), at one change at least: 256 of the largest orders held
+/// ~9 MB per stream behind the feed's ring.
+#[test]
+fn a_page_of_changes_stops_at_its_byte_budget() {
+    let dir = TempDir::new().unwrap();
+    let (_log, mut sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
+    let largest = |i: u64| OrderCommand {
+        op: OrderOp::Create(NewOrder {
+            customer_id: "c".repeat(64),
+            items: (0..100)
+                .map(|n| LineItem {
+                    sku: format!("{n:0>64}"),
+                    quantity: 1,
+                    unit_price_cents: 1,
+                })
+                .collect(),
+            note: Some("n".repeat(1000)),
+        }),
+        idempotency_key: None,
+        stamped_at_ms: i as i64,
+    };
+    rt().block_on(async {
+        let entries: Vec<Entry> = (1..=40).map(|i| entry(i, largest(i))).collect();
+        sm.apply(entries).await.unwrap();
+    });
+    let reader = sm.reader();
+    assert_eq!(reader.changes_from(1, 256).unwrap().changes.len(), 40);
+    // One order is ~11 KB here: 64 KiB holds a handful.
+    let page = reader.changes_within(1, 256, 64 * 1024).unwrap();
+    assert!(
+        (3..=8).contains(&page.changes.len()),
+        "{}",
+        page.changes.len()
+    );
+    assert_eq!(page.changes[0].revision, 1);
+    assert_eq!(reader.changes_within(7, 256, 1).unwrap().changes.len(), 1);
+}
+
 /// A received snapshot is renamed over the current one before its load is marked. A crash
 /// between the two leaves the file ahead of the state machine; the next open loads it, since
 /// openraft takes the current snapshot for what the node holds and would not send it again.

@@ -62,6 +62,9 @@ const GATHER_AT_MOST: u64 = 1024;
 
 /// Changes a stream behind the ring reads from the log at once.
 const READ_BATCH: usize = 256;
+/// And at most about this much memory of changes (the largest orders are tens of KB each):
+/// what a stream behind the ring holds while its client takes them.
+const READ_BATCH_BYTES: usize = 256 * 1024;
 
 /// The feed's settings and its subscribers, per node.
 pub struct ChangeFeed {
@@ -531,14 +534,13 @@ impl Feed {
         Ok((out.freeze(), after, last_sent))
     }
 
-    /// Up to `READ_BATCH` changes from `next` on, from the log (at least one); or the
-    /// stream's last words.
+    /// Up to `READ_BATCH` changes (`READ_BATCH_BYTES`) from `next` on, from the log (at least
+    /// one); or the stream's last words.
     async fn read_page(&mut self) -> Result<Vec<Change>, Bytes> {
         let reader = self.reader.clone();
         let next = self.next;
-        let page = match tokio::task::spawn_blocking(move || reader.changes_from(next, READ_BATCH))
-            .await
-        {
+        let read = move || reader.changes_within(next, READ_BATCH, READ_BATCH_BYTES);
+        let page = match tokio::task::spawn_blocking(read).await {
             Ok(Ok(page)) => page,
             // The store failed (or is shutting down): say so, so that a client does not come
             // straight back to this node for more of the same.

@@ -105,6 +105,19 @@ pub struct ChangesPage {
     pub newest: u64,
 }
 
+/// About the memory a change holds: its order's strings and items, and the rest.
+fn approx_bytes(order: &crate::order::Order) -> usize {
+    let item = std::mem::size_of::<crate::order::LineItem>();
+    std::mem::size_of::<Change>()
+        + order.customer_id.len()
+        + order.note.as_ref().map_or(0, String::len)
+        + order
+            .items
+            .iter()
+            .map(|i| item + i.sku.len())
+            .sum::<usize>()
+}
+
 impl OrderReader {
     /// The revision of the last applied change (0 before any); callers hold the install lock.
     pub(super) fn revision_unlocked(&self) -> Result<u64, StoreError> {
@@ -117,6 +130,17 @@ impl OrderReader {
     /// Up to `max` changes from revision `from` on, if the log still holds `from` (`max` 0:
     /// only the bounds).
     pub fn changes_from(&self, from: u64, max: usize) -> Result<ChangesPage, StoreError> {
+        self.changes_within(from, max, usize::MAX)
+    }
+
+    /// `changes_from`, stopping once the changes hold about `max_bytes` of memory (at least
+    /// one change): each carries its whole order, up to tens of KB for the largest.
+    pub fn changes_within(
+        &self,
+        from: u64,
+        max: usize,
+        max_bytes: usize,
+    ) -> Result<ChangesPage, StoreError> {
         let _g = self.install_lock.read().unwrap_or_else(|p| p.into_inner());
         let newest = self.revision_unlocked()?;
         let oldest = match self
@@ -129,6 +153,7 @@ impl OrderReader {
             None => newest + 1,
         };
         let mut changes = Vec::new();
+        let mut bytes = 0usize;
         if max > 0 && from >= oldest && from <= newest {
             let pages = keys::change_page(page_of(from))..keys::change_page(page_of(newest) + 1);
             let records = self.sm.range(pages).values().flat_map(|page| {
@@ -160,8 +185,9 @@ impl OrderReader {
                         record.revision, record.order_id
                     ))
                 })?;
+                bytes += approx_bytes(&order);
                 changes.push(record.with_order(order));
-                if changes.len() >= max {
+                if changes.len() >= max || bytes >= max_bytes {
                     break;
                 }
             }
