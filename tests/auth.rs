@@ -399,6 +399,60 @@ async fn custom_roles_grant_exactly_their_permissions() {
     let (rc, _, err) = cli(&["user", "add", "mallory", "--role", "superuser"]);
     assert_eq!(rc, 5, "{err}");
 
+    // users:admin grants only what its holder's role holds: not an admin, not a role with
+    // more than its own; a user of its own role, yes.
+    let (rc, _, err) = cli(&["role", "add", "helpdesk", "--permission", "users:admin"]);
+    assert_eq!(rc, 0, "{err}");
+    let helpdesk = add_user(&cluster, leader, &admin, "hd", "helpdesk").await;
+    for (path, body) in [
+        ("/auth/users", json!({"name": "x", "role": "admin"})),
+        ("/auth/users", json!({"name": "x", "role": "auditor"})),
+        (
+            "/auth/roles",
+            json!({"name": "h2", "permissions": ["orders:write"]}),
+        ),
+    ] {
+        let (status, reply, _) = call(
+            &cluster,
+            follower,
+            "POST",
+            path,
+            Some(&helpdesk),
+            Some(body.clone()),
+        )
+        .await;
+        assert_eq!(
+            (status, code(&reply)),
+            (403, "forbidden"),
+            "{path} {body}: {reply}"
+        );
+    }
+    add_user(&cluster, follower, &helpdesk, "hd2", "helpdesk").await;
+
+    // A write without credentials is refused before its body is read: a body announced and
+    // never sent gets its 401 at once (it waited for the body's deadline, then 400).
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(&cluster.nodes[&follower].addr)
+            .await
+            .unwrap();
+        conn.write_all(
+            b"POST /api/orders HTTP/1.1\r\nhost: ordo\r\ncontent-type: application/json\r\n\
+              content-length: 1048576\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut head = [0u8; 12];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            conn.read_exact(&mut head),
+        )
+        .await
+        .expect("an answer")
+        .unwrap();
+        assert_eq!(&head, b"HTTP/1.1 401", "{}", String::from_utf8_lossy(&head));
+    }
+
     // Deleted: its users keep the name and lose every permission, on every node at once.
     let (rc, _, err) = cli(&["role", "delete", "auditor"]);
     assert_eq!(rc, 0, "{err}");

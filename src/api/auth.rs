@@ -185,6 +185,11 @@ pub async fn require(State(state): State<AppState>, mut req: Request, next: Next
     };
     // Read off the request before waiting: a request (its body) is not shared between threads.
     let (token, stale_read) = (bearer_token(&req), is_stale_read(&req));
+    // No usable credentials: refused before the body is read, so that an anonymous caller
+    // cannot make the node buffer a body (or hold a connection for its deadline) first.
+    if let Err(e) = &token {
+        return e.clone().into_response();
+    }
     // A write is checked once its body is here (see the module comment).
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let (parts, body) = req.into_parts();

@@ -65,6 +65,45 @@ async fn change(state: &AppState, op: AdminOp) -> Result<Effect, ApiError> {
     outcome.result.map_err(ApiError::Rejected)
 }
 
+/// The permissions of the role named `role` (built-in or custom), `None` if there is none.
+async fn permissions_of(state: &AppState, role: &str) -> Result<Option<Vec<Permission>>, ApiError> {
+    if let Some(builtin) = Role::parse(role) {
+        let held = Permission::ALL.into_iter().filter(|p| builtin.allows(*p));
+        return Ok(Some(held.collect()));
+    }
+    let reader = state.reader.clone();
+    let role = role.to_string();
+    let custom = tokio::task::spawn_blocking(move || reader.role(&role))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(custom.map(|c| c.permissions))
+}
+
+/// A caller grants only permissions its own role holds: `users:admin` alone would otherwise
+/// make an admin of its holder (a user or role with every permission, made by itself).
+/// Without `--auth` there is no caller and nothing to check.
+async fn may_grant(
+    state: &AppState,
+    caller: Option<&Caller>,
+    granted: &[Permission],
+) -> Result<(), ApiError> {
+    let Some(caller) = caller else {
+        return Ok(());
+    };
+    let held = permissions_of(state, &caller.role)
+        .await?
+        .unwrap_or_default();
+    match granted.iter().find(|p| !held.contains(p)) {
+        None => Ok(()),
+        Some(missing) => Err(ApiError::Forbidden(format!(
+            "user {:?} (role {}) cannot grant {}, which its own role lacks",
+            caller.name,
+            caller.role,
+            missing.as_str()
+        ))),
+    }
+}
+
 /// Make a user with a role; the answer holds its token, shown only this once.
 #[utoipa::path(post, path = "/auth/users", tag = "users", operation_id = "create_user",
     request_body = CreateUserBody,
@@ -74,6 +113,9 @@ pub async fn create(
     caller: Option<Extension<Caller>>,
     JsonBody(body): JsonBody<CreateUserBody>,
 ) -> Result<Response, ApiError> {
+    if let Some(granted) = permissions_of(&state, &body.role).await? {
+        may_grant(&state, caller.as_deref(), &granted).await?;
+    }
     let token = new_token();
     let user = User {
         name: body.name.clone(),
@@ -144,6 +186,7 @@ pub async fn create_role(
             permissions.push(parsed);
         }
     }
+    may_grant(&state, caller.as_deref(), &permissions).await?;
     let role = CustomRole {
         name: body.name.clone(),
         permissions,
