@@ -558,10 +558,20 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta<u64, openraft::BasicNode>,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let installed = self.install_received(meta, snapshot).await;
-        if installed.is_err() {
-            self.floor.install_failed();
+        // Appends may wait for this install (`AppliedFloor`): they hear of its end however it
+        // ends, an error or a panic (which would end the worker and leave them waiting).
+        struct Ends<'a>(&'a super::AppliedFloor, bool);
+        impl Drop for Ends<'_> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    self.0.install_failed();
+                }
+            }
         }
+        let floor = self.floor.clone();
+        let mut ends = Ends(&floor, false);
+        let installed = self.install_received(meta, snapshot).await;
+        ends.1 = installed.is_ok();
         installed
     }
 
