@@ -101,8 +101,8 @@ pub struct NodeConfig {
     /// otherwise).
     pub insecure: bool,
     /// Make this node the only voter of its cluster, with its data (`--force-new-cluster`),
-    /// to recover from the loss of a majority: the id of the cluster to force (`none` for
-    /// one without an id), which must be this node's.
+    /// to recover from the loss of a majority: `CLUSTER_ID:NODE_ID`, this node's cluster id
+    /// (`none` for a cluster without one) and its node id.
     pub force_new_cluster: Option<String>,
     /// The change feed: how much of the change log to keep, and its streams' settings.
     pub change_feed: ChangeFeedConfig,
@@ -601,9 +601,10 @@ const FORCE_NEW_CLUSTER_DONE: &str = "forced-new-cluster";
 
 /// `--force-new-cluster` (or a restore's first start): before the Raft core starts, make
 /// this node the only voter, keeping its data, and give it a new cluster id. The flag names
-/// the cluster it forces (its id), so a flag left set afterwards no longer matches and the
-/// node refuses to start: applied again once members were added back, it would throw them
-/// out (a one-node cluster beside a majority of the old membership). The steps can be
+/// the cluster and the node it forces (`CLUSTER_ID:NODE_ID`), so a flag left set afterwards no
+/// longer matches and the node refuses to start, and so does any other node given it: applied
+/// again once members were added back, or on an old member that comes back with its data, it
+/// would make a second cluster beside a majority of the old membership. The steps can be
 /// repeated after a crash in between: the membership first (skipped once this node is the
 /// only voter), then the new id, then the marker.
 fn force_new_cluster_if_asked(
@@ -635,13 +636,21 @@ fn force_new_cluster_if_asked(
         );
     }
     if let (Some(asked), false) = (&config.force_new_cluster, restoring) {
-        let ours = cluster_id.get().unwrap_or_else(|| "none".into());
+        let ours = format!(
+            "{}:{}",
+            cluster_id.get().as_deref().unwrap_or("none"),
+            config.id
+        );
         if *asked != ours {
             anyhow::bail!(
-                "--force-new-cluster {asked}: this node belongs to cluster {ours} (voters \
-                 {voters:?}). A force gives the node a new cluster id, so a flag left set after \
-                 one names the old cluster: remove the flag. (To force this node, give its \
-                 cluster id, from {}.)",
+                "--force-new-cluster {asked}: this is node {} of cluster {} (voters \
+                 {voters:?}), so the flag names another node or cluster. A force gives the \
+                 node a new cluster id, so a flag left set after one names the old cluster, and \
+                 on another node of it (say from a shared environment file) it names another \
+                 node: remove the flag. (To force this node, give --force-new-cluster {ours}: \
+                 the id in {}, a colon and this node's id.)",
+                config.id,
+                cluster_id.get().as_deref().unwrap_or("none"),
                 config.data_dir.join("cluster-id").display()
             );
         }

@@ -827,9 +827,14 @@ async fn force_new_cluster_brings_back_a_writable_cluster_after_losing_a_majorit
     let id_file = cluster.nodes[&survivor].data_dir.join("cluster-id");
     let old_id = std::fs::read_to_string(&id_file).unwrap();
     cluster.kill(survivor);
-    // The flag names the cluster to force: another id is refused, and the node keeps its own.
-    let flag = |id: &str| vec![("ORDO_FORCE_NEW_CLUSTER".to_string(), id.trim().to_string())];
-    cluster.set_env(survivor, flag("0123456789abcdef0123456789abcdef"));
+    // The flag names the cluster and the node to force: another cluster's id, or another
+    // node (an old member back with its data, given the flag by a shared environment file),
+    // is refused, and the node keeps its cluster id.
+    let flag = |id: &str, node: u64| {
+        let value = format!("{}:{node}", id.trim());
+        vec![("ORDO_FORCE_NEW_CLUSTER".to_string(), value)]
+    };
+    cluster.set_env(survivor, flag("0123456789abcdef0123456789abcdef", survivor));
     cluster.spawn(survivor);
     let code = wait_exit(
         &mut cluster,
@@ -840,7 +845,18 @@ async fn force_new_cluster_brings_back_a_writable_cluster_after_losing_a_majorit
     .await;
     assert_ne!(code, Some(0));
     assert_eq!(std::fs::read_to_string(&id_file).unwrap(), old_id);
-    cluster.set_env(survivor, flag(&old_id));
+    let old_member = lost[1];
+    cluster.set_env(old_member, flag(&old_id, survivor));
+    cluster.spawn(old_member);
+    let code = wait_exit(
+        &mut cluster,
+        old_member,
+        DEADLINE,
+        "a force of another node",
+    )
+    .await;
+    assert_ne!(code, Some(0));
+    cluster.set_env(survivor, flag(&old_id, survivor));
     cluster.spawn(survivor);
     cluster.wait_for_leader(&[survivor]).await;
     let status = cluster.status(survivor).await.unwrap();
@@ -891,7 +907,7 @@ async fn force_new_cluster_brings_back_a_writable_cluster_after_losing_a_majorit
     // does the node added back if it is given the same flag (a shared environment file).
     for node in [survivor, back] {
         cluster.kill(node);
-        cluster.set_env(node, flag(&old_id));
+        cluster.set_env(node, flag(&old_id, survivor));
         cluster.spawn(node);
         let code = wait_exit(
             &mut cluster,

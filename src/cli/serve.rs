@@ -198,11 +198,16 @@ pub struct ServeArgs {
     #[arg(long, env = "ORDO_INSECURE")]
     pub insecure: bool,
     /// Recover from a lost quorum: make this node the only voter of its cluster, keeping its
-    /// data (etcd's flag of the same name). The value is the cluster's id (the data dir's
-    /// `cluster-id` file; `none` for a cluster formed before ids), which the force changes:
-    /// a flag left set afterwards no longer matches and the node refuses to start. See
+    /// data (etcd's flag of the same name). The value names the cluster and the node:
+    /// CLUSTER_ID:NODE_ID (the data dir's `cluster-id` file, `none` for a cluster formed
+    /// before ids, and `--id`). The force changes the cluster id: a flag left set afterwards,
+    /// or given to another node, does not match and that node refuses to start. See
     /// docs/operations.md.
-    #[arg(long, env = "ORDO_FORCE_NEW_CLUSTER", value_name = "CLUSTER_ID")]
+    #[arg(
+        long,
+        env = "ORDO_FORCE_NEW_CLUSTER",
+        value_name = "CLUSTER_ID:NODE_ID"
+    )]
     pub force_new_cluster: Option<String>,
 }
 
