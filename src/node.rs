@@ -427,9 +427,11 @@ pub async fn run(
     let clocks = network.clocks();
     let removal_notices = network.removal_notices();
     let log_reader = log_store.reader();
+    let leading = log_store.leading_flag();
     let raft = Raft::new(config.id, raft_config, network, log_store, state_machine)
         .await
         .context("starting raft")?;
+    tokio::spawn(follow_leadership(raft.clone(), leading));
 
     tracing::info!(
         id = config.id,
@@ -591,6 +593,19 @@ async fn storage_failure(raft: &Raft, config: &NodeConfig) {
          supervisor restarts it; free space on (or repair) the data directory's disk first"
     );
     tokio::time::sleep(config.storage_failure_exit_after).await;
+}
+
+/// Tells the log store whether this node leads, as openraft's server metrics say, until the
+/// core stops.
+async fn follow_leadership(raft: Raft, leading: store::LeadingFlag) {
+    let mut server = raft.server_metrics();
+    loop {
+        let state = server.borrow_and_update().state;
+        leading.set(state == openraft::ServerState::Leader);
+        if server.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// In the data directory: `ordo restore` asks the first start to make the node a one-node

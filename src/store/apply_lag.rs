@@ -13,10 +13,12 @@
 //! openraft's core awaits `append`, and a core held for an election timeout would start a
 //! campaign when it wakes. So the limit is soft: applies that stall for longer let appends go
 //! on, and `ordo_log_apply_lag_waits_total{outcome="gave_up"}` counts them. The bound holds
-//! for the core, not only for one append: the core can run many appends back to back (a
-//! leader's queued client writes), and waits of 100 ms each would hold it, heartbeats and
-//! all, for their sum. So after a wait gives up, appends go without waiting (`skipped`) for
-//! as long again, and the core is held for at most half the time of a stall. The leader is
+//! for the core, not only for one append: a leader's core can run many appends back to back
+//! (its queued client writes), and waits of 100 ms each would hold it, heartbeats and all,
+//! for their sum. So on a leader, after a wait gives up, appends go without waiting
+//! (`skipped`) for as long again, and the core is held for at most half the time of a stall.
+//! A follower's appends come one AppendEntries at a time, paced by the leader: there every
+//! append waits, which is what keeps a catching-up follower's queue short. The leader is
 //! paced by its AppendEntries deadline (one heartbeat; half the wait with the defaults): an
 //! answer held past it times out and halves that peer's append budget (`rpc::network`), so
 //! batches shrink until the follower's applies make room for one in time. A wait capped below
@@ -43,8 +45,10 @@ pub(super) struct ApplyLag {
     applied_end: AtomicU64,
     applied_moved: tokio::sync::Notify,
     max_wait: Duration,
-    /// After a wait that gave up: appends go without waiting until then.
+    /// After a wait that gave up: appends go without waiting until then (on a leader).
     free_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Whether this node leads (the node's wiring follows openraft's metrics).
+    leading: std::sync::atomic::AtomicBool,
 }
 
 /// What a wait for applies came to.
@@ -66,6 +70,7 @@ impl ApplyLag {
             applied_moved: tokio::sync::Notify::new(),
             max_wait,
             free_until: std::sync::Mutex::new(None),
+            leading: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -87,14 +92,19 @@ impl ApplyLag {
             .saturating_sub(self.applied_end.load(Ordering::Acquire))
     }
 
+    pub(super) fn set_leading(&self, leading: bool) {
+        self.leading.store(leading, Ordering::Release);
+    }
+
     /// Waits until the applies are within `LAG_LIMIT` of the commit, or `max_wait` has passed;
-    /// not at all for `max_wait` after a wait that gave up.
+    /// on a leader, not at all for `max_wait` after a wait that gave up.
     pub(super) async fn wait_for_applies(&self) -> LagWait {
         if self.lag() <= LAG_LIMIT {
             return LagWait::WithinLimit;
         }
         let free_until = || self.free_until.lock().unwrap_or_else(|p| p.into_inner());
-        let outcome = if free_until().is_some_and(|t| tokio::time::Instant::now() < t) {
+        let leading = self.leading.load(Ordering::Acquire);
+        let outcome = if leading && free_until().is_some_and(|t| tokio::time::Instant::now() < t) {
             LagWait::Skipped
         } else {
             let outcome = self.wait_over_limit().await;
@@ -181,13 +191,27 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(100));
     }
 
-    /// Appends the core runs back to back during a stall do not wait 100 ms each (five would
-    /// hold a leader's heartbeats for half a second): after a wait gives up, they go at once
-    /// for as long again, and then one waits again.
+    /// Appends a leader's core runs back to back during a stall do not wait 100 ms each
+    /// (five would hold its heartbeats for half a second): after a wait gives up, they go at
+    /// once for as long again, and then one waits again. A follower's appends, paced by the
+    /// leader, each wait: that keeps a catching-up follower's queue short.
     #[tokio::test(start_paused = true)]
     async fn a_stall_holds_the_core_for_at_most_half_its_time() {
         let max = Duration::from_millis(100);
         let lag = ApplyLag::new(max);
+        lag.set_committed(Some(10_000));
+        let started = tokio::time::Instant::now();
+        for _ in 0..3 {
+            assert_eq!(lag.wait_for_applies().await, LagWait::GaveUp);
+        }
+        assert_eq!(
+            started.elapsed(),
+            3 * max,
+            "a follower's appends each waited"
+        );
+
+        let lag = ApplyLag::new(max);
+        lag.set_leading(true);
         lag.set_committed(Some(10_000));
         let started = tokio::time::Instant::now();
         let mut outcomes = Vec::new();

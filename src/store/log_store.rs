@@ -430,6 +430,17 @@ pub struct LogStore {
     _sweep: Option<CacheSweep>,
 }
 
+/// Tells the log store whether this node leads: only a leader's appends skip the apply-lag
+/// wait for a while after one gave up (`apply_lag`).
+#[derive(Clone)]
+pub struct LeadingFlag(std::sync::Arc<AppliedFloor>);
+
+impl LeadingFlag {
+    pub fn set(&self, leading: bool) {
+        self.0.apply_lag().set_leading(leading);
+    }
+}
+
 impl LogStore {
     pub(super) fn open(
         db: sled::Db,
@@ -501,6 +512,11 @@ impl LogStore {
             last_purged_log_id: last_purged,
             last_log_id: last,
         })
+    }
+
+    /// A handle the node's wiring tells whether this node leads (see `apply_lag`).
+    pub fn leading_flag(&self) -> LeadingFlag {
+        LeadingFlag(self.floor.clone())
     }
 
     /// A reader of this log, for the service's status.

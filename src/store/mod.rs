@@ -33,7 +33,7 @@ use std::sync::Arc;
 pub use changes::{ChangeRetention, ChangesPage, DEFAULT_CHANGE_RETENTION_REVISIONS};
 pub use defrag::{defrag, DefragReport};
 pub use error::StoreError;
-pub use log_store::{LogReader, LogStore};
+pub use log_store::{LeadingFlag, LogReader, LogStore};
 pub use reader::{OrderFilter, OrderPage, OrderReader, PageStart};
 pub use state_machine::{SnapshotFiles, StateMachineStore};
 
