@@ -505,7 +505,7 @@ pub async fn run(
         config.change_feed.lag_grace,
         reader.clone(),
         stopped_rx.clone(),
-        api::changes::ClusterView::new(config.id, raft.server_metrics()),
+        api::changes::ClusterView::new(config.id, raft.server_metrics(), raft.metrics()),
     );
     let state = AppState::new(api::AppParts {
         service,

@@ -126,6 +126,8 @@ impl ChangeFeed {
 /// streams end with `feed.error`, so that their clients watch through another node: a
 /// failover takes a second or two, a node cut off from the cluster stays so.
 const CUT_OFF_GRACE: Duration = Duration::from_secs(5);
+/// A leader that has heard from no quorum for this long counts as cut off.
+const QUORUM_LOST_AFTER: Duration = Duration::from_secs(1);
 
 /// What a stream needs of this node's Raft state: who it is, and openraft's server metrics
 /// (they change only with the vote, the role, the leader or the membership).
@@ -133,24 +135,36 @@ const CUT_OFF_GRACE: Duration = Duration::from_secs(5);
 pub struct ClusterView {
     id: crate::raft::NodeId,
     server: ServerMetrics,
+    /// The full metrics, for a leader's last quorum acknowledgement (looked at once a second:
+    /// they change with every write).
+    metrics: tokio::sync::watch::Receiver<FullMetrics>,
     /// When a stream first saw the node cut off (each stream has its own copy).
     cut_off_since: Option<tokio::time::Instant>,
 }
+
+type FullMetrics = openraft::RaftMetrics<crate::raft::NodeId, openraft::BasicNode>;
 
 type ServerMetrics = tokio::sync::watch::Receiver<
     openraft::metrics::RaftServerMetrics<crate::raft::NodeId, openraft::BasicNode>,
 >;
 
 impl ClusterView {
-    /// Node `id`'s view, from its Raft's `server_metrics()`.
-    pub fn new(id: crate::raft::NodeId, server: ServerMetrics) -> ClusterView {
+    /// Node `id`'s view, from its Raft's `server_metrics()` and `metrics()`.
+    pub fn new(
+        id: crate::raft::NodeId,
+        server: ServerMetrics,
+        metrics: tokio::sync::watch::Receiver<FullMetrics>,
+    ) -> ClusterView {
         ClusterView {
             id,
             server,
+            metrics,
             cut_off_since: None,
         }
     }
 
+    /// No leader known, out of the membership, or a leader that has heard from no quorum for
+    /// a second (openraft 0.9 keeps a leader cut off in a minority a leader).
     fn cut_off(&self) -> bool {
         let m = self.server.borrow();
         let membership = &m.membership_config;
@@ -159,7 +173,13 @@ impl ClusterView {
                 .membership()
                 .nodes()
                 .any(|(id, _)| *id == self.id);
-        m.current_leader.is_none() || removed
+        let alone = m.state == openraft::ServerState::Leader
+            && self
+                .metrics
+                .borrow()
+                .millis_since_quorum_ack
+                .is_some_and(|ms| ms > QUORUM_LOST_AFTER.as_millis() as u64);
+        m.current_leader.is_none() || removed || alone
     }
 
     /// Returns once this node has been cut off from its cluster for `grace` on end (never if
@@ -167,20 +187,30 @@ impl ClusterView {
     /// a stream's wait for it is cut short by every heartbeat.
     async fn cut_off_for(&mut self, grace: Duration) {
         loop {
-            let changed = if self.cut_off() {
-                let since = *self
-                    .cut_off_since
-                    .get_or_insert_with(tokio::time::Instant::now);
-                tokio::select! {
-                    _ = tokio::time::sleep_until(since + grace) => return,
-                    changed = self.server.changed() => changed,
+            let now = tokio::time::Instant::now();
+            let next_look = if self.cut_off() {
+                let since = *self.cut_off_since.get_or_insert(now);
+                if now >= since + grace {
+                    return;
                 }
+                since + grace
             } else {
                 self.cut_off_since = None;
-                self.server.changed().await
+                // A leader's quorum acknowledgements are not in the server metrics: look.
+                let leading = self.server.borrow().state == openraft::ServerState::Leader;
+                now + if leading {
+                    QUORUM_LOST_AFTER
+                } else {
+                    grace * 1000
+                }
             };
-            if changed.is_err() {
-                return std::future::pending().await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(next_look) => {}
+                changed = self.server.changed() => {
+                    if changed.is_err() {
+                        return std::future::pending().await;
+                    }
+                }
             }
         }
     }
@@ -600,6 +630,22 @@ mod tests {
     }
 
     fn node() -> Node {
+        // A follower of node 1 (the senders go: nothing changes them).
+        let server = tokio::sync::watch::channel(openraft::metrics::RaftServerMetrics {
+            current_leader: Some(1),
+            ..Default::default()
+        });
+        node_with(server.1, tokio::sync::watch::channel(metrics_of(2)).1)
+    }
+
+    fn metrics_of(id: u64) -> FullMetrics {
+        openraft::RaftMetrics::new_initial(id)
+    }
+
+    fn node_with(
+        server: ServerMetrics,
+        metrics: tokio::sync::watch::Receiver<FullMetrics>,
+    ) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let (log, sm) = crate::store::open(&crate::store::StoreConfig::new(dir.path())).unwrap();
         let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -610,15 +656,7 @@ mod tests {
             Duration::from_millis(DEFAULT_LAG_GRACE_MS),
             sm.reader(),
             stopping,
-            // A follower of node 1 (the sender goes: nothing changes it).
-            ClusterView::new(
-                2,
-                tokio::sync::watch::channel(openraft::metrics::RaftServerMetrics {
-                    current_leader: Some(1),
-                    ..Default::default()
-                })
-                .1,
-            ),
+            ClusterView::new(2, server, metrics),
         );
         Node {
             feed,
@@ -654,6 +692,33 @@ mod tests {
     fn ready(chunk: Pin<&mut impl Future<Output = Option<Bytes>>>) -> Option<String> {
         let bytes = chunk.now_or_never()?.expect("the stream goes on");
         Some(String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    /// A leader that has heard from no quorum for long (cut off in a minority: openraft 0.9
+    /// keeps it a leader) ends its caught-up streams with `feed.error`; one that hears from a
+    /// quorum sends heartbeats.
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_without_a_quorum_sends_its_watchers_on() {
+        for (acked_ms_ago, ends) in [(60_000, true), (10, false)] {
+            let server = tokio::sync::watch::channel(openraft::metrics::RaftServerMetrics {
+                id: 2,
+                state: openraft::ServerState::Leader,
+                current_leader: Some(2),
+                ..Default::default()
+            });
+            let mut metrics = metrics_of(2);
+            metrics.state = openraft::ServerState::Leader;
+            metrics.millis_since_quorum_ack = Some(acked_ms_ago);
+            let metrics = tokio::sync::watch::channel(metrics);
+            let node = node_with(server.1, metrics.1);
+            let mut stream = caught_up_stream(&node, Duration::ZERO);
+            let chunk = tokio::time::timeout(Duration::from_secs(60), stream.next_chunk())
+                .await
+                .expect("a chunk within a heartbeat")
+                .expect("the stream goes on");
+            let chunk = String::from_utf8(chunk.to_vec()).unwrap();
+            assert_eq!(chunk.contains("event: feed.error"), ends, "{chunk:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
