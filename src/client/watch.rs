@@ -46,6 +46,10 @@ struct SseEvent {
 /// Connections in a row that ended without an event before the watch gives up: the nodes
 /// keep accepting it and ending it (a failing store, say).
 const MAX_FRUITLESS_CONNECTIONS: u32 = 20;
+/// A connection that stayed open this long was served (heartbeats, on a quiet cluster), not
+/// fruitless, however it ended: restarts of the nodes over weeks of a quiet feed must not add
+/// up to giving up.
+const FRUITFUL_AFTER: Duration = Duration::from_secs(30);
 
 /// An open stream from one node, and the bytes of an event not yet complete.
 struct Connection {
@@ -83,8 +87,10 @@ struct WatchState<'c> {
     ready: std::collections::VecDeque<SseEvent>,
     /// Reconnects in a row without an event, for backoff.
     failures: u32,
-    /// Connections in a row that ended without an event.
+    /// Connections in a row that ended without an event (or a long life, `FRUITFUL_AFTER`).
     fruitless: u32,
+    /// When the last connection was opened.
+    opened: Option<Instant>,
     finished: bool,
 }
 
@@ -122,6 +128,7 @@ impl Client {
             ready: Default::default(),
             failures: 0,
             fruitless: 0,
+            opened: None,
             finished: false,
         };
         let stream = futures_util::stream::unfold(state, |mut state| async move {
@@ -197,8 +204,12 @@ impl WatchState<'_> {
                         last_code: None,
                     });
                 }
+                if self.opened.is_some_and(|t| t.elapsed() >= FRUITFUL_AFTER) {
+                    self.fruitless = 0;
+                }
                 self.fruitless += 1;
                 self.connect().await?;
+                self.opened = Some(Instant::now());
             }
             self.read_events().await;
         }
