@@ -619,9 +619,10 @@ const FORCE_NEW_CLUSTER_DONE: &str = "forced-new-cluster";
 /// the cluster and the node it forces (`CLUSTER_ID:NODE_ID`), so a flag left set afterwards no
 /// longer matches and the node refuses to start, and so does any other node given it: applied
 /// again once members were added back, or on an old member that comes back with its data, it
-/// would make a second cluster beside a majority of the old membership. The steps can be
-/// repeated after a crash in between: the membership first (skipped once this node is the
-/// only voter), then the new id, then the marker.
+/// would make a second cluster beside a majority of the old membership. The membership comes
+/// first (skipped once this node is the only voter), then the new id, then the marker: a
+/// crash before the new id is repeated by starting again with the flag; a crash after it
+/// leaves the force done, and the flag, now naming the old cluster, is refused (remove it).
 fn force_new_cluster_if_asked(
     config: &NodeConfig,
     log: &mut store::LogStore,

@@ -113,9 +113,18 @@ pub async fn create(
     caller: Option<Extension<Caller>>,
     JsonBody(body): JsonBody<CreateUserBody>,
 ) -> Result<Response, ApiError> {
-    if let Some(granted) = permissions_of(&state, &body.role).await? {
-        may_grant(&state, caller.as_deref(), &granted).await?;
-    }
+    // An unknown role is refused here (as the write would be): checked only if it existed,
+    // a role made with more permissions just before the write applied would slip through.
+    let Some(granted) = permissions_of(&state, &body.role).await? else {
+        return Err(ApiError::Validation(ValidationError::new(
+            "role",
+            format!(
+                "no role {:?}: admin, writer, reader or a custom role",
+                body.role
+            ),
+        )));
+    };
+    may_grant(&state, caller.as_deref(), &granted).await?;
     let token = new_token();
     let user = User {
         name: body.name.clone(),

@@ -194,6 +194,9 @@ impl WatchState<'_> {
                 }
             }
             if self.connection.is_none() {
+                if self.opened.is_some_and(|t| t.elapsed() >= FRUITFUL_AFTER) {
+                    self.fruitless = 0;
+                }
                 if self.fruitless >= MAX_FRUITLESS_CONNECTIONS {
                     return Err(ClientError::Unavailable {
                         attempts: self.fruitless,
@@ -203,9 +206,6 @@ impl WatchState<'_> {
                         unanswered: false,
                         last_code: None,
                     });
-                }
-                if self.opened.is_some_and(|t| t.elapsed() >= FRUITFUL_AFTER) {
-                    self.fruitless = 0;
                 }
                 self.fruitless += 1;
                 self.connect().await?;
