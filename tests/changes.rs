@@ -637,6 +637,24 @@ async fn a_node_that_installed_a_snapshot_serves_the_same_window() {
     assert!(text.starts_with(&format!("id: {on_behind}\n")), "{text}");
 }
 
+/// Reads what a stream sends into `text` until `done` says enough, within a generous deadline.
+async fn read_until(
+    stream: &mut reqwest::Response,
+    text: &mut String,
+    done: impl Fn(&str) -> bool,
+    what: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(text) {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} within 60 s; got {text:?}"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("the stream ended before {what}; got {text:?}"));
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_stream_gets_heartbeats_and_a_new_change_at_once() {
     let (cluster, client, _) = start_with(&["--changes-heartbeat-ms", "300"]).await;
@@ -652,23 +670,6 @@ async fn an_idle_stream_gets_heartbeats_and_a_new_change_at_once() {
         stream.headers()["content-type"].to_str().unwrap(),
         "text/event-stream"
     );
-    // Read what arrives into `text` until `done` says enough, within a generous deadline.
-    async fn read_until(
-        stream: &mut reqwest::Response,
-        text: &mut String,
-        done: impl Fn(&str) -> bool,
-        what: &str,
-    ) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !done(text) {
-            let chunk = tokio::time::timeout_at(deadline, stream.chunk())
-                .await
-                .unwrap_or_else(|_| panic!("no {what} within 60 s; got {text:?}"))
-                .unwrap()
-                .unwrap_or_else(|| panic!("the stream ended before {what}; got {text:?}"));
-            text.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
-    }
     // With nothing written, the stream carries comment lines only: heartbeats.
     let mut text = String::new();
     read_until(
@@ -724,16 +725,14 @@ async fn a_node_cut_off_from_its_cluster_sends_its_watchers_on() {
     for other in cluster.ids().into_iter().filter(|n| *n != watched) {
         cluster.kill(other);
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
     let mut text = String::new();
-    while !text.contains("event: feed.error") {
-        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
-            .await
-            .unwrap_or_else(|_| panic!("still streaming after 60 s: {text:?}"))
-            .unwrap()
-            .unwrap_or_else(|| panic!("the stream ended without saying why: {text:?}"));
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
+    read_until(
+        &mut stream,
+        &mut text,
+        |t| t.contains("event: feed.error"),
+        "feed.error",
+    )
+    .await;
     assert!(
         text.contains(&format!("\"resume_from\":{since}")),
         "{text:?}"

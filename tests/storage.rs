@@ -784,6 +784,22 @@ fn a_purge_during_a_snapshot_install_never_passes_the_state_machine() {
     });
 }
 
+/// A leader's 200 creates (entries 1..=200) and its snapshot of them.
+async fn leader_snapshot_of_200_creates() -> (Vec<Entry>, ordo::raft::Snapshot) {
+    let (_d, _l, mut leader) = PLAIN.build().await.unwrap();
+    let all: Vec<Entry> = (1..=200)
+        .map(|i| entry(i, create("c", None, i as i64)))
+        .collect();
+    leader.apply(all.clone()).await.unwrap();
+    let snap = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    (all, snap)
+}
+
 /// The usual case of a lagging follower: its log ends before the snapshot does. The purge
 /// held back during the install is done when the install is, so the entries that follow the
 /// snapshot never sit behind a hole (a restart would fail reading it).
@@ -791,17 +807,7 @@ fn a_purge_during_a_snapshot_install_never_passes_the_state_machine() {
 fn a_purge_held_during_an_install_is_done_when_the_install_is() {
     let dir = TempDir::new().unwrap();
     rt().block_on(async {
-        let (_d, _l, mut leader) = PLAIN.build().await.unwrap();
-        let all: Vec<Entry> = (1..=200)
-            .map(|i| entry(i, create("c", None, i as i64)))
-            .collect();
-        leader.apply(all.clone()).await.unwrap();
-        let snap = leader
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let (all, snap) = leader_snapshot_of_200_creates().await;
 
         let (mut log, mut sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
         log.blocking_append(all[..150].to_vec()).await.unwrap();
@@ -877,17 +883,7 @@ fn a_page_of_changes_stops_at_its_byte_budget() {
 fn a_received_snapshot_renamed_but_not_loaded_is_loaded_at_open() {
     let dir = TempDir::new().unwrap();
     rt().block_on(async {
-        let (_d, _l, mut leader) = PLAIN.build().await.unwrap();
-        let all: Vec<Entry> = (1..=200)
-            .map(|i| entry(i, create("c", None, i as i64)))
-            .collect();
-        leader.apply(all.clone()).await.unwrap();
-        let snap = leader
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let (all, snap) = leader_snapshot_of_200_creates().await;
 
         let (log, mut sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
         sm.apply(all[..100].to_vec()).await.unwrap();

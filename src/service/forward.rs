@@ -369,16 +369,18 @@ mod tests {
         assert_eq!(unknown, batched, "{answers:?}");
     }
 
-    #[tokio::test]
-    async fn a_write_still_queued_at_its_deadline_is_answered_unsent() {
-        let (addr, calls) = fake_leader(true, false, Duration::from_secs(2)).await;
-        let forwarder = forwarder();
+    /// Forwards writes 0..`MAX_IN_FLIGHT` to the fake leader at `addr`, one at a time, each
+    /// once the one before reached it: each call holds one of the leader's slots.
+    async fn take_every_slot(
+        forwarder: &WriteForwarder,
+        addr: &str,
+        calls: &Calls,
+    ) -> Vec<tokio::task::JoinHandle<Answer<CommandOutcome>>> {
         let later = Instant::now() + Duration::from_secs(20);
-        // Four calls of one write each hold the four slots for 2 s...
-        let mut busy = Vec::new();
+        let mut held = Vec::new();
         for i in 0..MAX_IN_FLIGHT as u64 {
-            let (forwarder, addr) = (forwarder.clone(), addr.clone());
-            busy.push(tokio::spawn(async move {
+            let (forwarder, addr) = (forwarder.clone(), addr.to_string());
+            held.push(tokio::spawn(async move {
                 forwarder.forward(addr, write(i), later).await
             }));
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -390,6 +392,15 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
+        held
+    }
+
+    #[tokio::test]
+    async fn a_write_still_queued_at_its_deadline_is_answered_unsent() {
+        let (addr, calls) = fake_leader(true, false, Duration::from_secs(2)).await;
+        let forwarder = forwarder();
+        // Four calls of one write each hold the four slots for 2 s...
+        let busy = take_every_slot(&forwarder, &addr, &calls).await;
         // ...while a write with 100 ms left waits for one.
         let late = forwarder
             .forward(
@@ -420,22 +431,7 @@ mod tests {
         let (old, old_calls) = fake_leader(true, false, Duration::from_secs(10)).await;
         let (new, _) = fake_leader(true, false, Duration::ZERO).await;
         let forwarder = forwarder();
-        let later = Instant::now() + Duration::from_secs(20);
-        let mut held = Vec::new();
-        for i in 0..MAX_IN_FLIGHT as u64 {
-            let (forwarder, old) = (forwarder.clone(), old.clone());
-            held.push(tokio::spawn(async move {
-                forwarder.forward(old, write(i), later).await
-            }));
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while old_calls.lock().unwrap().len() <= i as usize {
-                assert!(
-                    Instant::now() < deadline,
-                    "call {i} never reached the leader"
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
+        let held = take_every_slot(&forwarder, &old, &old_calls).await;
         let answer = forwarder
             .forward(new, write(9), Instant::now() + Duration::from_secs(2))
             .await;

@@ -1422,6 +1422,20 @@ mod tests {
         assert_eq!(on_disk(dir.path()), Vec::<u64>::new());
     }
 
+    /// Whether `task`, which must wait for something held back, finishes anyway within a
+    /// window: one that did not wait would within microseconds; nothing can make one that
+    /// waits finish, so there is nothing to poll for.
+    async fn finishes_early<T>(task: &tokio::task::JoinHandle<T>) -> bool {
+        let window = tokio::time::Instant::now() + std::time::Duration::from_millis(300);
+        while tokio::time::Instant::now() < window {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            if task.is_finished() {
+                return true;
+            }
+        }
+        false
+    }
+
     /// openraft hears of an append only after its durable flush (sled's, then the fdatasync):
     /// while no flush can run the append stays unacknowledged, and it is acknowledged once one
     /// can.
@@ -1438,14 +1452,7 @@ mod tests {
             log.blocking_append([entry(1)]).await.unwrap();
             log
         });
-        // A window for an acknowledgement that did not wait for the flush to arrive in (it
-        // would within microseconds); nothing can make this one come, so nothing to poll for.
-        let window = tokio::time::Instant::now() + std::time::Duration::from_millis(300);
-        let mut early = false;
-        while !early && tokio::time::Instant::now() < window {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            early = append.is_finished();
-        }
+        let early = finishes_early(&append).await;
         // Let the flusher go before asserting: a panic with flushes held would hang the drop.
         drop(held);
         assert!(!early, "acknowledged before any flush could run");
@@ -1473,13 +1480,7 @@ mod tests {
         let vote = tokio::spawn(async move {
             log.save_vote(&Vote::new(2, 1)).await.unwrap();
         });
-        // As in the append's test above: a window for a save that did not wait.
-        let window = tokio::time::Instant::now() + std::time::Duration::from_millis(300);
-        let mut early = false;
-        while !early && tokio::time::Instant::now() < window {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            early = vote.is_finished();
-        }
+        let early = finishes_early(&vote).await;
         drop(held);
         assert!(!early, "the vote was saved before any flush could run");
         tokio::time::timeout(std::time::Duration::from_secs(30), vote)
