@@ -652,11 +652,8 @@ fn force_new_cluster_if_asked(
         );
     }
     if let (Some(asked), false) = (&config.force_new_cluster, restoring) {
-        let ours = format!(
-            "{}:{}",
-            cluster_id.get().as_deref().unwrap_or("none"),
-            config.id
-        );
+        let cluster = cluster_id.get().unwrap_or_else(|| "none".into());
+        let ours = format!("{cluster}:{}", config.id);
         if *asked != ours {
             anyhow::bail!(
                 "--force-new-cluster {asked}: this is node {} of cluster {} (voters \
@@ -666,7 +663,7 @@ fn force_new_cluster_if_asked(
                  node: remove the flag. (To force this node, give --force-new-cluster {ours}: \
                  the id in {}, a colon and this node's id.)",
                 config.id,
-                cluster_id.get().as_deref().unwrap_or("none"),
+                cluster,
                 config.data_dir.join("cluster-id").display()
             );
         }

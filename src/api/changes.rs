@@ -188,24 +188,27 @@ impl ClusterView {
     async fn cut_off_for(&mut self, grace: Duration) {
         loop {
             let now = tokio::time::Instant::now();
+            // When to look again, besides on a change of the server metrics.
             let next_look = if self.cut_off() {
                 let since = *self.cut_off_since.get_or_insert(now);
                 if now >= since + grace {
                     return;
                 }
-                since + grace
+                Some(since + grace)
             } else {
                 self.cut_off_since = None;
                 // A leader's quorum acknowledgements are not in the server metrics: look.
                 let leading = self.server.borrow().state == openraft::ServerState::Leader;
-                now + if leading {
-                    QUORUM_LOST_AFTER
-                } else {
-                    grace * 1000
+                leading.then_some(now + QUORUM_LOST_AFTER)
+            };
+            let look = async {
+                match next_look {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
             };
             tokio::select! {
-                _ = tokio::time::sleep_until(next_look) => {}
+                _ = look => {}
                 changed = self.server.changed() => {
                     if changed.is_err() {
                         return std::future::pending().await;

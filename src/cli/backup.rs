@@ -118,12 +118,8 @@ async fn take(conn: &ConnArgs, out: PathBuf, within: Duration) -> i32 {
         return 1;
     }
     // The rename reaches the disk before the backup is reported written.
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
-        eprintln!("error: syncing {}: {e}", dir.display());
+    if let Err(e) = sync_dir_of(&out) {
+        eprintln!("error: syncing the directory of {}: {e}", out.display());
         return 1;
     }
     let bytes = std::fs::metadata(&out).map_or(0, |m| m.len());
@@ -142,6 +138,15 @@ async fn take(conn: &ConnArgs, out: PathBuf, within: Duration) -> i32 {
         );
     }
     0
+}
+
+/// Fsyncs the directory `path` is in (a rename into it is durable then).
+fn sync_dir_of(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
 }
 
 pub fn restore(conn: &ConnArgs, args: RestoreArgs) -> anyhow::Result<i32> {
@@ -189,12 +194,7 @@ pub fn restore(conn: &ConnArgs, args: RestoreArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("{} -> {}", building.display(), dir.display()))?;
     // The rename reaches the disk before "restored" is said: a power loss after it must not
     // leave the directory missing (a node would then start an empty store there).
-    let parent = if parent.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        parent
-    };
-    std::fs::File::open(parent)?.sync_all()?;
+    sync_dir_of(dir)?;
     if conn.json {
         let mut v = serde_json::to_value(&verified).expect("serializable");
         v["new_cluster_id"] = cluster_id.clone().into();

@@ -597,7 +597,7 @@ mod tests {
     /// machine are still whole: a newer layout, found only while loading, left the node with a
     /// cleared state machine that every restart failed to load again.
     #[tokio::test]
-    async fn a_snapshot_of_a_newer_layout_is_refused_before_it_replaces_anything() {
+    async fn a_snapshot_that_cannot_be_loaded_is_refused_before_it_replaces_anything() {
         let dir = tempfile::TempDir::new().unwrap();
         let config = crate::store::StoreConfig::new(dir.path());
         let (log, mut sm) = crate::store::open(&config).unwrap();
