@@ -317,6 +317,94 @@ async fn a_revoked_token_is_refused_by_every_node_even_across_a_leader_kill() {
     }
 }
 
+/// A change-feed stream outlives its first check: once its token is revoked it ends with
+/// `feed.unauthorized`, and the client's watch ends with `Unauthorized` (not reconnecting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_change_feed_ends_once_its_token_is_revoked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start_auth_cluster(&dir).await;
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let follower = cluster.ids().into_iter().find(|n| *n != leader).unwrap();
+    let admin = add_user(&cluster, leader, BOOTSTRAP, "root", "admin").await;
+    cluster.set_token(&admin);
+    let reader = add_user(&cluster, leader, &admin, "r", "reader").await;
+
+    // A raw stream and the client's watch, both through a follower with the reader's token.
+    // (Its own HTTP client: the cluster's has a total timeout, which would cut a stream.)
+    let mut stream = reqwest::Client::new()
+        .get(cluster.url(follower, "/api/orders/changes?since=0"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut config = ordo::client::ClientConfig::new([cluster.url(follower, "")]);
+    config.token = Some(reader.clone());
+    let client = ordo::client::Client::new(config);
+    let watch = client.watch(
+        0,
+        ordo::client::WatchFilter::default(),
+        std::time::Duration::from_secs(60),
+    );
+    futures_util::pin_mut!(watch);
+
+    let (status, body, _) = call(
+        &cluster,
+        leader,
+        "POST",
+        "/api/orders",
+        Some(&admin),
+        Some(order_body("seen", "")),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let mut text = String::new();
+    read_until(
+        &mut stream,
+        &mut text,
+        |t| t.contains("event: order.created"),
+        "the order's event",
+    )
+    .await;
+    let first = tokio::time::timeout(DEADLINE, futures_util::StreamExt::next(&mut watch))
+        .await
+        .expect("the watch's first change in time");
+    assert!(matches!(first, Some(Ok(_))), "{first:?}");
+
+    let (status, body, _) = call(
+        &cluster,
+        leader,
+        "DELETE",
+        "/auth/users/r",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    read_until(
+        &mut stream,
+        &mut text,
+        |t| t.contains("event: feed.unauthorized"),
+        "feed.unauthorized",
+    )
+    .await;
+    let end = tokio::time::timeout(DEADLINE, stream.chunk())
+        .await
+        .expect("the stream ends in time")
+        .unwrap();
+    assert!(end.is_none(), "the stream went on: {end:?}");
+    let ended = tokio::time::timeout(DEADLINE, futures_util::StreamExt::next(&mut watch))
+        .await
+        .expect("the watch ends in time");
+    assert!(
+        matches!(
+            ended,
+            Some(Err(ordo::client::ClientError::Unauthorized { .. }))
+        ),
+        "{ended:?}"
+    );
+}
+
 /// Custom roles from chosen permissions, through the CLI as an operator would: a user with
 /// the role gets exactly those routes; deleting the role takes them away; the built-in names
 /// cannot be redefined and an unknown permission or role is refused.

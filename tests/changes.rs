@@ -637,24 +637,6 @@ async fn a_node_that_installed_a_snapshot_serves_the_same_window() {
     assert!(text.starts_with(&format!("id: {on_behind}\n")), "{text}");
 }
 
-/// Reads what a stream sends into `text` until `done` says enough, within a generous deadline.
-async fn read_until(
-    stream: &mut reqwest::Response,
-    text: &mut String,
-    done: impl Fn(&str) -> bool,
-    what: &str,
-) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done(text) {
-        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
-            .await
-            .unwrap_or_else(|_| panic!("no {what} within 60 s; got {text:?}"))
-            .unwrap()
-            .unwrap_or_else(|| panic!("the stream ended before {what}; got {text:?}"));
-        text.push_str(std::str::from_utf8(&chunk).unwrap());
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_stream_gets_heartbeats_and_a_new_change_at_once() {
     let (cluster, client, _) = start_with(&["--changes-heartbeat-ms", "300"]).await;

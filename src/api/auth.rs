@@ -26,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::AppState;
 use crate::order::{same_hash, token_hash, Permission, Role, User};
+use crate::store::{OrderReader, StoreError};
 
 /// A node's authentication settings (`--auth`).
 #[derive(Debug, Clone, Default)]
@@ -43,6 +44,78 @@ pub struct Caller {
     /// The check waited for the read barrier (after the request arrived): a read served
     /// after it is linearizable without a second round.
     pub barrier_passed: bool,
+    /// How a request that lasts (a change-feed stream) looks its caller up again.
+    pub access: AccessCheck,
+}
+
+/// A caller's token and the permission its route needs, to be checked again against the
+/// node's local copy of the users: a change-feed stream outlives its first check, and must
+/// end when its token is revoked or its role loses the permission.
+#[derive(Clone)]
+pub struct AccessCheck {
+    reader: OrderReader,
+    bootstrap: Option<[u8; 32]>,
+    hash: [u8; 32],
+    permission: Permission,
+}
+
+impl std::fmt::Debug for AccessCheck {
+    // Not the token's hash: nothing derived from a token reaches the logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AccessCheck({})", self.permission.as_str())
+    }
+}
+
+impl AccessCheck {
+    /// Whether the token still names a user whose role grants the permission, in this
+    /// node's local copy of the users (as stale as the node: no barrier, so that a stream
+    /// does not cost its cluster a round per look).
+    pub async fn still_allowed(&self) -> Result<bool, ApiError> {
+        let check = self.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            find_user(
+                &check.reader,
+                check.bootstrap,
+                &check.hash,
+                check.permission,
+            )
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+        Ok(found.is_some_and(|(_, allowed)| allowed))
+    }
+}
+
+/// The user whose token has this hash (or the bootstrap admin while no user exists), and
+/// whether its role grants `permission` (a custom role is looked up).
+fn find_user(
+    reader: &OrderReader,
+    bootstrap: Option<[u8; 32]>,
+    hash: &[u8; 32],
+    permission: Permission,
+) -> Result<Option<(User, bool)>, StoreError> {
+    let user = match reader.user_by_token(hash)? {
+        Some(user) if same_hash(&user.token_hash, hash) => Some(user),
+        Some(_) => None,
+        None if !reader.users_begun()? && bootstrap.is_some_and(|b| same_hash(&b, hash)) => {
+            Some(User {
+                name: "(bootstrap)".into(),
+                role: Role::Admin.as_str().into(),
+                token_hash: *hash,
+            })
+        }
+        None => None,
+    };
+    let Some(user) = user else {
+        return Ok(None);
+    };
+    let allowed = match Role::parse(&user.role) {
+        Some(builtin) => builtin.allows(permission),
+        None => reader
+            .role(&user.role)?
+            .is_some_and(|custom| custom.allows(permission)),
+    };
+    Ok(Some((user, allowed)))
 }
 
 /// The longest token accepted (ordo's are 69 characters).
@@ -125,36 +198,20 @@ async fn authenticate(
     if !stale_read {
         state.service.linearizable_barrier().await?;
     }
-    let hash = token_hash(&token);
-    let reader = state.reader.clone();
-    let bootstrap = settings.bootstrap_hash;
-    // The user, and whether the role grants the permission (a custom role is looked up).
-    let found = tokio::task::spawn_blocking(move || {
-        let user = match reader.user_by_token(&hash)? {
-            Some(user) if same_hash(&user.token_hash, &hash) => Some(user),
-            Some(_) => None,
-            None if !reader.users_begun()? && bootstrap.is_some_and(|b| same_hash(&b, &hash)) => {
-                Some(User {
-                    name: "(bootstrap)".into(),
-                    role: Role::Admin.as_str().into(),
-                    token_hash: hash,
-                })
-            }
-            None => None,
-        };
-        let Some(user) = user else {
-            return Ok::<_, crate::store::StoreError>(None);
-        };
-        let allowed = match Role::parse(&user.role) {
-            Some(builtin) => builtin.allows(permission),
-            None => reader
-                .role(&user.role)?
-                .is_some_and(|custom| custom.allows(permission)),
-        };
-        Ok(Some((user, allowed)))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let access = AccessCheck {
+        reader: state.reader.clone(),
+        bootstrap: settings.bootstrap_hash,
+        hash: token_hash(&token),
+        permission,
+    };
+    let found = {
+        let access = access.clone();
+        tokio::task::spawn_blocking(move || {
+            find_user(&access.reader, access.bootstrap, &access.hash, permission)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??
+    };
     let Some((user, allowed)) = found else {
         return Err(ApiError::Unauthorized("unknown or revoked token".into()));
     };
@@ -162,6 +219,7 @@ async fn authenticate(
         name: user.name,
         role: user.role,
         barrier_passed: !stale_read,
+        access,
     };
     if !allowed {
         return Err(ApiError::Forbidden(format!(

@@ -19,7 +19,9 @@
 //! longer than `lag_grace` (its socket stayed full: a consumer catching up takes events
 //! without pause) gets a final `feed.lagged` event naming the revision to resume from, and is
 //! disconnected; one whose position was trimmed meanwhile gets `feed.gone`; one this node can
-//! no longer serve (its log unreadable) gets `feed.error`, to resume elsewhere. A node serves
+//! no longer serve (its log unreadable) gets `feed.error`, to resume elsewhere. With `--auth`,
+//! a stream looks its caller up again every second and ends with `feed.unauthorized` once the
+//! token is revoked or its role no longer grants `orders:read`. A node serves
 //! at most `max_subscribers` streams (503 beyond). Comment lines keep idle streams alive.
 //! Streams end when the node shuts down. With `batch_ms`, a caught-up stream woken by a new
 //! change first waits until that long after its last chunk (or until `GATHER_AT_MOST` revisions
@@ -36,8 +38,10 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::{Bytes, BytesMut};
 
+use super::auth::{AccessCheck, Caller};
 use super::error::ApiError;
 use super::event_ring::{format_event, EventRing, Taken};
 use super::orders::{parse_query, query_value};
@@ -268,7 +272,8 @@ fn parse_revision(name: &str, raw: &str) -> Result<u64, ApiError> {
         (status = 200, description = "An endless text/event-stream: events `order.created` and \
             `order.status_changed` (`id:` the revision, `data:` a ChangeJson); a final \
             `feed.lagged` or `feed.error` (`data: {\"resume_from\": REV}`: resume after REV, \
-            on another node for `feed.error`) or `feed.gone` \
+            on another node for `feed.error`), `feed.unauthorized` (with `--auth`: the token \
+            was revoked or its role lost orders:read; `data` adds a `message`) or `feed.gone` \
             (`data: {\"oldest_revision\": REV}`) before the node ends a stream; events with \
             only an `id:` (how far a filtered stream got); comment lines as heartbeats",
          content_type = "text/event-stream", body = ChangeJson),
@@ -280,6 +285,7 @@ fn parse_revision(name: &str, raw: &str) -> Result<u64, ApiError> {
 )]
 pub async fn changes(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -352,7 +358,8 @@ pub async fn changes(
             oldest: bounds.oldest,
         });
     }
-    let feed = Feed::new(slot, reader, after, filter, gather);
+    let mut feed = Feed::new(slot, reader, after, filter, gather);
+    feed.access = caller.map(|Extension(caller)| caller.access);
     let stream = futures_util::stream::unfold(feed, |mut feed| async move {
         let chunk = feed.next_chunk().await?;
         Some((Ok::<Bytes, Infallible>(chunk), feed))
@@ -393,10 +400,18 @@ struct Feed {
     head_in_steps: tokio::sync::watch::Receiver<u64>,
     /// When the client last took a chunk (the stream was last polled for one).
     last_taken: tokio::time::Instant,
+    /// With `--auth`, the caller, looked up again every `ACCESS_RECHECK`.
+    access: Option<AccessCheck>,
+    access_checked: tokio::time::Instant,
     /// A final event was sent.
     done: bool,
     _slot: Slot,
 }
+
+/// How often a stream with `--auth` looks its caller up again, in its node's copy of the
+/// users: a token revoked (or a role that lost `orders:read`) ends the stream within about
+/// this long of the node applying the change.
+const ACCESS_RECHECK: Duration = Duration::from_secs(1);
 
 /// About this many bytes of events go out in one chunk (one socket write); a larger event
 /// goes alone.
@@ -423,6 +438,8 @@ impl Feed {
             gather,
             head_in_steps: feed.ring.watch_head_in_steps(),
             last_taken: tokio::time::Instant::now(),
+            access: None,
+            access_checked: tokio::time::Instant::now(),
             done: false,
             _slot: slot,
         }
@@ -454,6 +471,9 @@ impl Feed {
         loop {
             if *self.stopping.borrow() {
                 return None;
+            }
+            if let Some(last_words) = self.access_lost().await {
+                return Some(last_words);
             }
             if self.next <= *self.head.borrow() {
                 let taken = self.ring.take(self.next, CHUNK_BYTES, |e| {
@@ -515,6 +535,9 @@ impl Feed {
                 _ = self.stopping.wait_for(|s| *s) => return None,
                 _ = self.failed.wait_for(|f| *f) => continue,
                 _ = self.cluster.cut_off_for(CUT_OFF_GRACE) => cut_off = true,
+                // Time to look the caller up again: at the loop's top.
+                _ = tokio::time::sleep_until(self.access_checked + ACCESS_RECHECK),
+                    if self.access.is_some() => continue,
                 _ = tokio::time::sleep(self.heartbeat) => return Some(Bytes::from_static(b":\n\n")),
             }
             if cut_off {
@@ -601,6 +624,32 @@ impl Feed {
             ));
         }
         Ok(page.changes)
+    }
+
+    /// With `--auth`, once `ACCESS_RECHECK` has passed since the last look: the stream's last
+    /// words if its token no longer grants `orders:read` on this node (`feed.unauthorized`:
+    /// a new stream would get 401), or if the users cannot be read (`feed.error`).
+    async fn access_lost(&mut self) -> Option<Bytes> {
+        let access = self.access.as_ref()?;
+        if self.access_checked.elapsed() < ACCESS_RECHECK {
+            return None;
+        }
+        let allowed = access.still_allowed().await;
+        self.access_checked = tokio::time::Instant::now();
+        match allowed {
+            Ok(true) => None,
+            Ok(false) => Some(self.last_words(
+                "feed.unauthorized",
+                serde_json::json!({
+                    "resume_from": self.next - 1,
+                    "message": "the token was revoked, or its role no longer grants orders:read",
+                }),
+            )),
+            Err(_) => Some(self.last_words(
+                "feed.error",
+                serde_json::json!({ "resume_from": self.next - 1 }),
+            )),
+        }
     }
 
     fn last_words(&mut self, name: &str, data: serde_json::Value) -> Bytes {

@@ -182,6 +182,20 @@ impl WatchState<'_> {
                             oldest,
                         });
                     }
+                    // `feed.unauthorized`: the token was revoked (or its role lost
+                    // orders:read) while the stream was open; every node would answer 401.
+                    "feed.unauthorized" => {
+                        let data = serde_json::from_str::<serde_json::Value>(&event.data)
+                            .unwrap_or_default();
+                        return Err(ClientError::Unauthorized {
+                            status: 401,
+                            code: "unauthorized".into(),
+                            message: data["message"]
+                                .as_str()
+                                .unwrap_or("the change feed ended the stream: unauthorized")
+                                .to_string(),
+                        });
+                    }
                     // `feed.error`: the node cannot feed us; resume from `last` on another
                     // (a connection that ends this way brought nothing: it counts as fruitless).
                     "feed.error" => {

@@ -109,3 +109,21 @@ pub async fn create_until_acked(
     }
     panic!("create {key} never acknowledged; last: {last}");
 }
+
+/// Reads what a stream sends into `text` until `done` says enough, within a generous deadline.
+pub async fn read_until(
+    stream: &mut reqwest::Response,
+    text: &mut String,
+    done: impl Fn(&str) -> bool,
+    what: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(text) {
+        let chunk = tokio::time::timeout_at(deadline, stream.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} within 60 s; got {text:?}"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("the stream ended before {what}; got {text:?}"));
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
