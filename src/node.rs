@@ -505,7 +505,12 @@ pub async fn run(
         config.change_feed.lag_grace,
         reader.clone(),
         stopped_rx.clone(),
-        api::changes::ClusterView::new(config.id, raft.server_metrics(), raft.metrics()),
+        api::changes::ClusterView::new(
+            config.id,
+            raft.server_metrics(),
+            raft.metrics(),
+            Duration::from_millis(config.heartbeat_ms),
+        ),
     );
     let state = AppState::new(api::AppParts {
         service,

@@ -318,9 +318,11 @@ async fn a_revoked_token_is_refused_by_every_node_even_across_a_leader_kill() {
 }
 
 /// A change-feed stream outlives its first check: once its token is revoked it ends with
-/// `feed.unauthorized`, and the client's watch ends with `Unauthorized` (not reconnecting).
+/// `feed.unauthorized` (code `unauthorized`), and the client's watch with `Unauthorized`
+/// (not reconnecting); once its role loses `orders:read`, with code `forbidden`. A change to
+/// other users leaves it streaming.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_open_change_feed_ends_once_its_token_is_revoked() {
+async fn an_open_change_feed_ends_once_its_token_is_revoked_or_its_role_narrowed() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = start_auth_cluster(&dir).await;
     let leader = cluster.wait_for_leader(&cluster.ids()).await;
@@ -328,16 +330,22 @@ async fn an_open_change_feed_ends_once_its_token_is_revoked() {
     let admin = add_user(&cluster, leader, BOOTSTRAP, "root", "admin").await;
     cluster.set_token(&admin);
     let reader = add_user(&cluster, leader, &admin, "r", "reader").await;
+    // (Their own HTTP client: the cluster's has a total timeout, which would cut a stream.)
+    let http = reqwest::Client::new();
+    let open_stream = |token: String| {
+        let request = http
+            .get(cluster.url(follower, "/api/orders/changes?since=0"))
+            .bearer_auth(token);
+        async move {
+            let stream = request.send().await.unwrap();
+            assert_eq!(stream.status(), 200);
+            stream
+        }
+    };
 
-    // A raw stream and the client's watch, both through a follower with the reader's token.
-    // (Its own HTTP client: the cluster's has a total timeout, which would cut a stream.)
-    let mut stream = reqwest::Client::new()
-        .get(cluster.url(follower, "/api/orders/changes?since=0"))
-        .bearer_auth(&reader)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stream.status(), 200);
+    // A raw stream and the client's watch through a follower with the reader's token; then
+    // another user, of a custom role, and a stream of theirs.
+    let mut by_reader = open_stream(reader.clone()).await;
     let mut config = ordo::client::ClientConfig::new([cluster.url(follower, "")]);
     config.token = Some(reader.clone());
     let client = ordo::client::Client::new(config);
@@ -347,7 +355,22 @@ async fn an_open_change_feed_ends_once_its_token_is_revoked() {
         std::time::Duration::from_secs(60),
     );
     futures_util::pin_mut!(watch);
+    let role = |permissions: &[&str]| json!({"name": "feed", "permissions": permissions});
+    let (status, body, _) = call(
+        &cluster,
+        leader,
+        "POST",
+        "/auth/roles",
+        Some(&admin),
+        Some(role(&["orders:read"])),
+    )
+    .await;
+    assert!((200..300).contains(&status), "{status} {body}");
+    let custom = add_user(&cluster, leader, &admin, "f", "feed").await;
+    let mut by_custom = open_stream(custom).await;
 
+    // Every stream gets the next change: the users changed under the reader's stream, but
+    // not its own access.
     let (status, body, _) = call(
         &cluster,
         leader,
@@ -358,19 +381,38 @@ async fn an_open_change_feed_ends_once_its_token_is_revoked() {
     )
     .await;
     assert_eq!(status, 201, "{body}");
-    let mut text = String::new();
-    read_until(
-        &mut stream,
-        &mut text,
-        |t| t.contains("event: order.created"),
-        "the order's event",
-    )
-    .await;
+    let (mut reader_text, mut custom_text) = (String::new(), String::new());
+    for (stream, text) in [
+        (&mut by_reader, &mut reader_text),
+        (&mut by_custom, &mut custom_text),
+    ] {
+        let created = |t: &str| t.contains("event: order.created");
+        read_until(stream, text, created, "the order's event").await;
+    }
     let first = tokio::time::timeout(DEADLINE, futures_util::StreamExt::next(&mut watch))
         .await
         .expect("the watch's first change in time");
     assert!(matches!(first, Some(Ok(_))), "{first:?}");
 
+    // The custom role loses orders:read: its user's stream ends, as forbidden.
+    let (status, body, _) = call(
+        &cluster,
+        leader,
+        "POST",
+        "/auth/roles",
+        Some(&admin),
+        Some(role(&["cluster:read"])),
+    )
+    .await;
+    assert!((200..300).contains(&status), "{status} {body}");
+    let ended = |t: &str| t.contains("event: feed.unauthorized");
+    read_until(&mut by_custom, &mut custom_text, ended, "feed.unauthorized").await;
+    assert!(
+        custom_text.contains("\"code\":\"forbidden\""),
+        "{custom_text}"
+    );
+
+    // The reader is revoked: its stream ends, and so does the watch, with 401.
     let (status, body, _) = call(
         &cluster,
         leader,
@@ -381,25 +423,28 @@ async fn an_open_change_feed_ends_once_its_token_is_revoked() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    read_until(
-        &mut stream,
-        &mut text,
-        |t| t.contains("event: feed.unauthorized"),
-        "feed.unauthorized",
-    )
-    .await;
-    let end = tokio::time::timeout(DEADLINE, stream.chunk())
-        .await
-        .expect("the stream ends in time")
-        .unwrap();
-    assert!(end.is_none(), "the stream went on: {end:?}");
+    read_until(&mut by_reader, &mut reader_text, ended, "feed.unauthorized").await;
+    assert!(
+        reader_text.contains("\"code\":\"unauthorized\""),
+        "{reader_text}"
+    );
+    for stream in [&mut by_reader, &mut by_custom] {
+        let end = tokio::time::timeout(DEADLINE, stream.chunk())
+            .await
+            .expect("the stream ends in time")
+            .unwrap();
+        assert!(end.is_none(), "the stream went on: {end:?}");
+    }
     let ended = tokio::time::timeout(DEADLINE, futures_util::StreamExt::next(&mut watch))
         .await
         .expect("the watch ends in time");
     assert!(
         matches!(
             ended,
-            Some(Err(ordo::client::ClientError::Unauthorized { .. }))
+            Some(Err(ordo::client::ClientError::Unauthorized {
+                status: 401,
+                ..
+            }))
         ),
         "{ended:?}"
     );

@@ -49,14 +49,28 @@ pub struct Caller {
 }
 
 /// A caller's token and the permission its route needs, to be checked again against the
-/// node's local copy of the users: a change-feed stream outlives its first check, and must
-/// end when its token is revoked or its role loses the permission.
+/// node's local copy of the users whenever they change: a change-feed stream outlives its
+/// first check, and must end when its token is revoked or its role loses the permission.
 #[derive(Clone)]
 pub struct AccessCheck {
     reader: OrderReader,
     bootstrap: Option<[u8; 32]>,
     hash: [u8; 32],
     permission: Permission,
+    /// The users' generation, subscribed before the first lookup.
+    users: tokio::sync::watch::Receiver<u64>,
+    /// The generation the last lookup saw (read before it).
+    looked_at: u64,
+}
+
+/// What a second look at a caller found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Allowed,
+    /// No user has the token any more (401 on a new request).
+    UnknownToken,
+    /// The user's role no longer grants the permission (403 on a new request).
+    Forbidden,
 }
 
 impl std::fmt::Debug for AccessCheck {
@@ -69,20 +83,38 @@ impl std::fmt::Debug for AccessCheck {
 impl AccessCheck {
     /// Whether the token still names a user whose role grants the permission, in this
     /// node's local copy of the users (as stale as the node: no barrier, so that a stream
-    /// does not cost its cluster a round per look).
-    pub async fn still_allowed(&self) -> Result<bool, ApiError> {
-        let check = self.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            find_user(
-                &check.reader,
-                check.bootstrap,
-                &check.hash,
-                check.permission,
-            )
+    /// does not cost its cluster a round per look). Looks only if the users changed since
+    /// the last look; no store read otherwise.
+    pub async fn look_again(&mut self) -> Result<Access, ApiError> {
+        // By value, not `has_changed`: `users_changed` has marked the change seen.
+        let generation = *self.users.borrow_and_update();
+        if generation == self.looked_at {
+            return Ok(Access::Allowed);
+        }
+        self.looked_at = generation;
+        let (reader, bootstrap, hash, permission) = (
+            self.reader.clone(),
+            self.bootstrap,
+            self.hash,
+            self.permission,
+        );
+        let found =
+            tokio::task::spawn_blocking(move || find_user(&reader, bootstrap, &hash, permission))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))??;
+        Ok(match found {
+            None => Access::UnknownToken,
+            Some((_, false)) => Access::Forbidden,
+            Some((_, true)) => Access::Allowed,
         })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
-        Ok(found.is_some_and(|(_, allowed)| allowed))
+    }
+
+    /// Returns once the users or roles changed since the last look (never, if the store is
+    /// closing).
+    pub async fn users_changed(&mut self) {
+        if self.users.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -198,11 +230,16 @@ async fn authenticate(
     if !stale_read {
         state.service.linearizable_barrier().await?;
     }
+    // Subscribed before the lookup: a change after it is then seen by `look_again`.
+    let users = state.reader.watch_users();
+    let looked_at = *users.borrow();
     let access = AccessCheck {
         reader: state.reader.clone(),
         bootstrap: settings.bootstrap_hash,
         hash: token_hash(&token),
         permission,
+        looked_at,
+        users,
     };
     let found = {
         let access = access.clone();

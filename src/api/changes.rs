@@ -20,8 +20,9 @@
 //! without pause) gets a final `feed.lagged` event naming the revision to resume from, and is
 //! disconnected; one whose position was trimmed meanwhile gets `feed.gone`; one this node can
 //! no longer serve (its log unreadable) gets `feed.error`, to resume elsewhere. With `--auth`,
-//! a stream looks its caller up again every second and ends with `feed.unauthorized` once the
-//! token is revoked or its role no longer grants `orders:read`. A node serves
+//! a stream looks its caller up again whenever its node's users or roles change, and ends
+//! with `feed.unauthorized` once the token is revoked or its role no longer grants
+//! `orders:read`. A node serves
 //! at most `max_subscribers` streams (503 beyond). Comment lines keep idle streams alive.
 //! Streams end when the node shuts down. With `batch_ms`, a caught-up stream woken by a new
 //! change first waits until that long after its last chunk (or until `GATHER_AT_MOST` revisions
@@ -41,7 +42,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use bytes::{Bytes, BytesMut};
 
-use super::auth::{AccessCheck, Caller};
+use super::auth::{Access, AccessCheck, Caller};
 use super::error::ApiError;
 use super::event_ring::{format_event, EventRing, Taken};
 use super::orders::{parse_query, query_value};
@@ -130,8 +131,11 @@ impl ChangeFeed {
 /// streams end with `feed.error`, so that their clients watch through another node: a
 /// failover takes a second or two, a node cut off from the cluster stays so.
 const CUT_OFF_GRACE: Duration = Duration::from_secs(5);
-/// A leader that has heard from no quorum for this long counts as cut off.
-const QUORUM_LOST_AFTER: Duration = Duration::from_secs(1);
+/// A leader that has heard from no quorum for this long counts as cut off: a second, or three
+/// heartbeats if those are slower (a quorum acknowledges each heartbeat round).
+fn quorum_lost_after(raft_heartbeat: Duration) -> Duration {
+    (3 * raft_heartbeat).max(Duration::from_secs(1))
+}
 
 /// What a stream needs of this node's Raft state: who it is, and openraft's server metrics
 /// (they change only with the vote, the role, the leader or the membership).
@@ -144,6 +148,8 @@ pub struct ClusterView {
     metrics: tokio::sync::watch::Receiver<FullMetrics>,
     /// When a stream first saw the node cut off (each stream has its own copy).
     cut_off_since: Option<tokio::time::Instant>,
+    /// `quorum_lost_after` of the node's Raft heartbeat.
+    quorum_lost_after: Duration,
 }
 
 type FullMetrics = openraft::RaftMetrics<crate::raft::NodeId, openraft::BasicNode>;
@@ -153,22 +159,26 @@ type ServerMetrics = tokio::sync::watch::Receiver<
 >;
 
 impl ClusterView {
-    /// Node `id`'s view, from its Raft's `server_metrics()` and `metrics()`.
+    /// Node `id`'s view, from its Raft's `server_metrics()` and `metrics()`, and its Raft
+    /// heartbeat interval.
     pub fn new(
         id: crate::raft::NodeId,
         server: ServerMetrics,
         metrics: tokio::sync::watch::Receiver<FullMetrics>,
+        raft_heartbeat: Duration,
     ) -> ClusterView {
         ClusterView {
             id,
             server,
             metrics,
             cut_off_since: None,
+            quorum_lost_after: quorum_lost_after(raft_heartbeat),
         }
     }
 
     /// No leader known, out of the membership, or a leader that has heard from no quorum for
-    /// a second (openraft 0.9 keeps a leader cut off in a minority a leader).
+    /// a second or three heartbeats (openraft 0.9 keeps a leader cut off in a minority a
+    /// leader).
     fn cut_off(&self) -> bool {
         let m = self.server.borrow();
         let membership = &m.membership_config;
@@ -182,7 +192,7 @@ impl ClusterView {
                 .metrics
                 .borrow()
                 .millis_since_quorum_ack
-                .is_some_and(|ms| ms > QUORUM_LOST_AFTER.as_millis() as u64);
+                .is_some_and(|ms| ms > self.quorum_lost_after.as_millis() as u64);
         m.current_leader.is_none() || removed || alone
     }
 
@@ -203,7 +213,7 @@ impl ClusterView {
                 self.cut_off_since = None;
                 // A leader's quorum acknowledgements are not in the server metrics: look.
                 let leading = self.server.borrow().state == openraft::ServerState::Leader;
-                leading.then_some(now + QUORUM_LOST_AFTER)
+                leading.then_some(now + self.quorum_lost_after)
             };
             let look = async {
                 match next_look {
@@ -273,7 +283,8 @@ fn parse_revision(name: &str, raw: &str) -> Result<u64, ApiError> {
             `order.status_changed` (`id:` the revision, `data:` a ChangeJson); a final \
             `feed.lagged` or `feed.error` (`data: {\"resume_from\": REV}`: resume after REV, \
             on another node for `feed.error`), `feed.unauthorized` (with `--auth`: the token \
-            was revoked or its role lost orders:read; `data` adds a `message`) or `feed.gone` \
+            was revoked or its role lost orders:read; `data` adds a `code`, unauthorized or \
+            forbidden, and a `message`) or `feed.gone` \
             (`data: {\"oldest_revision\": REV}`) before the node ends a stream; events with \
             only an `id:` (how far a filtered stream got); comment lines as heartbeats",
          content_type = "text/event-stream", body = ChangeJson),
@@ -400,18 +411,12 @@ struct Feed {
     head_in_steps: tokio::sync::watch::Receiver<u64>,
     /// When the client last took a chunk (the stream was last polled for one).
     last_taken: tokio::time::Instant,
-    /// With `--auth`, the caller, looked up again every `ACCESS_RECHECK`.
+    /// With `--auth`, the caller, looked up again whenever the users change.
     access: Option<AccessCheck>,
-    access_checked: tokio::time::Instant,
     /// A final event was sent.
     done: bool,
     _slot: Slot,
 }
-
-/// How often a stream with `--auth` looks its caller up again, in its node's copy of the
-/// users: a token revoked (or a role that lost `orders:read`) ends the stream within about
-/// this long of the node applying the change.
-const ACCESS_RECHECK: Duration = Duration::from_secs(1);
 
 /// About this many bytes of events go out in one chunk (one socket write); a larger event
 /// goes alone.
@@ -439,7 +444,6 @@ impl Feed {
             head_in_steps: feed.ring.watch_head_in_steps(),
             last_taken: tokio::time::Instant::now(),
             access: None,
-            access_checked: tokio::time::Instant::now(),
             done: false,
             _slot: slot,
         }
@@ -528,6 +532,7 @@ impl Feed {
             // heartbeat.
             let seen = self.next - 1;
             let mut cut_off = false;
+            let access = &mut self.access;
             tokio::select! {
                 changed = self.head.wait_for(|r| *r > seen) => {
                     changed.ok()?;
@@ -535,10 +540,18 @@ impl Feed {
                 _ = self.stopping.wait_for(|s| *s) => return None,
                 _ = self.failed.wait_for(|f| *f) => continue,
                 _ = self.cluster.cut_off_for(CUT_OFF_GRACE) => cut_off = true,
-                // Time to look the caller up again: at the loop's top.
-                _ = tokio::time::sleep_until(self.access_checked + ACCESS_RECHECK),
-                    if self.access.is_some() => continue,
-                _ = tokio::time::sleep(self.heartbeat) => return Some(Bytes::from_static(b":\n\n")),
+                // The users changed: the caller is looked up again at the loop's top.
+                _ = async {
+                    match access {
+                        Some(access) => access.users_changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => continue,
+                // (From the last chunk, not from here: a wait cut short by a change above
+                // must not put the heartbeat off.)
+                _ = tokio::time::sleep_until(self.last_taken + self.heartbeat) => {
+                    return Some(Bytes::from_static(b":\n\n"))
+                }
             }
             if cut_off {
                 return Some(self.last_words(
@@ -626,30 +639,27 @@ impl Feed {
         Ok(page.changes)
     }
 
-    /// With `--auth`, once `ACCESS_RECHECK` has passed since the last look: the stream's last
-    /// words if its token no longer grants `orders:read` on this node (`feed.unauthorized`:
-    /// a new stream would get 401), or if the users cannot be read (`feed.error`).
+    /// With `--auth`, if the users changed since the last look: the stream's last words if
+    /// its token no longer grants `orders:read` on this node (`feed.unauthorized`, whose
+    /// `code` says what a new stream would get: `unauthorized` 401 or `forbidden` 403), or if
+    /// the users cannot be read (`feed.error`).
     async fn access_lost(&mut self) -> Option<Bytes> {
-        let access = self.access.as_ref()?;
-        if self.access_checked.elapsed() < ACCESS_RECHECK {
-            return None;
-        }
-        let allowed = access.still_allowed().await;
-        self.access_checked = tokio::time::Instant::now();
-        match allowed {
-            Ok(true) => None,
-            Ok(false) => Some(self.last_words(
-                "feed.unauthorized",
-                serde_json::json!({
-                    "resume_from": self.next - 1,
-                    "message": "the token was revoked, or its role no longer grants orders:read",
-                }),
-            )),
-            Err(_) => Some(self.last_words(
-                "feed.error",
-                serde_json::json!({ "resume_from": self.next - 1 }),
-            )),
-        }
+        let found = self.access.as_mut()?.look_again().await;
+        let (code, message) = match found {
+            Ok(Access::Allowed) => return None,
+            Ok(Access::UnknownToken) => ("unauthorized", "the token was revoked"),
+            Ok(Access::Forbidden) => ("forbidden", "the user's role no longer grants orders:read"),
+            Err(_) => {
+                return Some(self.last_words(
+                    "feed.error",
+                    serde_json::json!({ "resume_from": self.next - 1 }),
+                ))
+            }
+        };
+        Some(self.last_words(
+            "feed.unauthorized",
+            serde_json::json!({ "resume_from": self.next - 1, "code": code, "message": message }),
+        ))
     }
 
     fn last_words(&mut self, name: &str, data: serde_json::Value) -> Bytes {
@@ -687,7 +697,11 @@ mod tests {
             current_leader: Some(1),
             ..Default::default()
         });
-        node_with(server.1, tokio::sync::watch::channel(metrics_of(2)).1)
+        node_with(
+            server.1,
+            tokio::sync::watch::channel(metrics_of(2)).1,
+            Duration::from_millis(75),
+        )
     }
 
     fn metrics_of(id: u64) -> FullMetrics {
@@ -697,6 +711,7 @@ mod tests {
     fn node_with(
         server: ServerMetrics,
         metrics: tokio::sync::watch::Receiver<FullMetrics>,
+        raft_heartbeat: Duration,
     ) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let (log, sm) = crate::store::open(&crate::store::StoreConfig::new(dir.path())).unwrap();
@@ -708,7 +723,7 @@ mod tests {
             Duration::from_millis(DEFAULT_LAG_GRACE_MS),
             sm.reader(),
             stopping,
-            ClusterView::new(2, server, metrics),
+            ClusterView::new(2, server, metrics, raft_heartbeat),
         );
         Node {
             feed,
@@ -748,10 +763,17 @@ mod tests {
 
     /// A leader that has heard from no quorum for long (cut off in a minority: openraft 0.9
     /// keeps it a leader) ends its caught-up streams with `feed.error`; one that hears from a
-    /// quorum sends heartbeats.
+    /// quorum sends heartbeats. "Long" is a second, or three Raft heartbeats if slower.
     #[tokio::test(start_paused = true)]
     async fn a_leader_without_a_quorum_sends_its_watchers_on() {
-        for (acked_ms_ago, ends) in [(60_000, true), (10, false)] {
+        let (fast, slow) = (Duration::from_millis(75), Duration::from_secs(1));
+        for (acked_ms_ago, raft_heartbeat, ends) in [
+            (60_000, fast, true),
+            (10, fast, false),
+            (2_000, fast, true),
+            (2_000, slow, false),
+            (4_000, slow, true),
+        ] {
             let server = tokio::sync::watch::channel(openraft::metrics::RaftServerMetrics {
                 id: 2,
                 state: openraft::ServerState::Leader,
@@ -762,14 +784,18 @@ mod tests {
             metrics.state = openraft::ServerState::Leader;
             metrics.millis_since_quorum_ack = Some(acked_ms_ago);
             let metrics = tokio::sync::watch::channel(metrics);
-            let node = node_with(server.1, metrics.1);
+            let node = node_with(server.1, metrics.1, raft_heartbeat);
             let mut stream = caught_up_stream(&node, Duration::ZERO);
             let chunk = tokio::time::timeout(Duration::from_secs(60), stream.next_chunk())
                 .await
                 .expect("a chunk within a heartbeat")
                 .expect("the stream goes on");
             let chunk = String::from_utf8(chunk.to_vec()).unwrap();
-            assert_eq!(chunk.contains("event: feed.error"), ends, "{chunk:?}");
+            assert_eq!(
+                chunk.contains("event: feed.error"),
+                ends,
+                "acknowledged {acked_ms_ago} ms ago, heartbeat {raft_heartbeat:?}: {chunk:?}"
+            );
         }
     }
 

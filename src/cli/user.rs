@@ -23,7 +23,8 @@ pub enum UserCommand {
     },
     /// List the users and their roles.
     List,
-    /// Revoke a user: once this returns, no node accepts its token.
+    /// Revoke a user: once this returns, no node accepts its token (an open change-feed stream
+    /// ends as soon as its node has applied the revocation).
     Revoke {
         /// The user's name.
         #[arg(value_name = "NAME")]

@@ -829,7 +829,8 @@ impl Client {
         Ok(self.call_json(Method::DELETE, &path, None, None).await?.1)
     }
 
-    /// Revokes a user and its token: once this returns, no node accepts the token.
+    /// Revokes a user and its token: once this returns, no node accepts the token for a new
+    /// request; an open change-feed stream ends as soon as its node has applied the revocation.
     pub async fn revoke_user(&self, name: &str) -> Result<RevokedUserJson, ClientError> {
         let path = format!("/auth/users/{}", path_segment(name));
         Ok(self.call_json(Method::DELETE, &path, None, None).await?.1)

@@ -5,9 +5,10 @@
 //! drops, or nothing arrives, not even a heartbeat, for `idle_timeout`), or the node cuts it
 //! off for lagging, it reconnects to another node and resumes right after that revision
 //! (`Last-Event-ID`), skipping anything at or below it: no gap, no duplicate. It ends with an
-//! error when no node can be reached for the client's deadline, or when the nodes no longer
+//! error when no node can be reached for the client's deadline, when the nodes no longer
 //! hold the changes after its position (`RevisionGone`: list again, then watch from the
-//! listing's revision).
+//! listing's revision), or when its token was revoked or its role lost `orders:read` while it
+//! watched (`Unauthorized`, from the node's `feed.unauthorized`).
 
 use std::time::Duration;
 
@@ -187,9 +188,10 @@ impl WatchState<'_> {
                     "feed.unauthorized" => {
                         let data = serde_json::from_str::<serde_json::Value>(&event.data)
                             .unwrap_or_default();
+                        let code = data["code"].as_str().unwrap_or("unauthorized");
                         return Err(ClientError::Unauthorized {
-                            status: 401,
-                            code: "unauthorized".into(),
+                            status: if code == "forbidden" { 403 } else { 401 },
+                            code: code.into(),
                             message: data["message"]
                                 .as_str()
                                 .unwrap_or("the change feed ended the stream: unauthorized")

@@ -65,6 +65,9 @@ pub struct OrderReader {
     pub(super) install_lock: Arc<RwLock<()>>,
     /// The newest revision applied, for the change feed's subscribers (`changes`).
     pub(super) revision_seen: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Counts changes to the users and roles (bumped once they are readable), so that a
+    /// change-feed stream looks its caller up again only when they changed.
+    users_generation: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl OrderReader {
@@ -73,7 +76,19 @@ impl OrderReader {
             sm,
             install_lock: Arc::new(RwLock::new(())),
             revision_seen: Arc::new(tokio::sync::watch::Sender::new(0)),
+            users_generation: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
+    }
+
+    /// Wakes when the users or roles change (an admin command applied, a snapshot
+    /// installed). Subscribe before reading them: a change after the read then wakes it.
+    pub fn watch_users(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.users_generation.subscribe()
+    }
+
+    /// The users or roles changed, and the change is readable.
+    pub(super) fn users_changed(&self) {
+        self.users_generation.send_modify(|g| *g += 1);
     }
 
     /// An order and the revision of its last change.

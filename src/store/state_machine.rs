@@ -24,7 +24,7 @@ use super::snapshot_file::{self, SnapshotDir};
 use super::snapshot_view::{DumpGuard, SnapshotView};
 use super::{AppliedFloor, StoreError};
 use crate::codec;
-use crate::order::{apply_command, CommandOutcome, OrderCommand, MAX_CLOCK_STEP_MS};
+use crate::order::{apply_command, CommandOutcome, OrderCommand, OrderOp, MAX_CLOCK_STEP_MS};
 use crate::raft::{
     ApplyResult, Entry, LogId, Snapshot, StorageError, StoredMembership, TypeConfig,
 };
@@ -225,6 +225,7 @@ impl StateMachineStore {
         self.raft.remove(keys::INSTALLING)?;
         self.durable.flush()?;
         self.reader.publish_revision()?;
+        self.reader.users_changed();
         Ok(meta)
     }
 
@@ -465,17 +466,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         while entries.peek().is_some() {
             let mut ov = Overlay::new(&self.reader.sm);
             let mut last = None;
+            let mut users_touched = false;
             while ov.len() < APPLY_CHUNK_KEYS {
                 let Some(entry) = entries.next() else { break };
                 let apply_err = |e: StoreError| openraft::StorageIOError::apply(entry.log_id, &e);
                 let outcomes = match &entry.payload {
                     EntryPayload::Blank => Vec::new(),
-                    EntryPayload::Normal(batch) => batch
-                        .commands
-                        .iter()
-                        .map(|cmd| apply_one(&mut ov, cmd, &mut clamped))
-                        .collect::<Result<_, _>>()
-                        .map_err(apply_err)?,
+                    EntryPayload::Normal(batch) => {
+                        users_touched |= batch
+                            .commands
+                            .iter()
+                            .any(|cmd| matches!(cmd.op, OrderOp::Admin(_)));
+                        batch
+                            .commands
+                            .iter()
+                            .map(|cmd| apply_one(&mut ov, cmd, &mut clamped))
+                            .collect::<Result<_, _>>()
+                            .map_err(apply_err)?
+                    }
                     EntryPayload::Membership(m) => {
                         let stored = StoredMembership::new(Some(entry.log_id), m.clone());
                         put_encoded(&mut ov, keys::MEMBERSHIP, &stored).map_err(apply_err)?;
@@ -501,6 +509,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 .map_err(|e| StoreError::from(e).into_write())?;
             ov.commit().map_err(|e| StoreError::from(e).into_write())?;
             self.floor.set_applied(last.map(|l| l.index));
+            // Users first: a stream woken by the new revision then sees the change to the
+            // users before it sends the chunk's changes.
+            if users_touched {
+                self.reader.users_changed();
+            }
             self.reader.publish(revision);
         }
         if clamped > 0 {
