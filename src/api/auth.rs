@@ -73,6 +73,9 @@ pub enum Access {
     Forbidden,
 }
 
+/// Second looks at callers running at once, per node.
+static LOOKS_AGAIN: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 impl std::fmt::Debug for AccessCheck {
     // Not the token's hash: nothing derived from a token reaches the logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -92,6 +95,9 @@ impl AccessCheck {
             return Ok(Access::Allowed);
         }
         self.looked_at = generation;
+        // Every stream looks at once after a change to the users: a few at a time, so that a
+        // node's thousand streams do not take the whole blocking pool.
+        let _turn = LOOKS_AGAIN.acquire().await;
         let (reader, bootstrap, hash, permission) = (
             self.reader.clone(),
             self.bootstrap,
@@ -107,6 +113,21 @@ impl AccessCheck {
             Some((_, false)) => Access::Forbidden,
             Some((_, true)) => Access::Allowed,
         })
+    }
+
+    /// A check of the token with this hash for `permission`, as the middleware would make.
+    #[cfg(test)]
+    pub(crate) fn for_tests(reader: OrderReader, hash: [u8; 32], permission: Permission) -> Self {
+        let users = reader.watch_users();
+        let looked_at = *users.borrow();
+        AccessCheck {
+            reader,
+            bootstrap: None,
+            hash,
+            permission,
+            looked_at,
+            users,
+        }
     }
 
     /// Returns once the users or roles changed since the last look (never, if the store is

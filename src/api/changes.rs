@@ -647,7 +647,10 @@ impl Feed {
         let found = self.access.as_mut()?.look_again().await;
         let (code, message) = match found {
             Ok(Access::Allowed) => return None,
-            Ok(Access::UnknownToken) => ("unauthorized", "the token was revoked"),
+            Ok(Access::UnknownToken) => (
+                "unauthorized",
+                "the token is no longer a user's (revoked, or the bootstrap token once a user exists)",
+            ),
             Ok(Access::Forbidden) => ("forbidden", "the user's role no longer grants orders:read"),
             Err(_) => {
                 return Some(self.last_words(
@@ -744,6 +747,29 @@ mod tests {
             .collect()
     }
 
+    /// Applies one user or role change to the node's state machine, at log index `index`.
+    async fn apply_admin(node: &mut Node, index: u64, op: crate::order::AdminOp) {
+        use openraft::storage::RaftStateMachine;
+        let command = crate::order::OrderCommand {
+            op: crate::order::OrderOp::Admin(op),
+            idempotency_key: None,
+            stamped_at_ms: 0,
+        };
+        let entry = crate::raft::Entry {
+            log_id: crate::raft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Normal(crate::order::CommandBatch::one(command)),
+        };
+        node._kept.2.apply([entry]).await.unwrap();
+    }
+
+    fn reader_user(name: &str, token_hash: [u8; 32]) -> crate::order::AdminOp {
+        crate::order::AdminOp::AddUser(crate::order::User {
+            name: name.into(),
+            role: "reader".into(),
+            token_hash,
+        })
+    }
+
     /// A stream caught up at revision 1, gathering changes for `gather`.
     fn caught_up_stream(node: &Node, gather: Duration) -> Feed {
         node.feed.ring.append(events(1, 1));
@@ -797,6 +823,37 @@ mod tests {
                 "acknowledged {acked_ms_ago} ms ago, heartbeat {raft_heartbeat:?}: {chunk:?}"
             );
         }
+    }
+
+    /// With `--auth`, each change to the users wakes an idle stream to look its caller up
+    /// again; that does not put its heartbeat off, which counts from the last chunk.
+    #[tokio::test(start_paused = true)]
+    async fn changes_to_other_users_leave_an_idle_streams_heartbeat_on_time() {
+        let mut node = node();
+        let token = [7u8; 32];
+        apply_admin(&mut node, 1, reader_user("r", token)).await;
+        let mut stream = caught_up_stream(&node, Duration::ZERO);
+        let access = AccessCheck::for_tests(
+            node.reader.clone(),
+            token,
+            crate::order::Permission::OrdersRead,
+        );
+        stream.access = Some(access);
+        let chunk = stream.next_chunk();
+        tokio::pin!(chunk);
+        // Heartbeats every 15 s; another user is added at 5 s and at 10 s.
+        for (index, name) in [(2, "a"), (3, "b")] {
+            tokio::select! {
+                early = &mut chunk => panic!("a chunk before the heartbeat: {early:?}"),
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            apply_admin(&mut node, index, reader_user(name, [index as u8; 32])).await;
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(6), &mut chunk)
+            .await
+            .expect("the heartbeat 15 s after the last chunk, not 15 s after the last change")
+            .expect("the stream goes on: its caller is still a reader");
+        assert_eq!(&chunk[..], b":\n\n");
     }
 
     #[tokio::test(start_paused = true)]

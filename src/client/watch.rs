@@ -184,7 +184,8 @@ impl WatchState<'_> {
                         });
                     }
                     // `feed.unauthorized`: the token was revoked (or its role lost
-                    // orders:read) while the stream was open; every node would answer 401.
+                    // orders:read) while the stream was open; every node would answer 401 (or
+                    // 403).
                     "feed.unauthorized" => {
                         let data = serde_json::from_str::<serde_json::Value>(&event.data)
                             .unwrap_or_default();

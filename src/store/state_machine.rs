@@ -510,7 +510,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             ov.commit().map_err(|e| StoreError::from(e).into_write())?;
             self.floor.set_applied(last.map(|l| l.index));
             // Users first: a stream woken by the new revision then sees the change to the
-            // users before it sends the chunk's changes.
+            // users before it sends the chunk's changes. (A stream reading the log right
+            // now may still send this chunk's; it ends at its next look.)
             if users_touched {
                 self.reader.users_changed();
             }
