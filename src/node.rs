@@ -820,6 +820,7 @@ mod tests {
                 cert: "c".into(),
                 key: "k".into(),
                 ca: "a".into(),
+                crl: None,
             });
             assert!(
                 with_tls.check_exposure(bound(exposed)).is_err(),

@@ -125,6 +125,29 @@ fn tls_settings_merge_across_sources_and_must_come_together() {
         !out.status.success() && err.contains("go together"),
         "{err}"
     );
+    // A revocation list is a TLS setting: alone, it is refused, not ignored.
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:1",
+            "--data-dir",
+            "/nonexistent",
+            "--tls-crl",
+            "/etc/ordo/crl.pem",
+        ])
+        .env_remove("ORDO_TLS_CERT")
+        .env_remove("ORDO_TLS_KEY")
+        .env_remove("ORDO_TLS_CA")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--tls-crl needs TLS"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -110,6 +110,7 @@ async fn clients_and_peers_speak_tls_and_only_peers_reach_node_routes() {
             cert: cluster.certs_dir().join(format!("node{leader}.pem")),
             key: cluster.certs_dir().join(format!("node{leader}-key.pem")),
             ca: ca.clone(),
+            crl: None,
         }),
     );
     let (status, body) = send(peer.post(cluster.url(follower, "/raft/vote")).body("x"))
@@ -247,4 +248,75 @@ async fn an_untrusted_node_stays_out_until_its_certificate_is_replaced_without_a
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+/// A certificate of the cluster CA that its revocation list (`--tls-crl`) names is refused at
+/// the handshake: the key of a decommissioned node no longer reaches the node-to-node routes.
+/// The list is read again on SIGHUP, so a node certificate is retired without a restart, and
+/// the nodes' own certificates go on working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_node_certificate_is_refused_once_the_list_names_it() {
+    let mut cluster = TestCluster::new(Path::new(BIN), 3, None, Vec::new());
+    cluster.enable_tls();
+    let certs = cluster.certs_dir();
+    let (ca_file, crl) = (certs.join("ca.pem"), certs.join("crl.pem"));
+    let ca = cluster.ca().expect("TLS is on");
+    let retired = ca
+        .issue_node(&certs, "retired", &["127.0.0.1"], Validity::days(30))
+        .unwrap();
+    ca.revocation_list(&crl, &[]).unwrap();
+    for id in cluster.ids() {
+        let var = ("ORDO_TLS_CRL".to_string(), crl.display().to_string());
+        cluster.set_env(id, vec![var]);
+    }
+    cluster.start_all().await;
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+
+    // Not listed yet: a peer's certificate, past the peers-only check to the decoder.
+    let vote =
+        |client: reqwest::Client| send(client.post(cluster.url(leader, "/raft/vote")).body("x"));
+    let (status, body) = vote(https_client(&ca_file, Some(&retired))).await.unwrap();
+    assert!(
+        (400..500).contains(&status) && status != 403,
+        "{status} {body}"
+    );
+
+    // Listed, and the nodes told (SIGHUP): a new connection with it fails at the handshake.
+    let ca = cluster.ca().expect("TLS is on");
+    ca.revocation_list(&crl, &[&retired.cert]).unwrap();
+    for id in cluster.ids() {
+        cluster.hangup(id);
+    }
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        // A new client each time: a new connection, with the node's current configuration.
+        match vote(https_client(&ca_file, Some(&retired))).await {
+            Err(_) => break,
+            Ok((status, body)) => assert!(
+                Instant::now() < deadline,
+                "the revoked certificate still gets answers: {status} {body}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // The same node still takes a listed peer's certificate that is not revoked: it is the
+    // handshake with the retired one that fails, not the node.
+    let node1 = TlsFiles {
+        cert: certs.join("node1.pem"),
+        key: certs.join("node1-key.pem"),
+        ca: ca_file.clone(),
+        crl: None,
+    };
+    let (status, body) = vote(https_client(&ca_file, Some(&node1))).await.unwrap();
+    assert!(
+        (400..500).contains(&status) && status != 403,
+        "{status} {body}"
+    );
+    // The nodes' own certificates are not listed: a write through a follower is forwarded to
+    // the leader and replicated over mutual TLS.
+    let follower = cluster.ids().into_iter().find(|n| *n != leader).unwrap();
+    let (status, created) = create(&cluster, follower, "crl", None, "after the list")
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{created}");
 }

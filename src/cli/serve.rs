@@ -185,6 +185,11 @@ pub struct ServeArgs {
     /// certificate must chain to it.
     #[arg(long, env = "ORDO_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
+    /// Certificate revocation lists of the cluster CA (PEM): a node certificate listed there
+    /// is refused by this node, as a peer calling it and as a peer it calls (a decommissioned
+    /// or compromised node's key). With TLS only. Reloaded as --tls-cert is.
+    #[arg(long, env = "ORDO_TLS_CRL", value_name = "FILE")]
+    pub tls_crl: Option<PathBuf>,
     /// Require `Authorization: Bearer TOKEN` of a user (see `ordo user`) on every public route
     /// but /health.
     #[arg(long, env = "ORDO_AUTH")]
@@ -427,7 +432,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
             Durability::Fsync
         },
         tls: match (args.tls_cert, args.tls_key, args.tls_ca) {
-            (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
+            (Some(cert), Some(key), Some(ca)) => Some(TlsFiles {
+                cert,
+                key,
+                ca,
+                crl: args.tls_crl,
+            }),
+            (None, None, None) if args.tls_crl.is_some() => {
+                bail!("--tls-crl needs TLS: give --tls-cert, --tls-key and --tls-ca too")
+            }
             (None, None, None) => None,
             _ => bail!(
                 "--tls-cert, --tls-key and --tls-ca go together (from flags, ORDO_TLS_* or the \

@@ -7,9 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevocationReason, RevokedCertParams, SerialNumber,
 };
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use time::OffsetDateTime;
 
 use super::TlsFiles;
@@ -23,6 +26,8 @@ pub enum DevCertError {
     },
     #[error("making a certificate: {0}")]
     Cert(#[from] rcgen::Error),
+    #[error("{0}: not a certificate: {1}")]
+    Unreadable(PathBuf, String),
 }
 
 /// When a certificate is valid.
@@ -162,9 +167,42 @@ impl DevCa {
             cert: dir.join(format!("{name}.pem")),
             key: dir.join(format!("{name}-key.pem")),
             ca: dir.join("ca.pem"),
+            crl: None,
         };
         write(&files.key, &key.serialize_pem(), true)?;
         write(&files.cert, &cert.pem(), false)?;
         Ok(files)
+    }
+
+    /// Writes to `path` a revocation list of this CA (valid 30 days) that revokes the
+    /// certificates in the PEM files `revoked` (none: an empty list).
+    pub fn revocation_list(&self, path: &Path, revoked: &[&Path]) -> Result<(), DevCertError> {
+        let now = OffsetDateTime::now_utc();
+        let mut revoked_certs = Vec::new();
+        for file in revoked {
+            let pem = read(file)?;
+            let der = CertificateDer::from_pem_slice(pem.as_bytes())
+                .map_err(|e| DevCertError::Unreadable(file.to_path_buf(), e.to_string()))?;
+            let cert = webpki::EndEntityCert::try_from(&der)
+                .map_err(|e| DevCertError::Unreadable(file.to_path_buf(), e.to_string()))?;
+            revoked_certs.push(RevokedCertParams {
+                serial_number: SerialNumber::from_slice(cert.serial()),
+                revocation_time: now,
+                reason_code: Some(RevocationReason::Superseded),
+                invalidity_date: None,
+            });
+        }
+        let params = CertificateRevocationListParams {
+            this_update: now - Duration::from_secs(3600),
+            next_update: now + Duration::from_secs(30 * 86_400),
+            // Seconds since the epoch: a list made later has a higher number.
+            crl_number: SerialNumber::from(now.unix_timestamp() as u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let ca_key = KeyPair::from_pem(&self.key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, ca_key)?;
+        write(path, &params.signed_by(&issuer)?.pem()?, false)
     }
 }

@@ -5,7 +5,9 @@
 //! One port carries both clients and peers, so a client certificate is optional at the
 //! handshake; a connection that presented one signed by the cluster CA is a peer's, and only
 //! such connections may use the node-to-node routes (`rpc::server`). The cluster CA signs node
-//! certificates only; clients prove who they are otherwise.
+//! certificates only; clients prove who they are otherwise. A certificate revocation list of
+//! the cluster CA (`TlsFiles::crl`) takes a node certificate's key out of the cluster (a
+//! decommissioned or compromised node): nodes refuse it on both sides of their connections.
 //!
 //! Certificates can be replaced while the node runs: `NodeTls::reload` reads the files again
 //! and swaps the configurations (new connections use them; open ones keep theirs). A reload
@@ -19,9 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
@@ -34,6 +37,8 @@ pub enum TlsError {
     },
     #[error("{path} holds no certificate")]
     NoCertificate { path: PathBuf },
+    #[error("{path} holds no certificate revocation list (PEM `X509 CRL`)")]
+    NoCrl { path: PathBuf },
     #[error("{0}")]
     Config(#[from] rustls::Error),
     #[error("the CA certificates cannot check clients: {0}")]
@@ -58,6 +63,9 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// The cluster CA: peers' certificates must chain to it.
     pub ca: PathBuf,
+    /// Revocation lists the cluster CA issued (PEM): a node certificate listed there is
+    /// refused, as a peer calling and as a peer called.
+    pub crl: Option<PathBuf>,
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -79,6 +87,23 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
         });
     }
     Ok(certs)
+}
+
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let read_err = |source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(read_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read_err)?;
+    if crls.is_empty() {
+        return Err(TlsError::NoCrl {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(crls)
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
@@ -114,10 +139,16 @@ struct Loaded {
 }
 
 fn stamps(files: &TlsFiles) -> Vec<Option<SystemTime>> {
-    [&files.cert, &files.key, &files.ca]
-        .iter()
-        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .collect()
+    [
+        Some(&files.cert),
+        Some(&files.key),
+        Some(&files.ca),
+        files.crl.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    .collect()
 }
 
 fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
@@ -125,9 +156,21 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
     let certs = read_certs(&files.cert)?;
     let key = read_key(&files.key)?;
     let roots = Arc::new(read_roots(&files.ca)?);
+    let crls = match &files.crl {
+        Some(path) => read_crls(path)?,
+        None => Vec::new(),
+    };
     // Clients connect without a certificate; peers present theirs (see the module comment).
+    // Only a node's own certificate is looked up in the lists (the CA is the root), and one
+    // the lists do not cover (another issuer's lists given) is refused: fail closed.
     let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
         .allow_unauthenticated()
+        .with_crls(crls.clone())
+        .only_check_end_entity_revocation()
+        .build()?;
+    let peer_verifier = WebPkiServerVerifier::builder_with_provider(roots, provider())
+        .with_crls(crls)
+        .only_check_end_entity_revocation()
         .build()?;
     let mut server = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
@@ -136,7 +179,7 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
     let peer_client = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
+        .with_webpki_verifier(peer_verifier)
         .with_client_auth_cert(certs, key)?;
     Ok(Loaded {
         server: Arc::new(server),
@@ -245,5 +288,56 @@ mod tests {
             !tls.files_changed(),
             "a failed attempt is not retried until a file changes"
         );
+    }
+    /// A TLS handshake between a node calling (`client`) and a node called (`server`), in
+    /// memory: the caller's error, if any.
+    async fn handshake(client: Arc<ClientConfig>, server: Arc<ServerConfig>) -> Result<(), String> {
+        let (near, far) = tokio::io::duplex(64 << 10);
+        let accepted = tokio_rustls::TlsAcceptor::from(server).accept(far);
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let connected = tokio_rustls::TlsConnector::from(client).connect(name, near);
+        let (_, connected) = tokio::join!(accepted, connected);
+        connected.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// A node whose revocation list names a peer's certificate refuses that peer as a server
+    /// it calls (the other direction, a listed caller, is tests/tls.rs'); a list that does not
+    /// name it, or none, lets the peer through. An empty or unreadable list file is an error.
+    #[tokio::test]
+    async fn a_listed_peer_certificate_is_refused_when_called() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::create(dir.path()).unwrap();
+        let issue = |name| {
+            ca.issue_node(dir.path(), name, &["127.0.0.1"], Validity::days(30))
+                .unwrap()
+        };
+        let (caller, called, other) = (issue("node1"), issue("node2"), issue("node3"));
+        let called = NodeTls::load(called.clone()).unwrap().server_config();
+        let with_list = |name: &str, revoked: &[&Path]| {
+            let crl = dir.path().join(name);
+            ca.revocation_list(&crl, revoked).unwrap();
+            let files = TlsFiles {
+                crl: Some(crl),
+                ..caller.clone()
+            };
+            NodeTls::load(files).unwrap().peer_client_config()
+        };
+
+        let no_list = NodeTls::load(caller.clone()).unwrap().peer_client_config();
+        handshake(no_list, called.clone()).await.unwrap();
+        let others_listed = with_list("others.pem", &[&other.cert]);
+        handshake(others_listed, called.clone()).await.unwrap();
+        let listed = with_list("listed.pem", &[&dir.path().join("node2.pem")]);
+        let err = handshake(listed, called).await.unwrap_err();
+        assert!(err.to_lowercase().contains("revoked"), "{err}");
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let files = TlsFiles {
+            crl: Some(empty),
+            ..caller.clone()
+        };
+        let err = NodeTls::load(files).err().expect("no list in the file");
+        assert!(err.to_string().contains("empty.pem"), "{err}");
     }
 }
