@@ -39,6 +39,8 @@ pub enum TlsError {
     NoCertificate { path: PathBuf },
     #[error("{path} holds no certificate revocation list (PEM `X509 CRL`)")]
     NoCrl { path: PathBuf },
+    #[error("{path}: {why}")]
+    BadCrl { path: PathBuf, why: String },
     #[error("{0}")]
     Config(#[from] rustls::Error),
     #[error("the CA certificates cannot check clients: {0}")]
@@ -102,6 +104,26 @@ fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, 
         return Err(TlsError::NoCrl {
             path: path.to_path_buf(),
         });
+    }
+    // Parsed here as rustls will, so that a list it cannot use is blamed on this file. And one
+    // list per issuer: rustls checks a certificate against the first list whose issuer name
+    // matches, so a second one (a newer list appended, or a new CA of the same name) would be
+    // ignored, or would fail its signature check and refuse every node of that CA.
+    let mut issuers = std::collections::HashSet::new();
+    for crl in &crls {
+        let bad = |why: String| TlsError::BadCrl {
+            path: path.to_path_buf(),
+            why,
+        };
+        let parsed = webpki::BorrowedCertRevocationList::from_der(crl.as_ref())
+            .map_err(|e| bad(format!("a revocation list rustls cannot use: {e}")))?;
+        if !issuers.insert(webpki::CertRevocationList::from(parsed).issuer().to_vec()) {
+            return Err(bad(
+                "two revocation lists of one issuer name: keep one list per CA (replace it \
+                 with the newer one), and give a new CA a name of its own"
+                    .into(),
+            ));
+        }
     }
     Ok(crls)
 }
@@ -339,5 +361,22 @@ mod tests {
         };
         let err = NodeTls::load(files).err().expect("no list in the file");
         assert!(err.to_string().contains("empty.pem"), "{err}");
+        // Two lists of one CA in one file: only the first would count, so it is refused.
+        let twice = dir.path().join("twice.pem");
+        let lists = [
+            &dir.path().join("others.pem"),
+            &dir.path().join("listed.pem"),
+        ]
+        .map(|p| std::fs::read_to_string(p).unwrap());
+        std::fs::write(&twice, lists.concat()).unwrap();
+        let files = TlsFiles {
+            crl: Some(twice),
+            ..caller.clone()
+        };
+        let err = NodeTls::load(files).err().expect("two lists of one CA");
+        assert!(
+            err.to_string().contains("twice.pem") && err.to_string().contains("one issuer"),
+            "{err}"
+        );
     }
 }
