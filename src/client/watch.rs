@@ -7,7 +7,8 @@
 //! (`Last-Event-ID`), skipping anything at or below it: no gap, no duplicate. It ends with an
 //! error when no node can be reached for the client's deadline, when the nodes no longer
 //! hold the changes after its position (`RevisionGone`: list again, then watch from the
-//! listing's revision), or when its token was revoked or its role lost `orders:read` while it
+//! listing's revision; a node that says so sends the watch to the others first, since each
+//! node trims its own change log), or when its token was revoked or its role lost `orders:read` while it
 //! watched (`Unauthorized`, from the node's `feed.unauthorized`).
 
 use std::time::Duration;
@@ -92,6 +93,9 @@ struct WatchState<'c> {
     fruitless: u32,
     /// When the last connection was opened.
     opened: Option<Instant>,
+    /// Nodes that no longer hold the changes after `last` (410 or `feed.gone`), and the
+    /// oldest revision each holds: once every node says so, the watch ends.
+    gone: std::collections::BTreeMap<usize, u64>,
     finished: bool,
 }
 
@@ -130,6 +134,7 @@ impl Client {
             failures: 0,
             fruitless: 0,
             opened: None,
+            gone: Default::default(),
             finished: false,
         };
         let stream = futures_util::stream::unfold(state, |mut state| async move {
@@ -155,6 +160,7 @@ impl WatchState<'_> {
                     self.fruitless = 0;
                     self.last = self.last.max(event.id.unwrap_or(0));
                     self.position.set(self.last);
+                    self.gone.clear();
                     continue;
                 }
                 match event.event.as_str() {
@@ -170,18 +176,21 @@ impl WatchState<'_> {
                             self.last = change.revision;
                             self.position.set(self.last);
                             self.failures = 0;
+                            self.gone.clear();
                             return Ok(change);
                         }
                     }
+                    // `feed.gone`: this node trimmed past `last`; another may still hold it.
                     "feed.gone" => {
                         let oldest = serde_json::from_str::<serde_json::Value>(&event.data)
                             .ok()
                             .and_then(|v| v["oldest_revision"].as_u64())
                             .unwrap_or(0);
-                        return Err(ClientError::RevisionGone {
-                            since: self.last,
-                            oldest,
-                        });
+                        if let Some(conn) = self.connection.take() {
+                            if let Some(gone) = self.gone_from(conn.node, oldest) {
+                                return Err(gone);
+                            }
+                        }
                     }
                     // `feed.unauthorized`: the token was revoked (or its role lost
                     // orders:read) while the stream was open; every node would answer 401 (or
@@ -283,10 +292,15 @@ impl WatchState<'_> {
                     let status = resp.status();
                     let body: serde_json::Value = resp.json().await.unwrap_or_default();
                     if status == reqwest::StatusCode::GONE {
-                        return Err(ClientError::RevisionGone {
-                            since: self.last,
-                            oldest: body["error"]["oldest_revision"].as_u64().unwrap_or(0),
-                        });
+                        let oldest = body["error"]["oldest_revision"].as_u64().unwrap_or(0);
+                        if let Some(gone) = self.gone_from(node, oldest) {
+                            return Err(gone);
+                        }
+                        last_error = format!(
+                            "{}: no longer holds the changes after revision {}",
+                            self.client.config.nodes[node], self.last
+                        );
+                        continue;
                     }
                     match self.client.retry_reason(node, status, &body) {
                         Some(reason) => last_error = reason,
@@ -311,6 +325,20 @@ impl WatchState<'_> {
             no_connection: false,
             unanswered: false,
             last_code: None,
+        })
+    }
+
+    /// Node `node` no longer holds the changes after `last` (it holds `oldest` on): the watch's
+    /// end once every node has said so, else the node is passed over for a while.
+    fn gone_from(&mut self, node: usize, oldest: u64) -> Option<ClientError> {
+        self.gone.insert(node, oldest);
+        if self.gone.len() < self.client.config.nodes.len() {
+            self.client.mark_failed(node);
+            return None;
+        }
+        Some(ClientError::RevisionGone {
+            since: self.last,
+            oldest: self.gone.values().copied().min().unwrap_or(0),
         })
     }
 
@@ -403,18 +431,19 @@ mod tests {
     /// A node whose every stream ends at once with `feed.error` (its ring failed) does not
     /// keep a watch reconnecting for ever: the `feed.error` event itself used to count as
     /// progress.
-    #[tokio::test]
-    async fn a_watch_gives_up_on_nodes_that_only_end_their_streams() {
+    /// A fake node on loopback that answers every request with `status` and `body` (then
+    /// closes the connection): its URL.
+    async fn fake_node(status: &'static str, content_type: &'static str, body: String) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
+                let body = body.clone();
                 tokio::spawn(async move {
                     let mut request = [0u8; 4096];
                     let _ = conn.read(&mut request).await;
-                    let body = "event: feed.error\ndata: {\"resume_from\":0}\n\n";
                     let head = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\n\
                          content-length: {}\r\nconnection: close\r\n\r\n",
                         body.len()
                     );
@@ -424,11 +453,25 @@ mod tests {
                 });
             }
         });
-        let mut config = ClientConfig::new([format!("http://{addr}")]);
+        format!("http://{addr}")
+    }
+
+    fn quick_client(nodes: Vec<String>) -> Client {
+        let mut config = ClientConfig::new(nodes);
         config.base_backoff = Duration::from_millis(1);
         config.max_backoff = Duration::from_millis(5);
         config.cool_down = Duration::from_millis(1);
-        let client = Client::new(config);
+        Client::new(config)
+    }
+
+    /// A node whose every stream ends at once with `feed.error` (its ring failed) does not
+    /// keep a watch reconnecting for ever: the `feed.error` event itself used to count as
+    /// progress.
+    #[tokio::test]
+    async fn a_watch_gives_up_on_nodes_that_only_end_their_streams() {
+        let body = "event: feed.error\ndata: {\"resume_from\":0}\n\n".to_string();
+        let node = fake_node("200 OK", "text/event-stream", body).await;
+        let client = quick_client(vec![node]);
         let (changes, _) =
             client.watch_with_position(0, WatchFilter::default(), Duration::from_secs(30));
         futures_util::pin_mut!(changes);
@@ -437,6 +480,62 @@ mod tests {
             .expect("the watch gave up in time");
         assert!(
             matches!(first, Some(Err(ClientError::Unavailable { .. }))),
+            "{first:?}"
+        );
+    }
+
+    /// Each node trims its own change log: one that no longer holds the watch's position (a
+    /// 410 when asked, `feed.gone` on a stream) sends it to the others, and the watch ends
+    /// with `RevisionGone` only once every node has said so.
+    #[tokio::test]
+    async fn a_watch_ends_as_gone_only_when_every_node_trimmed_its_position() {
+        let trimmed = || {
+            let body =
+                r#"{"error":{"code":"revision_gone","message":"trimmed","oldest_revision":9}}"#;
+            fake_node("410 Gone", "application/json", body.to_string())
+        };
+        let change = r#"{"revision":6,"kind":"order.created","order":{"id":1,"customer_id":"c","items":[{"sku":"s","quantity":1,"unit_price_cents":1}],"total_cents":1,"status":"pending","version":1,"created_at":"2026-11-28T14:00:00.000Z","updated_at":"2026-11-28T14:00:00.000Z","note":"","revision":6}}"#;
+        let holds = fake_node(
+            "200 OK",
+            "text/event-stream",
+            format!("id: 6\nevent: order.created\ndata: {change}\n\n"),
+        )
+        .await;
+        let ended = fake_node(
+            "200 OK",
+            "text/event-stream",
+            "event: feed.gone\ndata: {\"oldest_revision\":7}\n\n".to_string(),
+        )
+        .await;
+
+        // The first node asked (the first in the list) trimmed; the second holds the change.
+        let client = quick_client(vec![trimmed().await, holds]);
+        let changes = client.watch(5, WatchFilter::default(), Duration::from_secs(30));
+        futures_util::pin_mut!(changes);
+        let first = tokio::time::timeout(Duration::from_secs(60), changes.next())
+            .await
+            .expect("a change in time");
+        assert!(
+            matches!(&first, Some(Ok(c)) if c.revision == 6),
+            "{first:?}"
+        );
+
+        // Every node trimmed (one says so when asked, one on its stream): gone, naming the
+        // oldest revision any node holds.
+        let client = quick_client(vec![trimmed().await, ended]);
+        let changes = client.watch(5, WatchFilter::default(), Duration::from_secs(30));
+        futures_util::pin_mut!(changes);
+        let first = tokio::time::timeout(Duration::from_secs(60), changes.next())
+            .await
+            .expect("an answer in time");
+        assert!(
+            matches!(
+                first,
+                Some(Err(ClientError::RevisionGone {
+                    since: 5,
+                    oldest: 7
+                }))
+            ),
             "{first:?}"
         );
     }
