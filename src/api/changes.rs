@@ -70,6 +70,10 @@ const READ_BATCH: usize = 256;
 /// And at most about this much memory of changes (the largest orders are tens of KB each):
 /// what a stream behind the ring holds while its client takes them.
 const READ_BATCH_BYTES: usize = 256 * 1024;
+/// Pages read from the log at once, per node, by the streams behind the ring. A read waits
+/// while a snapshot is installed; a thousand streams each waiting on a blocking thread would
+/// take tokio's whole blocking pool (512) from the node's other reads until the install ends.
+static LOG_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
 
 /// The feed's settings and its subscribers, per node.
 pub struct ChangeFeed {
@@ -609,7 +613,10 @@ impl Feed {
         let reader = self.reader.clone();
         let next = self.next;
         let read = move || reader.changes_within(next, READ_BATCH, READ_BATCH_BYTES);
-        let page = match tokio::task::spawn_blocking(read).await {
+        let turn = LOG_READS.acquire().await;
+        let page = tokio::task::spawn_blocking(read).await;
+        drop(turn);
+        let page = match page {
             Ok(Ok(page)) => page,
             // The store failed (or is shutting down): say so, so that a client does not come
             // straight back to this node for more of the same.
