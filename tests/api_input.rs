@@ -404,6 +404,22 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
             400,
             ErrorCode::InvalidQuery.as_str(),
         ),
+        // A numbered page of a filtered listing skips at most 10,000 matches (a cursor goes
+        // deeper): page 102 of 100 would skip 10,100.
+        case(
+            "GET",
+            "/api/orders?status=paid&page=4294967295",
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
+        case(
+            "GET",
+            "/api/orders?customer_id=c&page=102&per_page=100",
+            "",
+            400,
+            ErrorCode::InvalidQuery.as_str(),
+        ),
         case(
             "GET",
             "/api/orders?per_page=101",

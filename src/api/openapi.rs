@@ -35,7 +35,9 @@ pub struct ConsistencyQuery {
 #[allow(dead_code)]
 pub struct ListQueryParams {
     /// The page, from 1, counted from `after` when it is given. Each page before it is
-    /// skipped match by match: walk deep listings by `after` instead.
+    /// skipped match by match: walk deep listings by `after` instead. With a filter (`status`,
+    /// `customer_id`), a page that would skip more than 10,000 matches is a 400
+    /// `invalid_query`.
     #[param(minimum = 1, maximum = 4294967295_u64)]
     page: Option<u64>,
     /// Only orders with a higher id: a cursor, as cheap at any depth (pass the last page's

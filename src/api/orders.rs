@@ -195,6 +195,12 @@ fn parse_within(
     }
 }
 
+/// The most matches a numbered page of a filtered listing skips. Each one is an index entry
+/// read while the state machine's install lock is held for reading: without a bound, one
+/// request for page 4294967295 walked the whole index (and held a snapshot install back for
+/// as long). A cursor (`after`) reaches any depth at the cost of one page.
+pub const MAX_FILTERED_SKIP: u64 = 10_000;
+
 /// Orders by id, a page at a time, optionally filtered by status and customer. A page starts
 /// after an order id (`after`, a cursor: pass the last answer's `next_after`) and/or at a page
 /// number (`page`, counted from the cursor).
@@ -242,6 +248,15 @@ pub async fn list(
                 "customer_id is at most {MAX_CUSTOMER_ID_CHARS} characters, got {chars}"
             )));
         }
+    }
+    let skipped = (start.page - 1).saturating_mul(per_page);
+    if (status.is_some() || customer_id.is_some()) && skipped > MAX_FILTERED_SKIP {
+        return Err(ApiError::InvalidQuery(format!(
+            "page {} of a filtered listing would skip {skipped} matches, and a page skips at \
+             most {MAX_FILTERED_SKIP}: walk deep listings by cursor (after=the last page's \
+             next_after)",
+            start.page
+        )));
     }
     read_barrier(&state, &pairs, caller).await?;
     // A listing reads up to a page of orders, and a numbered filtered page walks the index

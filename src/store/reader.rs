@@ -194,7 +194,20 @@ impl OrderReader {
         if first.is_none() {
             return Ok(page);
         }
-        for id in ids.skip(skip.try_into().unwrap_or(usize::MAX)) {
+        // Skipped by hand, not with `Iterator::skip`: an unreadable index entry among the
+        // skipped ones is an error, not a match that shifts the page.
+        let mut ids = ids;
+        let mut skipped = 0u64;
+        while skipped < skip {
+            match ids.next() {
+                Some(id) => {
+                    id?;
+                    skipped += 1;
+                }
+                None => break,
+            }
+        }
+        for id in ids {
             let id = id?;
             if page.orders.len() as u64 == per_page {
                 // One more index entry: there is a next page (its orders may have moved on by
