@@ -2,10 +2,14 @@
 //!
 //! Built from a list of node URLs, it spreads requests round-robin over the nodes that have
 //! not failed recently (a failed node sits out a cool-down), sends writes first to the leader
-//! it learnt from the `x-ordo-leader` header, and retries connection errors, 503 and 504 with
-//! exponential backoff and full jitter until a per-call deadline. Every write carries an
-//! idempotency key (the caller's, or a fresh random one reused across the call's retries), so
-//! a retry after a lost answer never creates a second order or applies a change twice.
+//! it learnt from the `x-ordo-leader` header, and retries connection errors, answers cut off,
+//! 503 and 504 with exponential backoff and full jitter until a per-call deadline. Every order
+//! write carries an idempotency key (the caller's, or a fresh random one reused across the
+//! call's retries), so a retry after a lost answer never creates a second order or applies a
+//! change twice; such writes are also retried on 500 and 502 (their outcome is unknown).
+//! User and role changes carry no key: those a second application would answer otherwise
+//! (adding a user, revoking one, deleting a role) are not sent again once an attempt may have
+//! been applied.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), ordo::client::ClientError> {
@@ -17,6 +21,8 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(test)]
+mod fake_node;
 mod watch;
 
 pub use watch::{WatchFilter, WatchPosition, DEFAULT_IDLE_TIMEOUT};
@@ -123,8 +129,9 @@ pub enum ClientError {
     /// outcome is unknown: `idempotency_key` is the key it carried, to retry it safely (a
     /// retry with the same key and body is applied at most once). `no_connection`: no
     /// attempt reached a node at all (nothing listens there, or the network is down).
-    /// `unanswered`: the last attempt reached a node but got no answer in time (or lost the
-    /// connection before one), so a write it carried may have been applied there.
+    /// `unanswered`: for a write, some attempt reached a node and got no answer in time (or
+    /// lost the connection before one, or was told its outcome is unknown), so the write may
+    /// have been applied; for a read, the last attempt went unanswered.
     #[error(
         "unavailable after {attempts} attempts: {last}{}",
         retry_hint(idempotency_key)
@@ -438,6 +445,9 @@ impl Client {
     }
 
     /// Sends one logical request, retrying as the module comment says, until `deadline`.
+    /// A write's `unanswered` (in `Unavailable`) says whether any attempt may have been
+    /// applied.
+    #[allow(clippy::too_many_arguments)]
     async fn call(
         &self,
         method: Method,
@@ -446,11 +456,14 @@ impl Client {
         idempotency_key: Option<&str>,
         deadline: Instant,
         fixed_node: Option<usize>,
+        resend: Resend,
     ) -> Result<Answer, ClientError> {
         let is_write = method != Method::GET;
         let mut last = String::from("no attempt was made");
         let mut last_code = None;
         let mut attempts = 0u32;
+        // `unanswered` stays set once any attempt may have been applied: a later "no leader"
+        // does not undo an earlier attempt that reached one.
         let (mut connected, mut unanswered) = (false, false);
         while attempts < 1000 {
             let node = fixed_node.unwrap_or_else(|| self.pick(is_write));
@@ -475,29 +488,62 @@ impl Client {
             if let Some(token) = &self.config.token {
                 req = req.bearer_auth(token);
             }
+            // Whether this attempt got no answer (it reached a node: a write may have been
+            // applied), and whether its answer says the outcome is unknown (500, 502, 504).
+            let (mut no_answer, mut unknown) = (false, false);
             match req.send().await {
                 Err(e) => {
                     // Past the connect, the node had the request (a write may have been
                     // applied): only a failed connect leaves `no_connection`.
-                    unanswered = !e.is_connect();
-                    connected |= unanswered;
+                    no_answer = !e.is_connect();
+                    connected |= no_answer;
                     last = format!("{}: {}", self.config.nodes[node], with_causes(&e));
                     last_code = None;
                     self.mark_failed(node);
                 }
                 Ok(resp) => {
-                    (connected, unanswered) = (true, false);
+                    connected = true;
                     self.learn_leader(&resp);
                     let status = resp.status();
-                    let body: Value = resp.json().await.unwrap_or(Value::Null);
-                    match self.retry_reason(node, status, &body) {
-                        Some(reason) => {
-                            last = reason;
-                            last_code = body["error"]["code"].as_str().map(String::from);
+                    // The body is part of the answer: one cut off (the attempt's time ran
+                    // out, the connection dropped) is no answer, though a 201 was on its way.
+                    match resp.bytes().await {
+                        Err(e) => {
+                            no_answer = true;
+                            last = format!(
+                                "{}: the answer ({}) was cut off: {}",
+                                self.config.nodes[node],
+                                status.as_u16(),
+                                with_causes(&e)
+                            );
+                            last_code = None;
+                            self.mark_failed(node);
                         }
-                        None => return Ok(Answer { status, body }),
+                        Ok(bytes) => {
+                            // Not JSON (a proxy's page, say): judged by its status alone.
+                            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                            match self.retry_reason(node, status, &body, idempotency_key) {
+                                Some(reason) => {
+                                    last = reason;
+                                    last_code = body["error"]["code"].as_str().map(String::from);
+                                    unknown = status != StatusCode::SERVICE_UNAVAILABLE;
+                                }
+                                None => return Ok(Answer { status, body }),
+                            }
+                        }
                     }
                 }
+            }
+            // For a read, whether the last attempt went unanswered; for a write, whether any
+            // attempt may have been applied.
+            let maybe_applied = no_answer || unknown;
+            unanswered = if is_write {
+                unanswered || maybe_applied
+            } else {
+                no_answer
+            };
+            if is_write && maybe_applied && resend == Resend::OnlyIfNotSent {
+                break;
             }
             let pause = self.backoff(attempts - 1);
             if Instant::now() + pause >= deadline {
@@ -516,10 +562,20 @@ impl Client {
     }
 
     /// Why to try again elsewhere, for an answer that says the node cannot serve now (503,
-    /// 504); `None` for an answer to keep.
-    fn retry_reason(&self, node: usize, status: StatusCode, body: &Value) -> Option<String> {
-        let retry =
-            status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT;
+    /// 504), or, for a write with an idempotency key, that its outcome is unknown (500, 502:
+    /// the same key replays the outcome if it was applied); `None` for an answer to keep.
+    fn retry_reason(
+        &self,
+        node: usize,
+        status: StatusCode,
+        body: &Value,
+        idempotency_key: Option<&str>,
+    ) -> Option<String> {
+        let unknown_outcome =
+            status == StatusCode::INTERNAL_SERVER_ERROR || status == StatusCode::BAD_GATEWAY;
+        let retry = status == StatusCode::SERVICE_UNAVAILABLE
+            || status == StatusCode::GATEWAY_TIMEOUT
+            || (unknown_outcome && idempotency_key.is_some());
         retry.then(|| {
             format!(
                 "{}: {} {}",
@@ -537,8 +593,22 @@ impl Client {
         body: Option<&Value>,
         key: Option<&str>,
     ) -> Result<(StatusCode, T), ClientError> {
+        self.call_json_resending(method, path, body, key, Resend::Safe)
+            .await
+    }
+
+    async fn call_json_resending<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+        resend: Resend,
+    ) -> Result<(StatusCode, T), ClientError> {
         let deadline = Instant::now() + self.config.deadline;
-        let answer = self.call(method, path, body, key, deadline, None).await?;
+        let answer = self
+            .call(method, path, body, key, deadline, None, resend)
+            .await?;
         decode(answer)
     }
 
@@ -584,7 +654,7 @@ impl Client {
             let status = resp.status();
             if !status.is_success() {
                 let body: Value = resp.json().await.unwrap_or(Value::Null);
-                match self.retry_reason(node, status, &body) {
+                match self.retry_reason(node, status, &body, None) {
                     Some(reason) => {
                         last = reason;
                         self.mark_failed(node);
@@ -718,7 +788,15 @@ impl Client {
             ReadMode::Linearizable | ReadMode::Stale => {
                 let stale = mode == ReadMode::Stale;
                 let answer = self
-                    .call(Method::GET, &url(stale), None, None, deadline, None)
+                    .call(
+                        Method::GET,
+                        &url(stale),
+                        None,
+                        None,
+                        deadline,
+                        None,
+                        Resend::Safe,
+                    )
                     .await?;
                 Ok(Read {
                     value: decode(answer)?.1,
@@ -730,7 +808,15 @@ impl Client {
                 // for one at most a third of the deadline (3 s at most), then read stale.
                 let patience = ALLOW_STALE_PATIENCE.min(self.config.deadline / 3);
                 match self
-                    .call(Method::GET, &url(false), None, None, start + patience, None)
+                    .call(
+                        Method::GET,
+                        &url(false),
+                        None,
+                        None,
+                        start + patience,
+                        None,
+                        Resend::Safe,
+                    )
                     .await
                 {
                     Ok(answer) => Ok(Read {
@@ -739,7 +825,15 @@ impl Client {
                     }),
                     Err(ClientError::Unavailable { .. }) => {
                         let answer = self
-                            .call(Method::GET, &url(true), None, None, deadline, None)
+                            .call(
+                                Method::GET,
+                                &url(true),
+                                None,
+                                None,
+                                deadline,
+                                None,
+                                Resend::Safe,
+                            )
                             .await?;
                         Ok(Read {
                             value: decode(answer)?.1,
@@ -763,6 +857,7 @@ impl Client {
                 None,
                 deadline,
                 Some(node),
+                Resend::Safe,
             )
             .await?;
         Ok(decode(answer)?.1)
@@ -789,7 +884,13 @@ impl Client {
     pub async fn add_user(&self, name: &str, role: &str) -> Result<CreatedUser, ClientError> {
         let body = serde_json::json!({"name": name, "role": role});
         Ok(self
-            .call_json(Method::POST, "/auth/users", Some(&body), None)
+            .call_json_resending(
+                Method::POST,
+                "/auth/users",
+                Some(&body),
+                None,
+                Resend::OnlyIfNotSent,
+            )
             .await?
             .1)
     }
@@ -826,15 +927,32 @@ impl Client {
 
     pub async fn delete_role(&self, name: &str) -> Result<DeletedRoleJson, ClientError> {
         let path = format!("/auth/roles/{}", path_segment(name));
-        Ok(self.call_json(Method::DELETE, &path, None, None).await?.1)
+        let deleted =
+            self.call_json_resending(Method::DELETE, &path, None, None, Resend::OnlyIfNotSent);
+        Ok(deleted.await?.1)
     }
 
     /// Revokes a user and its token: once this returns, no node accepts the token for a new
     /// request; an open change-feed stream ends as soon as its node has applied the revocation.
     pub async fn revoke_user(&self, name: &str) -> Result<RevokedUserJson, ClientError> {
         let path = format!("/auth/users/{}", path_segment(name));
-        Ok(self.call_json(Method::DELETE, &path, None, None).await?.1)
+        let revoked =
+            self.call_json_resending(Method::DELETE, &path, None, None, Resend::OnlyIfNotSent);
+        Ok(revoked.await?.1)
     }
+}
+
+/// Whether a write may be sent again after an attempt whose outcome is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resend {
+    /// A read, a write with an idempotency key (a resend replays its outcome), or a change
+    /// that applied twice leaves the same state and answer (membership, a role's permissions).
+    Safe,
+    /// A change whose second application answers otherwise: a user added twice is `409` (and
+    /// the token the first made, shown once, is lost); a revoke or a delete twice is `404`.
+    /// Not sent again once an attempt may have been applied: the caller gets `Unavailable`
+    /// with `unanswered` and checks (`list_users`, `list_roles`) before trying again.
+    OnlyIfNotSent,
 }
 
 /// A name as one URL path segment (`a/b` must not become two segments).
@@ -914,5 +1032,103 @@ fn error_of(status: StatusCode, body: Value) -> ClientError {
             code,
             message,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake_node::{answer, fake_node, Requests};
+    use super::*;
+
+    const ORDER: &str = r#"{"id":1,"customer_id":"c","items":[{"sku":"s","quantity":1,"unit_price_cents":1}],"total_cents":1,"status":"pending","version":1,"created_at":"2026-11-28T14:00:00.000Z","updated_at":"2026-11-28T14:00:00.000Z","note":"","revision":1}"#;
+
+    /// A 201 whose body is cut off after a few bytes (the connection closes).
+    fn cut_off_created() -> String {
+        "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\
+         connection: close\r\n\r\n{\"id\":"
+            .to_string()
+    }
+
+    fn client_of(nodes: &[&str]) -> Client {
+        let mut config = ClientConfig::new(nodes.iter().map(|n| n.to_string()));
+        config.base_backoff = Duration::from_millis(1);
+        config.max_backoff = Duration::from_millis(5);
+        config.cool_down = Duration::from_millis(1);
+        Client::new(config)
+    }
+
+    /// The `Idempotency-Key` header of each request a fake node read.
+    fn keys_sent(requests: &Requests) -> Vec<String> {
+        requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                r.lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("idempotency-key")
+                            .then(|| value.trim().to_string())
+                    })
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// A write's answer is its whole body: a 201 cut off on the way is no answer, and the
+    /// write is sent again with the same key (which replays it where it was applied). It used
+    /// to come back as a server error without the key, inviting a retry that creates twice.
+    #[tokio::test]
+    async fn a_created_answer_cut_off_is_retried_with_the_same_key() {
+        let (cuts, cut_requests) = fake_node(vec![cut_off_created()]).await;
+        let whole = answer("201 Created", "application/json", ORDER);
+        let (answers, answered_requests) = fake_node(vec![whole]).await;
+        let client = client_of(&[&cuts, &answers]);
+        let order = NewOrderRequest::new("c").item("s", 1, 1);
+        let created = client.create_order(&order, None).await.unwrap();
+        assert_eq!(created.order.id, 1);
+        let sent = [keys_sent(&cut_requests), keys_sent(&answered_requests)].concat();
+        assert!(sent.len() >= 2, "{sent:?}");
+        assert!(
+            sent.iter().all(|k| *k == created.idempotency_key),
+            "{sent:?}"
+        );
+    }
+
+    /// A keyed write told its outcome is unknown (500, 502) is sent again with its key; a
+    /// user, which a second request would make again (409, its token lost), is not sent again
+    /// once an attempt may have been applied: the error says so.
+    #[tokio::test]
+    async fn unknown_outcomes_are_resent_only_where_a_resend_is_safe() {
+        let failed = answer(
+            "500 Internal Server Error",
+            "application/json",
+            r#"{"error":{"code":"internal","message":"applied, then failed"}}"#,
+        );
+        let whole = answer("201 Created", "application/json", ORDER);
+        let (node, requests) = fake_node(vec![failed, whole]).await;
+        let client = client_of(&[&node]);
+        let order = NewOrderRequest::new("c").item("s", 1, 1);
+        client.create_order(&order, None).await.unwrap();
+        assert_eq!(requests.lock().unwrap().len(), 2);
+
+        let user = r#"{"name":"u","role":"reader","token":"t"}"#;
+        let whole = answer("201 Created", "application/json", user);
+        let (cuts, cut_requests) = fake_node(vec![cut_off_created()]).await;
+        let (answers, answered_requests) = fake_node(vec![whole]).await;
+        let client = client_of(&[&cuts, &answers]);
+        let err = client.add_user("u", "reader").await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::Unavailable {
+                    unanswered: true,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(cut_requests.lock().unwrap().len(), 1);
+        assert!(answered_requests.lock().unwrap().is_empty(), "sent twice");
     }
 }

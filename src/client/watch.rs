@@ -302,7 +302,7 @@ impl WatchState<'_> {
                         );
                         continue;
                     }
-                    match self.client.retry_reason(node, status, &body) {
+                    match self.client.retry_reason(node, status, &body, None) {
                         Some(reason) => last_error = reason,
                         None => return Err(error_of(status, body)),
                     }
@@ -423,37 +423,17 @@ fn take_events(buf: &mut Vec<u8>) -> Vec<SseEvent> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fake_node::{answer, fake_node};
     use super::super::ClientConfig;
     use super::*;
     use futures_util::StreamExt;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A node whose every stream ends at once with `feed.error` (its ring failed) does not
     /// keep a watch reconnecting for ever: the `feed.error` event itself used to count as
     /// progress.
-    /// A fake node on loopback that answers every request with `status` and `body` (then
-    /// closes the connection): its URL.
-    async fn fake_node(status: &'static str, content_type: &'static str, body: String) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut conn, _)) = listener.accept().await {
-                let body = body.clone();
-                tokio::spawn(async move {
-                    let mut request = [0u8; 4096];
-                    let _ = conn.read(&mut request).await;
-                    let head = format!(
-                        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\n\
-                         content-length: {}\r\nconnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    conn.write_all(head.as_bytes()).await?;
-                    conn.write_all(body.as_bytes()).await?;
-                    std::io::Result::Ok(())
-                });
-            }
-        });
-        format!("http://{addr}")
+    /// A fake node that answers every request with `status` and `body`: its URL.
+    async fn node_answering(status: &str, content_type: &str, body: String) -> String {
+        fake_node(vec![answer(status, content_type, &body)]).await.0
     }
 
     fn quick_client(nodes: Vec<String>) -> Client {
@@ -470,7 +450,7 @@ mod tests {
     #[tokio::test]
     async fn a_watch_gives_up_on_nodes_that_only_end_their_streams() {
         let body = "event: feed.error\ndata: {\"resume_from\":0}\n\n".to_string();
-        let node = fake_node("200 OK", "text/event-stream", body).await;
+        let node = node_answering("200 OK", "text/event-stream", body).await;
         let client = quick_client(vec![node]);
         let (changes, _) =
             client.watch_with_position(0, WatchFilter::default(), Duration::from_secs(30));
@@ -492,16 +472,16 @@ mod tests {
         let trimmed = || {
             let body =
                 r#"{"error":{"code":"revision_gone","message":"trimmed","oldest_revision":9}}"#;
-            fake_node("410 Gone", "application/json", body.to_string())
+            node_answering("410 Gone", "application/json", body.to_string())
         };
         let change = r#"{"revision":6,"kind":"order.created","order":{"id":1,"customer_id":"c","items":[{"sku":"s","quantity":1,"unit_price_cents":1}],"total_cents":1,"status":"pending","version":1,"created_at":"2026-11-28T14:00:00.000Z","updated_at":"2026-11-28T14:00:00.000Z","note":"","revision":6}}"#;
-        let holds = fake_node(
+        let holds = node_answering(
             "200 OK",
             "text/event-stream",
             format!("id: 6\nevent: order.created\ndata: {change}\n\n"),
         )
         .await;
-        let ended = fake_node(
+        let ended = node_answering(
             "200 OK",
             "text/event-stream",
             "event: feed.gone\ndata: {\"oldest_revision\":7}\n\n".to_string(),
