@@ -657,6 +657,17 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
         c.headers.push(("Idempotency-Key", bad_key.to_string()));
         cases.push(c);
     }
+    // Two keys (each good): which one would a retry have to repeat?
+    let mut twice = case(
+        "POST",
+        "/api/orders",
+        &create_with(json!({"customer_id": "c", "items": [good_item()]})),
+        400,
+        ErrorCode::InvalidIdempotencyKey.as_str(),
+    );
+    twice.headers.push(("Idempotency-Key", "first-key".into()));
+    twice.headers.push(("Idempotency-Key", "second-key".into()));
+    cases.push(twice);
 
     // Node-to-node routes take `codec` bodies; a truncated one is refused before Raft sees it.
     for path in [

@@ -23,9 +23,16 @@ const DEFAULT_PER_PAGE: u64 = 20;
 const MAX_PER_PAGE: u64 = 100;
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else {
+    let mut values = headers.get_all(IDEMPOTENCY_HEADER).iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    // Two keys would leave the client unsure which one a retry must repeat.
+    if values.next().is_some() {
+        return Err(ApiError::InvalidIdempotencyKey(
+            "give one Idempotency-Key header, not several".into(),
+        ));
+    }
     let key = value
         .to_str()
         .map_err(|_| ApiError::InvalidIdempotencyKey("not printable ASCII".into()))?;
