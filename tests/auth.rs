@@ -355,17 +355,17 @@ async fn an_open_change_feed_ends_once_its_token_is_revoked_or_its_role_narrowed
         std::time::Duration::from_secs(60),
     );
     futures_util::pin_mut!(watch);
-    let role = |permissions: &[&str]| json!({"name": "feed", "permissions": permissions});
-    let (status, body, _) = call(
-        &cluster,
-        leader,
-        "POST",
-        "/auth/roles",
-        Some(&admin),
-        Some(role(&["orders:read"])),
-    )
-    .await;
-    assert!((200..300).contains(&status), "{status} {body}");
+    // The custom role "feed", made or replaced with these permissions.
+    let put_role = |permissions: &[&str]| {
+        let body = json!({"name": "feed", "permissions": permissions});
+        async {
+            let roles = "/auth/roles";
+            let (status, body, _) =
+                call(&cluster, leader, "POST", roles, Some(&admin), Some(body)).await;
+            assert!((200..300).contains(&status), "{status} {body}");
+        }
+    };
+    put_role(&["orders:read"]).await;
     let custom = add_user(&cluster, leader, &admin, "f", "feed").await;
     let mut by_custom = open_stream(custom).await;
 
@@ -395,16 +395,7 @@ async fn an_open_change_feed_ends_once_its_token_is_revoked_or_its_role_narrowed
     assert!(matches!(first, Some(Ok(_))), "{first:?}");
 
     // The custom role loses orders:read: its user's stream ends, as forbidden.
-    let (status, body, _) = call(
-        &cluster,
-        leader,
-        "POST",
-        "/auth/roles",
-        Some(&admin),
-        Some(role(&["cluster:read"])),
-    )
-    .await;
-    assert!((200..300).contains(&status), "{status} {body}");
+    put_role(&["cluster:read"]).await;
     let ended = |t: &str| t.contains("event: feed.unauthorized");
     read_until(&mut by_custom, &mut custom_text, ended, "feed.unauthorized").await;
     assert!(

@@ -74,15 +74,20 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// Every PEM block of type `T` in the file at `path` (others are skipped).
+fn read_pem<T: PemObject>(path: &Path) -> Result<Vec<T>, TlsError> {
     let read_err = |source| TlsError::Read {
         path: path.to_path_buf(),
         source,
     };
-    let certs = CertificateDer::pem_file_iter(path)
+    T::pem_file_iter(path)
         .map_err(read_err)?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(read_err)?;
+        .map_err(read_err)
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = read_pem(path)?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificate {
             path: path.to_path_buf(),
@@ -92,14 +97,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
-    let read_err = |source| TlsError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let crls = CertificateRevocationListDer::pem_file_iter(path)
-        .map_err(read_err)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(read_err)?;
+    let crls: Vec<CertificateRevocationListDer<'static>> = read_pem(path)?;
     if crls.is_empty() {
         return Err(TlsError::NoCrl {
             path: path.to_path_buf(),
