@@ -202,7 +202,8 @@ impl Shared {
             (Target::Ordo, false) => {
                 // The bench never changes a status, so every order it made is pending: the
                 // numbered page 1 + read_id / 100 is as deep as the cursor at `read_id` (it
-                // starts up to 99 orders before it).
+                // starts up to 99 orders before it), up to the 10,000 matches a filtered
+                // numbered page may skip (page 101; deeper is a 400: cursors go there).
                 let path = match self.workload {
                     Workload::ReadStale => format!("/api/orders/{read_id}?consistency=stale"),
                     Workload::ListFirst => "/api/orders?per_page=100".into(),
@@ -211,7 +212,7 @@ impl Shared {
                     }
                     Workload::ListNumbered => format!(
                         "/api/orders?status=pending&per_page=100&page={}",
-                        1 + read_id / 100
+                        1 + (read_id / 100) % 101
                     ),
                     Workload::ListCustomer => format!(
                         "/api/orders?status=pending&customer_id=bench-{}&per_page=100",

@@ -264,9 +264,10 @@ fn hint(conn: &ConnArgs, e: &ClientError) -> Option<String> {
         ClientError::Unavailable {
             unanswered: true, ..
         } => Some(
-            "a node took the request but gave no answer in time (stalled, overloaded, or a \
-             leader change?), so a write may have been applied: see `ordo cluster status`, \
-             check before trying again, or allow more time with --timeout-ms"
+            "a node took the request but gave no answer in time, or said its outcome is \
+             unknown (stalled, overloaded, or a leader change?), so a write may have been \
+             applied: see `ordo cluster status`, check before trying again, or allow more \
+             time with --timeout-ms"
                 .into(),
         ),
         ClientError::Unavailable { .. } => Some(

@@ -527,6 +527,13 @@ impl Client {
                                     last = reason;
                                     last_code = body["error"]["code"].as_str().map(String::from);
                                     unknown = status != StatusCode::SERVICE_UNAVAILABLE;
+                                    // A node that failed (500, 502) may fail the same way
+                                    // again: the next attempt goes to another.
+                                    if status == StatusCode::INTERNAL_SERVER_ERROR
+                                        || status == StatusCode::BAD_GATEWAY
+                                    {
+                                        self.mark_failed(node);
+                                    }
                                 }
                                 None => return Ok(Answer { status, body }),
                             }
