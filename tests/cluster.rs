@@ -285,6 +285,15 @@ async fn restart_all_keeps_every_order() {
     assert_eq!(all_orders(&cluster, 2, false).await, before);
 }
 
+/// `POST /cluster/members` through node `via`: its status and body.
+async fn set_voters(cluster: &TestCluster, via: u64, members: &[u64]) -> (u16, Value) {
+    let request = cluster
+        .http
+        .post(cluster.url(via, "/cluster/members"))
+        .json(&json!({ "members": members }));
+    send(request).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_learner_promote_and_remove_a_node() {
     let mut cluster = start_cluster(3).await;
@@ -307,17 +316,61 @@ async fn add_learner_promote_and_remove_a_node() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["learners"]["4"], json!(addr4));
 
-    // Through a follower too: membership calls take the same forwarding path as writes.
+    // Refused before anything is proposed: a learner at another node's address (it would
+    // answer for that node), and a member added again at another address.
+    let addr2 = cluster.nodes[&2].addr.clone();
+    for (id, addr) in [(5, addr2.as_str()), (4, "127.0.0.1:1")] {
+        let (status, body) = send(
+            cluster
+                .http
+                .post(cluster.url(follower, "/cluster/learners"))
+                .json(&json!({"id": id, "addr": addr})),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (status, &body["error"]["field"]),
+            (422, &json!("addr")),
+            "{body}"
+        );
+    }
+
+    // A learner that fell behind (stopped while more than a thousand entries were written:
+    // one per sequential create) is not made a voter until it has caught up.
+    cluster.pause(4);
+    for i in 0..1050 {
+        create_until_acked(&cluster, &[leader], "m", &format!("behind-{i}")).await;
+    }
     let keep: Vec<u64> = vec![2, 3, 4];
-    let (status, body) = send(
-        cluster
-            .http
-            .post(cluster.url(follower, "/cluster/members"))
-            .json(&json!({"members": keep})),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 200, "{body}");
+    let (status, body) = set_voters(&cluster, follower, &keep).await;
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (422, &json!("members")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("caught up"),
+        "{body}"
+    );
+    cluster.resume(4);
+
+    // Caught up, through a follower too: membership calls take the same forwarding path as
+    // writes.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let body = loop {
+        let (status, body) = set_voters(&cluster, follower, &keep).await;
+        if status == 200 {
+            break body;
+        }
+        assert!(
+            status == 422 && tokio::time::Instant::now() < deadline,
+            "{status} {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
     let members: BTreeSet<String> = body["members"]
         .as_object()
         .unwrap()
@@ -333,7 +386,7 @@ async fn add_learner_promote_and_remove_a_node() {
     let leader = cluster.wait_for_leader(&keep).await;
     create_until_acked(&cluster, &keep, "m", "m-after").await;
     let orders = all_orders(&cluster, 4, false).await;
-    assert_eq!(orders.len(), 11);
+    assert_eq!(orders.len(), 10 + 1050 + 1);
     assert_eq!(all_orders(&cluster, leader, false).await, orders);
 }
 

@@ -215,7 +215,8 @@ pub async fn add_learner(
     Ok(Json(result?))
 }
 
-/// Set the voters (each a current member or a learner); the others become learners.
+/// Set the voters (each a current member, or a learner that has caught up); the other voters
+/// leave, learners stay learners.
 #[utoipa::path(post, path = "/cluster/members", tag = "cluster", operation_id = "change_members",
     request_body = MembersBody,
     responses((status = 200, description = "The cluster after the change", body = ClusterStatus)))]

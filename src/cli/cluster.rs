@@ -35,8 +35,8 @@ pub enum ClusterCommand {
         #[arg(long, value_name = "HOST:PORT")]
         addr: String,
     },
-    /// Set the voters: current members or learners; the others leave (a removed node goes
-    /// quiet and says so in its log).
+    /// Set the voters: current members or learners that have caught up; the other voters
+    /// leave (a removed node goes quiet and says so in its log), learners stay learners.
     #[command(after_help = "Examples:\n  \
         ordo cluster members 1 2 3 4     # make learner 4 a voter\n  \
         ordo cluster members 1 2 4       # remove node 3")]

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
 use tokio::time::Instant;
 
@@ -20,6 +20,9 @@ use crate::wire::{CheckJson, ClusterStatus, ReadinessJson};
 
 /// A node further behind its own log than this is not ready (it is catching up).
 const READY_APPLY_LAG: u64 = 1000;
+
+/// A learner further behind the leader's log than this is not made a voter.
+const MAX_PROMOTION_LAG: u64 = 1000;
 
 /// Adding a learner waits until it has caught up; bounded.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -208,11 +211,70 @@ impl Service {
         }
     }
 
+    /// What the leader refuses before it proposes a change, against the membership and its
+    /// replication: a learner at an address another node has (it would answer for that node,
+    /// and, made a voter, vote twice), a member added again at another address (openraft keeps
+    /// the old one: the call would wait for nothing), and a voter-to-be that has not caught up
+    /// (a joint configuration needs it for every commit from the moment it is written: writes
+    /// would stall until it caught up, for good if it never can).
+    fn check_against_membership(&self, change: &MembershipChange) -> Result<(), ValidationError> {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        match change {
+            MembershipChange::AddLearner { id, addr } => {
+                for (other, node) in membership.nodes() {
+                    if other == id && node.addr != *addr {
+                        return Err(ValidationError::new(
+                            "addr",
+                            format!(
+                                "node {id} is a member already, at {}: a member's address \
+                                 cannot be changed by adding it again",
+                                node.addr
+                            ),
+                        ));
+                    }
+                    if other != id && node.addr == *addr {
+                        return Err(ValidationError::new(
+                            "addr",
+                            format!("{addr} is node {other}'s address"),
+                        ));
+                    }
+                }
+            }
+            MembershipChange::SetVoters(ids) => {
+                let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+                let last = m.last_log_index.unwrap_or(0);
+                let replication = m.replication.unwrap_or_default();
+                for id in ids.iter().filter(|id| !voters.contains(id)) {
+                    // (A node not in the membership at all is openraft's to refuse.)
+                    let Some(matched) = replication.get(id) else {
+                        continue;
+                    };
+                    let matched = matched.map_or(0, |l| l.index);
+                    if last.saturating_sub(matched) > MAX_PROMOTION_LAG {
+                        return Err(ValidationError::new(
+                            "members",
+                            format!(
+                                "node {id} has {matched} of the leader's {last} log entries: \
+                                 wait until it has caught up (GET /cluster/status on it), \
+                                 then make it a voter"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The leader's half of a membership change: the log id of the membership entry it made.
     pub(super) async fn change_membership_as_leader(
         &self,
         change: MembershipChange,
     ) -> Answer<Option<LogId>> {
+        if let Err(refused) = self.check_against_membership(&change) {
+            return LeaderAnswer::Failed(ServiceError::Invalid(refused));
+        }
         let changed = match change {
             MembershipChange::AddLearner { id, addr } => {
                 let adding = self.raft.add_learner(id, BasicNode { addr }, true);
@@ -242,6 +304,13 @@ impl Service {
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 LeaderAnswer::NotLeader(f.leader_id)
             }
+            // Another change is under way (or one was left half-way: the same call again
+            // finishes it): retryable, not a fault of this request.
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(e),
+            ))) => LeaderAnswer::Failed(ServiceError::Unavailable(format!(
+                "another membership change is in progress ({e}); retry"
+            ))),
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 LeaderAnswer::Failed(ServiceError::Invalid(ValidationError::new(
                     "members",
