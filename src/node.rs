@@ -305,6 +305,10 @@ impl NodeConfig {
             // sled's memory grows steeply with batch size; 256 entries per append stays modest.
             max_payload_entries: 256,
             install_snapshot_timeout: self.install_snapshot_timeout_ms,
+            // Adding a learner waits until it is as close as a promotion asks (openraft's
+            // default, 5000 entries, returned from add-learner with a learner the next step
+            // would refuse).
+            replication_lag_threshold: crate::service::membership::MAX_PROMOTION_LAG,
             ..Default::default()
         };
         config.validate().context("invalid raft timing options")

@@ -568,6 +568,34 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
             400,
             ErrorCode::MalformedJson.as_str(),
         ),
+        case(
+            "DELETE",
+            "/cluster/learners/nine",
+            "",
+            400,
+            ErrorCode::BadRequest.as_str(),
+        ),
+        // A voter, and a node not in the membership, are not learners to remove.
+        field(
+            case(
+                "DELETE",
+                "/cluster/learners/1",
+                "",
+                422,
+                ErrorCode::ValidationFailed.as_str(),
+            ),
+            "id",
+        ),
+        field(
+            case(
+                "DELETE",
+                "/cluster/learners/99",
+                "",
+                422,
+                ErrorCode::ValidationFailed.as_str(),
+            ),
+            "id",
+        ),
         field(
             case(
                 "POST",

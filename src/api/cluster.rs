@@ -8,7 +8,7 @@ use axum::{Extension, Json};
 
 use super::auth::Caller;
 use super::error::ApiError;
-use super::json::JsonBody;
+use super::json::{JsonBody, PathSegment};
 use super::users::audit;
 use super::AppState;
 use crate::rpc::MembershipChange;
@@ -212,6 +212,38 @@ pub async fn add_learner(
         .await
         .map_err(ApiError::from);
     audit(caller.as_deref(), "cluster.add_learner", &subject, &result);
+    Ok(Json(result?))
+}
+
+/// Take a learner out of the membership: one that died, or was added at a wrong address. Its
+/// id and address can then be used again. (A voter leaves through `/cluster/members` first.)
+#[utoipa::path(delete, path = "/cluster/learners/{id}", tag = "cluster",
+    operation_id = "remove_learner", params(super::openapi::NodeIdPath),
+    responses((status = 200, description = "The cluster after the change", body = ClusterStatus)))]
+pub async fn remove_learner(
+    State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
+    PathSegment(raw_id): PathSegment,
+) -> Result<Json<ClusterStatus>, ApiError> {
+    let id: u64 = match raw_id.parse() {
+        Ok(id) if raw_id.bytes().all(|b| b.is_ascii_digit()) => id,
+        _ => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid node id {raw_id:?}: node ids are non-negative integers"
+            )))
+        }
+    };
+    let result = state
+        .service
+        .change_membership(MembershipChange::RemoveLearner { id })
+        .await
+        .map_err(ApiError::from);
+    audit(
+        caller.as_deref(),
+        "cluster.remove_learner",
+        &id.to_string(),
+        &result,
+    );
     Ok(Json(result?))
 }
 

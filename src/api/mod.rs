@@ -72,6 +72,7 @@ fn public_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(cluster::status))
         .routes(routes!(cluster::digest))
         .routes(routes!(cluster::add_learner))
+        .routes(routes!(cluster::remove_learner))
         .routes(routes!(cluster::change_members))
         .routes(routes!(cluster::backup))
         .routes(routes!(users::create, users::list))

@@ -65,6 +65,15 @@ pub struct OrderIdPath {
     id: u64,
 }
 
+/// The `{id}` of a node.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct NodeIdPath {
+    /// The node's id (its `ordo serve --id`), in decimal digits only.
+    id: u64,
+}
+
 /// `GET /api/orders/changes` parameters.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -188,6 +197,7 @@ fn error_statuses(operation_id: &str) -> &'static [u16] {
         "watch_orders" => &[400, 500, 503],
         "list_orders" => &[400, 500, 503, 504],
         "add_learner" | "change_members" => &[400, 413, 415, 422, 500, 503, 504],
+        "remove_learner" => &[400, 422, 500, 503, 504],
         "create_user" => &[400, 409, 413, 415, 422, 500, 503, 504],
         "create_role" => &[400, 413, 415, 422, 500, 503, 504],
         // 422: a name that breaks the naming rule; deleting a built-in role.

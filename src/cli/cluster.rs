@@ -35,6 +35,14 @@ pub enum ClusterCommand {
         #[arg(long, value_name = "HOST:PORT")]
         addr: String,
     },
+    /// Take a learner out of the membership (one that died, or was added at a wrong
+    /// address); its id and address can then be used again.
+    #[command(after_help = "Example:\n  ordo cluster remove-learner --id 4")]
+    RemoveLearner {
+        /// The learner's id.
+        #[arg(long, value_name = "ID")]
+        id: u64,
+    },
     /// Set the voters: current members or learners that have caught up; the other voters
     /// leave (a removed node goes quiet and says so in its log), learners stay learners.
     #[command(after_help = "Examples:\n  \
@@ -55,6 +63,10 @@ pub async fn run(conn: &ConnArgs, command: ClusterCommand) -> i32 {
         },
         ClusterCommand::AddLearner { id, addr } => match client_at_leader(conn).await {
             Ok(client) => finish(conn, client.add_learner(id, &addr).await),
+            Err(e) => report_error(conn, &e),
+        },
+        ClusterCommand::RemoveLearner { id } => match client_at_leader(conn).await {
+            Ok(client) => finish(conn, client.remove_learner(id).await),
             Err(e) => report_error(conn, &e),
         },
         ClusterCommand::Members { ids } => match client_at_leader(conn).await {

@@ -878,6 +878,15 @@ impl Client {
             .1)
     }
 
+    /// Takes a learner out of the membership (not sent again once an attempt may have been
+    /// applied: a second removal is a 422).
+    pub async fn remove_learner(&self, id: u64) -> Result<ClusterStatus, ClientError> {
+        let path = format!("/cluster/learners/{id}");
+        let removed =
+            self.call_json_resending(Method::DELETE, &path, None, None, Resend::OnlyIfNotSent);
+        Ok(removed.await?.1)
+    }
+
     pub async fn change_members(&self, members: &[u64]) -> Result<ClusterStatus, ClientError> {
         let body = serde_json::json!({"members": members});
         Ok(self

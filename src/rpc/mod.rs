@@ -166,6 +166,9 @@ pub enum MembershipChange {
     AddLearner { id: NodeId, addr: String },
     /// Make exactly these nodes the voters.
     SetVoters(BTreeSet<NodeId>),
+    /// Take a learner out of the membership (last: a node of an older build refuses it as
+    /// undecodable rather than reading it as another change).
+    RemoveLearner { id: NodeId },
 }
 
 /// Checks that `addr` is `HOST:PORT` as nodes address each other: a DNS name, an IPv4
@@ -197,6 +200,7 @@ impl MembershipChange {
             MembershipChange::AddLearner { addr, .. } => {
                 check_host_port(addr).map_err(|why| ValidationError::new("addr", why))?;
             }
+            MembershipChange::RemoveLearner { .. } => {}
             MembershipChange::SetVoters(ids) => {
                 if ids.is_empty() {
                     return Err(ValidationError::new(

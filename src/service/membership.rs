@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
-use openraft::{BasicNode, ServerState};
+use openraft::{BasicNode, ChangeMembers, ServerState};
 use tokio::time::Instant;
 
 use super::{storage_failure, Answer, Service, ServiceError};
@@ -21,8 +21,9 @@ use crate::wire::{CheckJson, ClusterStatus, ReadinessJson};
 /// A node further behind its own log than this is not ready (it is catching up).
 const READY_APPLY_LAG: u64 = 1000;
 
-/// A learner further behind the leader's log than this is not made a voter.
-const MAX_PROMOTION_LAG: u64 = 1000;
+/// A learner further behind the leader's log than this is not made a voter; adding a learner
+/// waits until it is this close (openraft's `replication_lag_threshold`, set from it).
+pub const MAX_PROMOTION_LAG: u64 = 1000;
 
 /// Adding a learner waits until it has caught up; bounded.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -217,29 +218,39 @@ impl Service {
     /// the old one: the call would wait for nothing), and a voter-to-be that has not caught up
     /// (a joint configuration needs it for every commit from the moment it is written: writes
     /// would stall until it caught up, for good if it never can).
-    fn check_against_membership(&self, change: &MembershipChange) -> Result<(), ValidationError> {
+    fn check_against_membership(&self, change: &MembershipChange) -> Result<(), ServiceError> {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         match change {
             MembershipChange::AddLearner { id, addr } => {
                 for (other, node) in membership.nodes() {
                     if other == id && node.addr != *addr {
-                        return Err(ValidationError::new(
+                        return Err(ServiceError::Invalid(ValidationError::new(
                             "addr",
                             format!(
                                 "node {id} is a member already, at {}: a member's address \
                                  cannot be changed by adding it again",
                                 node.addr
                             ),
-                        ));
+                        )));
                     }
                     if other != id && node.addr == *addr {
-                        return Err(ValidationError::new(
+                        return Err(ServiceError::Invalid(ValidationError::new(
                             "addr",
                             format!("{addr} is node {other}'s address"),
-                        ));
+                        )));
                     }
                 }
+            }
+            MembershipChange::RemoveLearner { id } => {
+                let refused = if membership.voter_ids().any(|v| v == *id) {
+                    format!("node {id} is a voter: take it out of the voters first (members)")
+                } else if !membership.nodes().any(|(n, _)| n == id) {
+                    format!("node {id} is not in the membership")
+                } else {
+                    return Ok(());
+                };
+                return Err(ServiceError::Invalid(ValidationError::new("id", refused)));
             }
             MembershipChange::SetVoters(ids) => {
                 let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -250,16 +261,18 @@ impl Service {
                     let Some(matched) = replication.get(id) else {
                         continue;
                     };
+                    // None: it has not answered this leader yet (never, or a leader just
+                    // elected has heard no append answer): as far as the leader knows, behind.
                     let matched = matched.map_or(0, |l| l.index);
                     if last.saturating_sub(matched) > MAX_PROMOTION_LAG {
-                        return Err(ValidationError::new(
+                        return Err(ServiceError::Invalid(ValidationError::new(
                             "members",
                             format!(
                                 "node {id} has {matched} of the leader's {last} log entries: \
                                  wait until it has caught up (GET /cluster/status on it), \
                                  then make it a voter"
                             ),
-                        ));
+                        )));
                     }
                 }
             }
@@ -273,7 +286,7 @@ impl Service {
         change: MembershipChange,
     ) -> Answer<Option<LogId>> {
         if let Err(refused) = self.check_against_membership(&change) {
-            return LeaderAnswer::Failed(ServiceError::Invalid(refused));
+            return LeaderAnswer::Failed(refused);
         }
         let changed = match change {
             MembershipChange::AddLearner { id, addr } => {
@@ -283,6 +296,18 @@ impl Service {
                     Err(_) => {
                         return LeaderAnswer::Failed(ServiceError::Timeout(
                             "the learner did not catch up in time".into(),
+                        ))
+                    }
+                }
+            }
+            MembershipChange::RemoveLearner { id } => {
+                let removal = ChangeMembers::RemoveNodes(BTreeSet::from([id]));
+                let removing = self.raft.change_membership(removal, false);
+                match tokio::time::timeout(MEMBERSHIP_TIMEOUT, removing).await {
+                    Ok(done) => done.map(|resp| resp.log_id),
+                    Err(_) => {
+                        return LeaderAnswer::Failed(ServiceError::Timeout(
+                            "the membership change did not commit in time".into(),
                         ))
                     }
                 }
