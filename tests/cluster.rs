@@ -290,9 +290,10 @@ async fn restart_all_keeps_every_order() {
 async fn send_until_served(make: impl Fn() -> reqwest::RequestBuilder) -> (u16, Value) {
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let (status, body) = send(make()).await.unwrap();
-        if (status != 503 && status != 504) || Instant::now() >= deadline {
-            return (status, body);
+        // (No answer in the client's time, as a slow catch-up may take: asked again too.)
+        match send(make()).await {
+            Ok((status, body)) if status != 503 && status != 504 => return (status, body),
+            answer => assert!(Instant::now() < deadline, "{answer:?}"),
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -407,8 +408,11 @@ async fn add_learner_promote_and_remove_a_node() {
     cluster.kill(5);
     let remove5 = || cluster.http.delete(cluster.url(2, "/cluster/learners/5"));
     let (status, body) = send_until_served(remove5).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["learners"], json!({}), "{body}");
+    // (A 422 "not in the membership" only as the answer to a retry of a removal made.)
+    let retried = status == 422 && body.to_string().contains("not in the membership");
+    assert!(status == 200 || retried, "{status} {body}");
+    let (_, after) = get(&cluster, 2, "/cluster/status").await.unwrap();
+    assert_eq!(after["learners"], json!({}), "{after}");
 
     cluster.kill(1);
     let leader = cluster.wait_for_leader(&keep).await;

@@ -288,6 +288,11 @@ impl Service {
         if let Err(refused) = self.check_against_membership(&change) {
             return LeaderAnswer::Failed(refused);
         }
+        // The field openraft's refusal is about (a learner promoted meanwhile is not found).
+        let field = match &change {
+            MembershipChange::RemoveLearner { .. } => "id",
+            _ => "members",
+        };
         let changed = match change {
             MembershipChange::AddLearner { id, addr } => {
                 let adding = self.raft.add_learner(id, BasicNode { addr }, true);
@@ -338,7 +343,7 @@ impl Service {
             ))),
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 LeaderAnswer::Failed(ServiceError::Invalid(ValidationError::new(
-                    "members",
+                    field,
                     e.to_string(),
                 )))
             }
