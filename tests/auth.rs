@@ -29,6 +29,18 @@ async fn start_auth_cluster(dir: &tempfile::TempDir) -> TestCluster {
     cluster
 }
 
+/// A started `--auth` cluster whose first admin ("root") was made with the bootstrap token
+/// through the leader: its directory (kept while the test runs), the cluster, the leader and
+/// the admin's token (also the cluster's own from now on).
+async fn cluster_with_admin() -> (tempfile::TempDir, TestCluster, u64, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start_auth_cluster(&dir).await;
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let admin = add_user(&cluster, leader, BOOTSTRAP, "root", "admin").await;
+    cluster.set_token(&admin);
+    (dir, cluster, leader, admin)
+}
+
 /// One request with `token` (or none): (status, body, WWW-Authenticate present).
 async fn call(
     cluster: &TestCluster,
@@ -225,12 +237,8 @@ async fn every_role_reaches_exactly_its_routes_on_the_leader_and_a_follower() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_is_refused_by_every_node_even_across_a_leader_kill() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = start_auth_cluster(&dir).await;
-    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let (_dir, mut cluster, leader, admin) = cluster_with_admin().await;
     let follower = cluster.ids().into_iter().find(|n| *n != leader).unwrap();
-    let admin = add_user(&cluster, leader, BOOTSTRAP, "root", "admin").await;
-    cluster.set_token(&admin);
     let writer = add_user(&cluster, leader, &admin, "w", "writer").await;
     let (status, body, _) = call(
         &cluster,
@@ -323,12 +331,8 @@ async fn a_revoked_token_is_refused_by_every_node_even_across_a_leader_kill() {
 /// other users leaves it streaming.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_change_feed_ends_once_its_token_is_revoked_or_its_role_narrowed() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = start_auth_cluster(&dir).await;
-    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let (_dir, cluster, leader, admin) = cluster_with_admin().await;
     let follower = cluster.ids().into_iter().find(|n| *n != leader).unwrap();
-    let admin = add_user(&cluster, leader, BOOTSTRAP, "root", "admin").await;
-    cluster.set_token(&admin);
     let reader = add_user(&cluster, leader, &admin, "r", "reader").await;
     // (Their own HTTP client: the cluster's has a total timeout, which would cut a stream.)
     let http = reqwest::Client::new();
@@ -446,11 +450,7 @@ async fn an_open_change_feed_ends_once_its_token_is_revoked_or_its_role_narrowed
 /// cannot be redefined and an unknown permission or role is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_roles_grant_exactly_their_permissions() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cluster = start_auth_cluster(&dir).await;
-    let leader = cluster.wait_for_leader(&cluster.ids()).await;
-    let admin = add_user(&cluster, leader, BOOTSTRAP, "root", "admin").await;
-    cluster.set_token(&admin);
+    let (_dir, cluster, leader, admin) = cluster_with_admin().await;
     let nodes = cluster
         .ids()
         .into_iter()

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, ServerState};
 use tokio::time::Instant;
@@ -293,41 +294,26 @@ impl Service {
             MembershipChange::RemoveLearner { .. } => "id",
             _ => "members",
         };
-        let changed = match change {
-            MembershipChange::AddLearner { id, addr } => {
-                let adding = self.raft.add_learner(id, BasicNode { addr }, true);
-                match tokio::time::timeout(MEMBERSHIP_TIMEOUT, adding).await {
-                    Ok(done) => done.map(|resp| resp.log_id),
-                    Err(_) => {
-                        return LeaderAnswer::Failed(ServiceError::Timeout(
-                            "the learner did not catch up in time".into(),
-                        ))
-                    }
-                }
-            }
+        let (changing, too_slow) = match change {
+            MembershipChange::AddLearner { id, addr } => (
+                self.raft.add_learner(id, BasicNode { addr }, true).boxed(),
+                "the learner did not catch up in time",
+            ),
             MembershipChange::RemoveLearner { id } => {
                 let removal = ChangeMembers::RemoveNodes(BTreeSet::from([id]));
-                let removing = self.raft.change_membership(removal, false);
-                match tokio::time::timeout(MEMBERSHIP_TIMEOUT, removing).await {
-                    Ok(done) => done.map(|resp| resp.log_id),
-                    Err(_) => {
-                        return LeaderAnswer::Failed(ServiceError::Timeout(
-                            "the membership change did not commit in time".into(),
-                        ))
-                    }
-                }
+                (
+                    self.raft.change_membership(removal, false).boxed(),
+                    "the membership change did not commit in time",
+                )
             }
-            MembershipChange::SetVoters(ids) => {
-                let changing = self.raft.change_membership(ids, false);
-                match tokio::time::timeout(MEMBERSHIP_TIMEOUT, changing).await {
-                    Ok(done) => done.map(|resp| resp.log_id),
-                    Err(_) => {
-                        return LeaderAnswer::Failed(ServiceError::Timeout(
-                            "the membership change did not commit in time".into(),
-                        ))
-                    }
-                }
-            }
+            MembershipChange::SetVoters(ids) => (
+                self.raft.change_membership(ids, false).boxed(),
+                "the membership change did not commit in time",
+            ),
+        };
+        let changed = match tokio::time::timeout(MEMBERSHIP_TIMEOUT, changing).await {
+            Ok(done) => done.map(|resp| resp.log_id),
+            Err(_) => return LeaderAnswer::Failed(ServiceError::Timeout(too_slow.into())),
         };
         match changed {
             Ok(entry) => LeaderAnswer::Done(Some(entry)),
