@@ -73,7 +73,7 @@ pub enum Access {
     Forbidden,
 }
 
-/// Second looks at callers running at once, per node.
+/// Second looks at callers running at once, per process (a node).
 static LOOKS_AGAIN: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 impl std::fmt::Debug for AccessCheck {
@@ -96,18 +96,22 @@ impl AccessCheck {
         }
         self.looked_at = generation;
         // Every stream looks at once after a change to the users: a few at a time, so that a
-        // node's thousand streams do not take the whole blocking pool.
-        let _turn = LOOKS_AGAIN.acquire().await;
+        // node's thousand streams do not take the whole blocking pool. The turn is held by the
+        // blocking read itself: a stream dropped while its read waits (on a snapshot install)
+        // must not hand the turn to another one.
+        let turn = LOOKS_AGAIN.acquire().await;
         let (reader, bootstrap, hash, permission) = (
             self.reader.clone(),
             self.bootstrap,
             self.hash,
             self.permission,
         );
-        let found =
-            tokio::task::spawn_blocking(move || find_user(&reader, bootstrap, &hash, permission))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))??;
+        let found = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            find_user(&reader, bootstrap, &hash, permission)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
         Ok(match found {
             None => Access::UnknownToken,
             Some((_, false)) => Access::Forbidden,

@@ -70,7 +70,7 @@ const READ_BATCH: usize = 256;
 /// And at most about this much memory of changes (the largest orders are tens of KB each):
 /// what a stream behind the ring holds while its client takes them.
 const READ_BATCH_BYTES: usize = 256 * 1024;
-/// Pages read from the log at once, per node, by the streams behind the ring. A read waits
+/// Pages read from the log at once, per process (a node), by the streams behind the ring. A read waits
 /// while a snapshot is installed; a thousand streams each waiting on a blocking thread would
 /// take tokio's whole blocking pool (512) from the node's other reads until the install ends.
 static LOG_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
@@ -612,11 +612,14 @@ impl Feed {
     async fn read_page(&mut self) -> Result<Vec<Change>, Bytes> {
         let reader = self.reader.clone();
         let next = self.next;
-        let read = move || reader.changes_within(next, READ_BATCH, READ_BATCH_BYTES);
+        // The turn is held by the blocking read itself: a stream dropped while its read waits
+        // must not hand the turn on while the read still holds a thread.
         let turn = LOG_READS.acquire().await;
-        let page = tokio::task::spawn_blocking(read).await;
-        drop(turn);
-        let page = match page {
+        let read = move || {
+            let _turn = turn;
+            reader.changes_within(next, READ_BATCH, READ_BATCH_BYTES)
+        };
+        let page = match tokio::task::spawn_blocking(read).await {
             Ok(Ok(page)) => page,
             // The store failed (or is shutting down): say so, so that a client does not come
             // straight back to this node for more of the same.

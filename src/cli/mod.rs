@@ -124,8 +124,8 @@ pub struct ConnArgs {
     #[arg(long, global = true)]
     pub json: bool,
     /// Give up (exit 6) after this many milliseconds, retries included [default: 10000;
-    /// 75000 for `cluster add-learner` and `cluster members`, which wait for the change to
-    /// commit and for a new learner to catch up].
+    /// 75000 for `cluster add-learner`, `members` and `remove-learner`, which wait for the
+    /// change to commit and for a new learner to catch up].
     #[arg(long, value_name = "MS", global = true)]
     pub timeout_ms: Option<u64>,
     /// The CA certificate (PEM) that signed the nodes' certificates, for https:// nodes.

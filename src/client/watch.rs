@@ -5,10 +5,11 @@
 //! drops, or nothing arrives, not even a heartbeat, for `idle_timeout`), or the node cuts it
 //! off for lagging, it reconnects to another node and resumes right after that revision
 //! (`Last-Event-ID`), skipping anything at or below it: no gap, no duplicate. It ends with an
-//! error when no node can be reached for the client's deadline, when the nodes no longer
+//! error when no node can be reached for the client's deadline; when the nodes no longer
 //! hold the changes after its position (`RevisionGone`: list again, then watch from the
 //! listing's revision; a node that says so sends the watch to the others first, since each
-//! node trims its own change log), or when its token was revoked or its role lost `orders:read` while it
+//! node trims its own change log, and the watch ends once every node said so or the others
+//! cannot be reached); or when its token was revoked or its role lost `orders:read` while it
 //! watched (`Unauthorized`, from the node's `feed.unauthorized`).
 
 use std::time::Duration;
@@ -318,6 +319,14 @@ impl WatchState<'_> {
                 }
             }
         }
+        // Some nodes no longer hold the position and the others could not be reached: the
+        // consumer lists again rather than waits on nodes that may never return.
+        if !self.gone.is_empty() {
+            return Err(ClientError::RevisionGone {
+                since: self.last,
+                oldest: self.gone.values().copied().min().unwrap_or(0),
+            });
+        }
         Err(ClientError::Unavailable {
             attempts,
             last: last_error,
@@ -428,9 +437,6 @@ mod tests {
     use super::*;
     use futures_util::StreamExt;
 
-    /// A node whose every stream ends at once with `feed.error` (its ring failed) does not
-    /// keep a watch reconnecting for ever: the `feed.error` event itself used to count as
-    /// progress.
     /// A fake node that answers every request with `status` and `body`: its URL.
     async fn node_answering(status: &str, content_type: &str, body: String) -> String {
         fake_node(vec![answer(status, content_type, &body)]).await.0
@@ -466,9 +472,9 @@ mod tests {
 
     /// Each node trims its own change log: one that no longer holds the watch's position (a
     /// 410 when asked, `feed.gone` on a stream) sends it to the others, and the watch ends
-    /// with `RevisionGone` only once every node has said so.
+    /// with `RevisionGone` only once every node has said so, or the others cannot be reached.
     #[tokio::test]
-    async fn a_watch_ends_as_gone_only_when_every_node_trimmed_its_position() {
+    async fn a_watch_ends_as_gone_once_no_node_goes_on_from_its_position() {
         let trimmed = || {
             let body =
                 r#"{"error":{"code":"revision_gone","message":"trimmed","oldest_revision":9}}"#;
@@ -497,6 +503,24 @@ mod tests {
             .expect("a change in time");
         assert!(
             matches!(&first, Some(Ok(c)) if c.revision == 6),
+            "{first:?}"
+        );
+
+        // One trimmed, the other unreachable until the deadline: gone too, not unavailable
+        // (a consumer retrying "unavailable" would wait for ever).
+        let nothing_there = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", listener.local_addr().unwrap())
+        };
+        let mut client = quick_client(vec![trimmed().await, nothing_there]);
+        client.config.deadline = Duration::from_secs(2);
+        let changes = client.watch(5, WatchFilter::default(), Duration::from_secs(30));
+        futures_util::pin_mut!(changes);
+        let first = tokio::time::timeout(Duration::from_secs(60), changes.next())
+            .await
+            .expect("an answer in time");
+        assert!(
+            matches!(first, Some(Err(ClientError::RevisionGone { since: 5, .. }))),
             "{first:?}"
         );
 

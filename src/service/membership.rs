@@ -1,5 +1,7 @@
 //! The cluster as this node sees it (`status`, `readiness`) and membership changes: add a
-//! learner, set the voters. A change runs on the leader; any other node sends it there over
+//! learner, set the voters, remove a learner. The leader first refuses what would hurt the
+//! cluster (`check_against_membership`: a voter-to-be that has not caught up, an address
+//! another node has). A change runs on the leader; any other node sends it there over
 //! `rpc::MEMBERSHIP_PATH`, once (a node that receives one and does not lead says so rather
 //! than forwarding again). The leader answers the log id of the membership entry; the node
 //! that forwarded the change waits until it has that entry too, then answers with its own

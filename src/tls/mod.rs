@@ -309,6 +309,7 @@ mod tests {
             "a failed attempt is not retried until a file changes"
         );
     }
+
     /// A TLS handshake between a node calling (`client`) and a node called (`server`), in
     /// memory: the caller's error, if any.
     async fn handshake(client: Arc<ClientConfig>, server: Arc<ServerConfig>) -> Result<(), String> {
