@@ -554,12 +554,7 @@ fn snapshot_carries_orders_to_another_node() {
             .await
             .unwrap();
 
-        let snap = leader
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let snap = snapshot_of(&mut leader).await;
         install(&mut follower, snap).await;
 
         assert_eq!(
@@ -813,13 +808,16 @@ async fn leader_snapshot_of_200_creates() -> (Vec<Entry>, ordo::raft::Snapshot) 
         .map(|i| entry(i, create("c", None, i as i64)))
         .collect();
     leader.apply(all.clone()).await.unwrap();
-    let snap = leader
-        .get_snapshot_builder()
+    (all, snapshot_of(&mut leader).await)
+}
+
+/// A snapshot of `sm` as it is.
+async fn snapshot_of(sm: &mut StateMachineStore) -> ordo::raft::Snapshot {
+    sm.get_snapshot_builder()
         .await
         .build_snapshot()
         .await
-        .unwrap();
-    (all, snap)
+        .unwrap()
 }
 
 /// The usual case of a lagging follower: its log ends before the snapshot does. The purge

@@ -488,59 +488,14 @@ impl Client {
             if let Some(token) = &self.config.token {
                 req = req.bearer_auth(token);
             }
-            // Whether this attempt got no answer (it reached a node: a write may have been
-            // applied), and whether its answer says the outcome is unknown (500, 502, 504).
-            let (mut no_answer, mut unknown) = (false, false);
-            match req.send().await {
-                Err(e) => {
-                    // Past the connect, the node had the request (a write may have been
-                    // applied): only a failed connect leaves `no_connection`.
-                    no_answer = !e.is_connect();
-                    connected |= no_answer;
-                    last = format!("{}: {}", self.config.nodes[node], with_causes(&e));
-                    last_code = None;
-                    self.mark_failed(node);
-                }
-                Ok(resp) => {
-                    connected = true;
-                    self.learn_leader(&resp);
-                    let status = resp.status();
-                    // The body is part of the answer: one cut off (the attempt's time ran
-                    // out, the connection dropped) is no answer, though a 201 was on its way.
-                    match resp.bytes().await {
-                        Err(e) => {
-                            no_answer = true;
-                            last = format!(
-                                "{}: the answer ({}) was cut off: {}",
-                                self.config.nodes[node],
-                                status.as_u16(),
-                                with_causes(&e)
-                            );
-                            last_code = None;
-                            self.mark_failed(node);
-                        }
-                        Ok(bytes) => {
-                            // Not JSON (a proxy's page, say): judged by its status alone.
-                            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                            match self.retry_reason(node, status, &body, idempotency_key) {
-                                Some(reason) => {
-                                    last = reason;
-                                    last_code = body["error"]["code"].as_str().map(String::from);
-                                    unknown = status != StatusCode::SERVICE_UNAVAILABLE;
-                                    // A node that failed (500, 502) may fail the same way
-                                    // again: the next attempt goes to another.
-                                    if status == StatusCode::INTERNAL_SERVER_ERROR
-                                        || status == StatusCode::BAD_GATEWAY
-                                    {
-                                        self.mark_failed(node);
-                                    }
-                                }
-                                None => return Ok(Answer { status, body }),
-                            }
-                        }
-                    }
-                }
-            }
+            let failed = match self.attempt(req, node, idempotency_key).await {
+                Ok(answer) => return Ok(answer),
+                Err(failed) => failed,
+            };
+            connected |= failed.reached;
+            last = failed.reason;
+            last_code = failed.code;
+            let (no_answer, unknown) = (failed.no_answer, failed.unknown);
             // For a read, whether the last attempt went unanswered; for a write, whether any
             // attempt may have been applied.
             let maybe_applied = no_answer || unknown;
@@ -568,6 +523,70 @@ impl Client {
         })
     }
 
+    /// Sends one attempt to `node`: the answer to keep, or why to try again.
+    async fn attempt(
+        &self,
+        req: reqwest::RequestBuilder,
+        node: usize,
+        idempotency_key: Option<&str>,
+    ) -> Result<Answer, FailedAttempt> {
+        let at = &self.config.nodes[node];
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                self.mark_failed(node);
+                // Past the connect, the node had the request (a write may have been applied).
+                let reached = !e.is_connect();
+                return Err(FailedAttempt {
+                    reason: format!("{at}: {}", with_causes(&e)),
+                    code: None,
+                    reached,
+                    no_answer: reached,
+                    unknown: false,
+                });
+            }
+        };
+        self.learn_leader(&resp);
+        let status = resp.status();
+        // The body is part of the answer: one cut off (the attempt's time ran out, the
+        // connection dropped) is no answer, though a 201 was on its way.
+        let bytes = match resp.bytes().await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.mark_failed(node);
+                return Err(FailedAttempt {
+                    reason: format!(
+                        "{at}: the answer ({}) was cut off: {}",
+                        status.as_u16(),
+                        with_causes(&e)
+                    ),
+                    code: None,
+                    reached: true,
+                    no_answer: true,
+                    unknown: false,
+                });
+            }
+        };
+        // Not JSON (a proxy's page, say): judged by its status alone.
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let Some(reason) = self.retry_reason(node, status, &body, idempotency_key) else {
+            return Ok(Answer { status, body });
+        };
+        // A node that failed (500, 502) may fail the same way again: the next attempt goes
+        // to another.
+        if is_unknown_outcome(status) {
+            self.mark_failed(node);
+        }
+        Err(FailedAttempt {
+            reason,
+            code: body["error"]["code"].as_str().map(String::from),
+            reached: true,
+            no_answer: false,
+            // 504, 500, 502: the node says the outcome is unknown (503: nothing was done).
+            unknown: status != StatusCode::SERVICE_UNAVAILABLE,
+        })
+    }
+
     /// Why to try again elsewhere, for an answer that says the node cannot serve now (503,
     /// 504), or, for a write with an idempotency key, that its outcome is unknown (500, 502:
     /// the same key replays the outcome if it was applied); `None` for an answer to keep.
@@ -578,11 +597,9 @@ impl Client {
         body: &Value,
         idempotency_key: Option<&str>,
     ) -> Option<String> {
-        let unknown_outcome =
-            status == StatusCode::INTERNAL_SERVER_ERROR || status == StatusCode::BAD_GATEWAY;
         let retry = status == StatusCode::SERVICE_UNAVAILABLE
             || status == StatusCode::GATEWAY_TIMEOUT
-            || (unknown_outcome && idempotency_key.is_some());
+            || (is_unknown_outcome(status) && idempotency_key.is_some());
         retry.then(|| {
             format!(
                 "{}: {} {}",
@@ -956,6 +973,25 @@ impl Client {
             self.call_json_resending(Method::DELETE, &path, None, None, Resend::OnlyIfNotSent);
         Ok(revoked.await?.1)
     }
+}
+
+/// An attempt that gave no answer to keep.
+struct FailedAttempt {
+    /// Why, with the node's URL.
+    reason: String,
+    /// The answer's `error.code`, if one came.
+    code: Option<String>,
+    /// It got past the connect: the node had the request.
+    reached: bool,
+    /// It reached the node but no whole answer came back.
+    no_answer: bool,
+    /// The node answered that the outcome is unknown (500, 502, 504).
+    unknown: bool,
+}
+
+/// A failure whose outcome the node does not know (500, 502): the write may have been applied.
+fn is_unknown_outcome(status: StatusCode) -> bool {
+    status == StatusCode::INTERNAL_SERVER_ERROR || status == StatusCode::BAD_GATEWAY
 }
 
 /// Whether a write may be sent again after an attempt whose outcome is unknown.

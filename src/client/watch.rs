@@ -442,6 +442,15 @@ mod tests {
         fake_node(vec![answer(status, content_type, &body)]).await.0
     }
 
+    /// The first item of a watch from `since` (within a generous deadline).
+    async fn first_from(client: &Client, since: u64) -> Option<Result<ChangeJson, ClientError>> {
+        let changes = client.watch(since, WatchFilter::default(), Duration::from_secs(30));
+        futures_util::pin_mut!(changes);
+        tokio::time::timeout(Duration::from_secs(60), changes.next())
+            .await
+            .expect("the watch's first item in time")
+    }
+
     fn quick_client(nodes: Vec<String>) -> Client {
         let mut config = ClientConfig::new(nodes);
         config.base_backoff = Duration::from_millis(1);
@@ -496,11 +505,7 @@ mod tests {
 
         // The first node asked (the first in the list) trimmed; the second holds the change.
         let client = quick_client(vec![trimmed().await, holds]);
-        let changes = client.watch(5, WatchFilter::default(), Duration::from_secs(30));
-        futures_util::pin_mut!(changes);
-        let first = tokio::time::timeout(Duration::from_secs(60), changes.next())
-            .await
-            .expect("a change in time");
+        let first = first_from(&client, 5).await;
         assert!(
             matches!(&first, Some(Ok(c)) if c.revision == 6),
             "{first:?}"
@@ -514,11 +519,7 @@ mod tests {
         };
         let mut client = quick_client(vec![trimmed().await, nothing_there]);
         client.config.deadline = Duration::from_secs(2);
-        let changes = client.watch(5, WatchFilter::default(), Duration::from_secs(30));
-        futures_util::pin_mut!(changes);
-        let first = tokio::time::timeout(Duration::from_secs(60), changes.next())
-            .await
-            .expect("an answer in time");
+        let first = first_from(&client, 5).await;
         assert!(
             matches!(first, Some(Err(ClientError::RevisionGone { since: 5, .. }))),
             "{first:?}"
@@ -527,11 +528,7 @@ mod tests {
         // Every node trimmed (one says so when asked, one on its stream): gone, naming the
         // oldest revision any node holds.
         let client = quick_client(vec![trimmed().await, ended]);
-        let changes = client.watch(5, WatchFilter::default(), Duration::from_secs(30));
-        futures_util::pin_mut!(changes);
-        let first = tokio::time::timeout(Duration::from_secs(60), changes.next())
-            .await
-            .expect("an answer in time");
+        let first = first_from(&client, 5).await;
         assert!(
             matches!(
                 first,
