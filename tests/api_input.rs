@@ -561,6 +561,38 @@ async fn every_route_rejects_bad_input_with_a_json_4xx() {
             ),
             "members",
         ),
+        // Lists and addresses too long to forward: a follower must refuse them as the leader
+        // does (it used to answer 503 after the leader refused the forwarded call's size).
+        field(
+            case(
+                "POST",
+                "/cluster/members",
+                &json!({ "members": (1..=60_000).collect::<Vec<u64>>() }).to_string(),
+                422,
+                ErrorCode::ValidationFailed.as_str(),
+            ),
+            "members",
+        ),
+        field(
+            case(
+                "POST",
+                "/cluster/learners",
+                &json!({ "id": 9, "addr": format!("{}:7000", "a".repeat(100_000)) }).to_string(),
+                422,
+                ErrorCode::ValidationFailed.as_str(),
+            ),
+            "addr",
+        ),
+        field(
+            case(
+                "POST",
+                "/cluster/learners",
+                r#"{"id":0,"addr":"127.0.0.1:1"}"#,
+                422,
+                ErrorCode::ValidationFailed.as_str(),
+            ),
+            "id",
+        ),
         case(
             "POST",
             "/cluster/members",

@@ -187,6 +187,16 @@ fn an_unknown_key_or_a_wrong_type_is_an_error_that_names_it() {
         !out.status.success() && err.contains("--id is required"),
         "{err}"
     );
+    let out = Command::new(BIN)
+        .args(["serve", "--id", "0", "--listen", "127.0.0.1:1"])
+        .args(["--data-dir", "/nonexistent"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--id must be 1 or more"),
+        "{err}"
+    );
 }
 
 /// An address the node cannot take is a clear error at start naming the flag (192.0.2.1 is a

@@ -378,6 +378,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let id = required(args.id, "--id")?;
+    if id == 0 {
+        // openraft takes 0 as well, but the leader gauge in /metrics says 0 for no leader.
+        bail!("--id must be 1 or more");
+    }
     let peers = parse_peers(&args.peers)?;
     if !peers.is_empty() && !peers.contains_key(&id) {
         bail!("--peers must include this node's own id {id}");

@@ -171,11 +171,27 @@ pub enum MembershipChange {
     RemoveLearner { id: NodeId },
 }
 
+/// The longest `HOST:PORT` accepted: a 253-character DNS name, a colon and a port.
+pub const MAX_ADDR_LEN: usize = 253 + 6;
+
+/// The most voters a membership change may name. Raft clusters have a handful; the bound
+/// keeps the change inside what a node-to-node call carries (`BODY_LIMIT_SMALL`), so a
+/// follower refuses a longer list as the leader would instead of failing to forward it.
+pub const MAX_VOTERS: usize = 100;
+
 /// Checks that `addr` is `HOST:PORT` as nodes address each other: a DNS name, an IPv4
 /// address or a bracketed IPv6 address, and a port from 1 to 65535. Names are resolved only
 /// when a connection is made (and again for every new connection), so a peer whose address
 /// changes, a restarted container say, is found again.
 pub fn check_host_port(addr: &str) -> Result<(), String> {
+    // A DNS name is at most 253 characters, a bracketed IPv6 address with a zone less: a
+    // longer address is not one, and would travel in every membership entry and status.
+    if addr.len() > MAX_ADDR_LEN {
+        return Err(format!(
+            "an address is at most {MAX_ADDR_LEN} characters (HOST:PORT), this one has {}",
+            addr.len()
+        ));
+    }
     let url = reqwest::Url::parse(&format!("http://{addr}/"))
         .map_err(|e| format!("{addr:?} is not HOST:PORT ({e})"))?;
     let whole = url.host_str().is_some()
@@ -197,7 +213,11 @@ pub fn check_host_port(addr: &str) -> Result<(), String> {
 impl MembershipChange {
     pub fn validate(&self) -> Result<(), ValidationError> {
         match self {
-            MembershipChange::AddLearner { addr, .. } => {
+            MembershipChange::AddLearner { id, addr } => {
+                if *id == 0 {
+                    // `ordo serve --id 0` is refused: no node could answer for it.
+                    return Err(ValidationError::new("id", "must be 1 or more"));
+                }
                 check_host_port(addr).map_err(|why| ValidationError::new("addr", why))?;
             }
             MembershipChange::RemoveLearner { .. } => {}
@@ -206,6 +226,12 @@ impl MembershipChange {
                     return Err(ValidationError::new(
                         "members",
                         "must name at least one voter",
+                    ));
+                }
+                if ids.len() > MAX_VOTERS {
+                    return Err(ValidationError::new(
+                        "members",
+                        format!("names {} voters; at most {MAX_VOTERS}", ids.len()),
                     ));
                 }
             }
@@ -278,6 +304,7 @@ mod tests {
             "ordo-1.ordo.svc.cluster.local:7000",
             "[::1]:7000",
             "example.com:80",
+            &format!("{}:7000", "a".repeat(253)),
         ] {
             assert!(check_host_port(ok).is_ok(), "{ok}");
         }
@@ -293,6 +320,8 @@ mod tests {
             "http://host:7000",
             "::1:7000",
             "not an address",
+            // Longer than any DNS name: a follower could not forward it to the leader.
+            &format!("{}:7000", "a".repeat(100_000)),
         ] {
             assert!(check_host_port(bad).is_err(), "{bad:?} accepted");
         }
