@@ -3,8 +3,9 @@
 //! When `ordo cluster members` drops a node, the leader may stop replicating to it before the
 //! entry that removes it arrives. That node then still believes it is a voter, hears no
 //! leader, and campaigns for ever, its term climbing (the others ignore it: openraft's leader
-//! lease). So each node answers a vote request from a node outside its own membership with
-//! `x-ordo-not-a-member: INDEX`, the log index of that membership (`vote_answer_notice`). The
+//! lease). So each node answers a vote request from a node outside its own membership, once
+//! it has applied that membership, with `x-ordo-not-a-member: INDEX`, the log index of that
+//! membership (`vote_answer_notice`). The
 //! candidate takes the notice only if that membership is newer than its own
 //! (`RemovalWatch`): membership entries are ordered by index, so a newer one without this
 //! node means it was removed, while a node that merely lags behind this node's own addition
@@ -32,10 +33,27 @@ pub fn vote_answer_notice(raft: &Raft, candidate: NodeId) -> Option<u64> {
         .membership()
         .nodes()
         .any(|(id, _)| *id == candidate);
-    if member {
-        None
-    } else {
-        membership.log_id().map(|l| l.index)
+    notice(
+        member,
+        membership.log_id().map(|l| l.index),
+        m.last_applied.map(|l| l.index),
+    )
+}
+
+/// The rule of `vote_answer_notice`: a membership without the candidate, once this node has
+/// applied it. The membership a node acts on is its newest, committed or not, and one that
+/// is not may yet be replaced by a leader that never had it: the candidate, told it was
+/// removed, would stop campaigning for good while it is still a voter, and with a peer down
+/// and its own log the longest, no one else could win an election. (Applied implies
+/// committed; the notice waits at most an apply.)
+fn notice(
+    candidate_is_member: bool,
+    membership_index: Option<u64>,
+    applied: Option<u64>,
+) -> Option<u64> {
+    match (candidate_is_member, membership_index) {
+        (false, Some(index)) if applied.is_some_and(|a| a >= index) => Some(index),
+        _ => None,
     }
 }
 
@@ -132,5 +150,24 @@ impl RemovalWatch {
                 _ = self.notices.changed.notified() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::notice;
+
+    #[test]
+    fn only_an_applied_membership_tells_a_candidate_it_was_removed() {
+        // A member: never told.
+        assert_eq!(notice(true, Some(7), Some(9)), None);
+        // Not a member of a membership this node has applied: told, with its index.
+        assert_eq!(notice(false, Some(7), Some(7)), Some(7));
+        assert_eq!(notice(false, Some(7), Some(9)), Some(7));
+        // Not a member of a membership still uncommitted here (or not yet applied): not yet.
+        assert_eq!(notice(false, Some(7), Some(6)), None);
+        assert_eq!(notice(false, Some(7), None), None);
+        // No membership at all (a node not yet initialised).
+        assert_eq!(notice(false, None, Some(3)), None);
     }
 }
