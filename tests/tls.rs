@@ -280,6 +280,11 @@ async fn a_revoked_node_certificate_is_refused_once_the_list_names_it() {
         (400..500).contains(&status) && status != 403,
         "{status} {body}"
     );
+    // A client that keeps its connection open (keep-alive), as a peer would: used in every
+    // round below, so the node never closes it as idle.
+    let held = https_client(&ca_file, Some(&retired));
+    let (status, body) = vote(held.clone()).await.unwrap();
+    assert!(status == 400, "{status} {body}");
 
     // Listed, and the nodes told (SIGHUP): a new connection with it fails at the handshake.
     let ca = cluster.ca().expect("TLS is on");
@@ -288,6 +293,7 @@ async fn a_revoked_node_certificate_is_refused_once_the_list_names_it() {
         cluster.hangup(id);
     }
     let deadline = Instant::now() + DEADLINE;
+    let mut held_refused = None;
     loop {
         // A new client each time: a new connection, with the node's current configuration.
         let client = https_client(&ca_file, Some(&retired));
@@ -309,8 +315,42 @@ async fn a_revoked_node_certificate_is_refused_once_the_list_names_it() {
                 resp.status()
             ),
         }
+        // Served as before until the reload (this round's new connection was taken), which
+        // may come just now: then refused.
+        let (status, body) = vote(held.clone()).await.unwrap();
+        match status {
+            400 => {}
+            403 => {
+                held_refused = Some(body);
+                break;
+            }
+            _ => panic!("{status} {body}"),
+        }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+    // The connection opened before the reload is refused too, and closed: the next request
+    // needs a new one, whose handshake fails.
+    let body = match held_refused {
+        Some(body) => body,
+        None => {
+            let (status, body) = vote(held.clone()).await.unwrap();
+            assert_eq!(status, 403, "{body}");
+            body
+        }
+    };
+    assert_eq!(
+        body["error"]["code"].as_str(),
+        Some(ErrorCode::Forbidden.as_str()),
+        "{body}"
+    );
+    let err = held
+        .post(cluster.url(leader, "/raft/vote"))
+        .body("x")
+        .send()
+        .await
+        .expect_err("a new connection with a revoked certificate");
+    let err = format!("{err:?}");
+    assert!(err.contains("CertificateRevoked"), "{err}");
     // The same node still takes a listed peer's certificate that is not revoked: it is the
     // handshake with the retired one that fails, not the node.
     let node1 = TlsFiles {

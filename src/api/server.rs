@@ -15,7 +15,10 @@
 //! With TLS, each connection's handshake runs in its own task within the header read timeout
 //! (a client that never finishes it holds one connection slot, not the accept loop), and every
 //! request carries a `ConnectionSecurity` saying whether its connection is TLS and whether
-//! the other side presented a certificate of the cluster CA (a peer).
+//! the other side presented a certificate of the cluster CA (a peer). A connection opened
+//! before the certificates were last reloaded (`NodeTls::reload`) closes after its next
+//! answer, and its next request is refused (403) if the certificate it presented no longer
+//! passes: a revoked peer cannot keep using a keep-alive connection it opened before.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +27,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
+use axum::response::IntoResponse;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -119,12 +123,16 @@ pub async fn serve(
             let Some(tls) = tls else {
                 let security = ConnectionSecurity::default();
                 let tcp = StallBoundedIo::new(tcp, stall);
-                let conn = http.serve_connection(TokioIo::new(tcp), service(router, security));
+                let conn =
+                    http.serve_connection(TokioIo::new(tcp), service(router, security, None));
                 if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
                 return;
             };
+            // The generation first: a reload between the two reads leaves the connection
+            // marked older than its configuration (closed after one answer), never newer.
+            let generation = tls.generation();
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
             let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
@@ -137,16 +145,26 @@ pub async fn serve(
                     return;
                 }
             };
+            let presented: Vec<_> = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|certs| certs.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default();
             let security = ConnectionSecurity {
                 tls: true,
-                peer_certificate: stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .is_some_and(|certs| !certs.is_empty()),
+                peer_certificate: !presented.is_empty(),
             };
+            let accepted = Arc::new(AcceptedUnder {
+                tls,
+                generation,
+                presented,
+            });
             let stream = StallBoundedIo::new(stream, stall);
-            let conn = http.serve_connection(TokioIo::new(stream), service(router, security));
+            let conn = http.serve_connection(
+                TokioIo::new(stream),
+                service(router, security, Some(accepted)),
+            );
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
@@ -166,11 +184,28 @@ pub async fn serve(
     }
 }
 
+/// What a TLS connection was accepted under: the node's TLS, the generation of its files at
+/// the handshake, and the certificate chain the other side presented (empty for a client).
+struct AcceptedUnder {
+    tls: Arc<NodeTls>,
+    generation: u64,
+    presented: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+impl AcceptedUnder {
+    /// The files were reloaded since the handshake.
+    fn outdated(&self) -> bool {
+        self.tls.generation() != self.generation
+    }
+}
+
 /// The router as a hyper service for one connection, each request marked with the
-/// connection's `security`.
+/// connection's `security`. A TLS connection accepted before the last reload is closed
+/// after its answer, and refused first if the certificate it presented fails the new files.
 fn service(
     router: Router,
     security: ConnectionSecurity,
+    accepted: Option<Arc<AcceptedUnder>>,
 ) -> TowerToHyperService<
     impl tower::Service<
             hyper::Request<hyper::body::Incoming>,
@@ -179,11 +214,33 @@ fn service(
             Future = impl Send,
         > + Clone,
 > {
-    TowerToHyperService::new(router.map_request(
+    TowerToHyperService::new(tower::service_fn(
         move |req: hyper::Request<hyper::body::Incoming>| {
-            let mut req = req.map(Body::new);
-            req.extensions_mut().insert(security);
-            req
+            let router = router.clone();
+            let accepted = accepted.clone();
+            async move {
+                let mut req = req.map(Body::new);
+                req.extensions_mut().insert(security);
+                let outdated = accepted.as_ref().filter(|a| a.outdated());
+                let mut resp = match outdated {
+                    Some(a) if !a.presented.is_empty() && !a.tls.still_trusts(&a.presented) => {
+                        super::error::ApiError::Forbidden(
+                            "the certificate this connection presented is no longer \
+                             trusted (revoked, or its CA replaced)"
+                                .into(),
+                        )
+                        .into_response()
+                    }
+                    _ => router.oneshot(req).await?,
+                };
+                if outdated.is_some() {
+                    resp.headers_mut().insert(
+                        axum::http::header::CONNECTION,
+                        axum::http::HeaderValue::from_static("close"),
+                    );
+                }
+                Ok(resp)
+            }
         },
     ))
 }

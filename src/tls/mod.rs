@@ -10,8 +10,11 @@
 //! decommissioned or compromised node): nodes refuse it on both sides of their connections.
 //!
 //! Certificates can be replaced while the node runs: `NodeTls::reload` reads the files again
-//! and swaps the configurations (new connections use them; open ones keep theirs). A reload
-//! that fails keeps the old ones and says why. `dev_certs` makes a CA and node certificates
+//! and swaps the configurations. New connections use them; a connection opened before
+//! serves its next request only if its peer certificate (if any) passes the new ones, and
+//! then closes, so that its client reconnects under them (`api::server`): a revoked peer
+//! holding a busy keep-alive connection would otherwise keep it for as long as it liked. A
+//! reload that fails keeps the old ones and says why. `dev_certs` makes a CA and node certificates
 //! for development and tests.
 
 pub mod dev_certs;
@@ -24,7 +27,9 @@ use std::time::SystemTime;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::UnixTime;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
@@ -153,6 +158,8 @@ pub fn client_config(ca: &Path) -> Result<ClientConfig, TlsError> {
 /// Both sides of a node's TLS, built from one reading of its files.
 struct Loaded {
     server: Arc<ServerConfig>,
+    /// The server's check of a presented certificate, to check an open connection's again.
+    client_verifier: Arc<dyn ClientCertVerifier>,
     peer_client: Arc<ClientConfig>,
     /// The files' modification times when they were read.
     stamps: Vec<Option<SystemTime>>,
@@ -194,7 +201,7 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
         .build()?;
     let mut server = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(certs.clone(), key.clone_key())?;
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
     let peer_client = ClientConfig::builder_with_provider(provider())
@@ -203,6 +210,7 @@ fn load(files: &TlsFiles) -> Result<Loaded, TlsError> {
         .with_client_auth_cert(certs, key)?;
     Ok(Loaded {
         server: Arc::new(server),
+        client_verifier: verifier,
         peer_client: Arc::new(peer_client),
         stamps,
     })
@@ -249,6 +257,23 @@ impl NodeTls {
 
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether the certificate chain a peer presented at an earlier handshake (leaf first)
+    /// passes the current files: the CA, and the revocation lists.
+    pub fn still_trusts(&self, chain: &[CertificateDer<'static>]) -> bool {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        let verifier = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .client_verifier
+            .clone();
+        verifier
+            .verify_client_cert(leaf, intermediates, UnixTime::now())
+            .is_ok()
     }
 
     /// True if a file changed since the last load or reload attempt.
