@@ -33,7 +33,7 @@ fn https_client(ca: &Path, presents: Option<&TlsFiles>) -> reqwest::Client {
             };
             (*NodeTls::load(files).unwrap().peer_client_config()).clone()
         }
-        None => ordo::tls::client_config(ca).unwrap(),
+        None => ordo::tls::client_config(ca, None).unwrap(),
     };
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
@@ -44,7 +44,7 @@ fn https_client(ca: &Path, presents: Option<&TlsFiles>) -> reqwest::Client {
 
 /// The certificate node `id` serves right now (DER).
 async fn served_certificate(cluster: &TestCluster, id: u64) -> Vec<u8> {
-    let config = ordo::tls::client_config(&cluster.certs_dir().join("ca.pem")).unwrap();
+    let config = ordo::tls::client_config(&cluster.certs_dir().join("ca.pem"), None).unwrap();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(&cluster.nodes[&id].addr)
         .await
@@ -235,7 +235,7 @@ async fn an_untrusted_node_stays_out_until_its_certificate_is_replaced_without_a
     cluster.hangup(2);
     let ca = cluster.certs_dir().join("ca.pem");
     let fresh = reqwest::Client::builder()
-        .use_preconfigured_tls(ordo::tls::client_config(&ca).unwrap())
+        .use_preconfigured_tls(ordo::tls::client_config(&ca, None).unwrap())
         .pool_max_idle_per_host(0)
         .timeout(std::time::Duration::from_secs(10))
         .build()

@@ -327,7 +327,7 @@ pub async fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchResult> {
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(10));
     if let Some(ca) = &args.ca_cert {
-        http = http.use_preconfigured_tls(ordo::tls::client_config(ca)?);
+        http = http.use_preconfigured_tls(ordo::tls::client_config(ca, None)?);
     }
     if let Some(token) = &args.token {
         let mut headers = reqwest::header::HeaderMap::new();

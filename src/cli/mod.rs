@@ -131,6 +131,10 @@ pub struct ConnArgs {
     /// The CA certificate (PEM) that signed the nodes' certificates, for https:// nodes.
     #[arg(long, env = "ORDO_CA_CERT", value_name = "FILE", global = true)]
     pub ca_cert: Option<std::path::PathBuf>,
+    /// That CA's certificate revocation lists (PEM): a node whose certificate they list is
+    /// refused (as nodes refuse it with --tls-crl).
+    #[arg(long, env = "ORDO_CA_CRL", value_name = "FILE", global = true)]
+    pub ca_crl: Option<std::path::PathBuf>,
     /// A user's token, for nodes started with --auth (better in ORDO_TOKEN than on the
     /// command line, where other local users can see it).
     #[arg(
@@ -192,6 +196,7 @@ impl ConnArgs {
             .timeout_ms
             .map_or(default_timeout, Duration::from_millis);
         config.ca_cert = self.ca_cert.clone();
+        config.ca_crl = self.ca_crl.clone();
         config.token = self.token.clone();
         config
     }

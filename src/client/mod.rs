@@ -66,6 +66,9 @@ pub struct ClientConfig {
     /// The CA that signed the nodes' certificates (PEM), for `https://` nodes: the client
     /// trusts only it.
     pub ca_cert: Option<PathBuf>,
+    /// That CA's certificate revocation lists (PEM): a node whose certificate they list, or
+    /// do not cover, is refused.
+    pub ca_crl: Option<PathBuf>,
     /// A user's token, sent as `Authorization: Bearer` (nodes started with `--auth`).
     pub token: Option<String>,
     /// Total time one call may take, retries included.
@@ -87,6 +90,7 @@ impl ClientConfig {
                 .map(|n| n.into().trim_end_matches('/').to_string())
                 .collect(),
             ca_cert: None,
+            ca_crl: None,
             token: None,
             deadline: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(5),
@@ -367,10 +371,18 @@ impl Client {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true);
-        if let Some(ca) = &config.ca_cert {
-            let tls = crate::tls::client_config(ca)
-                .map_err(|e| ClientError::Config(format!("--ca-cert: {e}")))?;
-            builder = builder.use_preconfigured_tls(tls);
+        match (&config.ca_cert, &config.ca_crl) {
+            (Some(ca), crl) => {
+                let tls = crate::tls::client_config(ca, crl.as_deref())
+                    .map_err(|e| ClientError::Config(format!("--ca-cert, --ca-crl: {e}")))?;
+                builder = builder.use_preconfigured_tls(tls);
+            }
+            (None, Some(_)) => {
+                return Err(ClientError::Config(
+                    "--ca-crl needs --ca-cert (the CA whose lists they are)".into(),
+                ))
+            }
+            (None, None) => {}
         }
         let http = builder
             .build()

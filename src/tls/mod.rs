@@ -147,11 +147,21 @@ pub fn read_roots(ca: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// What a client needs to talk to nodes whose certificates chain to `ca`.
-pub fn client_config(ca: &Path) -> Result<ClientConfig, TlsError> {
+/// What a client needs to talk to nodes whose certificates chain to `ca`, and, with `crl`,
+/// are not listed in that CA's revocation lists (a node's key that leaked could otherwise
+/// pose as the node to clients and collect their tokens). As on nodes, a node certificate
+/// the lists do not cover is refused.
+pub fn client_config(ca: &Path, crl: Option<&Path>) -> Result<ClientConfig, TlsError> {
+    let roots = Arc::new(read_roots(ca)?);
+    let mut verifier = WebPkiServerVerifier::builder_with_provider(roots, provider());
+    if let Some(crl) = crl {
+        verifier = verifier
+            .with_crls(read_crls(crl)?)
+            .only_check_end_entity_revocation();
+    }
     Ok(ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(read_roots(ca)?)
+        .with_webpki_verifier(verifier.build()?)
         .with_no_client_auth())
 }
 
@@ -347,8 +357,9 @@ mod tests {
     }
 
     /// A node whose revocation list names a peer's certificate refuses that peer as a server
-    /// it calls (the other direction, a listed caller, is tests/tls.rs'); a list that does not
-    /// name it, or none, lets the peer through. An empty or unreadable list file is an error.
+    /// it calls (the other direction, a listed caller, is tests/tls.rs'), and so does a client
+    /// given the list; a list that does not name it, or none, lets the peer through. An empty
+    /// or unreadable list file is an error.
     #[tokio::test]
     async fn a_listed_peer_certificate_is_refused_when_called() {
         let dir = tempfile::tempdir().unwrap();
@@ -374,7 +385,20 @@ mod tests {
         let others_listed = with_list("others.pem", &[&other.cert]);
         handshake(others_listed, called.clone()).await.unwrap();
         let listed = with_list("listed.pem", &[&dir.path().join("node2.pem")]);
-        let err = handshake(listed, called).await.unwrap_err();
+        let err = handshake(listed, called.clone()).await.unwrap_err();
+        assert!(err.to_lowercase().contains("revoked"), "{err}");
+        // Clients given the lists (`--ca-crl`) refuse it the same way.
+        let client = |crl: Option<&str>| {
+            let crl = crl.map(|name| dir.path().join(name));
+            Arc::new(client_config(&caller.ca, crl.as_deref()).unwrap())
+        };
+        handshake(client(None), called.clone()).await.unwrap();
+        handshake(client(Some("others.pem")), called.clone())
+            .await
+            .unwrap();
+        let err = handshake(client(Some("listed.pem")), called)
+            .await
+            .unwrap_err();
         assert!(err.to_lowercase().contains("revoked"), "{err}");
 
         let empty = dir.path().join("empty.pem");

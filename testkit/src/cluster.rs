@@ -183,7 +183,7 @@ impl ProcessCluster {
         self.http = reqwest::Client::builder()
             .timeout(Duration::from_secs(20))
             .use_preconfigured_tls(
-                ordo::tls::client_config(&self.certs_dir().join("ca.pem")).expect("CA"),
+                ordo::tls::client_config(&self.certs_dir().join("ca.pem"), None).expect("CA"),
             )
             .build()
             .expect("https client");

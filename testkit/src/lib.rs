@@ -888,7 +888,7 @@ pub async fn run(config: TortureConfig) -> Result<Report, String> {
             let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(1));
             if config.tls {
                 let ca = cluster.certs_dir().join("ca.pem");
-                let tls = ordo::tls::client_config(&ca).map_err(|e| e.to_string())?;
+                let tls = ordo::tls::client_config(&ca, None).map_err(|e| e.to_string())?;
                 builder = builder.use_preconfigured_tls(tls);
             }
             if let Some(token) = &token {
