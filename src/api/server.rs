@@ -17,8 +17,9 @@
 //! request carries a `ConnectionSecurity` saying whether its connection is TLS and whether
 //! the other side presented a certificate of the cluster CA (a peer). A connection opened
 //! before the certificates were last reloaded (`NodeTls::reload`) closes after its next
-//! answer, and its next request is refused (403) if the certificate it presented no longer
-//! passes: a revoked peer cannot keep using a keep-alive connection it opened before.
+//! answer, and that request no longer counts as a peer's if the certificate it presented
+//! fails the new files (the node-to-node routes refuse it, 403): a revoked peer cannot keep
+//! using a keep-alive connection it opened before.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,7 +28,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
-use axum::response::IntoResponse;
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -156,6 +156,7 @@ pub async fn serve(
                 peer_certificate: !presented.is_empty(),
             };
             let accepted = Arc::new(AcceptedUnder {
+                peer,
                 tls,
                 generation,
                 presented,
@@ -187,6 +188,7 @@ pub async fn serve(
 /// What a TLS connection was accepted under: the node's TLS, the generation of its files at
 /// the handshake, and the certificate chain the other side presented (empty for a client).
 struct AcceptedUnder {
+    peer: std::net::SocketAddr,
     tls: Arc<NodeTls>,
     generation: u64,
     presented: Vec<rustls::pki_types::CertificateDer<'static>>,
@@ -201,7 +203,8 @@ impl AcceptedUnder {
 
 /// The router as a hyper service for one connection, each request marked with the
 /// connection's `security`. A TLS connection accepted before the last reload is closed
-/// after its answer, and refused first if the certificate it presented fails the new files.
+/// after its answer, and no longer counts as a peer's if the certificate it presented fails
+/// the new files.
 fn service(
     router: Router,
     security: ConnectionSecurity,
@@ -220,19 +223,23 @@ fn service(
             let accepted = accepted.clone();
             async move {
                 let mut req = req.map(Body::new);
-                req.extensions_mut().insert(security);
                 let outdated = accepted.as_ref().filter(|a| a.outdated());
-                let mut resp = match outdated {
-                    Some(a) if !a.presented.is_empty() && !a.tls.still_trusts(&a.presented) => {
-                        super::error::ApiError::Forbidden(
-                            "the certificate this connection presented is no longer \
-                             trusted (revoked, or its CA replaced)"
-                                .into(),
-                        )
-                        .into_response()
+                let mut security = security;
+                if let Some(a) = outdated.filter(|_| security.peer_certificate) {
+                    if !a.tls.still_trusts(&a.presented) {
+                        // No longer a peer: the node-to-node routes refuse it (403, logged
+                        // and counted like any request); it is a client like any other.
+                        tracing::warn!(
+                            peer = %a.peer,
+                            "a connection opened before the certificates were reloaded \
+                             presented a certificate they no longer accept (revoked, or \
+                             its CA replaced): it is no longer served as a peer's"
+                        );
+                        security.peer_certificate = false;
                     }
-                    _ => router.oneshot(req).await?,
-                };
+                }
+                req.extensions_mut().insert(security);
+                let mut resp = router.oneshot(req).await?;
                 if outdated.is_some() {
                     resp.headers_mut().insert(
                         axum::http::header::CONNECTION,

@@ -31,6 +31,9 @@ fn new_token() -> String {
     format!("ordo_{hex}")
 }
 
+/// The most of an audit line's subject shown.
+const AUDIT_SUBJECT_MAX: usize = 256;
+
 /// One line per admin action: who (`(auth off)` on a node without `--auth`), what, on
 /// what, and how it ended.
 pub fn audit(
@@ -42,6 +45,18 @@ pub fn audit(
     let outcome = match result {
         Ok(_) => "ok".to_string(),
         Err(e) => e.code().as_str().to_string(),
+    };
+    // A refused request may name anything (a list of 60,000 voters): one line stays short.
+    let shown;
+    let subject = if subject.len() > AUDIT_SUBJECT_MAX {
+        let mut end = AUDIT_SUBJECT_MAX;
+        while !subject.is_char_boundary(end) {
+            end -= 1;
+        }
+        shown = format!("{}... ({} bytes)", &subject[..end], subject.len());
+        shown.as_str()
+    } else {
+        subject
     };
     tracing::info!(
         target: "ordo::audit",

@@ -378,11 +378,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let id = required(args.id, "--id")?;
-    if id == 0 {
-        // openraft takes 0 as well, but the leader gauge in /metrics says 0 for no leader.
-        bail!("--id must be 1 or more");
-    }
     let peers = parse_peers(&args.peers)?;
+    let data_dir = required(args.data_dir, "--data-dir")?;
+    if id == 0 || peers.contains_key(&0) {
+        // openraft takes 0 as well, but the leader gauge in /metrics says 0 for no leader, and
+        // learners are refused id 0. Builds before this one took it: a store made by one keeps
+        // working, and the log says how to move off it.
+        let in_use = std::fs::read_dir(&data_dir).is_ok_and(|mut d| d.next().is_some());
+        if !in_use {
+            bail!("node ids are 1 or more (--id, --peers)");
+        }
+        tracing::warn!(
+            "node id 0 (--id or --peers) is kept for stores made by older builds only: add \
+             the node again under a new id (ordo cluster add-learner, then members) and \
+             take 0 out"
+        );
+    }
     if !peers.is_empty() && !peers.contains_key(&id) {
         bail!("--peers must include this node's own id {id}");
     }
@@ -396,7 +407,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
             ClusterState::New => InitialClusterState::New,
             ClusterState::Existing => InitialClusterState::Existing,
         },
-        data_dir: required(args.data_dir, "--data-dir")?,
+        data_dir,
         peers,
         heartbeat_ms: args.heartbeat_ms,
         election_timeout_min_ms: args.election_timeout_min_ms,
