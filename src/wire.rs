@@ -448,6 +448,12 @@ pub struct ClusterStatus {
     /// membership address (`--advertise` with a peer port). Absent from older nodes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub client_addrs: BTreeMap<String, String>,
+    /// While a change of the voters is half done (a joint configuration), its voter sets, the
+    /// old then the new: a majority of each must agree to every commit. A change whose leader
+    /// failed half-way stays so until `POST /cluster/members` is sent again (with the new
+    /// set). Absent otherwise, and from older nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joint_voters: Option<Vec<Vec<u64>>>,
 }
 
 /// `POST /cluster/learners` body: a node to replicate to (it catches up before the answer).

@@ -100,6 +100,7 @@ fn finish(
                 }
                 println!("voters:   {}", node_list(&s.members));
                 println!("learners: {}", node_list(&s.learners));
+                print_joint(&s);
             }
             0
         }
@@ -301,7 +302,30 @@ fn print_rows(conn: &ConnArgs, rows: &[Row], healthy: bool) {
         });
     }
     table.print();
+    let leader = rows
+        .iter()
+        .filter_map(|r| r.status.as_ref().ok())
+        .find(|s| s.state == "leader");
+    if let Some(s) = leader {
+        print_joint(s);
+    }
     println!("{}", if healthy { "healthy" } else { "DEGRADED" });
+}
+
+/// A change of the voters half done, as a node reports it (`joint_voters`), and what
+/// finishes it if it stays so.
+fn print_joint(s: &ClusterStatus) {
+    let Some(sets) = &s.joint_voters else {
+        return;
+    };
+    let ids = |set: &Vec<u64>| set.iter().map(u64::to_string).collect::<Vec<_>>().join(" ");
+    let shown: Vec<String> = sets.iter().map(|set| format!("[{}]", ids(set))).collect();
+    println!(
+        "membership change half done (joint voters {}); if it stays so, finish it: \
+         ordo cluster members {}",
+        shown.join(" and "),
+        sets.last().map(ids).unwrap_or_default()
+    );
 }
 
 fn node_list(nodes: &std::collections::BTreeMap<String, String>) -> String {

@@ -55,6 +55,7 @@ impl Service {
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let joint_voters = joint_voters(membership);
         let mut members = BTreeMap::new();
         let mut learners = BTreeMap::new();
         let mut client_addrs = BTreeMap::new();
@@ -89,6 +90,7 @@ impl Service {
             members,
             learners,
             client_addrs,
+            joint_voters,
         }
     }
 
@@ -339,5 +341,39 @@ impl Service {
                 LeaderAnswer::Failed(ServiceError::Unavailable(e.to_string()))
             }
         }
+    }
+}
+
+/// The voter sets of a joint configuration (a change of the voters half done), old then new;
+/// None for a plain one.
+fn joint_voters(
+    membership: &openraft::Membership<NodeId, openraft::BasicNode>,
+) -> Option<Vec<Vec<NodeId>>> {
+    let joint = membership.get_joint_config();
+    (joint.len() > 1).then(|| {
+        joint
+            .iter()
+            .map(|set| set.iter().copied().collect())
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod joint_tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::joint_voters;
+
+    #[test]
+    fn only_a_joint_configuration_shows_its_voter_sets() {
+        let set = |ids: &[u64]| ids.iter().copied().collect::<BTreeSet<u64>>();
+        let nodes = BTreeMap::<u64, openraft::BasicNode>::new();
+        let plain = openraft::Membership::new(vec![set(&[1, 2, 3])], nodes.clone());
+        assert_eq!(joint_voters(&plain), None);
+        let joint = openraft::Membership::new(vec![set(&[1, 2, 3]), set(&[1, 2, 4])], nodes);
+        assert_eq!(
+            joint_voters(&joint),
+            Some(vec![vec![1, 2, 3], vec![1, 2, 4]])
+        );
     }
 }
