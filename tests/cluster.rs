@@ -628,6 +628,38 @@ async fn logs_in_files_are_plain_or_json_lines() {
     }
 }
 
+/// A change of the voters sent to the node it removes answers once the leader has made it.
+/// The leader stops replicating to a node it removed, so that node never receives the entry
+/// it waited for: it answered 504 after its whole deadline (about 65 s), a change that was
+/// made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_sent_to_the_node_it_removes_is_answered() {
+    let cluster = start_cluster(3).await;
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let removed = cluster.ids().into_iter().find(|n| *n != leader).unwrap();
+    let keep: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|n| *n != removed)
+        .collect();
+    let (status, body) = send(members_request(&cluster, removed, &keep))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    // Made: the leader's voters are the others.
+    let want: BTreeSet<String> = keep.iter().map(u64::to_string).collect();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (_, s) = get(&cluster, leader, "/cluster/status").await.unwrap();
+        let voters: BTreeSet<String> = s["members"].as_object().unwrap().keys().cloned().collect();
+        if voters == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A node removed from the voters without hearing of it (it was paused, so the removing
 /// entry never reached it) goes quiet: its term stops climbing, its log says why and it is
 /// not ready; added again, it follows the leader.

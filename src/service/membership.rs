@@ -177,6 +177,7 @@ impl Service {
         change: MembershipChange,
     ) -> Result<ClusterStatus, ServiceError> {
         change.validate().map_err(ServiceError::Invalid)?;
+        let removes_this_node = self.removes_this_node(&change);
         let leader = self.raft.metrics().borrow().current_leader;
         let deadline = Instant::now() + MEMBERSHIP_TIMEOUT + FORWARD_MARGIN;
         let answer = match leader {
@@ -191,6 +192,10 @@ impl Service {
             }
         };
         match answer {
+            // The leader stops replicating to a node the change removes, so this node may
+            // never receive the entry: its own view now (which may not show the change
+            // yet), not a timeout after the whole deadline.
+            LeaderAnswer::Done(_) if removes_this_node => Ok(self.status().await),
             LeaderAnswer::Done(entry) => {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 self.raft
@@ -214,6 +219,21 @@ impl Service {
                 "{m}; the change may have been made: check /cluster/status"
             ))),
             LeaderAnswer::Failed(e) => Err(e),
+        }
+    }
+
+    /// Whether `change` takes this node out of the membership: out of the voters (a learner
+    /// left out of the voters stays a learner), or out as a learner.
+    fn removes_this_node(&self, change: &MembershipChange) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        match change {
+            MembershipChange::SetVoters(ids) => {
+                membership.voter_ids().any(|v| v == self.id) && !ids.contains(&self.id)
+            }
+            MembershipChange::RemoveLearner { id } => *id == self.id,
+            MembershipChange::AddLearner { .. } => false,
         }
     }
 
