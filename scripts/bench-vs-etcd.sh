@@ -111,7 +111,7 @@ ocurl() {
 }
 ecurl() { if [[ -n $SECURE ]]; then curl --cacert "$WORK/certs/ca.pem" "$@"; else curl "$@"; fi; }
 if [[ -n $SECURE ]]; then
-  "$ORDO" dev-certs --out "$WORK/certs" --nodes 3 >/dev/null
+  "$ORDO" dev-certs --out "$WORK/certs" --node-count 3 >/dev/null
   printf 'bench-bootstrap-token-%s' "$RANDOM$RANDOM" >"$WORK/bootstrap"
   cp "$WORK/bootstrap" "$WORK/token"
 fi

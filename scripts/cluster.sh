@@ -59,6 +59,8 @@ node_curl() {
 tls_flags() {
   secure || return 0
   echo "--tls-cert $RUN_DIR/certs/node$1.pem --tls-key $RUN_DIR/certs/node$1-key.pem --tls-ca $RUN_DIR/certs/ca.pem"
+  # The revocation list `ordo dev-certs` makes (empty until `ordo dev-certs --revoke NAME`).
+  [[ -f $RUN_DIR/certs/crl.pem ]] && echo "--tls-crl $RUN_DIR/certs/crl.pem"
   echo "--auth --bootstrap-token-file $RUN_DIR/bootstrap-token"
 }
 # The token this script calls the nodes with: the admin's, or the bootstrap one before it.
@@ -173,7 +175,7 @@ case "$cmd" in
       "") ;;
       --secure)
         mkdir -p "$RUN_DIR"
-        "$BIN" dev-certs --out "$RUN_DIR/certs" --nodes "${#NODES[@]}" >/dev/null
+        "$BIN" dev-certs --out "$RUN_DIR/certs" --node-count "${#NODES[@]}" >/dev/null
         if [[ ! -s $RUN_DIR/bootstrap-token ]]; then
           (umask 077; od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$RUN_DIR/bootstrap-token")
         fi
@@ -196,7 +198,7 @@ case "$cmd" in
             && mv "$RUN_DIR/admin-token.new" "$RUN_DIR/admin-token"
         fi
         echo "TLS and users: for the CLI (the admin's token is in $RUN_DIR/admin-token),"
-        echo "  export ORDO_NODES=$nodes ORDO_CA_CERT=$RUN_DIR/certs/ca.pem ORDO_TOKEN=\$(cat $RUN_DIR/admin-token)"
+        echo "  export ORDO_NODES=$nodes ORDO_CA_CERT=$RUN_DIR/certs/ca.pem ORDO_CA_CRL=$RUN_DIR/certs/crl.pem ORDO_TOKEN=\$(cat $RUN_DIR/admin-token)"
         echo "try: curl -s --cacert $RUN_DIR/certs/ca.pem -H \"Authorization: Bearer \$ORDO_TOKEN\" \\"
         echo "       -XPOST $(url 1)/api/orders -H 'Content-Type: application/json' \\"
       else
