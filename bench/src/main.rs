@@ -96,6 +96,9 @@ pub struct BenchArgs {
     /// For https:// nodes: the CA that signed their certificates (trusted alone).
     #[arg(long, env = "ORDO_CA_CERT", value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
+    /// That CA's revocation lists (PEM), as `ordo --ca-crl`: a listed node is refused.
+    #[arg(long, env = "ORDO_CA_CRL", value_name = "FILE")]
+    pub ca_crl: Option<PathBuf>,
     /// Sent as `Authorization: Bearer` on every request (ordo nodes run with --auth).
     #[arg(long, env = "ORDO_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -327,7 +330,7 @@ pub async fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchResult> {
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(10));
     if let Some(ca) = &args.ca_cert {
-        http = http.use_preconfigured_tls(ordo::tls::client_config(ca, None)?);
+        http = http.use_preconfigured_tls(ordo::tls::client_config(ca, args.ca_crl.as_deref())?);
     }
     if let Some(token) = &args.token {
         let mut headers = reqwest::header::HeaderMap::new();
@@ -442,6 +445,7 @@ fn feed_client(
     rotated.rotate_left(first % nodes.len());
     let mut config = ordo::client::ClientConfig::new(rotated);
     config.ca_cert = args.ca_cert.clone();
+    config.ca_crl = args.ca_crl.clone();
     config.token = args.token.clone();
     config.deadline = Duration::from_secs(30);
     Ok(ordo::client::Client::try_new(config)?)

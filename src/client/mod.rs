@@ -373,8 +373,13 @@ impl Client {
             .tcp_nodelay(true);
         match (&config.ca_cert, &config.ca_crl) {
             (Some(ca), crl) => {
+                let flags = if crl.is_some() {
+                    "--ca-cert, --ca-crl"
+                } else {
+                    "--ca-cert"
+                };
                 let tls = crate::tls::client_config(ca, crl.as_deref())
-                    .map_err(|e| ClientError::Config(format!("--ca-cert, --ca-crl: {e}")))?;
+                    .map_err(|e| ClientError::Config(format!("{flags}: {e}")))?;
                 builder = builder.use_preconfigured_tls(tls);
             }
             (None, Some(_)) => {

@@ -177,7 +177,8 @@ impl Service {
         change: MembershipChange,
     ) -> Result<ClusterStatus, ServiceError> {
         change.validate().map_err(ServiceError::Invalid)?;
-        let removes_this_node = self.removes_this_node(&change);
+        // The change, kept when it takes this node out (see the answer below).
+        let removal = self.removes_this_node(&change).then(|| change.clone());
         let leader = self.raft.metrics().borrow().current_leader;
         let deadline = Instant::now() + MEMBERSHIP_TIMEOUT + FORWARD_MARGIN;
         let answer = match leader {
@@ -193,9 +194,12 @@ impl Service {
         };
         match answer {
             // The leader stops replicating to a node the change removes, so this node may
-            // never receive the entry: its own view now (which may not show the change
-            // yet), not a timeout after the whole deadline.
-            LeaderAnswer::Done(_) if removes_this_node => Ok(self.status().await),
+            // never receive the entry (it may hold the change half done): the membership the
+            // leader committed, not a timeout after the whole deadline.
+            LeaderAnswer::Done(_) if removal.is_some() => {
+                let change = removal.expect("checked by the guard");
+                Ok(status_after(self.status().await, &change))
+            }
             LeaderAnswer::Done(entry) => {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 self.raft
@@ -364,6 +368,31 @@ impl Service {
     }
 }
 
+/// `status` as it is once `change`, which the leader has committed, is made: for a node the
+/// change removes, which may never receive it. The voters are the change's (their addresses
+/// as the membership has them), the other nodes stay learners unless the change removes them.
+fn status_after(mut status: ClusterStatus, change: &MembershipChange) -> ClusterStatus {
+    match change {
+        MembershipChange::SetVoters(ids) => {
+            let voters: BTreeSet<String> = ids.iter().map(NodeId::to_string).collect();
+            let mut nodes = status.learners.clone();
+            nodes.extend(status.members.clone());
+            // Voters left out leave (openraft's `retain` is off); learners stay learners.
+            status.members = nodes
+                .into_iter()
+                .filter(|(id, _)| voters.contains(id))
+                .collect();
+            status.learners.retain(|id, _| !voters.contains(id));
+        }
+        MembershipChange::RemoveLearner { id } => {
+            status.learners.remove(&id.to_string());
+        }
+        MembershipChange::AddLearner { .. } => {}
+    }
+    status.joint_voters = None;
+    status
+}
+
 /// The voter sets of a joint configuration (a change of the voters half done), old then new;
 /// None for a plain one.
 fn joint_voters(
@@ -382,7 +411,56 @@ fn joint_voters(
 mod joint_tests {
     use std::collections::{BTreeMap, BTreeSet};
 
-    use super::joint_voters;
+    use super::{joint_voters, status_after};
+    use crate::rpc::MembershipChange;
+    use crate::wire::ClusterStatus;
+
+    /// A removed node's view, half done (joint voters 1 2 3 and 1 2), with learner 4: the
+    /// answer shows the change made.
+    #[test]
+    fn a_removed_node_answers_with_the_change_made() {
+        let nodes = |ids: &[u64]| -> BTreeMap<String, String> {
+            ids.iter()
+                .map(|i| (i.to_string(), format!("h:{i}")))
+                .collect()
+        };
+        let seen = ClusterStatus {
+            node_id: 3,
+            state: "follower".into(),
+            leader_id: Some(1),
+            term: 2,
+            last_log_index: Some(9),
+            last_log_term: Some(2),
+            last_applied: Some(9),
+            members: nodes(&[1, 2, 3]),
+            learners: nodes(&[4]),
+            client_addrs: BTreeMap::new(),
+            joint_voters: Some(vec![vec![1, 2, 3], vec![1, 2]]),
+        };
+        let voters = MembershipChange::SetVoters([1, 2].into_iter().collect());
+        let after = status_after(seen.clone(), &voters);
+        assert_eq!(
+            (after.members, after.learners, after.joint_voters),
+            (nodes(&[1, 2]), nodes(&[4]), None)
+        );
+        // A learner made a voter while another leaves.
+        let promoted = MembershipChange::SetVoters([1, 2, 4].into_iter().collect());
+        let after = status_after(seen.clone(), &promoted);
+        assert_eq!(
+            (after.members, after.learners),
+            (nodes(&[1, 2, 4]), nodes(&[]))
+        );
+        let seen = ClusterStatus {
+            node_id: 4,
+            joint_voters: None,
+            ..seen
+        };
+        let after = status_after(seen, &MembershipChange::RemoveLearner { id: 4 });
+        assert_eq!(
+            (after.members, after.learners),
+            (nodes(&[1, 2, 3]), nodes(&[]))
+        );
+    }
 
     #[test]
     fn only_a_joint_configuration_shows_its_voter_sets() {
