@@ -299,6 +299,30 @@ async fn send_until_served(make: impl Fn() -> reqwest::RequestBuilder) -> (u16, 
     }
 }
 
+/// The leader, a follower, and the other ids: (leader, removed, kept).
+async fn a_follower_to_remove(cluster: &TestCluster) -> (u64, u64, Vec<u64>) {
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let removed = cluster.ids().into_iter().find(|n| *n != leader).unwrap();
+    let keep = cluster
+        .ids()
+        .into_iter()
+        .filter(|n| *n != removed)
+        .collect();
+    (leader, removed, keep)
+}
+
+/// The voters a cluster status (or a membership change's answer) lists.
+fn voters_of(status: &Value) -> BTreeSet<String> {
+    status["members"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn voter_set(ids: &[u64]) -> BTreeSet<String> {
+    ids.iter().map(u64::to_string).collect()
+}
+
 /// `POST /cluster/members` through node `via`.
 fn members_request(cluster: &TestCluster, via: u64, members: &[u64]) -> reqwest::RequestBuilder {
     let body = json!({ "members": members });
@@ -380,16 +404,7 @@ async fn add_learner_promote_and_remove_a_node() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let members: BTreeSet<String> = body["members"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .cloned()
-        .collect();
-    assert_eq!(
-        members,
-        ["2", "3", "4"].into_iter().map(String::from).collect()
-    );
+    assert_eq!(voters_of(&body), voter_set(&keep));
 
     // A learner that died is taken out of the membership (it would stay for ever otherwise,
     // its id and address taken). Through a voter of the new set: node 1 may be the leader that
@@ -635,32 +650,18 @@ async fn logs_in_files_are_plain_or_json_lines() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_sent_to_the_node_it_removes_is_answered() {
     let cluster = start_cluster(3).await;
-    let leader = cluster.wait_for_leader(&cluster.ids()).await;
-    let removed = cluster.ids().into_iter().find(|n| *n != leader).unwrap();
-    let keep: Vec<u64> = cluster
-        .ids()
-        .into_iter()
-        .filter(|n| *n != removed)
-        .collect();
+    let (leader, removed, keep) = a_follower_to_remove(&cluster).await;
     // (A moment without a leader is a 503 to retry; the same change again is harmless.)
     let (status, body) = send_until_served(|| members_request(&cluster, removed, &keep)).await;
     assert_eq!(status, 200, "{body}");
     // The answer shows the change made, though the removed node may hold it half done.
-    let want: BTreeSet<String> = keep.iter().map(u64::to_string).collect();
-    let voters: BTreeSet<String> = body["members"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .cloned()
-        .collect();
-    assert_eq!(voters, want, "{body}");
+    assert_eq!(voters_of(&body), voter_set(&keep), "{body}");
     assert!(body.get("joint_voters").is_none(), "{body}");
     // Made: the leader's voters are the others.
     let deadline = Instant::now() + DEADLINE;
     loop {
         let (_, s) = get(&cluster, leader, "/cluster/status").await.unwrap();
-        let voters: BTreeSet<String> = s["members"].as_object().unwrap().keys().cloned().collect();
-        if voters == want {
+        if voters_of(&s) == voter_set(&keep) {
             break;
         }
         assert!(Instant::now() < deadline, "{s}");
@@ -674,13 +675,7 @@ async fn a_change_sent_to_the_node_it_removes_is_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_node_goes_quiet_says_why_and_can_rejoin() {
     let mut cluster = start_cluster(3).await;
-    let leader = cluster.wait_for_leader(&cluster.ids()).await;
-    let removed = cluster.ids().into_iter().find(|n| *n != leader).unwrap();
-    let keep: Vec<u64> = cluster
-        .ids()
-        .into_iter()
-        .filter(|n| *n != removed)
-        .collect();
+    let (leader, removed, keep) = a_follower_to_remove(&cluster).await;
     cluster.pause(removed);
     let (status, body) = send(
         cluster
