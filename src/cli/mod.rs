@@ -257,6 +257,16 @@ fn report_error(conn: &ConnArgs, e: &ClientError) -> i32 {
 /// What a person can do about an error, where there is something to say.
 fn hint(conn: &ConnArgs, e: &ClientError) -> Option<String> {
     match e {
+        // (rustls' words for a certificate it refused, as reqwest passes them on.)
+        ClientError::Unavailable {
+            no_connection: true,
+            last,
+            ..
+        } if last.contains("invalid peer certificate") => Some(
+            "a node's certificate was refused: revoked (--ca-crl), expired, or not signed by \
+             the CA given in --ca-cert / ORDO_CA_CERT"
+                .into(),
+        ),
         ClientError::Unavailable {
             no_connection: true,
             ..
@@ -298,6 +308,29 @@ fn hint(conn: &ConnArgs, e: &ClientError) -> Option<String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    /// A refused certificate is not "is the cluster running there?".
+    #[test]
+    fn a_refused_certificate_gets_its_own_hint() {
+        let cli = Cli::try_parse_from(["ordo", "order", "list"]).unwrap();
+        let unavailable = |last: &str| ClientError::Unavailable {
+            attempts: 3,
+            last: last.into(),
+            idempotency_key: None,
+            no_connection: true,
+            unanswered: false,
+            last_code: None,
+        };
+        let refused = unavailable(
+            "https://127.0.0.1:1: error sending request: client error (Connect): invalid peer \
+             certificate: Revoked",
+        );
+        let said = hint(&cli.conn, &refused).unwrap();
+        assert!(said.contains("certificate was refused"), "{said}");
+        let down = unavailable("http://127.0.0.1:1: connection refused");
+        let said = hint(&cli.conn, &down).unwrap();
+        assert!(said.contains("is the cluster running there"), "{said}");
+    }
 
     /// Every argument of every command says what it is for, and names its value in its
     /// usage (`--item <SKU:QTY:PRICE_CENTS>`, not `--item <ITEMS>`).

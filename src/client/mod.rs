@@ -370,6 +370,9 @@ impl Client {
         }
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
+            // Below a node's idle close (its 10 s read timeout): a connection reused just as
+            // the node closes it fails a call that cannot be sent again (adding a user).
+            .pool_idle_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
         match (&config.ca_cert, &config.ca_crl) {
             (Some(ca), crl) => {
