@@ -373,6 +373,40 @@ mod tests {
         assert!(missing.is_empty(), "{missing:#?}");
     }
 
+    /// No command has an argument of the same id as a global one (`--nodes`, `--json`, ...):
+    /// clap would hand the command's value to the global field, and the command panicked at
+    /// every run (`ordo dev-certs --nodes N` did).
+    #[test]
+    fn no_command_reuses_a_global_argument() {
+        fn walk(cmd: &clap::Command, globals: &[String], path: String, clashes: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if globals.iter().any(|g| g == arg.get_id().as_str()) {
+                    clashes.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, globals, format!("{path} {}", sub.get_name()), clashes);
+            }
+        }
+        let cmd = Cli::command();
+        let globals: Vec<String> = cmd
+            .get_arguments()
+            .filter(|a| a.is_global_set())
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert!(globals.iter().any(|g| g == "nodes"), "{globals:?}");
+        let mut clashes = Vec::new();
+        for sub in cmd.get_subcommands() {
+            walk(
+                sub,
+                &globals,
+                format!("ordo {}", sub.get_name()),
+                &mut clashes,
+            );
+        }
+        assert!(clashes.is_empty(), "{clashes:?}");
+    }
+
     #[test]
     fn connection_options_go_before_or_after_the_subcommand() {
         for argv in [
