@@ -340,6 +340,23 @@ async fn add_learner_promote_and_remove_a_node() {
     }
     cluster.add_node(4);
     let addr4 = cluster.nodes[&4].addr.clone();
+    // A call the new node cannot decode, claiming some cluster's id, teaches it nothing: it
+    // would otherwise keep that id and refuse the real leader's appends (409) for good.
+    let deadline = Instant::now() + DEADLINE;
+    while cluster.status(4).await.is_none() {
+        assert!(Instant::now() < deadline, "node 4 never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = send(
+        cluster
+            .http
+            .post(cluster.url(4, "/raft/append"))
+            .header("x-ordo-cluster", "0123456789abcdef0123456789abcdef")
+            .body("not an append"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400, "{body}");
     // Sent to a follower on purpose: it forwards membership changes to the leader.
     let leader = cluster.wait_for_leader(&[1, 2, 3]).await;
     let follower = [1, 2, 3].into_iter().find(|n| *n != leader).unwrap();

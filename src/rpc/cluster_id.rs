@@ -5,7 +5,9 @@
 //! the cluster it used to belong to, nor be joined by it.
 //!
 //! A node learns the id from the first call that carries one (the leader's appends, or the
-//! forming node's votes) and keeps it from then on. A call without an id is accepted: nodes
+//! forming node's votes) and that it serves (an undecodable call teaches it nothing), and
+//! keeps it from then on. Until then such calls are served one at a time, so two clusters'
+//! calls cannot both be served before one id is kept. A call without an id is accepted: nodes
 //! that do not know it yet (a new learner) send none. A cluster formed before ids existed gets
 //! one from its leader, which makes it when it finds none.
 
@@ -23,6 +25,19 @@ const FILE: &str = "cluster-id";
 pub struct ClusterId {
     path: PathBuf,
     id: RwLock<Option<String>>,
+    /// Held while a call serves that would teach this node its id.
+    first_calls: tokio::sync::Mutex<()>,
+}
+
+/// What to do with a call, by the cluster id it carries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Ours, or none (a node that does not know it yet).
+    Serve,
+    /// Another cluster's, or not an id.
+    Refuse,
+    /// This node knows no id yet: serve it (`first_call`), and keep this id if it succeeds.
+    Learn(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +77,7 @@ impl ClusterId {
         Ok(ClusterId {
             path,
             id: RwLock::new(id),
+            first_calls: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -78,27 +94,52 @@ impl ClusterId {
         Ok(id)
     }
 
-    /// Whether a call carrying `theirs` (or no id) may be served; the first id heard is kept.
-    pub fn admit(&self, theirs: Option<&str>) -> Result<bool, ClusterIdError> {
+    /// What to do with a call carrying `theirs` (or no id).
+    pub fn admission(&self, theirs: Option<&str>) -> Admission {
         let Some(theirs) = theirs else {
-            return Ok(true);
+            return Admission::Serve;
         };
-        if let Some(ours) = self.get() {
-            return Ok(ours == theirs);
+        match self.get() {
+            Some(ours) if ours == theirs => Admission::Serve,
+            Some(_) => Admission::Refuse,
+            None if well_formed(theirs) => Admission::Learn(theirs.to_string()),
+            None => Admission::Refuse,
         }
-        if !well_formed(theirs) {
-            return Ok(false);
+    }
+
+    /// Serves a call that carries `theirs` while this node knows no id (`Admission::Learn`):
+    /// one at a time, and `theirs` is kept if `serve` answers with success. Returns the
+    /// answer, or None when the call must be refused (another id was learnt meanwhile).
+    pub async fn first_call<F, R>(
+        &self,
+        theirs: &str,
+        serve: F,
+        succeeded: impl FnOnce(&R) -> bool,
+    ) -> Result<Option<R>, ClusterIdError>
+    where
+        F: std::future::Future<Output = R>,
+    {
+        let _turn = self.first_calls.lock().await;
+        match self.admission(Some(theirs)) {
+            Admission::Serve => return Ok(Some(serve.await)),
+            Admission::Refuse => return Ok(None),
+            Admission::Learn(_) => {}
         }
+        let answer = serve.await;
+        if succeeded(&answer) {
+            self.learn(theirs)?;
+        }
+        Ok(Some(answer))
+    }
+
+    fn learn(&self, theirs: &str) -> Result<(), ClusterIdError> {
         let mut id = self.id.write().unwrap_or_else(|p| p.into_inner());
-        match id.as_deref() {
-            Some(ours) => Ok(ours == theirs),
-            None => {
-                self.write_file(theirs)?;
-                tracing::info!(cluster_id = theirs, "joined cluster");
-                *id = Some(theirs.to_string());
-                Ok(true)
-            }
+        if id.is_none() {
+            self.write_file(theirs)?;
+            tracing::info!(cluster_id = theirs, "joined cluster");
+            *id = Some(theirs.to_string());
         }
+        Ok(())
     }
 
     fn store(&self, new: &str) -> Result<(), ClusterIdError> {
@@ -134,21 +175,35 @@ impl ClusterId {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_first_id_heard_is_kept_and_another_is_refused_across_restarts() {
+    #[tokio::test]
+    async fn the_first_id_served_is_kept_and_another_is_refused_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let ids = ClusterId::load(dir.path()).unwrap();
         assert_eq!(ids.get(), None);
-        assert!(ids.admit(None).unwrap(), "calls without an id are served");
-        assert!(!ids.admit(Some("not-an-id")).unwrap());
+        assert_eq!(ids.admission(None), Admission::Serve, "calls without an id");
+        assert_eq!(ids.admission(Some("not-an-id")), Admission::Refuse);
         let theirs = "0123456789abcdef0123456789abcdef";
-        assert!(ids.admit(Some(theirs)).unwrap());
         let other = "fedcba9876543210fedcba9876543210";
-        assert!(!ids.admit(Some(other)).unwrap());
+        assert_eq!(
+            ids.admission(Some(other)),
+            Admission::Learn(other.to_string())
+        );
+        // A call that fails (an undecodable body, say) teaches nothing...
+        let ok = |status: &u16| *status < 300;
+        let answer = ids.first_call(other, async { 400u16 }, ok).await.unwrap();
+        assert_eq!((answer, ids.get()), (Some(400), None));
+        // ...one served is kept, and another id is refused from then on.
+        let answer = ids.first_call(theirs, async { 200u16 }, ok).await.unwrap();
+        assert_eq!(answer, Some(200));
+        assert_eq!(ids.get().as_deref(), Some(theirs));
+        assert_eq!(ids.admission(Some(theirs)), Admission::Serve);
+        assert_eq!(ids.admission(Some(other)), Admission::Refuse);
+        let late = ids.first_call(other, async { 200u16 }, ok).await.unwrap();
+        assert_eq!(late, None, "learnt meanwhile: refused");
 
         let reopened = ClusterId::load(dir.path()).unwrap();
         assert_eq!(reopened.get().as_deref(), Some(theirs));
-        assert!(!reopened.admit(Some(other)).unwrap());
+        assert_eq!(reopened.admission(Some(other)), Admission::Refuse);
 
         std::fs::write(dir.path().join(FILE), "garbage").unwrap();
         assert!(ClusterId::load(dir.path()).is_err());

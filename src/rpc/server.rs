@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::clock::{wall_clock_ms, CLOCK_HEADER};
-use super::cluster_id::{ClusterId, CLUSTER_HEADER};
+use super::cluster_id::{Admission, ClusterId, CLUSTER_HEADER};
 use super::election_hold::ElectionHold;
 use super::*;
 use crate::codec;
@@ -128,9 +128,19 @@ async fn same_cluster(
         .headers()
         .get(CLUSTER_HEADER)
         .map(|v| v.to_str().unwrap_or("(not text)").to_string());
-    match cluster.admit(theirs.as_deref()) {
-        Ok(true) => next.run(req).await,
-        Ok(false) => Refusal {
+    let served = match cluster.admission(theirs.as_deref()) {
+        Admission::Serve => Ok(Some(next.run(req).await)),
+        Admission::Refuse => Ok(None),
+        Admission::Learn(id) => {
+            let serve = next.run(req);
+            cluster
+                .first_call(&id, serve, |r: &Response| r.status().is_success())
+                .await
+        }
+    };
+    match served {
+        Ok(Some(answer)) => answer,
+        Ok(None) => Refusal {
             status: StatusCode::CONFLICT,
             code: ErrorCode::WrongCluster,
             message: format!(
