@@ -103,6 +103,11 @@ start_node() { # N [new]: `new` lets the node form the cluster if its data direc
     echo "ORDO_BIN: ORDO_BIN=<that binary> $0 down), or choose another ORDO_BASE_PORT" >&2
     exit 1
   fi
+  # A node with no data joins a cluster that exists: before `up`, it would wait for ever.
+  if [[ $state == existing && ! -d $RUN_DIR/n$n/data ]]; then
+    echo "node $n has no data in $RUN_DIR: start the cluster with \`$0 up\` first" >&2
+    exit 1
+  fi
   mkdir -p "$RUN_DIR/n$n"
   # shellcheck disable=SC2046 # tls_flags is a list of flags (paths without spaces)
   nohup "$BIN" serve --id "$n" --listen "$(addr "$n")" --data-dir "$RUN_DIR/n$n/data" \
@@ -241,7 +246,13 @@ case "$cmd" in
   nodes) node_urls ;;
   url) check_node "${2:-}" url; url "$2" ;;
   kill) check_node "${2:-}" kill; signal_node "$2" KILL "SIGKILL" ;;
-  stop) check_node "${2:-}" stop; signal_node "$2" TERM "SIGTERM"; wait_stopped "$2" || true ;;
+  stop)
+    check_node "${2:-}" stop
+    signal_node "$2" TERM "SIGTERM"
+    # A paused node must run to hear SIGTERM.
+    if pid=$(running_pid "$2"); then kill -CONT "$pid" 2>/dev/null || true; fi
+    wait_stopped "$2" || true
+    ;;
   pause) check_node "${2:-}" pause; signal_node "$2" STOP "paused (SIGSTOP)" ;;
   resume) check_node "${2:-}" resume; signal_node "$2" CONT "resumed (SIGCONT)" ;;
   start) check_node "${2:-}" start; start_node "$2" ;;

@@ -10,6 +10,15 @@ if [[ -z ${ORDO_NODES:-} ]]; then
   ORDO_NODES=$(scripts/cluster.sh nodes) # fails (and so does the demo) on a port mismatch
 fi
 export ORDO_NODES
+# A cluster of `scripts/cluster.sh up --secure`: its CA and admin token, unless given.
+RUN_DIR="${ORDO_RUN_DIR:-.ordo-cluster}"
+if [[ -f $RUN_DIR/secure ]]; then
+  export ORDO_CA_CERT="${ORDO_CA_CERT:-$RUN_DIR/certs/ca.pem}"
+  if [[ -z ${ORDO_TOKEN:-} && -s $RUN_DIR/admin-token ]]; then
+    ORDO_TOKEN=$(cat "$RUN_DIR/admin-token")
+    export ORDO_TOKEN
+  fi
+fi
 
 leader_id() { # `cluster status` exits 8 while the cluster is degraded: still read its answer
   { "$ORDO" cluster status --json || true; } | python3 -c '
@@ -20,13 +29,29 @@ for n in json.load(sys.stdin)["nodes"]:
         print(s["node_id"]); break'
 }
 
-# Prints the new order's id; on a refused write, says why and stops the demo.
+# Node $1's last applied log index as `cluster status` reports it (0 if it does not answer).
+applied_of() {
+  { "$ORDO" cluster status --json 2>/dev/null || true; } | python3 -c '
+import json, sys
+for n in json.load(sys.stdin)["nodes"]:
+    s = n.get("status") or {}
+    if s.get("node_id") == int(sys.argv[1]):
+        print(s.get("last_applied") or 0); break
+else:
+    print(0)' "$1" 2>/dev/null || echo 0
+}
+
+# Prints the new order's id; on a refused write, says why and stops the demo. (Only stdout is
+# JSON: a retried write's note on stderr must not spoil it.)
 create_order() { # sku-number price-cents
-  local out
-  if ! out=$("$ORDO" order create --customer demo --item "sku-$1:1:$2" --json 2>&1); then
-    echo "write refused: $out" >&2
+  local out err
+  err=$(mktemp)
+  if ! out=$("$ORDO" order create --customer demo --item "sku-$1:1:$2" --json 2>"$err"); then
+    echo "write refused: $out $(cat "$err")" >&2
+    rm -f "$err"
     exit 1
   fi
+  rm -f "$err"
   python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' <<<"$out"
 }
 
@@ -64,16 +89,17 @@ echo "== cluster after the kill"
 "$ORDO" cluster status || true
 
 echo "== reading every order back (linearizable)"
-for id in "${ids[@]}"; do "$ORDO" order get "$id" --json >/dev/null && echo "order $id ok"; done
+for id in "${ids[@]}"; do
+  "$ORDO" order get "$id" --json >/dev/null || { echo "order $id MISSING" >&2; exit 1; }
+  echo "order $id ok"
+done
 
 echo "== restarting node $leader"
 scripts/cluster.sh start "$leader"
 new_leader=$(leader_id)
-target=$(curl -fsS --max-time 2 "$(scripts/cluster.sh url "$new_leader")/cluster/status" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["last_applied"] or 0)')
+target=$(applied_of "$new_leader")
 for _ in $(seq 1 100); do
-  applied=$(curl -fsS --max-time 1 "$(scripts/cluster.sh url "$leader")/cluster/status" 2>/dev/null \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["last_applied"] or 0)' 2>/dev/null || echo 0)
+  applied=$(applied_of "$leader")
   [[ $applied -ge $target ]] && break
   sleep 0.1
 done
