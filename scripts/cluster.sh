@@ -25,6 +25,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_DIR="${ORDO_RUN_DIR:-.ordo-cluster}"
 BIN="${ORDO_BIN:-target/release/ordo}"
+# Absolute (a relative one is the repository's), so the paths printed for the CLI work from
+# any directory.
+[[ $RUN_DIR == /* ]] || RUN_DIR="$PWD/$RUN_DIR"
+[[ $BIN == /* ]] || BIN="$PWD/$BIN"
 NODES=(1 2 3)
 # The base port: the one `up` recorded for this cluster, else ORDO_BASE_PORT, else 21000.
 # A different ORDO_BASE_PORT for a recorded cluster is refused: `start N` would otherwise
@@ -177,7 +181,11 @@ case "$cmd" in
     mkdir -p "$RUN_DIR"
     echo "$BASE_PORT" >"$RUN_DIR/base-port"
     case "${2:-}" in
-      "") ;;
+      "")
+        if secure; then
+          echo "(this cluster was made with --secure and stays so: rm -rf $RUN_DIR for a plain one)"
+        fi
+        ;;
       --secure)
         mkdir -p "$RUN_DIR"
         "$BIN" dev-certs --out "$RUN_DIR/certs" --node-count "${#NODES[@]}" >/dev/null
