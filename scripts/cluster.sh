@@ -60,12 +60,17 @@ node_curl() {
     curl "$@"
   fi
 }
-tls_flags() {
+# Sets TLS_ARGS to node $1's TLS and user flags (none for a plain cluster); an array, so
+# paths with spaces stay whole.
+TLS_ARGS=()
+set_tls_args() {
+  TLS_ARGS=()
   secure || return 0
-  echo "--tls-cert $RUN_DIR/certs/node$1.pem --tls-key $RUN_DIR/certs/node$1-key.pem --tls-ca $RUN_DIR/certs/ca.pem"
+  TLS_ARGS=(--tls-cert "$RUN_DIR/certs/node$1.pem" --tls-key "$RUN_DIR/certs/node$1-key.pem"
+    --tls-ca "$RUN_DIR/certs/ca.pem")
   # The revocation list `ordo dev-certs` makes (empty until `ordo dev-certs --revoke NAME`).
-  [[ -f $RUN_DIR/certs/crl.pem ]] && echo "--tls-crl $RUN_DIR/certs/crl.pem"
-  echo "--auth --bootstrap-token-file $RUN_DIR/bootstrap-token"
+  if [[ -f $RUN_DIR/certs/crl.pem ]]; then TLS_ARGS+=(--tls-crl "$RUN_DIR/certs/crl.pem"); fi
+  TLS_ARGS+=(--auth --bootstrap-token-file "$RUN_DIR/bootstrap-token")
 }
 # The token this script calls the nodes with: the admin's, or the bootstrap one before it.
 script_token() {
@@ -107,15 +112,16 @@ start_node() { # N [new]: `new` lets the node form the cluster if its data direc
     echo "ORDO_BIN: ORDO_BIN=<that binary> $0 down), or choose another ORDO_BASE_PORT" >&2
     exit 1
   fi
-  # A node with no data joins a cluster that exists: before `up`, it would wait for ever.
-  if [[ $state == existing && ! -d $RUN_DIR/n$n/data ]]; then
-    echo "node $n has no data in $RUN_DIR: start the cluster with \`$0 up\` first" >&2
+  # A node with no data joins a cluster that exists (a wiped node, to be added again). With
+  # no cluster yet (no node has data: before `up`), it would wait for ever.
+  if [[ $state == existing ]] && ! compgen -G "$RUN_DIR/n*/data" >/dev/null; then
+    echo "no node has data in $RUN_DIR: start the cluster with \`$0 up\` first" >&2
     exit 1
   fi
   mkdir -p "$RUN_DIR/n$n"
-  # shellcheck disable=SC2046 # tls_flags is a list of flags (paths without spaces)
+  set_tls_args "$n"
   nohup "$BIN" serve --id "$n" --listen "$(addr "$n")" --data-dir "$RUN_DIR/n$n/data" \
-    --peers "$(peers)" --initial-cluster-state "$state" $(tls_flags "$n") \
+    --peers "$(peers)" --initial-cluster-state "$state" "${TLS_ARGS[@]}" \
     >>"$RUN_DIR/n$n/node.log" 2>&1 </dev/null &
   echo "$BIN" >"$(binfile "$n")"
   echo $! >"$(pidfile "$n")"
@@ -211,7 +217,8 @@ case "$cmd" in
             && mv "$RUN_DIR/admin-token.new" "$RUN_DIR/admin-token"
         fi
         echo "TLS and users: for the CLI (the admin's token is in $RUN_DIR/admin-token),"
-        echo "  export ORDO_NODES=$nodes ORDO_CA_CERT=$RUN_DIR/certs/ca.pem ORDO_CA_CRL=$RUN_DIR/certs/crl.pem ORDO_TOKEN=\$(cat $RUN_DIR/admin-token)"
+        printf '  export ORDO_NODES=%s ORDO_CA_CERT=%q ORDO_CA_CRL=%q ORDO_TOKEN=$(cat %q)\n' \
+          "$nodes" "$RUN_DIR/certs/ca.pem" "$RUN_DIR/certs/crl.pem" "$RUN_DIR/admin-token"
         echo "try: curl -s --cacert $RUN_DIR/certs/ca.pem -H \"Authorization: Bearer \$ORDO_TOKEN\" \\"
         echo "       -XPOST $(url 1)/api/orders -H 'Content-Type: application/json' \\"
       else

@@ -14,10 +14,13 @@ export ORDO_NODES
 RUN_DIR="${ORDO_RUN_DIR:-.ordo-cluster}"
 if [[ -f $RUN_DIR/secure ]]; then
   export ORDO_CA_CERT="${ORDO_CA_CERT:-$RUN_DIR/certs/ca.pem}"
-  if [[ -z ${ORDO_TOKEN:-} && -s $RUN_DIR/admin-token ]]; then
-    ORDO_TOKEN=$(cat "$RUN_DIR/admin-token")
-    export ORDO_TOKEN
-  fi
+  # (The bootstrap token until `up` has made the admin, as cluster.sh does.)
+  for f in admin-token bootstrap-token; do
+    if [[ -z ${ORDO_TOKEN:-} && -s $RUN_DIR/$f ]]; then
+      ORDO_TOKEN=$(cat "$RUN_DIR/$f")
+      export ORDO_TOKEN
+    fi
+  done
 fi
 
 leader_id() { # `cluster status` exits 8 while the cluster is degraded: still read its answer
@@ -51,6 +54,7 @@ create_order() { # sku-number price-cents
     rm -f "$err"
     exit 1
   fi
+  cat "$err" >&2 # a note, if any (a retry that found the write applied)
   rm -f "$err"
   python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])' <<<"$out"
 }
@@ -96,7 +100,13 @@ done
 
 echo "== restarting node $leader"
 scripts/cluster.sh start "$leader"
-new_leader=$(leader_id)
+new_leader=""
+for _ in $(seq 1 100); do
+  new_leader=$(leader_id)
+  [[ -n $new_leader ]] && break
+  sleep 0.1
+done
+[[ -n $new_leader ]] || { echo "no leader after the restart" >&2; exit 1; }
 target=$(applied_of "$new_leader")
 for _ in $(seq 1 100); do
   applied=$(applied_of "$leader")

@@ -4,12 +4,15 @@
 //! and that formed a cluster of its own again (restarted with its old flags) cannot disturb
 //! the cluster it used to belong to, nor be joined by it.
 //!
-//! A node learns the id from the first call that carries one (the leader's appends, or the
-//! forming node's votes) and that it serves (an undecodable call teaches it nothing), and
-//! keeps it from then on. Until then such calls are served one at a time, so two clusters'
-//! calls cannot both be served before one id is kept. A call without an id is accepted: nodes
-//! that do not know it yet (a new learner) send none. A cluster formed before ids existed gets
-//! one from its leader, which makes it when it finds none.
+//! The id is made by the node that forms a cluster (its first start with `--peers`), by
+//! `--force-new-cluster` and by `ordo restore`. Another node learns it from the first call
+//! that carries one (the leader's appends, or the forming node's votes) and that it serves
+//! with a 2xx, and keeps it from then on. A 2xx says the call decoded, not that Raft took it
+//! (a refused vote is a 200 too): an undecodable call with a forged id teaches nothing, but a
+//! well-formed call from another cluster reaching a node that knows no id yet still does.
+//! Until then such calls are served one at a time, so two clusters' calls cannot both be
+//! served before one id is kept. A call without an id is accepted: nodes that do not know it
+//! yet (a new learner) send none. A cluster formed before ids existed has none and gets none.
 
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;

@@ -146,7 +146,7 @@ async fn same_cluster(
             message: format!(
                 "this node belongs to cluster {}, not {}: a node of another cluster (or one \
                  whose data directory was wiped and that formed a cluster of its own) called",
-                cluster.get().unwrap_or_default(),
+                cluster.get().as_deref().unwrap_or("(none yet)"),
                 theirs.unwrap_or_default()
             ),
         }
