@@ -70,9 +70,10 @@ const READ_BATCH: usize = 256;
 /// And at most about this much memory of changes (the largest orders are tens of KB each):
 /// what a stream behind the ring holds while its client takes them.
 const READ_BATCH_BYTES: usize = 256 * 1024;
-/// Pages read from the log at once, per process (a node), by the streams behind the ring. A read waits
-/// while a snapshot is installed; a thousand streams each waiting on a blocking thread would
-/// take tokio's whole blocking pool (512) from the node's other reads until the install ends.
+/// Pages read from the log at once, per process (a node), by the streams behind the ring. A
+/// read waits while a snapshot is installed; a thousand streams each waiting on a blocking
+/// thread would take tokio's whole blocking pool (512) from the node's other reads until the
+/// install ends.
 static LOG_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
 
 /// The feed's settings and its subscribers, per node.
@@ -260,14 +261,9 @@ impl Filter {
     }
 }
 
-/// A non-negative integer in decimal digits only (`parse` alone would take a leading `+`).
+/// A revision as digits, around blanks (a header's value may carry them).
 fn parse_digits(raw: &str) -> Option<u64> {
-    let raw = raw.trim();
-    if raw.bytes().all(|b| b.is_ascii_digit()) {
-        raw.parse().ok()
-    } else {
-        None
-    }
+    super::json::decimal_u64(raw.trim())
 }
 
 /// Parses a revision given by the client (`since`, `Last-Event-ID`).

@@ -225,14 +225,11 @@ pub async fn remove_learner(
     caller: Option<Extension<Caller>>,
     PathSegment(raw_id): PathSegment,
 ) -> Result<Json<ClusterStatus>, ApiError> {
-    let id: u64 = match raw_id.parse() {
-        Ok(id) if raw_id.bytes().all(|b| b.is_ascii_digit()) => id,
-        _ => {
-            return Err(ApiError::BadRequest(format!(
-                "invalid node id {raw_id:?}: node ids are non-negative integers"
-            )))
-        }
-    };
+    let id = super::json::decimal_u64(&raw_id).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "invalid node id {raw_id:?}: node ids are non-negative integers"
+        ))
+    })?;
     let result = state
         .service
         .change_membership(MembershipChange::RemoveLearner { id })

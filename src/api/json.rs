@@ -61,6 +61,16 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// A non-negative integer in decimal digits only (`parse` alone would take a leading `+`):
+/// ids in paths, revisions in queries and headers.
+pub(super) fn decimal_u64(raw: &str) -> Option<u64> {
+    if raw.bytes().all(|b| b.is_ascii_digit()) {
+        raw.parse().ok()
+    } else {
+        None
+    }
+}
+
 /// The one `{id}` or `{name}` segment of a route's path, as text. axum's own `Path` answers
 /// a segment that is not UTF-8 once percent-decoded (`%FF`) in plain text; this answers the
 /// JSON 400 every other bad request gets.

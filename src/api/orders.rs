@@ -41,10 +41,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 fn parse_id(raw: &str) -> Result<u64, ApiError> {
-    match raw.parse::<u64>() {
-        Ok(id) if id > 0 && raw.bytes().all(|b| b.is_ascii_digit()) => Ok(id),
-        _ => Err(ApiError::InvalidId(raw.to_string())),
-    }
+    super::json::decimal_u64(raw)
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::InvalidId(raw.to_string()))
 }
 
 /// Query parameters, parsed strictly: unknown names and repeated names are refused.

@@ -192,14 +192,13 @@ impl Service {
                     .map_err(ServiceError::from)
             }
         };
+        // The leader stops replicating to a node the change removes, so this node may never
+        // receive the entry (it may hold the change half done): the membership the leader
+        // committed, not a timeout after the whole deadline.
+        if let (LeaderAnswer::Done(_), Some(change)) = (&answer, &removal) {
+            return Ok(status_after(self.status().await, change));
+        }
         match answer {
-            // The leader stops replicating to a node the change removes, so this node may
-            // never receive the entry (it may hold the change half done): the membership the
-            // leader committed, not a timeout after the whole deadline.
-            LeaderAnswer::Done(_) if removal.is_some() => {
-                let change = removal.expect("checked by the guard");
-                Ok(status_after(self.status().await, &change))
-            }
             LeaderAnswer::Done(entry) => {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 self.raft
@@ -395,9 +394,7 @@ fn status_after(mut status: ClusterStatus, change: &MembershipChange) -> Cluster
 
 /// The voter sets of a joint configuration (a change of the voters half done), old then new;
 /// None for a plain one.
-fn joint_voters(
-    membership: &openraft::Membership<NodeId, openraft::BasicNode>,
-) -> Option<Vec<Vec<NodeId>>> {
+fn joint_voters(membership: &openraft::Membership<NodeId, BasicNode>) -> Option<Vec<Vec<NodeId>>> {
     let joint = membership.get_joint_config();
     (joint.len() > 1).then(|| {
         joint
@@ -408,7 +405,7 @@ fn joint_voters(
 }
 
 #[cfg(test)]
-mod joint_tests {
+mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::{joint_voters, status_after};
