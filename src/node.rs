@@ -104,6 +104,9 @@ pub struct NodeConfig {
     /// to recover from the loss of a majority: `CLUSTER_ID:NODE_ID`, this node's cluster id
     /// (`none` for a cluster without one) and its node id.
     pub force_new_cluster: Option<String>,
+    /// The cluster this node belongs to (`--cluster-id`), kept before it serves: a node
+    /// joining with an empty data dir then refuses other clusters' calls from the start.
+    pub cluster_id: Option<String>,
     /// The change feed: how much of the change log to keep, and its streams' settings.
     pub change_feed: ChangeFeedConfig,
 }
@@ -168,6 +171,7 @@ impl NodeConfig {
             bootstrap_token_file: None,
             insecure: false,
             force_new_cluster: None,
+            cluster_id: None,
             change_feed: ChangeFeedConfig::default(),
         }
     }
@@ -421,6 +425,9 @@ pub async fn run(
     // One client for every node-to-node call: Raft's and the service's calls to the leader.
     let directory = Arc::new(PeerDirectory::new(config.id, config.client_address()));
     let cluster_id = Arc::new(ClusterId::load(&config.data_dir)?);
+    if let Some(asked) = &config.cluster_id {
+        cluster_id.pin(asked)?;
+    }
     force_new_cluster_if_asked(&config, &mut log_store, &state_machine, &cluster_id)?;
     let rpc = RpcClient::new(tls.clone(), directory.clone(), cluster_id.clone());
     let network = PeerNetwork::new(
@@ -744,7 +751,11 @@ async fn initialize_if_first(
         .iter()
         .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
         .collect();
-    let made = cluster_id.create().context("making the cluster id")?;
+    // An id given with --cluster-id names the cluster to form; otherwise a new one is made.
+    let made = match &config.cluster_id {
+        Some(pinned) => pinned.clone(),
+        None => cluster_id.create().context("making the cluster id")?,
+    };
     tracing::info!(?members, cluster_id = %made, "forming the cluster");
     raft.initialize(members)
         .await

@@ -429,6 +429,11 @@ impl From<&crate::order::Change> for ChangeJson {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ClusterStatus {
     pub node_id: u64,
+    /// The id of the cluster this node belongs to (32 hex digits): what `ordo serve
+    /// --cluster-id` takes for a node that joins it. Absent while the node knows none (a new
+    /// node not yet contacted, a cluster formed before ids), and from older nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
     /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
     #[schema(pattern = "^(leader|follower|candidate|learner|shutdown)$")]
     pub state: String,

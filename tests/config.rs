@@ -113,6 +113,48 @@ fn tls_settings_merge_across_sources_and_must_come_together() {
     assert!(err.contains("--tls-crl needs TLS"), "{err}");
 }
 
+/// `--cluster-id` takes only a cluster id, and not beside `--force-new-cluster` (which makes
+/// a new one). A data dir of another cluster is refused at start (`cluster_id`'s unit test).
+#[test]
+fn a_cluster_id_given_by_hand_is_checked_before_the_node_starts() {
+    let id = "0123456789abcdef0123456789abcdef";
+    let err = serve_refused(&["--cluster-id", "0123"]);
+    assert!(err.contains("32 lowercase hex digits"), "{err}");
+    let err = serve_refused(&[
+        "--cluster-id",
+        id,
+        "--force-new-cluster",
+        &format!("{id}:1"),
+    ]);
+    assert!(err.contains("leave --cluster-id out"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let other = "fedcba9876543210fedcba9876543210";
+    std::fs::write(dir.path().join("cluster-id"), format!("{other}\n")).unwrap();
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let out = Command::new(BIN)
+        .args(["serve", "--id", "1", "--listen", &free, "--cluster-id", id])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started in another cluster's data dir"
+    );
+    assert!(
+        err.contains(&format!("belongs to cluster {other}")),
+        "{err}"
+    );
+    let kept = std::fs::read_to_string(dir.path().join("cluster-id")).unwrap();
+    assert_eq!(kept.trim(), other);
+}
+
 /// `ordo serve` with `args` (and no TLS settings from the environment), which must refuse to
 /// start: what it says.
 fn serve_refused(args: &[&str]) -> String {

@@ -202,7 +202,41 @@ async fn a_wiped_node_restarted_with_its_old_flags_forms_no_second_cluster() {
     assert_eq!(status, 200, "{body}");
     cluster.kill(1);
     std::fs::remove_dir_all(&cluster.nodes[&1].data_dir).unwrap();
+    // Given the cluster id it rejoins (docs/operations.md, "Recover"), it refuses another
+    // cluster's calls from its first start: without the id it would keep the first one it
+    // serves, and a well-formed call of the intruder's would make it refuse the real leader.
+    cluster.set_env(1, vec![("ORDO_CLUSTER_ID".into(), original.clone())]);
     cluster.spawn_to_join(1);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(s) = cluster.status(1).await {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 1 never answered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        status["cluster_id"],
+        Value::from(original.clone()),
+        "{status}"
+    );
+    let (status, body) = send(
+        cluster
+            .http
+            .post(cluster.url(1, "/raft/vote"))
+            .header("x-ordo-cluster", &intruder)
+            .body("x"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (409, &Value::from("wrong_cluster")),
+        "{body}"
+    );
     let addr1 = cluster.nodes[&1].addr.clone();
     for (path, body) in [
         (

@@ -309,7 +309,31 @@ fn print_rows(conn: &ConnArgs, rows: &[Row], healthy: bool) {
     if let Some(s) = leader {
         print_joint(s);
     }
+    print_cluster_ids(rows);
     println!("{}", if healthy { "healthy" } else { "DEGRADED" });
+}
+
+/// The cluster id the nodes report (what `ordo serve --cluster-id` takes), or each node's
+/// when they differ: a node of another cluster (one wiped and started with `new`, say) is
+/// listed here but refused by the others.
+fn print_cluster_ids(rows: &[Row]) {
+    let ids: BTreeMap<u64, &str> = rows
+        .iter()
+        .filter_map(|r| r.status.as_ref().ok())
+        .filter_map(|s| Some((s.node_id, s.cluster_id.as_deref()?)))
+        .collect();
+    let distinct: BTreeSet<&str> = ids.values().copied().collect();
+    match distinct.len() {
+        0 => {}
+        1 => println!("cluster {}", ids.values().next().unwrap_or(&"")),
+        _ => {
+            let each: Vec<String> = ids
+                .iter()
+                .map(|(n, id)| format!("node {n}: {id}"))
+                .collect();
+            println!("the nodes name different clusters ({})", each.join(", "));
+        }
+    }
 }
 
 /// A change of the voters half done, as a node reports it (`joint_voters`), and what

@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::api::server::{self, ServerLimits};
 use crate::node::{self, InitialClusterState, NodeConfig};
+use crate::rpc::cluster_id;
 use crate::rpc::network::DEFAULT_MAX_APPEND_BYTES;
 use crate::store::{Durability, DEFAULT_CACHE_CAPACITY_BYTES, DEFAULT_CACHE_SWEEP_EVERY};
 use crate::tls::TlsFiles;
@@ -214,6 +215,13 @@ pub struct ServeArgs {
         value_name = "CLUSTER_ID:NODE_ID"
     )]
     pub force_new_cluster: Option<String>,
+    /// The cluster this node belongs to (32 hex digits; `ordo cluster status` shows it). Give
+    /// it to a node joining with an empty data dir: it then refuses every other cluster's
+    /// calls from its first start, instead of learning the id of the first call it serves.
+    /// A data dir that names another cluster is refused. With `--initial-cluster-state new`,
+    /// the cluster formed gets this id.
+    #[arg(long, env = "ORDO_CLUSTER_ID", value_name = "ID", value_parser = cluster_id::parse)]
+    pub cluster_id: Option<String>,
 }
 
 fn parse_peers(raw: &str) -> anyhow::Result<BTreeMap<u64, String>> {
@@ -380,6 +388,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
     let id = required(args.id, "--id")?;
     let peers = parse_peers(&args.peers)?;
     let data_dir = required(args.data_dir, "--data-dir")?;
+    if args.cluster_id.is_some() && args.force_new_cluster.is_some() {
+        bail!(
+            "--cluster-id and --force-new-cluster: the force gives the node a new cluster id, \
+             which the pinned one would then contradict; leave --cluster-id out"
+        );
+    }
     if id == 0 || peers.contains_key(&0) {
         // openraft takes 0 as well, but the leader gauge in /metrics says 0 for no leader, and
         // learners are refused id 0. Builds before this one took it: a store made by one keeps
@@ -466,6 +480,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
         bootstrap_token_file: args.bootstrap_token_file,
         insecure: args.insecure,
         force_new_cluster: args.force_new_cluster,
+        cluster_id: args.cluster_id,
     };
     let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     // The node runs as a task on the runtime's workers, not on this thread: whatever the

@@ -4,15 +4,17 @@
 //! and that formed a cluster of its own again (restarted with its old flags) cannot disturb
 //! the cluster it used to belong to, nor be joined by it.
 //!
-//! The id is made by the node that forms a cluster (its first start with `--peers`), by
-//! `--force-new-cluster` and by `ordo restore`. Another node learns it from the first call
-//! that carries one (the leader's appends, or the forming node's votes) and that it serves
-//! with a 2xx, and keeps it from then on. A 2xx says the call decoded, not that Raft took it
-//! (a refused vote is a 200 too): an undecodable call with a forged id teaches nothing, but a
-//! well-formed call from another cluster reaching a node that knows no id yet still does.
-//! Until then such calls are served one at a time, so two clusters' calls cannot both be
-//! served before one id is kept. A call without an id is accepted: nodes that do not know it
-//! yet (a new learner) send none. A cluster formed before ids existed has none and gets none.
+//! The id is made by the node that forms a cluster (its first start with `--peers`, unless
+//! `--cluster-id` names it), by `--force-new-cluster` and by `ordo restore`. A joining node
+//! given `--cluster-id` keeps it before it serves (`pin`). Another node learns it from the
+//! first call that carries one (the leader's appends, or the forming node's votes) and that it
+//! serves with a 2xx, and keeps it from then on. A 2xx says the call decoded, not that Raft
+//! took it (a refused vote is a 200 too): an undecodable call with a forged id teaches nothing,
+//! but a well-formed call from another cluster reaching a node that knows no id yet still does,
+//! which is what `--cluster-id` is for. Until a node knows an id, such calls are served one at
+//! a time, so two clusters' calls cannot both be served before one id is kept. A call without
+//! an id is accepted: nodes that do not know it yet (a new learner) send none. A cluster formed
+//! before ids existed has none and gets none.
 
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
@@ -52,6 +54,28 @@ pub enum ClusterIdError {
     },
     #[error("{path} holds {found:?}, which is not a cluster id")]
     Malformed { path: PathBuf, found: String },
+    #[error(
+        "--cluster-id {asked}: this data dir belongs to cluster {found} ({path}). A node keeps \
+         the cluster it joined: give that id, or leave the flag out; to join the other cluster, \
+         start with an empty data dir"
+    )]
+    Mismatch {
+        path: PathBuf,
+        asked: String,
+        found: String,
+    },
+}
+
+/// A cluster id given by hand (`ordo serve --cluster-id`): 32 lowercase hex digits.
+pub fn parse(raw: &str) -> Result<String, String> {
+    if well_formed(raw) {
+        Ok(raw.to_string())
+    } else {
+        Err(
+            "a cluster id is 32 lowercase hex digits (GET /cluster/status shows the cluster's)"
+                .into(),
+        )
+    }
 }
 
 /// 32 lowercase hex digits.
@@ -86,6 +110,26 @@ impl ClusterId {
 
     pub fn get(&self) -> Option<String> {
         self.id.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Keeps `asked` (from `--cluster-id`, checked by `parse`) before the node serves, so that
+    /// from its first call on it refuses every other cluster's: without it a node that knows
+    /// no id learns the first one it serves, which may be another cluster's. A data dir that
+    /// already names another cluster is an error: a node never changes cluster this way.
+    pub fn pin(&self, asked: &str) -> Result<(), ClusterIdError> {
+        match self.get() {
+            Some(found) if found == asked => Ok(()),
+            Some(found) => Err(ClusterIdError::Mismatch {
+                path: self.path.clone(),
+                asked: asked.to_string(),
+                found,
+            }),
+            None => {
+                self.store(asked)?;
+                tracing::info!(cluster_id = asked, "cluster id from --cluster-id");
+                Ok(())
+            }
+        }
     }
 
     /// Makes a new id and keeps it (when this node forms a cluster, or leads one without).
@@ -210,5 +254,27 @@ mod tests {
 
         std::fs::write(dir.path().join(FILE), "garbage").unwrap();
         assert!(ClusterId::load(dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_pinned_id_is_kept_from_the_start_and_a_data_dir_of_another_cluster_is_refused() {
+        let ours = "0123456789abcdef0123456789abcdef";
+        let other = "fedcba9876543210fedcba9876543210";
+        assert!(parse("0123456789ABCDEF0123456789ABCDEF").is_err());
+        assert!(parse(&ours[1..]).is_err());
+        assert_eq!(parse(ours).as_deref(), Ok(ours));
+
+        let dir = tempfile::tempdir().unwrap();
+        let ids = ClusterId::load(dir.path()).unwrap();
+        ids.pin(ours).unwrap();
+        // Refused before any call could teach it another.
+        assert_eq!(ids.admission(Some(other)), Admission::Refuse);
+        assert_eq!(ids.admission(Some(ours)), Admission::Serve);
+        let reopened = ClusterId::load(dir.path()).unwrap();
+        assert_eq!(reopened.get().as_deref(), Some(ours), "kept on disk");
+        reopened.pin(ours).unwrap();
+        let err = reopened.pin(other).unwrap_err();
+        assert!(matches!(err, ClusterIdError::Mismatch { .. }), "{err}");
+        assert_eq!(reopened.get().as_deref(), Some(ours), "not overwritten");
     }
 }

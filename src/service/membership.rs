@@ -81,6 +81,7 @@ impl Service {
         };
         ClusterStatus {
             node_id: self.id,
+            cluster_id: self.rpc.cluster_id(),
             state: role.to_string(),
             leader_id: m.current_leader,
             term: m.current_term,
@@ -423,6 +424,7 @@ mod tests {
         };
         let seen = ClusterStatus {
             node_id: 3,
+            cluster_id: None,
             state: "follower".into(),
             leader_id: Some(1),
             term: 2,
