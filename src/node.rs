@@ -529,6 +529,9 @@ pub async fn run(
         auth: auth.map(Arc::new),
         snapshots,
         feed,
+        backups: Arc::new(tokio::sync::Semaphore::new(
+            api::cluster::MAX_BACKUP_STREAMS,
+        )),
     });
     // With a peer port, each port serves only its own routes (the other's answer 404).
     let (client_routes, peer_server) = match listeners.peer {

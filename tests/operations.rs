@@ -648,6 +648,9 @@ async fn a_backup_under_writes_restores_into_a_new_cluster() {
         String::from_utf8_lossy(&out.stderr)
     );
     let taken: Value = serde_json::from_slice(&out.stdout).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "a backup readable by others: {mode:o}");
     let more = acked
         .lock()
         .unwrap()
@@ -662,6 +665,26 @@ async fn a_backup_under_writes_restores_into_a_new_cluster() {
         more > 0,
         "no write was acknowledged while the backup ran: not a test under load"
     );
+
+    // Not onto a mount point (a volume): the store is built beside the target and renamed
+    // over it. Refused, naming a directory inside it, and nothing is left behind.
+    let volume = dir.path().join("volume");
+    if let Some(_mounted) = Tmpfs::mount(&volume, 64) {
+        let out = ordo_cli(&[
+            "restore",
+            "--from",
+            file.to_str().unwrap(),
+            "--data-dir",
+            volume.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("is a mount point"),
+            "{err}"
+        );
+        assert!(!dir.path().join("volume.restoring").exists());
+        assert_eq!(std::fs::read_dir(&volume).unwrap().count(), 0);
+    }
 
     // Restore into a new one-node cluster.
     let mut restored = TestCluster::new(Path::new(BIN), 1, None, Vec::new());
@@ -791,6 +814,80 @@ async fn a_backup_under_writes_restores_into_a_new_cluster() {
         dir.path().join("cut.backup").to_str().unwrap(),
     ]);
     assert!(!out.status.success());
+}
+
+/// Clients that open backups and stop reading hold only `MAX_BACKUP_STREAMS` of the node's
+/// streams (each one a blocking thread that log flushes share): the next backup is refused
+/// with 503 `unavailable` while writes go on, and a slot is free again once a client goes.
+/// The store is made larger than what socket buffers hold, so a stalled stream really waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_backup_downloads_take_a_bounded_number_of_streams() {
+    let mut cluster = TestCluster::new(Path::new(BIN), 1, None, Vec::new());
+    cluster.start_all().await;
+    // ~40 MB of the largest legal orders (about 9 KB each stored), in eight writers.
+    let per_writer = 560;
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (http, url) = (cluster.http.clone(), cluster.url(1, "/api/orders"));
+        writers.push(tokio::spawn(async move {
+            for i in 0..per_writer {
+                let n = w * per_writer + i;
+                let req = http
+                    .post(&url)
+                    .header("Idempotency-Key", format!("big-{n}"))
+                    .json(&largest_order(n));
+                let (status, body) = send(req).await.expect("the node answers");
+                assert!(status == 201 || status == 200, "{status}: {body}");
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    let backup = || {
+        cluster
+            .http
+            .get(cluster.url(1, "/cluster/backup"))
+            .timeout(Duration::from_secs(120))
+            .send()
+    };
+    // Opened and never read: the node's writer blocks once the pipes are full.
+    let mut stalled = Vec::new();
+    for _ in 0..ordo::api::cluster::MAX_BACKUP_STREAMS {
+        let resp = backup().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        stalled.push(resp);
+    }
+    let refused = backup().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    // Writes are not held up by the stalled streams.
+    let (status, body) = send(
+        cluster
+            .http
+            .post(cluster.url(1, "/api/orders"))
+            .json(&order_body("after", "stalled")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{body}");
+
+    // One client goes: its stream notices, and a backup is served again (read in full).
+    drop(stalled.pop());
+    let deadline = Instant::now() + DEADLINE;
+    let served = loop {
+        let resp = backup().await.unwrap();
+        if resp.status() == 200 {
+            break resp.bytes().await.unwrap();
+        }
+        assert_eq!(resp.status(), 503);
+        assert!(Instant::now() < deadline, "no slot came free");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(served.len() > 30_000_000, "{} bytes", served.len());
+    assert_eq!(&served[..8], b"ORDOBKP1");
 }
 
 /// The lost-quorum procedure: two of three nodes are gone for good; the survivor, restarted

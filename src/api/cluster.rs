@@ -58,6 +58,14 @@ pub async fn backup(
     caller: Option<Extension<Caller>>,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
+    // Each stream holds a blocking thread (tokio's pool, which log flushes and snapshots use
+    // too) for as long as its client keeps reading, however slowly: a few at a time.
+    let Ok(slot) = state.backups.clone().try_acquire_owned() else {
+        return Err(ApiError::Unavailable(format!(
+            "{MAX_BACKUP_STREAMS} backups are streaming from this node already; retry later \
+             or ask another node"
+        )));
+    };
     let chosen = state.service.backup_snapshot(&state.snapshots).await;
     let result = chosen.map_err(ApiError::from).and_then(|(meta, file)| {
         let bytes = file
@@ -86,17 +94,20 @@ pub async fn backup(
         pipe: writer,
         runtime: tokio::runtime::Handle::current(),
     };
+    let (finished, outcome) = tokio::sync::oneshot::channel();
     tokio::task::spawn_blocking(move || {
-        match crate::store::backup::write(&header, std::io::BufReader::new(file), writer) {
+        let _slot = slot;
+        let written = crate::store::backup::write(&header, std::io::BufReader::new(file), writer);
+        match &written {
             Ok(()) => tracing::info!(
                 index = header.index,
                 bytes = header.snapshot_bytes,
                 ms = started.elapsed().as_millis() as u64,
                 "backup sent"
             ),
-            // The body ends early: the client's check of the file fails, as it should.
             Err(e) => tracing::warn!(error = %e, "backup cut short"),
         }
+        let _ = finished.send(written.map_err(|e| e.to_string()));
     });
     Ok((
         [
@@ -109,9 +120,33 @@ pub async fn backup(
                 index.to_string(),
             ),
         ],
-        axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(reader)),
+        axum::body::Body::from_stream(backup_body(reader, outcome)),
     )
         .into_response())
+}
+
+/// How many backups one node streams at a time (`GET /cluster/backup` answers 503 past it).
+pub const MAX_BACKUP_STREAMS: usize = 2;
+
+/// A backup's response body: the pipe's bytes, then an error if the writer failed, so that
+/// a backup cut short ends the response abnormally (the connection is dropped: no final
+/// chunk) instead of looking complete to `curl -f` and the like.
+fn backup_body(
+    pipe: tokio::io::DuplexStream,
+    outcome: tokio::sync::oneshot::Receiver<Result<(), String>>,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
+    use futures_util::StreamExt;
+    let end = futures_util::stream::once(async move {
+        match outcome.await {
+            Ok(Ok(())) => None,
+            Ok(Err(why)) => Some(Err(std::io::Error::other(format!(
+                "backup cut short: {why}"
+            )))),
+            Err(_) => Some(Err(std::io::Error::other("backup writer stopped"))),
+        }
+    })
+    .filter_map(std::future::ready);
+    tokio_util::io::ReaderStream::new(pipe).chain(end)
 }
 
 /// How long a backup's client may stop reading before the node gives the backup up (and
@@ -263,4 +298,45 @@ pub async fn change_members(
         .map_err(ApiError::from);
     audit(caller.as_deref(), "cluster.set_voters", &subject, &result);
     Ok(Json(result?))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+
+    use super::backup_body;
+
+    /// What a client reads from a backup body whose writer wrote `bytes` and ended so.
+    async fn read_body(outcome: Option<Result<(), String>>) -> (Vec<u8>, bool) {
+        let (mut writer, pipe) = tokio::io::duplex(1024);
+        let (finished, done) = tokio::sync::oneshot::channel();
+        writer.write_all(b"ORDOBKP1 part").await.unwrap();
+        drop(writer);
+        match outcome {
+            Some(o) => finished.send(o).unwrap(),
+            None => drop(finished),
+        }
+        let mut body = std::pin::pin!(backup_body(pipe, done));
+        let (mut bytes, mut failed) = (Vec::new(), false);
+        while let Some(item) = body.next().await {
+            match item {
+                Ok(chunk) => bytes.extend_from_slice(&chunk),
+                Err(_) => failed = true,
+            }
+        }
+        (bytes, failed)
+    }
+
+    /// A backup cut short ends its body with an error (the response is aborted) after the
+    /// bytes it had; a whole one ends cleanly.
+    #[tokio::test]
+    async fn a_backup_body_ends_in_an_error_when_its_writer_failed() {
+        let whole = read_body(Some(Ok(()))).await;
+        assert_eq!(whole, (b"ORDOBKP1 part".to_vec(), false));
+        let cut = read_body(Some(Err("the client read nothing".into()))).await;
+        assert_eq!(cut, (b"ORDOBKP1 part".to_vec(), true));
+        let lost = read_body(None).await;
+        assert_eq!(lost, (b"ORDOBKP1 part".to_vec(), true));
+    }
 }

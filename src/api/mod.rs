@@ -61,6 +61,8 @@ pub struct AppParts {
     pub snapshots: crate::store::SnapshotFiles,
     /// The change feed's settings and subscribers.
     pub feed: std::sync::Arc<changes::ChangeFeed>,
+    /// Slots for backups streaming at once (`cluster::MAX_BACKUP_STREAMS`).
+    pub backups: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// The documented routes: each handler with its OpenAPI description (`openapi`).

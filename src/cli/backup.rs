@@ -140,6 +140,20 @@ async fn take(conn: &ConnArgs, out: PathBuf, within: Duration) -> i32 {
     0
 }
 
+/// Whether `dir` exists and another filesystem is mounted there (its device is not its
+/// parent's).
+fn is_mount_point(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let parent = match dir.canonicalize().ok().as_deref().and_then(Path::parent) {
+        Some(p) => p.to_path_buf(),
+        None => return false,
+    };
+    match (std::fs::metadata(dir), std::fs::metadata(parent)) {
+        (Ok(d), Ok(p)) => d.is_dir() && d.dev() != p.dev(),
+        _ => false,
+    }
+}
+
 /// Fsyncs the directory `path` is in (a rename into it is durable then).
 fn sync_dir_of(path: &Path) -> std::io::Result<()> {
     let dir = match path.parent() {
@@ -167,6 +181,17 @@ pub fn restore(conn: &ConnArgs, args: RestoreArgs) -> anyhow::Result<i32> {
     let mut building_name = name.to_os_string();
     building_name.push(".restoring");
     let building = parent.join(building_name);
+    if is_mount_point(dir) {
+        // The store is built beside `dir` and renamed over it, which a mount point (a
+        // container volume, a disk of its own) does not allow: the copy would also land on
+        // the parent's filesystem.
+        anyhow::bail!(
+            "{} is a mount point: restore into a new directory inside it (say {}) and give \
+             that to `ordo serve --data-dir`",
+            dir.display(),
+            dir.join("data").display()
+        );
+    }
     if building.exists() {
         std::fs::remove_dir_all(&building)
             .with_context(|| format!("removing the leftover {}", building.display()))?;
@@ -182,16 +207,27 @@ pub fn restore(conn: &ConnArgs, args: RestoreArgs) -> anyhow::Result<i32> {
             )));
         }
     };
-    // A new cluster: its own id, so no node of the old one can talk to it by mistake.
-    let cluster_id = ClusterId::load(&building)?.create()?;
-    std::fs::write(building.join(FORCE_NEW_CLUSTER_PENDING), b"restored\n")
-        .context("marking the data directory for its first start")?;
-    std::fs::File::open(&building)?.sync_all()?;
-    if dir.exists() {
-        std::fs::remove_dir(dir)?;
-    }
-    std::fs::rename(&building, dir)
-        .with_context(|| format!("{} -> {}", building.display(), dir.display()))?;
+    let finish = || -> anyhow::Result<String> {
+        // A new cluster: its own id, so no node of the old one can talk to it by mistake.
+        let cluster_id = ClusterId::load(&building)?.create()?;
+        std::fs::write(building.join(FORCE_NEW_CLUSTER_PENDING), b"restored\n")
+            .context("marking the data directory for its first start")?;
+        std::fs::File::open(&building)?.sync_all()?;
+        if dir.exists() {
+            std::fs::remove_dir(dir).with_context(|| format!("replacing {}", dir.display()))?;
+        }
+        std::fs::rename(&building, dir)
+            .with_context(|| format!("{} -> {}", building.display(), dir.display()))?;
+        Ok(cluster_id)
+    };
+    let cluster_id = match finish() {
+        Ok(id) => id,
+        Err(e) => {
+            // Nothing half-made is left behind (it can be as large as the store).
+            let _ = std::fs::remove_dir_all(&building);
+            return Err(e);
+        }
+    };
     // The rename reaches the disk before "restored" is said: a power loss after it must not
     // leave the directory missing (a node would then start an empty store there).
     sync_dir_of(dir)?;

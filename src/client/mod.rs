@@ -713,7 +713,13 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            let mut file = tokio::fs::File::create(out)
+            // Owner-only: a backup holds every order and every user's token hash.
+            let mut file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(out)
                 .await
                 .map_err(|e| ClientError::Config(format!("{}: {e}", out.display())))?;
             // Err((whether the node cut the file off, why)); else the local file failed.
