@@ -62,11 +62,30 @@ pub(super) fn readable_layout(mark: Option<&[u8]>) -> Result<u64, StoreError> {
     Ok(layout)
 }
 
+/// While the passes run, the mark is `UPGRADING + the layout moved from`. A build that knows
+/// only the older layouts takes it for a newer one and refuses the store (after a crash
+/// half-way and a roll back, it would otherwise read a half-moved store as its own: orders
+/// already paged missing from its change feed, say); this build runs the passes again from
+/// where the mark says. It is never a real layout, and never in a snapshot.
+const UPGRADING: u64 = 1_000;
+
 /// Moves the store to `CURRENT_LAYOUT` if it is older; returns whether it moved anything.
 pub(super) fn ensure(sm: &sled::Tree) -> Result<bool, StoreError> {
-    let layout = readable_layout(sm.get(keys::LAYOUT)?.as_deref())?;
+    let mark = sm.get(keys::LAYOUT)?;
+    let interrupted = match mark.as_deref().map(codec::decode::<u64>) {
+        Some(Ok(m)) if (UPGRADING..UPGRADING + CURRENT_LAYOUT).contains(&m) => Some(m - UPGRADING),
+        _ => None,
+    };
+    let layout = match interrupted {
+        Some(from) => from,
+        None => readable_layout(mark.as_deref())?,
+    };
     if layout == CURRENT_LAYOUT {
         return Ok(false);
+    }
+    if interrupted.is_none() {
+        sm.insert(keys::LAYOUT, codec::encode(&(UPGRADING + layout))?)?;
+        sm.flush()?;
     }
     let started = std::time::Instant::now();
     let orders = if layout < 2 {
@@ -176,4 +195,35 @@ fn move_revisions_into_orders(sm: &sled::Tree) -> Result<usize, StoreError> {
     }
     sm.apply_batch(batch)?;
     Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(sm: &sled::Tree) -> u64 {
+        codec::decode(&sm.get(keys::LAYOUT).unwrap().unwrap()).unwrap()
+    }
+
+    /// A pass cut short leaves a mark no build before this one opens, and this one finishes
+    /// the move from it.
+    #[test]
+    fn an_upgrade_cut_short_is_refused_by_older_builds_and_finished_by_this_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let sm = db.open_tree("sm").unwrap();
+        // A layout-1 store (no mark) holding a value no pass can read: the first pass fails.
+        let order_key = keys::with_id(keys::ORDER_PREFIX.to_vec(), 7);
+        sm.insert(&order_key, b"not an order".to_vec()).unwrap();
+        assert!(ensure(&sm).is_err());
+        assert_eq!(mark(&sm), UPGRADING + 1);
+        // What a build of layout 6, say, checks at open: a layout newer than its own.
+        let older_build = sm.get(keys::LAYOUT).unwrap();
+        assert!(readable_layout(older_build.as_deref()).is_err());
+
+        sm.remove(&order_key).unwrap();
+        assert!(ensure(&sm).unwrap(), "the move runs again");
+        assert_eq!(mark(&sm), CURRENT_LAYOUT);
+        assert!(!ensure(&sm).unwrap(), "and only once");
+    }
 }
