@@ -126,7 +126,7 @@ fn a_cluster_id_given_by_hand_is_checked_before_the_node_starts() {
         "--force-new-cluster",
         &format!("{id}:1"),
     ]);
-    assert!(err.contains("leave --cluster-id out"), "{err}");
+    assert!(err.contains("leave --cluster-id (ORDO_CLUSTER_ID"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
     let other = "fedcba9876543210fedcba9876543210";

@@ -96,7 +96,6 @@ pub async fn backup(
     };
     let (finished, outcome) = tokio::sync::oneshot::channel();
     tokio::task::spawn_blocking(move || {
-        let _slot = slot;
         let written = crate::store::backup::write(&header, std::io::BufReader::new(file), writer);
         match &written {
             Ok(()) => tracing::info!(
@@ -107,6 +106,9 @@ pub async fn backup(
             ),
             Err(e) => tracing::warn!(error = %e, "backup cut short"),
         }
+        // The slot is free before the body ends: a client that reads the end and asks again
+        // at once finds it free.
+        drop(slot);
         let _ = finished.send(written.map_err(|e| e.to_string()));
     });
     Ok((

@@ -166,6 +166,18 @@ fn sync_dir_of(path: &Path) -> std::io::Result<()> {
 pub fn restore(conn: &ConnArgs, args: RestoreArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
     let dir = &args.data_dir;
+    if is_mount_point(dir) {
+        // The store is built beside `dir` and renamed over it, which a mount point (a
+        // container volume, a disk of its own) does not allow: the copy would also land on
+        // the parent's filesystem. (Checked first: a new volume is seldom empty, ext4 has
+        // `lost+found`.)
+        anyhow::bail!(
+            "{} is a mount point: restore into a new directory inside it (say {}) and give \
+             that to `ordo serve --data-dir`",
+            dir.display(),
+            dir.join("data").display()
+        );
+    }
     if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         anyhow::bail!(
             "{} is not empty: restore only into a new directory",
@@ -181,17 +193,7 @@ pub fn restore(conn: &ConnArgs, args: RestoreArgs) -> anyhow::Result<i32> {
     let mut building_name = name.to_os_string();
     building_name.push(".restoring");
     let building = parent.join(building_name);
-    if is_mount_point(dir) {
-        // The store is built beside `dir` and renamed over it, which a mount point (a
-        // container volume, a disk of its own) does not allow: the copy would also land on
-        // the parent's filesystem.
-        anyhow::bail!(
-            "{} is a mount point: restore into a new directory inside it (say {}) and give \
-             that to `ordo serve --data-dir`",
-            dir.display(),
-            dir.join("data").display()
-        );
-    }
+
     if building.exists() {
         std::fs::remove_dir_all(&building)
             .with_context(|| format!("removing the leftover {}", building.display()))?;
@@ -213,11 +215,21 @@ pub fn restore(conn: &ConnArgs, args: RestoreArgs) -> anyhow::Result<i32> {
         std::fs::write(building.join(FORCE_NEW_CLUSTER_PENDING), b"restored\n")
             .context("marking the data directory for its first start")?;
         std::fs::File::open(&building)?.sync_all()?;
-        if dir.exists() {
+        let replaced = dir.exists();
+        if replaced {
             std::fs::remove_dir(dir).with_context(|| format!("replacing {}", dir.display()))?;
         }
-        std::fs::rename(&building, dir)
-            .with_context(|| format!("{} -> {}", building.display(), dir.display()))?;
+        if let Err(e) = std::fs::rename(&building, dir) {
+            if replaced {
+                // The empty directory the user made is put back.
+                let _ = std::fs::create_dir(dir);
+            }
+            return Err(anyhow::Error::new(e).context(format!(
+                "{} -> {}",
+                building.display(),
+                dir.display()
+            )));
+        }
         Ok(cluster_id)
     };
     let cluster_id = match finish() {

@@ -391,7 +391,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<i32> {
     if args.cluster_id.is_some() && args.force_new_cluster.is_some() {
         bail!(
             "--cluster-id and --force-new-cluster: the force gives the node a new cluster id, \
-             which the pinned one would then contradict; leave --cluster-id out"
+             which the pinned one would then contradict; leave --cluster-id (ORDO_CLUSTER_ID, \
+             cluster-id in --config) out"
         );
     }
     if id == 0 || peers.contains_key(&0) {

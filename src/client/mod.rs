@@ -713,13 +713,22 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            // Owner-only: a backup holds every order and every user's token hash.
-            let mut file = tokio::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(out)
+            // Owner-only: a backup holds every order and every user's token hash. (A file left
+            // by an earlier run keeps its mode through `open`: it is set again.)
+            let opened = async {
+                use std::os::unix::fs::PermissionsExt;
+                let file = tokio::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(out)
+                    .await?;
+                file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                    .await?;
+                Ok::<_, std::io::Error>(file)
+            };
+            let mut file = opened
                 .await
                 .map_err(|e| ClientError::Config(format!("{}: {e}", out.display())))?;
             // Err((whether the node cut the file off, why)); else the local file failed.

@@ -6,7 +6,7 @@
 //! one key less per change, and one read less per order listed. Layout 1 kept it under `v` +
 //! id, and orders last changed before revisions existed had none (revision 0). The pass
 //! rewrites every order and removes its `v` key in the same batch; a crash half-way leaves the
-//! mark unset, and the pass, which skips orders already moved, runs again.
+//! upgrading mark (`ensure`), and the pass, which skips orders already moved, runs again.
 //!
 //! Layout 3 keeps the status index as one map per 64 ids (`status_index`) instead of one key
 //! per order: a create writes one key less. Its pass turns the old keys into maps (safe to
@@ -62,18 +62,22 @@ pub(super) fn readable_layout(mark: Option<&[u8]>) -> Result<u64, StoreError> {
     Ok(layout)
 }
 
-/// While the passes run, the mark is `UPGRADING + the layout moved from`. A build that knows
-/// only the older layouts takes it for a newer one and refuses the store (after a crash
-/// half-way and a roll back, it would otherwise read a half-moved store as its own: orders
-/// already paged missing from its change feed, say); this build runs the passes again from
-/// where the mark says. It is never a real layout, and never in a snapshot.
-const UPGRADING: u64 = 1_000;
+/// While the passes run, the mark is `upgrading_mark(from)`: 1000 times the layout moved to,
+/// plus the one moved from. A build that knows only older layouts takes it for a newer one
+/// and refuses the store (after a crash half-way and a roll back, it would otherwise read a
+/// half-moved store as its own: orders already paged missing from its change feed, say);
+/// this build runs the passes again from where the mark says. A later build's mark names
+/// another target, which this one refuses likewise. It is never a real layout, and never in a
+/// snapshot (a dump cannot run while `ensure` does).
+fn upgrading_mark(from: u64) -> u64 {
+    1_000 * CURRENT_LAYOUT + from
+}
 
 /// Moves the store to `CURRENT_LAYOUT` if it is older; returns whether it moved anything.
 pub(super) fn ensure(sm: &sled::Tree) -> Result<bool, StoreError> {
     let mark = sm.get(keys::LAYOUT)?;
     let interrupted = match mark.as_deref().map(codec::decode::<u64>) {
-        Some(Ok(m)) if (UPGRADING..UPGRADING + CURRENT_LAYOUT).contains(&m) => Some(m - UPGRADING),
+        Some(Ok(m)) => (1..CURRENT_LAYOUT).find(|from| upgrading_mark(*from) == m),
         _ => None,
     };
     let layout = match interrupted {
@@ -84,7 +88,7 @@ pub(super) fn ensure(sm: &sled::Tree) -> Result<bool, StoreError> {
         return Ok(false);
     }
     if interrupted.is_none() {
-        sm.insert(keys::LAYOUT, codec::encode(&(UPGRADING + layout))?)?;
+        sm.insert(keys::LAYOUT, codec::encode(&upgrading_mark(layout))?)?;
         sm.flush()?;
     }
     let started = std::time::Instant::now();
@@ -216,10 +220,20 @@ mod tests {
         let order_key = keys::with_id(keys::ORDER_PREFIX.to_vec(), 7);
         sm.insert(&order_key, b"not an order".to_vec()).unwrap();
         assert!(ensure(&sm).is_err());
-        assert_eq!(mark(&sm), UPGRADING + 1);
+        assert_eq!(mark(&sm), 1_000 * CURRENT_LAYOUT + 1);
         // What a build of layout 6, say, checks at open: a layout newer than its own.
         let older_build = sm.get(keys::LAYOUT).unwrap();
         assert!(readable_layout(older_build.as_deref()).is_err());
+
+        // A later build's mark of an upgrade cut short (to layout 99, from 1): refused here.
+        let ours = sm
+            .insert(keys::LAYOUT, codec::encode(&99_001u64).unwrap())
+            .unwrap();
+        assert!(
+            ensure(&sm).is_err(),
+            "another build's upgrade taken as this one's"
+        );
+        sm.insert(keys::LAYOUT, ours.unwrap()).unwrap();
 
         sm.remove(&order_key).unwrap();
         assert!(ensure(&sm).unwrap(), "the move runs again");

@@ -357,6 +357,10 @@ impl ProcessCluster {
         )
         // Namespace addresses are not loopback: plain HTTP there must be asked for.
         .args((self.topology.is_some() && self.tls.is_none()).then_some("--insecure"))
+        // Only what the test asks for: an ORDO_* setting exported where the tests run (a
+        // cluster id, a TLS file) would change every node.
+        .env_clear()
+        .envs(std::env::vars().filter(|(k, _)| !k.starts_with("ORDO_")))
         .env(
             "RUST_LOG",
             std::env::var("ORDO_TEST_LOG").unwrap_or_else(|_| "info,openraft=info".into()),
