@@ -1523,3 +1523,79 @@ fn a_store_as_the_release_before_left_it_is_moved_at_open_and_keeps_every_revisi
     );
     assert!(tree.get(b"m:layout").unwrap().is_some());
 }
+
+/// `/cluster/digest`'s pair (applied index, digest), taken while applies go on, is always
+/// the digest of the state at that index: replicas compared by it never look divergent
+/// because one scan overlapped an apply. The digest of each index comes from a second store
+/// that applies the same entries one at a time.
+#[test]
+fn a_digest_taken_while_applies_go_on_is_of_the_index_it_names() {
+    let entries: Vec<Entry> = (1..=1_500u64)
+        .map(|i| entry(i, create(&format!("c{}", i % 40), None, i as i64)))
+        .collect();
+    let (load, rest) = entries.split_at(1_200);
+
+    let oracle_dir = TempDir::new().unwrap();
+    let mut at_index = std::collections::BTreeMap::new();
+    rt().block_on(async {
+        let (mut log, mut sm) = store::open(&StoreConfig::new(oracle_dir.path())).unwrap();
+        log.blocking_append(load.to_vec()).await.unwrap();
+        sm.apply(load.to_vec()).await.unwrap();
+        at_index.insert(1_200u64, sm.reader().state_digest().unwrap());
+        for e in rest {
+            log.blocking_append([e.clone()]).await.unwrap();
+            sm.apply([e.clone()]).await.unwrap();
+            at_index.insert(e.log_id.index, sm.reader().state_digest().unwrap());
+        }
+    });
+
+    let dir = TempDir::new().unwrap();
+    rt().block_on(async {
+        let (mut log, mut sm) = store::open(&StoreConfig::new(dir.path())).unwrap();
+        log.blocking_append(load.to_vec()).await.unwrap();
+        sm.apply(load.to_vec()).await.unwrap();
+        let reader = sm.reader();
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let served = std::sync::Arc::new(AtomicUsize::new(0));
+        let digester = {
+            let (done, served) = (done.clone(), served.clone());
+            std::thread::spawn(move || {
+                let mut taken = Vec::new();
+                while !done.load(SeqCst) {
+                    // One scan per try: a scan that overlapped an apply gives None.
+                    if let Some(pair) = reader.applied_digest(1).unwrap() {
+                        taken.push(pair);
+                        served.fetch_add(1, SeqCst);
+                    }
+                }
+                taken
+            })
+        };
+        for (n, e) in rest.iter().enumerate() {
+            log.blocking_append([e.clone()]).await.unwrap();
+            sm.apply([e.clone()]).await.unwrap();
+            if n % 10 == 0 {
+                // Applies back to back overlap every scan: leave room for one to finish.
+                let before = served.load(SeqCst);
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                while served.load(SeqCst) == before {
+                    assert!(std::time::Instant::now() < deadline, "no digest finished");
+                    tokio::task::yield_now().await;
+                    std::thread::yield_now();
+                }
+            }
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let taken = digester.join().unwrap();
+        assert!(taken.len() > 10, "only {} digests taken", taken.len());
+        for (index, digest) in &taken {
+            let index = index.expect("an applied index");
+            assert_eq!(
+                Some(digest),
+                at_index.get(&index),
+                "the digest said to be of index {index} is another state's"
+            );
+        }
+    });
+}

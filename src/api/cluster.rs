@@ -212,22 +212,31 @@ pub async fn status(State(state): State<AppState>) -> Json<ClusterStatus> {
     Json(state.service.status().await)
 }
 
-/// A digest of this node's state machine and how far it has applied: equal digests at equal
-/// applied indexes mean the replicas agree.
+/// A digest of this node's state machine and the applied index it is of: equal digests at
+/// equal applied indexes mean the replicas agree. 503 if writes kept being applied through
+/// every try (the scan of a large store takes a while): compare while writes pause.
 #[utoipa::path(get, path = "/cluster/digest", tag = "cluster", operation_id = "cluster_digest",
     responses((status = 200, description = "This node's state digest", body = DigestJson)))]
 pub async fn digest(State(state): State<AppState>) -> Result<Json<DigestJson>, ApiError> {
-    let applied = state.service.applied_index();
     let reader = state.reader.clone();
-    let digest = tokio::task::spawn_blocking(move || reader.state_digest())
+    let taken = tokio::task::spawn_blocking(move || reader.applied_digest(DIGEST_TRIES))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let Some((last_applied, digest)) = taken else {
+        return Err(ApiError::Unavailable(format!(
+            "writes were applied during each of {DIGEST_TRIES} scans of the store, so no \
+             digest is of one applied index; compare digests while writes pause"
+        )));
+    };
     Ok(Json(DigestJson {
         node_id: state.service.id(),
-        last_applied: applied,
+        last_applied,
         digest,
     }))
 }
+
+/// Scans of the store one digest may take before it gives up (see `digest`).
+const DIGEST_TRIES: usize = 5;
 
 /// Add a node as a learner; answers once it has caught up with the leader's log.
 #[utoipa::path(post, path = "/cluster/learners", tag = "cluster", operation_id = "add_learner",

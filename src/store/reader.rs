@@ -290,6 +290,28 @@ impl OrderReader {
         Ok(self.decoded(keys::NEXT_ID)?.unwrap_or(1))
     }
 
+    /// A digest of the state machine as of one applied index, and that index: what replicas
+    /// compare. The scan is no point-in-time view, so it is taken again until no apply
+    /// committed while it ran (each apply batch, and an install, moves `APPLIED`; sled applies
+    /// a batch atomically for readers), at most `tries` times: None if applies kept landing.
+    pub fn applied_digest(
+        &self,
+        tries: usize,
+    ) -> Result<Option<(Option<u64>, String)>, StoreError> {
+        for _ in 0..tries {
+            let before = self.sm.get(keys::APPLIED)?;
+            let digest = self.state_digest()?;
+            if self.sm.get(keys::APPLIED)? == before {
+                let applied = match before {
+                    Some(v) => codec::decode::<Option<openraft::LogId<u64>>>(&v)?,
+                    None => None,
+                };
+                return Ok(Some((applied.map(|l| l.index), digest)));
+            }
+        }
+        Ok(None)
+    }
+
     /// A digest of the whole state machine except Raft bookkeeping: equal on replicas that
     /// applied the same commands.
     pub fn state_digest(&self) -> Result<String, StoreError> {
