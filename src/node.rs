@@ -489,6 +489,10 @@ pub async fn run(
         config.request_timeout,
         Duration::from_millis((config.election_timeout_max_ms * 2).max(1000)),
         log_reader,
+        {
+            let reader = reader.clone();
+            Arc::new(move || reader.clock_ms().ok().flatten())
+        },
     );
     let election_hold = ElectionHold::new(
         raft.clone(),

@@ -285,6 +285,39 @@ async fn restart_all_keeps_every_order() {
     assert_eq!(all_orders(&cluster, 2, false).await, before);
 }
 
+/// With no writes, the leader keeps the state machine's clock (the one idempotency records
+/// expire by) within 30 s of its own, by ticks that change nothing else: the next order gets
+/// the next id, and the key used before still answers the first order. Without the ticks
+/// the clock stands still while the cluster idles, and a record made after the idle time
+/// would expire early in real time once writes catch the clock up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_cluster_keeps_its_state_clock_near_the_time() {
+    let cluster = start_cluster(3).await;
+    let first = create_until_acked(&cluster, &[1, 2, 3], "t", "tick-1").await;
+    let clock_of = |status: &Value| status["state_clock_ms"].as_i64();
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let start = clock_of(&cluster.status(leader).await.unwrap()).expect("a clock once written");
+    // Ticks come once the clock lags by 30 s; allow a slow machine three times that.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let leader = cluster.wait_for_leader(&cluster.ids()).await;
+        let now = cluster.status(leader).await.and_then(|s| clock_of(&s));
+        if now.is_some_and(|c| c >= start + 30_000) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the state clock stayed at {now:?} (written at {start}) while the cluster idled"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let again = create_until_acked(&cluster, &[1, 2, 3], "t", "tick-1").await;
+    assert_eq!(again, first, "the key still answers the first order");
+    let next = create_until_acked(&cluster, &[1, 2, 3], "t", "tick-2").await;
+    assert_eq!(next["id"].as_u64(), first["id"].as_u64().map(|id| id + 1));
+    assert_eq!(all_orders(&cluster, leader, false).await.len(), 2);
+}
+
 /// Sends the request `make` builds until it is answered other than 503 or 504 (no leader for
 /// a moment), within the deadline: its status and body.
 async fn send_until_served(make: impl Fn() -> reqwest::RequestBuilder) -> (u16, Value) {

@@ -209,7 +209,9 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/cluster/status", tag = "cluster", operation_id = "cluster_status",
     responses((status = 200, description = "This node's view", body = ClusterStatus)))]
 pub async fn status(State(state): State<AppState>) -> Json<ClusterStatus> {
-    Json(state.service.status().await)
+    let mut status = state.service.status().await;
+    status.state_clock_ms = state.reader.clock_ms().ok().flatten();
+    Json(status)
 }
 
 /// A digest of this node's state machine and the applied index it is of: equal digests at

@@ -29,8 +29,10 @@ use super::validate::ValidationError;
 
 /// How long an idempotency key is remembered, in the state machine's clock.
 pub const IDEMPOTENCY_TTL_MS: i64 = 24 * 60 * 60 * 1000;
-/// The most one stamp may move the state machine's clock forwards. After a long idle time
-/// the clock catches up step by step, which only keeps records longer.
+/// The most one stamp may move the state machine's clock forwards (a leader's clock far ahead
+/// cannot expire every record at once). After a long idle time the clock would catch up step
+/// by step, and records made meanwhile would expire early in real time: the leader proposes
+/// ticks to keep it close (`service::clock_keeper`).
 pub const MAX_CLOCK_STEP_MS: i64 = 10 * 60 * 1000;
 /// At most this many expired idempotency records are dropped per command.
 pub const EXPIRE_PER_COMMAND: usize = 8;

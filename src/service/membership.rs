@@ -92,6 +92,8 @@ impl Service {
             learners,
             client_addrs,
             joint_voters,
+            // The store's, which the service does not read: `api` adds it.
+            state_clock_ms: None,
         }
     }
 
@@ -435,6 +437,7 @@ mod tests {
             learners: nodes(&[4]),
             client_addrs: BTreeMap::new(),
             joint_voters: Some(vec![vec![1, 2, 3], vec![1, 2]]),
+            state_clock_ms: None,
         };
         let voters = MembershipChange::SetVoters([1, 2].into_iter().collect());
         let after = status_after(seen.clone(), &voters);

@@ -8,6 +8,7 @@
 //! HTTP; `node` starts it.
 
 pub mod backup;
+pub mod clock_keeper;
 pub mod error;
 pub mod forward;
 pub mod membership;
@@ -84,6 +85,7 @@ impl Service {
         request_timeout: Duration,
         quorum_stale_after: Duration,
         log: LogReader,
+        state_clock: clock_keeper::StateClock,
     ) -> Service {
         let leader_reads = read_index::ReadIndexBatcher::start(request_timeout, {
             let raft = raft.clone();
@@ -102,9 +104,17 @@ impl Service {
                 }
             }
         });
+        let proposer = proposer::Proposer::start(raft.clone(), clocks.clone(), request_timeout);
+        clock_keeper::spawn(
+            raft.clone(),
+            clocks,
+            proposer.clone(),
+            state_clock,
+            request_timeout,
+        );
         Service(Arc::new(ServiceParts {
             id,
-            proposer: proposer::Proposer::start(raft.clone(), clocks, request_timeout),
+            proposer,
             forwarder: forward::WriteForwarder::new(rpc.clone()),
             raft,
             rpc,

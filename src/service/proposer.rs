@@ -109,6 +109,13 @@ fn cluster_time_ms(
     Some(own + offset)
 }
 
+/// The time this leader would stamp into a command now (`cluster_time_ms`, without its
+/// warning), `None` without fresh readings of a quorum's clocks.
+pub fn cluster_time_now_ms(raft: &Raft, clocks: &PeerClocks) -> Option<i64> {
+    let mut warned = Some(Instant::now());
+    cluster_time_ms(raft, clocks, &mut warned)
+}
+
 /// `cluster_time_ms`, waiting up to `CLOCK_WAIT` for readings: a leader does not stamp its own
 /// clock, which may be the one that is wrong.
 async fn wait_cluster_time_ms(

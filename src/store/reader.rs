@@ -286,6 +286,12 @@ impl OrderReader {
         Ok(n)
     }
 
+    /// The state machine's clock, which idempotency records expire by (`None` before the
+    /// first command).
+    pub fn clock_ms(&self) -> Result<Option<i64>, StoreError> {
+        self.decoded(keys::CLOCK)
+    }
+
     pub(super) fn next_id(&self) -> Result<u64, StoreError> {
         Ok(self.decoded(keys::NEXT_ID)?.unwrap_or(1))
     }

@@ -1,0 +1,155 @@
+//! Keeps the state machine's clock near the cluster's time while writes are few. That clock
+//! moves only with stamped commands, by at most `MAX_CLOCK_STEP_MS` per stamp (`order::apply`),
+//! so after an idle hour or a weekend it lags real time; an idempotency record made then
+//! expires by that clock, and once writes have caught the clock up, it has lived 24 h minus
+//! the lag in real time: a retry after that makes a second order. So the leader proposes a
+//! tick whenever the clock lags the time it would stamp by more than `MAX_LAG_MS`, and again
+//! until it has caught up (each tick moves it by one step at most).
+//!
+//! A tick is a set-status of order 0 without an idempotency key: every build refuses it as
+//! not found and changes nothing but the clock (and the expiry sweep every command makes).
+//! No new kind of command, so nodes of older builds in a rolling upgrade apply it alike.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::proposer::{cluster_time_now_ms, Proposer};
+use crate::order::{OrderOp, OrderStatus};
+use crate::raft::Raft;
+use crate::rpc::clock::PeerClocks;
+use crate::rpc::{LeaderAnswer, WriteRequest};
+
+/// The state machine's clock (`None` before the first command), as the store has it.
+pub type StateClock = Arc<dyn Fn() -> Option<i64> + Send + Sync>;
+
+/// How far the state machine's clock may lag before a tick is proposed: idempotency records
+/// live at least 24 h minus this, and an idle cluster writes one tick per this.
+pub const MAX_LAG_MS: i64 = 30_000;
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// Ticks per check at most: 1008 steps of 10 min are a week of lag caught up.
+const MAX_TICKS_PER_CHECK: usize = 1008;
+
+/// The command a tick proposes.
+pub fn tick() -> WriteRequest {
+    WriteRequest {
+        op: OrderOp::SetStatus {
+            id: 0,
+            status: OrderStatus::Pending,
+            expected_version: None,
+        },
+        idempotency_key: None,
+    }
+}
+
+/// Whether a state machine clock at `clock` lags the time a leader would stamp now, `stamp`,
+/// enough for a tick. A clock never set has nothing to age.
+pub fn lags(clock: Option<i64>, stamp: i64) -> bool {
+    clock.is_some_and(|c| stamp.saturating_sub(c) > MAX_LAG_MS)
+}
+
+pub(super) fn spawn(
+    raft: Raft,
+    clocks: Arc<PeerClocks>,
+    proposer: Proposer,
+    state_clock: StateClock,
+    request_timeout: Duration,
+) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(CHECK_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let (leading, stopped) = {
+                let m = raft.metrics();
+                let m = m.borrow();
+                (
+                    m.current_leader == Some(m.id),
+                    m.state == openraft::ServerState::Shutdown,
+                )
+            };
+            if stopped {
+                return;
+            }
+            if !leading {
+                continue;
+            }
+            for _ in 0..MAX_TICKS_PER_CHECK {
+                let clock = state_clock();
+                let Some(stamp) = cluster_time_now_ms(&raft, &clocks) else {
+                    break;
+                };
+                if !lags(clock, stamp) {
+                    break;
+                }
+                let deadline = Instant::now() + request_timeout;
+                if !matches!(
+                    proposer.propose(tick(), deadline).await,
+                    LeaderAnswer::Done(_)
+                ) {
+                    break; // not leading any more, or no quorum: the next check tries again
+                }
+                if state_clock() <= clock {
+                    break; // the stamp did not move it (a clock far off): do not spin
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::order::memory_state::MemoryState;
+    use crate::order::{apply_command, OrderCommand, OrderState};
+
+    #[test]
+    fn only_a_clock_that_lags_by_more_than_the_bound_asks_for_a_tick() {
+        assert!(!lags(None, 1_000_000));
+        assert!(!lags(Some(1_000_000), 1_000_000 + MAX_LAG_MS));
+        assert!(lags(Some(1_000_000), 1_000_001 + MAX_LAG_MS));
+        assert!(!lags(Some(2_000_000), 1_000_000), "a clock ahead");
+    }
+
+    /// A tick changes nothing but the clock, which it moves by one step at most, the same
+    /// way in every build (it is an ordinary command that is refused).
+    #[test]
+    fn a_tick_moves_the_clock_and_nothing_else() {
+        let mut state = MemoryState::default();
+        let create = OrderCommand {
+            op: OrderOp::Create(crate::order::NewOrder {
+                customer_id: "c".into(),
+                items: vec![crate::order::LineItem {
+                    sku: "s".into(),
+                    quantity: 1,
+                    unit_price_cents: 1,
+                }],
+                note: None,
+            }),
+            idempotency_key: Some("k".into()),
+            stamped_at_ms: 1_000_000,
+        };
+        apply_command(&mut state, &create, [1; 32]).unwrap();
+        let before = state.clone();
+        let tick = tick();
+        let day_later = OrderCommand {
+            op: tick.op,
+            idempotency_key: tick.idempotency_key,
+            stamped_at_ms: 1_000_000 + 86_400_000,
+        };
+        let applied = apply_command(&mut state, &day_later, [2; 32]).unwrap();
+        assert!(
+            applied.outcome.result.is_err(),
+            "refused: order 0 does not exist"
+        );
+        assert_eq!(
+            state.clock().unwrap(),
+            Some(1_000_000 + crate::order::MAX_CLOCK_STEP_MS)
+        );
+        assert_eq!(
+            (state.orders, state.records, state.revision),
+            (before.orders, before.records, before.revision)
+        );
+    }
+}
