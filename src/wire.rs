@@ -460,7 +460,7 @@ pub struct ClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub joint_voters: Option<Vec<Vec<u64>>>,
     /// The state machine's clock (ms since the epoch) as this node has applied it: the time
-    /// idempotency records expire by. The leader keeps it within 30 s of its own while
+    /// idempotency records expire by. The leader keeps it within a minute of its own while
     /// writes are few. Absent before the first write, and from older nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_clock_ms: Option<i64>,

@@ -286,7 +286,7 @@ async fn restart_all_keeps_every_order() {
 }
 
 /// With no writes, the leader keeps the state machine's clock (the one idempotency records
-/// expire by) within 30 s of its own, by ticks that change nothing else: the next order gets
+/// expire by) within a minute of its own, by ticks that change nothing else: the next order gets
 /// the next id, and the key used before still answers the first order. Without the ticks
 /// the clock stands still while the cluster idles, and a record made after the idle time
 /// would expire early in real time once writes catch the clock up.
@@ -297,12 +297,12 @@ async fn an_idle_cluster_keeps_its_state_clock_near_the_time() {
     let clock_of = |status: &Value| status["state_clock_ms"].as_i64();
     let leader = cluster.wait_for_leader(&cluster.ids()).await;
     let start = clock_of(&cluster.status(leader).await.unwrap()).expect("a clock once written");
-    // Ticks come once the clock lags by 30 s; allow a slow machine three times that.
-    let deadline = Instant::now() + Duration::from_secs(120);
+    // Ticks come once the clock lags by a minute; allow a slow machine three times that.
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let leader = cluster.wait_for_leader(&cluster.ids()).await;
         let now = cluster.status(leader).await.and_then(|s| clock_of(&s));
-        if now.is_some_and(|c| c >= start + 30_000) {
+        if now.is_some_and(|c| c >= start + 60_000) {
             break;
         }
         assert!(

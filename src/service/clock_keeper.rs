@@ -26,7 +26,7 @@ pub type StateClock = Arc<dyn Fn() -> Option<i64> + Send + Sync>;
 
 /// How far the state machine's clock may lag before a tick is proposed: idempotency records
 /// live at least 24 h minus this, and an idle cluster writes one tick per this.
-pub const MAX_LAG_MS: i64 = 30_000;
+pub const MAX_LAG_MS: i64 = 60_000;
 const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Ticks per check at most: 1008 steps of 10 min are a week of lag caught up.
 const MAX_TICKS_PER_CHECK: usize = 1008;
