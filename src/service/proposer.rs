@@ -165,6 +165,15 @@ async fn run(
         let Some(latest) = batch.iter().map(|p| p.deadline).max() else {
             continue;
         };
+        // A node that no longer leads has no fresh clock readings (only a leader measures
+        // them): say where the leader is instead of waiting for them and answering 503.
+        if !leads(&raft) {
+            let leader = raft.current_leader().await;
+            for p in batch {
+                let _ = p.reply.send(LeaderAnswer::NotLeader(leader));
+            }
+            continue;
+        }
         let Some(stamped_at_ms) = wait_cluster_time_ms(&raft, &clocks, &mut last_warned).await
         else {
             // Not proposed: no quorum's clocks, and very likely no quorum either.
@@ -188,12 +197,7 @@ async fn run(
                 })
                 .unzip();
             // Known not to be appended anywhere: this node does not lead (any more).
-            let leading = {
-                let m = raft.metrics();
-                let m = m.borrow();
-                m.current_leader == Some(m.id)
-            };
-            if !leading {
+            if !leads(&raft) {
                 let leader = raft.current_leader().await;
                 for reply in replies {
                     let _ = reply.send(LeaderAnswer::NotLeader(leader));
@@ -218,6 +222,13 @@ async fn run(
             }
         });
     }
+}
+
+/// Whether this node leads, as far as its Raft core knows.
+fn leads(raft: &Raft) -> bool {
+    let m = raft.metrics();
+    let m = m.borrow();
+    m.current_leader == Some(m.id)
 }
 
 type WriteResult = Result<

@@ -22,7 +22,10 @@ impl Service {
         // "unavailable".
         let mut maybe_appended = false;
         let give_up = |maybe_appended: bool, e: ServiceError| match e {
-            ServiceError::NoLeader | ServiceError::NoQuorum | ServiceError::Unavailable(_)
+            ServiceError::NoLeader
+            | ServiceError::NoQuorum
+            | ServiceError::Unavailable(_)
+            | ServiceError::StorageFailed(_)
                 if maybe_appended =>
             {
                 ServiceError::OutcomeUnknown(
