@@ -184,7 +184,7 @@ const MAX_TOKEN_LEN: usize = 512;
 fn permission_for(method: &Method, path: &str) -> Option<Permission> {
     let under = |prefix: &str| path == prefix || path.starts_with(&format!("{prefix}/"));
     if under("/api/orders") || path == "/api/order/create" {
-        return Some(if method == Method::GET && path != "/api/order/create" {
+        return Some(if is_read(method) && path != "/api/order/create" {
             Permission::OrdersRead
         } else {
             Permission::OrdersWrite
@@ -235,13 +235,27 @@ fn bearer_token(req: &Request) -> Result<String, ApiError> {
 /// cluster has no leader or quorum (to alert on it, or to recover from it).
 fn is_stale_read(req: &Request) -> bool {
     let path = req.uri().path();
-    req.method() == Method::GET
+    is_read(req.method())
         && (matches!(path, "/cluster/status" | "/cluster/digest" | "/metrics")
-            || path.starts_with("/api/orders")
-                && req
-                    .uri()
-                    .query()
-                    .is_some_and(|q| q.split('&').any(|kv| kv == "consistency=stale")))
+            || path.starts_with("/api/orders") && asks_for_stale(req.uri().query()))
+}
+
+/// GET, or HEAD, which axum serves with the GET handler.
+fn is_read(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
+/// Whether a query asks for `consistency=stale`, decoded as the handlers decode it (so
+/// `consistency=%73tale` is stale too). Given twice, or undecodable, the handler refuses the
+/// query with 400 whatever this says.
+fn asks_for_stale(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        serde_urlencoded::from_str::<Vec<(String, String)>>(q).is_ok_and(|pairs| {
+            pairs
+                .iter()
+                .any(|(k, v)| k == "consistency" && v == "stale")
+        })
+    })
 }
 
 async fn authenticate(

@@ -44,12 +44,14 @@ impl Service {
                         });
                 }
                 // A quorum check can fail on a slow round, a call to the leader on a
-                // connection it dropped (killed mid-call) or on its refusal: a read index has
-                // no side effects, so retry until the deadline.
+                // connection it dropped (killed mid-call) or on its refusal, and a leader whose
+                // disk failed is about to be replaced: a read index has no side effects, so
+                // retry until the deadline.
                 LeaderAnswer::Failed(
                     e @ (ServiceError::NoQuorum
                     | ServiceError::Timeout(_)
-                    | ServiceError::Unavailable(_)),
+                    | ServiceError::Unavailable(_)
+                    | ServiceError::StorageFailed(_)),
                 ) => last_err = e,
                 LeaderAnswer::Failed(e) => return Err(e),
                 LeaderAnswer::NotLeader(_) | LeaderAnswer::Deposed(_) => {
