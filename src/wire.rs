@@ -460,8 +460,8 @@ pub struct ClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub joint_voters: Option<Vec<Vec<u64>>>,
     /// The state machine's clock (ms since the epoch) as this node has applied it: the time
-    /// idempotency records expire by. The leader keeps it within a minute of its own while
-    /// writes are few. Absent before the first write, and from older nodes.
+    /// idempotency records expire by. The leader keeps it within about a minute of its stamps
+    /// while writes are few. Absent before the first write, and from older nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_clock_ms: Option<i64>,
 }

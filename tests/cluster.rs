@@ -318,6 +318,53 @@ async fn an_idle_cluster_keeps_its_state_clock_near_the_time() {
     assert_eq!(all_orders(&cluster, leader, false).await.len(), 2);
 }
 
+/// After the whole cluster was stopped for two days (every node restarted with its wall
+/// clock two days on, by libfaketime), the first keyed write is applied only once the
+/// leader has caught the state machine's clock up: its key's record then lives its 24 h
+/// from now, not from before the stop (by which it would expire within seconds of the
+/// ticks that follow). The first key still answers its order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_write_after_a_long_stop_waits_for_the_clock_to_catch_up() {
+    if !std::path::Path::new(ordo_testkit::LIBFAKETIME).exists() {
+        eprintln!("SKIPPED: libfaketime is missing (Debian package libfaketime)");
+        return;
+    }
+    const DAY_MS: i64 = 86_400_000;
+    let mut cluster = start_cluster(3).await;
+    let first = create_until_acked(&cluster, &[1, 2, 3], "s", "stop-1").await;
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let before = cluster.status(leader).await.unwrap()["state_clock_ms"]
+        .as_i64()
+        .expect("a clock once written");
+    for id in cluster.ids() {
+        cluster.stop(id).await;
+    }
+    for id in cluster.ids() {
+        cluster.set_env(
+            id,
+            vec![
+                ("LD_PRELOAD".into(), ordo_testkit::LIBFAKETIME.into()),
+                ("FAKETIME".into(), "+2d".into()),
+                ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+            ],
+        );
+        cluster.spawn(id);
+    }
+    let leader = cluster.wait_for_leader(&cluster.ids()).await;
+    let second = create_until_acked(&cluster, &[leader], "s", "stop-2").await;
+    let clock = cluster.status(leader).await.unwrap()["state_clock_ms"]
+        .as_i64()
+        .unwrap();
+    assert!(
+        clock >= before + 2 * DAY_MS - 120_000,
+        "the write was applied with the clock {} min after the stop, not two days",
+        (clock - before) / 60_000
+    );
+    assert_eq!(second["id"].as_u64(), first["id"].as_u64().map(|id| id + 1));
+    let again = create_until_acked(&cluster, &[1, 2, 3], "s", "stop-2").await;
+    assert_eq!(again, second);
+}
+
 /// Sends the request `make` builds until it is answered other than 503 or 504 (no leader for
 /// a moment), within the deadline: its status and body.
 async fn send_until_served(make: impl Fn() -> reqwest::RequestBuilder) -> (u16, Value) {

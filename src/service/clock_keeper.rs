@@ -4,7 +4,10 @@
 //! expires by that clock, and once writes have caught the clock up, it has lived 24 h minus
 //! the lag in real time: a retry after that makes a second order. So the leader proposes a
 //! tick whenever the clock lags the time it would stamp by more than `MAX_LAG_MS`, and again
-//! until it has caught up (each tick moves it by one step at most).
+//! until it has caught up (each tick moves it by one step at most). While writes are few that
+//! is this task's, every `CHECK_EVERY`; before a keyed write it is the proposer's
+//! (`proposer::catch_up_clock`), so the first write after a stop of the whole cluster does
+//! not come before the catch-up.
 //!
 //! A tick is a set-status of order 0 without an idempotency key: every build refuses it as
 //! not found and changes nothing but the clock (and the expiry sweep every command makes).
@@ -28,8 +31,8 @@ pub type StateClock = Arc<dyn Fn() -> Option<i64> + Send + Sync>;
 /// live at least 24 h minus this, and an idle cluster writes one tick per this.
 pub const MAX_LAG_MS: i64 = 60_000;
 const CHECK_EVERY: Duration = Duration::from_secs(5);
-/// Ticks per check at most: 1008 steps of 10 min are a week of lag caught up.
-const MAX_TICKS_PER_CHECK: usize = 1008;
+/// Ticks per catch-up at most: 1008 steps of 10 min are a week of lag caught up.
+pub const MAX_TICKS: usize = 1008;
 
 /// The command a tick proposes.
 pub fn tick() -> WriteRequest {
@@ -75,7 +78,7 @@ pub(super) fn spawn(
             if !leading {
                 continue;
             }
-            for _ in 0..MAX_TICKS_PER_CHECK {
+            for _ in 0..MAX_TICKS {
                 let clock = state_clock();
                 let Some(stamp) = cluster_time_now_ms(&raft, &clocks) else {
                     break;

@@ -104,7 +104,12 @@ impl Service {
                 }
             }
         });
-        let proposer = proposer::Proposer::start(raft.clone(), clocks.clone(), request_timeout);
+        let proposer = proposer::Proposer::start(
+            raft.clone(),
+            clocks.clone(),
+            state_clock.clone(),
+            request_timeout,
+        );
         clock_keeper::spawn(
             raft.clone(),
             clocks,

@@ -13,6 +13,7 @@ use openraft::BasicNode;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
+use super::clock_keeper::{self, StateClock};
 use super::error::{Answer, ServiceError};
 use super::{queue_and_wait, QueueWords};
 use crate::order::{CommandBatch, CommandOutcome, OrderCommand};
@@ -56,9 +57,16 @@ pub struct Proposer {
 impl Proposer {
     /// Starts the batching task on the current runtime.
     /// `clocks`: the peers' clocks, for stamping with the cluster's time (see `rpc::clock`).
-    pub fn start(raft: Raft, clocks: Arc<PeerClocks>, commit_timeout: Duration) -> Proposer {
+    /// `state_clock`: the state machine's clock, caught up before a keyed write
+    /// (`catch_up_clock`).
+    pub fn start(
+        raft: Raft,
+        clocks: Arc<PeerClocks>,
+        state_clock: StateClock,
+        commit_timeout: Duration,
+    ) -> Proposer {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(raft, clocks, rx, commit_timeout));
+        tokio::spawn(run(raft, clocks, state_clock, rx, commit_timeout));
         Proposer { tx }
     }
 
@@ -138,6 +146,7 @@ async fn wait_cluster_time_ms(
 async fn run(
     raft: Raft,
     clocks: Arc<PeerClocks>,
+    state_clock: StateClock,
     mut rx: mpsc::Receiver<Pending>,
     commit_timeout: Duration,
 ) {
@@ -182,7 +191,7 @@ async fn run(
             }
             continue;
         };
-        let raft = raft.clone();
+        let (raft, clocks, state_clock) = (raft.clone(), clocks.clone(), state_clock.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let (commands, replies): (Vec<_>, Vec<_>) = batch
@@ -208,12 +217,25 @@ async fn run(
                 .iter()
                 .map(|c| c.idempotency_key.is_some())
                 .collect();
-            metrics::counter!(telemetry::PROPOSALS).increment(1);
-            metrics::histogram!(telemetry::PROPOSAL_BATCH).record(keyed.len() as f64);
             // Not past the last caller's deadline: then every caller has been told the outcome
             // is unknown, and the one proposal slot would only keep the writes queued behind
             // this one waiting (a leader cut off from its followers answers nothing).
             let until = latest.min(Instant::now() + commit_timeout);
+            // A keyed write's record expires by the state machine's clock, which lags after
+            // the whole cluster was stopped: catch it up first. Nothing of this batch is
+            // proposed if that cannot finish in time (503: safe to retry).
+            if keyed.iter().any(|k| *k)
+                && !catch_up_clock(&raft, &clocks, &state_clock, until).await
+            {
+                for reply in replies {
+                    let _ = reply.send(LeaderAnswer::Failed(ServiceError::Unavailable(
+                        "the state machine's clock is catching up after a long stop; retry".into(),
+                    )));
+                }
+                return;
+            }
+            metrics::counter!(telemetry::PROPOSALS).increment(1);
+            metrics::histogram!(telemetry::PROPOSAL_BATCH).record(keyed.len() as f64);
             let written =
                 tokio::time::timeout_at(until, raft.client_write(CommandBatch { commands })).await;
             let answers = answers_for(written, &keyed);
@@ -222,6 +244,44 @@ async fn run(
             }
         });
     }
+}
+
+/// Proposes ticks (`clock_keeper::tick`) until the state machine's clock is within
+/// `clock_keeper::MAX_LAG_MS` of the time this leader stamps. False only when it still lags
+/// at `until` (or a tick failed); true when caught up, or when a tick no longer moves it (a
+/// clock far off: nothing more to gain by waiting).
+pub(super) async fn catch_up_clock(
+    raft: &Raft,
+    clocks: &PeerClocks,
+    state_clock: &StateClock,
+    until: Instant,
+) -> bool {
+    for _ in 0..clock_keeper::MAX_TICKS {
+        let clock = state_clock();
+        let Some(stamp) = cluster_time_now_ms(raft, clocks) else {
+            return true; // no quorum's clocks: the batch is stamped (or refused) as ever
+        };
+        if !clock_keeper::lags(clock, stamp) {
+            return true;
+        }
+        let tick = clock_keeper::tick();
+        let commands = vec![OrderCommand {
+            op: tick.op,
+            idempotency_key: tick.idempotency_key,
+            stamped_at_ms: stamp,
+        }];
+        match tokio::time::timeout_at(until, raft.client_write(CommandBatch { commands })).await {
+            Ok(Ok(_)) => {}
+            _ => return false,
+        }
+        if state_clock() <= clock {
+            return true;
+        }
+    }
+    !clock_keeper::lags(
+        state_clock(),
+        cluster_time_now_ms(raft, clocks).unwrap_or(i64::MIN),
+    )
 }
 
 /// Whether this node leads, as far as its Raft core knows.
