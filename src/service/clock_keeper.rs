@@ -4,10 +4,11 @@
 //! expires by that clock, and once writes have caught the clock up, it has lived 24 h minus
 //! the lag in real time: a retry after that makes a second order. So the leader proposes a
 //! tick whenever the clock lags the time it would stamp by more than `MAX_LAG_MS`, and again
-//! until it has caught up (each tick moves it by one step at most). While writes are few that
-//! is this task's, every `CHECK_EVERY`; before a keyed write it is the proposer's
-//! (`proposer::catch_up_clock`), so the first write after a stop of the whole cluster does
-//! not come before the catch-up.
+//! until it has caught up (each tick moves it by one step at most). The proposer does the
+//! catching up (`proposer::catch_up_clock`: one log entry of ticks a step apart) before it
+//! proposes any batch, so the first write after a stop of the whole cluster does not come
+//! before it; this task proposes a tick while writes are few, every `CHECK_EVERY`, and the
+//! proposer catches up before proposing that one too.
 //!
 //! A tick is a set-status of order 0 without an idempotency key: every build refuses it as
 //! not found and changes nothing but the clock (and the expiry sweep every command makes).
@@ -19,10 +20,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::proposer::{cluster_time_now_ms, Proposer};
-use crate::order::{OrderOp, OrderStatus};
+use crate::order::{OrderCommand, OrderOp, OrderStatus, MAX_CLOCK_STEP_MS};
 use crate::raft::Raft;
 use crate::rpc::clock::PeerClocks;
-use crate::rpc::{LeaderAnswer, WriteRequest};
+use crate::rpc::WriteRequest;
 
 /// The state machine's clock (`None` before the first command), as the store has it.
 pub type StateClock = Arc<dyn Fn() -> Option<i64> + Send + Sync>;
@@ -31,7 +32,7 @@ pub type StateClock = Arc<dyn Fn() -> Option<i64> + Send + Sync>;
 /// live at least 24 h minus this, and an idle cluster writes one tick per this.
 pub const MAX_LAG_MS: i64 = 60_000;
 const CHECK_EVERY: Duration = Duration::from_secs(5);
-/// Ticks per catch-up at most: 1008 steps of 10 min are a week of lag caught up.
+/// Ticks per catch-up at most (one log entry): 1008 steps of 10 min are a week of lag.
 pub const MAX_TICKS: usize = 1008;
 
 /// The command a tick proposes.
@@ -44,6 +45,29 @@ pub fn tick() -> WriteRequest {
         },
         idempotency_key: None,
     }
+}
+
+/// The ticks that move a state machine clock at `from` to `to` in one log entry: stamps a
+/// step (`MAX_CLOCK_STEP_MS`) apart, each moving the clock by exactly that (so none is cut
+/// and logged), the last one `to`; at most `MAX_TICKS` (a week), which then end short of it.
+pub fn ticks(from: i64, to: i64) -> Vec<OrderCommand> {
+    let mut stamps = Vec::new();
+    let mut at = from;
+    while at < to && stamps.len() < MAX_TICKS {
+        at = at.saturating_add(MAX_CLOCK_STEP_MS).min(to);
+        stamps.push(at);
+    }
+    stamps
+        .into_iter()
+        .map(|stamped_at_ms| {
+            let tick = tick();
+            OrderCommand {
+                op: tick.op,
+                idempotency_key: tick.idempotency_key,
+                stamped_at_ms,
+            }
+        })
+        .collect()
 }
 
 /// Whether a state machine clock at `clock` lags the time a leader would stamp now, `stamp`,
@@ -78,24 +102,15 @@ pub(super) fn spawn(
             if !leading {
                 continue;
             }
-            for _ in 0..MAX_TICKS {
-                let clock = state_clock();
-                let Some(stamp) = cluster_time_now_ms(&raft, &clocks) else {
-                    break;
-                };
-                if !lags(clock, stamp) {
-                    break;
-                }
-                let deadline = Instant::now() + request_timeout;
-                if !matches!(
-                    proposer.propose(tick(), deadline).await,
-                    LeaderAnswer::Done(_)
-                ) {
-                    break; // not leading any more, or no quorum: the next check tries again
-                }
-                if state_clock() <= clock {
-                    break; // the stamp did not move it (a clock far off): do not spin
-                }
+            let Some(stamp) = cluster_time_now_ms(&raft, &clocks) else {
+                continue;
+            };
+            if lags(state_clock(), stamp) {
+                // The proposer catches the clock up before it proposes anything, this tick
+                // included; an answer other than done is tried again at the next check.
+                let _ = proposer
+                    .propose(tick(), Instant::now() + request_timeout)
+                    .await;
             }
         }
     });
@@ -106,6 +121,34 @@ mod tests {
     use super::*;
     use crate::order::memory_state::MemoryState;
     use crate::order::{apply_command, OrderCommand, OrderState};
+
+    /// One entry of ticks moves the clock to the stamp in steps none of which is cut, and a
+    /// lag over a week is caught up as far as a week.
+    #[test]
+    fn ticks_catch_the_clock_up_in_uncut_steps() {
+        const DAY: i64 = 86_400_000;
+        let from = 1_000_000_000;
+        for (lag, expected_ticks, reached) in [
+            (2 * DAY + 1, 289, from + 2 * DAY + 1),
+            (61_000, 1, from + 61_000),
+            (
+                10 * DAY,
+                MAX_TICKS,
+                from + MAX_TICKS as i64 * MAX_CLOCK_STEP_MS,
+            ),
+        ] {
+            let mut state = MemoryState::default();
+            state.set_clock(from, from).unwrap();
+            let ticks = ticks(from, from + lag);
+            assert_eq!(ticks.len(), expected_ticks, "lag {lag}");
+            for t in &ticks {
+                let applied = apply_command(&mut state, t, [0; 32]).unwrap();
+                assert!(!applied.clock_clamped, "a tick was cut: {t:?}");
+            }
+            assert_eq!(state.clock().unwrap(), Some(reached), "lag {lag}");
+        }
+        assert!(ticks(5, 5).is_empty());
+    }
 
     #[test]
     fn only_a_clock_that_lags_by_more_than_the_bound_asks_for_a_tick() {

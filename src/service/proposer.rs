@@ -57,7 +57,7 @@ pub struct Proposer {
 impl Proposer {
     /// Starts the batching task on the current runtime.
     /// `clocks`: the peers' clocks, for stamping with the cluster's time (see `rpc::clock`).
-    /// `state_clock`: the state machine's clock, caught up before a keyed write
+    /// `state_clock`: the state machine's clock, caught up before a batch is proposed
     /// (`catch_up_clock`).
     pub fn start(
         raft: Raft,
@@ -221,12 +221,10 @@ async fn run(
             // is unknown, and the one proposal slot would only keep the writes queued behind
             // this one waiting (a leader cut off from its followers answers nothing).
             let until = latest.min(Instant::now() + commit_timeout);
-            // A keyed write's record expires by the state machine's clock, which lags after
-            // the whole cluster was stopped: catch it up first. Nothing of this batch is
-            // proposed if that cannot finish in time (503: safe to retry).
-            if keyed.iter().any(|k| *k)
-                && !catch_up_clock(&raft, &clocks, &state_clock, until).await
-            {
+            // A keyed write's record expires by the state machine's clock, which lags after a
+            // stop of the whole cluster (or a restore of an older backup): catch it up first.
+            // Nothing of this batch is proposed if that fails (503: safe to retry).
+            if !catch_up_clock(&raft, &clocks, &state_clock, until).await {
                 for reply in replies {
                     let _ = reply.send(LeaderAnswer::Failed(ServiceError::Unavailable(
                         "the state machine's clock is catching up after a long stop; retry".into(),
@@ -246,42 +244,27 @@ async fn run(
     }
 }
 
-/// Proposes ticks (`clock_keeper::tick`) until the state machine's clock is within
-/// `clock_keeper::MAX_LAG_MS` of the time this leader stamps. False only when it still lags
-/// at `until` (or a tick failed); true when caught up, or when a tick no longer moves it (a
-/// clock far off: nothing more to gain by waiting).
+/// Catches the state machine's clock up to the time this leader stamps when it lags by more
+/// than `clock_keeper::MAX_LAG_MS`: one log entry of ticks (`clock_keeper::ticks`), each a
+/// step on. False when that entry failed or timed out at `until`, or could not cover the
+/// whole lag (over a week): the caller proposes nothing then.
 pub(super) async fn catch_up_clock(
     raft: &Raft,
     clocks: &PeerClocks,
     state_clock: &StateClock,
     until: Instant,
 ) -> bool {
-    for _ in 0..clock_keeper::MAX_TICKS {
-        let clock = state_clock();
-        let Some(stamp) = cluster_time_now_ms(raft, clocks) else {
-            return true; // no quorum's clocks: the batch is stamped (or refused) as ever
-        };
-        if !clock_keeper::lags(clock, stamp) {
-            return true;
-        }
-        let tick = clock_keeper::tick();
-        let commands = vec![OrderCommand {
-            op: tick.op,
-            idempotency_key: tick.idempotency_key,
-            stamped_at_ms: stamp,
-        }];
-        match tokio::time::timeout_at(until, raft.client_write(CommandBatch { commands })).await {
-            Ok(Ok(_)) => {}
-            _ => return false,
-        }
-        if state_clock() <= clock {
-            return true;
-        }
-    }
-    !clock_keeper::lags(
-        state_clock(),
-        cluster_time_now_ms(raft, clocks).unwrap_or(i64::MIN),
-    )
+    let clock = state_clock();
+    let Some(stamp) = cluster_time_now_ms(raft, clocks) else {
+        return true; // no quorum's clocks: the batch is stamped (or refused) as ever
+    };
+    let Some(from) = clock.filter(|_| clock_keeper::lags(clock, stamp)) else {
+        return true;
+    };
+    let commands = clock_keeper::ticks(from, stamp);
+    let written =
+        tokio::time::timeout_at(until, raft.client_write(CommandBatch { commands })).await;
+    matches!(written, Ok(Ok(_))) && !clock_keeper::lags(state_clock(), stamp)
 }
 
 /// Whether this node leads, as far as its Raft core knows.
