@@ -175,19 +175,7 @@ async fn a_wiped_node_restarted_with_its_old_flags_forms_no_second_cluster() {
     let orders = all_orders(&cluster, leader, false).await;
     assert_eq!(orders.len(), 11);
     // What node 2 answers a call carrying node 1's new id.
-    let (status, body) = send(
-        cluster
-            .http
-            .post(cluster.url(2, "/raft/vote"))
-            .header("x-ordo-cluster", &intruder)
-            .body("x"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        (status, &body["error"]["code"]),
-        (409, &Value::from("wrong_cluster"))
-    );
+    refuses_cluster(&cluster, 2, &intruder).await;
 
     // Recovery: remove node 1, wipe it again, start it empty, add it back.
     let members = |ids: &[u64]| serde_json::json!({ "members": ids });
@@ -223,20 +211,7 @@ async fn a_wiped_node_restarted_with_its_old_flags_forms_no_second_cluster() {
         Value::from(original.clone()),
         "{status}"
     );
-    let (status, body) = send(
-        cluster
-            .http
-            .post(cluster.url(1, "/raft/vote"))
-            .header("x-ordo-cluster", &intruder)
-            .body("x"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        (status, &body["error"]["code"]),
-        (409, &Value::from("wrong_cluster")),
-        "{body}"
-    );
+    refuses_cluster(&cluster, 1, &intruder).await;
     let addr1 = cluster.nodes[&1].addr.clone();
     for (path, body) in [
         (
@@ -257,6 +232,25 @@ async fn a_wiped_node_restarted_with_its_old_flags_forms_no_second_cluster() {
         "the re-added node joined the old cluster"
     );
     assert_eq!(all_orders(&cluster, 1, false).await, orders);
+}
+
+/// Node `node` refuses a node-to-node call carrying cluster id `other` (409 `wrong_cluster`),
+/// before it reads the body.
+async fn refuses_cluster(cluster: &TestCluster, node: u64, other: &str) {
+    let (status, body) = send(
+        cluster
+            .http
+            .post(cluster.url(node, "/raft/vote"))
+            .header("x-ordo-cluster", other)
+            .body("x"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (409, &Value::from("wrong_cluster")),
+        "node {node}: {body}"
+    );
 }
 
 fn cluster_id(data_dir: &Path) -> String {
