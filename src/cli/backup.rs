@@ -193,7 +193,6 @@ pub fn restore(conn: &ConnArgs, args: RestoreArgs) -> anyhow::Result<i32> {
     let mut building_name = name.to_os_string();
     building_name.push(".restoring");
     let building = parent.join(building_name);
-
     if building.exists() {
         std::fs::remove_dir_all(&building)
             .with_context(|| format!("removing the leftover {}", building.display()))?;

@@ -35,15 +35,29 @@ const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Ticks per catch-up at most (one log entry): 1008 steps of 10 min are a week of lag.
 pub const MAX_TICKS: usize = 1008;
 
-/// The command a tick proposes.
+/// What a tick does: a set-status of order 0, which no order has.
+fn tick_op() -> OrderOp {
+    OrderOp::SetStatus {
+        id: 0,
+        status: OrderStatus::Pending,
+        expected_version: None,
+    }
+}
+
+/// A tick as a write to propose (the proposer stamps it).
 pub fn tick() -> WriteRequest {
     WriteRequest {
-        op: OrderOp::SetStatus {
-            id: 0,
-            status: OrderStatus::Pending,
-            expected_version: None,
-        },
+        op: tick_op(),
         idempotency_key: None,
+    }
+}
+
+/// A tick stamped at `stamped_at_ms`, as the log carries it.
+pub fn tick_at(stamped_at_ms: i64) -> OrderCommand {
+    OrderCommand {
+        op: tick_op(),
+        idempotency_key: None,
+        stamped_at_ms,
     }
 }
 
@@ -57,17 +71,7 @@ pub fn ticks(from: i64, to: i64) -> Vec<OrderCommand> {
         at = at.saturating_add(MAX_CLOCK_STEP_MS).min(to);
         stamps.push(at);
     }
-    stamps
-        .into_iter()
-        .map(|stamped_at_ms| {
-            let tick = tick();
-            OrderCommand {
-                op: tick.op,
-                idempotency_key: tick.idempotency_key,
-                stamped_at_ms,
-            }
-        })
-        .collect()
+    stamps.into_iter().map(tick_at).collect()
 }
 
 /// Whether a state machine clock at `clock` lags the time a leader would stamp now, `stamp`,
@@ -178,12 +182,7 @@ mod tests {
         };
         apply_command(&mut state, &create, [1; 32]).unwrap();
         let before = state.clone();
-        let tick = tick();
-        let day_later = OrderCommand {
-            op: tick.op,
-            idempotency_key: tick.idempotency_key,
-            stamped_at_ms: 1_000_000 + 86_400_000,
-        };
+        let day_later = tick_at(1_000_000 + 86_400_000);
         let applied = apply_command(&mut state, &day_later, [2; 32]).unwrap();
         assert!(
             applied.outcome.result.is_err(),

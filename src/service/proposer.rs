@@ -191,7 +191,7 @@ async fn run(
             }
             continue;
         };
-        let (raft, clocks, state_clock) = (raft.clone(), clocks.clone(), state_clock.clone());
+        let (raft, state_clock) = (raft.clone(), state_clock.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let (commands, replies): (Vec<_>, Vec<_>) = batch
@@ -224,7 +224,7 @@ async fn run(
             // A keyed write's record expires by the state machine's clock, which lags after a
             // stop of the whole cluster (or a restore of an older backup): catch it up first.
             // Nothing of this batch is proposed if that fails (503: safe to retry).
-            if !catch_up_clock(&raft, &clocks, &state_clock, until).await {
+            if !catch_up_clock(&raft, &state_clock, stamped_at_ms, until).await {
                 for reply in replies {
                     let _ = reply.send(LeaderAnswer::Failed(ServiceError::Unavailable(
                         "the state machine's clock is catching up after a long stop; retry".into(),
@@ -244,20 +244,12 @@ async fn run(
     }
 }
 
-/// Catches the state machine's clock up to the time this leader stamps when it lags by more
-/// than `clock_keeper::MAX_LAG_MS`: one log entry of ticks (`clock_keeper::ticks`), each a
-/// step on. False when that entry failed or timed out at `until`, or could not cover the
-/// whole lag (over a week): the caller proposes nothing then.
-pub(super) async fn catch_up_clock(
-    raft: &Raft,
-    clocks: &PeerClocks,
-    state_clock: &StateClock,
-    until: Instant,
-) -> bool {
+/// Catches the state machine's clock up to `stamp`, the batch's, when it lags by more than
+/// `clock_keeper::MAX_LAG_MS`: one log entry of ticks (`clock_keeper::ticks`), each a step
+/// on. False when that entry failed or timed out at `until`, or could not cover the whole lag
+/// (over a week): the caller proposes nothing then.
+async fn catch_up_clock(raft: &Raft, state_clock: &StateClock, stamp: i64, until: Instant) -> bool {
     let clock = state_clock();
-    let Some(stamp) = cluster_time_now_ms(raft, clocks) else {
-        return true; // no quorum's clocks: the batch is stamped (or refused) as ever
-    };
     let Some(from) = clock.filter(|_| clock_keeper::lags(clock, stamp)) else {
         return true;
     };

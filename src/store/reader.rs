@@ -309,7 +309,7 @@ impl OrderReader {
             let digest = self.state_digest()?;
             if self.sm.get(keys::APPLIED)? == before {
                 let applied = match before {
-                    Some(v) => codec::decode::<Option<openraft::LogId<u64>>>(&v)?,
+                    Some(v) => codec::decode::<Option<crate::raft::LogId>>(&v)?,
                     None => None,
                 };
                 return Ok(Some((applied.map(|l| l.index), digest)));
